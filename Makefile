@@ -1,0 +1,37 @@
+# Every target creates .venv and installs what it needs first: a fresh clone needs nothing else.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+PYTHON ?= python3
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
+.PHONY: install dev test lint synth bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: install
+	$(PY) -m quotagate.local --port $(PORT)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy layers/core functions cdk_app
+
+synth: install
+	$(PY) -m cdk_app.app
+
+bench: install
+	$(PY) bench/coldstart.py
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) cdk.out .build .pytest_cache

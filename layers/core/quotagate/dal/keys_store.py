@@ -1,0 +1,153 @@
+"""Storage of API key records. Only hashes of keys are stored, never the keys themselves."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
+from typing import Any, Protocol
+
+from quotagate import tables
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    consumer: str
+    plan: str
+    secret_hash: str
+    created_at: int
+    status: str = "active"  # "active" | "revoked" | "disabled"
+    name: str | None = None
+    expires_at: int | None = None  # epoch seconds
+    allowed_models: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # per-key overrides of the plan's limits
+    previous_secret_hash: str | None = None  # the key replaced by the last rotation...
+    previous_valid_until: int | None = None  # ...keeps working until then
+    updated_at: int | None = None
+
+    def public_view(self) -> dict[str, Any]:
+        """What callers of the keys API may see: never hashes."""
+        view = asdict(self)
+        for secret_field in ("secret_hash", "previous_secret_hash"):
+            view.pop(secret_field)
+        view["rotation_grace_until"] = view.pop("previous_valid_until")
+        return view
+
+
+class KeyAlreadyExists(Exception):
+    pass
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+class KeyStore(Protocol):
+    def get(self, key_id: str) -> KeyRecord | None: ...
+
+    def put_new(self, record: KeyRecord) -> None: ...
+
+    def replace(self, record: KeyRecord) -> None: ...
+
+    def list_by_tenant(self, tenant: str) -> list[KeyRecord]: ...
+
+
+def _to_item(record: KeyRecord) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, float):
+            return Decimal(str(value))
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return {k: convert(v) for k, v in asdict(record).items() if v is not None}
+
+
+def _from_item(item: dict[str, Any]) -> KeyRecord:
+    def convert(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return int(value) if value == value.to_integral_value() else float(value)
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    known = {f for f in KeyRecord.__dataclass_fields__}
+    return KeyRecord(**{k: convert(v) for k, v in item.items() if k in known})
+
+
+class DynamoKeyStore:
+    def __init__(self, table: Any | None = None) -> None:
+        if table is None:
+            import boto3
+
+            table = boto3.resource("dynamodb").Table(tables.KEYS.name())
+        self._table = table
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        item = self._table.get_item(Key={"key_id": key_id}, ConsistentRead=True).get("Item")
+        return _from_item(item) if item else None
+
+    def put_new(self, record: KeyRecord) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._table.put_item(Item=_to_item(record), ConditionExpression="attribute_not_exists(key_id)")
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise KeyAlreadyExists(record.key_id) from error
+            raise
+
+    def replace(self, record: KeyRecord) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._table.put_item(Item=_to_item(record), ConditionExpression="attribute_exists(key_id)")
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise KeyNotFound(record.key_id) from error
+            raise
+
+    def list_by_tenant(self, tenant: str) -> list[KeyRecord]:
+        from boto3.dynamodb.conditions import Key
+
+        records: list[KeyRecord] = []
+        kwargs: dict[str, Any] = {"IndexName": "by_tenant", "KeyConditionExpression": Key("tenant").eq(tenant)}
+        while True:
+            page = self._table.query(**kwargs)
+            records.extend(_from_item(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return records
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class InMemoryKeyStore:
+    """Fake for unit tests: same contract as DynamoKeyStore."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, KeyRecord] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        return self._items.get(key_id)
+
+    def put_new(self, record: KeyRecord) -> None:
+        with self._lock:
+            if record.key_id in self._items:
+                raise KeyAlreadyExists(record.key_id)
+            self._items[record.key_id] = record
+
+    def replace(self, record: KeyRecord) -> None:
+        with self._lock:
+            if record.key_id not in self._items:
+                raise KeyNotFound(record.key_id)
+            self._items[record.key_id] = replace(record)
+
+    def list_by_tenant(self, tenant: str) -> list[KeyRecord]:
+        return sorted((r for r in self._items.values() if r.tenant == tenant), key=lambda r: r.key_id)

@@ -1,0 +1,39 @@
+"""Who is calling: set by the authorizer, read by the proxy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Identity:
+    tenant: str
+    consumer: str
+    key_id: str  # gateway key id, or "jwt:<sub>" for IdP tokens
+    plan: str
+    auth_type: str = "api_key"  # "api_key" | "jwt"
+
+    def to_context(self) -> dict[str, str]:
+        """Authorizer context: small, strings only, nothing fast-changing."""
+        return {
+            "tenant": self.tenant,
+            "consumer": self.consumer,
+            "key_id": self.key_id,
+            "plan": self.plan,
+            "auth_type": self.auth_type,
+        }
+
+    @classmethod
+    def from_context(cls, context: dict[str, Any] | None) -> Identity | None:
+        """Parse an authorizer context defensively (values may arrive as strings or be missing)."""
+        if not isinstance(context, dict):
+            return None
+        fields = {}
+        for name in ("tenant", "consumer", "key_id", "plan"):
+            value = context.get(name)
+            if not isinstance(value, str) or not value:
+                return None
+            fields[name] = value
+        auth_type = context.get("auth_type")
+        return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key", **fields)

@@ -1,0 +1,32 @@
+"""Environment variable names, in one place, shared by the CDK stack, the handlers and local mode."""
+
+from __future__ import annotations
+
+import os
+
+KEYS_TABLE = "QG_KEYS_TABLE"
+QUOTA_TABLE = "QG_QUOTA_TABLE"
+IDEMPOTENCY_TABLE = "QG_IDEMPOTENCY_TABLE"
+CIRCUIT_TABLE = "QG_CIRCUIT_TABLE"
+# Gateway configuration (plans, models, prices): an SSM parameter name in AWS, a file locally.
+CONFIG_PARAMETER = "QG_CONFIG_PARAMETER"
+CONFIG_FILE = "QG_CONFIG_FILE"
+# JWT (customer IdP) settings for the authorizer and the function-URL path of the proxy.
+JWT_ISSUER = "QG_JWT_ISSUER"
+JWT_AUDIENCE = "QG_JWT_AUDIENCE"
+JWT_JWKS_URL = "QG_JWT_JWKS_URL"
+JWT_PUBLIC_KEYS = "QG_JWT_PUBLIC_KEYS"  # a JWKS document (JSON) with static public keys
+JWT_TENANT_CLAIM = "QG_JWT_TENANT_CLAIM"
+JWT_CONSUMER_CLAIM = "QG_JWT_CONSUMER_CLAIM"
+JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
+# Upper bound for a request body the proxy will read (bytes).
+MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def table_name(variable: str, default: str) -> str:
+    return env(variable, default) or default
