@@ -27,6 +27,9 @@ class KeyRecord:
     previous_secret_hash: str | None = None  # the key replaced by the last rotation...
     previous_valid_until: int | None = None  # ...keeps working until then
     updated_at: int | None = None
+    # Incremented by every change made through ``replace_if_version`` (optimistic concurrency, so a
+    # concurrent update can never undo a revocation). Records written before it existed count as 0.
+    version: int = 0
 
     def public_view(self) -> dict[str, Any]:
         """What callers of the keys API may see: never hashes."""
@@ -45,6 +48,10 @@ class KeyNotFound(Exception):
     pass
 
 
+class KeyVersionConflict(Exception):
+    """The record changed since it was read (``replace_if_version``): read it again and retry."""
+
+
 class KeyStore(Protocol):
     def get(self, key_id: str) -> KeyRecord | None: ...
 
@@ -53,6 +60,13 @@ class KeyStore(Protocol):
     def replace(self, record: KeyRecord) -> None: ...
 
     def list_by_tenant(self, tenant: str) -> list[KeyRecord]: ...
+
+    def replace_if_version(self, record: KeyRecord, expected_version: int) -> None:
+        """Replace the stored record only if its version is still ``expected_version``.
+
+        Raises KeyNotFound if there is no record, KeyVersionConflict if it changed in between.
+        """
+        ...
 
 
 def _to_item(record: KeyRecord) -> dict[str, Any]:
@@ -85,9 +99,9 @@ def _from_item(item: dict[str, Any]) -> KeyRecord:
 class DynamoKeyStore:
     def __init__(self, table: Any | None = None) -> None:
         if table is None:
-            import boto3
+            from quotagate import aws
 
-            table = boto3.resource("dynamodb").Table(tables.KEYS.name())
+            table = aws.resource("dynamodb").Table(tables.KEYS.name())
         self._table = table
 
     def get(self, key_id: str) -> KeyRecord | None:
@@ -114,11 +128,37 @@ class DynamoKeyStore:
                 raise KeyNotFound(record.key_id) from error
             raise
 
+    def replace_if_version(self, record: KeyRecord, expected_version: int) -> None:
+        from botocore.exceptions import ClientError
+
+        condition = "attribute_exists(key_id) AND #version = :expected"
+        if expected_version == 0:  # records written before versions existed have no attribute
+            condition = (
+                "attribute_exists(key_id) AND (attribute_not_exists(#version) OR #version = :expected)"
+            )
+        try:
+            self._table.put_item(
+                Item=_to_item(record),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#version": "version"},
+                ExpressionAttributeValues={":expected": expected_version},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                if error.response.get("Item"):
+                    raise KeyVersionConflict(record.key_id) from error
+                raise KeyNotFound(record.key_id) from error
+            raise
+
     def list_by_tenant(self, tenant: str) -> list[KeyRecord]:
         from boto3.dynamodb.conditions import Key
 
         records: list[KeyRecord] = []
-        kwargs: dict[str, Any] = {"IndexName": "by_tenant", "KeyConditionExpression": Key("tenant").eq(tenant)}
+        kwargs: dict[str, Any] = {
+            "IndexName": "by_tenant",
+            "KeyConditionExpression": Key("tenant").eq(tenant),
+        }
         while True:
             page = self._table.query(**kwargs)
             records.extend(_from_item(item) for item in page.get("Items", []))
@@ -147,6 +187,15 @@ class InMemoryKeyStore:
         with self._lock:
             if record.key_id not in self._items:
                 raise KeyNotFound(record.key_id)
+            self._items[record.key_id] = replace(record)
+
+    def replace_if_version(self, record: KeyRecord, expected_version: int) -> None:
+        with self._lock:
+            current = self._items.get(record.key_id)
+            if current is None:
+                raise KeyNotFound(record.key_id)
+            if current.version != expected_version:
+                raise KeyVersionConflict(record.key_id)
             self._items[record.key_id] = replace(record)
 
     def list_by_tenant(self, tenant: str) -> list[KeyRecord]:

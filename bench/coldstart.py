@@ -1,0 +1,121 @@
+"""Cold start and memory of the local gateway, and of the proxy app alone.
+
+1. ``python -m quotagate.local`` (what ``make dev`` runs) as a process: time from process start to
+   the first answered chat completion, and its peak resident memory (VmHWM) after N requests.
+2. The proxy app alone under uvicorn, as the Lambda Web Adapter starts it: time from process start
+   to a ready ``/health`` (the adapter's readiness check), and its peak memory.
+
+Usage: python bench/coldstart.py [--runs 3] [--requests 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def chat(base: str, key: str) -> int:
+    body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}],
+                       "max_tokens": 8}).encode()
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body, method="POST", headers={
+        "authorization": f"Bearer {key}", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+        return response.status
+
+
+def local_gateway(requests: int) -> tuple[float, float]:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        key = None
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("OPENAI_API_KEY="):
+                key = line.strip().split("=", 1)[1]
+                break
+        if key is None:
+            raise RuntimeError("the local gateway did not print a key")
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if chat(base, key) == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.005)
+        first_answer = time.perf_counter() - started
+        for _ in range(requests):
+            chat(base, key)
+        return first_answer, peak_rss_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def proxy_alone() -> tuple[float, float]:
+    port = free_port()
+    env = {**os.environ, "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json"),
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--port", str(port), "--app-dir",
+                                str(ROOT / "functions/proxy"), "app:app"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.002)
+        return time.perf_counter() - started, peak_rss_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=20)
+    args = parser.parse_args()
+    gateway = [local_gateway(args.requests) for _ in range(args.runs)]
+    proxy = [proxy_alone() for _ in range(args.runs)]
+    print(f"local gateway (make dev): process start -> first answered chat completion: "
+          f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {args.runs} runs "
+          f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})")
+    print(f"local gateway peak RSS after {args.requests + 1} requests: "
+          f"max {max(g[1] for g in gateway):.1f} MiB")
+    print(f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready: "
+          f"median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[1] for p in proxy):.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

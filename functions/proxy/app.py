@@ -1,0 +1,190 @@
+"""The proxy Lambda's ASGI app (served by uvicorn behind the Lambda Web Adapter). Thin: it turns
+HTTP into calls on quotagate.logic.gateway and shapes the responses."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from quotagate import settings
+from quotagate.errors import GatewayError, not_found
+from quotagate.identity import Identity
+from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
+from quotagate.logic.gateway import ChatResponse, Gateway, Outcome
+
+# Headers that identify the caller are only ever read from the AWS-set request context.
+REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
+
+
+class Services:
+    """What the app needs, built on first use (cold start stays small; tests inject fakes)."""
+
+    def __init__(self, gateway: Gateway, authenticate: Callable[[dict[str, str]], Identity]) -> None:
+        self.gateway = gateway
+        self.authenticate = authenticate
+
+
+def default_services() -> Services:
+    import httpx
+
+    from quotagate import aws
+    from quotagate.config import load_config
+    from quotagate.dal.key_cache import CachedKeyRecords
+    from quotagate.dal.keys_store import DynamoKeyStore
+    from quotagate.jwt_auth import JwtVerifier
+    from quotagate.logic.auth import Authenticator, credential_from_headers
+    from quotagate.observability import record_outcome
+    from quotagate.providers.factory import HttpProviderFactory
+    from quotagate.quota.ledger import DynamoQuotaLedger
+    from quotagate.quota.service import QuotaService
+
+    store = DynamoKeyStore()
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    gateway = Gateway(
+        config=load_config,
+        key_records=CachedKeyRecords(store),
+        quota=QuotaService(DynamoQuotaLedger(aws.client("dynamodb"))),
+        providers=HttpProviderFactory(load_config, http),
+        keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
+        max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
+        on_finished=record_outcome,
+    )
+    authenticator = Authenticator(store, JwtVerifier.from_env())
+    return Services(gateway, lambda headers: authenticator.authenticate(credential_from_headers(headers)))
+
+
+def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers={**(extra_headers or {}), **error.headers})
+
+
+def request_context(request: Request) -> dict[str, Any]:
+    raw = request.headers.get(REQUEST_CONTEXT_HEADER)
+    if not raw:
+        return {}
+    try:
+        context = json.loads(raw)
+    except ValueError:
+        return {}
+    return context if isinstance(context, dict) else {}
+
+
+class SettlingStreamingResponse(StreamingResponse):
+    """Streams the answer and settles the quota afterwards, on every path: normal end, upstream
+    failure, client disconnect (the body iterator is cancelled), or never starting at all."""
+
+    def __init__(self, chat: ChatResponse) -> None:
+        super().__init__(chat.body(), media_type="text/event-stream",
+                         headers={**chat.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        self._chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._chat.finish(200)
+
+
+def create_app(services_factory: Callable[[], Services] = default_services) -> Starlette:
+    services: list[Services] = []
+
+    def get_services() -> Services:
+        if not services:
+            services.append(services_factory())
+        return services[0]
+
+    async def identify(request: Request) -> Identity:
+        context = request_context(request)
+        identity = Identity.from_context(context.get("authorizer"))
+        if identity is not None:
+            return identity
+        # Function URL path: no authorizer ran, so validate the credential with the same core code.
+        from anyio import to_thread
+
+        from quotagate.logic.auth import AccessDenied, AuthUnavailable, MissingCredential
+
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            return await to_thread.run_sync(get_services().authenticate, headers)
+        except (MissingCredential, AccessDenied, AuthUnavailable) as error:
+            raise error.gateway_error() from None
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise body_too_large(limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise body_too_large(limit)
+        return bytes(body)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def list_models(request: Request) -> Response:
+        from anyio import to_thread
+
+        identity = await identify(request)
+        gateway = get_services().gateway
+        limits = await to_thread.run_sync(gateway.limits_for, identity)
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+                for m in gateway.models_for(limits)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat_completions(request: Request) -> Response:
+        identity = await identify(request)
+        gateway = get_services().gateway
+        request_id = str(request_context(request).get("requestId") or uuid.uuid4())
+        raw = await read_body(request, gateway.max_body_bytes)
+        chat = await gateway.chat(identity, raw, request_id)
+        if chat.request.stream:
+            return SettlingStreamingResponse(chat)
+        try:
+            return JSONResponse(chat.json, headers=chat.headers)
+        finally:
+            await chat.finish(200)
+
+    async def unknown_route(request: Request) -> Response:
+        raise not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        from quotagate.observability import logger
+
+        logger.exception("unhandled error")
+        return error_response(GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            return error_response(GatewayError(405, f"Method {request.method} not allowed on {request.url.path}.",
+                                               "invalid_request_error", "method_not_allowed"))
+        return error_response(not_found(f"Unknown request URL: {request.method} {request.url.path}.",
+                                        "unknown_url"))
+
+    from starlette.exceptions import HTTPException
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={
+        GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected})
+
+
+app = create_app()

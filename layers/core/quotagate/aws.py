@@ -1,0 +1,26 @@
+"""boto3 clients with explicit timeouts: every external call is bounded."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+@functools.lru_cache(maxsize=None)
+def _config() -> Any:
+    from botocore.config import Config
+
+    return Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3},
+                  tcp_keepalive=True)
+
+
+def client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, config=_config())
+
+
+def resource(service: str) -> Any:
+    import boto3
+
+    return boto3.resource(service, config=_config())

@@ -1,0 +1,120 @@
+"""``python -m quotagate.local`` (what ``make dev`` runs): the whole gateway on loopback.
+
+moto (served one request at a time, like DynamoDB's per-item atomicity) stands in for AWS, the
+mock model server is the default upstream, and an API Gateway emulator runs the real authorizer
+and proxy. No AWS account and no internet are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEV_CONFIG = Path(__file__).with_name("dev_config.json")
+KEYS_FUNCTION_NAMES = ("quotagate-keys", "Quotagate-keys", "keys")
+
+
+def _isolate_from_aws(endpoint_url: str) -> None:
+    # Dummy credentials and moto's endpoint for every AWS SDK call made by this process.
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's dummy credentials
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint_url,
+    })
+
+
+def _provider_secrets_from_env() -> None:
+    """Real providers are used locally when their keys are given: QG_SECRET_<NAME> becomes the
+    Secrets Manager secret of that name in moto (e.g. QG_SECRET_QUOTAGATE_PROVIDERS_OPENAI)."""
+    import boto3
+
+    from quotagate.config import load_config
+
+    client = boto3.client("secretsmanager")
+    for provider in load_config(force=True).providers.values():
+        if not provider.api_key_secret:
+            continue
+        env_name = "QG_SECRET_" + "".join(c if c.isalnum() else "_" for c in provider.api_key_secret).upper()
+        if os.environ.get(env_name):
+            client.create_secret(Name=provider.api_key_secret, SecretString=os.environ[env_name])
+
+
+def build_app(identity_sources: list[str], cache_seconds: float):  # type: ignore[no-untyped-def]
+    from functions.authorizer.handler import lambda_handler as authorizer
+    from functions.keys.handler import lambda_handler as keys_handler
+    from functions.proxy.app import create_app
+    from quotagate.local.apigateway import LocalApiGateway
+
+    return LocalApiGateway(create_app(), authorizer, keys_handler, identity_sources, cache_seconds,
+                           KEYS_FUNCTION_NAMES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quotagate.local", description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--token-delay", type=float, default=None,
+                        help="seconds per token streamed by the mock model server")
+    parser.add_argument("--authorizer-cache-seconds", type=float, default=300.0)
+    parser.add_argument("--identity-sources", default="Authorization",
+                        help="comma-separated headers API Gateway requires before calling the authorizer")
+    parser.add_argument("--demo-plan", default="free")
+    args = parser.parse_args(argv)
+
+    from quotagate.local.motoserver import start_moto_server
+
+    moto_url, _stop_moto = start_moto_server()
+    _isolate_from_aws(moto_url)
+
+    from quotagate.mock.server import MockSettings, run_in_thread
+
+    mock_settings = MockSettings() if args.token_delay is None else MockSettings(token_delay=args.token_delay)
+    mock_url, _stop_mock = run_in_thread(mock_settings)
+    os.environ["QG_MOCK_BASE_URL"] = mock_url.rstrip("/")
+    os.environ.setdefault("QG_CONFIG_FILE", str(DEV_CONFIG))
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+    import boto3
+
+    from quotagate import tables
+
+    tables.create_all(boto3.client("dynamodb"))
+    _provider_secrets_from_env()
+
+    from functions.keys.handler import lambda_handler as keys_handler
+    from quotagate.local.apigateway import FakeLambdaContext
+
+    created = keys_handler({"action": "create_key", "tenant": "demo", "consumer": "demo-user",
+                            "plan": args.demo_plan, "name": "make dev demo key"}, FakeLambdaContext("keys"))
+    if not created.get("ok"):
+        print(f"could not create the demo key: {created}", file=sys.stderr)
+        return 1
+    demo_key = created["result"]["api_key"]
+
+    app = build_app([s.strip() for s in args.identity_sources.split(",") if s.strip()],
+                    args.authorizer_cache_seconds)
+    base = f"http://{args.host}:{args.port}"
+    print(f"Quotagate local gateway on {base} (moto at {moto_url}, mock models at {mock_url})")
+    print(f"OPENAI_BASE_URL={base}/v1")
+    print(f"OPENAI_API_KEY={demo_key}")
+    print(f"Keys API (Lambda Invoke emulation): quotagate keys list --tenant demo --endpoint-url {base}")
+    print(f"""Try: curl -N {base}/v1/chat/completions -H "Authorization: Bearer $OPENAI_API_KEY" \\
+  -H 'content-type: application/json' \\
+  -d '{{"model": "mock-gpt", "stream": true, "messages": [{{"role": "user", "content": "hi"}}]}}'""",
+          flush=True)
+
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=75)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Validation of an OpenAI chat completion request body, before any quota or upstream is touched."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from quotagate.errors import GatewayError, invalid_request
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_CHOICES = 8
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+@dataclass
+class ChatRequest:
+    body: dict[str, Any]  # what is forwarded upstream (the model name is replaced by the router)
+    model: str
+    stream: bool
+    client_wants_usage: bool  # stream_options.include_usage as the client sent it
+    max_output_tokens: int | None  # max_completion_tokens or max_tokens, if the client set one
+    choices: int  # n
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body["messages"]
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"Request body is larger than {limit} bytes.", "invalid_request_error",
+                        "request_too_large")
+
+
+def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper and value > upper):
+        bound = f" and at most {upper}" if upper else ""
+        raise invalid_request(f"'{name}' must be an integer of at least 1{bound}.", param=name,
+                              code="invalid_value")
+    return value
+
+
+def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
+    if len(raw) > max_bytes:
+        raise body_too_large(max_bytes)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid_request("'model' is required and must be a non-empty string.", param="model",
+                              code="invalid_value")
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request("'messages' must be a non-empty array.", param="messages", code="invalid_value")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_value")
+        if message.get("role") not in _ROLES:
+            raise invalid_request(f"'{where}.role' must be one of {sorted(_ROLES)}.", param=f"{where}.role",
+                                  code="invalid_value")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise invalid_request(f"'{where}.content' must be a string or an array of parts.",
+                                  param=f"{where}.content", code="invalid_value")
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise invalid_request(f"'{where}.content' parts must be objects.", param=f"{where}.content",
+                                  code="invalid_value")
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_request("'stream' must be a boolean.", param="stream", code="invalid_value")
+
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise invalid_request("'stream_options' must be an object.", param="stream_options", code="invalid_value")
+    if stream_options and not stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options",
+                              code="invalid_value")
+    wants_usage = bool(stream_options and stream_options.get("include_usage") is True)
+
+    max_completion = _positive_int(body, "max_completion_tokens")
+    max_tokens = _positive_int(body, "max_tokens")
+    choices = _positive_int(body, "n", MAX_CHOICES) or 1
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise invalid_request(f"'{name}' must be a number.", param=name, code="invalid_value")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, (str, list)):
+        raise invalid_request("'stop' must be a string or an array of strings.", param="stop", code="invalid_value")
+
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=stream,
+        client_wants_usage=wants_usage,
+        max_output_tokens=max_completion if max_completion is not None else max_tokens,
+        choices=choices,
+    )

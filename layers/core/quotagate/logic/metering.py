@@ -1,0 +1,85 @@
+"""Actual token usage of one request: from the provider's ``usage`` when it reports one,
+otherwise counted with tiktoken from what was actually sent and received."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quotagate import tokens
+from quotagate.providers.base import SSEEvent
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    source: str  # "provider" | "counted"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _usage_numbers(usage: Any) -> tuple[int, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        return prompt, completion
+    return None
+
+
+class Meter:
+    """Watches a response (streamed or not) and tells what it cost."""
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        self._messages = messages
+        self._reported: tuple[int, int] | None = None
+        self._received: list[str] = []
+        self.events_seen = 0
+
+    def observe_chunk(self, event: SSEEvent, client_wants_usage: bool) -> bool:
+        """Record a streamed event; returns whether it should be forwarded to the client."""
+        data = event.data
+        if data is None:
+            return True
+        self.events_seen += 1
+        reported = _usage_numbers(data.get("usage"))
+        if reported:
+            self._reported = reported
+        for choice in data.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                self._collect(delta)
+        # The usage-only chunk we asked for on the client's behalf is not theirs to see.
+        is_usage_chunk = reported is not None and not data.get("choices")
+        return client_wants_usage or not is_usage_chunk
+
+    def observe_response(self, data: dict[str, Any]) -> None:
+        self._reported = _usage_numbers(data.get("usage")) or self._reported
+        for choice in data.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                self._collect(message)
+
+    def _collect(self, part: dict[str, Any]) -> None:
+        content = part.get("content")
+        if isinstance(content, str):
+            self._received.append(content)
+        for call in part.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for key in ("name", "arguments"):
+                    if isinstance(function.get(key), str):
+                        self._received.append(function[key])
+
+    def usage(self, upstream_started: bool = True) -> Usage:
+        """Provider-reported usage if any; else tiktoken counts. Nothing is charged for a request the
+        upstream never started (it refused or was unreachable)."""
+        if self._reported:
+            return Usage(*self._reported, source="provider")
+        if not upstream_started:
+            return Usage(0, 0, source="counted")
+        return Usage(tokens.chat_prompt_tokens(self._messages), tokens.count_text("".join(self._received)),
+                     source="counted")

@@ -1,0 +1,111 @@
+"""The whole gateway on loopback for integration tests: single-threaded moto server, the mock
+model server, and the local API Gateway emulator in front of the real authorizer and proxy app."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from quotagate import config, tables
+
+TEST_CONFIG = {
+    "default_plan": "free",
+    "providers": {"mock": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
+                           "read_timeout": 5}},
+    "models": {
+        "mock-gpt": {"provider": "mock", "upstream_model": "mock-gpt",
+                     "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
+        "mock-omit": {"provider": "mock", "upstream_model": "mock-gpt@omit_usage=1",
+                      "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
+        "mock-drop": {"provider": "mock", "upstream_model": "mock-gpt@drop_after=3",
+                      "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
+        "mock-500": {"provider": "mock", "upstream_model": "mock-gpt@status=500",
+                     "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
+        "mock-secret": {"provider": "mock", "upstream_model": "mock-gpt"},
+    },
+    "plans": {
+        "free": {"limits": {"requests_per_minute": 1000, "tokens_per_minute": 100000},
+                 "models": ["mock-gpt", "mock-omit", "mock-drop", "mock-500"], "default_max_tokens": 64},
+        "pro": {"limits": {}, "models": "*", "default_max_tokens": 64},
+    },
+}
+
+
+@dataclass
+class GatewayStack:
+    base_url: str
+    moto_url: str
+    mock: Any  # quotagate.mock.MockServer
+
+    def invoke_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from functions.keys.handler import lambda_handler
+        from quotagate.local.apigateway import FakeLambdaContext
+
+        return lambda_handler(payload, FakeLambdaContext("keys"))
+
+    def create_key(self, tenant: str, consumer: str = "c", plan: str = "free", **fields: Any) -> dict[str, Any]:
+        response = self.invoke_keys({"action": "create_key", "tenant": tenant, "consumer": consumer,
+                                     "plan": plan, **fields})
+        assert response["ok"], response
+        return response["result"]
+
+    def quota_used(self, scope_pk: str, limit_name: str) -> int:
+        from quotagate.quota.ledger import DynamoQuotaLedger
+        from quotagate.quota.service import QuotaService
+
+        return QuotaService(DynamoQuotaLedger(boto3.client("dynamodb"))).usage_of(scope_pk, limit_name)
+
+
+def _reset_handler_singletons() -> None:
+    import functions.authorizer.handler as authorizer
+    import functions.keys.handler as keys
+
+    for module in (authorizer, keys):
+        reset = getattr(module, "reset", None)
+        if callable(reset):
+            reset()
+
+
+@contextmanager
+def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
+                  token_delay: float = 0.01, keepalive_seconds: float = 15.0,
+                  authorizer_cache_seconds: float = 0.0) -> Iterator[GatewayStack]:
+    from functions.authorizer.handler import lambda_handler as authorizer
+    from functions.keys.handler import lambda_handler as keys_handler
+    from functions.proxy.app import create_app
+    from quotagate.local.apigateway import LocalApiGateway
+    from quotagate.local.motoserver import start_moto_server
+    from quotagate.mock import MockServer, MockSettings, run_in_thread
+
+    saved = dict(os.environ)
+    moto_url, stop_moto = start_moto_server()
+    mock = MockServer(MockSettings(token_delay=token_delay)).start()
+    config_file = tmp_dir / "gateway-config.json"
+    config_file.write_text(json.dumps({**TEST_CONFIG, **(config_overrides or {})}))
+    os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
+                       "QG_CONFIG_FILE": str(config_file), "QG_KEEPALIVE_SECONDS": str(keepalive_seconds)})
+    config.reset_cache()
+    _reset_handler_singletons()
+    stop_gateway = None
+    try:
+        tables.create_all(boto3.client("dynamodb"))
+        app = LocalApiGateway(create_app(), authorizer, keys_handler, ["Authorization"],
+                              authorizer_cache_seconds, ("quotagate-keys",))
+        base_url, stop_gateway = run_in_thread(app=app)
+        yield GatewayStack(base_url, moto_url, mock)
+    finally:
+        if stop_gateway:
+            stop_gateway()
+        mock.stop()
+        stop_moto()
+        os.environ.clear()
+        os.environ.update(saved)
+        config.reset_cache()
+        _reset_handler_singletons()
