@@ -11,7 +11,7 @@ def _config() -> Any:
     from botocore.config import Config
 
     return Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3},
-                  tcp_keepalive=True)
+                  tcp_keepalive=True, max_pool_connections=64)
 
 
 def client(service: str) -> Any:

@@ -136,6 +136,8 @@ class Gateway:
             await response.start(self._providers.for_model(model), upstream_body)
         except BaseException as error:
             await response.finish(error.status if isinstance(error, GatewayError) else 500)
+            if isinstance(error, GatewayError):
+                error.headers = {**response.headers, **error.headers}
             raise
         return response
 

@@ -1,0 +1,191 @@
+"""Exact quotas through the real proxy: concurrency, settlement on every ending, 429s and headers.
+
+The moto server handles one call at a time, like DynamoDB's per-item atomicity, so any overshoot
+seen here would be a real race in the gateway."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import httpx
+import pytest
+
+from quotagate import tokens
+from tests.integration.gateway_stack import TEST_CONFIG, gateway_stack
+
+MESSAGES = [{"role": "user", "content": "Count the lighthouses on the coast."}]
+PRICE_IN, PRICE_OUT = 1.0, 2.0  # USD per million tokens of mock-gpt in TEST_CONFIG
+PLANS = {
+    **TEST_CONFIG["plans"],
+    "tpm-1000": {"limits": {"tokens_per_minute": 1000}, "models": "*", "default_max_tokens": 64},
+    "usd-day": {"limits": {"usd_per_day": 0.0017}, "models": "*", "default_max_tokens": 64},
+    "tenant-tpm": {"limits": {}, "tenant_limits": {"tokens_per_minute": 1000}, "models": "*",
+                   "default_max_tokens": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with gateway_stack(tmp_path_factory.mktemp("quota"), {"plans": PLANS}, token_delay=0.005) as running:
+        yield running
+
+
+def post(stack, api_key, body, timeout=60):
+    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=timeout,
+                      headers={"authorization": f"Bearer {api_key}"})
+
+
+def micro_usd(prompt, completion):
+    return math.ceil(round((prompt * PRICE_IN + completion * PRICE_OUT) / 1e6 * 1e6, 6))
+
+
+def away_from_minute_boundary():
+    # A burst that straddles two minute windows is legitimately admitted in both: keep it in one.
+    while time.time() % 60 > 45:
+        time.sleep(0.5)
+
+
+def burst(stack, api_keys, count):
+    """``count`` simultaneous requests (max_tokens 100, replies of varying length), round-robin keys."""
+    def one(i):
+        body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 100, "mock_reply_tokens": 20 + (i * 7) % 81}
+        return post(stack, api_keys[i % len(api_keys)], body)
+
+    before = stack.mock.stats.snapshot()["chat_requests"]
+    away_from_minute_boundary()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        responses = list(pool.map(one, range(count)))
+    upstream_calls = stack.mock.stats.snapshot()["chat_requests"] - before
+    admitted = [r for r in responses if r.status_code == 200]
+    rejected = [r for r in responses if r.status_code != 200]
+    assert all(r.status_code == 429 for r in rejected), {r.status_code for r in rejected}
+    assert upstream_calls == len(admitted), "a rejected request reached the upstream"
+    return admitted, rejected
+
+
+def test_fifty_concurrent_requests_never_overshoot_tokens_per_minute(stack):
+    key = stack.create_key(tenant="burst-tokens", plan="tpm-1000")
+    admitted, rejected = burst(stack, [key["api_key"]], 50)
+    reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
+    assert len(admitted) == 1000 // reserved_each
+    assert rejected and all(r.json()["error"]["type"] == "tokens" for r in rejected)
+    actual = sum(r.json()["usage"]["total_tokens"] for r in admitted)
+    assert actual <= 1000
+    assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == actual
+
+
+def test_fifty_concurrent_requests_never_overshoot_usd_per_day(stack):
+    key = stack.create_key(tenant="burst-usd", plan="usd-day")
+    admitted, rejected = burst(stack, [key["api_key"]], 50)
+    reserved_each = micro_usd(tokens.chat_prompt_tokens(MESSAGES), 100)
+    assert len(admitted) == 1700 // reserved_each
+    assert rejected and all(r.json()["error"]["code"] == "insufficient_quota" for r in rejected)
+    spent = sum(micro_usd(r.json()["usage"]["prompt_tokens"], r.json()["usage"]["completion_tokens"])
+                for r in admitted)
+    assert spent <= 1700
+    assert stack.quota_used(f"key#{key['key_id']}", "usd_per_day") == spent
+
+
+def test_tenant_limit_is_shared_by_two_keys(stack):
+    first = stack.create_key(tenant="shared-tenant", consumer="a", plan="tenant-tpm")
+    second = stack.create_key(tenant="shared-tenant", consumer="b", plan="tenant-tpm")
+    admitted, rejected = burst(stack, [first["api_key"], second["api_key"]], 50)
+    reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
+    assert len(admitted) == 1000 // reserved_each and rejected
+    actual = sum(r.json()["usage"]["total_tokens"] for r in admitted)
+    assert actual <= 1000
+    assert stack.quota_used("tenant#shared-tenant", "tokens_per_minute") == actual
+
+
+def reservation(stack, response):
+    from quotagate.quota.ledger import DynamoQuotaLedger
+
+    return DynamoQuotaLedger(boto3.client("dynamodb")).get_reservation(response.headers["x-quotagate-request-id"])
+
+
+def wait_settled(stack, response, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = reservation(stack, response)
+        if item and item.get("status") == "settled":
+            return item
+        time.sleep(0.05)
+    raise AssertionError(f"not settled: {reservation(stack, response)}")
+
+
+def test_upstream_error_refunds_every_token(stack):
+    key = stack.create_key(tenant="settle-error")
+    response = post(stack, key["api_key"], {"model": "mock-500", "messages": MESSAGES, "max_tokens": 50})
+    assert response.status_code == 502
+    wait_settled(stack, response)
+    assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == 0
+    assert stack.quota_used(f"key#{key['key_id']}", "requests_per_minute") == 1
+
+
+def test_mid_stream_drop_charges_what_was_streamed(stack):
+    key = stack.create_key(tenant="settle-drop")
+    response = post(stack, key["api_key"], {"model": "mock-drop", "messages": MESSAGES, "stream": True,
+                                            "max_tokens": 50})
+    assert response.status_code == 200 and "upstream_stream_interrupted" in response.text
+    wait_settled(stack, response)
+    streamed = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in response.text.splitlines() if line.startswith("data: {\"id\""))
+    expected = tokens.chat_prompt_tokens(MESSAGES) + tokens.count_text(streamed)
+    assert tokens.count_text(streamed) == 3
+    assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == expected
+
+
+def test_client_disconnect_settles_what_the_upstream_produced(stack):
+    key = stack.create_key(tenant="settle-disconnect")
+    body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 400,
+            "mock_reply_tokens": 400, "mock_token_delay": 0.02}
+    received = 0
+    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {key['api_key']}"}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                received += 1
+                if received == 5:
+                    break
+    item = wait_settled(stack, response)
+    used = stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute")
+    prompt = tokens.chat_prompt_tokens(MESSAGES)
+    assert prompt + received <= used < prompt + 400, "the unused reservation must be refunded"
+    assert item["usage"]["completion_tokens"] == used - prompt
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_is_counted_with_tiktoken_when_the_upstream_omits_it(stack, stream):
+    key = stack.create_key(tenant=f"settle-omit-{stream}")
+    response = post(stack, key["api_key"], {"model": "mock-omit", "messages": MESSAGES, "stream": stream,
+                                            "max_tokens": 9})
+    assert response.status_code == 200
+    if not stream:
+        assert "usage" not in response.json()
+    wait_settled(stack, response)
+    assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == tokens.chat_prompt_tokens(MESSAGES) + 9
+
+
+def test_tiny_limit_gets_429_with_openai_headers_and_oversize_gets_400(stack):
+    key = stack.create_key(tenant="tiny", limits={"tokens_per_minute": 150, "requests_per_minute": 10})
+    away_from_minute_boundary()
+    body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 100}
+    first = post(stack, key["api_key"], body)
+    assert first.status_code == 200
+    limited = post(stack, key["api_key"], body)
+    assert limited.status_code == 429
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "tokens"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
+                 "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        assert name in limited.headers, name
+    assert limited.headers["x-ratelimit-limit-tokens"] == "150"
+    never = post(stack, key["api_key"], {**body, "max_tokens": 500})
+    assert never.status_code == 400
+    assert never.json()["error"]["code"] == "request_too_large_for_limit"
