@@ -17,10 +17,12 @@ def _config() -> Any:
 def client(service: str) -> Any:
     import boto3
 
-    return boto3.client(service, config=_config())
+    factory: Any = boto3.client  # the stubs only type literal service names
+    return factory(service, config=_config())
 
 
 def resource(service: str) -> Any:
     import boto3
 
-    return boto3.resource(service, config=_config())
+    factory: Any = boto3.resource
+    return factory(service, config=_config())

@@ -49,7 +49,7 @@ async def _raise_for_status(response: httpx.Response, provider_name: str) -> Non
 
 def parse_sse_events(buffer: bytearray) -> list[SSEEvent]:
     """Take the complete events out of ``buffer`` (mutated), leaving any partial event in it."""
-    events = []
+    events: list[SSEEvent] = []
     while True:
         # Events end with a blank line; accept \n\n and \r\n\r\n.
         end = buffer.find(b"\n\n")

@@ -1,0 +1,40 @@
+"""CDK entry point: ``python -m cdk_app.app`` (or ``cdk synth``) writes cdk.out/Quotagate.template.json.
+
+cdk-nag's AwsSolutions pack runs on every synthesis; an unacknowledged finding fails it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App
+
+from cdk_app import nag, paths
+from cdk_app.stack import STACK_NAME, QuotagateStack
+
+
+def build_app(
+    *, context: dict[str, Any] | None = None, outdir: str | Path | None = None
+) -> tuple[App, QuotagateStack]:
+    """The app with the Quotagate stack and the nag checks (not yet synthesized)."""
+    app = App(context=context, outdir=str(outdir) if outdir is not None else None)
+    stack = QuotagateStack(
+        app,
+        STACK_NAME,
+        description="Quotagate: serverless, token-aware AI API gateway",
+    )
+    nag.add_checks(app)
+    return app, stack
+
+
+def main() -> None:
+    # The CDK CLI passes its output directory in CDK_OUTDIR; run directly, the app writes ./cdk.out.
+    outdir = os.environ.get("CDK_OUTDIR") or str(paths.DEFAULT_OUTDIR)
+    app, _ = build_app(outdir=outdir)
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

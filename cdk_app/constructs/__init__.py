@@ -1,0 +1,1 @@
+"""The constructs the Quotagate stack is composed of, one per concern."""

@@ -1,0 +1,209 @@
+"""The public entry point: a REGIONAL REST API that streams the proxy's responses.
+
+* ``ANY /v1/{proxy+}``: Lambda REQUEST authorizer, then the proxy (response streaming, 15 min).
+* ``GET /health``: the proxy's liveness answer, without authorizer.
+* Every error API Gateway produces itself is OpenAI-shaped JSON (gateway responses).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Duration
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk_app import nag
+from cdk_app.constructs.function import retention
+from cdk_app.context import DeploymentOptions
+
+STREAM_TIMEOUT = Duration.minutes(15)
+
+# Access log record (JSON). No headers, no bodies: credentials never reach the logs.
+ACCESS_LOG_FIELDS = {
+    "requestId": "$context.requestId",
+    "extendedRequestId": "$context.extendedRequestId",
+    "requestTime": "$context.requestTimeEpoch",
+    "ip": "$context.identity.sourceIp",
+    "userAgent": "$context.identity.userAgent",
+    "httpMethod": "$context.httpMethod",
+    "resourcePath": "$context.resourcePath",
+    "path": "$context.path",
+    "protocol": "$context.protocol",
+    "status": "$context.status",
+    "responseLength": "$context.responseLength",
+    "responseLatency": "$context.responseLatency",
+    "integrationLatency": "$context.integration.latency",
+    "integrationStatus": "$context.integration.status",
+    "integrationError": "$context.integration.error",
+    "principalId": "$context.authorizer.principalId",
+    "authorizerStatus": "$context.authorizer.status",
+    "authorizerLatency": "$context.authorizer.latency",
+    "authorizerError": "$context.authorizer.error",
+    "errorType": "$context.error.responseType",
+    "errorMessage": "$context.error.message",
+    "xrayTraceId": "$context.xrayTraceId",
+}
+
+# API Gateway's own error messages, JSON-quoted by API Gateway.
+_GATEWAY_MESSAGE = "$context.error.messageString"
+
+
+def openai_error_body(message: str | None, error_type: str, code: str | None) -> str:
+    """An OpenAI error object; ``message=None`` uses API Gateway's own message."""
+    body = json.dumps(
+        {"error": {"message": "__MESSAGE__", "type": error_type, "param": None, "code": code}},
+        separators=(",", ":"),
+    )
+    return body.replace('"__MESSAGE__"', _GATEWAY_MESSAGE if message is None else json.dumps(message))
+
+
+# response type -> (status code or None to keep API Gateway's, message, OpenAI type, OpenAI code)
+GATEWAY_RESPONSES: dict[str, tuple[str | None, str | None, str, str | None]] = {
+    "UNAUTHORIZED": (
+        "401",
+        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    "ACCESS_DENIED": (
+        "403",
+        "This credential is not allowed to use this resource.",
+        "permission_error",
+        "permission_denied",
+    ),
+    # A REST API answers an unknown path or method with this (403 by default): it is a 404.
+    "MISSING_AUTHENTICATION_TOKEN": (
+        "404",
+        "Unknown request URL or method.",
+        "invalid_request_error",
+        "unknown_url",
+    ),
+    "THROTTLED": (
+        "429",
+        "Too many requests to the gateway. Retry after a short wait.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    "REQUEST_TOO_LARGE": (
+        "413",
+        "The request body is too large.",
+        "invalid_request_error",
+        "request_too_large",
+    ),
+    "DEFAULT_4XX": (None, None, "invalid_request_error", None),
+    "DEFAULT_5XX": (None, None, "api_error", None),
+}
+
+
+class GatewayApi(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        proxy: lambda_.IFunction,
+        authorizer: lambda_.IFunction,
+        options: DeploymentOptions,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=retention(options.log_retention_days))
+        self.api = apigw.RestApi(
+            self,
+            "Api",
+            rest_api_name="quotagate",
+            description="Quotagate: OpenAI-compatible, quota-enforcing AI gateway (streaming)",
+            # Streams idle out after 5 minutes on REGIONAL endpoints, after 30 s on edge-optimized ones.
+            endpoint_configuration=apigw.EndpointConfiguration(types=[apigw.EndpointType.REGIONAL]),
+            # Execution logs (errors only) need the account-level CloudWatch role.
+            cloud_watch_role=True,
+            deploy_options=apigw.StageOptions(
+                stage_name=options.stage_name,
+                tracing_enabled=True,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,  # would log request bodies and Authorization headers
+                metrics_enabled=True,
+                throttling_rate_limit=options.throttle_rate_limit,
+                throttling_burst_limit=options.throttle_burst_limit,
+            ),
+        )
+        # The stack exports the URL itself (ApiUrl, OpenAIBaseUrl); drop RestApi's duplicate output.
+        self.api.node.try_remove_child("Endpoint")
+        self.authorizer = apigw.RequestAuthorizer(
+            self,
+            "Authorizer",
+            handler=authorizer,
+            identity_sources=list(options.identity_sources),
+            results_cache_ttl=Duration.seconds(options.authorizer_cache_seconds),
+        )
+        integration = apigw.LambdaIntegration(
+            proxy,
+            response_transfer_mode=apigw.ResponseTransferMode.STREAM,
+            timeout=STREAM_TIMEOUT,
+            allow_test_invoke=False,
+        )
+        v1 = self.api.root.add_resource("v1")
+        self.proxy_method = v1.add_resource("{proxy+}").add_method(
+            "ANY",
+            integration,
+            authorizer=self.authorizer,
+            authorization_type=apigw.AuthorizationType.CUSTOM,
+        )
+        self.health_method = self.api.root.add_resource("health").add_method("GET", integration)
+        for name, (status, message, error_type, code) in GATEWAY_RESPONSES.items():
+            self.api.add_gateway_response(
+                f"{name.title().replace('_', '')}Response",
+                type=apigw.ResponseType.of(name),
+                status_code=status,
+                templates={"application/json": openai_error_body(message, error_type, code)},
+            )
+        self._acknowledge()
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    def _acknowledge(self) -> None:
+        nag.acknowledge(
+            self.api,
+            "AwsSolutions-APIG2",
+            "Requests are validated by the proxy, which answers invalid input with OpenAI-shaped errors "
+            "(400/413) before any quota is reserved; an API Gateway request validator would answer in "
+            "its own format and cannot express the OpenAI request schemas.",
+        )
+        nag.acknowledge(
+            self.api.deployment_stage,
+            "AwsSolutions-APIG3",
+            "No WAF web ACL by default: every /v1 request is authenticated by the Lambda authorizer, "
+            "throttled by the stage and quota-limited per key in DynamoDB. Operators who want WAF "
+            "associate their own web ACL with the stage; it does not change this stack.",
+        )
+        nag.acknowledge(
+            self.api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "The account-level role API Gateway uses to write execution logs: API Gateway names the "
+            "per-stage log groups itself, and this AWS-managed policy is the documented grant for it.",
+        )
+        nag.acknowledge(
+            self.proxy_method,
+            "AwsSolutions-COG4",
+            "Clients authenticate with gateway-issued API keys or their own IdP's JWTs, checked by the "
+            "Lambda REQUEST authorizer; a Cognito user pool cannot hold either kind of credential.",
+        )
+        nag.acknowledge(
+            self.health_method,
+            "AwsSolutions-APIG4",
+            "GET /health is the unauthenticated liveness probe: it returns a fixed status, reads no "
+            "data and never reaches a model; stage throttling bounds its use.",
+        )
+        nag.acknowledge(
+            self.health_method,
+            "AwsSolutions-COG4",
+            "GET /health is the unauthenticated liveness probe (see APIG4): no authorizer of any kind, "
+            "so no Cognito user pool either.",
+        )

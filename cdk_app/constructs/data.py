@@ -1,0 +1,88 @@
+"""DynamoDB tables, built from the single definition in quotagate.tables, and least-privilege grants."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from quotagate import tables
+from quotagate.tables import TableSpec
+
+# Data-plane actions only (no streams, no control plane). Transactions are authorised per item by
+# these same actions, so TransactWriteItems needs nothing more.
+READ_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:DescribeTable",
+)
+WRITE_ACTIONS = (
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+)
+SCAN_ACTION = "dynamodb:Scan"
+# Tables whose content must survive a stack deletion (the keys are the customers' credentials).
+RETAINED = frozenset({tables.KEYS.logical_id})
+
+
+def _attribute(name: str) -> dynamodb.Attribute:
+    return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
+
+
+class DataTables(Construct):
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        self.tables: dict[str, dynamodb.Table] = {}
+        self.specs: dict[str, TableSpec] = {}
+        for spec in tables.ALL_TABLES:
+            table = dynamodb.Table(
+                self,
+                spec.logical_id,
+                partition_key=_attribute(spec.partition_key),
+                sort_key=_attribute(spec.sort_key) if spec.sort_key else None,
+                billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+                point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                    point_in_time_recovery_enabled=True
+                ),
+                time_to_live_attribute=spec.ttl_attribute,
+                removal_policy=RemovalPolicy.RETAIN if spec.logical_id in RETAINED else RemovalPolicy.DESTROY,
+            )
+            for index in spec.indexes:
+                table.add_global_secondary_index(
+                    index_name=index.name,
+                    partition_key=_attribute(index.partition_key),
+                    sort_key=_attribute(index.sort_key) if index.sort_key else None,
+                    projection_type=dynamodb.ProjectionType.ALL,
+                )
+            self.tables[spec.logical_id] = table
+            self.specs[spec.logical_id] = spec
+
+    @property
+    def keys(self) -> dynamodb.Table:
+        return self.tables[tables.KEYS.logical_id]
+
+    @property
+    def quota(self) -> dynamodb.Table:
+        return self.tables[tables.QUOTA.logical_id]
+
+    @property
+    def idempotency(self) -> dynamodb.Table:
+        return self.tables[tables.IDEMPOTENCY.logical_id]
+
+    def table_name_env(self, *specs: TableSpec) -> dict[str, str]:
+        """The environment variables carrying the physical names of ``specs``."""
+        return {spec.env_var: self.tables[spec.logical_id].table_name for spec in specs}
+
+    def grant(
+        self, grantee: iam.IGrantable, spec: TableSpec, *, write: bool = False, scan: bool = False
+    ) -> None:
+        """Grant data access on one table and its indexes, each named (no ``index/*`` wildcard)."""
+        table = self.tables[spec.logical_id]
+        actions = [*READ_ACTIONS, *(WRITE_ACTIONS if write else ()), *((SCAN_ACTION,) if scan else ())]
+        resources = [table.table_arn, *(f"{table.table_arn}/index/{index.name}" for index in spec.indexes)]
+        iam.Grant.add_to_principal(grantee=grantee, actions=actions, resource_arns=resources)

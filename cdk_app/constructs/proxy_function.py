@@ -1,0 +1,98 @@
+"""The streaming proxy: an ASGI app (functions/proxy) behind the Lambda Web Adapter.
+
+The adapter (a layer, started through AWS_LAMBDA_EXEC_WRAPPER) runs ``run.sh``, waits until the
+app answers on the readiness path, then forwards each invocation as HTTP and streams the response
+(AWS_LWA_INVOKE_MODE=response_stream; any other value silently falls back to buffering).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, Duration, Fn, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from cdk_app import nag, paths
+from cdk_app.constructs.config import GatewayConfigParameter
+from cdk_app.constructs.data import DataTables
+from cdk_app.constructs.function import GatewayFunction
+from cdk_app.constructs.layers import SharedLayers
+from cdk_app.context import SECRETS_PREFIX, DeploymentOptions
+from quotagate import settings, tables
+
+# Lambda Web Adapter v1.0.0, arm64, published by AWS in every commercial region.
+WEB_ADAPTER_LAYER_ARN = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
+APP_PORT = "8000"
+READINESS_PATH = "/health"
+WEB_ADAPTER_ENV = {
+    "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",
+    "AWS_LWA_INVOKE_MODE": "response_stream",
+    "AWS_LWA_PORT": APP_PORT,
+    "PORT": APP_PORT,
+    "AWS_LWA_READINESS_CHECK_PATH": READINESS_PATH,
+}
+
+
+class ProxyFunction(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        data: DataTables,
+        config: GatewayConfigParameter,
+        layers: SharedLayers,
+        options: DeploymentOptions,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        web_adapter = lambda_.LayerVersion.from_layer_version_arn(
+            self, "WebAdapter", Fn.sub(WEB_ADAPTER_LAYER_ARN)
+        )
+        self.handler = GatewayFunction(
+            self,
+            "Handler",
+            code_dir=paths.FUNCTIONS_DIR / "proxy",
+            handler="run.sh",
+            service="quotagate-proxy",
+            description="Quotagate proxy: quota, routing and streaming to model providers (Web Adapter)",
+            layers=[web_adapter, *layers.all],
+            environment={
+                **WEB_ADAPTER_ENV,
+                **data.table_name_env(tables.KEYS, tables.QUOTA),
+                settings.CONFIG_PARAMETER: config.parameter_name,
+                # The function URL path authenticates in the proxy itself, with the same settings.
+                **options.jwt_env,
+            },
+            log_retention_days=options.log_retention_days,
+            timeout=Duration.minutes(15),  # the longest a stream may last
+            memory_size=1024,
+        )
+        self.function = self.handler.function
+
+        data.grant(self.function, tables.QUOTA, write=True)  # reserve and settle
+        data.grant(self.function, tables.KEYS)  # read only: key lookup on the function URL path
+        config.grant_read(self.function)
+        provider_secrets = Stack.of(self).format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{SECRETS_PREFIX}*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[provider_secrets])
+        )
+        nag.acknowledge(
+            self.handler,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>"
+            f":secret:{SECRETS_PREFIX}*]",
+            "Provider API keys are secrets the operator creates under quotagate/providers/ (one per "
+            "provider, named in the gateway configuration); Secrets Manager appends a random suffix "
+            "to every secret ARN, so the prefix needs a trailing wildcard. Read-only (GetSecretValue).",
+        )
+
+        # For callers inside the account: IAM-signed requests, streamed. No authorizer runs on this
+        # path, so the proxy authenticates the API key or JWT itself.
+        self.url = self.function.add_function_url(
+            auth_type=lambda_.FunctionUrlAuthType.AWS_IAM,
+            invoke_mode=lambda_.InvokeMode.RESPONSE_STREAM,
+        )

@@ -1,0 +1,75 @@
+"""The Quotagate stack: one stack, composed of one construct per concern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from cdk_app.constructs.api import GatewayApi
+from cdk_app.constructs.authorizer import AuthorizerFunction
+from cdk_app.constructs.config import GatewayConfigParameter
+from cdk_app.constructs.data import DataTables
+from cdk_app.constructs.keys_function import KeysFunction
+from cdk_app.constructs.layers import SharedLayers
+from cdk_app.constructs.observability import Observability
+from cdk_app.constructs.proxy_function import ProxyFunction
+from cdk_app.context import DeploymentOptions
+
+STACK_NAME = "Quotagate"
+
+
+class QuotagateStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str = STACK_NAME, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        options = DeploymentOptions.from_node(self.node)
+
+        self.data = DataTables(self, "Data")
+        self.config = GatewayConfigParameter(self, "Config", config_file=options.config_file)
+        self.layers = SharedLayers(self, "Layers")
+        data, config, layers = self.data, self.config, self.layers
+        self.keys = KeysFunction(self, "Keys", data=data, config=config, layers=layers, options=options)
+        self.authorizer = AuthorizerFunction(
+            self, "Authorizer", data=data, config=config, layers=layers, options=options
+        )
+        self.proxy = ProxyFunction(self, "Proxy", data=data, config=config, layers=layers, options=options)
+        self.api = GatewayApi(
+            self, "Gateway", proxy=self.proxy.function, authorizer=self.authorizer.function, options=options
+        )
+        self.observability = Observability(
+            self,
+            "Observability",
+            api=self.api.api,
+            functions={
+                "Proxy": self.proxy.function,
+                "Authorizer": self.authorizer.function,
+                "Keys": self.keys.function,
+            },
+        )
+
+        # Output ids are stable names that tools look up (the CLI finds the keys function by
+        # "KeysFunctionName" in the outputs of the stack named Quotagate).
+        CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the REST API stage")
+        CfnOutput(
+            self,
+            "OpenAIBaseUrl",
+            value=f"{self.api.url}v1",
+            description="base_url for OpenAI-compatible clients",
+        )
+        CfnOutput(
+            self,
+            "KeysFunctionName",
+            value=self.keys.function.function_name,
+            description="Key management function (invoke with lambda:InvokeFunction)",
+        )
+        CfnOutput(self, "KeysFunctionArn", value=self.keys.function.function_arn)
+        CfnOutput(
+            self,
+            "ProxyFunctionUrl",
+            value=self.proxy.url.url,
+            description="Streaming function URL of the proxy (AWS_IAM auth), for callers inside the account",
+        )
+        CfnOutput(self, "ConfigParameterName", value=self.config.parameter_name)
+        for spec_id, table in self.data.tables.items():
+            CfnOutput(self, f"{spec_id}Name", value=table.table_name)

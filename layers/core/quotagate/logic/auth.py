@@ -1,0 +1,183 @@
+"""Authentication: the one code path that turns a presented credential into an :class:`Identity`.
+
+Used by the Lambda authorizer and by the proxy's function-URL path (where no authorizer ran), so
+both enforce exactly the same rules.
+
+* ``credential_from_headers`` finds the credential: ``Authorization: Bearer <token>`` or
+  ``x-api-key: <token>`` (header names case-insensitive).
+* ``Authenticator.authenticate`` checks it:
+
+  - gateway API keys (``qg_...``): format and checksum first (no I/O: garbage never reaches the
+    store), then the stored record. The presented key's hash is compared in constant time with the
+    current hash and with the previous hash (rotation grace) *always*, even when the key id is
+    unknown (a dummy hash stands in), so response timing does not reveal which key ids exist.
+    The secret is checked before the record's status or expiry, so someone who knows only a key
+    id learns nothing about that key's state.
+  - tokens shaped like a JWT (three base64url segments) go to the configured ``JwtVerifier``.
+
+Outcomes: an :class:`Identity`; :class:`MissingCredential` (HTTP 401: nothing presented);
+:class:`AccessDenied` (HTTP 403: presented but not acceptable; ``reason`` is for logs only);
+:class:`AuthUnavailable` (a dependency failed: the key store or the IdP's JWKS endpoint — a 5xx,
+never a cached Deny).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from quotagate import apikeys
+from quotagate.dal.keys_store import KeyRecord, KeyStore
+from quotagate.errors import GatewayError, authentication_error, permission_error, upstream_error
+from quotagate.identity import Identity
+
+if TYPE_CHECKING:
+    from quotagate.jwt_auth import JwtVerifier
+
+# Longest credential we look at at all (a JWT with a generous set of claims fits easily).
+MAX_CREDENTIAL_LENGTH = 8192
+# Three base64url segments; the signature may be empty (``alg: none``), which the verifier rejects
+# explicitly rather than this shape check.
+_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+# Stands in for a stored hash when there is none, so that the constant-time comparison always runs.
+# It is the hash of a value that can never be a key, so it can never match.
+_DUMMY_HASH = apikeys.hash_key("quotagate:no-such-key")
+
+
+class MissingCredential(Exception):
+    """No credential was presented (HTTP 401)."""
+
+    def __init__(self) -> None:
+        super().__init__("missing credential")
+
+    def gateway_error(self) -> GatewayError:
+        return authentication_error(
+            "Missing API key. Send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
+        )
+
+
+class AccessDenied(Exception):
+    """A credential was presented but is not acceptable (HTTP 403).
+
+    ``reason`` is a short machine-readable code for logs and metrics; ``key_id`` (never secret) is set
+    when the credential named a key. Neither is meant for the client: the client sees one generic
+    message, whatever the reason.
+    """
+
+    def __init__(self, reason: str, key_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key_id = key_id
+
+    def gateway_error(self) -> GatewayError:
+        return permission_error("The credential is invalid, expired or revoked.", code="invalid_api_key")
+
+
+class AuthUnavailable(Exception):
+    """A dependency needed to decide failed (key store, JWKS endpoint): not the caller's fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def gateway_error(self) -> GatewayError:
+        return upstream_error(
+            "Authentication is temporarily unavailable.", status=503, code="auth_unavailable"
+        )
+
+
+def credential_from_headers(headers: Mapping[str, str | None] | None) -> str | None:
+    """The presented credential, or None. Header names are case-insensitive.
+
+    ``Authorization: Bearer <token>`` wins; otherwise ``x-api-key``. A non-Bearer ``Authorization``
+    header (for example a SigV4 signature on the function-URL path) is not a credential for us.
+    """
+    if not headers:
+        return None
+    authorization = api_key = None
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        lowered = name.lower()
+        if lowered == "authorization":
+            authorization = value
+        elif lowered == "x-api-key":
+            api_key = value
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return token
+    if api_key and api_key.strip():
+        return api_key.strip()
+    return None
+
+
+def looks_like_jwt(credential: str) -> bool:
+    return bool(_JWT_SHAPE.match(credential))
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: KeyStore,
+        jwt_verifier: JwtVerifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._jwt_verifier = jwt_verifier
+        self._clock = clock
+
+    def authenticate(self, credential: str | None) -> Identity:
+        if credential is None or not credential.strip():
+            raise MissingCredential()
+        credential = credential.strip()
+        if len(credential) > MAX_CREDENTIAL_LENGTH:
+            raise AccessDenied("credential_too_long")
+        if looks_like_jwt(credential):
+            if self._jwt_verifier is None:
+                raise AccessDenied("jwt_not_configured")
+            return self._jwt_verifier.verify(credential)
+        return self._authenticate_key(credential)
+
+    def _authenticate_key(self, credential: str) -> Identity:
+        parsed = apikeys.parse_key(credential)
+        if parsed is None:  # wrong shape or checksum: decided without any I/O
+            raise AccessDenied("malformed_key")
+        try:
+            record = self._store.get(parsed.key_id)
+        except Exception as error:
+            raise AuthUnavailable("key_store_unavailable") from error
+        now = self._clock()
+
+        # Both comparisons always run, against a dummy hash when there is nothing to compare with,
+        # so the work done does not depend on whether the key id exists or was rotated.
+        current_hash = record.secret_hash if record is not None and record.secret_hash else _DUMMY_HASH
+        previous_hash = (
+            record.previous_secret_hash if record is not None and record.previous_secret_hash else _DUMMY_HASH
+        )
+        matches_current = apikeys.hashes_match(current_hash, parsed.plaintext)
+        matches_previous = apikeys.hashes_match(previous_hash, parsed.plaintext)
+
+        if record is None:
+            raise AccessDenied("unknown_key", parsed.key_id)
+        if not matches_current and not (matches_previous and _in_grace(record, now)):
+            reason = "rotated_key_grace_expired" if matches_previous else "invalid_secret"
+            raise AccessDenied(reason, parsed.key_id)
+        if record.status != "active":
+            raise AccessDenied(f"key_{record.status}", parsed.key_id)
+        if record.expires_at is not None and now >= record.expires_at:
+            raise AccessDenied("key_expired", parsed.key_id)
+        return Identity(
+            tenant=record.tenant,
+            consumer=record.consumer,
+            key_id=record.key_id,
+            plan=record.plan,
+            auth_type="api_key",
+        )
+
+
+def _in_grace(record: KeyRecord, now: float) -> bool:
+    return record.previous_valid_until is not None and now < record.previous_valid_until

@@ -1,0 +1,632 @@
+"""Provisioning of API keys: create, list, get, revoke, rotate, update.
+
+Used by the keys Lambda (``functions/keys``) that a SaaS backend invokes with IAM. Every action
+validates its whole input before touching the store, so a bad request changes nothing; every
+failure is a :class:`KeysError` with a stable ``code`` and an HTTP-like ``status``.
+
+* The plaintext key is returned by ``create_key`` and ``rotate_key`` only, once; the store keeps
+  its SHA-256 hash. Views of records (``list_keys``, ``get_key``...) never contain a hash.
+* ``rotate_key`` issues a new secret for the *same* key id. The old key keeps working until
+  ``rotation_grace_until`` (now + ``grace_seconds``); only the last replaced key is kept, so a
+  second rotation ends the grace of the first one immediately.
+* ``revoked`` is final: a revoked key cannot be re-activated, rotated or updated. ``disabled`` is
+  reversible (``update_key(status="active")``).
+* Changes are read-modify-write guarded by the record's ``version`` (optimistic concurrency), so a
+  concurrent update can never undo a revocation.
+
+``dispatch`` maps a request ``{"action": ..., **fields}`` onto these methods; unknown actions and
+unknown fields are rejected. ``parse`` does all of the validation without any store I/O (used by the
+handler before it records an idempotent request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from quotagate import apikeys
+from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
+from quotagate.dal.keys_store import (
+    KeyAlreadyExists,
+    KeyNotFound,
+    KeyRecord,
+    KeyStore,
+    KeyVersionConflict,
+)
+
+STATUS_ACTIVE = "active"
+STATUS_DISABLED = "disabled"
+STATUS_REVOKED = "revoked"
+SETTABLE_STATUSES = (STATUS_ACTIVE, STATUS_DISABLED)
+
+DEFAULT_GRACE_SECONDS = 3600
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+MAX_NAME_LENGTH = 128
+MAX_ALLOWED_MODELS = 64
+MAX_MODEL_NAME_LENGTH = 128
+MAX_METADATA_BYTES = 2048  # compact JSON
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_LENGTH = 64
+MAX_LIMIT_VALUE = 1e15
+# Epoch seconds bounds for expires_at: after 2000-01-01, before 3000-01-01.
+_MIN_EPOCH = 946684800
+_MAX_EPOCH = 32503680000
+# Tenant and consumer ids: what SaaS backends commonly use (slugs, UUIDs, emails, "org:123").
+_IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}$")
+_CREATE_ATTEMPTS = 3  # key id collisions (60 random bits) are practically impossible; retry anyway
+_UPDATE_ATTEMPTS = 5  # re-reads after a concurrent change
+
+
+class KeysError(Exception):
+    """A request the keys API refuses. ``code`` is stable and machine-readable; ``message`` is safe
+    to show to the caller (never contains a key or a hash)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"KeysError({self.code!r}, {self.message!r}, {self.status})"
+
+
+def invalid(message: str) -> KeysError:
+    return KeysError("invalid_request", message, 400)
+
+
+def not_found(key_id: str) -> KeysError:
+    return KeysError("not_found", f"key '{key_id}' not found", 404)
+
+
+class _Unset:
+    """Marks an update field the caller did not send (as opposed to an explicit null)."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class _ActionSpec:
+    method: str
+    required: frozenset[str]
+    optional: frozenset[str]
+    mutating: bool
+
+
+ACTIONS: dict[str, _ActionSpec] = {
+    "create_key": _ActionSpec(
+        "create_key",
+        frozenset({"tenant", "consumer", "plan"}),
+        frozenset({"name", "expires_at", "allowed_models", "metadata", "limits"}),
+        True,
+    ),
+    "list_keys": _ActionSpec("list_keys", frozenset({"tenant"}), frozenset({"consumer"}), False),
+    "get_key": _ActionSpec("get_key", frozenset({"key_id"}), frozenset({"tenant"}), False),
+    "revoke_key": _ActionSpec("revoke_key", frozenset({"key_id"}), frozenset({"tenant"}), True),
+    "rotate_key": _ActionSpec(
+        "rotate_key", frozenset({"key_id"}), frozenset({"tenant", "grace_seconds"}), True
+    ),
+    "update_key": _ActionSpec(
+        "update_key",
+        frozenset({"key_id"}),
+        frozenset(
+            {"tenant", "plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata"}
+        ),
+        True,
+    ),
+}
+MUTATING_ACTIONS = frozenset(name for name, spec in ACTIONS.items() if spec.mutating)
+# Fields of an update that change something (at least one is required).
+_UPDATE_FIELDS = ("plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A validated request: ``KeysService.run`` executes it."""
+
+    action: str
+    params: dict[str, Any]
+
+
+class KeysService:
+    def __init__(
+        self,
+        store: KeyStore,
+        config_loader: Callable[[], GatewayConfig] = load_config,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._config_loader = config_loader
+        self._clock = clock
+
+    # ----------------------------------------------------------------------------------- requests
+
+    def parse(self, request: Any) -> Command:
+        """Validate a request ``{"action": ..., **fields}`` (no store I/O). Raises KeysError."""
+        if not isinstance(request, Mapping):
+            raise invalid("the request must be a JSON object")
+        action = request.get("action")
+        if not isinstance(action, str) or not action:
+            raise KeysError("unknown_action", f"'action' is required (one of: {', '.join(ACTIONS)})")
+        spec = ACTIONS.get(action)
+        if spec is None:
+            shown = action if len(action) <= 64 else action[:64] + "..."
+            raise KeysError("unknown_action", f"unknown action '{shown}' (one of: {', '.join(ACTIONS)})")
+        fields = {k: v for k, v in request.items() if k not in ("action", "request_id")}
+        unknown = sorted(str(k) for k in fields if k not in spec.required and k not in spec.optional)
+        if unknown:
+            raise invalid(f"unknown field(s) for {action}: {', '.join(unknown)}")
+        missing = sorted(k for k in spec.required if k not in fields)
+        if missing:
+            raise invalid(f"missing required field(s) for {action}: {', '.join(missing)}")
+        validator = getattr(self, f"_validate_{action}")
+        return Command(action, validator(**fields))
+
+    def run(self, command: Command) -> Any:
+        """Execute a validated command."""
+        return getattr(self, f"_do_{command.action}")(**command.params)
+
+    def dispatch(self, request: Any) -> Any:
+        return self.run(self.parse(request))
+
+    # ------------------------------------------------------------------------------------ actions
+
+    def create_key(
+        self,
+        tenant: Any,
+        consumer: Any,
+        plan: Any,
+        name: Any = None,
+        expires_at: Any = None,
+        allowed_models: Any = None,
+        metadata: Any = None,
+        limits: Any = None,
+    ) -> dict[str, Any]:
+        """A new key. The result is the public record plus ``api_key``: the plaintext, shown once."""
+        params = self._validate_create_key(
+            tenant=tenant,
+            consumer=consumer,
+            plan=plan,
+            name=name,
+            expires_at=expires_at,
+            allowed_models=allowed_models,
+            metadata=metadata,
+            limits=limits,
+        )
+        return self._do_create_key(**params)
+
+    def list_keys(self, tenant: Any, consumer: Any = None) -> dict[str, Any]:
+        """Public views of a tenant's keys (optionally one consumer's), oldest first."""
+        return self._do_list_keys(**self._validate_list_keys(tenant=tenant, consumer=consumer))
+
+    def get_key(self, key_id: Any, tenant: Any = None) -> dict[str, Any]:
+        """The public view of one key; with ``tenant``, a key of another tenant is 'not found'."""
+        return self._do_get_key(**self._validate_get_key(key_id=key_id, tenant=tenant))
+
+    def revoke_key(self, key_id: Any, tenant: Any = None) -> dict[str, Any]:
+        """Revoke for good. Revoking a revoked key changes nothing and returns it."""
+        return self._do_revoke_key(**self._validate_revoke_key(key_id=key_id, tenant=tenant))
+
+    def rotate_key(
+        self, key_id: Any, grace_seconds: Any = DEFAULT_GRACE_SECONDS, tenant: Any = None
+    ) -> dict[str, Any]:
+        """A new secret for the same key id (plaintext in ``api_key``, once); the replaced key keeps
+        working for ``grace_seconds`` (0: not at all)."""
+        params = self._validate_rotate_key(key_id=key_id, grace_seconds=grace_seconds, tenant=tenant)
+        return self._do_rotate_key(**params)
+
+    def update_key(
+        self,
+        key_id: Any,
+        plan: Any = UNSET,
+        allowed_models: Any = UNSET,
+        expires_at: Any = UNSET,
+        status: Any = UNSET,
+        limits: Any = UNSET,
+        name: Any = UNSET,
+        metadata: Any = UNSET,
+        tenant: Any = None,
+    ) -> dict[str, Any]:
+        """Change a key. Fields not given stay as they are; ``None`` clears ``allowed_models`` (all
+        the plan's models), ``expires_at`` (never expires), ``name``, ``metadata`` and ``limits`` (no
+        overrides). ``limits`` given as an object is merged into the current overrides (a null value
+        removes that one override). ``status`` is "active" or "disabled"; a revoked key is final."""
+        params = self._validate_update_key(
+            key_id=key_id,
+            plan=plan,
+            allowed_models=allowed_models,
+            expires_at=expires_at,
+            status=status,
+            limits=limits,
+            name=name,
+            metadata=metadata,
+            tenant=tenant,
+        )
+        return self._do_update_key(**params)
+
+    # --------------------------------------------------------------------------------- validation
+
+    def _validate_create_key(
+        self,
+        tenant: Any,
+        consumer: Any,
+        plan: Any,
+        name: Any = None,
+        expires_at: Any = None,
+        allowed_models: Any = None,
+        metadata: Any = None,
+        limits: Any = None,
+    ) -> dict[str, Any]:
+        return {
+            "tenant": _identifier(tenant, "tenant"),
+            "consumer": _identifier(consumer, "consumer"),
+            "plan": self._plan(plan),
+            "name": _name(name),
+            "expires_at": self._expires_at(expires_at),
+            "allowed_models": _allowed_models(allowed_models),
+            "metadata": _metadata(metadata),
+            "limits": _limits(limits),
+        }
+
+    def _validate_list_keys(self, tenant: Any, consumer: Any = None) -> dict[str, Any]:
+        return {
+            "tenant": _identifier(tenant, "tenant"),
+            "consumer": None if consumer is None else _identifier(consumer, "consumer"),
+        }
+
+    def _validate_get_key(self, key_id: Any, tenant: Any = None) -> dict[str, Any]:
+        return {"key_id": _key_id(key_id), "tenant": _optional_tenant(tenant)}
+
+    _validate_revoke_key = _validate_get_key
+
+    def _validate_rotate_key(
+        self, key_id: Any, grace_seconds: Any = DEFAULT_GRACE_SECONDS, tenant: Any = None
+    ) -> dict[str, Any]:
+        if grace_seconds is None:
+            grace_seconds = DEFAULT_GRACE_SECONDS
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int):
+            raise invalid("'grace_seconds' must be an integer number of seconds")
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise invalid(f"'grace_seconds' must be between 0 and {MAX_GRACE_SECONDS}")
+        return {"key_id": _key_id(key_id), "grace_seconds": grace_seconds, "tenant": _optional_tenant(tenant)}
+
+    def _validate_update_key(
+        self,
+        key_id: Any,
+        plan: Any = UNSET,
+        allowed_models: Any = UNSET,
+        expires_at: Any = UNSET,
+        status: Any = UNSET,
+        limits: Any = UNSET,
+        name: Any = UNSET,
+        metadata: Any = UNSET,
+        tenant: Any = None,
+    ) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        if plan is not UNSET:
+            changes["plan"] = self._plan(plan)
+        if allowed_models is not UNSET:
+            changes["allowed_models"] = _allowed_models(allowed_models)
+        if expires_at is not UNSET:
+            changes["expires_at"] = self._expires_at(expires_at)
+        if status is not UNSET:
+            if status == STATUS_REVOKED:
+                raise invalid("use the revoke_key action to revoke a key")
+            if not isinstance(status, str) or status not in SETTABLE_STATUSES:
+                raise invalid(f"'status' must be one of: {', '.join(SETTABLE_STATUSES)}")
+            changes["status"] = status
+        if limits is not UNSET:
+            # None removes every override; an object is merged (its null values remove one override).
+            if limits is not None and not isinstance(limits, Mapping):
+                raise invalid("'limits' must be an object or null")
+            changes["limits"] = None if limits is None else _limits(limits, allow_null_values=True)
+        if name is not UNSET:
+            changes["name"] = _name(name)
+        if metadata is not UNSET:
+            changes["metadata"] = _metadata(metadata)
+        if not changes:
+            raise invalid(f"nothing to update: give at least one of {', '.join(_UPDATE_FIELDS)}")
+        return {"key_id": _key_id(key_id), "tenant": _optional_tenant(tenant), "changes": changes}
+
+    def _plan(self, plan: Any) -> str:
+        if not isinstance(plan, str) or not plan:
+            raise invalid("'plan' must be a non-empty string")
+        config = self._config_loader()
+        if config.plan(plan) is None:
+            shown = plan if len(plan) <= 64 else plan[:64] + "..."
+            raise KeysError(
+                "unknown_plan", f"unknown plan '{shown}' (known: {', '.join(sorted(config.plans))})", 400
+            )
+        return plan
+
+    def _expires_at(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise invalid("'expires_at' must be epoch seconds (integer) or an ISO-8601 date-time")
+        if isinstance(value, int):
+            epoch = value
+        elif isinstance(value, str):
+            epoch = _parse_iso8601(value)
+        else:
+            raise invalid("'expires_at' must be epoch seconds (integer) or an ISO-8601 date-time")
+        if not _MIN_EPOCH <= epoch < _MAX_EPOCH:
+            raise invalid("'expires_at' is out of range")
+        if epoch <= self._clock():
+            raise invalid("'expires_at' must be in the future")
+        return epoch
+
+    # ---------------------------------------------------------------------------------- execution
+
+    def _do_create_key(
+        self,
+        tenant: str,
+        consumer: str,
+        plan: str,
+        name: str | None,
+        expires_at: int | None,
+        allowed_models: list[str] | None,
+        metadata: dict[str, Any],
+        limits: dict[str, float],
+    ) -> dict[str, Any]:
+        now = int(self._clock())
+        for _ in range(_CREATE_ATTEMPTS):
+            key = apikeys.new_key()
+            record = KeyRecord(
+                key_id=key.key_id,
+                tenant=tenant,
+                consumer=consumer,
+                plan=plan,
+                secret_hash=apikeys.hash_key(key.plaintext),
+                created_at=now,
+                status=STATUS_ACTIVE,
+                name=name,
+                expires_at=expires_at,
+                allowed_models=allowed_models,
+                metadata=metadata,
+                limits=limits,
+                updated_at=now,
+                version=1,
+            )
+            try:
+                self._store.put_new(record)
+            except KeyAlreadyExists:
+                continue
+            return {**record.public_view(), "api_key": key.plaintext}
+        raise KeysError("internal_error", "could not allocate a key id; retry", 500)
+
+    def _do_list_keys(self, tenant: str, consumer: str | None) -> dict[str, Any]:
+        records = self._store.list_by_tenant(tenant)
+        if consumer is not None:
+            records = [r for r in records if r.consumer == consumer]
+        records = sorted(records, key=lambda r: (r.created_at, r.key_id))
+        return {"keys": [r.public_view() for r in records]}
+
+    def _do_get_key(self, key_id: str, tenant: str | None) -> dict[str, Any]:
+        return self._load(key_id, tenant).public_view()
+
+    def _do_revoke_key(self, key_id: str, tenant: str | None) -> dict[str, Any]:
+        def change(record: KeyRecord, now: int) -> KeyRecord | None:
+            if record.status == STATUS_REVOKED:
+                return None  # already revoked: nothing to do
+            # The grace of a rotated-out key ends with the key.
+            return replace(
+                record,
+                status=STATUS_REVOKED,
+                previous_secret_hash=None,
+                previous_valid_until=None,
+            )
+
+        return self._modify(key_id, tenant, change).public_view()
+
+    def _do_rotate_key(self, key_id: str, grace_seconds: int, tenant: str | None) -> dict[str, Any]:
+        key = apikeys.new_key(key_id)
+        new_hash = apikeys.hash_key(key.plaintext)
+
+        def change(record: KeyRecord, now: int) -> KeyRecord:
+            _refuse_revoked(record)
+            return replace(
+                record,
+                secret_hash=new_hash,
+                previous_secret_hash=record.secret_hash if grace_seconds > 0 else None,
+                previous_valid_until=now + grace_seconds if grace_seconds > 0 else None,
+            )
+
+        record = self._modify(key_id, tenant, change)
+        return {**record.public_view(), "api_key": key.plaintext}
+
+    def _do_update_key(self, key_id: str, tenant: str | None, changes: dict[str, Any]) -> dict[str, Any]:
+        def change(record: KeyRecord, now: int) -> KeyRecord:
+            _refuse_revoked(record)
+            updates = {k: v for k, v in changes.items() if k != "limits"}
+            if "limits" in changes:
+                if changes["limits"] is None:
+                    updates["limits"] = {}
+                else:
+                    merged = dict(record.limits)
+                    for limit, value in changes["limits"].items():
+                        if value is None:
+                            merged.pop(limit, None)
+                        else:
+                            merged[limit] = value
+                    updates["limits"] = merged
+            if "metadata" in changes and changes["metadata"] is None:
+                updates["metadata"] = {}
+            return replace(record, **updates)
+
+        return self._modify(key_id, tenant, change).public_view()
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def _load(self, key_id: str, tenant: str | None) -> KeyRecord:
+        record = self._store.get(key_id)
+        # A key of another tenant is reported exactly like a missing one.
+        if record is None or (tenant is not None and record.tenant != tenant):
+            raise not_found(key_id)
+        return record
+
+    def _modify(
+        self,
+        key_id: str,
+        tenant: str | None,
+        change: Callable[[KeyRecord, int], KeyRecord | None],
+    ) -> KeyRecord:
+        """Read, change, write back if the record did not change in between (else read again)."""
+        for _ in range(_UPDATE_ATTEMPTS):
+            record = self._load(key_id, tenant)
+            now = int(self._clock())
+            changed = change(record, now)
+            if changed is None:
+                return record
+            changed = replace(changed, updated_at=now, version=record.version + 1)
+            try:
+                self._store.replace_if_version(changed, record.version)
+            except KeyVersionConflict:
+                continue
+            except KeyNotFound as error:
+                raise not_found(key_id) from error
+            return changed
+        raise KeysError("conflict", f"key '{key_id}' is being changed concurrently; retry", 409)
+
+
+def _refuse_revoked(record: KeyRecord) -> None:
+    if record.status == STATUS_REVOKED:
+        raise KeysError("conflict", f"key '{record.key_id}' is revoked; a revoked key cannot be changed", 409)
+
+
+def _identifier(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(f"'{field_name}' must be a non-empty string")
+    if not _IDENT_RE.fullmatch(value):
+        raise invalid(
+            f"'{field_name}' must be 1-128 characters: letters, digits and . _ : @ + / - "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def _optional_tenant(value: Any) -> str | None:
+    return None if value is None else _identifier(value, "tenant")
+
+
+def _key_id(value: Any) -> str:
+    if not isinstance(value, str) or not apikeys.KEY_ID_RE.fullmatch(value):
+        raise invalid(f"'key_id' must be a key id ({apikeys.KEY_ID_LENGTH} characters a-z, 2-7)")
+    return value
+
+
+def _printable(value: str) -> bool:
+    return all(ch.isprintable() for ch in value)
+
+
+def _name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid("'name' must be a non-empty string or null")
+    if len(value) > MAX_NAME_LENGTH or not _printable(value):
+        raise invalid(f"'name' must be at most {MAX_NAME_LENGTH} printable characters")
+    return value
+
+
+def _allowed_models(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise invalid("'allowed_models' must be a list of model names or null (all models of the plan)")
+    if not value:
+        raise invalid("'allowed_models' must not be empty (use null for all models of the plan)")
+    if len(value) > MAX_ALLOWED_MODELS:
+        raise invalid(f"'allowed_models' may name at most {MAX_ALLOWED_MODELS} models")
+    models: list[str] = []
+    for model in value:
+        if (
+            not isinstance(model, str)
+            or not model.strip()
+            or len(model) > MAX_MODEL_NAME_LENGTH
+            or not _printable(model)
+        ):
+            raise invalid(
+                f"'allowed_models' entries must be model names of 1-{MAX_MODEL_NAME_LENGTH} characters"
+            )
+        if model not in models:
+            models.append(model)
+    return models
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("'metadata' must be an object")
+    if len(value) > MAX_METADATA_KEYS:
+        raise invalid(f"'metadata' may have at most {MAX_METADATA_KEYS} keys")
+    for key in value:
+        if not isinstance(key, str) or not key or len(key) > MAX_METADATA_KEY_LENGTH:
+            raise invalid(f"'metadata' keys must be strings of 1-{MAX_METADATA_KEY_LENGTH} characters")
+    try:
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise invalid("'metadata' must contain only JSON values (no NaN or infinity)") from error
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise invalid(f"'metadata' must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    # A copy through JSON: what is stored is exactly what was validated (no shared references).
+    return json.loads(encoded)
+
+
+def _limits(value: Any, allow_null_values: bool = False) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise invalid("'limits' must be an object")
+    try:
+        checked: dict[str, Any] = validate_limits(dict(value), "limits")
+    except ConfigError as error:
+        raise invalid(str(error)) from error
+    for limit_name, number in checked.items():
+        if not math.isfinite(number) or number > MAX_LIMIT_VALUE:
+            raise invalid(f"limits.{limit_name} must be a finite number up to {MAX_LIMIT_VALUE:.0e}")
+    if allow_null_values:
+        for limit_name, number in value.items():
+            if number is None:
+                checked[limit_name] = None
+    return checked
+
+
+def _parse_iso8601(value: str) -> int:
+    text = value.strip()
+    if not text or len(text) > 64:
+        raise invalid("'expires_at' must be epoch seconds (integer) or an ISO-8601 date-time")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise invalid("'expires_at' is not a valid ISO-8601 date-time") from error
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # a date-time without offset is UTC
+    try:
+        return math.floor(parsed.timestamp())
+    except (OverflowError, ValueError, OSError) as error:
+        raise invalid("'expires_at' is out of range") from error

@@ -1,0 +1,33 @@
+"""Mock OpenAI-compatible model server (deterministic, streaming, real usage, injectable faults).
+
+See :mod:`quotagate.mock.server` for the app and the threaded runner, :mod:`quotagate.mock.faults`
+for the fault spec syntax and :mod:`quotagate.mock.vocab` for how replies are made.
+"""
+
+from quotagate.mock.faults import FaultSpec, FaultSpecError, parse_fault_spec, split_model
+from quotagate.mock.server import (
+    DEFAULT_MODELS,
+    MockServer,
+    MockSettings,
+    MockStats,
+    StreamCut,
+    create_app,
+    run_in_thread,
+)
+from quotagate.mock.vocab import reply_pieces, reply_text
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "FaultSpec",
+    "FaultSpecError",
+    "MockServer",
+    "MockSettings",
+    "MockStats",
+    "StreamCut",
+    "create_app",
+    "parse_fault_spec",
+    "reply_pieces",
+    "reply_text",
+    "run_in_thread",
+    "split_model",
+]

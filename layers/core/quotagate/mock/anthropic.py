@@ -1,0 +1,650 @@
+"""Anthropic Messages API on the mock model server.
+
+``anthropic_routes()`` returns the routes that :func:`quotagate.mock.server.create_app` mounts:
+
+- ``POST /v1/messages`` (and ``/messages``): non-stream and ``"stream": true`` SSE with the event
+  sequence Anthropic sends (``message_start``, ``content_block_start``, ``ping``,
+  ``content_block_delta`` (``text_delta`` / ``input_json_delta``), ``content_block_stop``,
+  ``message_delta`` with the stop reason and the CUMULATIVE ``usage.output_tokens``,
+  ``message_stop``);
+- ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}`` with the same count.
+
+Headers: ``anthropic-version`` is required (``2023-06-01`` or ``2023-01-01``, like the real API a
+missing or unknown one is a 400); when ``MockSettings.api_key`` is set, ``x-api-key`` must carry it
+(401 ``authentication_error`` otherwise; ``Authorization: Bearer`` is NOT accepted, as for
+Anthropic API keys). Errors are Anthropic-shaped:
+``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}``.
+
+Replies are the deterministic vocabulary replies of :mod:`quotagate.mock.vocab`, seeded by the
+"conversation" = ``[{"role": "system", "content": system}]`` (when a system prompt is given)
+followed by the request's ``messages`` as sent. Usage numbers:
+
+- ``input_tokens`` = ``tokens.chat_prompt_tokens(conversation)``, i.e. OpenAI's cl100k chat
+  framing: 3 reply-priming tokens + for every message 3 + tokens(role) + tokens(content text),
+  where a content given as blocks counts the ``text`` of text blocks (joined with newlines) and
+  every other block (image, tool_use, tool_result...) as its compact JSON. Tool definitions are not
+  counted (nor are they by the OpenAI mock).
+- ``output_tokens`` = the number of text pieces sent (each vocabulary piece is one cl100k token; a
+  piece cut short by a stop sequence still counts one) + ``tokens.count_text(json)`` of every
+  ``tool_use`` input. ``message_start`` reports ``output_tokens: 1`` (0 for an empty reply), as
+  Anthropic does; ``message_delta`` reports the total.
+
+Stop reasons: ``end_turn``; ``max_tokens`` when ``max_tokens`` cuts the reply; ``stop_sequence``
+when one of ``stop_sequences`` occurs in the reply text (the text stops before it, and
+``stop_sequence`` names it); ``tool_use`` when a tool is called.
+
+Tools: with ``tools`` and ``tool_choice`` ``{"type": "any"}`` / ``{"type": "tool", "name": N}``
+the reply is one ``tool_use`` block (of tool N, or of the first tool); with ``{"type": "auto"}``
+(the default when tools are given) the reply is the text reply followed by a ``tool_use`` of the
+first tool -- unless the last user turn carries a ``tool_result``, in which case it is text only,
+like a model that got its answer; ``{"type": "none"}`` is text only. The tool input is made
+deterministically from the tool's ``input_schema`` properties. If ``max_tokens`` leaves no room for
+the tool call, the call is left out and the stop reason is ``max_tokens``.
+
+Faults: the same specs and sources as the OpenAI endpoint (:mod:`quotagate.mock.faults`: the model
+suffix ``@...``, the ``x-mock-fault`` header, the ``mock_fault`` body field, plus
+``mock_reply_tokens`` / ``mock_token_delay``). ``status=N`` answers an Anthropic-shaped error
+(``code=S`` overrides the error ``type``; 429/503/529 carry ``retry-after``); ``drop_after=N`` cuts
+the stream after ``message_start``, the first ``content_block_start``, ``ping`` and N deltas;
+``omit_usage`` leaves the ``usage`` objects out of ``message_start``, ``message_delta`` and the
+non-stream body. The shared :class:`~quotagate.mock.server.MockStats` counters are updated exactly
+as for chat completions (``chat_requests`` counts POSTs to ``/v1/messages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from quotagate import tokens
+from quotagate.mock import vocab
+from quotagate.mock.faults import FAULT_BODY_FIELD, FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
+from quotagate.mock.server import (
+    MAX_TOKEN_DELAY,
+    REPLY_TOKENS_FIELD,
+    TOKEN_DELAY_FIELD,
+    MockSettings,
+    MockStats,
+    StreamCut,
+    _ChatStream,
+    _CutBodyResponse,
+    _dumps,
+    _is_int,
+    _parse_fault,
+    _read_json,
+    _redacted_headers,
+    _Reject,
+    _sleep_or_disconnect,
+    _Ticket,
+)
+
+logger = logging.getLogger("quotagate.mock")
+
+ANTHROPIC_VERSIONS: tuple[str, ...] = ("2023-06-01", "2023-01-01")
+VERSION_HEADER = "anthropic-version"
+API_KEY_HEADER = "x-api-key"
+TOOL_JSON_CHUNK_CHARS = 12  # size of the input_json_delta pieces of a streamed tool call
+
+_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ERROR_MESSAGES: dict[str, str] = {
+    "invalid_request_error": "Invalid request (injected by the mock).",
+    "authentication_error": "invalid x-api-key (injected by the mock)",
+    "billing_error": "Your credit balance is too low (injected by the mock).",
+    "permission_error": "Your API key may not use the specified resource (injected by the mock).",
+    "not_found_error": "The requested resource was not found (injected by the mock).",
+    "request_too_large": "Request exceeds the maximum allowed number of bytes (injected by the mock).",
+    "rate_limit_error": "Number of requests has exceeded your rate limit (injected by the mock).",
+    "api_error": "Internal server error (injected by the mock).",
+    "timeout_error": "Request timed out (injected by the mock).",
+    "overloaded_error": "Overloaded (injected by the mock).",
+}
+_RETRY_AFTER_STATUSES = (429, 503, 529)
+_ROLES = ("user", "assistant")
+_TOOL_CHOICES = ("auto", "any", "tool", "none")
+
+
+def error_type_for(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+class _AnthropicReject(Exception):
+    def __init__(self, status: int, message: str, type_: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or error_type_for(status)
+        self.headers = headers or {}
+
+    @classmethod
+    def from_reject(cls, rejection: _Reject) -> _AnthropicReject:
+        return cls(rejection.status, rejection.message, headers=rejection.headers)
+
+    def response(self) -> JSONResponse:
+        body = {
+            "type": "error",
+            "error": {"type": self.type, "message": self.message},
+            "request_id": _request_id(),
+        }
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _request_id() -> str:
+    return f"req_mock{uuid.uuid4().hex[:24]}"
+
+
+def _bad(message: str) -> _AnthropicReject:
+    return _AnthropicReject(400, message, "invalid_request_error")
+
+
+def _injected(fault: FaultSpec) -> _AnthropicReject:
+    assert fault.status is not None
+    type_ = fault.code or error_type_for(fault.status)
+    message = _ERROR_MESSAGES.get(type_, f"Error {fault.status} (injected by the mock).")
+    headers = {}
+    if fault.status in _RETRY_AFTER_STATUSES:
+        retry_after = fault.retry_after if fault.retry_after is not None else 1
+        headers["retry-after"] = f"{retry_after:g}"
+    return _AnthropicReject(fault.status, message, type_, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan of a reply
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Block:
+    type: str  # "text" | "tool_use"
+    pieces: list[str] = field(default_factory=list)  # text pieces (one token each)
+    tool_id: str = ""
+    name: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_json(self) -> str:
+        return json.dumps(self.input, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.pieces) if self.type == "text" else tokens.count_text(self.input_json)
+
+    def content(self) -> dict[str, Any]:
+        if self.type == "text":
+            return {"type": "text", "text": "".join(self.pieces)}
+        return {"type": "tool_use", "id": self.tool_id, "name": self.name, "input": self.input}
+
+    def deltas(self) -> list[dict[str, Any]]:
+        if self.type == "text":
+            return [{"type": "text_delta", "text": piece} for piece in self.pieces]
+        raw = self.input_json
+        chunks = [raw[i: i + TOOL_JSON_CHUNK_CHARS] for i in range(0, len(raw), TOOL_JSON_CHUNK_CHARS)]
+        # Anthropic starts a tool call's input with an empty partial_json.
+        return [{"type": "input_json_delta", "partial_json": chunk} for chunk in ["", *chunks]]
+
+
+@dataclass
+class _MessagesPlan:
+    model: str
+    stream: bool
+    blocks: list[_Block]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    token_delay: float
+    fault: FaultSpec
+
+    # Read by the shared stream/ticket accounting (same names as the chat plan).
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(block.output_tokens for block in self.blocks)
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": self.completion_tokens,
+            "service_tier": "standard",
+        }
+
+
+def conversation(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages a reply and its input tokens are computed from: the system prompt (if any) as
+    a leading ``system`` message, then the request's messages."""
+    system = body.get("system")
+    messages = list(body.get("messages") or [])
+    if system:
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def input_tokens_of(body: dict[str, Any]) -> int:
+    return tokens.chat_prompt_tokens(conversation(body))
+
+
+def _check_headers(request: Request, settings: MockSettings) -> None:
+    if settings.api_key:
+        presented = request.headers.get(API_KEY_HEADER, "")
+        if not presented or not hmac.compare_digest(presented.strip().encode(), settings.api_key.encode()):
+            raise _AnthropicReject(401, "invalid x-api-key", "authentication_error")
+    version = request.headers.get(VERSION_HEADER)
+    if not version:
+        raise _bad(f"{VERSION_HEADER}: header is required")
+    if version not in ANTHROPIC_VERSIONS:
+        raise _bad(f"{VERSION_HEADER}: invalid version {version!r}")
+
+
+def _validate_content(content: Any, where: str) -> None:
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _bad(f"{where}: Input should be a valid string or list")
+    for i, block in enumerate(content):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _bad(f"{where}.{i}: each content block must be an object with a type")
+        if block["type"] == "text" and not (isinstance(block.get("text"), str) and block["text"]):
+            raise _bad(f"{where}.{i}: text content blocks must be non-empty")
+
+
+def _validate(body: dict[str, Any]) -> None:
+    """The request checks Anthropic makes that matter here (400 ``invalid_request_error``)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not split_model(model)[0].strip():
+        raise _bad("model: Field required")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _bad("max_tokens: Field required")
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise _bad("max_tokens: Input should be a positive integer")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise _bad(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        _validate_content(message.get("content"), f"messages.{i}.content")
+    system = body.get("system")
+    if system is not None:
+        _validate_content(system, "system")
+    stop_sequences = body.get("stop_sequences")
+    if stop_sequences is not None and (
+        not isinstance(stop_sequences, list)
+        or not all(isinstance(s, str) and s.strip() for s in stop_sequences)
+    ):
+        raise _bad("stop_sequences: each stop sequence must be a string containing non-whitespace")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("stream: Input should be a valid boolean")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("input_schema"), dict)
+            for t in tools
+        ):
+            raise _bad("tools: each tool needs a name and an input_schema object")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None:
+        if not isinstance(tool_choice, dict) or tool_choice.get("type") not in _TOOL_CHOICES:
+            raise _bad("tool_choice: Input tag does not match any of 'auto', 'any', 'tool', 'none'")
+        if tool_choice["type"] == "tool":
+            names = [t["name"] for t in tools or []]
+            if tool_choice.get("name") not in names:
+                raise _bad(f"tool_choice: tool {tool_choice.get('name')!r} not found in tools")
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 <= value <= 1):
+            raise _bad(f"{name}: Input should be a number from 0 to 1")
+
+
+def _fault(request: Request, body: dict[str, Any], settings: MockSettings) -> FaultSpec:
+    try:
+        fault = _parse_fault(settings.default_fault, "settings.default_fault")
+        fault = fault.merge(_parse_fault(split_model(body["model"])[1], "model"))
+        fault = fault.merge(_parse_fault(request.headers.get(FAULT_HEADER), FAULT_HEADER))
+        return fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+    except _Reject as rejection:
+        raise _AnthropicReject.from_reject(rejection) from None
+
+
+def _reply_length(body: dict[str, Any], settings: MockSettings, fault: FaultSpec) -> int:
+    length = settings.reply_tokens if fault.tokens is None else fault.tokens
+    requested = body.get(REPLY_TOKENS_FIELD)
+    if requested is not None:
+        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
+            raise _bad(f"{REPLY_TOKENS_FIELD}: must be an integer from 0 to {MAX_TOKENS}")
+        length = requested
+    return length
+
+
+def _token_delay(body: dict[str, Any], settings: MockSettings, fault: FaultSpec) -> float:
+    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
+    delay = body.get(TOKEN_DELAY_FIELD)
+    if delay is not None:
+        if (isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay)
+                or not 0 <= delay <= MAX_TOKEN_DELAY):
+            raise _bad(f"{TOKEN_DELAY_FIELD}: must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}")
+        token_delay = float(delay)
+    return token_delay
+
+
+def _last_user_has_tool_result(messages: list[dict[str, Any]]) -> bool:
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+    return False
+
+
+def _value_for(schema: Any, seed: int) -> Any:
+    """A deterministic value of the JSON-schema type ``schema`` names."""
+    if not isinstance(schema, dict):
+        return vocab.WORDS[seed % len(vocab.WORDS)]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][seed % len(schema["enum"])]
+    kind = schema.get("type")
+    if kind == "integer":
+        return seed
+    if kind == "number":
+        return seed / 4
+    if kind == "boolean":
+        return seed % 2 == 0
+    if kind == "array":
+        return [_value_for(schema.get("items"), seed)]
+    if kind == "object":
+        return _tool_input(schema, bytes([seed]))
+    return vocab.WORDS[seed % len(vocab.WORDS)]
+
+
+def _tool_input(schema: dict[str, Any], digest: bytes) -> dict[str, Any]:
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    return {name: _value_for(prop, digest[i % len(digest)])
+            for i, (name, prop) in enumerate(properties.items())}
+
+
+def _tool_block(tool: dict[str, Any], digest: bytes) -> _Block:
+    return _Block("tool_use", tool_id=f"toolu_mock{uuid.uuid4().hex[:20]}", name=tool["name"],
+                  input=_tool_input(tool.get("input_schema") or {}, digest))
+
+
+def _cut_at_stop_sequence(pieces: list[str], stop_sequences: list[str]) -> tuple[list[str], str] | None:
+    """The pieces before the earliest stop sequence in the reply text, and that sequence."""
+    text = "".join(pieces)
+    found: tuple[int, str] | None = None
+    for sequence in stop_sequences:
+        index = text.find(sequence)
+        if index != -1 and (found is None or index < found[0]):
+            found = (index, sequence)
+    if found is None:
+        return None
+    index, sequence = found
+    kept: list[str] = []
+    position = 0
+    for piece in pieces:
+        if position + len(piece) <= index:
+            kept.append(piece)
+            position += len(piece)
+            continue
+        if index > position:
+            kept.append(piece[: index - position])  # a piece cut short still counts one token
+        break
+    return kept, sequence
+
+
+def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _MessagesPlan:
+    _validate(body)
+    fault = _fault(request, body, settings)
+    length = _reply_length(body, settings, fault)
+    token_delay = _token_delay(body, settings, fault)
+    limit: int = body["max_tokens"]
+    convo = conversation(body)
+    messages: list[dict[str, Any]] = body["messages"]
+
+    tools: list[dict[str, Any]] = body.get("tools") or []
+    choice: dict[str, Any] = body.get("tool_choice") or {"type": "auto"}
+    tool: dict[str, Any] | None = None
+    with_text = True
+    if tools and choice["type"] in ("any", "tool"):
+        tool = next((t for t in tools if t["name"] == choice.get("name")), tools[0])
+        with_text = False
+    elif tools and choice["type"] == "auto" and not _last_user_has_tool_result(messages):
+        tool = tools[0]
+
+    digest = vocab.messages_digest(convo)
+    blocks: list[_Block] = []
+    stop_reason, stop_sequence = "end_turn", None
+    if with_text:
+        pieces = vocab.reply_pieces(convo, length)
+        cut = _cut_at_stop_sequence(pieces, body.get("stop_sequences") or [])
+        if cut is not None and len(cut[0]) <= limit:
+            pieces, stop_sequence = cut
+            stop_reason, tool = "stop_sequence", None
+        elif len(pieces) > limit:
+            pieces = pieces[:limit]
+            stop_reason, tool = "max_tokens", None
+        if pieces:
+            blocks.append(_Block("text", pieces))
+    if tool is not None:
+        block = _tool_block(tool, digest)
+        if sum(b.output_tokens for b in blocks) + block.output_tokens <= limit:
+            blocks.append(block)
+            stop_reason = "tool_use"
+        else:
+            stop_reason = "max_tokens"
+
+    return _MessagesPlan(
+        model=split_model(body["model"])[0],
+        stream=bool(body.get("stream")),
+        blocks=blocks,
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        input_tokens=tokens.chat_prompt_tokens(convo),
+        token_delay=token_delay,
+        fault=fault,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+def _message_id() -> str:
+    return f"msg_mock{uuid.uuid4().hex[:24]}"
+
+
+def _message_body(plan: _MessagesPlan) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": _message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": plan.model,
+        "content": [block.content() for block in plan.blocks],
+        "stop_reason": plan.stop_reason,
+        "stop_sequence": plan.stop_sequence,
+    }
+    if not plan.fault.omit_usage:
+        body["usage"] = plan.usage()
+    return body
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event) + b"\n\n"
+
+
+class _MessagesStream(_ChatStream):
+    """Anthropic SSE events; the outcome accounting is the chat stream's (the plan has the same
+    ``prompt_tokens`` / ``completion_tokens``)."""
+
+    def __init__(self, plan: _MessagesPlan, ticket: _Ticket, headers: dict[str, str]) -> None:
+        super().__init__(plan, ticket, headers)  # type: ignore[arg-type]
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        plan: _MessagesPlan = self._plan  # type: ignore[assignment]
+        with_usage = not plan.fault.omit_usage
+        total_output = plan.completion_tokens
+        message: dict[str, Any] = {
+            "id": _message_id(),
+            "type": "message",
+            "role": "assistant",
+            "model": plan.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+        }
+        if with_usage:
+            message["usage"] = {**plan.usage(), "output_tokens": min(1, total_output)}
+        yield _sse({"type": "message_start", "message": message})
+
+        drop_after = plan.fault.drop_after
+        sent = 0
+        pinged = False
+        for index, block in enumerate(plan.blocks):
+            start = block.content()
+            if block.type == "text":
+                start["text"] = ""
+            else:
+                start["input"] = {}
+            yield _sse({"type": "content_block_start", "index": index, "content_block": start})
+            if not pinged:
+                pinged = True
+                yield _sse({"type": "ping"})
+            for delta in block.deltas():
+                if drop_after is not None and sent >= drop_after:
+                    break
+                await asyncio.sleep(plan.token_delay)
+                yield _sse({"type": "content_block_delta", "index": index, "delta": delta})
+                sent += 1
+            else:
+                yield _sse({"type": "content_block_stop", "index": index})
+                continue
+            break
+        if not pinged:
+            yield _sse({"type": "ping"})
+        if drop_after is not None:
+            self._outcome = "cut"
+            logger.info("mock: cutting an Anthropic stream on purpose after %d deltas", sent)
+            raise StreamCut("mock drop_after: stream cut on purpose")
+        delta_event: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence},
+        }
+        if with_usage:
+            delta_event["usage"] = {"output_tokens": total_output}
+        yield _sse(delta_event)
+        yield _sse({"type": "message_stop"})
+        self._outcome = "completed"
+
+
+async def messages(request: Request) -> Response:
+    settings: MockSettings = request.app.state.settings
+    stats: MockStats = request.app.state.stats
+    ticket = stats.begin()
+    handed_off = False
+    try:
+        try:
+            _check_headers(request, settings)
+            try:
+                body = await _read_json(request)
+            except _Reject as rejection:
+                raise _AnthropicReject.from_reject(rejection) from None
+            stats._record({
+                "time": time.time(),
+                "model": body.get("model"),
+                "stream": body.get("stream", False),
+                "headers": _redacted_headers(request),
+                "body": body,
+            })
+            plan = _plan(request, body, settings)
+        except _AnthropicReject as rejection:
+            ticket.finish("error")
+            return rejection.response()
+
+        fault = plan.fault
+        headers = {"request-id": _request_id()}
+        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
+            ticket.finish("disconnect")
+            return Response(status_code=499)  # nobody is listening any more
+        if fault.status is not None:
+            ticket.finish("error")
+            injected = _injected(fault)
+            injected.headers.update(headers)
+            return injected.response()
+
+        if plan.stream:
+            headers["cache-control"] = "no-cache"
+            handed_off = True
+            return _MessagesStream(plan, ticket, headers)
+
+        if fault.drop_after is not None:
+            wait = min(fault.drop_after, plan.completion_tokens) * plan.token_delay
+            if await _sleep_or_disconnect(request, wait):
+                ticket.finish("disconnect")
+                return Response(status_code=499)
+            handed_off = True
+            return _CutBodyResponse(_dumps(_message_body(plan)), ticket, headers)
+
+        if await _sleep_or_disconnect(request, plan.completion_tokens * plan.token_delay):
+            ticket.finish("disconnect")
+            return Response(status_code=499)
+        ticket.finish("completed", plan.prompt_tokens, plan.completion_tokens)
+        return Response(_dumps(_message_body(plan)), headers=headers, media_type="application/json")
+    finally:
+        if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
+            ticket.finish("disconnect")
+
+
+async def count_tokens(request: Request) -> Response:
+    settings: MockSettings = request.app.state.settings
+    try:
+        _check_headers(request, settings)
+        try:
+            body = await _read_json(request)
+        except _Reject as rejection:
+            raise _AnthropicReject.from_reject(rejection) from None
+        body = {**body, "max_tokens": body.get("max_tokens", 1)}
+        _validate(body)
+    except _AnthropicReject as rejection:
+        return rejection.response()
+    return JSONResponse({"input_tokens": input_tokens_of(body)})
+
+
+def anthropic_routes() -> list[BaseRoute]:
+    """The Anthropic Messages routes; handlers use ``request.app.state.settings`` / ``.stats``."""
+    return [
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    ]

@@ -1,0 +1,637 @@
+"""Amazon Bedrock Runtime on the mock model server: Converse and ConverseStream.
+
+Routes (see :func:`bedrock_routes`)::
+
+    POST /model/{modelId}/converse          JSON in, JSON out
+    POST /model/{modelId}/converse-stream   JSON in, application/vnd.amazon.eventstream out
+
+so that ``boto3.client("bedrock-runtime", endpoint_url=<mock base_url>, region_name=...)``
+``.converse()`` / ``.converse_stream()`` work against the mock unchanged (boto3 percent-encodes the
+model id in the path: ``anthropic.claude-3-haiku-20240307-v1:0`` arrives as ``...v1%3A0``; the
+id is read from the raw path). Requests are not authenticated (SigV4 is not checked).
+
+Replies are deterministic, like the OpenAI routes': the *prompt view* of a request (below) picks
+the words through :func:`quotagate.mock.vocab.reply_pieces`, one cl100k token per piece.
+
+**Prompt view and token counts.** The request is seen as OpenAI-style chat messages: one
+``system`` message holding the system text blocks joined by newlines (if any), then one message per
+Converse message with its blocks' text joined by newlines (a ``text`` block is its text, an
+image/document/video/audio block is ``[image]``/``[document]``/..., a ``toolResult`` block is the
+text of its text items and the compact JSON of its json items, any other block (``toolUse``...)
+its compact sorted JSON). Then::
+
+    inputTokens  = tokens.chat_prompt_tokens(view)
+                   + tokens.count_text(compact sorted JSON of toolConfig.tools)   (if tools are given)
+    outputTokens = text reply: the number of pieces generated (up to maxTokens; with a stop
+                   sequence, up to and including the piece that completed it — the text returned
+                   ends before the stop sequence, as Bedrock does)
+                   tool call: preface pieces + tokens.count_text(compact JSON of the tool input)
+    totalTokens  = inputTokens + outputTokens
+
+**Tool calls.** When ``toolConfig.tools`` is given and the last message carries no ``toolResult``,
+the mock "calls" a tool: the one named by ``toolChoice.tool`` or else the first one, after a short
+text preface (:data:`TOOL_PREFACE_TOKENS` pieces), with an input made from the tool's JSON schema
+(required properties, or all: strings get a reply word or the first enum value, integers 42,
+numbers 1.5, booleans true, arrays [], objects {}), and ``stopReason`` ``tool_use``. If
+``maxTokens`` is too small for the whole call, only the (truncated) preface is returned with
+``max_tokens``. After a ``toolResult`` the mock answers with text.
+
+**Stream events**: ``messageStart``; per text piece a ``contentBlockDelta`` (``delta.text``) at
+block 0; ``contentBlockStop``; for a tool call ``contentBlockStart`` (``start.toolUse``),
+``contentBlockDelta`` (``delta.toolUse.input`` fragments), ``contentBlockStop`` at block 1;
+``messageStop`` (``stopReason``); ``metadata`` (``usage``, ``metrics.latencyMs``). One event per
+frame, each text piece / input fragment after the token delay.
+
+**Faults**, from the same sources as the OpenAI routes (settings default, ``@spec`` after the model
+id, the ``x-mock-fault`` header, a ``mock_fault`` body field) and the same keys:
+``status`` answers with a Bedrock error (header ``x-amzn-ErrorType``, body ``{"message"}``; the
+type comes from :data:`ERROR_TYPES`, or from ``code=`` e.g. ``status=429&code=ModelNotReadyException``);
+``delay_first_byte``; ``drop_after=N`` aborts the connection after ``messageStart`` and N content
+deltas (non-stream: half a body); ``omit_usage`` drops the ``metadata`` event and the ``usage``
+of the Converse response; ``token_delay``; ``tokens``. ``mock_reply_tokens`` / ``mock_token_delay``
+body fields work as on the OpenAI routes (boto3 cannot send body extras; raw HTTP clients can).
+
+Statistics go to the app's shared :class:`~quotagate.mock.server.MockStats` (``chat_requests``,
+``completed``, ``streams_cut``, ``client_disconnects``, ``error_responses``, ``in_flight``,
+``prompt_tokens``/``completion_tokens``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from quotagate import tokens
+from quotagate.mock import vocab
+from quotagate.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
+from quotagate.mock.eventstream import encode_event
+from quotagate.mock.faults import (
+    FAULT_BODY_FIELD,
+    FAULT_HEADER,
+    MAX_TOKENS,
+    FaultSpec,
+    FaultSpecError,
+    parse_fault_spec,
+    split_model,
+)
+from quotagate.mock.server import (
+    MAX_TOKEN_DELAY,
+    REPLY_TOKENS_FIELD,
+    TOKEN_DELAY_FIELD,
+    MockSettings,
+    StreamCut,
+    _CutBodyResponse,
+    _redacted_headers,
+    _sleep_or_disconnect,
+    _Ticket,
+)
+
+logger = logging.getLogger("quotagate.mock")
+
+CONVERSE_PATH = "/model/{model_id:path}/converse"
+CONVERSE_STREAM_PATH = "/model/{model_id:path}/converse-stream"
+TOOL_PREFACE_TOKENS = 4
+TOOL_INPUT_FRAGMENT_CHARS = 6
+ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+
+# HTTP status -> Bedrock error type, as the service answers them.
+ERROR_TYPES: dict[int, str] = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+_ERROR_MESSAGES: dict[str, str] = {
+    "ValidationException": "Invalid request (injected by the mock).",
+    "AccessDeniedException": "You don't have access to the model with the specified model ID (injected by the mock).",
+    "ResourceNotFoundException": "The model does not exist (injected by the mock).",
+    "ModelTimeoutException": "The model timed out (injected by the mock).",
+    "ModelErrorException": "The model failed to process the request (injected by the mock).",
+    "ThrottlingException": "Too many requests, please wait before trying again (injected by the mock).",
+    "ModelNotReadyException": "The model is not ready to serve requests (injected by the mock).",
+    "InternalServerException": "An internal server error occurred (injected by the mock).",
+    "ServiceUnavailableException": "The service is unavailable, try again later (injected by the mock).",
+}
+_ROLES = ("user", "assistant")
+_MEDIA_BLOCKS = ("image", "document", "video", "audio")
+
+
+class BedrockReject(Exception):
+    """A Bedrock-shaped error response: ``x-amzn-ErrorType`` header and ``{"message": ...}``."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        headers = {
+            "x-amzn-ErrorType": self.error_type + ERROR_TYPE_SUFFIX,
+            "x-amzn-RequestId": str(uuid.uuid4()),
+            **self.headers,
+        }
+        return JSONResponse({"message": self.message}, status_code=self.status, headers=headers)
+
+
+def _invalid(message: str) -> BedrockReject:
+    return BedrockReject(400, "ValidationException", message)
+
+
+def injected_error(fault: FaultSpec) -> BedrockReject:
+    """The error a ``status=`` fault produces."""
+    assert fault.status is not None
+    status = fault.status
+    error_type = fault.code or ERROR_TYPES.get(
+        status, "InternalServerException" if status >= 500 else "ValidationException")
+    message = _ERROR_MESSAGES.get(error_type, f"Error {status} (injected by the mock).")
+    headers = {}
+    if fault.retry_after is not None:
+        headers["retry-after"] = f"{fault.retry_after:g}"
+    return BedrockReject(status, error_type, message, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prompt view, token counts and the reply plan
+# ---------------------------------------------------------------------------------------------
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _block_text(block: Any) -> str:
+    if not isinstance(block, dict):
+        return _compact(block)
+    if isinstance(block.get("text"), str):
+        return str(block["text"])
+    for kind in _MEDIA_BLOCKS:
+        if kind in block:
+            return f"[{kind}]"
+    result = block.get("toolResult")
+    if isinstance(result, dict):
+        parts = []
+        for item in result.get("content") or []:
+            if isinstance(item, dict) and isinstance(item.get("text"), str):
+                parts.append(item["text"])
+            elif isinstance(item, dict) and "json" in item:
+                parts.append(_compact(item["json"]))
+            else:
+                parts.append(_block_text(item))
+        return "\n".join(parts)
+    return _compact(block)
+
+
+def prompt_view(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request as OpenAI-style chat messages (what is counted and what picks the reply)."""
+    view: list[dict[str, Any]] = []
+    system = body.get("system") or []
+    system_text = "\n".join(str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+    if system_text:
+        view.append({"role": "system", "content": system_text})
+    for message in body.get("messages") or []:
+        blocks = message.get("content") or [] if isinstance(message, dict) else []
+        role = message.get("role", "") if isinstance(message, dict) else ""
+        view.append({"role": role, "content": "\n".join(_block_text(b) for b in blocks)})
+    return view
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    config = body.get("toolConfig")
+    if not isinstance(config, dict):
+        return []
+    return [t["toolSpec"] for t in config.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("toolSpec"), dict)]
+
+
+def input_tokens(body: dict[str, Any]) -> int:
+    """``inputTokens`` the mock reports for a Converse request body (see the module docstring)."""
+    count = tokens.chat_prompt_tokens(prompt_view(body))
+    config = body.get("toolConfig")
+    if isinstance(config, dict) and config.get("tools"):
+        count += tokens.count_text(_compact(config["tools"]))
+    return count
+
+
+def _example_value(schema: Any, word: str) -> Any:
+    if not isinstance(schema, dict):
+        return None
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    return {"string": word, "integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}.get(
+        kind if isinstance(kind, str) else "", None)
+
+
+def example_input(schema: Any, words: list[str]) -> dict[str, Any]:
+    """A deterministic tool input that fits ``schema`` (an object schema)."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    required = schema.get("required")
+    names = [n for n in required if n in properties] if isinstance(required, list) and required else list(properties)
+    pool = words or ["mock"]
+    return {name: _example_value(properties[name], pool[i % len(pool)]) for i, name in enumerate(names)}
+
+
+@dataclass
+class ConversePlan:
+    """What the mock will answer to one Converse request."""
+
+    model_id: str
+    stream: bool
+    input_tokens: int
+    text_pieces: list[str]  # the text deltas, in order (their concatenation is the reply text)
+    output_tokens: int
+    stop_reason: str
+    token_delay: float
+    fault: FaultSpec
+    tool_use: dict[str, Any] | None = None  # {"toolUseId", "name", "input"}
+    tool_fragments: list[str] = field(default_factory=list)  # the input JSON, streamed in pieces
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces)
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "totalTokens": self.input_tokens + self.output_tokens,
+        }
+
+    def content(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.text_pieces:
+            blocks.append({"text": self.text})
+        if self.tool_use is not None:
+            blocks.append({"toolUse": dict(self.tool_use)})
+        return blocks
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate(body: dict[str, Any]) -> None:
+    """The checks Bedrock makes that a translating client can get wrong."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("The messages field is required and must contain at least one message.")
+    uses_tools = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise _invalid(f"messages.{i}.role: the role must be user or assistant.")
+        content = message.get("content")
+        if not isinstance(content, list) or not content:
+            raise _invalid(f"messages.{i}.content: a message must contain at least one content block.")
+        for j, block in enumerate(content):
+            if not isinstance(block, dict) or len(block) != 1:
+                raise _invalid(f"messages.{i}.content.{j}: a content block must have exactly one member.")
+            if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
+                raise _invalid(f"The text field in the ContentBlock object at messages.{i}.content.{j} is blank. "
+                               "Add text to the text field, and try again.")
+            if "toolUse" in block or "toolResult" in block:
+                uses_tools = True
+        if i == 0 and message["role"] != "user":
+            raise _invalid("A conversation must start with a user message. "
+                           "Try again with a conversation that starts with a user message.")
+        if i > 0 and message["role"] == messages[i - 1].get("role"):
+            raise _invalid("A conversation must alternate between user and assistant roles. "
+                           "Make sure the conversation alternates between user and assistant roles and try again.")
+    system = body.get("system")
+    if system is not None and (not isinstance(system, list) or not all(isinstance(b, dict) for b in system)):
+        raise _invalid("system: must be a list of system content blocks.")
+    config = body.get("inferenceConfig")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise _invalid("inferenceConfig: must be an object.")
+        max_tokens = config.get("maxTokens")
+        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+            raise _invalid("inferenceConfig.maxTokens: must be an integer of at least 1.")
+        for name in ("temperature", "topP"):
+            value = config.get(name)
+            if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+                raise _invalid(f"inferenceConfig.{name}: must be a number from 0 to 1.")
+        stops = config.get("stopSequences")
+        if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
+            raise _invalid("inferenceConfig.stopSequences: must be a list of non-empty strings.")
+    tool_config = body.get("toolConfig")
+    if tool_config is not None:
+        if not isinstance(tool_config, dict) or not isinstance(tool_config.get("tools"), list) or not tool_config["tools"]:
+            raise _invalid("toolConfig.tools: must be a non-empty list.")
+        names = []
+        for k, tool in enumerate(tool_config["tools"]):
+            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+            if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]
+                    or not isinstance(spec.get("inputSchema"), dict) or "json" not in spec["inputSchema"]):
+                raise _invalid(f"toolConfig.tools.{k}: a toolSpec needs a name and an inputSchema.json.")
+            names.append(spec["name"])
+        choice = tool_config.get("toolChoice")
+        if choice is not None:
+            if not isinstance(choice, dict) or len(choice) != 1 or next(iter(choice)) not in ("auto", "any", "tool"):
+                raise _invalid("toolConfig.toolChoice: must be one of auto, any or tool.")
+            if "tool" in choice and (not isinstance(choice["tool"], dict) or choice["tool"].get("name") not in names):
+                raise _invalid("toolConfig.toolChoice.tool.name: must name one of the tools.")
+    elif uses_tools:
+        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+
+
+def _parse_fault(source: Any, where: str) -> FaultSpec:
+    try:
+        return parse_fault_spec(source)
+    except FaultSpecError as exc:
+        raise _invalid(f"Invalid mock fault spec in {where}: {exc}") from None
+
+
+def _stop_cut(pieces: list[str], stops: list[str]) -> tuple[list[str], int] | None:
+    """If a stop sequence shows up in the reply: (the text pieces before it, pieces generated)."""
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        hits = [text.find(s) for s in stops if s and s in text]
+        if hits:
+            cut = min(hits)
+            kept, used = [], 0
+            for p in pieces[: i + 1]:
+                if used + len(p) <= cut:
+                    kept.append(p)
+                    used += len(p)
+                else:
+                    if cut > used:
+                        kept.append(p[: cut - used])
+                    break
+            return kept, i + 1
+    return None
+
+
+def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *, stream: bool,
+                  header_fault: str | None = None) -> ConversePlan:
+    """Validate a Converse request and decide the reply. Raises :class:`BedrockReject`."""
+    base_model, model_fault = split_model(model_id)
+    if not base_model:
+        raise _invalid("The provided model identifier is invalid.")
+    fault = _parse_fault(settings.default_fault, "settings.default_fault")
+    fault = fault.merge(_parse_fault(model_fault, "modelId"))
+    fault = fault.merge(_parse_fault(header_fault, FAULT_HEADER))
+    fault = fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+    if fault.status is not None:
+        # An injected error does not depend on the body being valid (like the real service's
+        # throttling, which comes before validation).
+        return ConversePlan(base_model, stream, 0, [], 0, "end_turn", settings.token_delay, fault)
+    _validate(body)
+
+    length = settings.reply_tokens if fault.tokens is None else fault.tokens
+    requested = body.get(REPLY_TOKENS_FIELD)
+    if requested is not None:
+        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
+            raise _invalid(f"{REPLY_TOKENS_FIELD}: must be an integer from 0 to {MAX_TOKENS}.")
+        length = requested
+    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
+    delay = body.get(TOKEN_DELAY_FIELD)
+    if delay is not None:
+        if not _is_number(delay) or not 0 <= delay <= MAX_TOKEN_DELAY:
+            raise _invalid(f"{TOKEN_DELAY_FIELD}: must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}.")
+        token_delay = float(delay)
+
+    config = body.get("inferenceConfig") or {}
+    limit = config.get("maxTokens")
+    stops = config.get("stopSequences") or []
+    view = prompt_view(body)
+    prompt = input_tokens(body)
+    pieces = vocab.reply_pieces(view, length)
+
+    tools = _tools(body)
+    last = body["messages"][-1]
+    answering_tool = any(isinstance(b, dict) and "toolResult" in b for b in last.get("content") or [])
+    if tools and not answering_tool:
+        choice = (body.get("toolConfig") or {}).get("toolChoice") or {}
+        wanted = choice.get("tool", {}).get("name") if isinstance(choice.get("tool"), dict) else None
+        spec = next((t for t in tools if t.get("name") == wanted), tools[0])
+        preface = pieces[: min(TOOL_PREFACE_TOKENS, len(pieces))]
+        words = [p.strip() for p in pieces[len(preface):] or pieces]
+        tool_input = example_input((spec.get("inputSchema") or {}).get("json"), words)
+        input_json = json.dumps(tool_input, separators=(",", ":"), ensure_ascii=False)
+        needed = len(preface) + tokens.count_text(input_json)
+        if limit is not None and limit < needed:
+            kept = preface[:limit]
+            return ConversePlan(base_model, stream, prompt, kept, len(kept), "max_tokens", token_delay, fault)
+        digest = hashlib.sha256(vocab.messages_digest(view) + b"tool").hexdigest()
+        tool_use = {"toolUseId": f"tooluse_{digest[:22]}", "name": spec["name"], "input": tool_input}
+        fragments = [input_json[i: i + TOOL_INPUT_FRAGMENT_CHARS]
+                     for i in range(0, len(input_json), TOOL_INPUT_FRAGMENT_CHARS)]
+        return ConversePlan(base_model, stream, prompt, preface, needed, "tool_use", token_delay, fault,
+                            tool_use, fragments)
+
+    stop_reason = "end_turn"
+    if limit is not None and limit < len(pieces):
+        pieces, stop_reason = pieces[:limit], "max_tokens"
+    generated = len(pieces)
+    cut = _stop_cut(pieces, stops)
+    if cut is not None:
+        pieces, generated = cut
+        stop_reason = "stop_sequence"
+    return ConversePlan(base_model, stream, prompt, [p for p in pieces if p], generated, stop_reason,
+                        token_delay, fault)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_id(request: Request, suffix: str) -> str:
+    """The model id exactly as sent (percent-decoded once), from the raw path when there is one:
+    ids may contain ``:`` ``.`` and, for ARNs, an encoded ``/``."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes | bytearray):
+        path = bytes(raw).decode("latin-1").split("?", 1)[0]
+        prefix = "/model/"
+        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
+            return unquote(path[len(prefix): -len(suffix)])
+    return str(request.path_params.get("model_id", ""))
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        raise BedrockReject(400, "SerializationException", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BedrockReject(400, "SerializationException", "The request body must be a JSON object.")
+    return body
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def converse_response(plan: ConversePlan, latency_ms: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "output": {"message": {"role": "assistant", "content": plan.content()}},
+        "stopReason": plan.stop_reason,
+        "metrics": {"latencyMs": latency_ms},
+    }
+    if not plan.fault.omit_usage:
+        body["usage"] = plan.usage()
+    return body
+
+
+class _ConverseStream(StreamingResponse):
+    """ConverseStream events, one event-stream frame each; accounts for its outcome exactly once."""
+
+    def __init__(self, plan: ConversePlan, ticket: _Ticket, headers: dict[str, str]) -> None:
+        self._plan = plan
+        self._ticket = ticket
+        self._outcome: str | None = None
+        self._started = time.monotonic()
+        super().__init__(self._events(), media_type=EVENTSTREAM_CONTENT_TYPE, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            iterator = self.body_iterator
+            if hasattr(iterator, "aclose"):
+                with contextlib.suppress(Exception):
+                    await iterator.aclose()
+            if self._outcome == "completed":
+                self._ticket.finish("completed", self._plan.input_tokens, self._plan.output_tokens)
+            else:
+                self._ticket.finish(self._outcome or "disconnect")
+
+    def _cut(self, sent: int) -> StreamCut:
+        self._outcome = "cut"
+        logger.info("mock: cutting a Bedrock stream on purpose after %d content deltas", sent)
+        return StreamCut("mock drop_after: stream cut on purpose")
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        plan = self._plan
+        drop_after = plan.fault.drop_after
+        yield encode_event("messageStart", {"role": "assistant"})
+        sent = 0
+        if plan.text_pieces:
+            for piece in plan.text_pieces:
+                if drop_after is not None and sent >= drop_after:
+                    raise self._cut(sent)
+                await asyncio.sleep(plan.token_delay)
+                yield encode_event("contentBlockDelta", {"delta": {"text": piece}, "contentBlockIndex": 0})
+                sent += 1
+            yield encode_event("contentBlockStop", {"contentBlockIndex": 0})
+        if plan.tool_use is not None:
+            index = 1 if plan.text_pieces else 0
+            start = {"toolUseId": plan.tool_use["toolUseId"], "name": plan.tool_use["name"]}
+            yield encode_event("contentBlockStart", {"start": {"toolUse": start}, "contentBlockIndex": index})
+            for fragment in plan.tool_fragments:
+                if drop_after is not None and sent >= drop_after:
+                    raise self._cut(sent)
+                await asyncio.sleep(plan.token_delay)
+                yield encode_event("contentBlockDelta",
+                                   {"delta": {"toolUse": {"input": fragment}}, "contentBlockIndex": index})
+                sent += 1
+            yield encode_event("contentBlockStop", {"contentBlockIndex": index})
+        if drop_after is not None:
+            raise self._cut(sent)
+        yield encode_event("messageStop", {"stopReason": plan.stop_reason})
+        if not plan.fault.omit_usage:
+            latency = int((time.monotonic() - self._started) * 1000)
+            yield encode_event("metadata", {"usage": plan.usage(), "metrics": {"latencyMs": latency}})
+        self._outcome = "completed"
+
+
+async def _converse(request: Request, stream: bool) -> Response:
+    settings: MockSettings = request.app.state.settings
+    stats = request.app.state.stats
+    ticket = stats.begin()
+    handed_off = False
+    started = time.monotonic()
+    try:
+        try:
+            model_id = _model_id(request, "/converse-stream" if stream else "/converse")
+            body = await _read_json(request)
+            stats._record({
+                "time": time.time(),
+                "model": model_id,
+                "stream": stream,
+                "api": "bedrock.converse-stream" if stream else "bedrock.converse",
+                "headers": _redacted_headers(request),
+                "body": body,
+            })
+            plan = plan_converse(model_id, body, settings, stream=stream,
+                                 header_fault=request.headers.get(FAULT_HEADER))
+        except BedrockReject as rejection:
+            ticket.finish("error")
+            return rejection.response()
+
+        fault = plan.fault
+        headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
+            ticket.finish("disconnect")
+            return Response(status_code=499)  # nobody is listening any more
+        if fault.status is not None:
+            ticket.finish("error")
+            return injected_error(fault).response()
+
+        if stream:
+            handed_off = True
+            return _ConverseStream(plan, ticket, headers)
+
+        steps = len(plan.text_pieces) + len(plan.tool_fragments)
+        if fault.drop_after is not None:
+            if await _sleep_or_disconnect(request, min(fault.drop_after, steps) * plan.token_delay):
+                ticket.finish("disconnect")
+                return Response(status_code=499)
+            handed_off = True
+            return _CutBodyResponse(_dumps(converse_response(plan)), ticket, headers)
+        if await _sleep_or_disconnect(request, steps * plan.token_delay):
+            ticket.finish("disconnect")
+            return Response(status_code=499)
+        ticket.finish("completed", plan.input_tokens, plan.output_tokens)
+        latency = int((time.monotonic() - started) * 1000)
+        return Response(_dumps(converse_response(plan, latency)), headers=headers, media_type="application/json")
+    finally:
+        if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
+            ticket.finish("disconnect")
+
+
+async def converse(request: Request) -> Response:
+    return await _converse(request, stream=False)
+
+
+async def converse_stream(request: Request) -> Response:
+    return await _converse(request, stream=True)
+
+
+def bedrock_routes() -> list[Route]:
+    """The Bedrock Runtime routes, to add to the mock app (they use ``app.state.settings/stats``)."""
+    return [
+        Route(CONVERSE_STREAM_PATH, converse_stream, methods=["POST"]),
+        Route(CONVERSE_PATH, converse, methods=["POST"]),
+    ]

@@ -1,0 +1,33 @@
+"""Exact token / request / dollar quotas: reserve before the model is called, settle after.
+
+``windows`` is the pure arithmetic, ``ledger`` the storage (DynamoDB or in memory), ``service``
+the logic the proxy calls.
+"""
+
+from quotagate.quota.ledger import (
+    DynamoQuotaLedger,
+    InMemoryQuotaLedger,
+    LedgerBusy,
+    QuotaExceeded,
+    QuotaLedger,
+    ReservationExists,
+    WindowUsage,
+)
+from quotagate.quota.service import QuotaService, Reservation, ratelimit_headers
+from quotagate.quota.windows import WindowCharge, format_duration, scope_pk
+
+__all__ = [
+    "DynamoQuotaLedger",
+    "InMemoryQuotaLedger",
+    "LedgerBusy",
+    "QuotaExceeded",
+    "QuotaLedger",
+    "QuotaService",
+    "Reservation",
+    "ReservationExists",
+    "WindowCharge",
+    "WindowUsage",
+    "format_duration",
+    "ratelimit_headers",
+    "scope_pk",
+]

@@ -1,0 +1,552 @@
+"""Quota ledger (data access): window counters and per-request reservations.
+
+Two implementations of one protocol:
+
+- :class:`DynamoQuotaLedger` — DynamoDB (table ``tables.QUOTA``). A reservation is ONE
+  ``TransactWriteItems``: a guarded ``ADD used :n`` per window item plus a ``Put`` of the
+  reservation item, so it is all-or-nothing and can never push a window past its limit, however
+  many requests run at once. A settlement is ONE more ``TransactWriteItems`` (or a single
+  ``UpdateItem`` when no window changes) that flips the reservation item from ``reserved`` to
+  ``settled`` and applies the differences to the very window items that were reserved, so it
+  happens exactly once.
+- :class:`InMemoryQuotaLedger` — the same semantics under a lock, for unit tests.
+
+Items (pk / sk):
+
+- ``key#<key_id>`` or ``tenant#<tenant>`` / ``<limit_name>#<window start, ISO UTC>``:
+  ``used`` (integer units), ``limit`` (information only), ``expires_at`` (TTL: a day after the
+  window ends).
+- ``req#<request_id>`` / ``reservation``: ``status`` (``reserved`` → ``settled``), the charges,
+  the settlement (``adjustments``, ``usage``), a ``token`` per call, ``expires_at``.
+
+Nothing relies on TTL for correctness.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from quotagate import tables
+from quotagate.quota.windows import WindowCharge
+
+RESERVATION_SK = "reservation"
+# Reservation items are kept this long (a settlement arrives within the 15-minute Lambda limit).
+RESERVATION_RETENTION_SECONDS = 2 * 86_400
+MAX_TRANSACTION_ACTIONS = 100
+# Cancellation reason codes (and error codes) worth retrying: contention, not a verdict.
+_RETRYABLE_REASONS = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
+_RETRYABLE_ERRORS = frozenset(
+    {
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+    }
+)
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """A window's ``used`` as seen by a ledger call (``None``: not known without another read).
+
+    ``exact`` is False when ``used`` is only an upper bound (so ``remaining`` is a lower bound):
+    a window that passed its condition in a cancelled transaction had ``used <= limit - amount``.
+    """
+
+    charge: WindowCharge
+    used: int | None
+    exact: bool = True
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.used is None else max(0, self.charge.limit - self.used)
+
+
+class QuotaExceeded(Exception):
+    """A reservation did not fit: nothing was reserved in any window.
+
+    ``charge``/``used`` describe the first window that was short (``used`` is its current value,
+    ``None`` if unknown); ``shortfalls`` lists every window reported short; ``observed`` has what
+    the call learned about every window (short ones exact, the others as bounds), for headers.
+    """
+
+    def __init__(
+        self,
+        charge: WindowCharge,
+        used: int | None,
+        shortfalls: Sequence[WindowUsage] = (),
+        observed: Sequence[WindowUsage] = (),
+    ):
+        self.charge = charge
+        self.used = used
+        self.shortfalls: tuple[WindowUsage, ...] = tuple(shortfalls) or (WindowUsage(charge, used),)
+        self.observed: tuple[WindowUsage, ...] = tuple(observed) or self.shortfalls
+        super().__init__(
+            f"{charge.pk} {charge.sk}: used {used}, limit {charge.limit}, requested {charge.amount}"
+        )
+
+
+class LedgerBusy(Exception):
+    """The ledger stayed contended (transaction conflicts, throttling) through every retry."""
+
+
+class ReservationExists(Exception):
+    """A reservation with this request id exists and was not made by this call."""
+
+
+class QuotaLedger(Protocol):
+    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
+        """Reserve every charge or none. Raises QuotaExceeded, ReservationExists, LedgerBusy."""
+        ...
+
+    def settle(
+        self,
+        request_id: str,
+        adjustments: Sequence[tuple[WindowCharge, int]],
+        usage: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Apply ``delta`` to each reserved window, once. False if already settled (or unknown)."""
+        ...
+
+    def get_used(self, pk: str, sk: str) -> int:
+        """Current ``used`` of a window item (0 if absent). For tests, the CLI, diagnostics."""
+        ...
+
+    def get_reservation(self, request_id: str) -> dict[str, Any] | None: ...
+
+
+def check_charges(charges: Sequence[WindowCharge]) -> list[WindowCharge]:
+    """Validate a reservation's charges (transaction limits, no item twice, sane amounts)."""
+    charges = list(charges)
+    if len(charges) + 1 > MAX_TRANSACTION_ACTIONS:
+        raise ValueError(f"too many windows in one reservation ({len(charges)}; at most 99)")
+    seen: set[tuple[str, str]] = set()
+    for charge in charges:
+        if charge.item_key in seen:
+            raise ValueError(f"window {charge.pk} {charge.sk} charged twice in one reservation")
+        seen.add(charge.item_key)
+        if charge.amount < 0 or charge.limit < 0:
+            raise ValueError(f"negative amount or limit in {charge}")
+    return charges
+
+
+def _passed(charge: WindowCharge) -> WindowUsage:
+    """A window whose condition held: ``used <= limit - amount`` (a bound, not a value)."""
+    return WindowUsage(charge, charge.max_used_before, exact=False)
+
+
+def _impossible(charges: Sequence[WindowCharge]) -> QuotaExceeded | None:
+    # An empty window item passes `attribute_not_exists(used)`, so a charge bigger than the whole
+    # limit must be refused before it reaches the store.
+    short = [WindowUsage(c, None) for c in charges if c.amount > c.limit]
+    return QuotaExceeded(short[0].charge, None, short) if short else None
+
+
+def _check_adjustments(adjustments: Sequence[tuple[WindowCharge, int]]) -> list[tuple[WindowCharge, int]]:
+    adjustments = [(charge, int(delta)) for charge, delta in adjustments]
+    if len(adjustments) + 1 > MAX_TRANSACTION_ACTIONS:
+        raise ValueError("too many windows in one settlement")
+    seen: set[tuple[str, str]] = set()
+    for charge, delta in adjustments:
+        if charge.item_key in seen:
+            raise ValueError(f"window {charge.pk} {charge.sk} adjusted twice in one settlement")
+        seen.add(charge.item_key)
+        if charge.amount + delta < 0:
+            raise ValueError(f"settlement would make actual usage negative in {charge.pk} {charge.sk}")
+    return adjustments
+
+
+# --------------------------------------------------------------------------------------------------
+# In memory (unit tests)
+# --------------------------------------------------------------------------------------------------
+
+
+class InMemoryQuotaLedger:
+    """Thread-safe fake with the DynamoDB ledger's semantics. ``calls`` counts ledger calls."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[tuple[str, str], int] = {}
+        self._reservations: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, int] = {"reserve": 0, "settle": 0}
+
+    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
+        charges = check_charges(charges)
+        with self._lock:
+            self.calls["reserve"] += 1
+            impossible = _impossible(charges)
+            if impossible:
+                raise impossible
+            if request_id in self._reservations:
+                raise ReservationExists(request_id)
+            short = [
+                WindowUsage(c, self._used[c.item_key])
+                for c in charges
+                if c.item_key in self._used and self._used[c.item_key] > c.max_used_before
+            ]
+            if short:
+                # Report what DynamoDB would: exact values for short windows, bounds for the rest.
+                failed = {u.charge.item_key: u for u in short}
+                observed = [failed.get(c.item_key) or _passed(c) for c in charges]
+                raise QuotaExceeded(short[0].charge, short[0].used, short, observed)
+            usages = []
+            for c in charges:
+                self._used[c.item_key] = self._used.get(c.item_key, 0) + c.amount
+                usages.append(WindowUsage(c, self._used[c.item_key]))
+            self._reservations[request_id] = {"status": "reserved", "charges": list(charges)}
+            return usages
+
+    def settle(
+        self,
+        request_id: str,
+        adjustments: Sequence[tuple[WindowCharge, int]],
+        usage: Mapping[str, int] | None = None,
+    ) -> bool:
+        adjustments = _check_adjustments(adjustments)
+        with self._lock:
+            self.calls["settle"] += 1
+            record = self._reservations.get(request_id)
+            if record is None or record["status"] != "reserved":
+                return False
+            for charge, delta in adjustments:
+                self._used[charge.item_key] = self._used.get(charge.item_key, 0) + delta
+            record.update(
+                status="settled",
+                adjustments=[(c.pk, c.sk, d) for c, d in adjustments],
+                usage=dict(usage or {}),
+            )
+            return True
+
+    def get_used(self, pk: str, sk: str) -> int:
+        with self._lock:
+            return self._used.get((pk, sk), 0)
+
+    def get_reservation(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._reservations.get(request_id)
+            return dict(record) if record else None
+
+
+# --------------------------------------------------------------------------------------------------
+# DynamoDB
+# --------------------------------------------------------------------------------------------------
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(int(value))}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _int_attr(item: Mapping[str, Any] | None, name: str) -> int | None:
+    if not item or name not in item or "N" not in item[name]:
+        return None
+    return int(item[name]["N"])
+
+
+def _str_attr(item: Mapping[str, Any] | None, name: str) -> str | None:
+    if not item or name not in item or "S" not in item[name]:
+        return None
+    return str(item[name]["S"])
+
+
+_RETRY = object()
+
+
+class DynamoQuotaLedger:
+    """The quota ledger on DynamoDB (low-level boto3 client).
+
+    Calls per request: reserve = 1 ``TransactWriteItems`` (+ 1 strongly consistent
+    ``BatchGetItem`` of the reserved window items when ``snapshot_after_reserve`` is on, only so
+    the success path can report remaining quota); a rejection = 1 call (the short window's ``used``
+    comes back through ``ReturnValuesOnConditionCheckFailure=ALL_OLD``); settle = 1
+    ``TransactWriteItems`` (or 1 ``UpdateItem`` when every delta is 0). Retries happen only on
+    contention (``TransactionConflict``, throttling), with jittered backoff.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        table_name: str | None = None,
+        *,
+        snapshot_after_reserve: bool = True,
+        max_attempts: int = 8,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self.table_name = table_name or tables.QUOTA.name()
+        self.snapshot_after_reserve = snapshot_after_reserve
+        self.max_attempts = max(1, max_attempts)
+        self._clock = clock
+        self._sleep = sleep
+
+    # ---- reserve ---------------------------------------------------------------------------------
+
+    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
+        charges = check_charges(charges)
+        impossible = _impossible(charges)
+        if impossible:
+            raise impossible
+        token = uuid.uuid4().hex  # marks the reservation item as made by this call
+        for attempt in range(self.max_attempts):
+            outcome = self._reserve_once(request_id, charges, token)
+            if outcome is not _RETRY:
+                return outcome  # type: ignore[return-value]
+            self._backoff(attempt)
+        raise LedgerBusy(f"quota store contended; reservation {request_id} not made")
+
+    def _reserve_once(self, request_id: str, charges: list[WindowCharge], token: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        now = int(self._clock())
+        actions: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
+                    "UpdateExpression": "ADD #u :n SET #l = :limit, #e = :exp",
+                    "ConditionExpression": "attribute_not_exists(#u) OR #u <= :max",
+                    "ExpressionAttributeNames": {"#u": "used", "#l": "limit", "#e": "expires_at"},
+                    "ExpressionAttributeValues": {
+                        ":n": _n(c.amount),
+                        ":limit": _n(c.limit),
+                        ":exp": _n(c.expires_at),
+                        ":max": _n(c.max_used_before),
+                    },
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+            for c in charges
+        ]
+        actions.append(
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": {
+                        "pk": _s(f"req#{request_id}"),
+                        "sk": _s(RESERVATION_SK),
+                        "status": _s("reserved"),
+                        "token": _s(token),
+                        "charges": {"L": [_charge_to_attr(c) for c in charges]},
+                        "created_at": _n(now),
+                        "expires_at": _n(now + RESERVATION_RETENTION_SECONDS),
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+        )
+        try:
+            self._client.transact_write_items(TransactItems=actions)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in _RETRYABLE_ERRORS:
+                return _RETRY
+            if code != "TransactionCanceledException":
+                raise
+            reasons = error.response.get("CancellationReasons") or []
+            if len(reasons) != len(actions):
+                raise
+            reservation_reason = reasons[-1]
+            if reservation_reason.get("Code") == "ConditionalCheckFailed":
+                existing = reservation_reason.get("Item")
+                if _str_attr(existing, "token") == token:
+                    # An earlier attempt of this very call committed (its response was lost).
+                    return self._usages_after(charges)
+                raise ReservationExists(request_id) from error
+            observed: list[WindowUsage] = []
+            short: list[WindowUsage] = []
+            for c, r in zip(charges, reasons[:-1], strict=True):
+                if r.get("Code") == "ConditionalCheckFailed":
+                    usage = WindowUsage(c, _int_attr(r.get("Item"), "used"))
+                    short.append(usage)
+                elif r.get("Code") in (None, "None"):
+                    usage = _passed(c)
+                else:
+                    usage = WindowUsage(c, None)
+                observed.append(usage)
+            if short:
+                raise QuotaExceeded(short[0].charge, short[0].used, short, observed) from error
+            if any(r.get("Code") in _RETRYABLE_REASONS for r in reasons):
+                return _RETRY
+            raise
+        return self._usages_after(charges)
+
+    def _usages_after(self, charges: list[WindowCharge]) -> list[WindowUsage]:
+        if not self.snapshot_after_reserve or not charges:
+            return [WindowUsage(c, None) for c in charges]
+        return [WindowUsage(c, used) for c, used in zip(charges, self._read_used(charges), strict=True)]
+
+    def _read_used(self, charges: list[WindowCharge]) -> list[int | None]:
+        """Best effort: one strongly consistent BatchGetItem; a failure only loses header values."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self._client.batch_get_item(
+                RequestItems={
+                    self.table_name: {
+                        "Keys": [{"pk": _s(c.pk), "sk": _s(c.sk)} for c in charges],
+                        "ConsistentRead": True,
+                        "ProjectionExpression": "pk, sk, #u",
+                        "ExpressionAttributeNames": {"#u": "used"},
+                    }
+                }
+            )
+        except (ClientError, BotoCoreError):
+            return [None] * len(charges)
+        found = {
+            (_str_attr(item, "pk"), _str_attr(item, "sk")): _int_attr(item, "used")
+            for item in response.get("Responses", {}).get(self.table_name, [])
+        }
+        return [found.get(c.item_key) for c in charges]
+
+    # ---- settle ----------------------------------------------------------------------------------
+
+    def settle(
+        self,
+        request_id: str,
+        adjustments: Sequence[tuple[WindowCharge, int]],
+        usage: Mapping[str, int] | None = None,
+    ) -> bool:
+        adjustments = _check_adjustments(adjustments)
+        token = uuid.uuid4().hex
+        for attempt in range(self.max_attempts):
+            outcome = self._settle_once(request_id, adjustments, usage or {}, token)
+            if outcome is not _RETRY:
+                return bool(outcome)
+            self._backoff(attempt)
+        raise LedgerBusy(f"quota store contended; reservation {request_id} not settled")
+
+    def _settle_once(
+        self,
+        request_id: str,
+        adjustments: list[tuple[WindowCharge, int]],
+        usage: Mapping[str, int],
+        token: str,
+    ) -> Any:
+        from botocore.exceptions import ClientError
+
+        reservation_update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
+            "UpdateExpression": "SET #st = :settled, #at = :now, #tok = :tok, #adj = :adj, #usage = :usage",
+            "ConditionExpression": "#st = :reserved",
+            "ExpressionAttributeNames": {
+                "#st": "status",
+                "#at": "settled_at",
+                "#tok": "settle_token",
+                "#adj": "adjustments",
+                "#usage": "usage",
+            },
+            "ExpressionAttributeValues": {
+                ":settled": _s("settled"),
+                ":reserved": _s("reserved"),
+                ":now": _n(int(self._clock())),
+                ":tok": _s(token),
+                ":adj": {"L": [_adjustment_to_attr(c, d) for c, d in adjustments]},
+                ":usage": {"M": {str(k): _n(v) for k, v in usage.items()}},
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        window_updates = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
+                    # The reserved item, even if the clock has moved on to a later window.
+                    "UpdateExpression": "ADD #u :d SET #e = if_not_exists(#e, :exp)",
+                    "ExpressionAttributeNames": {"#u": "used", "#e": "expires_at"},
+                    "ExpressionAttributeValues": {":d": _n(delta), ":exp": _n(c.expires_at)},
+                }
+            }
+            for c, delta in adjustments
+            if delta != 0
+        ]
+        try:
+            if window_updates:
+                self._client.transact_write_items(
+                    TransactItems=[{"Update": reservation_update}, *window_updates]
+                )
+            else:
+                self._client.update_item(**reservation_update)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in _RETRYABLE_ERRORS:
+                return _RETRY
+            if code == "ConditionalCheckFailedException":
+                existing: Any = error.response.get("Item")
+                return _str_attr(existing, "settle_token") == token
+            if code != "TransactionCanceledException":
+                raise
+            reasons = error.response.get("CancellationReasons") or []
+            if not reasons:
+                raise
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                # Already settled (True only if an earlier attempt of this very call did it).
+                return _str_attr(reasons[0].get("Item"), "settle_token") == token
+            if any(r.get("Code") in _RETRYABLE_REASONS for r in reasons):
+                return _RETRY
+            raise
+        return True
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def get_used(self, pk: str, sk: str) -> int:
+        item = self._client.get_item(
+            TableName=self.table_name, Key={"pk": _s(pk), "sk": _s(sk)}, ConsistentRead=True
+        ).get("Item")
+        return _int_attr(item, "used") or 0
+
+    def get_reservation(self, request_id: str) -> dict[str, Any] | None:
+        from boto3.dynamodb.types import TypeDeserializer
+
+        item = self._client.get_item(
+            TableName=self.table_name,
+            Key={"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
+            ConsistentRead=True,
+        ).get("Item")
+        if not item:
+            return None
+        deserializer = TypeDeserializer()
+        return {name: _plain(deserializer.deserialize(value)) for name, value in item.items()}
+
+    def _backoff(self, attempt: int) -> None:
+        self._sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+
+
+def _charge_to_attr(charge: WindowCharge) -> dict[str, Any]:
+    return {
+        "M": {
+            "pk": _s(charge.pk),
+            "sk": _s(charge.sk),
+            "amount": _n(charge.amount),
+            "limit": _n(charge.limit),
+            "window_end": _n(charge.window_end),
+        }
+    }
+
+
+def _adjustment_to_attr(charge: WindowCharge, delta: int) -> dict[str, Any]:
+    return {"M": {"pk": _s(charge.pk), "sk": _s(charge.sk), "delta": _n(delta)}}
+
+
+def _plain(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,312 @@
+"""Quota logic: which windows a request is charged in, 400 vs 429, headers, settlement.
+
+No I/O except through the ledger. The flow per request:
+
+1. ``reserve`` before the upstream call: ``prompt estimate + max output`` tokens, one request and
+   the worst-case dollars, in every configured window of the key and of its tenant, all or
+   nothing. A request that could never fit a window (or exceeds ``max_tokens_per_request``) is a
+   400; a request that does not fit *now* is a 429.
+2. ``settle`` exactly once after the upstream call, whatever happened: each window receives
+   ``actual - reserved`` (a refund when negative), in the window items recorded at reservation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from quotagate.errors import GatewayError
+from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
+from quotagate.quota.windows import (
+    PER_REQUEST_LIMIT,
+    WINDOW_LIMITS,
+    WindowCharge,
+    format_duration,
+    iso_utc,
+    make_charge,
+    retry_after_seconds,
+    usd_to_micros_ceil,
+    window_bounds,
+    window_sk,
+)
+
+TOO_LARGE_CODE = "request_too_large_for_limit"
+_SCOPE_WORDS = {"key": "this API key", "tenant": "this tenant"}
+
+
+def _amount_text(unit: str, value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    if unit == "usd":
+        dollars = value / 1_000_000
+        return f"${dollars:.2f}" if value % 10_000 == 0 else f"${dollars:.6f}".rstrip("0")
+    return f"{value} {unit}"
+
+
+def ratelimit_headers(
+    usages: Sequence[WindowUsage], now: float, prefer: Sequence[WindowUsage] = ()
+) -> dict[str, str]:
+    """OpenAI-style ``x-ratelimit-*`` headers for the requests and tokens limits that exist.
+
+    Per unit, the reported window is the tightest (least remaining; a window whose ``used`` is
+    unknown counts as having its whole limit left) among the key's windows, or the tenant's when
+    the key has none; windows in ``prefer`` (the short ones of a 429) take precedence.
+    ``x-ratelimit-remaining-*`` is omitted when the ledger did not learn ``used``. On a 429 it is
+    exact for the short window; for a window that was not short it is a lower bound (the amount
+    this request asked of it), because a cancelled transaction returns only the failed items.
+    """
+    headers: dict[str, str] = {}
+    for unit in ("requests", "tokens"):
+        candidates = [u for u in prefer if u.charge.unit == unit]
+        if not candidates:
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "key"]
+        if not candidates:
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "tenant"]
+        if not candidates:
+            continue
+        best = min(
+            candidates,
+            key=lambda u: (u.remaining if u.remaining is not None else u.charge.limit, -u.charge.window_end),
+        )
+        headers[f"x-ratelimit-limit-{unit}"] = str(best.charge.limit)
+        if best.remaining is not None:
+            headers[f"x-ratelimit-remaining-{unit}"] = str(best.remaining)
+        headers[f"x-ratelimit-reset-{unit}"] = format_duration(best.charge.window_end - now)
+    return headers
+
+
+@dataclass
+class Reservation:
+    """What was reserved for one request; settle it exactly once with QuotaService.settle."""
+
+    request_id: str
+    charges: tuple[WindowCharge, ...]
+    usages: tuple[WindowUsage, ...]  # used after the reservation, per charge (None: unknown)
+    reserved_at: float
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    settled: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def headers(self, now: float | None = None) -> dict[str, str]:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (only for limits that exist).
+
+        Remaining values are a snapshot taken just after this reservation committed (they include
+        it); resets count down to the end of the reported fixed window.
+        """
+        return ratelimit_headers(self.usages, self.clock() if now is None else now)
+
+    def reserved(self, unit: str) -> int:
+        """The largest amount reserved in any window of a unit (tokens, requests, usd micros)."""
+        return max((c.amount for c in self.charges if c.unit == unit), default=0)
+
+
+class QuotaService:
+    def __init__(self, ledger: QuotaLedger, clock: Callable[[], float] = time.time) -> None:
+        self._ledger = ledger
+        self._clock = clock
+
+    # ---- planning (pure) -------------------------------------------------------------------------
+
+    def plan_windows(
+        self,
+        key_id: str,
+        tenant: str,
+        key_limits: Mapping[str, float | None],
+        tenant_limits: Mapping[str, float | None],
+        prompt_tokens_estimate: int,
+        max_output_tokens: int,
+        reserve_usd: float,
+        now: float | None = None,
+    ) -> list[WindowCharge]:
+        """One charge per configured window limit per scope. Raises GatewayError when the request
+        alone can never fit (400, or 429 ``insufficient_quota`` for a limit of 0)."""
+        if prompt_tokens_estimate < 0 or max_output_tokens < 0:
+            raise ValueError("token counts must be non-negative")
+        now = self._clock() if now is None else now
+        tokens = int(prompt_tokens_estimate) + int(max_output_tokens)
+        usd_micros = usd_to_micros_ceil(reserve_usd)
+        scopes = [("key", key_id, key_limits or {}), ("tenant", tenant, tenant_limits or {})]
+        for scope, _, limits in scopes:
+            cap = limits.get(PER_REQUEST_LIMIT)
+            if cap is not None and max_output_tokens > cap:
+                raise GatewayError(
+                    400,
+                    f"max_tokens is {max_output_tokens}, more than {_SCOPE_WORDS[scope]}'s "
+                    f"{PER_REQUEST_LIMIT} limit of {int(cap)}. Lower max_tokens.",
+                    code=TOO_LARGE_CODE,
+                    param="max_tokens",
+                )
+        charges: list[WindowCharge] = []
+        for scope, scope_id, limits in scopes:
+            for name, (unit, _) in WINDOW_LIMITS.items():
+                value = limits.get(name)
+                if value is None:
+                    continue
+                if not scope_id:
+                    raise ValueError(f"{scope} limits given without a {scope} id")
+                amount = {"requests": 1, "tokens": tokens, "usd": usd_micros}[unit]
+                charge = make_charge(scope, scope_id, name, value, amount, now)
+                if charge.amount > charge.limit:
+                    raise self._too_large(charge, int(prompt_tokens_estimate), int(max_output_tokens))
+                charges.append(charge)
+        return charges
+
+    @staticmethod
+    def _too_large(charge: WindowCharge, prompt: int, max_output: int) -> GatewayError:
+        who = _SCOPE_WORDS[charge.scope]
+        limit_text = _amount_text(charge.unit, charge.limit)
+        if charge.limit == 0:
+            # No request can ever pass: a budget of zero, not something a retry fixes.
+            return GatewayError(
+                429,
+                f"{who.capitalize()} has no allowance for {charge.limit_name} (the limit is 0).",
+                type=charge.unit,
+                code="insufficient_quota",
+            )
+        if charge.unit == "tokens" and prompt > charge.limit:
+            return GatewayError(
+                400,
+                f"The prompt (about {prompt} tokens) is larger than {who}'s {charge.limit_name} "
+                f"limit of {limit_text}. Shorten the messages.",
+                code=TOO_LARGE_CODE,
+                param="messages",
+            )
+        if charge.unit == "tokens":
+            return GatewayError(
+                400,
+                f"This request may use {prompt} prompt + {max_output} output = {charge.amount} tokens, "
+                f"more than {who}'s {charge.limit_name} limit of {limit_text}. "
+                f"Lower max_tokens to at most {charge.limit - prompt}.",
+                code=TOO_LARGE_CODE,
+                param="max_tokens",
+            )
+        return GatewayError(
+            400,
+            f"This request may cost up to {_amount_text('usd', charge.amount)}, more than {who}'s "
+            f"{charge.limit_name} budget of {limit_text}. Lower max_tokens.",
+            code=TOO_LARGE_CODE,
+            param="max_tokens",
+        )
+
+    # ---- reserve / settle ------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        request_id: str,
+        key_id: str,
+        tenant: str,
+        key_limits: Mapping[str, float | None],
+        tenant_limits: Mapping[str, float | None],
+        prompt_tokens_estimate: int,
+        max_output_tokens: int,
+        reserve_usd: float,
+    ) -> Reservation:
+        """Reserve the request's worst case in every window, all or nothing.
+
+        Raises GatewayError: 400 (can never fit), 429 ``rate_limit_exceeded`` (a per-minute window
+        is short, or the store stayed contended) or 429 ``insufficient_quota`` (a day/month budget
+        is short), each with ``retry-after`` and ``x-ratelimit-*`` headers.
+        """
+        now = self._clock()
+        charges = self.plan_windows(
+            key_id,
+            tenant,
+            key_limits,
+            tenant_limits,
+            prompt_tokens_estimate,
+            max_output_tokens,
+            reserve_usd,
+            now=now,
+        )
+        if not charges:  # no limits configured: nothing to store, nothing to settle
+            return Reservation(request_id, (), (), now, self._clock)
+        try:
+            usages = self._ledger.reserve(request_id, charges)
+        except QuotaExceeded as exceeded:
+            raise self._rejected(exceeded, charges, now) from None
+        except LedgerBusy:
+            raise GatewayError(
+                429,
+                "Too many concurrent requests against this quota; please retry shortly.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": "1"},
+            ) from None
+        return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock)
+
+    @staticmethod
+    def _rejected(exceeded: QuotaExceeded, charges: Sequence[WindowCharge], now: float) -> GatewayError:
+        # The binding window is the one that resets last: the request cannot pass before it does.
+        binding = max(exceeded.shortfalls, key=lambda u: u.charge.window_end)
+        charge = binding.charge
+        retry_after = retry_after_seconds(charge.window_end, now)
+        who = _SCOPE_WORDS[charge.scope]
+        unit = charge.unit
+        detail = (
+            f"limit {_amount_text(unit, charge.limit)}, used {_amount_text(unit, binding.used)}, "
+            f"requested {_amount_text(unit, charge.amount)}"
+        )
+        if charge.is_rate_limit:
+            code = "rate_limit_exceeded"
+            message = (
+                f"Rate limit reached for {who} on {charge.limit_name}: {detail}. "
+                f"Please try again in {retry_after}s."
+            )
+        else:
+            code = "insufficient_quota"
+            message = (
+                f"Quota exceeded for {who} on {charge.limit_name}: {detail}. "
+                f"The window resets at {iso_utc(charge.window_end)}."
+            )
+        known = {u.charge.item_key: u for u in exceeded.observed}
+        usages = [known.get(c.item_key, WindowUsage(c, None)) for c in charges]
+        headers = {"retry-after": str(retry_after)}
+        headers.update(ratelimit_headers(usages, now, prefer=exceeded.shortfalls))
+        return GatewayError(429, message, type=charge.unit, code=code, headers=headers)
+
+    def settle(
+        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, actual_usd: float
+    ) -> bool:
+        """Charge actual usage instead of the reservation, exactly once.
+
+        Per window: requests +0; tokens ``prompt + completion - reserved``; usd
+        ``ceil(actual_usd * 1e6) - reserved`` (negative: a refund). Returns False if this
+        reservation was already settled (nothing changes).
+        """
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError("token counts must be non-negative")
+        tokens = int(prompt_tokens) + int(completion_tokens)
+        usd_micros = usd_to_micros_ceil(actual_usd)
+        actual = {"requests": None, "tokens": tokens, "usd": usd_micros}
+        adjustments = []
+        for charge in reservation.charges:
+            value = actual[charge.unit]
+            adjustments.append((charge, 0 if value is None else value - charge.amount))
+        with reservation._lock:
+            if reservation.settled:
+                return False
+            if not reservation.charges:
+                reservation.settled = True
+                return True
+            result = self._ledger.settle(
+                reservation.request_id,
+                adjustments,
+                usage={
+                    "prompt_tokens": int(prompt_tokens),
+                    "completion_tokens": int(completion_tokens),
+                    "usd_micros": usd_micros,
+                },
+            )
+            reservation.settled = True
+            return result
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def usage_of(self, pk: str, limit_name: str, at: float | None = None) -> int:
+        """``used`` of the window of ``limit_name`` containing ``at`` (default: now) for a scope
+        pk such as ``key#<key_id>`` or ``tenant#<tenant>``."""
+        _, period = WINDOW_LIMITS[limit_name]
+        start, _ = window_bounds(period, self._clock() if at is None else at)
+        return self._ledger.get_used(pk, window_sk(limit_name, start))

@@ -1,0 +1,173 @@
+"""Pure quota arithmetic: fixed UTC windows, integer units, charges, header formatting.
+
+Nothing here does I/O. Every amount the ledger stores is an integer:
+
+- ``requests``: one per request;
+- ``tokens``: prompt + output tokens;
+- ``usd``: micro-dollars (USD * 1e6). Charges round *up*, limits round *down*, so rounding can
+  never let spend pass a budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+# Window limits (everything in config.LIMIT_NAMES except the per-request cap).
+WINDOW_LIMITS: dict[str, tuple[str, str]] = {
+    # limit name: (unit, period)
+    "requests_per_minute": ("requests", "minute"),
+    "tokens_per_minute": ("tokens", "minute"),
+    "tokens_per_day": ("tokens", "day"),
+    "tokens_per_month": ("tokens", "month"),
+    "usd_per_day": ("usd", "day"),
+    "usd_per_month": ("usd", "month"),
+}
+PER_REQUEST_LIMIT = "max_tokens_per_request"
+# Per-minute windows are rate limits (retrying later helps); day/month windows are budgets.
+RATE_PERIODS = frozenset({"minute"})
+# Window items outlive their window by this much (TTL is clean-up only; settlement of a request
+# that started in a window always lands well within this margin).
+RETENTION_SECONDS = 86_400
+MICROS_PER_USD = 1_000_000
+
+
+def usd_to_micros_ceil(usd: float) -> int:
+    """Micro-dollars, rounded up (charges). Uses the float's shortest repr, so 0.1 -> 100000."""
+    if usd < 0 or not math.isfinite(usd):
+        raise ValueError(f"usd amount must be a finite non-negative number, got {usd!r}")
+    return int((Decimal(repr(float(usd))) * MICROS_PER_USD).to_integral_value(ROUND_CEILING))
+
+
+def usd_to_micros_floor(usd: float) -> int:
+    """Micro-dollars, rounded down (limits)."""
+    if usd < 0 or not math.isfinite(usd):
+        raise ValueError(f"usd amount must be a finite non-negative number, got {usd!r}")
+    return int((Decimal(repr(float(usd))) * MICROS_PER_USD).to_integral_value(ROUND_FLOOR))
+
+
+def limit_units(limit_name: str, value: float) -> int:
+    """A configured limit in ledger units (rounded down)."""
+    unit, _ = WINDOW_LIMITS[limit_name]
+    if unit == "usd":
+        return usd_to_micros_floor(value)
+    return math.floor(value)
+
+
+def window_bounds(period: str, now: float) -> tuple[int, int]:
+    """[start, end) of the fixed UTC window containing ``now``, as epoch seconds."""
+    t = math.floor(now)
+    if period == "minute":
+        start = t - t % 60
+        return start, start + 60
+    if period == "day":
+        start = t - t % 86_400
+        return start, start + 86_400
+    if period == "month":
+        moment = datetime.fromtimestamp(t, UTC)
+        first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+        following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+        return int(first.timestamp()), int(following.timestamp())
+    raise ValueError(f"unknown period {period!r}")
+
+
+def iso_utc(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def scope_pk(scope: str, scope_id: str) -> str:
+    if scope not in ("key", "tenant"):
+        raise ValueError(f"scope must be 'key' or 'tenant', got {scope!r}")
+    return f"{scope}#{scope_id}"
+
+
+def window_sk(limit_name: str, window_start: int) -> str:
+    return f"{limit_name}#{iso_utc(window_start)}"
+
+
+@dataclass(frozen=True)
+class WindowCharge:
+    """An amount to reserve in one window item of one scope (a key or a tenant)."""
+
+    scope: str  # "key" | "tenant"
+    scope_id: str
+    limit_name: str  # one of WINDOW_LIMITS
+    window_start: int  # epoch seconds, UTC
+    window_end: int
+    limit: int  # in units (requests, tokens, micro-dollars)
+    amount: int  # in units, >= 0
+
+    @property
+    def pk(self) -> str:
+        return scope_pk(self.scope, self.scope_id)
+
+    @property
+    def sk(self) -> str:
+        return window_sk(self.limit_name, self.window_start)
+
+    @property
+    def item_key(self) -> tuple[str, str]:
+        return self.pk, self.sk
+
+    @property
+    def unit(self) -> str:
+        return WINDOW_LIMITS[self.limit_name][0]
+
+    @property
+    def period(self) -> str:
+        return WINDOW_LIMITS[self.limit_name][1]
+
+    @property
+    def is_rate_limit(self) -> bool:
+        return self.period in RATE_PERIODS
+
+    @property
+    def max_used_before(self) -> int:
+        """The condition operand: the reservation fits iff ``used <= limit - amount``."""
+        return self.limit - self.amount
+
+    @property
+    def expires_at(self) -> int:
+        return self.window_end + RETENTION_SECONDS
+
+
+def make_charge(
+    scope: str, scope_id: str, limit_name: str, limit_value: float, amount: int, now: float
+) -> WindowCharge:
+    """The charge of ``amount`` units in the window of ``limit_name`` that contains ``now``."""
+    _, period = WINDOW_LIMITS[limit_name]
+    start, end = window_bounds(period, now)
+    return WindowCharge(
+        scope=scope,
+        scope_id=scope_id,
+        limit_name=limit_name,
+        window_start=start,
+        window_end=end,
+        limit=limit_units(limit_name, limit_value),
+        amount=amount,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI/Go style reset durations: ``12ms``, ``1s``, ``59.5s``, ``6m0s``, ``1h2m3s``."""
+    ms = max(0, math.ceil(round(seconds * 1000, 3)))  # round up to the ms, ignoring float noise
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def retry_after_seconds(window_end: int, now: float) -> int:
+    """Whole seconds until the window resets (at least 1), for ``retry-after``."""
+    return max(1, math.ceil(window_end - now))

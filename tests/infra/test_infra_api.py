@@ -1,0 +1,152 @@
+"""The stack and its REST API: streaming integration, authorizer, stage, OpenAI-shaped gateway errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+pytestmark = pytest.mark.infra
+
+
+def _join(value: Any) -> str:
+    """A readable string from an Fn::Join (tokens become their JSON)."""
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(p if isinstance(p, str) else json.dumps(p) for p in parts)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _methods(synthesized: Any) -> dict[str, dict[str, Any]]:
+    """HTTP method + path part of the resource -> method properties."""
+    resources = synthesized.of_type("AWS::ApiGateway::Resource")
+    methods = {}
+    for method in synthesized.of_type("AWS::ApiGateway::Method").values():
+        props = method["Properties"]
+        path = resources[props["ResourceId"]["Ref"]]["Properties"]["PathPart"]
+        methods[f"{props['HttpMethod']} {path}"] = props
+    return methods
+
+
+def test_stack_is_named_quotagate(synthesized):
+    assert synthesized.stack.stack_name == "Quotagate"
+    assert synthesized.stack.artifact_id == "Quotagate"
+
+
+def test_outputs_expose_keys_function_and_urls(template, synthesized):
+    keys_id, _ = synthesized.function("quotagate-keys")
+    template.has_output("KeysFunctionName", {"Value": {"Ref": keys_id}})
+    outputs = synthesized.json["Outputs"]
+    assert {"ApiUrl", "OpenAIBaseUrl", "ProxyFunctionUrl", "ConfigParameterName"} <= set(outputs)
+    assert _join(outputs["OpenAIBaseUrl"]["Value"]).endswith("/v1")
+    assert _join(outputs["ApiUrl"]["Value"]).startswith("https://")
+
+
+def test_rest_api_is_regional(template):
+    template.resource_count_is("AWS::ApiGateway::RestApi", 1)
+    template.has_resource_properties(
+        "AWS::ApiGateway::RestApi", {"EndpointConfiguration": {"Types": ["REGIONAL"]}}
+    )
+
+
+def test_authorizer_is_request_type_with_identity_source_and_cache(template):
+    template.resource_count_is("AWS::ApiGateway::Authorizer", 1)
+    template.has_resource_properties(
+        "AWS::ApiGateway::Authorizer",
+        {
+            "Type": "REQUEST",
+            "IdentitySource": "method.request.header.Authorization",
+            "AuthorizerResultTtlInSeconds": 300,
+        },
+    )
+
+
+def test_routes_stream_from_the_proxy_with_15_minute_timeout(synthesized):
+    methods = _methods(synthesized)
+    assert set(methods) == {"ANY {proxy+}", "GET health"}
+    proxy_id, _ = synthesized.function("quotagate-proxy")
+    for props in methods.values():
+        integration = props["Integration"]
+        assert integration["Type"] == "AWS_PROXY"
+        assert integration["ResponseTransferMode"] == "STREAM"
+        assert integration["TimeoutInMillis"] == 900000
+        uri = _join(integration["Uri"])
+        assert "/2021-11-15/functions/" in uri
+        assert uri.endswith("/response-streaming-invocations")
+        assert proxy_id in uri
+
+
+def test_v1_requires_the_authorizer_and_health_does_not(synthesized):
+    authorizer_id = next(iter(synthesized.of_type("AWS::ApiGateway::Authorizer")))
+    methods = _methods(synthesized)
+    assert methods["ANY {proxy+}"]["AuthorizationType"] == "CUSTOM"
+    assert methods["ANY {proxy+}"]["AuthorizerId"] == {"Ref": authorizer_id}
+    assert methods["GET health"]["AuthorizationType"] == "NONE"
+    resources = synthesized.of_type("AWS::ApiGateway::Resource")
+    v1 = next(k for k, r in resources.items() if r["Properties"]["PathPart"] == "v1")
+    proxy = next(r for r in resources.values() if r["Properties"]["PathPart"] == "{proxy+}")
+    assert proxy["Properties"]["ParentId"] == {"Ref": v1}
+
+
+def test_authorizer_invokes_the_authorizer_function(synthesized):
+    authorizer_fn, _ = synthesized.function("quotagate-authorizer")
+    authorizer = next(iter(synthesized.of_type("AWS::ApiGateway::Authorizer").values()))
+    assert authorizer_fn in _join(authorizer["Properties"]["AuthorizerUri"])
+
+
+def test_stage_traces_logs_json_and_throttles(synthesized):
+    stages = synthesized.of_type("AWS::ApiGateway::Stage")
+    assert len(stages) == 1
+    stage = next(iter(stages.values()))["Properties"]
+    assert stage["TracingEnabled"] is True
+    access_log = stage["AccessLogSetting"]
+    log_group_id = access_log["DestinationArn"]["Fn::GetAtt"][0]
+    assert synthesized.resources[log_group_id]["Properties"]["RetentionInDays"] > 0
+    fields = json.loads(access_log["Format"])
+    assert fields["requestId"] == "$context.requestId" and fields["status"] == "$context.status"
+    assert not any("header" in value.lower() for value in fields.values()), "headers may carry keys"
+    settings = stage["MethodSettings"][0]
+    assert settings["ThrottlingRateLimit"] > 0 and settings["ThrottlingBurstLimit"] > 0
+    assert settings["DataTraceEnabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("response_type", "status", "error_type", "code"),
+    [
+        ("UNAUTHORIZED", "401", "invalid_request_error", "invalid_api_key"),
+        ("ACCESS_DENIED", "403", "permission_error", "permission_denied"),
+        ("MISSING_AUTHENTICATION_TOKEN", "404", "invalid_request_error", "unknown_url"),
+        ("THROTTLED", "429", "requests", "rate_limit_exceeded"),
+        ("DEFAULT_4XX", None, "invalid_request_error", None),
+        ("DEFAULT_5XX", None, "api_error", None),
+    ],
+)
+def test_gateway_errors_are_openai_shaped(synthesized, response_type, status, error_type, code):
+    responses = [
+        r["Properties"]
+        for r in synthesized.of_type("AWS::ApiGateway::GatewayResponse").values()
+        if r["Properties"]["ResponseType"] == response_type
+    ]
+    assert len(responses) == 1, response_type
+    response = responses[0]
+    assert response.get("StatusCode") == status
+    template_text = response["ResponseTemplates"]["application/json"]
+    # API Gateway substitutes its own (already JSON-quoted) message here.
+    body = json.loads(template_text.replace("$context.error.messageString", '"substituted"'))
+    assert set(body) == {"error"}
+    assert body["error"]["type"] == error_type
+    assert body["error"]["code"] == code
+    assert body["error"]["param"] is None
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_integration_permissions_only_for_api_gateway(template):
+    template.all_resources_properties(
+        "AWS::Lambda::Permission",
+        {"Action": "lambda:InvokeFunction", "Principal": "apigateway.amazonaws.com"},
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Permission", {"SourceArn": Match.any_value(), "Principal": "apigateway.amazonaws.com"}
+    )

@@ -1,0 +1,171 @@
+"""The bundled layers (as staged by the shared synth) and the Docker-free bundling helpers."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from cdk_app import bundling, paths
+from cdk_app.constructs.layers import CORE_DESCRIPTION, DEPS_DESCRIPTION
+
+pytestmark = pytest.mark.infra
+
+ELF_MACHINE_AARCH64 = 183
+
+
+def _elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    assert header[4] == 2, f"{path} is not 64-bit"
+    return struct.unpack("<H", header[18:20])[0]
+
+
+@pytest.fixture(scope="module")
+def deps_dir(synthesized) -> Path:
+    directory = synthesized.layer_dir(DEPS_DESCRIPTION) / "python"
+    assert directory.is_dir()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def core_dir(synthesized) -> Path:
+    directory = synthesized.layer_dir(CORE_DESCRIPTION) / "python"
+    assert directory.is_dir()
+    return directory
+
+
+def test_deps_layer_has_offline_tiktoken_encoding(deps_dir):
+    encoding = deps_dir / "tiktoken_ext" / "data" / "cl100k_base.tiktoken"
+    assert encoding.is_file() and encoding.stat().st_size > 1_000_000
+
+
+def test_deps_layer_binaries_are_aarch64_cp313(deps_dir):
+    extensions = list((deps_dir / "tiktoken").glob("_tiktoken*.so"))
+    assert len(extensions) == 1
+    assert "cpython-313-aarch64" in extensions[0].name
+    assert _elf_machine(extensions[0]) == ELF_MACHINE_AARCH64
+    shared_objects = list(deps_dir.rglob("*.so"))
+    assert shared_objects
+    for shared_object in shared_objects:
+        assert _elf_machine(shared_object) == ELF_MACHINE_AARCH64, shared_object
+        assert "x86_64" not in shared_object.name
+
+
+def test_deps_layer_has_pinned_versions(deps_dir):
+    for line in paths.REQUIREMENTS_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, version = line.split("==")
+        name = name.split("[", 1)[0].lower().replace("-", "_")
+        dist_infos = [d.name.lower() for d in deps_dir.glob("*.dist-info")]
+        assert f"{name}-{version}.dist-info" in dist_infos, line
+
+
+def test_deps_layer_leaves_the_sdk_to_the_runtime(deps_dir):
+    for name in ("boto3", "botocore", "s3transfer"):
+        assert not (deps_dir / name).exists()
+        assert not list(deps_dir.glob(f"{name}-*.dist-info"))
+    assert not list(deps_dir.rglob("__pycache__"))
+    assert not (deps_dir / "bin").exists()
+
+
+def test_core_layer_is_the_quotagate_package_without_dev_tools(core_dir):
+    package = core_dir / "quotagate"
+    assert (package / "__init__.py").is_file()
+    assert (package / "tables.py").is_file()
+    assert (package / "default_config.json").is_file()
+    assert not (package / "local").exists()
+    assert not (package / "mock").exists()
+    assert not list(core_dir.rglob("__pycache__"))
+    assert not list(core_dir.rglob("*.pyc"))
+    assert sorted(p.name for p in core_dir.iterdir()) == ["quotagate"]
+
+
+def test_core_layer_holds_exactly_the_hashed_files(core_dir):
+    staged = sorted(
+        p.relative_to(core_dir / "quotagate") for p in (core_dir / "quotagate").rglob("*") if p.is_file()
+    )
+    assert staged == list(bundling.core_files())
+
+
+def test_pip_command_pins_platform_and_interpreter():
+    command = bundling.pip_command(Path("/out"), paths.REQUIREMENTS_FILE)
+    assert "--only-binary=:all:" in command
+    assert command[command.index("--python-version") + 1] == "3.13"
+    assert command[command.index("--implementation") + 1] == "cp"
+    platforms = [command[i + 1] for i, arg in enumerate(command) if arg == "--platform"]
+    # With manylinux2014 alone pip silently picks tiktoken 0.11.
+    assert platforms == ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    assert command[command.index("--target") + 1] == "/out"
+
+
+def _fake_install(calls: list[Path]):
+    def install(target: Path, requirements: Path) -> None:
+        calls.append(target)
+        (target / "pkg").mkdir(parents=True)
+        (target / "pkg" / "__init__.py").write_text("")
+        (target / "pkg-1.0.dist-info").mkdir()
+        (target / "pkg-1.0.dist-info" / "RECORD").write_text("pkg/__init__.py,,\n")
+        (target / "botocore" / "data").mkdir(parents=True)
+        (target / "botocore" / "__init__.py").write_text("")
+        (target / "botocore" / "data" / "x.json").write_text("{}")
+        (target / "botocore" / "__pycache__").mkdir()
+        (target / "botocore-1.0.dist-info").mkdir()
+        (target / "botocore-1.0.dist-info" / "RECORD").write_text(
+            "botocore/__init__.py,,\nbotocore/data/x.json,,\nbotocore-1.0.dist-info/RECORD,,\n"
+        )
+        (target / "bin").mkdir()
+        (target / "bin" / "script").write_text("#!/usr/bin/python3.11\n")
+
+    return install
+
+
+def test_deps_build_is_cached_by_requirements_hash(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pkg==1.0\n")
+    cache = tmp_path / "cache"
+    calls: list[Path] = []
+    first = bundling.build_deps(requirements, cache, installer=_fake_install(calls))
+    second = bundling.build_deps(requirements, cache, installer=_fake_install(calls))
+    assert first == second and len(calls) == 1
+    site = first / "python"
+    assert (site / "pkg" / "__init__.py").is_file()
+    assert not (site / "botocore").exists() and not list(site.glob("botocore-*"))
+    assert not (site / "bin").exists()
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary directories left
+
+    requirements.write_text("pkg==1.1\n")
+    third = bundling.build_deps(requirements, cache, installer=_fake_install(calls))
+    assert third != first and len(calls) == 2
+
+
+def test_failed_deps_build_leaves_no_cache_entry(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pkg==1.0\n")
+    cache = tmp_path / "cache"
+
+    def broken(target: Path, requirements: Path) -> None:
+        raise RuntimeError("pip could not build the deps layer")
+
+    with pytest.raises(RuntimeError):
+        bundling.build_deps(requirements, cache, installer=broken)
+    assert list(cache.iterdir()) == []
+
+
+def test_core_hash_follows_content_and_ignores_excluded_parts(tmp_path):
+    source = tmp_path / "quotagate"
+    (source / "local").mkdir(parents=True)
+    (source / "__init__.py").write_text("x = 1\n")
+    baseline = bundling.core_hash(source)
+    (source / "local" / "server.py").write_text("dev only\n")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    assert bundling.core_hash(source) == baseline
+    (source / "__init__.py").write_text("x = 2\n")
+    assert bundling.core_hash(source) != baseline
+    out = tmp_path / "out"
+    bundling.build_core(out, source)
+    assert sorted(p.name for p in (out / "python" / "quotagate").iterdir()) == ["__init__.py"]
