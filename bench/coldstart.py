@@ -38,11 +38,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def chat(base: str, key: str) -> int:
+def chat(base: str, key: str, header: str = "authorization") -> int:
     body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}],
                        "max_tokens": 8}).encode()
     request = urllib.request.Request(f"{base}/v1/chat/completions", data=body, method="POST", headers={
-        "authorization": f"Bearer {key}", "content-type": "application/json"})
+        header: f"Bearer {key}" if header == "authorization" else key, "content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
         return response.status
@@ -79,10 +79,38 @@ def local_gateway(requests: int) -> tuple[float, float]:
         process.wait(timeout=10)
 
 
-def proxy_alone() -> tuple[float, float]:
+def aws_and_model_for_proxy() -> tuple[dict[str, str], str]:
+    """A single-threaded moto server with the tables and a key, and the mock model server, in this
+    process: what the proxy process will call. Returns its environment and the key."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_LOG_LEVEL": "ERROR",
+                       "POWERTOOLS_METRICS_DISABLED": "true"})
+    sys.path.insert(0, str(ROOT))
+    import boto3
+
+    from functions.keys.handler import lambda_handler
+    from quotagate import tables
+    from quotagate.local.apigateway import FakeLambdaContext
+    from quotagate.local.motoserver import start_moto_server
+    from quotagate.mock import MockServer, MockSettings
+
+    moto_url, _ = start_moto_server()
+    mock = MockServer(MockSettings(token_delay=0)).start()
+    env = {"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
+           "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json")}
+    os.environ.update(env)
+    tables.create_all(boto3.client("dynamodb"))
+    created = lambda_handler({"action": "create_key", "tenant": "bench", "consumer": "cold", "plan": "pro"},
+                             FakeLambdaContext("keys"))
+    return env, created["result"]["api_key"]
+
+
+def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, float]:
+    """The proxy app under uvicorn as the Lambda Web Adapter starts it, called the function-URL way
+    (no authorizer: it validates the key itself): time to /health ready (the adapter's readiness
+    check, i.e. the end of Lambda's init) and to the first answered chat completion."""
     port = free_port()
-    env = {**os.environ, "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json"),
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, **proxy_env}
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--port", str(port), "--app-dir",
                                 str(ROOT / "functions/proxy"), "app:app"], cwd=ROOT, env=env,
@@ -95,7 +123,11 @@ def proxy_alone() -> tuple[float, float]:
                         break
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.002)
-        return time.perf_counter() - started, peak_rss_mib(process.pid)
+        ready = time.perf_counter() - started
+        base = f"http://127.0.0.1:{port}"
+        if chat(base, key, header="x-api-key") != 200:
+            raise RuntimeError("the proxy did not answer")
+        return ready, time.perf_counter() - started, peak_rss_mib(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -107,14 +139,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
     gateway = [local_gateway(args.requests) for _ in range(args.runs)]
-    proxy = [proxy_alone() for _ in range(args.runs)]
+    proxy_env, key = aws_and_model_for_proxy()
+    proxy = [proxy_alone(proxy_env, key) for _ in range(args.runs)]
     print(f"local gateway (make dev): process start -> first answered chat completion: "
           f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {args.runs} runs "
           f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})")
     print(f"local gateway peak RSS after {args.requests + 1} requests: "
           f"max {max(g[1] for g in gateway):.1f} MiB")
-    print(f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready: "
-          f"median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[1] for p in proxy):.1f} MiB")
+    print(f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready "
+          f"(end of init): median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; -> first answered "
+          f"chat completion (key check, quota reserve/settle in moto, mock model): "
+          f"median {statistics.median(p[1] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[2] for p in proxy):.1f} MiB")
 
 
 if __name__ == "__main__":

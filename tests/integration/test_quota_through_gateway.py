@@ -71,7 +71,8 @@ def test_fifty_concurrent_requests_never_overshoot_tokens_per_minute(stack):
     key = stack.create_key(tenant="burst-tokens", plan="tpm-1000")
     admitted, rejected = burst(stack, [key["api_key"]], 50)
     reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
-    assert len(admitted) == 1000 // reserved_each
+    # At least as many as fit at once; more only when early finishers refunded their unused tokens.
+    assert len(admitted) >= 1000 // reserved_each
     assert rejected and all(r.json()["error"]["type"] == "tokens" for r in rejected)
     actual = sum(r.json()["usage"]["total_tokens"] for r in admitted)
     assert actual <= 1000
@@ -82,7 +83,7 @@ def test_fifty_concurrent_requests_never_overshoot_usd_per_day(stack):
     key = stack.create_key(tenant="burst-usd", plan="usd-day")
     admitted, rejected = burst(stack, [key["api_key"]], 50)
     reserved_each = micro_usd(tokens.chat_prompt_tokens(MESSAGES), 100)
-    assert len(admitted) == 1700 // reserved_each
+    assert len(admitted) >= 1700 // reserved_each
     assert rejected and all(r.json()["error"]["code"] == "insufficient_quota" for r in rejected)
     spent = sum(micro_usd(r.json()["usage"]["prompt_tokens"], r.json()["usage"]["completion_tokens"])
                 for r in admitted)
@@ -95,7 +96,7 @@ def test_tenant_limit_is_shared_by_two_keys(stack):
     second = stack.create_key(tenant="shared-tenant", consumer="b", plan="tenant-tpm")
     admitted, rejected = burst(stack, [first["api_key"], second["api_key"]], 50)
     reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
-    assert len(admitted) == 1000 // reserved_each and rejected
+    assert len(admitted) >= 1000 // reserved_each and rejected
     actual = sum(r.json()["usage"]["total_tokens"] for r in admitted)
     assert actual <= 1000
     assert stack.quota_used("tenant#shared-tenant", "tokens_per_minute") == actual

@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 
 import pytest
+from starlette.testclient import TestClient
+
 from quotagate import tokens
 from quotagate.mock import MockSettings, StreamCut, create_app, reply_pieces, reply_text
 from quotagate.mock.anthropic import conversation, input_tokens_of
-from starlette.testclient import TestClient
 
 HEADERS = {"anthropic-version": "2023-06-01"}
 SYSTEM = "You are terse."
 MESSAGES = [{"role": "user", "content": "What is a token bucket?"}]
 CONVERSATION = [{"role": "system", "content": SYSTEM}, *MESSAGES]
-TOOL = {"name": "get_weather", "description": "Weather",
-        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
-                                                          "unit": {"enum": ["C", "F"]}}}}
+TOOL = {
+    "name": "get_weather",
+    "description": "Weather",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"enum": ["C", "F"]}},
+    },
+}
 
 
 @pytest.fixture
@@ -46,8 +52,8 @@ def sse(text: str) -> list[tuple[str, dict]]:
             continue
         name_line, data_line = block.split("\n")
         assert name_line.startswith("event: ") and data_line.startswith("data: "), block
-        data = json.loads(data_line[len("data: "):])
-        assert data["type"] == name_line[len("event: "):]
+        data = json.loads(data_line[len("data: ") :])
+        assert data["type"] == name_line[len("event: ") :]
         events.append((data["type"], data))
     return events
 
@@ -55,7 +61,9 @@ def sse(text: str) -> list[tuple[str, dict]]:
 def test_input_tokens_formula():
     assert conversation({"system": SYSTEM, "messages": MESSAGES}) == CONVERSATION
     assert conversation({"messages": MESSAGES}) == MESSAGES
-    assert input_tokens_of({"system": SYSTEM, "messages": MESSAGES}) == tokens.chat_prompt_tokens(CONVERSATION)
+    assert input_tokens_of({"system": SYSTEM, "messages": MESSAGES}) == tokens.chat_prompt_tokens(
+        CONVERSATION
+    )
 
 
 def test_non_stream_shape_and_usage(client, app):
@@ -79,17 +87,32 @@ def test_stream_event_sequence(client, app):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse(r.text)
     assert [name for name, _ in events] == [
-        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
-        "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     start = events[0][1]["message"]
     assert start["content"] == [] and start["stop_reason"] is None
     assert start["usage"]["input_tokens"] == tokens.chat_prompt_tokens(CONVERSATION)
     assert start["usage"]["output_tokens"] == 1
-    assert events[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
     texts = [data["delta"]["text"] for name, data in events if name == "content_block_delta"]
     assert texts == reply_pieces(CONVERSATION, 3)
-    assert events[7][1] == {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                            "usage": {"output_tokens": 3}}
+    assert events[7][1] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 3},
+    }
     assert app.state.stats.snapshot()["completed"] == 1
 
 
@@ -123,14 +146,19 @@ def test_tool_choice_auto_text_then_tool_then_answer(client):
     body = post(client, tools=[TOOL]).json()
     assert [b["type"] for b in body["content"]] == ["text", "tool_use"]
     call = body["content"][1]
-    follow_up = [*MESSAGES, {"role": "assistant", "content": body["content"]},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "18C"}]}]
+    follow_up = [
+        *MESSAGES,
+        {"role": "assistant", "content": body["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "18C"}]},
+    ]
     answer = post(client, tools=[TOOL], messages=follow_up).json()
     assert answer["stop_reason"] == "end_turn" and [b["type"] for b in answer["content"]] == ["text"]
 
 
 def test_streamed_tool_use(client):
-    events = sse(post(client, stream=True, tools=[TOOL], tool_choice={"type": "tool", "name": "get_weather"}).text)
+    events = sse(
+        post(client, stream=True, tools=[TOOL], tool_choice={"type": "tool", "name": "get_weather"}).text
+    )
     start = next(data for name, data in events if name == "content_block_start")
     assert start["content_block"]["type"] == "tool_use" and start["content_block"]["input"] == {}
     pieces = [data["delta"]["partial_json"] for name, data in events if name == "content_block_delta"]
@@ -140,10 +168,13 @@ def test_streamed_tool_use(client):
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
-@pytest.mark.parametrize(("headers", "status", "error_type"), [
-    ({"anthropic-version": ""}, 400, "invalid_request_error"),
-    ({"anthropic-version": "1999-01-01"}, 400, "invalid_request_error"),
-])
+@pytest.mark.parametrize(
+    ("headers", "status", "error_type"),
+    [
+        ({"anthropic-version": ""}, 400, "invalid_request_error"),
+        ({"anthropic-version": "1999-01-01"}, 400, "invalid_request_error"),
+    ],
+)
 def test_version_header_required(client, headers, status, error_type):
     r = post(client, headers=headers)
     assert r.status_code == status
@@ -154,22 +185,27 @@ def test_api_key_required_as_x_api_key():
     app = create_app(MockSettings(token_delay=0, api_key="sk-ant-test"))
     with TestClient(app) as client:
         assert post(client).status_code == 401
-        assert post(client, headers={"authorization": "Bearer sk-ant-test"}).json()["error"]["type"] == \
-            "authentication_error"
+        assert (
+            post(client, headers={"authorization": "Bearer sk-ant-test"}).json()["error"]["type"]
+            == "authentication_error"
+        )
         assert post(client, headers={"x-api-key": "sk-ant-test"}).status_code == 200
         recorded = app.state.stats.last_request["headers"]
         assert recorded["x-api-key"] == "<redacted>"
 
 
-@pytest.mark.parametrize("body", [
-    {"max_tokens": None},
-    {"messages": []},
-    {"messages": [{"role": "system", "content": "x"}]},
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
-    {"stop_sequences": [" "]},
-    {"temperature": 1.5},
-    {"tool_choice": {"type": "tool", "name": "missing"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_tokens": None},
+        {"messages": []},
+        {"messages": [{"role": "system", "content": "x"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+        {"stop_sequences": [" "]},
+        {"temperature": 1.5},
+        {"tool_choice": {"type": "tool", "name": "missing"}},
+    ],
+)
 def test_validation(client, body):
     if body.get("max_tokens", 1) is None:
         r = client.post("/v1/messages", headers=HEADERS, json={"model": "m", "messages": MESSAGES})
@@ -179,10 +215,16 @@ def test_validation(client, body):
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(("status", "error_type", "retry_after"), [
-    (400, "invalid_request_error", None), (401, "authentication_error", None), (429, "rate_limit_error", "1"),
-    (500, "api_error", None), (529, "overloaded_error", "1"),
-])
+@pytest.mark.parametrize(
+    ("status", "error_type", "retry_after"),
+    [
+        (400, "invalid_request_error", None),
+        (401, "authentication_error", None),
+        (429, "rate_limit_error", "1"),
+        (500, "api_error", None),
+        (529, "overloaded_error", "1"),
+    ],
+)
 def test_injected_status(client, app, status, error_type, retry_after):
     r = post(client, model=f"claude-mock@status={status}")
     assert r.status_code == status
@@ -194,7 +236,10 @@ def test_injected_status(client, app, status, error_type, retry_after):
 def test_fault_sources(client):
     assert post(client, headers={"x-mock-fault": "status=503"}).status_code == 503
     assert post(client, mock_fault={"status": 429, "retry_after": 7}).headers["retry-after"] == "7"
-    assert post(client, mock_fault="code=overloaded_error&status=503").json()["error"]["type"] == "overloaded_error"
+    assert (
+        post(client, mock_fault="code=overloaded_error&status=503").json()["error"]["type"]
+        == "overloaded_error"
+    )
     assert post(client, mock_fault="nonsense=1").status_code == 400
 
 
@@ -214,6 +259,9 @@ def test_drop_after_cuts_the_stream(app):
 
 
 def test_count_tokens(client):
-    r = client.post("/v1/messages/count_tokens", headers=HEADERS,
-                    json={"model": "claude-mock", "system": SYSTEM, "messages": MESSAGES})
+    r = client.post(
+        "/v1/messages/count_tokens",
+        headers=HEADERS,
+        json={"model": "claude-mock", "system": SYSTEM, "messages": MESSAGES},
+    )
     assert r.json() == {"input_tokens": tokens.chat_prompt_tokens(CONVERSATION)}

@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from quotagate import tables
 
+    from quotagate.local.ttl import start_sweeper
+
     tables.create_all(boto3.client("dynamodb"))
+    start_sweeper(boto3.client("dynamodb"))
     _provider_secrets_from_env()
 
     from functions.keys.handler import lambda_handler as keys_handler

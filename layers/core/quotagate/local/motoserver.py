@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 _DEFAULT_HOST = "127.0.0.1"
 
@@ -41,6 +42,7 @@ def start_moto_server(
             if log_requests:
                 super().log_request(code, size)
 
+    _copy_each_table_once_per_transaction()
     app = DomainDispatcherApplication(create_backend_app)
     server = make_server(host, port, app, threaded=False, processes=1, request_handler=Handler)
     bound_port = server.socket.getsockname()[1]
@@ -65,6 +67,46 @@ def start_moto_server(
 
     url_host = f"[{host}]" if ":" in host else host
     return f"http://{url_host}:{bound_port}", stop
+
+
+_patched = False
+
+
+def _copy_each_table_once_per_transaction() -> None:
+    """moto's TransactWriteItems deep-copies a table for rollback once per *action* on it, so a
+    5-action quota reservation copies the quota table 5 times and local latency grows with the
+    table. Within one transaction (this server runs one request at a time) every copy after the
+    first of the same table is the same snapshot, so reuse it. Rollback semantics are unchanged."""
+    global _patched
+    if _patched:
+        return
+    import copy as real_copy
+    import types
+
+    from moto.dynamodb import models
+
+    snapshots: dict[int, Any] | None = None
+
+    def deepcopy(value: Any, memo: Any = None) -> Any:
+        if snapshots is None or not isinstance(value, models.Table):
+            return real_copy.deepcopy(value, memo)
+        if id(value) not in snapshots:
+            snapshots[id(value)] = real_copy.deepcopy(value, memo)
+        return snapshots[id(value)]
+
+    original = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: Any) -> Any:
+        nonlocal snapshots
+        snapshots = {}
+        try:
+            return original(self, transact_items)
+        finally:
+            snapshots = None
+
+    models.copy = types.SimpleNamespace(deepcopy=deepcopy, copy=real_copy.copy)  # type: ignore[attr-defined]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    _patched = True
 
 
 def reset_moto_server(endpoint_url: str) -> None:

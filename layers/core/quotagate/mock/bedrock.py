@@ -122,7 +122,8 @@ ERROR_TYPES: dict[int, str] = {
 }
 _ERROR_MESSAGES: dict[str, str] = {
     "ValidationException": "Invalid request (injected by the mock).",
-    "AccessDeniedException": "You don't have access to the model with the specified model ID (injected by the mock).",
+    "AccessDeniedException": "You don't have access to the model with the specified model ID "
+                             "(injected by the mock).",
     "ResourceNotFoundException": "The model does not exist (injected by the mock).",
     "ModelTimeoutException": "The model timed out (injected by the mock).",
     "ModelErrorException": "The model failed to process the request (injected by the mock).",
@@ -132,13 +133,15 @@ _ERROR_MESSAGES: dict[str, str] = {
     "ServiceUnavailableException": "The service is unavailable, try again later (injected by the mock).",
 }
 _ROLES = ("user", "assistant")
+_CHOICES = ("auto", "any", "tool")
 _MEDIA_BLOCKS = ("image", "document", "video", "audio")
 
 
 class BedrockReject(Exception):
     """A Bedrock-shaped error response: ``x-amzn-ErrorType`` header and ``{"message": ...}``."""
 
-    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error_type: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.error_type, self.message = status, error_type, message
         self.headers = headers or {}
@@ -204,7 +207,8 @@ def prompt_view(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The request as OpenAI-style chat messages (what is counted and what picks the reply)."""
     view: list[dict[str, Any]] = []
     system = body.get("system") or []
-    system_text = "\n".join(str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+    system_text = "\n".join(
+        str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
     if system_text:
         view.append({"role": "system", "content": system_text})
     for message in body.get("messages") or []:
@@ -218,7 +222,8 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
     config = body.get("toolConfig")
     if not isinstance(config, dict):
         return []
-    return [t["toolSpec"] for t in config.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("toolSpec"), dict)]
+    tools = config.get("tools") or []
+    return [t["toolSpec"] for t in tools if isinstance(t, dict) and isinstance(t.get("toolSpec"), dict)]
 
 
 def input_tokens(body: dict[str, Any]) -> int:
@@ -251,7 +256,10 @@ def example_input(schema: Any, words: list[str]) -> dict[str, Any]:
     if not isinstance(properties, dict):
         return {}
     required = schema.get("required")
-    names = [n for n in required if n in properties] if isinstance(required, list) and required else list(properties)
+    if isinstance(required, list) and required:
+        names = [n for n in required if n in properties]
+    else:
+        names = list(properties)
     pool = words or ["mock"]
     return {name: _example_value(properties[name], pool[i % len(pool)]) for i, name in enumerate(names)}
 
@@ -315,16 +323,16 @@ def _validate(body: dict[str, Any]) -> None:
             if not isinstance(block, dict) or len(block) != 1:
                 raise _invalid(f"messages.{i}.content.{j}: a content block must have exactly one member.")
             if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
-                raise _invalid(f"The text field in the ContentBlock object at messages.{i}.content.{j} is blank. "
-                               "Add text to the text field, and try again.")
+                raise _invalid(f"The text field in the ContentBlock object at messages.{i}.content.{j} "
+                               "is blank. Add text to the text field, and try again.")
             if "toolUse" in block or "toolResult" in block:
                 uses_tools = True
         if i == 0 and message["role"] != "user":
             raise _invalid("A conversation must start with a user message. "
                            "Try again with a conversation that starts with a user message.")
         if i > 0 and message["role"] == messages[i - 1].get("role"):
-            raise _invalid("A conversation must alternate between user and assistant roles. "
-                           "Make sure the conversation alternates between user and assistant roles and try again.")
+            raise _invalid("A conversation must alternate between user and assistant roles. Make sure the "
+                           "conversation alternates between user and assistant roles and try again.")
     system = body.get("system")
     if system is not None and (not isinstance(system, list) or not all(isinstance(b, dict) for b in system)):
         raise _invalid("system: must be a list of system content blocks.")
@@ -340,14 +348,16 @@ def _validate(body: dict[str, Any]) -> None:
             if value is not None and (not _is_number(value) or not 0 <= value <= 1):
                 raise _invalid(f"inferenceConfig.{name}: must be a number from 0 to 1.")
         stops = config.get("stopSequences")
-        if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
+        if stops is not None and (
+                not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
             raise _invalid("inferenceConfig.stopSequences: must be a list of non-empty strings.")
     tool_config = body.get("toolConfig")
     if tool_config is not None:
-        if not isinstance(tool_config, dict) or not isinstance(tool_config.get("tools"), list) or not tool_config["tools"]:
+        tools = tool_config.get("tools") if isinstance(tool_config, dict) else None
+        if not isinstance(tool_config, dict) or not isinstance(tools, list) or not tools:
             raise _invalid("toolConfig.tools: must be a non-empty list.")
         names = []
-        for k, tool in enumerate(tool_config["tools"]):
+        for k, tool in enumerate(tools):
             spec = tool.get("toolSpec") if isinstance(tool, dict) else None
             if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]
                     or not isinstance(spec.get("inputSchema"), dict) or "json" not in spec["inputSchema"]):
@@ -355,12 +365,14 @@ def _validate(body: dict[str, Any]) -> None:
             names.append(spec["name"])
         choice = tool_config.get("toolChoice")
         if choice is not None:
-            if not isinstance(choice, dict) or len(choice) != 1 or next(iter(choice)) not in ("auto", "any", "tool"):
+            if not isinstance(choice, dict) or len(choice) != 1 or next(iter(choice)) not in _CHOICES:
                 raise _invalid("toolConfig.toolChoice: must be one of auto, any or tool.")
-            if "tool" in choice and (not isinstance(choice["tool"], dict) or choice["tool"].get("name") not in names):
+            named = choice.get("tool")
+            if "tool" in choice and (not isinstance(named, dict) or named.get("name") not in names):
                 raise _invalid("toolConfig.toolChoice.tool.name: must name one of the tools.")
     elif uses_tools:
-        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult "
+                       "content blocks.")
 
 
 def _parse_fault(source: Any, where: str) -> FaultSpec:
@@ -615,7 +627,8 @@ async def _converse(request: Request, stream: bool) -> Response:
             return Response(status_code=499)
         ticket.finish("completed", plan.input_tokens, plan.output_tokens)
         latency = int((time.monotonic() - started) * 1000)
-        return Response(_dumps(converse_response(plan, latency)), headers=headers, media_type="application/json")
+        content = _dumps(converse_response(plan, latency))
+        return Response(content, headers=headers, media_type="application/json")
     finally:
         if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
             ticket.finish("disconnect")

@@ -143,7 +143,7 @@ def _encode_value(header: HeaderValue) -> bytes:
     if kind == TYPE_TIMESTAMP and isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             raise EventStreamEncodeError("timestamp header values must be timezone-aware")
-        value = int(round(value.timestamp() * 1000))
+        value = round(value.timestamp() * 1000)
     if kind in _INT_FORMATS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise EventStreamEncodeError(f"header type {kind} needs an integer")
@@ -323,7 +323,8 @@ class EventStreamDecoder:
             if crc32(frame[:-MESSAGE_CRC_LENGTH]) != message_crc:
                 raise EventStreamDecodeError("message CRC mismatch")
             headers_end = PRELUDE_LENGTH + headers_length
-            yield Message(decode_headers(frame[PRELUDE_LENGTH:headers_end]), frame[headers_end:-MESSAGE_CRC_LENGTH])
+            headers = decode_headers(frame[PRELUDE_LENGTH:headers_end])
+            yield Message(headers, frame[headers_end:-MESSAGE_CRC_LENGTH])
 
 
 def decode_all(data: bytes) -> list[Message]:

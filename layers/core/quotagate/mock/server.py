@@ -732,7 +732,9 @@ def create_app(settings: MockSettings | None = None) -> Starlette:
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A bound TCP socket (port 0 = a free port, read it with ``getsockname()``)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on connections of a socket whose proto
+    # says TCP; without it, Nagle + delayed ACK add ~40 ms to every keep-alive response.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

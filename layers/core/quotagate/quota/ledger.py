@@ -38,6 +38,8 @@ from quotagate.quota.windows import WindowCharge
 RESERVATION_SK = "reservation"
 # Reservation items are kept this long (a settlement arrives within the 15-minute Lambda limit).
 RESERVATION_RETENTION_SECONDS = 2 * 86_400
+# A settled reservation only has to outlive retries of its settlement; keep it an hour, not two days.
+SETTLED_RETENTION_SECONDS = 3_600
 MAX_TRANSACTION_ACTIONS = 100
 # Cancellation reason codes (and error codes) worth retrying: contention, not a verdict.
 _RETRYABLE_REASONS = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
@@ -439,7 +441,9 @@ class DynamoQuotaLedger:
         reservation_update: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
-            "UpdateExpression": "SET #st = :settled, #at = :now, #tok = :tok, #adj = :adj, #usage = :usage",
+            "UpdateExpression": (
+                "SET #st = :settled, #at = :now, #tok = :tok, #adj = :adj, #usage = :usage, #exp = :expires"
+            ),
             "ConditionExpression": "#st = :reserved",
             "ExpressionAttributeNames": {
                 "#st": "status",
@@ -447,9 +451,11 @@ class DynamoQuotaLedger:
                 "#tok": "settle_token",
                 "#adj": "adjustments",
                 "#usage": "usage",
+                "#exp": "expires_at",
             },
             "ExpressionAttributeValues": {
                 ":settled": _s("settled"),
+                ":expires": _n(int(self._clock()) + SETTLED_RETENTION_SECONDS),
                 ":reserved": _s("reserved"),
                 ":now": _n(int(self._clock())),
                 ":tok": _s(token),

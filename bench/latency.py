@@ -1,0 +1,172 @@
+"""Latency the gateway adds per request, and the AWS calls it makes per request.
+
+1. Latency: ``python -m quotagate.local`` runs as its own process (mock token delay 0). The same
+   non-streaming request is sent N times straight to its mock model server and N times through the
+   gateway (keep-alive on both paths; API Gateway emulator + real authorizer with its cache + proxy + quota reserve/settle in
+   moto + the mock). Prints median and p99 of both and of the difference.
+2. Calls: the gateway is run in-process once more, with a botocore hook counting every AWS API
+   call per service and operation while M requests go through.
+
+Usage: python bench/latency.py [--requests 300] [--stream]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "Benchmark me, briefly."}], "max_tokens": 16}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def timed(client: httpx.Client, url: str, body: dict, headers: dict) -> float:
+    started = time.perf_counter()
+    response = client.post(url, json=body, headers=headers)
+    response.read()
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+    return elapsed * 1000
+
+
+def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0",
+         "--demo-plan", "pro"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    mock = key = None
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "mock models at " in line:
+            mock = line.rsplit("mock models at ", 1)[1].strip().rstrip(")")
+        if line.startswith("OPENAI_API_KEY="):
+            key = line.strip().split("=", 1)[1]
+            break
+    if not (mock and key):
+        raise RuntimeError("the local gateway did not start")
+    return process, f"http://127.0.0.1:{port}", mock, key
+
+
+def measure_latency(requests: int, stream: bool) -> None:
+    requests = min(requests, 500)  # plan pro allows 600 requests a minute
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process, gateway, mock, key = start_gateway(port)
+    body = {**BODY, "stream": stream}
+    try:
+        with httpx.Client(timeout=30) as client:
+            auth = {"authorization": f"Bearer {key}"}
+            for _ in range(20):  # warm both paths (connections, caches, imports)
+                timed(client, f"{mock}/v1/chat/completions", body, {})
+                timed(client, f"{gateway}/v1/chat/completions", body, auth)
+            direct, through = [], []
+            for _ in range(requests):  # interleaved, so drift affects both alike
+                direct.append(timed(client, f"{mock}/v1/chat/completions", body, {}))
+                through.append(timed(client, f"{gateway}/v1/chat/completions", body, auth))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    added = [t - d for t, d in zip(through, direct, strict=True)]
+    kind = "streaming" if stream else "non-streaming"
+    print(f"{requests} {kind} requests, mock token delay 0, max_tokens {BODY['max_tokens']}, key on plan 'pro' "
+          f"(3 key windows + 1 tenant window reserved and settled per request):")
+    print(f"  direct to mock model : median {statistics.median(direct):6.2f} ms   p99 {percentile(direct, 99):6.2f} ms")
+    print(f"  through the gateway  : median {statistics.median(through):6.2f} ms   p99 {percentile(through, 99):6.2f} ms")
+    print(f"  added by the gateway : median {statistics.median(added):6.2f} ms   p99 {percentile(added, 99):6.2f} ms")
+
+
+def count_aws_calls(requests: int) -> None:
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105
+                       "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true",
+                       "POWERTOOLS_LOG_LEVEL": "ERROR"})
+    import boto3
+
+    from quotagate import tables
+    from quotagate.local.__main__ import DEV_CONFIG, build_app
+    from quotagate.local.motoserver import start_moto_server
+    from quotagate.mock import MockServer, MockSettings, run_in_thread
+
+    calls: collections.Counter[str] = collections.Counter()
+    spent: collections.defaultdict[str, float] = collections.defaultdict(float)
+    started: dict[int, float] = {}
+
+    def before(model, context, **_):  # type: ignore[no-untyped-def]
+        calls.update([f"{model.service_model.service_name}.{model.name}"])
+        started[id(context)] = time.perf_counter()
+
+    def after(model, context, **_):  # type: ignore[no-untyped-def]
+        begun = started.pop(id(context), None)
+        if begun is not None:
+            spent[f"{model.service_model.service_name}.{model.name}"] += (time.perf_counter() - begun) * 1000
+
+    boto3.setup_default_session()
+    boto3.DEFAULT_SESSION.events.register("before-call", before)  # type: ignore[union-attr]
+    boto3.DEFAULT_SESSION.events.register("after-call", after)  # type: ignore[union-attr]
+    moto_url, stop_moto = start_moto_server()
+    mock = MockServer(MockSettings(token_delay=0)).start()
+    config = json.loads(DEV_CONFIG.read_text())
+    config["plans"]["bench"] = {"limits": {"requests_per_minute": 100000, "tokens_per_minute": 10**8,
+                                           "usd_per_day": 10**6},
+                                "tenant_limits": {"usd_per_month": 10**6}, "models": "*"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+    os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
+                       "QG_CONFIG_FILE": handle.name})
+    tables.create_all(boto3.client("dynamodb"))
+    from functions.keys.handler import lambda_handler
+    from quotagate.local.apigateway import FakeLambdaContext
+
+    key = lambda_handler({"action": "create_key", "tenant": "bench", "consumer": "b", "plan": "bench"},
+                         FakeLambdaContext("keys"))["result"]["api_key"]
+    base, stop = run_in_thread(app=build_app(["Authorization"], 300.0))
+    try:
+        with httpx.Client(timeout=30) as client:
+            headers = {"authorization": f"Bearer {key}"}
+            timed(client, f"{base}/v1/chat/completions", BODY, headers)  # first request fills the caches
+            calls.clear()
+            spent.clear()
+            latencies = [timed(client, f"{base}/v1/chat/completions", BODY, headers) for _ in range(requests)]
+            time.sleep(0.2)
+    finally:
+        stop()
+        mock.stop()
+        stop_moto()
+    print(f"AWS API calls per request (after the first; key with 3 key windows + 1 tenant window, "
+          f"{requests} requests):")
+    for name, count in sorted(calls.items()):
+        print(f"  {name:40s} {count / requests:.2f} calls, {spent[name] / requests:6.2f} ms in moto per request")
+    print(f"  {'total':40s} {sum(calls.values()) / requests:.2f} calls, {sum(spent.values()) / requests:6.2f} ms")
+    print(f"  in-process request latency: median {statistics.median(latencies):.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--stream", action="store_true")
+    args = parser.parse_args()
+    measure_latency(args.requests, args.stream)
+    count_aws_calls(min(args.requests, 50))
+
+
+if __name__ == "__main__":
+    main()

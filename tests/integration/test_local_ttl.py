@@ -1,0 +1,28 @@
+import boto3
+import pytest
+
+from quotagate import tables
+from quotagate.local.motoserver import start_moto_server
+from quotagate.local.ttl import sweep_expired
+
+
+@pytest.fixture
+def dynamodb(monkeypatch):
+    url, stop = start_moto_server()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    client = boto3.client("dynamodb")
+    tables.create_all(client)
+    yield client
+    stop()
+
+
+def test_expired_items_are_swept_and_live_ones_kept(dynamodb):
+    table = tables.QUOTA.name()
+    for pk, expires in (("old", 100), ("live", 10_000), ("no-ttl", None)):
+        item = {"pk": {"S": pk}, "sk": {"S": "x"}}
+        if expires is not None:
+            item["expires_at"] = {"N": str(expires)}
+        dynamodb.put_item(TableName=table, Item=item)
+    assert sweep_expired(dynamodb, now=1_000) == 1
+    left = sorted(i["pk"]["S"] for i in dynamodb.scan(TableName=table)["Items"])
+    assert left == ["live", "no-ttl"]
