@@ -2,8 +2,8 @@
 
 1. Latency: ``python -m quotagate.local`` runs as its own process (mock token delay 0). The same
    non-streaming request is sent N times straight to its mock model server and N times through the
-   gateway (keep-alive on both paths; API Gateway emulator + real authorizer with its cache + proxy + quota reserve/settle in
-   moto + the mock). Prints median and p99 of both and of the difference.
+   gateway (keep-alive on both paths; API Gateway emulator + real authorizer with its cache + proxy +
+   quota reserve/settle in moto + the mock). Prints median and p99 of both and of the difference.
 2. Calls: the gateway is run in-process once more, with a botocore hook counting every AWS API
    call per service and operation while M requests go through.
 
@@ -32,7 +32,7 @@ BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "Benchmark
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def timed(client: httpx.Client, url: str, body: dict, headers: dict) -> float:
@@ -90,13 +90,13 @@ def measure_latency(requests: int, stream: bool) -> None:
     kind = "streaming" if stream else "non-streaming"
     print(f"{requests} {kind} requests, mock token delay 0, max_tokens {BODY['max_tokens']}, key on plan 'pro' "
           f"(3 key windows + 1 tenant window reserved and settled per request):")
-    print(f"  direct to mock model : median {statistics.median(direct):6.2f} ms   p99 {percentile(direct, 99):6.2f} ms")
-    print(f"  through the gateway  : median {statistics.median(through):6.2f} ms   p99 {percentile(through, 99):6.2f} ms")
-    print(f"  added by the gateway : median {statistics.median(added):6.2f} ms   p99 {percentile(added, 99):6.2f} ms")
+    for label, values in (("direct to mock model", direct), ("through the gateway", through),
+                          ("added by the gateway", added)):
+        print(f"  {label:21s}: median {statistics.median(values):6.2f} ms   p99 {percentile(values, 99):6.2f} ms")
 
 
 def count_aws_calls(requests: int) -> None:
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true",
                        "POWERTOOLS_LOG_LEVEL": "ERROR"})
     import boto3

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
+
 from quotagate.logic.auth import AccessDenied, Authenticator, AuthUnavailable, MissingCredential
 from quotagate.logic.auth import credential_from_headers as _credential_from_headers
 

@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from aws_lambda_powertools import Logger
+
 from quotagate.logic.keys_service import ACTIONS, MUTATING_ACTIONS, Command, KeysError, KeysService
 
 logger = Logger(service="quotagate-keys")
@@ -43,6 +44,7 @@ class _Runtime:
             IdempotencyConfig,
             idempotent_function,
         )
+
         from quotagate import tables
         from quotagate.dal.keys_store import DynamoKeyStore
 

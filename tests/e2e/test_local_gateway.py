@@ -116,7 +116,7 @@ def test_openai_sdk_stream_arrives_before_the_upstream_has_finished(gateway):
 
 def test_saas_backend_provisions_keys_with_boto3(gateway):
     client = boto3.client("lambda", endpoint_url=gateway["base"], region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")  # noqa: S106
+                          aws_access_key_id="x", aws_secret_access_key="x")
     payload = {"action": "create_key", "tenant": "acme", "consumer": "backend", "plan": "free",
                "request_id": "req-1"}
     first = json.loads(client.invoke(FunctionName="quotagate-keys", Payload=json.dumps(payload))["Payload"].read())

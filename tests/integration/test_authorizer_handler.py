@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from moto import mock_aws
+
+from functions.authorizer import handler
 from quotagate import apikeys, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore, KeyRecord
 from quotagate.logic.auth import AuthUnavailable
-
-from functions.authorizer import handler
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

@@ -16,9 +16,9 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from quotagate import apikeys, cli, config, settings, tables
 
 from functions.keys import handler
+from quotagate import apikeys, cli, config, settings, tables
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 

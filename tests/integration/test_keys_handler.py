@@ -12,10 +12,10 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from quotagate import apikeys, config, settings, tables
-from quotagate.dal.keys_store import DynamoKeyStore
 
 from functions.keys import handler
+from quotagate import apikeys, config, settings, tables
+from quotagate.dal.keys_store import DynamoKeyStore
 
 
 class FakeContext:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import boto3
 import pytest
 from moto import mock_aws
+
 from quotagate import settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore, KeyNotFound, KeyRecord, KeyVersionConflict
 

@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from quotagate import tokens
 from quotagate.mock import MockServer, MockSettings, create_app, reply_text, run_in_thread
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 from botocore.config import Config
+
 from quotagate import tables
 from quotagate.errors import GatewayError
 from quotagate.local.motoserver import reset_moto_server, start_moto_server

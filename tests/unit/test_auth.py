@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 
 import pytest
+
 from quotagate import apikeys
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.identity import Identity

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
+
 from quotagate import cli
 
 

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from quotagate import settings
 from quotagate.dal.keys_store import InMemoryKeyStore
 from quotagate.identity import Identity

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 import pytest
+
 from quotagate import apikeys
 from quotagate.config import parse_config
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord, KeyVersionConflict

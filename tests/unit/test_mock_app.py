@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from starlette.testclient import TestClient
+
 from quotagate import tokens
 from quotagate.mock import MockSettings, StreamCut, create_app, reply_text
-from starlette.testclient import TestClient
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from quotagate.mock.faults import FAULT_KEYS, FaultSpec, FaultSpecError, parse_fault_spec, split_model
 
 

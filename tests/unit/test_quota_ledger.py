@@ -2,6 +2,7 @@
 
 import pytest
 from botocore.exceptions import ClientError
+
 from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaExceeded, ReservationExists
 from quotagate.quota.windows import make_charge
 

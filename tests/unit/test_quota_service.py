@@ -5,6 +5,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+
 from quotagate.errors import GatewayError
 from quotagate.quota import InMemoryQuotaLedger, LedgerBusy, QuotaService
 

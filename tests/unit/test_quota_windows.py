@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+
 from quotagate.quota.windows import (
     format_duration,
     iso_utc,

@@ -22,7 +22,7 @@ def _isolate_from_aws(endpoint_url: str) -> None:
         os.environ.pop(name, None)
     os.environ.update({
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's dummy credentials
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint_url,
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     from quotagate import tables
-
     from quotagate.local.ttl import start_sweeper
 
     tables.create_all(boto3.client("dynamodb"))

@@ -104,7 +104,7 @@ def _copy_each_table_once_per_transaction() -> None:
         finally:
             snapshots = None
 
-    models.copy = types.SimpleNamespace(deepcopy=deepcopy, copy=real_copy.copy)  # type: ignore[attr-defined]
+    models.copy = types.SimpleNamespace(deepcopy=deepcopy, copy=real_copy.copy)  # type: ignore[assignment]
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     _patched = True
 
