@@ -722,6 +722,9 @@ def create_app(settings: MockSettings | None = None) -> Starlette:
     from quotagate.mock.bedrock import bedrock_routes  # here: it imports this module
 
     app.router.routes.extend(bedrock_routes())  # POST /model/{id}/converse[-stream] (Bedrock Runtime)
+    from quotagate.mock.embeddings import embeddings_routes  # here: it imports this module
+
+    app.router.routes.extend(embeddings_routes())  # POST /v1/embeddings (OpenAI)
     return app
 
 
