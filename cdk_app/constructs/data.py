@@ -74,6 +74,10 @@ class DataTables(Construct):
     def idempotency(self) -> dynamodb.Table:
         return self.tables[tables.IDEMPOTENCY.logical_id]
 
+    @property
+    def circuit(self) -> dynamodb.Table:
+        return self.tables[tables.CIRCUIT.logical_id]
+
     def table_name_env(self, *specs: TableSpec) -> dict[str, str]:
         """The environment variables carrying the physical names of ``specs``."""
         return {spec.env_var: self.tables[spec.logical_id].table_name for spec in specs}

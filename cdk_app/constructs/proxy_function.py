@@ -58,7 +58,7 @@ class ProxyFunction(Construct):
             layers=[web_adapter, *layers.all],
             environment={
                 **WEB_ADAPTER_ENV,
-                **data.table_name_env(tables.KEYS, tables.QUOTA),
+                **data.table_name_env(tables.KEYS, tables.QUOTA, tables.CIRCUIT),
                 settings.CONFIG_PARAMETER: config.parameter_name,
                 # The function URL path authenticates in the proxy itself, with the same settings.
                 **options.jwt_env,
@@ -70,6 +70,7 @@ class ProxyFunction(Construct):
         self.function = self.handler.function
 
         data.grant(self.function, tables.QUOTA, write=True)  # reserve and settle
+        data.grant(self.function, tables.CIRCUIT, write=True)  # circuit-breaker state, shared by containers
         data.grant(self.function, tables.KEYS)  # read only: key lookup on the function URL path
         config.grant_read(self.function)
         provider_secrets = Stack.of(self).format_arn(
@@ -88,6 +89,31 @@ class ProxyFunction(Construct):
             "Provider API keys are secrets the operator creates under quotagate/providers/ (one per "
             "provider, named in the gateway configuration); Secrets Manager appends a random suffix "
             "to every secret ARN, so the prefix needs a trailing wildcard. Read-only (GetSecretValue).",
+        )
+
+        # Bedrock targets (provider type "bedrock"): Converse needs bedrock:InvokeModel, ConverseStream
+        # bedrock:InvokeModelWithResponseStream, on foundation models and on this account's inference
+        # profiles (a cross-region profile also needs the models in the regions it routes to).
+        stack = Stack.of(self)
+        foundation_models = f"arn:{stack.partition}:bedrock:*::foundation-model/*"
+        inference_profiles = stack.format_arn(service="bedrock", resource="inference-profile", resource_name="*")
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+            resources=[foundation_models, inference_profiles],
+        ))
+        nag.acknowledge(
+            self.handler,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*]",
+            "Which Bedrock models the proxy calls is gateway configuration (an SSM parameter that "
+            "changes without a deploy); cross-region inference profiles route to foundation models "
+            "in several regions. Invoke only, no management actions.",
+        )
+        nag.acknowledge(
+            self.handler,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>"
+            ":inference-profile/*]",
+            "Which inference profiles the proxy calls is gateway configuration (an SSM parameter that "
+            "changes without a deploy); limited to this account and region. Invoke only.",
         )
 
         # For callers inside the account: IAM-signed requests, streamed. No authorizer runs on this

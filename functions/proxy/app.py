@@ -19,7 +19,7 @@ from quotagate import settings
 from quotagate.errors import GatewayError, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
-from quotagate.logic.gateway import ChatResponse, Gateway, Outcome
+from quotagate.logic.gateway import ChatResponse, Gateway
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -38,10 +38,12 @@ def default_services() -> Services:
 
     from quotagate import aws
     from quotagate.config import load_config
+    from quotagate.dal.circuit_store import DynamoCircuitStore
     from quotagate.dal.key_cache import CachedKeyRecords
     from quotagate.dal.keys_store import DynamoKeyStore
     from quotagate.jwt_auth import JwtVerifier
     from quotagate.logic.auth import Authenticator, credential_from_headers
+    from quotagate.logic.breaker import CircuitBreaker
     from quotagate.observability import record_outcome
     from quotagate.providers.factory import HttpProviderFactory
     from quotagate.quota.ledger import DynamoQuotaLedger
@@ -49,11 +51,14 @@ def default_services() -> Services:
 
     store = DynamoKeyStore()
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    dynamodb = aws.client("dynamodb")
     gateway = Gateway(
         config=load_config,
         key_records=CachedKeyRecords(store),
-        quota=QuotaService(DynamoQuotaLedger(aws.client("dynamodb"))),
+        quota=QuotaService(DynamoQuotaLedger(dynamodb)),
         providers=HttpProviderFactory(load_config, http),
+        # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
+        breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker),
         keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
         on_finished=record_outcome,
@@ -137,9 +142,8 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
         identity = await identify(request)
         gateway = get_services().gateway
         limits = await to_thread.run_sync(gateway.limits_for, identity)
-        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
-                for m in gateway.models_for(limits)]
-        return JSONResponse({"object": "list", "data": data})
+        # The names and aliases this key's plan (and the key's allowed_models) may call.
+        return JSONResponse({"object": "list", "data": gateway.model_listing(limits)})
 
     async def chat_completions(request: Request) -> Response:
         identity = await identify(request)

@@ -52,7 +52,7 @@ def test_layers_are_arm64_python313(template):
     [
         ("quotagate-keys", "handler.lambda_handler", {tables.KEYS.env_var, tables.IDEMPOTENCY.env_var}),
         ("quotagate-authorizer", "handler.lambda_handler", {tables.KEYS.env_var}),
-        ("quotagate-proxy", "run.sh", {tables.KEYS.env_var, tables.QUOTA.env_var}),
+        ("quotagate-proxy", "run.sh", {tables.KEYS.env_var, tables.QUOTA.env_var, tables.CIRCUIT.env_var}),
     ],
 )
 def test_handler_and_environment(synthesized, service, handler, table_vars):

@@ -108,6 +108,28 @@ def test_proxy_writes_quota_and_only_reads_keys(synthesized):
     assert _statements_on(synthesized, "quotagate-proxy", idempotency) == []
 
 
+def test_only_the_proxy_reads_and_writes_circuit_state(synthesized):
+    circuit = _table_id(synthesized, tables.CIRCUIT)
+    actions = {a for s in _statements_on(synthesized, "quotagate-proxy", circuit) for a in _actions(s)}
+    # Batched reads of the cached state; conditional updates for every transition.
+    assert {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"} <= actions
+    for service in ("quotagate-keys", "quotagate-authorizer"):
+        assert _statements_on(synthesized, service, circuit) == [], service
+
+
+def test_only_the_proxy_invokes_bedrock_models(synthesized):
+    for service in SERVICES:
+        statements = [s for s in synthesized.statements_of(service)
+                      if any(a.startswith("bedrock:") for a in _actions(s))]
+        if service != "quotagate-proxy":
+            assert statements == [], service
+            continue
+        assert len(statements) == 1
+        assert set(_actions(statements[0])) == {"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"}
+        resources = json.dumps(_resources(statements[0]))
+        assert ":foundation-model/*" in resources and ":inference-profile/*" in resources
+
+
 def test_only_the_proxy_reads_provider_secrets_and_only_by_prefix(synthesized):
     for service in SERVICES:
         secret_statements = [

@@ -30,6 +30,12 @@ EXPECTED_ACKNOWLEDGMENTS = {
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>"
         ":secret:quotagate/providers/*]",
     ),
+    ("Quotagate/Proxy/Handler", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*]"),
+    (
+        "Quotagate/Proxy/Handler",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>"
+        ":inference-profile/*]",
+    ),
     ("Quotagate/Gateway/Api", "AwsSolutions-APIG2"),
     (
         "Quotagate/Gateway/Api",

@@ -1,8 +1,24 @@
-"""Gateway configuration: plans (limits), models (provider, upstream model, price) and providers.
+"""Gateway configuration: plans (limits), models and aliases (ordered targets), providers and the
+circuit breaker.
 
 Loaded from an SSM parameter through Powertools Parameters (cached) in AWS, or from a JSON file
 locally. ``${VAR}`` in string values is replaced by the environment variable VAR, so one file can
 point at a local mock server or a real provider.
+
+A model name (``models.<name>``) is either the simple form, one target written inline::
+
+    {"provider": "openai", "upstream_model": "gpt-4o-mini", "price": {...}}
+
+or an alias with ordered targets and routing options::
+
+    {"targets": [{"provider": "openai", "upstream_model": "gpt-4o-mini", "weight": 90,
+                  "price": {"input_per_million": 0.15, "output_per_million": 0.6},
+                  "timeouts": {"connect": 2, "first_byte": 10, "idle": 30}},
+                 {"provider": "anthropic", "upstream_model": "claude-haiku-4-5", "weight": 10,
+                  "plans": ["pro", "enterprise"]}],
+     "on_tier_mismatch": "downgrade", "downgrade_to": "chat-mini", "sticky": true, "deadline": 60}
+
+See :mod:`quotagate.logic.router` for what each option does.
 """
 
 from __future__ import annotations
@@ -62,22 +78,85 @@ class Price:
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
+PROVIDER_TYPES = ("openai", "anthropic", "bedrock")
+TIER_MISMATCH_POLICIES = ("refuse", "downgrade")
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
-    type: str  # "openai" (OpenAI-compatible HTTP)
-    base_url: str
-    api_key_secret: str | None = None  # Secrets Manager name; None for keyless upstreams
+    type: str  # "openai" (OpenAI-compatible HTTP) | "anthropic" (Messages API) | "bedrock" (Converse)
+    base_url: str  # "" for bedrock: the AWS regional endpoint
+    api_key_secret: str | None = None  # Secrets Manager name; None for keyless upstreams (and bedrock)
     connect_timeout: float = 5.0
-    read_timeout: float = 120.0
+    read_timeout: float = 120.0  # default of a target's first-byte and idle timeouts
+    region: str | None = None  # bedrock: the AWS region (None: the function's own region)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Effective timeouts of one target (seconds)."""
+
+    connect: float
+    first_byte: float  # request sent -> first event of a stream (non-stream: the whole answer)
+    idle: float  # longest silence between two streamed events
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream that can serve a model name: a provider and the model it calls there."""
+
+    provider: str
+    upstream_model: str
+    price: Price = field(default_factory=Price)
+    weight: float | None = None  # share of first picks (A/B); None: see Model.weights
+    plans: tuple[str, ...] | None = None  # plans allowed to use this target; None: every plan
+    connect_timeout: float | None = None  # None: the provider's
+    first_byte_timeout: float | None = None
+    idle_timeout: float | None = None
+
+    @property
+    def id(self) -> str:
+        """``<provider>/<upstream model>``: the circuit-breaker key and the x-quotagate-target header."""
+        return f"{self.provider}/{self.upstream_model}"
+
+    def allows_plan(self, plan: str) -> bool:
+        return self.plans is None or plan in self.plans
 
 
 @dataclass(frozen=True)
 class Model:
+    """A model name or alias clients call, and the ordered targets that serve it."""
+
     name: str
-    provider: str
-    upstream_model: str
-    price: Price = field(default_factory=Price)
+    targets: tuple[Target, ...]
+    on_tier_mismatch: str = "refuse"  # "refuse" (403) | "downgrade"
+    downgrade_to: str | None = None  # another model name, for "downgrade"
+    sticky: bool = False  # the first pick is a stable hash of consumer and alias
+    deadline: float | None = None  # total seconds for the whole request (None: no total deadline)
+
+    # The first target, for code and listings that think of a model as one upstream.
+    @property
+    def provider(self) -> str:
+        return self.targets[0].provider
+
+    @property
+    def upstream_model(self) -> str:
+        return self.targets[0].upstream_model
+
+    @property
+    def price(self) -> Price:
+        return self.targets[0].price
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """Circuit breaker settings, shared by every target (top-level ``circuit_breaker``)."""
+
+    failure_threshold: int = 5  # consecutive failures that open a circuit
+    cooldown_seconds: float = 30.0  # open -> half-open after this long
+    probe_lease_seconds: float = 60.0  # a half-open probe that never reports back frees its lease after this
+    cache_seconds: float = 2.0  # how long a container trusts its copy of a circuit's state
 
 
 @dataclass(frozen=True)
@@ -88,6 +167,9 @@ class Plan:
     models: tuple[str, ...] | None  # None: every model
     default_max_tokens: int
 
+    def includes(self, model_name: str) -> bool:
+        return self.models is None or model_name in self.models
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -95,9 +177,19 @@ class GatewayConfig:
     models: dict[str, Model]
     providers: dict[str, Provider]
     default_plan: str
+    circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
 
     def plan(self, name: str) -> Plan | None:
         return self.plans.get(name)
+
+    def timeouts_for(self, target: Target) -> Timeouts:
+        provider = self.providers[target.provider]
+        return Timeouts(
+            connect=target.connect_timeout if target.connect_timeout is not None else provider.connect_timeout,
+            first_byte=target.first_byte_timeout if target.first_byte_timeout is not None
+            else provider.read_timeout,
+            idle=target.idle_timeout if target.idle_timeout is not None else provider.read_timeout,
+        )
 
 
 def _expand(value: Any) -> Any:
@@ -110,32 +202,165 @@ def _expand(value: Any) -> Any:
     return value
 
 
+# -- parsing helpers: every error names the field ------------------------------------------------
+def _object(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be an object")
+    return raw
+
+
+def _known_keys(raw: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(known)})")
+
+
+def _number(raw: dict[str, Any], name: str, where: str, *, positive: bool = False,
+            default: float | None = None) -> float | None:
+    value = raw.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        kind = "a positive number" if positive else "a non-negative number"
+        raise ConfigError(f"{where}.{name} must be {kind}")
+    return float(value)
+
+
+def _string(raw: dict[str, Any], name: str, where: str, default: str | None = None) -> str | None:
+    value = raw.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{name} must be a non-empty string")
+    return value
+
+
+def _parse_provider(name: str, raw: Any) -> Provider:
+    where = f"providers.{name}"
+    p = _object(raw, where)  # other fields are left to the provider adapters
+    kind = p.get("type", "openai")
+    if kind not in PROVIDER_TYPES:
+        raise ConfigError(f"{where}.type must be one of {', '.join(PROVIDER_TYPES)}, not {kind!r}")
+    base_url = p.get("base_url") or ""
+    if not isinstance(base_url, str):
+        raise ConfigError(f"{where}.base_url must be a string")
+    if not base_url and kind != "bedrock":
+        raise ConfigError(f"{where}.base_url is required for a provider of type '{kind}'")
+    region = p.get("region") or None
+    if region is not None and not isinstance(region, str):
+        raise ConfigError(f"{where}.region must be a string")
+    return Provider(
+        name=name,
+        type=kind,
+        base_url=base_url.rstrip("/"),
+        api_key_secret=_string(p, "api_key_secret", where),
+        connect_timeout=_number(p, "connect_timeout", where, positive=True, default=5.0) or 5.0,
+        read_timeout=_number(p, "read_timeout", where, positive=True, default=120.0) or 120.0,
+        region=region,
+    )
+
+
+def _parse_price(raw: Any, where: str) -> Price:
+    if raw is None:
+        return Price()
+    p = _object(raw, where)
+    _known_keys(p, where, ("input_per_million", "output_per_million"))
+    return Price(input_per_million=_number(p, "input_per_million", where, default=0.0) or 0.0,
+                 output_per_million=_number(p, "output_per_million", where, default=0.0) or 0.0)
+
+
+_TARGET_FIELDS = ("provider", "upstream_model", "price", "weight", "plans", "timeouts")
+_TIMEOUT_FIELDS = ("connect", "first_byte", "idle")
+
+
+def _parse_target(raw: Any, where: str, default_model: str, providers: dict[str, Provider],
+                  known: tuple[str, ...] = _TARGET_FIELDS) -> Target:
+    t = _object(raw, where)
+    _known_keys(t, where, known)
+    provider = t.get("provider")
+    if provider not in providers:
+        raise ConfigError(f"{where} names unknown provider {provider!r}")
+    plans = t.get("plans")
+    if plans is not None and (not isinstance(plans, list) or not all(isinstance(x, str) for x in plans)):
+        raise ConfigError(f"{where}.plans must be a list of plan names")
+    timeouts = _object(t.get("timeouts") or {}, f"{where}.timeouts")
+    _known_keys(timeouts, f"{where}.timeouts", _TIMEOUT_FIELDS)
+    return Target(
+        provider=provider,
+        upstream_model=_string(t, "upstream_model", where, default_model) or default_model,
+        price=_parse_price(t.get("price"), f"{where}.price"),
+        weight=_number(t, "weight", where),
+        plans=None if plans is None else tuple(plans),
+        connect_timeout=_number(timeouts, "connect", f"{where}.timeouts", positive=True),
+        first_byte_timeout=_number(timeouts, "first_byte", f"{where}.timeouts", positive=True),
+        idle_timeout=_number(timeouts, "idle", f"{where}.timeouts", positive=True),
+    )
+
+
+_ALIAS_FIELDS = ("targets", "on_tier_mismatch", "downgrade_to", "sticky", "deadline")
+
+
+def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
+    where = f"models.{name}"
+    m = _object(raw, where)
+    if "targets" in m:
+        _known_keys(m, where, _ALIAS_FIELDS)
+        raw_targets = m["targets"]
+        if not isinstance(raw_targets, list) or not raw_targets:
+            raise ConfigError(f"{where}.targets must be a non-empty list")
+        targets = tuple(_parse_target(t, f"{where}.targets[{i}]", name, providers)
+                        for i, t in enumerate(raw_targets))
+    else:
+        # The simple form: one target, written inline.
+        _known_keys(m, where, (*_TARGET_FIELDS, *_ALIAS_FIELDS[1:]))
+        target_fields = {k: v for k, v in m.items() if k in _TARGET_FIELDS}
+        targets = (_parse_target(target_fields, where, name, providers),)
+    ids = [t.id for t in targets]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}.targets lists the same provider/upstream_model twice")
+    downgrade_to = _string(m, "downgrade_to", where)
+    policy = m.get("on_tier_mismatch", "downgrade" if downgrade_to else "refuse")
+    if policy not in TIER_MISMATCH_POLICIES:
+        raise ConfigError(f"{where}.on_tier_mismatch must be one of {', '.join(TIER_MISMATCH_POLICIES)}")
+    if downgrade_to is not None and policy != "downgrade":
+        raise ConfigError(f"{where}.downgrade_to needs on_tier_mismatch 'downgrade'")
+    sticky = m.get("sticky", False)
+    if not isinstance(sticky, bool):
+        raise ConfigError(f"{where}.sticky must be true or false")
+    return Model(name=name, targets=targets, on_tier_mismatch=policy, downgrade_to=downgrade_to,
+                 sticky=sticky, deadline=_number(m, "deadline", where, positive=True))
+
+
+def _parse_breaker(raw: Any) -> BreakerPolicy:
+    if raw is None:
+        return BreakerPolicy()
+    where = "circuit_breaker"
+    b = _object(raw, where)
+    _known_keys(b, where, ("failure_threshold", "cooldown_seconds", "probe_lease_seconds", "cache_seconds"))
+    defaults = BreakerPolicy()
+    threshold = b.get("failure_threshold", defaults.failure_threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ConfigError(f"{where}.failure_threshold must be an integer of at least 1")
+    return BreakerPolicy(
+        failure_threshold=threshold,
+        cooldown_seconds=_number(b, "cooldown_seconds", where, positive=True, default=defaults.cooldown_seconds)
+        or defaults.cooldown_seconds,
+        probe_lease_seconds=_number(b, "probe_lease_seconds", where, positive=True,
+                                    default=defaults.probe_lease_seconds) or defaults.probe_lease_seconds,
+        cache_seconds=_number(b, "cache_seconds", where, default=defaults.cache_seconds) or 0.0,
+    )
+
+
 def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     raw = _expand(raw)
-    providers = {
-        name: Provider(
-            name=name,
-            type=p.get("type", "openai"),
-            base_url=p["base_url"].rstrip("/"),
-            api_key_secret=p.get("api_key_secret"),
-            connect_timeout=float(p.get("connect_timeout", 5.0)),
-            read_timeout=float(p.get("read_timeout", 120.0)),
-        )
-        for name, p in raw.get("providers", {}).items()
-    }
-    models = {}
-    for name, m in raw.get("models", {}).items():
-        if m["provider"] not in providers:
-            raise ConfigError(f"model '{name}' names unknown provider '{m['provider']}'")
-        models[name] = Model(
-            name=name,
-            provider=m["provider"],
-            upstream_model=m.get("upstream_model", name),
-            price=Price(**m.get("price", {})),
-        )
+    providers = {name: _parse_provider(name, p) for name, p in _object(raw.get("providers", {}), "providers").items()}
+    models = {name: _parse_model(name, m, providers) for name, m in _object(raw.get("models", {}), "models").items()}
     plans = {}
-    for name, p in raw.get("plans", {}).items():
+    for name, p in _object(raw.get("plans", {}), "plans").items():
         plan_models = p.get("models")
+        if plan_models not in (None, "*") and (
+                not isinstance(plan_models, list) or not all(isinstance(x, str) for x in plan_models)):
+            raise ConfigError(f"plans.{name}.models must be \"*\" or a list of model names")
         plans[name] = Plan(
             name=name,
             limits=validate_limits(p.get("limits"), f"plans.{name}.limits"),
@@ -143,10 +368,18 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
             models=None if plan_models in (None, "*") else tuple(plan_models),
             default_max_tokens=int(p.get("default_max_tokens", 1024)),
         )
+    for model in models.values():
+        if model.downgrade_to is not None and (model.downgrade_to not in models or model.downgrade_to == model.name):
+            raise ConfigError(f"models.{model.name}.downgrade_to names unknown model {model.downgrade_to!r}")
+        for i, target in enumerate(model.targets):
+            unknown = sorted(set(target.plans or ()) - set(plans))
+            if unknown:
+                raise ConfigError(f"models.{model.name}: target {i} names unknown plan(s) {', '.join(unknown)}")
     default_plan = raw.get("default_plan", next(iter(plans), ""))
     if default_plan not in plans:
         raise ConfigError(f"default_plan '{default_plan}' is not a plan")
-    return GatewayConfig(plans=plans, models=models, providers=providers, default_plan=default_plan)
+    return GatewayConfig(plans=plans, models=models, providers=providers, default_plan=default_plan,
+                         circuit_breaker=_parse_breaker(raw.get("circuit_breaker")))
 
 
 def _load_raw() -> dict[str, Any]:

@@ -54,7 +54,17 @@ IDEMPOTENCY = TableSpec(
     ttl_attribute="expiration",
 )
 
-ALL_TABLES: tuple[TableSpec, ...] = (KEYS, QUOTA, IDEMPOTENCY)
+# Circuit-breaker state per upstream target, shared by every proxy container (TTL is clean-up only:
+# a missing item is a closed circuit).
+CIRCUIT = TableSpec(
+    logical_id="CircuitTable",
+    env_var=settings.CIRCUIT_TABLE,
+    local_name="quotagate-circuits",
+    partition_key="target",
+    ttl_attribute="expires_at",
+)
+
+ALL_TABLES: tuple[TableSpec, ...] = (KEYS, QUOTA, IDEMPOTENCY, CIRCUIT)
 
 
 def create_table_request(spec: TableSpec) -> dict[str, Any]:

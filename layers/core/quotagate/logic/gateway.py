@@ -1,34 +1,80 @@
 """The request path of the proxy, free of any web framework:
-validate → authorize the model → reserve quota → call upstream → meter → settle (exactly once)."""
+validate → authorize the model and route it → reserve quota → call upstream (with failover) →
+meter → settle (exactly once).
+
+Routing (see :mod:`quotagate.logic.router`): the requested name resolves to an alias and the
+targets this plan may use; the router orders them (weighted or sticky pick, then failover order,
+open circuits skipped). The reservation uses the highest price among those targets, so it is an
+upper bound whichever target serves; settlement uses the price of the target that served.
+
+Failover: a target that fails *before the first byte reaches the client* — connection refused or
+reset, connect/first-byte timeout, HTTP 429, 5xx (and 401/403/404 from the upstream, which are
+gateway configuration problems, mapped to 502 by the adapters) — is recorded as a failure on its
+circuit and the next target is tried. Client errors (400, 413, 422...) are returned as they are:
+another target would refuse them too (a target that cannot express the request at all,
+``unsupported_for_provider``/``unsupported_for_model``, is skipped without counting against it).
+When no target is left, a target that answered with ``Retry-After`` is tried again after that
+wait, if the wait fits the remaining time budget (never sleeping past the deadline; at most
+``max_retry_wait`` seconds per wait and ``MAX_RETRY_ROUNDS`` waits). A stream commits to its
+target at the first data event; after that, failures end the stream with an OpenAI-style error
+event (never a silent truncation).
+
+Timeouts per target: ``connect``, ``first_byte`` (request sent → first streamed event; for a
+non-streamed request, the whole answer) and ``idle`` (longest silence between streamed events);
+per alias, ``deadline``: the total seconds for the whole request, failovers, waits and stream
+included.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import copy
+import json
+import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio import to_thread
 
 from quotagate import tokens
-from quotagate.config import GatewayConfig, Model, Plan
+from quotagate.config import GatewayConfig, Model, Plan, Target
+from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
-from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
+from quotagate.errors import GatewayError, authentication_error, permission_error
 from quotagate.identity import Identity
+from quotagate.logic import router as routing
+from quotagate.logic.breaker import CircuitBreaker, Permit
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
 from quotagate.logic.metering import Meter, Usage
-from quotagate.providers.base import ChatProvider, SSEEvent, StreamInterrupted, UpstreamError
+from quotagate.providers.base import ChatProvider, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
 
 KEEPALIVE = b": ping\n\n"
+TARGET_HEADER = "x-quotagate-target"
+MAX_RETRY_ROUNDS = 2  # Retry-After waits per request, once every target has failed
+DEFAULT_MAX_RETRY_WAIT = 20.0  # seconds; longer Retry-After hints are passed on to the client
+# A target that cannot express the request (features the provider lacks): try the next one.
+UNSUPPORTED_CODES = frozenset({"unsupported_for_provider", "unsupported_for_model"})
+
+T = TypeVar("T")
+
+
+def _log_warning(message: str, **fields: Any) -> None:
+    """A structured warning through the proxy's Powertools logger (imported on first use)."""
+    try:
+        from quotagate.observability import logger
+    except ImportError:  # pragma: no cover - Powertools is a runtime dependency
+        logging.getLogger("quotagate.gateway").warning("%s %s", message, fields)
+        return
+    logger.warning(message, extra=fields)
 
 
 class ProviderFactory(Protocol):
-    def for_model(self, model: Model) -> ChatProvider: ...
+    def for_target(self, target: Target) -> ChatProvider: ...
 
 
 class KeyRecords(Protocol):
@@ -53,12 +99,15 @@ class Outcome:
 
     request_id: str
     identity: Identity
-    model: str
+    model: str  # the alias that served (after any downgrade)
     status: int = 200
     usage: Usage | None = None
     cost_usd: float = 0.0
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
+    requested_model: str | None = None
+    target: str | None = None  # <provider>/<upstream model> that served, if any
+    attempts: list[str] = field(default_factory=list)  # "<target>: <what happened>" per failed attempt
 
 
 @dataclass
@@ -72,7 +121,11 @@ class Gateway:
     def __init__(self, config: Callable[[], GatewayConfig], key_records: KeyRecords, quota: Quota,
                  providers: ProviderFactory, keepalive_seconds: float = 15.0,
                  max_body_bytes: int = 4 * 1024 * 1024,
-                 on_finished: Callable[[Outcome], None] | None = None) -> None:
+                 on_finished: Callable[[Outcome], None] | None = None,
+                 router: routing.Router | None = None, breaker: CircuitBreaker | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT) -> None:
         self._config = config
         self._key_records = key_records
         self._quota = quota
@@ -80,6 +133,12 @@ class Gateway:
         self.keepalive_seconds = keepalive_seconds
         self.max_body_bytes = max_body_bytes
         self._on_finished = on_finished or (lambda outcome: None)
+        self.router = router or routing.Router()
+        # Without a shared store, circuits are per process (tests, tools).
+        self.breaker = breaker or CircuitBreaker(InMemoryCircuitStore(), lambda: self._config().circuit_breaker)
+        self.clock = clock
+        self.sleep = sleep
+        self.max_retry_wait = max_retry_wait
 
     # -- who may call what -------------------------------------------------------------------
     def limits_for(self, identity: Identity) -> Limits:
@@ -97,43 +156,61 @@ class Gateway:
         return Limits(plan, {**plan.limits, **(key_limits or {})}, allowed)
 
     def models_for(self, limits: Limits) -> list[Model]:
-        models = self._config().models
-        return [m for name, m in models.items() if self._model_allowed(name, limits)]
+        """The model names and aliases this plan and key may call (GET /v1/models)."""
+        return routing.callable_models(self._config(), limits.plan, limits.allowed_models)
 
-    @staticmethod
-    def _model_allowed(name: str, limits: Limits) -> bool:
-        if limits.plan.models is not None and name not in limits.plan.models:
-            return False
-        return limits.allowed_models is None or name in limits.allowed_models
+    def model_listing(self, limits: Limits) -> list[dict[str, Any]]:
+        config = self._config()
+        listing = []
+        for model in self.models_for(limits):
+            providers = {t.provider for t in routing.resolve(config, model.name, limits.plan,
+                                                             limits.allowed_models).targets}
+            owner = next(iter(providers)) if len(providers) == 1 else "quotagate"
+            listing.append({"id": model.name, "object": "model", "created": 0, "owned_by": owner})
+        return listing
 
-    def _resolve_model(self, name: str, limits: Limits) -> Model:
-        model = self._config().models.get(name)
-        if model is None:
-            raise not_found(f"The model '{name}' does not exist or you do not have access to it.",
-                            "model_not_found", "model")
-        if not self._model_allowed(name, limits):
-            raise permission_error(f"Your key's plan does not allow the model '{name}'.", "model_not_allowed")
-        return model
+    def resolve(self, name: str, limits: Limits) -> routing.Resolution:
+        return routing.resolve(self._config(), name, limits.plan, limits.allowed_models)
 
     # -- chat completions --------------------------------------------------------------------
     async def chat(self, identity: Identity, raw_body: bytes, request_id: str) -> ChatResponse:
-        """Validate, reserve and start the upstream call. Raises GatewayError (nothing reserved, or
-        the reservation already settled) for anything the client must see as an error status."""
+        """Validate, route, reserve and start the upstream call (failing over as needed). Raises
+        GatewayError (nothing reserved, or the reservation already settled) for anything the
+        client must see as an error status."""
+        started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes)
         limits = await to_thread.run_sync(self.limits_for, identity)
-        model = self._resolve_model(request.model, limits)
+        resolution = self.resolve(request.model, limits)
+        deadline = resolution.model.deadline
+        deadline_at = started + deadline if deadline is not None else None
+
+        target_ids = [t.id for t in resolution.targets]
+        views = self.breaker.cached_views(target_ids)  # no I/O while this container's copy is fresh
+        if views is None:
+            views = await to_thread.run_sync(self.breaker.views, target_ids)
+        order = self.router.order(resolution, f"{identity.tenant}/{identity.consumer}",
+                                  {t: v.state for t, v in views.items()})
+        if not order:
+            # Every circuit is open: fail fast, before anything is reserved.
+            reopen = min(v.open_until for v in views.values()) - self.breaker.now()
+            raise GatewayError(503, f"No upstream for the model '{request.model}' is available right now.",
+                               "api_error", "upstream_unavailable",
+                               headers={"retry-after": str(max(1, math.ceil(reopen)))})
+
         max_output = request.max_output_tokens or limits.plan.default_max_tokens
-        upstream_body = _upstream_body(request, model, max_output)
         prompt_estimate = await to_thread.run_sync(
             lambda: tokens.chat_prompt_tokens(request.messages, exact=False))
         output_budget = max_output * request.choices
+        # The most expensive target this request may reach: the reservation is an upper bound.
+        reserve_usd = max(t.price.cost_usd(prompt_estimate, output_budget) for t in resolution.targets)
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
-            prompt_estimate, output_budget, model.price.cost_usd(prompt_estimate, output_budget)))
-        outcome = Outcome(request_id, identity, model.name)
-        response = ChatResponse(self, request, model, reservation, outcome)
+            prompt_estimate, output_budget, reserve_usd))
+        outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
+        outcome.started = started
+        response = ChatResponse(self, request, resolution, order, max_output, reservation, outcome, deadline_at)
         try:
-            await response.start(self._providers.for_model(model), upstream_body)
+            await response.start()
         except BaseException as error:
             await response.finish(error.status if isinstance(error, GatewayError) else 500)
             if isinstance(error, GatewayError):
@@ -141,15 +218,15 @@ class Gateway:
             raise
         return response
 
-    def _settle(self, reservation: Any, model: Model, usage: Usage) -> float:
-        cost = model.price.cost_usd(usage.prompt_tokens, usage.completion_tokens)
+    def _settle(self, reservation: Any, target: Target | None, usage: Usage) -> float:
+        cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens) if target else 0.0
         self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)
         return cost
 
 
-def _upstream_body(request: ChatRequest, model: Model, max_output: int) -> dict[str, Any]:
+def _upstream_body(request: ChatRequest, target: Target, max_output: int) -> dict[str, Any]:
     body = copy.copy(request.body)
-    body["model"] = model.upstream_model
+    body["model"] = target.upstream_model
     if request.max_output_tokens is None:
         # Cap the output so the reservation is an upper bound of what the request can cost.
         body["max_tokens"] = max_output
@@ -158,69 +235,236 @@ def _upstream_body(request: ChatRequest, model: Model, max_output: int) -> dict[
     return body
 
 
-class ChatResponse:
-    """One admitted request: its upstream call, its body for the client, and its settlement."""
+class _AttemptFailed(Exception):
+    """A target failed before anything reached the client: try the next one."""
 
-    def __init__(self, gateway: Gateway, request: ChatRequest, model: Model, reservation: Any,
-                 outcome: Outcome) -> None:
+    def __init__(self, error: UpstreamError, count_against_target: bool = True) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.count_against_target = count_against_target
+
+
+async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
+    """``awaitable`` within ``timeout`` seconds, else asyncio.TimeoutError. The awaitable runs as
+    its own task and is cancelled (edge-triggered) so its clean-up can still await."""
+    task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.0))
+    except BaseException:
+        task.cancel()
+        with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+            await task
+        raise
+    if not done:
+        task.cancel()
+        with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+            await task
+        raise TimeoutError
+    return task.result()
+
+
+class ChatResponse:
+    """One admitted request: its upstream call (with failover), its body for the client, and its
+    settlement."""
+
+    def __init__(self, gateway: Gateway, request: ChatRequest, resolution: routing.Resolution,
+                 order: list[Target], max_output: int, reservation: Any, outcome: Outcome,
+                 deadline_at: float | None) -> None:
         self._gateway = gateway
         self.request = request
-        self._model = model
+        self.resolution = resolution
+        self._order = order
+        self._max_output = max_output
         self._reservation = reservation
         self.outcome = outcome
+        self._deadline_at = deadline_at
         self._meter = Meter(request.messages)
         self._upstream_started = False
         self._finished = False
         self._json: dict[str, Any] | None = None
         self._events: AsyncIterator[SSEEvent] | None = None
         self._first: SSEEvent | None = None
+        self.target: Target | None = None  # the target that served
+        self._permit: Permit | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         headers = dict(self._reservation.headers()) if hasattr(self._reservation, "headers") else {}
         headers["x-quotagate-request-id"] = self.outcome.request_id
-        headers["x-quotagate-model"] = self._model.name
+        headers["x-quotagate-model"] = self.resolution.model.name
+        if self.target is not None:
+            headers[TARGET_HEADER] = self.target.id
         return headers
 
     @property
     def json(self) -> dict[str, Any] | None:
         return self._json
 
-    async def start(self, provider: ChatProvider, body: dict[str, Any]) -> None:
-        try:
-            if not self.request.stream:
-                self._json = await provider.complete(body)
-                self._upstream_started = True
-                self._meter.observe_response(self._json)
-                self._json["model"] = self._model.name
-                return
-            self._events = provider.stream(body)
-            # Wait for the first event before answering: until then an upstream failure is still an
-            # HTTP error status for the client rather than an error inside a 200 stream.
-            self._first = await self._events.__anext__()
-            self._upstream_started = True
-        except StopAsyncIteration:
-            self.outcome.error = "empty upstream stream"
-            raise GatewayError(502, "The upstream provider closed the stream without sending anything.",
-                               "api_error", "upstream_error") from None
-        except UpstreamError as error:
-            self.outcome.error = error.message
-            headers = {"retry-after": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else {}
-            raise GatewayError(error.status, error.message, error.error_type, error.code, headers=headers) from None
-        except StreamInterrupted as error:
-            self._upstream_started = True
-            self.outcome.error = str(error)
-            raise GatewayError(502, str(error), "api_error", "upstream_stream_interrupted") from None
+    # -- time --------------------------------------------------------------------------------
+    def _remaining(self) -> float:
+        if self._deadline_at is None:
+            return math.inf
+        return self._deadline_at - self._gateway.clock()
 
+    def _deadline_error(self) -> GatewayError:
+        return GatewayError(504, "The request did not complete within the model's deadline.", "timeout",
+                            "deadline_exceeded")
+
+    # -- the upstream call, with failover -----------------------------------------------------
+    async def start(self) -> None:
+        gateway = self._gateway
+        breaker = gateway.breaker
+        pending = list(self._order)
+        retry_at: dict[str, float] = {}  # target id -> when its Retry-After allows another try
+        last: UpstreamError | None = None
+        rounds = 0
+        while True:
+            for target in pending:
+                if self._remaining() <= 0:
+                    last = None
+                    break
+                permit = breaker.allow_cached(target.id) or await to_thread.run_sync(breaker.allow, target.id)
+                if permit is None:
+                    self.outcome.attempts.append(f"{target.id}: skipped (circuit open)")
+                    continue
+                try:
+                    await self._attempt(target)
+                except _AttemptFailed as failed:
+                    last = failed.error
+                    self.outcome.attempts.append(f"{target.id}: {failed.error.status} {failed.error.code}")
+                    _log_warning("upstream attempt failed", request_id=self.outcome.request_id,
+                                 model=self.resolution.model.name, target=target.id,
+                                 status=failed.error.status, code=failed.error.code)
+                    if failed.count_against_target:
+                        await to_thread.run_sync(breaker.record_failure, permit)
+                    if failed.error.retry_after is not None:
+                        retry_at[target.id] = gateway.clock() + failed.error.retry_after
+                    continue
+                except UpstreamError as error:
+                    # The target answered: the request itself is at fault, another target would agree.
+                    if breaker.success_needs_write(permit):
+                        await to_thread.run_sync(breaker.record_success, permit)
+                    self.outcome.error = error.message
+                    raise _client_error(error) from None
+                except BaseException:
+                    # Cancelled (the client left) or an unexpected error: a probe that cannot report
+                    # a verdict re-opens the circuit for a cool-down rather than hold its lease.
+                    if permit.probe:
+                        with anyio.CancelScope(shield=True):
+                            await to_thread.run_sync(breaker.record_failure, permit)
+                    raise
+                if breaker.success_needs_write(permit):
+                    await to_thread.run_sync(breaker.record_success, permit)
+                self._permit = Permit(target.id)  # later (mid-stream) failures are plain failures
+                self.target = target
+                self.outcome.target = target.id
+                return
+            # Nothing served. Wait for a Retry-After if it fits the budget, then try those again.
+            if retry_at and rounds < MAX_RETRY_ROUNDS and self._remaining() > 0:
+                soonest = min(retry_at.values())
+                wait = max(0.0, soonest - gateway.clock())
+                if wait <= gateway.max_retry_wait and wait < self._remaining():
+                    rounds += 1
+                    await gateway.sleep(wait)
+                    now = gateway.clock()
+                    pending = [t for t in self._order if retry_at.get(t.id, math.inf) <= now]
+                    for t in pending:
+                        retry_at.pop(t.id, None)
+                    continue
+            break
+        if last is None:
+            if self._remaining() <= 0:
+                self.outcome.error = "deadline exceeded"
+                raise self._deadline_error()
+            self.outcome.error = "no target available"
+            raise GatewayError(503, f"No upstream for the model '{self.request.model}' is available right now.",
+                               "api_error", "upstream_unavailable", headers={"retry-after": "1"})
+        self.outcome.error = last.message
+        raise _client_error(last)
+
+    async def _attempt(self, target: Target) -> None:
+        """Call one target up to its first byte. Raises _AttemptFailed (try the next target),
+        UpstreamError (a client error), or returns with the response committed to this target."""
+        gateway = self._gateway
+        timeouts = gateway._config().timeouts_for(target)
+        budget = min(timeouts.first_byte, self._remaining())
+        cut_by_deadline = self._remaining() < timeouts.first_byte
+        body = _upstream_body(self.request, target, self._max_output)
+        try:
+            provider = gateway._providers.for_target(target)
+        except GatewayError as error:
+            raise _AttemptFailed(UpstreamError(error.status, error.message, code=error.code)) from None
+        first_byte_by = gateway.clock() + budget
+
+        def timed_out() -> _AttemptFailed:
+            if cut_by_deadline:
+                err = UpstreamError(504, "The request did not complete within the model's deadline.",
+                                    error_type="timeout", code="deadline_exceeded")
+                return _AttemptFailed(err)
+            return _AttemptFailed(UpstreamTimeout(
+                f"Upstream provider '{target.provider}' did not answer within {timeouts.first_byte:g}s."))
+
+        if not self.request.stream:
+            try:
+                data = await _bounded(provider.complete(body), budget)
+            except TimeoutError:
+                raise timed_out() from None
+            except UpstreamError as error:
+                raise _classify(error) from None
+            except GatewayError as error:
+                raise _classify_gateway_error(error) from None
+            except Exception as error:
+                raise _unexpected(target, error) from None
+            self._json = data
+            self._upstream_started = True
+            self._meter.observe_response(data)
+            if not isinstance(data.get("model"), str) or not data["model"]:
+                data["model"] = target.upstream_model
+            return
+
+        events = provider.stream(body)
+        try:
+            while True:
+                # Comments (upstream keep-alives) before the first data event are dropped: until a
+                # data event arrives nothing has been sent, and the target can still be replaced.
+                event = await _bounded(events.__anext__(), first_byte_by - gateway.clock())
+                if event.data is not None or event.done:
+                    break
+        except BaseException as error:
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await events.aclose()  # type: ignore[attr-defined]
+            if isinstance(error, asyncio.TimeoutError):
+                raise timed_out() from None
+            if isinstance(error, StopAsyncIteration):
+                raise _AttemptFailed(UpstreamError(
+                    502, f"Upstream provider '{target.provider}' closed the stream without sending anything.",
+                    code="upstream_error")) from None
+            if isinstance(error, StreamInterrupted):
+                raise _AttemptFailed(UpstreamError(502, str(error), code="upstream_stream_interrupted")) from None
+            if isinstance(error, UpstreamError):
+                raise _classify(error) from None
+            if isinstance(error, GatewayError):
+                raise _classify_gateway_error(error) from None
+            if isinstance(error, Exception):
+                raise _unexpected(target, error) from None
+            raise
+        self._events = events
+        self._first = event
+        self._upstream_started = True
+
+    # -- the streamed body ----------------------------------------------------------------------
     async def body(self) -> AsyncIterator[bytes]:
         """The SSE bytes for the client, chunk by chunk, with keep-alive comments while the upstream
         is silent. Any upstream failure after the first byte ends the stream with an error event."""
-        assert self._events is not None and self._first is not None
+        assert self._events is not None and self._first is not None and self.target is not None
+        gateway = self._gateway
+        idle = gateway._config().timeouts_for(self.target).idle
         wants_usage = self.request.client_wants_usage
         events = self._events
         pending: asyncio.Task[SSEEvent] | None = None
         event: SSEEvent | None = self._first
         finished_cleanly = False
+        last_event_at = gateway.clock()
         try:
             while True:
                 if event is not None:
@@ -233,8 +477,22 @@ class ChatResponse:
                     event = None
                 if pending is None:
                     pending = asyncio.ensure_future(events.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=self._gateway.keepalive_seconds)
+                now = gateway.clock()
+                idle_left = last_event_at + idle - now
+                wait = min(gateway.keepalive_seconds, idle_left, self._remaining())
+                done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.0))
                 if not done:
+                    if self._remaining() <= 0:
+                        self.outcome.error = "deadline exceeded"
+                        yield _error_event("The request did not complete within the model's deadline.",
+                                           "deadline_exceeded", "timeout")
+                        return
+                    if gateway.clock() - last_event_at >= idle:
+                        self.outcome.error = "upstream idle timeout"
+                        await self._record_stream_failure()
+                        yield _error_event(f"Upstream provider '{self.target.provider}' sent nothing for "
+                                           f"{idle:g}s.", "upstream_timeout", "timeout")
+                        return
                     yield KEEPALIVE
                     continue
                 task, pending = pending, None
@@ -244,10 +502,18 @@ class ChatResponse:
                     break
                 except StreamInterrupted as error:
                     self.outcome.error = str(error)
+                    await self._record_stream_failure()
                     yield _error_event(str(error), "upstream_stream_interrupted")
                     return
+                except Exception as error:  # an adapter bug must still end the stream visibly
+                    self.outcome.error = f"{type(error).__name__} while streaming"
+                    await self._record_stream_failure()
+                    yield _error_event("The upstream stream failed.", "upstream_stream_interrupted")
+                    return
+                last_event_at = gateway.clock()
             if not finished_cleanly:
                 self.outcome.error = "upstream stream ended without [DONE]"
+                await self._record_stream_failure()
                 yield _error_event("The upstream provider ended the stream early.", "upstream_stream_interrupted")
         finally:
             with anyio.CancelScope(shield=True):
@@ -258,8 +524,15 @@ class ChatResponse:
                 with contextlib.suppress(BaseException):
                     await events.aclose()  # type: ignore[attr-defined]
 
+    async def _record_stream_failure(self) -> None:
+        if self._permit is not None:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._gateway.breaker.record_failure, self._permit)
+
+    # -- settlement -------------------------------------------------------------------------------
     async def finish(self, client_status: int | None = None) -> None:
-        """Settle the reservation with the actual usage. Exactly once; survives cancellation."""
+        """Settle the reservation with the actual usage of the target that served (nothing for
+        targets that failed before producing output). Exactly once; survives cancellation."""
         if self._finished:
             return
         self._finished = True
@@ -272,12 +545,36 @@ class ChatResponse:
             if client_status is not None:
                 self.outcome.status = client_status
             self.outcome.cost_usd = await to_thread.run_sync(
-                self._gateway._settle, self._reservation, self._model, usage)
+                self._gateway._settle, self._reservation, self.target, usage)
             self._gateway._on_finished(self.outcome)
 
 
-def _error_event(message: str, code: str) -> bytes:
-    import json
+def _classify(error: UpstreamError) -> Exception:
+    """Before the first byte: which upstream errors move on to the next target."""
+    if error.code in UNSUPPORTED_CODES:
+        return _AttemptFailed(error, count_against_target=False)
+    if error.status >= 500 or error.status in (408, 429):
+        return _AttemptFailed(error)
+    return error  # a client error: returned as it is
 
-    error = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
+
+def _classify_gateway_error(error: GatewayError) -> Exception:
+    # e.g. provider credentials unavailable (503): a problem of this target, not of the request.
+    if error.status >= 500:
+        return _AttemptFailed(UpstreamError(error.status, error.message, error_type=error.type, code=error.code))
+    return error
+
+
+def _unexpected(target: Target, error: Exception) -> _AttemptFailed:
+    _log_warning("upstream adapter raised an unexpected error", target=target.id, error_type=type(error).__name__)
+    return _AttemptFailed(UpstreamError(502, f"Upstream provider '{target.provider}' failed.", code="upstream_error"))
+
+
+def _client_error(error: UpstreamError) -> GatewayError:
+    headers = {"retry-after": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else {}
+    return GatewayError(error.status, error.message, error.error_type, error.code, headers=headers)
+
+
+def _error_event(message: str, code: str, error_type: str = "api_error") -> bytes:
+    error = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return b"data: " + json.dumps(error).encode() + b"\n\n"

@@ -1,0 +1,192 @@
+"""Circuit breaker with a fake clock over the in-memory store (same contract as the DynamoDB store,
+which tests/integration/test_routing_circuit_store.py runs through the same scenarios)."""
+
+from __future__ import annotations
+
+import pytest
+
+from quotagate.config import BreakerPolicy
+from quotagate.dal.circuit_store import InMemoryCircuitStore
+from quotagate.logic.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Permit
+
+TARGET = "openai/gpt-4o-mini"
+POLICY = BreakerPolicy(failure_threshold=3, cooldown_seconds=30, probe_lease_seconds=10, cache_seconds=2)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingStore(InMemoryCircuitStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.fail = False
+
+    def get_many(self, targets):
+        self.reads += 1
+        if self.fail:
+            raise ConnectionError("store down")
+        return super().get_many(targets)
+
+    def add_failure(self, *args, **kwargs):
+        if self.fail:
+            raise ConnectionError("store down")
+        return super().add_failure(*args, **kwargs)
+
+    def acquire_probe(self, *args, **kwargs):
+        if self.fail:
+            raise ConnectionError("store down")
+        return super().acquire_probe(*args, **kwargs)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store():
+    return CountingStore()
+
+
+def breaker(store, clock, policy=POLICY):
+    return CircuitBreaker(store, policy, clock=clock)
+
+
+def fail(b: CircuitBreaker, times: int = 1) -> None:
+    for _ in range(times):
+        permit = b.allow(TARGET)
+        assert permit is not None
+        b.record_failure(permit)
+
+
+def test_opens_after_consecutive_failures_then_skips(store, clock):
+    b = breaker(store, clock)
+    fail(b, 2)
+    assert b.state(TARGET) == CLOSED
+    fail(b, 1)
+    assert b.state(TARGET) == OPEN
+    assert b.allow(TARGET) is None
+    view = b.views([TARGET])[TARGET]
+    assert view.open_until == pytest.approx(clock.now + 30)
+
+
+def test_a_success_resets_the_count(store, clock):
+    b = breaker(store, clock)
+    fail(b, 2)
+    b.record_success(b.allow(TARGET))
+    fail(b, 2)
+    assert b.state(TARGET) == CLOSED
+    fail(b, 1)
+    assert b.state(TARGET) == OPEN
+
+
+def test_half_open_allows_exactly_one_probe_and_a_success_closes(store, clock):
+    a, other = breaker(store, clock), breaker(store, clock)  # two containers, one shared store
+    fail(a, 3)
+    clock.advance(29.9)
+    assert a.allow(TARGET) is None
+    clock.advance(0.2)
+    assert a.state(TARGET) == HALF_OPEN
+    probe = a.allow(TARGET)
+    assert probe == Permit(TARGET, probe=True)
+    assert a.allow(TARGET) is None  # same container, second request
+    assert other.allow(TARGET) is None  # another container
+    a.record_success(probe)
+    assert a.state(TARGET) == CLOSED
+    assert a.allow(TARGET) == Permit(TARGET)
+    clock.advance(2.1)  # the other container's cache expires: it sees the circuit closed
+    assert other.allow(TARGET) == Permit(TARGET)
+
+
+def test_failed_probe_reopens_for_another_cooldown(store, clock):
+    b = breaker(store, clock)
+    fail(b, 3)
+    clock.advance(31)
+    probe = b.allow(TARGET)
+    assert probe is not None and probe.probe
+    b.record_failure(probe)
+    assert b.state(TARGET) == OPEN
+    clock.advance(29)
+    assert b.allow(TARGET) is None
+    clock.advance(2)
+    second = b.allow(TARGET)
+    assert second is not None and second.probe
+    b.record_success(second)
+    assert b.state(TARGET) == CLOSED
+    fail(b, 2)  # the count restarted from zero
+    assert b.state(TARGET) == CLOSED
+
+
+def test_a_probe_that_never_reports_frees_its_lease(store, clock):
+    a, other = breaker(store, clock), breaker(store, clock)
+    fail(a, 3)
+    clock.advance(31)
+    assert a.allow(TARGET).probe  # this container crashes without reporting
+    clock.advance(5)
+    assert other.allow(TARGET) is None
+    clock.advance(5.1)  # the 10 s lease is over
+    permit = other.allow(TARGET)
+    assert permit is not None and permit.probe
+
+
+def test_state_is_cached_for_cache_seconds(store, clock):
+    a, other = breaker(store, clock), breaker(store, clock)
+    assert other.allow(TARGET) == Permit(TARGET)
+    reads = store.reads
+    for _ in range(50):
+        other.allow(TARGET)
+    assert store.reads == reads, "a fresh cached state needs no read"
+    fail(a, 3)
+    reads = store.reads
+    assert other.allow(TARGET) is not None  # it has not looked again yet
+    clock.advance(2.01)
+    assert other.allow(TARGET) is None  # one read later, the other container skips it too
+    assert store.reads == reads + 1
+
+
+def test_healthy_successes_cost_no_write(store, clock):
+    b = breaker(store, clock)
+    for _ in range(100):
+        b.record_success(b.allow(TARGET))
+    assert store.writes == 0
+    fail(b, 1)
+    b.record_success(b.allow(TARGET))  # one write resets the count...
+    b.record_success(b.allow(TARGET))  # ...and then none again
+    assert store.writes == 2
+
+
+def test_store_errors_fail_open(store, clock):
+    b = breaker(store, clock)
+    store.fail = True
+    assert b.allow(TARGET) == Permit(TARGET)
+    b.record_failure(Permit(TARGET))  # swallowed
+    assert b.state(TARGET) == CLOSED
+    store.fail = False
+    fail(b, 3)
+    clock.advance(31)
+    store.fail = True
+    assert b.allow(TARGET) == Permit(TARGET)  # cannot take the lease: let it through
+
+
+def test_policy_may_come_from_the_live_configuration(store, clock):
+    policies = [BreakerPolicy(failure_threshold=1)]
+    b = CircuitBreaker(store, lambda: policies[0], clock=clock)
+    fail(b, 1)
+    assert b.state(TARGET) == OPEN
+
+
+def test_targets_are_independent(store, clock):
+    b = breaker(store, clock)
+    fail(b, 3)
+    assert b.views([TARGET, "anthropic/claude"]) == {
+        TARGET: b.views([TARGET])[TARGET], "anthropic/claude": b.views(["anthropic/claude"])["anthropic/claude"]}
+    assert b.state("anthropic/claude") == CLOSED
