@@ -158,6 +158,14 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
         finally:
             await chat.finish(200)
 
+    async def embeddings(request: Request) -> Response:
+        identity = await identify(request)
+        gateway = get_services().gateway
+        request_id = str(request_context(request).get("requestId") or uuid.uuid4())
+        raw = await read_body(request, gateway.max_body_bytes)
+        body, headers = await gateway.embeddings(identity, raw, request_id)
+        return JSONResponse(body, headers=headers)
+
     async def unknown_route(request: Request) -> Response:
         raise not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
 
@@ -185,6 +193,7 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(routes=routes, exception_handlers={

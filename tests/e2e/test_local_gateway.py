@@ -144,3 +144,29 @@ def test_a_tiny_token_limit_gets_429s_with_ratelimit_headers(gateway):
     assert int(headers["retry-after"]) >= 1
     assert headers["x-ratelimit-limit-tokens"] == "150"
     assert "x-ratelimit-remaining-tokens" in headers and "x-ratelimit-reset-tokens" in headers
+
+
+@pytest.mark.parametrize("model", ["mock-gpt", "mock-claude", "mock-bedrock", "chat-failover"])
+def test_same_answer_shape_whichever_provider_serves(gateway, model):
+    """OpenAI-compatible, Anthropic and Bedrock upstreams (and an alias that fails over to one)
+    all look the same to the openai SDK."""
+    key = cli("keys", "create", "--tenant", "e2e-providers", "--consumer", "sdk", "--plan", "pro",
+              "--endpoint-url", gateway["base"])["api_key"]
+    client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=key, max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=5)
+    completion = raw.parse()
+    assert raw.headers["x-quotagate-target"]
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant" and completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 5
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=5, stream=True,
+                                                stream_options={"include_usage": True}):
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == completion.choices[0].message.content
+    assert usage is not None and usage.completion_tokens == 5

@@ -218,6 +218,12 @@ class Gateway:
             raise
         return response
 
+    async def embeddings(self, identity: Identity, raw_body: bytes,
+                         request_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        from quotagate.logic.embeddings import run_embeddings
+
+        return await run_embeddings(self, identity, raw_body, request_id)
+
     def _settle(self, reservation: Any, target: Target | None, usage: Usage) -> float:
         cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens) if target else 0.0
         self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)

@@ -92,9 +92,9 @@ class OpenAICompatibleProvider:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
-    async def _send(self, body: dict[str, Any], stream: bool) -> httpx.Response:
+    async def _send(self, body: dict[str, Any], stream: bool, path: str = "/chat/completions") -> httpx.Response:
         request = self._http.build_request(
-            "POST", f"{self._provider.base_url}/chat/completions", json=body,
+            "POST", f"{self._provider.base_url}{path}", json=body,
             headers=await self._headers(), timeout=timeouts(self._provider))
         try:
             return await self._http.send(request, stream=stream)
@@ -105,7 +105,14 @@ class OpenAICompatibleProvider:
                                 code="upstream_unreachable") from None
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._send(body, stream=True)
+        return await self._post_json(body, "/chat/completions", "choices")
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /embeddings``: the OpenAI embeddings response, as the provider sent it."""
+        return await self._post_json(body, "/embeddings", "data")
+
+    async def _post_json(self, body: dict[str, Any], path: str, list_field: str) -> dict[str, Any]:
+        response = await self._send(body, stream=True, path=path)
         try:
             await _raise_for_status(response, self._provider.name)
             raw = await response.aread()
@@ -120,7 +127,7 @@ class OpenAICompatibleProvider:
             data = json.loads(raw)
         except ValueError:
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        if not isinstance(data, dict) or not isinstance(data.get(list_field), list):
             raise UpstreamError(502, f"Upstream provider '{self._provider.name}' sent an invalid response.")
         return data
 
