@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 PYTHON ?= python3
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+# jsii prints a banner on Node 20 (end of life for it since 2026-10-30); it still works.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: install dev test lint synth bench clean
 
