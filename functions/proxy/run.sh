@@ -3,4 +3,4 @@
 # this script, waits for /health, then forwards each invocation over HTTP with response streaming.
 PATH=$PATH:$LAMBDA_TASK_ROOT/bin \
 PYTHONPATH=$PYTHONPATH:/opt/python:$LAMBDA_RUNTIME_DIR:$LAMBDA_TASK_ROOT \
-exec python -m uvicorn --host 127.0.0.1 --port="${PORT:-8000}" --no-access-log --timeout-keep-alive 900 app:app
+exec python3 -m uvicorn --host 127.0.0.1 --port="${PORT:-8000}" --no-access-log --timeout-keep-alive 900 app:app

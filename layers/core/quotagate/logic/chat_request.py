@@ -43,7 +43,8 @@ def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> 
     return value
 
 
-def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
+def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str]:
+    """The JSON object of a request body and its ``model``: what every endpoint checks first."""
     if len(raw) > max_bytes:
         raise body_too_large(max_bytes)
     try:
@@ -52,11 +53,15 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
         raise invalid_request("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("'model' is required and must be a non-empty string.", param="model",
                               code="invalid_value")
+    return body, model
+
+
+def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
+    body, model = parse_model_request(raw, max_bytes)
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

@@ -6,7 +6,6 @@ provider's ``usage.prompt_tokens`` (or the count) at the price of the target tha
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from anyio import to_thread
 
 from quotagate import tokens
 from quotagate.errors import GatewayError, invalid_request
-from quotagate.logic.chat_request import body_too_large
+from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.base import UpstreamError
 
 if TYPE_CHECKING:
@@ -35,17 +34,7 @@ class EmbeddingsRequest:
 
 
 def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
-    if len(raw) > max_bytes:
-        raise body_too_large(max_bytes)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("'model' is required and must be a non-empty string.", "model", "invalid_value")
+    body, model = parse_model_request(raw, max_bytes)
     value = body.get("input")
     items: list[Any] = value if isinstance(value, list) else [value]
     if value is None or (isinstance(value, list) and not value) or len(items) > MAX_INPUTS:
