@@ -7,7 +7,9 @@ and send traces, and every other permission is granted explicitly by the constru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
@@ -15,8 +17,15 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_app import nag
-from cdk_app.context import ContextError
+from cdk_app import nag, paths
+from cdk_app.context import ContextError, DeploymentOptions
+from quotagate import settings
+from quotagate.tables import TableSpec
+
+if TYPE_CHECKING:  # these modules import this one
+    from cdk_app.constructs.config import GatewayConfigParameter
+    from cdk_app.constructs.data import DataTables
+    from cdk_app.constructs.layers import SharedLayers
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
@@ -101,3 +110,70 @@ class GatewayFunction(Construct):
         # Only its own log group (no logs:CreateLogGroup, no other groups).
         self.log_group.grant_write(self.role)
         nag.acknowledge_function_baseline(self)
+
+
+class StackFunction(Construct):
+    """Base of the stack's function constructs, which it builds alike:
+    ``Cls(stack, id, data=..., config=..., layers=..., options=...)``.
+
+    Each is one :class:`GatewayFunction` (``handler``, construct id "Handler"; ``function`` is its
+    Lambda function) built from ``functions/<DIRECTORY>`` as the service ``quotagate-<DIRECTORY>``,
+    on ``extra_layers()`` then the shared layers. Its environment holds ``ENVIRONMENT``, the names of
+    ``TABLES``, the gateway configuration parameter's name and, with ``JWT``, the JWT settings that
+    are configured. Its role gets the grants of ``grant_tables``, then read access to the parameter;
+    ``add_extras`` adds what else the function has, last.
+    """
+
+    DIRECTORY: ClassVar[str]
+    HANDLER: ClassVar[str] = "handler.lambda_handler"
+    DESCRIPTION: ClassVar[str]
+    ENVIRONMENT: ClassVar[Mapping[str, str]] = {}
+    TABLES: ClassVar[tuple[TableSpec, ...]]
+    JWT: ClassVar[bool] = False
+    TIMEOUT: ClassVar[Duration]
+    MEMORY_SIZE: ClassVar[int]
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        data: DataTables,
+        config: GatewayConfigParameter,
+        layers: SharedLayers,
+        options: DeploymentOptions,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.handler = GatewayFunction(
+            self,
+            "Handler",
+            code_dir=paths.FUNCTIONS_DIR / self.DIRECTORY,
+            handler=self.HANDLER,
+            service=f"quotagate-{self.DIRECTORY}",
+            description=self.DESCRIPTION,
+            layers=[*self.extra_layers(), *layers.all],
+            environment={
+                **self.ENVIRONMENT,
+                **data.table_name_env(*self.TABLES),
+                settings.CONFIG_PARAMETER: config.parameter_name,
+                **(options.jwt_env if self.JWT else {}),
+            },
+            log_retention_days=options.log_retention_days,
+            timeout=self.TIMEOUT,
+            memory_size=self.MEMORY_SIZE,
+        )
+        self.function = self.handler.function
+        self.grant_tables(data)
+        config.grant_read(self.function)
+        self.add_extras()
+
+    def extra_layers(self) -> list[lambda_.ILayerVersion]:
+        """Layers before the shared ones (made in this construct's scope)."""
+        return []
+
+    def grant_tables(self, data: DataTables) -> None:
+        """Grant ``function`` the table access it needs (each grant names its table)."""
+        raise NotImplementedError
+
+    def add_extras(self) -> None:
+        """What this function has beyond the shape every function shares (default: nothing)."""

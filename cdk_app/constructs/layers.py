@@ -5,6 +5,9 @@ Both are bundled without Docker (see cdk_app/bundling.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from aws_cdk import AssetHashType
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
@@ -19,30 +22,29 @@ CORE_DESCRIPTION = "Quotagate core library (quotagate package, without the local
 class SharedLayers(Construct):
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
-        self.deps = lambda_.LayerVersion(
-            self,
-            "Deps",
-            description=DEPS_DESCRIPTION,
-            compatible_runtimes=[RUNTIME],
-            compatible_architectures=[ARCHITECTURE],
-            code=lambda_.Code.from_asset(
-                str(paths.LAYERS_DIR),
-                asset_hash=bundling.deps_hash(),
-                asset_hash_type=AssetHashType.CUSTOM,
-                bundling=bundling.bundling_options(bundling.build_deps_into),
-            ),
+        self.deps = self._layer(
+            "Deps", DEPS_DESCRIPTION, paths.LAYERS_DIR, bundling.deps_hash(), bundling.build_deps_into
         )
-        self.core = lambda_.LayerVersion(
+        self.core = self._layer(
+            "Core", CORE_DESCRIPTION, paths.CORE_SOURCE_DIR, bundling.core_hash(), bundling.build_core
+        )
+
+    def _layer(
+        self, layer_id: str, description: str, source: Path, asset_hash: str, build: Callable[[Path], None]
+    ) -> lambda_.LayerVersion:
+        """A layer for the functions' runtime and architecture: ``build`` bundles ``source`` (the asset
+        is rebuilt when ``asset_hash`` changes)."""
+        return lambda_.LayerVersion(
             self,
-            "Core",
-            description=CORE_DESCRIPTION,
+            layer_id,
+            description=description,
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
             code=lambda_.Code.from_asset(
-                str(paths.CORE_SOURCE_DIR),
-                asset_hash=bundling.core_hash(),
+                str(source),
+                asset_hash=asset_hash,
                 asset_hash_type=AssetHashType.CUSTOM,
-                bundling=bundling.bundling_options(bundling.build_core),
+                bundling=bundling.bundling_options(build),
             ),
         )
 

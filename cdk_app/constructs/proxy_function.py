@@ -10,15 +10,12 @@ from __future__ import annotations
 from aws_cdk import ArnFormat, Duration, Fn, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from constructs import Construct
 
-from cdk_app import nag, paths
-from cdk_app.constructs.config import GatewayConfigParameter
+from cdk_app import nag
 from cdk_app.constructs.data import DataTables
-from cdk_app.constructs.function import GatewayFunction
-from cdk_app.constructs.layers import SharedLayers
-from cdk_app.context import SECRETS_PREFIX, DeploymentOptions
-from quotagate import settings, tables
+from cdk_app.constructs.function import StackFunction
+from cdk_app.context import SECRETS_PREFIX
+from quotagate import tables
 
 # Lambda Web Adapter v1.0.0, arm64, published by AWS in every commercial region.
 WEB_ADAPTER_LAYER_ARN = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
@@ -33,46 +30,25 @@ WEB_ADAPTER_ENV = {
 }
 
 
-class ProxyFunction(Construct):
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        data: DataTables,
-        config: GatewayConfigParameter,
-        layers: SharedLayers,
-        options: DeploymentOptions,
-    ) -> None:
-        super().__init__(scope, construct_id)
-        web_adapter = lambda_.LayerVersion.from_layer_version_arn(
-            self, "WebAdapter", Fn.sub(WEB_ADAPTER_LAYER_ARN)
-        )
-        self.handler = GatewayFunction(
-            self,
-            "Handler",
-            code_dir=paths.FUNCTIONS_DIR / "proxy",
-            handler="run.sh",
-            service="quotagate-proxy",
-            description="Quotagate proxy: quota, routing and streaming to model providers (Web Adapter)",
-            layers=[web_adapter, *layers.all],
-            environment={
-                **WEB_ADAPTER_ENV,
-                **data.table_name_env(tables.KEYS, tables.QUOTA, tables.CIRCUIT),
-                settings.CONFIG_PARAMETER: config.parameter_name,
-                # The function URL path authenticates in the proxy itself, with the same settings.
-                **options.jwt_env,
-            },
-            log_retention_days=options.log_retention_days,
-            timeout=Duration.minutes(15),  # the longest a stream may last
-            memory_size=1024,
-        )
-        self.function = self.handler.function
+class ProxyFunction(StackFunction):
+    DIRECTORY = "proxy"
+    HANDLER = "run.sh"
+    DESCRIPTION = "Quotagate proxy: quota, routing and streaming to model providers (Web Adapter)"
+    ENVIRONMENT = WEB_ADAPTER_ENV
+    TABLES = (tables.KEYS, tables.QUOTA, tables.CIRCUIT)
+    JWT = True  # the function URL path authenticates in the proxy itself, with the same settings
+    TIMEOUT = Duration.minutes(15)  # the longest a stream may last
+    MEMORY_SIZE = 1024
 
+    def extra_layers(self) -> list[lambda_.ILayerVersion]:
+        return [lambda_.LayerVersion.from_layer_version_arn(self, "WebAdapter", Fn.sub(WEB_ADAPTER_LAYER_ARN))]
+
+    def grant_tables(self, data: DataTables) -> None:
         data.grant(self.function, tables.QUOTA, write=True)  # reserve and settle
         data.grant(self.function, tables.CIRCUIT, write=True)  # circuit-breaker state, shared by containers
         data.grant(self.function, tables.KEYS)  # read only: key lookup on the function URL path
-        config.grant_read(self.function)
+
+    def add_extras(self) -> None:
         provider_secrets = Stack.of(self).format_arn(
             service="secretsmanager",
             resource="secret",

@@ -56,6 +56,23 @@ class GatewayStack:
         assert response["ok"], response
         return response["result"]
 
+    def wait_settled(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The settled reservation of a request. A stream is settled after its last byte has been
+        sent, so a client can read the counters a moment before the settlement lands."""
+        import time
+
+        from quotagate.quota.ledger import DynamoQuotaLedger
+
+        ledger = DynamoQuotaLedger(boto3.client("dynamodb"))
+        deadline = time.monotonic() + timeout
+        while True:
+            item = ledger.get_reservation(request_id)
+            if item and item.get("status") == "settled":
+                return item
+            if time.monotonic() > deadline:
+                raise AssertionError(f"request {request_id} not settled: {item}")
+            time.sleep(0.02)
+
     def quota_used(self, scope_pk: str, limit_name: str) -> int:
         from quotagate.quota.ledger import DynamoQuotaLedger
         from quotagate.quota.service import QuotaService

@@ -55,12 +55,6 @@ def keyed_mock():
         yield server
 
 
-@pytest.fixture
-def stats(mock):
-    mock.stats.reset()
-    return mock.stats
-
-
 def provider_config(server: MockServer, read_timeout: float = 10.0) -> Provider:
     return Provider(
         name="anthropic-mock",

@@ -21,6 +21,7 @@ from quotagate.mock import bedrock as mb
 from quotagate.mock.eventstream import EventStreamDecoder
 from quotagate.providers.base import SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.bedrock import BedrockProvider, to_converse_request
+from tests.helpers import stop_stream_early
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,12 +56,6 @@ def aws_env(monkeypatch):
 def mock():
     with MockServer(SETTINGS) as server:
         yield server
-
-
-@pytest.fixture
-def stats(mock):
-    mock.stats.reset()
-    return mock.stats
 
 
 def provider_for(mock: MockServer, read_timeout: float = 5.0) -> BedrockProvider:
@@ -351,18 +346,7 @@ def test_closing_the_stream_stops_the_upstream(provider, stats, how):
     request = body(model=f"{MODEL}@token_delay=0.2&tokens=500")
 
     async def scenario() -> None:
-        events = provider.stream(request)
-        for _ in range(3):  # role chunk + 2 tokens
-            await events.__anext__()
-        if how == "aclose":
-            await events.aclose()
-        else:  # the gateway's way: a pending __anext__ cancelled, then aclose
-            pending = asyncio.ensure_future(events.__anext__())
-            await asyncio.sleep(0.05)
-            pending.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await pending
-            await events.aclose()
+        await stop_stream_early(provider.stream(request), how, received=3)  # role chunk + 2 tokens
 
     started = time.monotonic()
     run(scenario())

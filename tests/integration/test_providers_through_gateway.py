@@ -81,7 +81,8 @@ def stream_result(text):
     return chunks, content, usage
 
 
-def assert_settled_exactly(stack, key, provider, usage):
+def assert_settled_exactly(stack, response, key, provider, usage):
+    stack.wait_settled(response.headers["x-quotagate-request-id"])
     pk = f"key#{key['key_id']}"
     assert stack.quota_used(pk, "tokens_per_minute") == usage["prompt_tokens"] + usage["completion_tokens"]
     assert stack.quota_used(pk, "usd_per_day") == micro_usd(provider, usage["prompt_tokens"],
@@ -101,7 +102,7 @@ def test_non_stream_answer_has_the_same_shape_whichever_provider(stack, key, mod
     assert body["usage"]["completion_tokens"] == 7
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 7
     assert response.headers["x-quotagate-target"].startswith(PROVIDER_OF[model] + "/")
-    assert_settled_exactly(stack, key, PROVIDER_OF[model], body["usage"])
+    assert_settled_exactly(stack, response, key, PROVIDER_OF[model], body["usage"])
 
 
 @pytest.mark.parametrize("model", sorted(PROVIDER_OF))
@@ -116,7 +117,7 @@ def test_stream_answer_has_the_same_shape_whichever_provider(stack, key, model):
     assert content and usage["completion_tokens"] == 6
     finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert finish == ["length"]
-    assert_settled_exactly(stack, key, PROVIDER_OF[model], usage)
+    assert_settled_exactly(stack, response, key, PROVIDER_OF[model], usage)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -128,7 +129,7 @@ def test_failover_across_providers_settles_exactly_at_the_serving_price(stack, k
     assert response.status_code == 200, response.text
     assert response.headers["x-quotagate-target"] == "anthropic/claude-mock"
     usage = stream_result(response.text)[2] if stream else response.json()["usage"]
-    assert_settled_exactly(stack, key, "anthropic", usage)
+    assert_settled_exactly(stack, response, key, "anthropic", usage)
 
 
 def test_embeddings_are_metered_and_settled(stack, key):

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import pytest
@@ -31,18 +32,25 @@ class FakeClock:
         return self.now
 
 
+def moto_dynamodb(endpoint: str, **options: Any) -> Any:
+    """A DynamoDB client of the moto server at ``endpoint``, with dummy credentials."""
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        **options,
+    )
+
+
 @pytest.fixture(scope="module")
 def dynamodb():
     endpoint, stop = start_moto_server()
     try:
         reset_moto_server(endpoint)
-        client = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5}),
+        client = moto_dynamodb(
+            endpoint, config=Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5})
         )
         tables.create_all(client)
         yield client
@@ -293,13 +301,7 @@ def test_settle_after_the_window_rolled_over_hits_the_reserved_window(service, c
 
 def test_moto_server_stop_is_idempotent():
     endpoint, stop = start_moto_server()
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = moto_dynamodb(endpoint)
     assert "TableNames" in client.list_tables()
     stop()
     stop()

@@ -10,7 +10,6 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import httpx
 import pytest
 
@@ -102,20 +101,8 @@ def test_tenant_limit_is_shared_by_two_keys(stack):
     assert stack.quota_used("tenant#shared-tenant", "tokens_per_minute") == actual
 
 
-def reservation(stack, response):
-    from quotagate.quota.ledger import DynamoQuotaLedger
-
-    return DynamoQuotaLedger(boto3.client("dynamodb")).get_reservation(response.headers["x-quotagate-request-id"])
-
-
-def wait_settled(stack, response, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = reservation(stack, response)
-        if item and item.get("status") == "settled":
-            return item
-        time.sleep(0.05)
-    raise AssertionError(f"not settled: {reservation(stack, response)}")
+def wait_settled(stack, response):
+    return stack.wait_settled(response.headers["x-quotagate-request-id"])
 
 
 def test_upstream_error_refunds_every_token(stack):

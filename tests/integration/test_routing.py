@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
 import time
 
 import httpx
@@ -42,49 +41,6 @@ def closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there any more: connections are refused
     return port
-
-
-class FlakyUpstream:
-    """ASGI wrapper around the mock: the next ``n`` chat requests get ``status`` (with
-    ``retry-after``), the later ones reach the mock."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.state = app.state
-        self._lock = threading.Lock()
-        self._failures = 0
-        self.status = 429
-        self.retry_after: str | None = "1"
-        self.hits = 0
-
-    def arm(self, failures: int, status: int = 429, retry_after: str | None = "1") -> None:
-        with self._lock:
-            self._failures, self.status, self.retry_after, self.hits = failures, status, retry_after, 0
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
-            with self._lock:
-                self.hits += 1
-                fail = self._failures > 0
-                self._failures -= 1 if fail else 0
-            if fail:
-                body = json.dumps({"error": {"message": "flaky", "type": "server_error", "param": None,
-                                             "code": None}}).encode()
-                headers = [(b"content-type", b"application/json")]
-                if self.retry_after is not None:
-                    headers.append((b"retry-after", self.retry_after.encode()))
-                await send({"type": "http.response.start", "status": self.status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
-def start_flaky() -> tuple[FlakyUpstream, str, object]:
-    from quotagate.mock import MockServer, MockSettings, create_app
-
-    flaky = FlakyUpstream(create_app(MockSettings(token_delay=0.001)))
-    server = MockServer(app=flaky).start()  # type: ignore[arg-type]
-    return flaky, server.base_url, server
 
 
 def routing_config(flaky_url: str) -> dict:
@@ -129,15 +85,6 @@ def routing_config(flaky_url: str) -> dict:
         },
         "circuit_breaker": {"failure_threshold": 1000},  # breaker behaviour: test_routing_breaker.py
     }
-
-
-@pytest.fixture(scope="module")
-def flaky():
-    upstream, url, server = start_flaky()
-    try:
-        yield upstream, url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

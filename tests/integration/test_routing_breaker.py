@@ -14,22 +14,13 @@ from starlette.testclient import TestClient
 
 from quotagate import tables
 from tests.integration.gateway_stack import TEST_CONFIG, gateway_stack
-from tests.integration.test_routing import clear_circuits, start_flaky
+from tests.integration.test_routing import clear_circuits
 
 pytestmark = pytest.mark.timeout(120)
 
 MESSAGES = [{"role": "user", "content": "Is the bridge open?"}]
 COOLDOWN = 1.5
 BROKEN = "mock-gpt@status=503"
-
-
-@pytest.fixture(scope="module")
-def flaky():
-    upstream, url, server = start_flaky()
-    try:
-        yield upstream, url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,6 @@ TOOL = {
 }
 
 
-@pytest.fixture
-def app():
-    return create_app(MockSettings(token_delay=0))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
-
-
 def post(client, headers=None, **body):
     body.setdefault("model", "claude-mock")
     body.setdefault("max_tokens", 100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,11 @@ from quotagate.providers.anthropic import (
 # --------------------------------------------------------------------------------------------
 
 
+def translate(*messages: Any, **fields: Any) -> dict[str, Any]:
+    """The Messages request for a chat request of ``messages`` to model "m" with max_tokens 5."""
+    return to_messages_request({"model": "m", "max_tokens": 5, "messages": list(messages), **fields})
+
+
 def test_minimal_request():
     request = to_messages_request(
         {"model": "claude-x", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
@@ -29,34 +35,22 @@ def test_minimal_request():
 
 
 def test_system_and_developer_messages_become_top_level_system():
-    request = to_messages_request(
-        {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "developer", "content": [{"type": "text", "text": "Use English."}]},
-                {"role": "user", "content": "Hi"},
-            ],
-        }
+    request = translate(
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": [{"type": "text", "text": "Use English."}]},
+        {"role": "user", "content": "Hi"},
     )
     assert request["system"] == "Be brief.\n\nUse English."
     assert request["messages"] == [{"role": "user", "content": "Hi"}]
 
 
 def test_consecutive_same_role_messages_are_merged():
-    request = to_messages_request(
-        {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {"role": "user", "content": "one"},
-                {"role": "user", "content": [{"type": "text", "text": "two"}]},
-                {"role": "assistant", "content": "three"},
-                {"role": "assistant", "content": "four"},
-                {"role": "user", "content": "five"},
-            ],
-        }
+    request = translate(
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": [{"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": "three"},
+        {"role": "assistant", "content": "four"},
+        {"role": "user", "content": "five"},
     )
     assert request["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
@@ -69,16 +63,10 @@ def test_consecutive_same_role_messages_are_merged():
 
 
 def test_empty_messages_are_dropped():
-    request = to_messages_request(
-        {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": ""},
-                {"role": "user", "content": "Again"},
-            ],
-        }
+    request = translate(
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Again"},
     )
     assert request["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "Again"}]}
@@ -86,22 +74,13 @@ def test_empty_messages_are_dropped():
 
 
 def test_image_parts():
-    request = to_messages_request(
+    request = translate(
         {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-                        {
-                            "type": "image_url",
-                            "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"},
-                        },
-                    ],
-                }
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
             ],
         }
     )
@@ -113,23 +92,11 @@ def test_image_parts():
 
 
 def test_pdf_file_part_becomes_document():
-    request = to_messages_request(
+    request = translate(
         {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "file",
-                            "file": {
-                                "filename": "a.pdf",
-                                "file_data": "data:application/pdf;base64,JVBERi0=",
-                            },
-                        },
-                    ],
-                }
+            "role": "user",
+            "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
             ],
         }
     )
@@ -151,9 +118,7 @@ def test_pdf_file_part_becomes_document():
 )
 def test_unsupported_parts_are_refused(part):
     with pytest.raises(TranslationError):
-        to_messages_request(
-            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [part]}]}
-        )
+        translate({"role": "user", "content": [part]})
 
 
 def test_parameters():
@@ -193,21 +158,11 @@ def test_stop_list_drops_blank_sequences_and_default_max_tokens():
 
 def test_n_above_one_is_refused():
     with pytest.raises(TranslationError):
-        to_messages_request(
-            {"model": "m", "max_tokens": 5, "n": 2, "messages": [{"role": "user", "content": "x"}]}
-        )
+        translate({"role": "user", "content": "x"}, n=2)
 
 
 def test_mock_fields_pass_through():
-    request = to_messages_request(
-        {
-            "model": "m",
-            "max_tokens": 5,
-            "mock_fault": "status=500",
-            "mock_reply_tokens": 3,
-            "messages": [{"role": "user", "content": "x"}],
-        }
-    )
+    request = translate({"role": "user", "content": "x"}, mock_fault="status=500", mock_reply_tokens=3)
     assert request["mock_fault"] == "status=500" and request["mock_reply_tokens"] == 3
 
 
@@ -265,45 +220,31 @@ def test_tools_and_tool_choice():
 
 def test_bad_tool_choice_is_refused():
     with pytest.raises(TranslationError):
-        to_messages_request(
-            {
-                "model": "m",
-                "max_tokens": 5,
-                "messages": [{"role": "user", "content": "x"}],
-                "tools": [WEATHER_TOOL],
-                "tool_choice": "sometimes",
-            }
-        )
+        translate({"role": "user", "content": "x"}, tools=[WEATHER_TOOL], tool_choice="sometimes")
 
 
 def test_tool_call_conversation():
-    request = to_messages_request(
+    request = translate(
+        {"role": "user", "content": "Weather in Paris and Rome?"},
         {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {"role": "user", "content": "Weather in Paris and Rome?"},
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
                 {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "toolu_1",
-                            "type": "function",
-                            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
-                        },
-                        {
-                            "id": "toolu_2",
-                            "type": "function",
-                            "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
-                        },
-                    ],
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
                 },
-                {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
-                {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "25C"}]},
-                {"role": "user", "content": "Thanks"},
+                {
+                    "id": "toolu_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                },
             ],
-        }
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "25C"}]},
+        {"role": "user", "content": "Thanks"},
     )
     assert request["messages"] == [
         {"role": "user", "content": "Weather in Paris and Rome?"},
@@ -330,22 +271,14 @@ def test_tool_call_conversation():
 
 
 def test_tool_results_come_first_in_a_merged_user_turn():
-    request = to_messages_request(
+    request = translate(
         {
-            "model": "m",
-            "max_tokens": 5,
-            "messages": [
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [
-                        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}
-                    ],
-                },
-                {"role": "user", "content": "note"},
-                {"role": "tool", "tool_call_id": "t1", "content": "ok"},
-            ],
-        }
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}],
+        },
+        {"role": "user", "content": "note"},
+        {"role": "tool", "tool_call_id": "t1", "content": "ok"},
     )
     assert request["messages"][0]["content"] == [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]
     assert [b["type"] for b in request["messages"][1]["content"]] == ["tool_result", "text"]
@@ -366,9 +299,7 @@ def test_tool_results_come_first_in_a_merged_user_turn():
 )
 def test_malformed_tool_messages_are_refused(message):
     with pytest.raises(TranslationError):
-        to_messages_request(
-            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}, message]}
-        )
+        translate({"role": "user", "content": "x"}, message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,30 +630,12 @@ def test_unknown_events_and_deltas_are_ignored():
     translator = StreamTranslator("m", include_usage=False)
     assert translator.feed({"type": "ping"}) == []
     assert translator.feed({"type": "something_new", "x": 1}) == []
-    assert (
-        translator.feed({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}})
-        == []
-    )
-    assert (
-        translator.feed(
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "thinking_delta", "thinking": "hmm"},
-            }
-        )
-        == []
-    )
-    assert (
-        translator.feed(
-            {
-                "type": "content_block_delta",
-                "index": 5,
-                "delta": {"type": "input_json_delta", "partial_json": "{}"},
-            }
-        )
-        == []
-    )
+    for ignored in (
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}},
+        {"type": "content_block_delta", "index": 5, "delta": {"type": "input_json_delta", "partial_json": "{}"}},
+    ):
+        assert translator.feed(ignored) == [], ignored
 
 
 def test_message_stop_without_stop_reason_still_finishes():

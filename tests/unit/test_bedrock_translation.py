@@ -22,6 +22,7 @@ from botocore.exceptions import (
 from quotagate.config import Provider
 from quotagate.providers import bedrock as b
 from quotagate.providers.base import StreamInterrupted, UpstreamError, UpstreamTimeout
+from tests.helpers import stop_stream_early
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 PNG = b"\x89PNG\r\n\x1a\n-tiny"
@@ -531,18 +532,7 @@ def test_closing_the_iterator_shuts_the_upstream_socket(how):
     provider = b.BedrockProvider(PROVIDER, client_factory=lambda: FakeClient(stream))
 
     async def scenario():
-        events = provider.stream(BODY)
-        for _ in range(3):
-            await events.__anext__()
-        if how == "aclose":
-            await events.aclose()
-        else:  # the gateway's way: cancel a pending __anext__, then aclose
-            pending = asyncio.ensure_future(events.__anext__())
-            await asyncio.sleep(0.05)
-            pending.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await pending
-            await events.aclose()
+        await stop_stream_early(provider.stream(BODY), how, received=3)
 
     started = time.monotonic()
     run(scenario())

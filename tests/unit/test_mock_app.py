@@ -16,17 +16,6 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture
-def app():
-    return create_app(MockSettings(token_delay=0))
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app) as c:
-        yield c
-
-
 def chat(client, **body):
     body.setdefault("model", "mock-gpt")
     body.setdefault("messages", MESSAGES)

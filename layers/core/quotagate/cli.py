@@ -161,41 +161,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 _UNSET = object()
 
+# command -> (action, the arguments it always sends, the arguments it sends when given (not None))
+_EVENTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "create": (
+        "create_key",
+        ("tenant", "consumer", "plan"),
+        ("name", "expires_at", "allowed_models", "metadata", "limits"),
+    ),
+    "list": ("list_keys", ("tenant",), ("consumer",)),
+    "get": ("get_key", ("key_id",), ("tenant",)),
+    "revoke": ("revoke_key", ("key_id",), ("tenant",)),
+    "rotate": ("rotate_key", ("key_id",), ("grace_seconds", "tenant")),
+    "update": ("update_key", ("key_id",), ("tenant",)),
+}
+_UPDATE_FIELDS = ("plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata")
+
 
 def build_event(args: argparse.Namespace) -> dict[str, Any]:
     """The keys Lambda event for parsed arguments."""
     command = args.keys_command
-    event: dict[str, Any]
-    if command == "create":
-        event = {"action": "create_key", "tenant": args.tenant, "consumer": args.consumer, "plan": args.plan}
-        for field in ("name", "expires_at", "allowed_models", "metadata", "limits"):
-            value = getattr(args, field)
-            if value is not None:
-                event[field] = value
-    elif command == "list":
-        event = {"action": "list_keys", "tenant": args.tenant}
-        if args.consumer is not None:
-            event["consumer"] = args.consumer
-    elif command == "get":
-        event = {"action": "get_key", "key_id": args.key_id}
-    elif command == "revoke":
-        event = {"action": "revoke_key", "key_id": args.key_id}
-    elif command == "rotate":
-        event = {"action": "rotate_key", "key_id": args.key_id}
-        if args.grace_seconds is not None:
-            event["grace_seconds"] = args.grace_seconds
-    elif command == "update":
-        event = {"action": "update_key", "key_id": args.key_id}
+    if command not in _EVENTS:  # pragma: no cover - argparse only accepts the commands above
+        raise CliError("usage", f"unknown command {command}")
+    action, always, when_given = _EVENTS[command]
+    event: dict[str, Any] = {"action": action, **{field: getattr(args, field) for field in always}}
+    if command == "update":
         # Options that were given are sent (argparse sets no attribute for the others), even when
         # their value is null: "--limits null", "--expires-at never", "--allowed-models '*'".
-        for field in ("plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata"):
+        for field in _UPDATE_FIELDS:
             value = getattr(args, field, _UNSET)
             if value is not _UNSET:
                 event[field] = value
-    else:  # pragma: no cover - argparse only accepts the commands above
-        raise CliError("usage", f"unknown command {command}")
-    if command in ("get", "revoke", "rotate", "update") and args.tenant is not None:
-        event["tenant"] = args.tenant
+    for field in when_given:
+        value = getattr(args, field)
+        if value is not None:
+            event[field] = value
     if command in ("create", "revoke", "rotate", "update"):
         event["request_id"] = args.request_id or f"cli-{uuid.uuid4()}"
     return event

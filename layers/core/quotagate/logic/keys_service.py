@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from quotagate import apikeys
 from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
@@ -151,6 +151,26 @@ class Command:
     params: dict[str, Any]
 
 
+_P = ParamSpec("_P")
+
+
+def _action(
+    name: str, validate: Callable[Concatenate[KeysService, _P], dict[str, Any]], doc: str
+) -> Callable[Concatenate[KeysService, _P], dict[str, Any]]:
+    """The public method of an action: it takes the arguments of ``validate``, validates them all,
+    then runs the action."""
+
+    def method(self: KeysService, *args: _P.args, **kwargs: _P.kwargs) -> dict[str, Any]:
+        result: dict[str, Any] = self.run(Command(name, validate(self, *args, **kwargs)))
+        return result
+
+    method.__name__ = name
+    method.__qualname__ = f"KeysService.{name}"
+    method.__doc__ = doc
+    method.__wrapped__ = validate  # type: ignore[attr-defined]  # inspect.signature: the action's parameters
+    return method
+
+
 class KeysService:
     def __init__(
         self,
@@ -191,81 +211,6 @@ class KeysService:
 
     def dispatch(self, request: Any) -> Any:
         return self.run(self.parse(request))
-
-    # ------------------------------------------------------------------------------------ actions
-
-    def create_key(
-        self,
-        tenant: Any,
-        consumer: Any,
-        plan: Any,
-        name: Any = None,
-        expires_at: Any = None,
-        allowed_models: Any = None,
-        metadata: Any = None,
-        limits: Any = None,
-    ) -> dict[str, Any]:
-        """A new key. The result is the public record plus ``api_key``: the plaintext, shown once."""
-        params = self._validate_create_key(
-            tenant=tenant,
-            consumer=consumer,
-            plan=plan,
-            name=name,
-            expires_at=expires_at,
-            allowed_models=allowed_models,
-            metadata=metadata,
-            limits=limits,
-        )
-        return self._do_create_key(**params)
-
-    def list_keys(self, tenant: Any, consumer: Any = None) -> dict[str, Any]:
-        """Public views of a tenant's keys (optionally one consumer's), oldest first."""
-        return self._do_list_keys(**self._validate_list_keys(tenant=tenant, consumer=consumer))
-
-    def get_key(self, key_id: Any, tenant: Any = None) -> dict[str, Any]:
-        """The public view of one key; with ``tenant``, a key of another tenant is 'not found'."""
-        return self._do_get_key(**self._validate_get_key(key_id=key_id, tenant=tenant))
-
-    def revoke_key(self, key_id: Any, tenant: Any = None) -> dict[str, Any]:
-        """Revoke for good. Revoking a revoked key changes nothing and returns it."""
-        return self._do_revoke_key(**self._validate_revoke_key(key_id=key_id, tenant=tenant))
-
-    def rotate_key(
-        self, key_id: Any, grace_seconds: Any = DEFAULT_GRACE_SECONDS, tenant: Any = None
-    ) -> dict[str, Any]:
-        """A new secret for the same key id (plaintext in ``api_key``, once); the replaced key keeps
-        working for ``grace_seconds`` (0: not at all)."""
-        params = self._validate_rotate_key(key_id=key_id, grace_seconds=grace_seconds, tenant=tenant)
-        return self._do_rotate_key(**params)
-
-    def update_key(
-        self,
-        key_id: Any,
-        plan: Any = UNSET,
-        allowed_models: Any = UNSET,
-        expires_at: Any = UNSET,
-        status: Any = UNSET,
-        limits: Any = UNSET,
-        name: Any = UNSET,
-        metadata: Any = UNSET,
-        tenant: Any = None,
-    ) -> dict[str, Any]:
-        """Change a key. Fields not given stay as they are; ``None`` clears ``allowed_models`` (all
-        the plan's models), ``expires_at`` (never expires), ``name``, ``metadata`` and ``limits`` (no
-        overrides). ``limits`` given as an object is merged into the current overrides (a null value
-        removes that one override). ``status`` is "active" or "disabled"; a revoked key is final."""
-        params = self._validate_update_key(
-            key_id=key_id,
-            plan=plan,
-            allowed_models=allowed_models,
-            expires_at=expires_at,
-            status=status,
-            limits=limits,
-            name=name,
-            metadata=metadata,
-            tenant=tenant,
-        )
-        return self._do_update_key(**params)
 
     # --------------------------------------------------------------------------------- validation
 
@@ -378,6 +323,44 @@ class KeysService:
         if epoch <= self._clock():
             raise invalid("'expires_at' must be in the future")
         return epoch
+
+    # ------------------------------------------------------------------------------------ actions
+    # Each takes the arguments of its validator, which it runs before it changes anything.
+
+    create_key = _action(
+        "create_key",
+        _validate_create_key,
+        """A new key. The result is the public record plus ``api_key``: the plaintext, shown once.""",
+    )
+    list_keys = _action(
+        "list_keys",
+        _validate_list_keys,
+        """Public views of a tenant's keys (optionally one consumer's), oldest first.""",
+    )
+    get_key = _action(
+        "get_key",
+        _validate_get_key,
+        """The public view of one key; with ``tenant``, a key of another tenant is 'not found'.""",
+    )
+    revoke_key = _action(
+        "revoke_key",
+        _validate_revoke_key,
+        """Revoke for good. Revoking a revoked key changes nothing and returns it.""",
+    )
+    rotate_key = _action(
+        "rotate_key",
+        _validate_rotate_key,
+        """A new secret for the same key id (plaintext in ``api_key``, once); the replaced key keeps
+        working for ``grace_seconds`` (0: not at all).""",
+    )
+    update_key = _action(
+        "update_key",
+        _validate_update_key,
+        """Change a key. Fields not given stay as they are; ``None`` clears ``allowed_models`` (all
+        the plan's models), ``expires_at`` (never expires), ``name``, ``metadata`` and ``limits`` (no
+        overrides). ``limits`` given as an object is merged into the current overrides (a null value
+        removes that one override). ``status`` is "active" or "disabled"; a revoked key is final.""",
+    )
 
     # ---------------------------------------------------------------------------------- execution
 

@@ -57,8 +57,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -70,23 +68,19 @@ from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
 from quotagate.mock import vocab
-from quotagate.mock.faults import FAULT_BODY_FIELD, FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
+from quotagate.mock.faults import FAULT_HEADER, FaultSpec, split_model
 from quotagate.mock.server import (
-    MAX_TOKEN_DELAY,
-    REPLY_TOKENS_FIELD,
-    TOKEN_DELAY_FIELD,
     MockSettings,
-    MockStats,
     StreamCut,
-    _ChatStream,
-    _CutBodyResponse,
     _dumps,
+    _Exchange,
     _is_int,
-    _parse_fault,
+    _PlanStream,
     _read_json,
-    _redacted_headers,
     _Reject,
-    _sleep_or_disconnect,
+    _Rejection,
+    _reply_pace,
+    _request_fault,
     _Ticket,
 )
 
@@ -131,7 +125,7 @@ def error_type_for(status: int) -> str:
     return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
-class _AnthropicReject(Exception):
+class _AnthropicReject(_Rejection):
     def __init__(self, status: int, message: str, type_: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -226,6 +220,10 @@ class _MessagesPlan:
     @property
     def completion_tokens(self) -> int:
         return sum(block.output_tokens for block in self.blocks)
+
+    @property
+    def delay_steps(self) -> int:
+        return self.completion_tokens
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -328,33 +326,9 @@ def _validate(body: dict[str, Any]) -> None:
 
 def _fault(request: Request, body: dict[str, Any], settings: MockSettings) -> FaultSpec:
     try:
-        fault = _parse_fault(settings.default_fault, "settings.default_fault")
-        fault = fault.merge(_parse_fault(split_model(body["model"])[1], "model"))
-        fault = fault.merge(_parse_fault(request.headers.get(FAULT_HEADER), FAULT_HEADER))
-        return fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+        return _request_fault(settings, split_model(body["model"])[1], request.headers.get(FAULT_HEADER), body)
     except _Reject as rejection:
         raise _AnthropicReject.from_reject(rejection) from None
-
-
-def _reply_length(body: dict[str, Any], settings: MockSettings, fault: FaultSpec) -> int:
-    length = settings.reply_tokens if fault.tokens is None else fault.tokens
-    requested = body.get(REPLY_TOKENS_FIELD)
-    if requested is not None:
-        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
-            raise _bad(f"{REPLY_TOKENS_FIELD}: must be an integer from 0 to {MAX_TOKENS}")
-        length = requested
-    return length
-
-
-def _token_delay(body: dict[str, Any], settings: MockSettings, fault: FaultSpec) -> float:
-    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
-    delay = body.get(TOKEN_DELAY_FIELD)
-    if delay is not None:
-        if (isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay)
-                or not 0 <= delay <= MAX_TOKEN_DELAY):
-            raise _bad(f"{TOKEN_DELAY_FIELD}: must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}")
-        token_delay = float(delay)
-    return token_delay
 
 
 def _last_user_has_tool_result(messages: list[dict[str, Any]]) -> bool:
@@ -410,24 +384,13 @@ def _cut_at_stop_sequence(pieces: list[str], stop_sequences: list[str]) -> tuple
     if found is None:
         return None
     index, sequence = found
-    kept: list[str] = []
-    position = 0
-    for piece in pieces:
-        if position + len(piece) <= index:
-            kept.append(piece)
-            position += len(piece)
-            continue
-        if index > position:
-            kept.append(piece[: index - position])  # a piece cut short still counts one token
-        break
-    return kept, sequence
+    return vocab.pieces_before(pieces, index), sequence
 
 
 def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _MessagesPlan:
     _validate(body)
     fault = _fault(request, body, settings)
-    length = _reply_length(body, settings, fault)
-    token_delay = _token_delay(body, settings, fault)
+    length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _bad(f"{field}: {problem}"))
     limit: int = body["max_tokens"]
     convo = conversation(body)
     messages: list[dict[str, Any]] = body["messages"]
@@ -504,15 +467,11 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event) + b"\n\n"
 
 
-class _MessagesStream(_ChatStream):
-    """Anthropic SSE events; the outcome accounting is the chat stream's (the plan has the same
-    ``prompt_tokens`` / ``completion_tokens``)."""
-
-    def __init__(self, plan: _MessagesPlan, ticket: _Ticket, headers: dict[str, str]) -> None:
-        super().__init__(plan, ticket, headers)  # type: ignore[arg-type]
+class _MessagesStream(_PlanStream[_MessagesPlan]):
+    """Anthropic SSE events."""
 
     async def _events(self) -> AsyncIterator[bytes]:
-        plan: _MessagesPlan = self._plan  # type: ignore[assignment]
+        plan = self._plan
         with_usage = not plan.fault.omit_usage
         total_output = plan.completion_tokens
         message: dict[str, Any] = {
@@ -568,72 +527,46 @@ class _MessagesStream(_ChatStream):
         self._outcome = "completed"
 
 
-async def messages(request: Request) -> Response:
-    settings: MockSettings = request.app.state.settings
-    stats: MockStats = request.app.state.stats
-    ticket = stats.begin()
-    handed_off = False
+async def _read_body(request: Request, settings: MockSettings) -> dict[str, Any]:
+    """The JSON body of a request with valid Anthropic headers."""
+    _check_headers(request, settings)
     try:
-        try:
-            _check_headers(request, settings)
-            try:
-                body = await _read_json(request)
-            except _Reject as rejection:
-                raise _AnthropicReject.from_reject(rejection) from None
-            stats._record({
-                "time": time.time(),
-                "model": body.get("model"),
-                "stream": body.get("stream", False),
-                "headers": _redacted_headers(request),
-                "body": body,
-            })
-            plan = _plan(request, body, settings)
-        except _AnthropicReject as rejection:
-            ticket.finish("error")
-            return rejection.response()
+        return await _read_json(request)
+    except _Reject as rejection:
+        raise _AnthropicReject.from_reject(rejection) from None
 
-        fault = plan.fault
-        headers = {"request-id": _request_id()}
-        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
-            ticket.finish("disconnect")
-            return Response(status_code=499)  # nobody is listening any more
-        if fault.status is not None:
-            ticket.finish("error")
-            injected = _injected(fault)
-            injected.headers.update(headers)
-            return injected.response()
 
-        if plan.stream:
-            headers["cache-control"] = "no-cache"
-            handed_off = True
-            return _MessagesStream(plan, ticket, headers)
+class _MessagesExchange(_Exchange[_MessagesPlan]):
+    rejection = _AnthropicReject
 
-        if fault.drop_after is not None:
-            wait = min(fault.drop_after, plan.completion_tokens) * plan.token_delay
-            if await _sleep_or_disconnect(request, wait):
-                ticket.finish("disconnect")
-                return Response(status_code=499)
-            handed_off = True
-            return _CutBodyResponse(_dumps(_message_body(plan)), ticket, headers)
+    async def prepare(self) -> _MessagesPlan:
+        body = await _read_body(self.request, self.settings)
+        self.record(body, body.get("model"), body.get("stream", False))
+        return _plan(self.request, body, self.settings)
 
-        if await _sleep_or_disconnect(request, plan.completion_tokens * plan.token_delay):
-            ticket.finish("disconnect")
-            return Response(status_code=499)
-        ticket.finish("completed", plan.prompt_tokens, plan.completion_tokens)
-        return Response(_dumps(_message_body(plan)), headers=headers, media_type="application/json")
-    finally:
-        if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
-            ticket.finish("disconnect")
+    def headers(self) -> dict[str, str]:
+        return {"request-id": _request_id()}
+
+    def injected(self, fault: FaultSpec, headers: dict[str, str]) -> Response:
+        injected = _injected(fault)
+        injected.headers.update(headers)
+        return injected.response()
+
+    def stream(self, plan: _MessagesPlan, ticket: _Ticket, headers: dict[str, str]) -> Response:
+        return _MessagesStream(plan, ticket, {**headers, "cache-control": "no-cache"})
+
+    def body(self, plan: _MessagesPlan, *, cut: bool) -> bytes:
+        return _dumps(_message_body(plan))
+
+
+async def messages(request: Request) -> Response:
+    return await _MessagesExchange(request).respond()
 
 
 async def count_tokens(request: Request) -> Response:
     settings: MockSettings = request.app.state.settings
     try:
-        _check_headers(request, settings)
-        try:
-            body = await _read_json(request)
-        except _Reject as rejection:
-            raise _AnthropicReject.from_reject(rejection) from None
+        body = await _read_body(request, settings)
         body = {**body, "max_tokens": body.get("max_tokens", 1)}
         _validate(body)
     except _AnthropicReject as rejection:

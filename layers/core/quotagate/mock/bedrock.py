@@ -59,11 +59,9 @@ Statistics go to the app's shared :class:`~quotagate.mock.server.MockStats` (``c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -72,32 +70,25 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from quotagate import tokens
 from quotagate.mock import vocab
 from quotagate.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from quotagate.mock.eventstream import encode_event
-from quotagate.mock.faults import (
-    FAULT_BODY_FIELD,
-    FAULT_HEADER,
-    MAX_TOKENS,
-    FaultSpec,
-    FaultSpecError,
-    parse_fault_spec,
-    split_model,
-)
+from quotagate.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
 from quotagate.mock.server import (
-    MAX_TOKEN_DELAY,
-    REPLY_TOKENS_FIELD,
-    TOKEN_DELAY_FIELD,
     MockSettings,
     StreamCut,
-    _CutBodyResponse,
-    _redacted_headers,
-    _sleep_or_disconnect,
+    _dumps,
+    _Exchange,
+    _is_int,
+    _is_number,
+    _PlanStream,
+    _Rejection,
+    _reply_pace,
+    _request_fault,
     _Ticket,
 )
 
@@ -137,7 +128,7 @@ _CHOICES = ("auto", "any", "tool")
 _MEDIA_BLOCKS = ("image", "document", "video", "audio")
 
 
-class BedrockReject(Exception):
+class BedrockReject(_Rejection):
     """A Bedrock-shaped error response: ``x-amzn-ErrorType`` header and ``{"message": ...}``."""
 
     def __init__(self, status: int, error_type: str, message: str,
@@ -283,6 +274,19 @@ class ConversePlan:
     def text(self) -> str:
         return "".join(self.text_pieces)
 
+    # Read by the shared request and stream accounting (the names of the chat plan).
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.output_tokens
+
+    @property
+    def delay_steps(self) -> int:
+        return len(self.text_pieces) + len(self.tool_fragments)
+
     def usage(self) -> dict[str, int]:
         return {
             "inputTokens": self.input_tokens,
@@ -297,14 +301,6 @@ class ConversePlan:
         if self.tool_use is not None:
             blocks.append({"toolUse": dict(self.tool_use)})
         return blocks
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate(body: dict[str, Any]) -> None:
@@ -389,17 +385,7 @@ def _stop_cut(pieces: list[str], stops: list[str]) -> tuple[list[str], int] | No
         text += piece
         hits = [text.find(s) for s in stops if s and s in text]
         if hits:
-            cut = min(hits)
-            kept, used = [], 0
-            for p in pieces[: i + 1]:
-                if used + len(p) <= cut:
-                    kept.append(p)
-                    used += len(p)
-                else:
-                    if cut > used:
-                        kept.append(p[: cut - used])
-                    break
-            return kept, i + 1
+            return vocab.pieces_before(pieces[: i + 1], min(hits)), i + 1
     return None
 
 
@@ -409,28 +395,14 @@ def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *
     base_model, model_fault = split_model(model_id)
     if not base_model:
         raise _invalid("The provided model identifier is invalid.")
-    fault = _parse_fault(settings.default_fault, "settings.default_fault")
-    fault = fault.merge(_parse_fault(model_fault, "modelId"))
-    fault = fault.merge(_parse_fault(header_fault, FAULT_HEADER))
-    fault = fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+    fault = _request_fault(settings, model_fault, header_fault, body, _parse_fault, "modelId")
     if fault.status is not None:
         # An injected error does not depend on the body being valid (like the real service's
         # throttling, which comes before validation).
         return ConversePlan(base_model, stream, 0, [], 0, "end_turn", settings.token_delay, fault)
     _validate(body)
 
-    length = settings.reply_tokens if fault.tokens is None else fault.tokens
-    requested = body.get(REPLY_TOKENS_FIELD)
-    if requested is not None:
-        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
-            raise _invalid(f"{REPLY_TOKENS_FIELD}: must be an integer from 0 to {MAX_TOKENS}.")
-        length = requested
-    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
-    delay = body.get(TOKEN_DELAY_FIELD)
-    if delay is not None:
-        if not _is_number(delay) or not 0 <= delay <= MAX_TOKEN_DELAY:
-            raise _invalid(f"{TOKEN_DELAY_FIELD}: must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}.")
-        token_delay = float(delay)
+    length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _invalid(f"{field}: {problem}."))
 
     config = body.get("inferenceConfig") or {}
     limit = config.get("maxTokens")
@@ -501,10 +473,6 @@ async def _read_json(request: Request) -> dict[str, Any]:
     return body
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def converse_response(plan: ConversePlan, latency_ms: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {
         "output": {"message": {"role": "assistant", "content": plan.content()}},
@@ -516,28 +484,14 @@ def converse_response(plan: ConversePlan, latency_ms: int = 0) -> dict[str, Any]
     return body
 
 
-class _ConverseStream(StreamingResponse):
-    """ConverseStream events, one event-stream frame each; accounts for its outcome exactly once."""
+class _ConverseStream(_PlanStream[ConversePlan]):
+    """ConverseStream events, one event-stream frame each."""
+
+    media_type = EVENTSTREAM_CONTENT_TYPE
 
     def __init__(self, plan: ConversePlan, ticket: _Ticket, headers: dict[str, str]) -> None:
-        self._plan = plan
-        self._ticket = ticket
-        self._outcome: str | None = None
         self._started = time.monotonic()
-        super().__init__(self._events(), media_type=EVENTSTREAM_CONTENT_TYPE, headers=headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            iterator = self.body_iterator
-            if hasattr(iterator, "aclose"):
-                with contextlib.suppress(Exception):
-                    await iterator.aclose()
-            if self._outcome == "completed":
-                self._ticket.finish("completed", self._plan.input_tokens, self._plan.output_tokens)
-            else:
-                self._ticket.finish(self._outcome or "disconnect")
+        super().__init__(plan, ticket, headers)
 
     def _cut(self, sent: int) -> StreamCut:
         self._outcome = "cut"
@@ -578,68 +532,42 @@ class _ConverseStream(StreamingResponse):
         self._outcome = "completed"
 
 
-async def _converse(request: Request, stream: bool) -> Response:
-    settings: MockSettings = request.app.state.settings
-    stats = request.app.state.stats
-    ticket = stats.begin()
-    handed_off = False
-    started = time.monotonic()
-    try:
-        try:
-            model_id = _model_id(request, "/converse-stream" if stream else "/converse")
-            body = await _read_json(request)
-            stats._record({
-                "time": time.time(),
-                "model": model_id,
-                "stream": stream,
-                "api": "bedrock.converse-stream" if stream else "bedrock.converse",
-                "headers": _redacted_headers(request),
-                "body": body,
-            })
-            plan = plan_converse(model_id, body, settings, stream=stream,
-                                 header_fault=request.headers.get(FAULT_HEADER))
-        except BedrockReject as rejection:
-            ticket.finish("error")
-            return rejection.response()
+class _ConverseExchange(_Exchange[ConversePlan]):
+    rejection = BedrockReject
 
-        fault = plan.fault
-        headers = {"x-amzn-RequestId": str(uuid.uuid4())}
-        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
-            ticket.finish("disconnect")
-            return Response(status_code=499)  # nobody is listening any more
-        if fault.status is not None:
-            ticket.finish("error")
-            return injected_error(fault).response()
+    def __init__(self, request: Request, stream: bool) -> None:
+        super().__init__(request)
+        self.streaming = stream
+        self.started = time.monotonic()
 
-        if stream:
-            handed_off = True
-            return _ConverseStream(plan, ticket, headers)
+    async def prepare(self) -> ConversePlan:
+        stream = self.streaming
+        model_id = _model_id(self.request, "/converse-stream" if stream else "/converse")
+        body = await _read_json(self.request)
+        self.record(body, model_id, stream, api="bedrock.converse-stream" if stream else "bedrock.converse")
+        return plan_converse(model_id, body, self.settings, stream=stream,
+                             header_fault=self.request.headers.get(FAULT_HEADER))
 
-        steps = len(plan.text_pieces) + len(plan.tool_fragments)
-        if fault.drop_after is not None:
-            if await _sleep_or_disconnect(request, min(fault.drop_after, steps) * plan.token_delay):
-                ticket.finish("disconnect")
-                return Response(status_code=499)
-            handed_off = True
-            return _CutBodyResponse(_dumps(converse_response(plan)), ticket, headers)
-        if await _sleep_or_disconnect(request, steps * plan.token_delay):
-            ticket.finish("disconnect")
-            return Response(status_code=499)
-        ticket.finish("completed", plan.input_tokens, plan.output_tokens)
-        latency = int((time.monotonic() - started) * 1000)
-        content = _dumps(converse_response(plan, latency))
-        return Response(content, headers=headers, media_type="application/json")
-    finally:
-        if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
-            ticket.finish("disconnect")
+    def headers(self) -> dict[str, str]:
+        return {"x-amzn-RequestId": str(uuid.uuid4())}
+
+    def injected(self, fault: FaultSpec, headers: dict[str, str]) -> Response:
+        return injected_error(fault).response()  # with a request id of its own
+
+    def stream(self, plan: ConversePlan, ticket: _Ticket, headers: dict[str, str]) -> Response:
+        return _ConverseStream(plan, ticket, headers)
+
+    def body(self, plan: ConversePlan, *, cut: bool) -> bytes:
+        latency = 0 if cut else int((time.monotonic() - self.started) * 1000)
+        return _dumps(converse_response(plan, latency))
 
 
 async def converse(request: Request) -> Response:
-    return await _converse(request, stream=False)
+    return await _ConverseExchange(request, stream=False).respond()
 
 
 async def converse_stream(request: Request) -> Response:
-    return await _converse(request, stream=True)
+    return await _ConverseExchange(request, stream=True).respond()
 
 
 def bedrock_routes() -> list[Route]:

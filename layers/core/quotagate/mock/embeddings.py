@@ -19,15 +19,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
-from quotagate.mock.faults import FAULT_BODY_FIELD, FAULT_HEADER, split_model
+from quotagate.mock.faults import FAULT_HEADER, split_model
 from quotagate.mock.server import (
     MockSettings,
     MockStats,
     _check_auth,
     _injected_error,
-    _parse_fault,
     _read_json,
     _Reject,
+    _request_fault,
     _sleep_or_disconnect,
 )
 
@@ -78,10 +78,7 @@ async def embeddings(request: Request) -> Response:
         if not isinstance(model, str) or not model:
             raise _Reject(400, "'model' is required.", param="model")
         base_model, model_fault = split_model(model)
-        fault = _parse_fault(settings.default_fault, "settings.default_fault")
-        fault = fault.merge(_parse_fault(model_fault, "model"))
-        fault = fault.merge(_parse_fault(request.headers.get(FAULT_HEADER), FAULT_HEADER))
-        fault = fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+        fault = _request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
         inputs = _inputs(body.get("input"))
         dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:

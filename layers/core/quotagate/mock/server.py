@@ -25,9 +25,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -224,7 +224,14 @@ class _Ticket:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Reject(Exception):
+class _Rejection(Exception):
+    """A request refused with an error response in the shape of its API."""
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+class _Reject(_Rejection):
     def __init__(
         self,
         status: int,
@@ -299,6 +306,10 @@ class _Plan:
     def completion_tokens(self) -> int:
         return len(self.pieces)
 
+    @property
+    def delay_steps(self) -> int:
+        return self.completion_tokens
+
     def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -340,11 +351,55 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_fault(source: Any, param: str) -> FaultSpec:
     try:
         return parse_fault_spec(source)
     except FaultSpecError as exc:
         raise _Reject(400, f"Invalid mock fault spec in {param}: {exc}", param=param) from None
+
+
+def _request_fault(
+    settings: MockSettings,
+    model_fault: str | None,
+    header_fault: str | None,
+    body: Mapping[str, Any],
+    parse: Callable[[Any, str], FaultSpec] = _parse_fault,
+    model_param: str = "model",
+) -> FaultSpec:
+    """The fault a request asks for, each source over the one before: the settings' default, the
+    model suffix, the x-mock-fault header, the mock_fault body field. ``parse`` raises the API's
+    error for a bad spec (named by where it came from)."""
+    fault = parse(settings.default_fault, "settings.default_fault")
+    fault = fault.merge(parse(model_fault, model_param))
+    fault = fault.merge(parse(header_fault, FAULT_HEADER))
+    return fault.merge(parse(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
+
+
+def _reply_pace(
+    body: Mapping[str, Any],
+    settings: MockSettings,
+    fault: FaultSpec,
+    invalid: Callable[[str, str], Exception],
+) -> tuple[int, float]:
+    """(reply length in tokens, seconds between tokens): the body's test fields, else the fault's,
+    else the settings'. ``invalid(field, problem)`` is the API's error for a bad field."""
+    length = settings.reply_tokens if fault.tokens is None else fault.tokens
+    requested = body.get(REPLY_TOKENS_FIELD)
+    if requested is not None:
+        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
+            raise invalid(REPLY_TOKENS_FIELD, f"must be an integer from 0 to {MAX_TOKENS}")
+        length = requested
+    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
+    delay = body.get(TOKEN_DELAY_FIELD)
+    if delay is not None:
+        if not _is_number(delay) or not 0 <= delay <= MAX_TOKEN_DELAY:
+            raise invalid(TOKEN_DELAY_FIELD, f"must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}")
+        token_delay = float(delay)
+    return length, token_delay
 
 
 def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Plan:
@@ -386,34 +441,10 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
         limit = value
         break
 
-    fault = _parse_fault(settings.default_fault, "settings.default_fault")
-    fault = fault.merge(_parse_fault(model_fault, "model"))
-    fault = fault.merge(_parse_fault(request.headers.get(FAULT_HEADER), FAULT_HEADER))
-    fault = fault.merge(_parse_fault(body.get(FAULT_BODY_FIELD), FAULT_BODY_FIELD))
-
-    length = settings.reply_tokens if fault.tokens is None else fault.tokens
-    requested = body.get(REPLY_TOKENS_FIELD)
-    if requested is not None:
-        if not _is_int(requested) or not 0 <= requested <= MAX_TOKENS:
-            raise _Reject(
-                400,
-                f"'{REPLY_TOKENS_FIELD}' must be an integer from 0 to {MAX_TOKENS}.",
-                param=REPLY_TOKENS_FIELD,
-            )
-        length = requested
-
-    token_delay = settings.token_delay if fault.token_delay is None else fault.token_delay
-    delay = body.get(TOKEN_DELAY_FIELD)
-    if delay is not None:
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not math.isfinite(delay)
-            or not 0 <= delay <= MAX_TOKEN_DELAY
-        ):
-            message = f"'{TOKEN_DELAY_FIELD}' must be a number of seconds from 0 to {MAX_TOKEN_DELAY:g}."
-            raise _Reject(400, message, param=TOKEN_DELAY_FIELD)
-        token_delay = float(delay)
+    fault = _request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
+    length, token_delay = _reply_pace(
+        body, settings, fault, lambda field, problem: _Reject(400, f"'{field}' {problem}.", param=field)
+    )
 
     finish_reason = "stop"
     if limit is not None and limit < length:
@@ -509,14 +540,44 @@ class _CutBodyResponse(Response):
         raise StreamCut("mock drop_after: response cut on purpose")
 
 
-class _ChatStream(StreamingResponse):
-    """SSE chat.completion.chunk stream; accounts for its outcome exactly once."""
+class _Reply(Protocol):
+    """What the shared handling of a generating request reads of its plan."""
 
-    def __init__(self, plan: _Plan, ticket: _Ticket, headers: dict[str, str]) -> None:
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def fault(self) -> FaultSpec: ...
+
+    @property
+    def token_delay(self) -> float: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    @property
+    def delay_steps(self) -> int:
+        """How many token delays the whole reply takes."""
+        ...
+
+
+PlanT = TypeVar("PlanT", bound=_Reply)
+
+
+class _PlanStream(StreamingResponse, Generic[PlanT]):
+    """A streamed reply that accounts for its outcome exactly once: ``_events`` sets ``_outcome`` to
+    "completed" (counting the plan's tokens) or "cut"; a stream that ends otherwise is a disconnect."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, plan: PlanT, ticket: _Ticket, headers: dict[str, str]) -> None:
         self._plan = plan
         self._ticket = ticket
         self._outcome: str | None = None
-        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
+        super().__init__(self._events(), media_type=self.media_type, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -530,6 +591,13 @@ class _ChatStream(StreamingResponse):
                 self._ticket.finish("completed", self._plan.prompt_tokens, self._plan.completion_tokens)
             else:
                 self._ticket.finish(self._outcome or "disconnect")
+
+    def _events(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+class _ChatStream(_PlanStream[_Plan]):
+    """SSE chat.completion.chunk stream."""
 
     async def _events(self) -> AsyncIterator[bytes]:
         plan = self._plan
@@ -570,61 +638,118 @@ class _ChatStream(StreamingResponse):
         self._outcome = "completed"
 
 
-async def chat_completions(request: Request) -> Response:
-    settings: MockSettings = request.app.state.settings
-    stats: MockStats = request.app.state.stats
-    ticket = stats.begin()
-    handed_off = False
-    try:
+class _Exchange(Generic[PlanT]):
+    """One request to a generating endpoint (chat completions, Anthropic Messages, Bedrock Converse),
+    handled alike from the accounting ticket to the reply: ``prepare`` (authentication, the JSON
+    body, the request record, the plan), then the faults (``delay_first_byte``, ``status``), then a
+    stream, a body cut on purpose (``drop_after``) or the whole body, each after the token delays it
+    stands for. A subclass answers each step in the shape of its API."""
+
+    rejection: ClassVar[type[_Rejection]]  # what prepare raises for a request it refuses
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.settings: MockSettings = request.app.state.settings
+        self.stats: MockStats = request.app.state.stats
+
+    async def prepare(self) -> PlanT:
+        raise NotImplementedError
+
+    def headers(self) -> dict[str, str]:
+        """The headers of every answer to a request that passed ``prepare``."""
+        raise NotImplementedError
+
+    def injected(self, fault: FaultSpec, headers: dict[str, str]) -> Response:
+        """The error a ``status=`` fault answers."""
+        raise NotImplementedError
+
+    def stream(self, plan: PlanT, ticket: _Ticket, headers: dict[str, str]) -> Response:
+        raise NotImplementedError
+
+    def body(self, plan: PlanT, *, cut: bool) -> bytes:
+        """The non-stream JSON body (``cut``: the one that will be sent half)."""
+        raise NotImplementedError
+
+    def record(self, body: dict[str, Any], model: Any, stream: Any, **extra: Any) -> None:
+        self.stats._record(
+            {
+                "time": time.time(),
+                "model": model,
+                "stream": stream,
+                **extra,
+                "headers": _redacted_headers(self.request),
+                "body": body,
+            }
+        )
+
+    async def respond(self) -> Response:
+        request = self.request
+        ticket = self.stats.begin()
+        handed_off = False
         try:
-            _check_auth(request, settings)
-            body = await _read_json(request)
-            stats._record(
-                {
-                    "time": time.time(),
-                    "model": body.get("model"),
-                    "stream": body.get("stream", False),
-                    "headers": _redacted_headers(request),
-                    "body": body,
-                }
-            )
-            plan = _plan(request, body, settings)
-        except _Reject as rejection:
-            ticket.finish("error")
-            return rejection.response()
+            try:
+                plan = await self.prepare()
+            except self.rejection as rejection:
+                ticket.finish("error")
+                return rejection.response()
 
-        fault = plan.fault
-        headers = {"x-request-id": f"req_mock{uuid.uuid4().hex[:24]}"}
-        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
-            ticket.finish("disconnect")
-            return Response(status_code=499)  # nobody is listening any more
-        if fault.status is not None:
-            ticket.finish("error")
-            injected = _injected_error(fault)
-            injected.headers.update(headers)
-            return injected.response()
+            fault = plan.fault
+            headers = self.headers()
+            if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
+                ticket.finish("disconnect")
+                return Response(status_code=499)  # nobody is listening any more
+            if fault.status is not None:
+                ticket.finish("error")
+                return self.injected(fault, headers)
 
-        if plan.stream:
-            headers["cache-control"] = "no-cache"
-            handed_off = True
-            return _ChatStream(plan, ticket, headers)
+            if plan.stream:
+                handed_off = True
+                return self.stream(plan, ticket, headers)
 
-        if fault.drop_after is not None:
-            wait = min(fault.drop_after, plan.completion_tokens) * plan.token_delay
-            if await _sleep_or_disconnect(request, wait):
+            if fault.drop_after is not None:
+                wait = min(fault.drop_after, plan.delay_steps) * plan.token_delay
+                if await _sleep_or_disconnect(request, wait):
+                    ticket.finish("disconnect")
+                    return Response(status_code=499)
+                handed_off = True
+                return _CutBodyResponse(self.body(plan, cut=True), ticket, headers)
+
+            if await _sleep_or_disconnect(request, plan.delay_steps * plan.token_delay):
                 ticket.finish("disconnect")
                 return Response(status_code=499)
-            handed_off = True
-            return _CutBodyResponse(_dumps(_completion_body(plan)), ticket, headers)
+            ticket.finish("completed", plan.prompt_tokens, plan.completion_tokens)
+            return Response(self.body(plan, cut=False), headers=headers, media_type="application/json")
+        finally:
+            if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
+                ticket.finish("disconnect")
 
-        if await _sleep_or_disconnect(request, plan.completion_tokens * plan.token_delay):
-            ticket.finish("disconnect")
-            return Response(status_code=499)
-        ticket.finish("completed", plan.prompt_tokens, plan.completion_tokens)
-        return Response(_dumps(_completion_body(plan)), headers=headers, media_type="application/json")
-    finally:
-        if not handed_off and not ticket.done:  # cancelled (server shutdown) or an unexpected error
-            ticket.finish("disconnect")
+
+class _ChatExchange(_Exchange[_Plan]):
+    rejection = _Reject
+
+    async def prepare(self) -> _Plan:
+        _check_auth(self.request, self.settings)
+        body = await _read_json(self.request)
+        self.record(body, body.get("model"), body.get("stream", False))
+        return _plan(self.request, body, self.settings)
+
+    def headers(self) -> dict[str, str]:
+        return {"x-request-id": f"req_mock{uuid.uuid4().hex[:24]}"}
+
+    def injected(self, fault: FaultSpec, headers: dict[str, str]) -> Response:
+        injected = _injected_error(fault)
+        injected.headers.update(headers)
+        return injected.response()
+
+    def stream(self, plan: _Plan, ticket: _Ticket, headers: dict[str, str]) -> Response:
+        return _ChatStream(plan, ticket, {**headers, "cache-control": "no-cache"})
+
+    def body(self, plan: _Plan, *, cut: bool) -> bytes:
+        return _dumps(_completion_body(plan))
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _ChatExchange(request).respond()
 
 
 def _model_object(model_id: str) -> dict[str, Any]:

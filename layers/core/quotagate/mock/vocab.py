@@ -81,6 +81,22 @@ def reply_text(messages: Any, n_tokens: int) -> str:
     return "".join(reply_pieces(messages, n_tokens))
 
 
+def pieces_before(pieces: list[str], index: int) -> list[str]:
+    """The pieces of a reply whose text ends before character ``index`` of the joined text; the
+    piece ``index`` falls inside is kept cut short (it still counts one token)."""
+    kept: list[str] = []
+    position = 0
+    for piece in pieces:
+        if position + len(piece) <= index:
+            kept.append(piece)
+            position += len(piece)
+            continue
+        if index > position:
+            kept.append(piece[: index - position])
+        break
+    return kept
+
+
 @functools.lru_cache(maxsize=1)
 def verify_vocabulary() -> bool:
     """Check, with the offline cl100k encoder, that every piece is one token and that a run of

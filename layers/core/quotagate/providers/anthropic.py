@@ -45,12 +45,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from quotagate.config import Provider
 from quotagate.providers.base import (
     DONE_EVENT,
     SSEEvent,
@@ -58,7 +57,7 @@ from quotagate.providers.base import (
     UpstreamError,
     UpstreamTimeout,
 )
-from quotagate.providers.openai_compat import _raise_for_status, parse_sse_events, timeouts
+from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, arguments_json, parse_sse_events
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # only used if the gateway did not set max_tokens (it always does)
@@ -386,10 +385,6 @@ def usage_from(usage: Any) -> dict[str, Any] | None:
                          _count(usage.get("cache_creation_input_tokens")) or 0, output_tokens)
 
 
-def _arguments(value: Any) -> str:
-    return json.dumps(value if value is not None else {}, separators=(",", ":"), ensure_ascii=False)
-
-
 def to_chat_completion(message: dict[str, Any], model: str | None = None,
                        created: int | None = None) -> dict[str, Any]:
     """The OpenAI ``chat.completion`` of an Anthropic ``message`` (pure)."""
@@ -404,7 +399,7 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
             tool_calls.append({
                 "id": block.get("id") or f"call_{len(tool_calls)}",
                 "type": "function",
-                "function": {"name": block.get("name") or "", "arguments": _arguments(block.get("input"))},
+                "function": {"name": block.get("name") or "", "arguments": arguments_json(block.get("input"))},
             })
     reply: dict[str, Any] = {
         "role": "assistant",
@@ -436,7 +431,7 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkBuilder):
     """Turns Anthropic stream events, one at a time, into OpenAI chunks (pure)."""
 
     def __init__(self, model: str | None, include_usage: bool, created: int | None = None) -> None:
@@ -451,18 +446,6 @@ class StreamTranslator:
         self._cache_read = 0
         self._cache_creation = 0
         self._output: int | None = None  # only the final (message_delta) count
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
 
     def _take_usage(self, usage: Any, final: bool) -> None:
         if not isinstance(usage, dict):
@@ -513,8 +496,7 @@ class StreamTranslator:
             self._finish_sent = True
             usage = self.usage
             if self.include_usage and usage is not None:
-                chunks.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.model, "choices": [], "usage": usage})
+                chunks.append(self._usage_chunk(usage))
             return chunks
         if kind == "error":
             error = _obj(event.get("error"))
@@ -534,7 +516,7 @@ class StreamTranslator:
                 "id": block.get("id") or f"call_{position}",
                 "type": "function",
                 "function": {"name": block.get("name") or "",
-                             "arguments": _arguments(initial) if initial else ""},
+                             "arguments": arguments_json(initial) if initial else ""},
             }
             return [self._chunk({"tool_calls": [call]})]
         if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
@@ -560,22 +542,17 @@ class StreamTranslator:
 # ---------------------------------------------------------------------------------------------
 
 
-class AnthropicProvider:
-    def __init__(self, provider: Provider, http: httpx.AsyncClient,
-                 api_key: Callable[[], Awaitable[str | None]]) -> None:
-        self._provider = provider
-        self._http = http
-        self._api_key = api_key
+def _is_message(data: dict[str, Any]) -> bool:
+    return data.get("type") == "message" and isinstance(data.get("content"), list)
 
-    @property
-    def _name(self) -> str:
-        return self._provider.name
 
-    async def _headers(self) -> dict[str, str]:
+class AnthropicProvider(HTTPProvider):
+    async def _headers(self, accept: str) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         key = await self._api_key()
         if key:
             headers["x-api-key"] = key
+        headers["accept"] = accept
         return headers
 
     def _translate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -585,21 +562,9 @@ class AnthropicProvider:
             raise UpstreamError(400, str(error), error_type="invalid_request_error",
                                 code="unsupported_for_provider") from None
 
-    async def _send(self, request_body: dict[str, Any], accept: str) -> httpx.Response:
-        headers = {**await self._headers(), "accept": accept}
-        request = self._http.build_request("POST", f"{self._provider.base_url}/messages", json=request_body,
-                                           headers=headers, timeout=timeouts(self._provider))
-        try:
-            return await self._http.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
-        except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._name}' is unreachable.",
-                                code="upstream_unreachable") from None
-
     async def _raise_for_status(self, response: httpx.Response) -> None:
         try:
-            await _raise_for_status(response, self._name)
+            await super()._raise_for_status(response)
         except UpstreamError as error:
             if response.status_code == OVERLOADED_STATUS:  # Anthropic's "overloaded": retry elsewhere
                 error.status, error.code = 503, "upstream_overloaded"
@@ -607,24 +572,7 @@ class AnthropicProvider:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request_body = self._translate({**body, "stream": False})
-        response = await self._send(request_body, "application/json")
-        try:
-            await self._raise_for_status(response)
-            raw = await response.aread()
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
-        except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._name}' closed the connection.",
-                                code="upstream_unreachable") from None
-        finally:
-            await response.aclose()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or data.get("type") != "message" \
-                or not isinstance(data.get("content"), list):
-            raise UpstreamError(502, f"Upstream provider '{self._name}' sent an invalid response.")
+        data = await self._post_json(request_body, "/messages", _is_message)
         return to_chat_completion(data, body.get("model"))
 
     def _stream_error(self, error: AnthropicStreamError, started: bool) -> Exception:
@@ -641,7 +589,7 @@ class AnthropicProvider:
         request_body = self._translate({**body, "stream": True})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translator = StreamTranslator(body.get("model"), include_usage)
-        response = await self._send(request_body, "text/event-stream")
+        response = await self._send(request_body, "/messages", "text/event-stream")
         started = False  # has an event been yielded?
         try:
             await self._raise_for_status(response)

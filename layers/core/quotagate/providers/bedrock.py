@@ -57,6 +57,7 @@ from anyio import to_thread
 
 from quotagate.config import Provider
 from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
 
 SERVICE_NAME: Final = "bedrock-runtime"
 MAX_POOL_CONNECTIONS = 64
@@ -409,10 +410,6 @@ def openai_usage(usage: Any) -> dict[str, Any] | None:
     return result
 
 
-def _arguments(value: Any) -> str:
-    return json.dumps(value if value is not None else {}, separators=(",", ":"), ensure_ascii=False)
-
-
 def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
     """A Converse response -> an OpenAI ``chat.completion``."""
     output = response.get("output")
@@ -431,7 +428,7 @@ def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
             tool_calls.append({
                 "id": str(tool.get("toolUseId") or f"call_{uuid.uuid4().hex[:24]}"),
                 "type": "function",
-                "function": {"name": str(tool.get("name", "")), "arguments": _arguments(tool.get("input"))},
+                "function": {"name": str(tool.get("name", "")), "arguments": arguments_json(tool.get("input"))},
             })
     content = "".join(texts)
     reply: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None,
@@ -453,7 +450,7 @@ def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
     return completion
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkBuilder):
     """ConverseStream events -> OpenAI ``chat.completion.chunk`` dicts."""
 
     def __init__(self, model: str, include_usage: bool, completion_id: str | None = None) -> None:
@@ -465,18 +462,6 @@ class StreamTranslator:
         self.usage: dict[str, Any] | None = None  # from the metadata event
         self._role_sent = False
         self._tools: dict[int, int] = {}  # contentBlockIndex -> tool_calls index
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
 
     def _role(self) -> list[dict[str, Any]]:
         if self._role_sent:
@@ -525,8 +510,7 @@ class StreamTranslator:
             self.usage = openai_usage((event["metadata"] or {}).get("usage"))
             if self.usage is None or not self.include_usage:
                 return []
-            return [{"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                     "model": self.model, "choices": [], "usage": self.usage}]
+            return [self._usage_chunk(self.usage)]
         return []  # contentBlockStop, unknown events
 
 

@@ -47,6 +47,10 @@ async def _raise_for_status(response: httpx.Response, provider_name: str) -> Non
     raise UpstreamError(status, message, _retry_after(response), code=code)
 
 
+def _has_list(field: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda data: isinstance(data.get(field), list)
+
+
 def parse_sse_events(buffer: bytearray) -> list[SSEEvent]:
     """Take the complete events out of ``buffer`` (mutated), leaving any partial event in it."""
     events: list[SSEEvent] = []
@@ -78,48 +82,81 @@ def parse_sse_events(buffer: bytearray) -> list[SSEEvent]:
                                data if isinstance(data, dict) else None))
 
 
-class OpenAICompatibleProvider:
+def arguments_json(value: Any) -> str:
+    """OpenAI ``function.arguments``: a tool input as compact JSON (``{}`` for none)."""
+    return json.dumps(value if value is not None else {}, separators=(",", ":"), ensure_ascii=False)
+
+
+class ChunkBuilder:
+    """OpenAI ``chat.completion.chunk`` dicts of one completion, for the translators of other APIs."""
+
+    id: str
+    created: int
+    model: str | None
+    include_usage: bool
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The last chunk of a stream with ``stream_options.include_usage``."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": usage}
+
+
+class HTTPProvider:
+    """What the HTTP providers share: ``POST {base_url}{path}`` with the provider's headers and
+    timeouts, and the mapping of transport failures and error statuses to :class:`UpstreamError`."""
+
     def __init__(self, provider: Provider, http: httpx.AsyncClient,
                  api_key: Callable[[], Awaitable[str | None]]) -> None:
         self._provider = provider
         self._http = http
         self._api_key = api_key
 
-    async def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        key = await self._api_key()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        return headers
+    @property
+    def _name(self) -> str:
+        return self._provider.name
 
-    async def _send(self, body: dict[str, Any], stream: bool, path: str = "/chat/completions") -> httpx.Response:
+    async def _headers(self, accept: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def _raise_for_status(self, response: httpx.Response) -> None:
+        await _raise_for_status(response, self._name)
+
+    async def _send(self, body: dict[str, Any], path: str, accept: str = "application/json") -> httpx.Response:
+        """The response, streamed: its body is not read yet (close it)."""
         request = self._http.build_request(
             "POST", f"{self._provider.base_url}{path}", json=body,
-            headers=await self._headers(), timeout=timeouts(self._provider))
+            headers=await self._headers(accept), timeout=timeouts(self._provider))
         try:
-            return await self._http.send(request, stream=stream)
+            return await self._http.send(request, stream=True)
         except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream provider '{self._provider.name}' timed out.") from None
+            raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
         except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._provider.name}' is unreachable.",
+            raise UpstreamError(502, f"Upstream provider '{self._name}' is unreachable.",
                                 code="upstream_unreachable") from None
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post_json(body, "/chat/completions", "choices")
-
-    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /embeddings``: the OpenAI embeddings response, as the provider sent it."""
-        return await self._post_json(body, "/embeddings", "data")
-
-    async def _post_json(self, body: dict[str, Any], path: str, list_field: str) -> dict[str, Any]:
-        response = await self._send(body, stream=True, path=path)
+    async def _post_json(self, body: dict[str, Any], path: str,
+                         valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The JSON object the provider answers; an invalid response (not ``valid``) is a 502."""
+        response = await self._send(body, path)
         try:
-            await _raise_for_status(response, self._provider.name)
+            await self._raise_for_status(response)
             raw = await response.aread()
         except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream provider '{self._provider.name}' timed out.") from None
+            raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
         except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._provider.name}' closed the connection.",
+            raise UpstreamError(502, f"Upstream provider '{self._name}' closed the connection.",
                                 code="upstream_unreachable") from None
         finally:
             await response.aclose()
@@ -127,14 +164,30 @@ class OpenAICompatibleProvider:
             data = json.loads(raw)
         except ValueError:
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get(list_field), list):
-            raise UpstreamError(502, f"Upstream provider '{self._provider.name}' sent an invalid response.")
+        if not isinstance(data, dict) or not valid(data):
+            raise UpstreamError(502, f"Upstream provider '{self._name}' sent an invalid response.")
         return data
 
+
+class OpenAICompatibleProvider(HTTPProvider):
+    async def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": accept}
+        key = await self._api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return headers
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post_json(body, "/chat/completions", _has_list("choices"))
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /embeddings``: the OpenAI embeddings response, as the provider sent it."""
+        return await self._post_json(body, "/embeddings", _has_list("data"))
+
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
-        response = await self._send(body, stream=True)
+        response = await self._send(body, "/chat/completions")
         try:
-            await _raise_for_status(response, self._provider.name)
+            await self._raise_for_status(response)
             buffer = bytearray()
             try:
                 async for chunk in response.aiter_raw():
@@ -142,8 +195,8 @@ class OpenAICompatibleProvider:
                     for event in parse_sse_events(buffer):
                         yield event
             except httpx.TimeoutException:
-                raise StreamInterrupted(f"Upstream provider '{self._provider.name}' went silent.") from None
+                raise StreamInterrupted(f"Upstream provider '{self._name}' went silent.") from None
             except httpx.HTTPError:
-                raise StreamInterrupted(f"Upstream provider '{self._provider.name}' dropped the stream.") from None
+                raise StreamInterrupted(f"Upstream provider '{self._name}' dropped the stream.") from None
         finally:
             await response.aclose()
