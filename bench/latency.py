@@ -1,9 +1,11 @@
 """Latency the gateway adds per request, and the AWS calls it makes per request.
 
 1. Latency: ``python -m quotagate.local`` runs as its own process (mock token delay 0). The same
-   non-streaming request is sent N times straight to its mock model server and N times through the
-   gateway (keep-alive on both paths; API Gateway emulator + real authorizer with its cache + proxy +
-   quota reserve/settle in moto + the mock). Prints median and p99 of both and of the difference.
+   request is sent N times straight to its mock model server, N times through the gateway with a
+   key on plan ``pro`` (API Gateway emulator + real authorizer with its cache + proxy + quota
+   reserve/settle in moto + the mock) and N times with a key on a plan without limits (the same
+   minus the quota store), interleaved, keep-alive everywhere. Prints median and p99 of each path
+   and of what the gateway adds.
 2. Calls: the gateway is run in-process once more, with a botocore hook counting every AWS API
    call per service and operation while M requests go through.
 
@@ -71,28 +73,41 @@ def measure_latency(requests: int, stream: bool) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process, gateway, mock, key = start_gateway(port)
+    process, gateway, mock, metered_key = start_gateway(port)
     body = {**BODY, "stream": stream}
     try:
         with httpx.Client(timeout=30) as client:
-            auth = {"authorization": f"Bearer {key}"}
-            for _ in range(20):  # warm both paths (connections, caches, imports)
-                timed(client, f"{mock}/v1/chat/completions", body, {})
-                timed(client, f"{gateway}/v1/chat/completions", body, auth)
-            direct, through = [], []
-            for _ in range(requests):  # interleaved, so drift affects both alike
-                direct.append(timed(client, f"{mock}/v1/chat/completions", body, {}))
-                through.append(timed(client, f"{gateway}/v1/chat/completions", body, auth))
+            # A second key on a plan without limits: the same path minus the quota store.
+            invoke = client.post(f"{gateway}/2015-03-31/functions/quotagate-keys/invocations", json={
+                "action": "create_key", "tenant": "bench", "consumer": "free-of-limits", "plan": "unlimited"})
+            unmetered_key = invoke.json()["result"]["api_key"]
+            paths = {
+                "direct to mock model": (f"{mock}/v1/chat/completions", {}),
+                "gateway, plan 'pro'": (f"{gateway}/v1/chat/completions",
+                                        {"authorization": f"Bearer {metered_key}"}),
+                "gateway, no limits": (f"{gateway}/v1/chat/completions",
+                                       {"authorization": f"Bearer {unmetered_key}"}),
+            }
+            for _ in range(20):  # warm every path (connections, caches, imports)
+                for url, headers in paths.values():
+                    timed(client, url, body, headers)
+            samples: dict[str, list[float]] = {name: [] for name in paths}
+            for _ in range(requests):  # interleaved, so drift affects every path alike
+                for name, (url, headers) in paths.items():
+                    samples[name].append(timed(client, url, body, headers))
     finally:
         process.terminate()
         process.wait(timeout=10)
-    added = [t - d for t, d in zip(through, direct, strict=True)]
+    direct = samples["direct to mock model"]
     kind = "streaming" if stream else "non-streaming"
-    print(f"{requests} {kind} requests, mock token delay 0, max_tokens {BODY['max_tokens']}, key on plan 'pro' "
-          f"(3 key windows + 1 tenant window reserved and settled per request):")
-    for label, values in (("direct to mock model", direct), ("through the gateway", through),
-                          ("added by the gateway", added)):
-        print(f"  {label:21s}: median {statistics.median(values):6.2f} ms   p99 {percentile(values, 99):6.2f} ms")
+    print(f"{requests} {kind} requests per path, mock token delay 0, max_tokens {BODY['max_tokens']}; plan 'pro' "
+          f"reserves and settles 3 key windows + 1 tenant window per request (moto as DynamoDB):")
+    for name, values in samples.items():
+        print(f"  {name:22s}: median {statistics.median(values):6.2f} ms   p99 {percentile(values, 99):6.2f} ms")
+        if name != "direct to mock model":
+            added = [t - d for t, d in zip(values, direct, strict=True)]
+            print(f"  {'  added by gateway':22s}: median {statistics.median(added):6.2f} ms   "
+                  f"p99 {percentile(added, 99):6.2f} ms")
 
 
 def count_aws_calls(requests: int) -> None:
