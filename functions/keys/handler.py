@@ -45,7 +45,7 @@ class _Runtime:
             idempotent_function,
         )
 
-        from quotagate import tables
+        from quotagate import aws, tables
         from quotagate.dal.keys_store import DynamoKeyStore
 
         self.service = KeysService(DynamoKeyStore())
@@ -56,7 +56,7 @@ class _Runtime:
             raise_on_no_idempotency_key=True,
             expires_after_seconds=IDEMPOTENCY_EXPIRY_SECONDS,
         )
-        persistence = DynamoDBPersistenceLayer(table_name=tables.IDEMPOTENCY.name())
+        persistence = DynamoDBPersistenceLayer(table_name=tables.IDEMPOTENCY.name(), boto_config=aws.config())
         service = self.service
 
         def run_mutation(*, request: dict[str, Any], command: Command) -> dict[str, Any]:

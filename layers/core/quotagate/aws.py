@@ -7,7 +7,8 @@ from typing import Any
 
 
 @functools.cache
-def _config() -> Any:
+def config() -> Any:
+    """The botocore Config every AWS client of the gateway uses (short timeouts, few retries)."""
     from botocore.config import Config
 
     return Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3},
@@ -18,11 +19,26 @@ def client(service: str) -> Any:
     import boto3
 
     factory: Any = boto3.client  # the stubs only type literal service names
-    return factory(service, config=_config())
+    return factory(service, config=config())
 
 
 def resource(service: str) -> Any:
     import boto3
 
     factory: Any = boto3.resource
-    return factory(service, config=_config())
+    return factory(service, config=config())
+
+
+@functools.cache
+def secrets_provider() -> Any:
+    """Powertools' Secrets Manager provider (its own cache), with the same timeouts."""
+    from aws_lambda_powertools.utilities import parameters
+
+    return parameters.SecretsProvider(boto_config=config())
+
+
+@functools.cache
+def ssm_provider() -> Any:
+    from aws_lambda_powertools.utilities import parameters
+
+    return parameters.SSMProvider(boto_config=config())

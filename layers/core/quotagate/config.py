@@ -385,9 +385,9 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
 def _load_raw() -> dict[str, Any]:
     parameter = settings.env(settings.CONFIG_PARAMETER)
     if parameter:
-        from aws_lambda_powertools.utilities import parameters
+        from quotagate import aws
 
-        value = parameters.get_parameter(parameter, transform="json", max_age=_CACHE_SECONDS)
+        value = aws.ssm_provider().get(parameter, transform="json", max_age=_CACHE_SECONDS)
         return dict(value)  # type: ignore[arg-type]
     path = Path(settings.env(settings.CONFIG_FILE) or DEFAULT_CONFIG_FILE)
     return json.loads(path.read_text())

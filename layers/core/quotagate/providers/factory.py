@@ -32,9 +32,9 @@ _MAX_CACHED_ADAPTERS = 64
 
 def secret_from_secrets_manager(name: str) -> str:
     # Powertools Parameters caches the value; a secret is never logged or put in an error.
-    from aws_lambda_powertools.utilities import parameters
+    from quotagate import aws
 
-    return str(parameters.get_secret(name, max_age=SECRET_CACHE_SECONDS))
+    return str(aws.secrets_provider().get(name, max_age=SECRET_CACHE_SECONDS))
 
 
 class HttpProviderFactory:
