@@ -162,3 +162,17 @@ def test_embeddings_bad_requests_cost_nothing_and_call_nothing(stack, key, body,
     assert response.status_code == 400 and response.json()["error"]["code"] == code
     assert stack.mock.stats.snapshot()["chat_requests"] == before
     assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == 0
+
+
+@pytest.mark.parametrize(("model", "factor"), [("via-openai", 1.0), ("via-anthropic", 1.3), ("via-bedrock", 1.3)])
+def test_prompt_reservation_has_a_margin_for_other_tokenizers(stack, key, model, factor):
+    """cl100k counts OpenAI prompts exactly; Claude's and Bedrock models' tokenizers count more for
+    the same text, so the reservation scales the estimate to stay an upper bound."""
+    from quotagate import tokens
+
+    response = post(stack, key, "chat/completions", {"model": model, "messages": MESSAGES, "max_tokens": 7})
+    assert response.status_code == 200
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    reserved = {charge["sk"].split("#")[0]: charge["amount"] for charge in item["charges"]}
+    assert reserved["tokens_per_minute"] == math.ceil(tokens.chat_prompt_tokens(MESSAGES) * factor) + 7
+    assert_settled_exactly(stack, response, key, PROVIDER_OF[model], response.json()["usage"])

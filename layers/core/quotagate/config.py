@@ -24,6 +24,7 @@ See :mod:`quotagate.logic.router` for what each option does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -91,6 +92,9 @@ class Provider:
     connect_timeout: float = 5.0
     read_timeout: float = 120.0  # default of a target's first-byte and idle timeouts
     region: str | None = None  # bedrock: the AWS region (None: the function's own region)
+    # Reservations count prompts with cl100k; a provider whose tokenizer yields more tokens for the
+    # same text needs a larger estimate for the reservation to stay an upper bound.
+    prompt_token_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,10 @@ class GatewayConfig:
     def plan(self, name: str) -> Plan | None:
         return self.plans.get(name)
 
+    def prompt_reservation(self, target: Target, cl100k_tokens: int) -> int:
+        """Prompt tokens to reserve for ``target``: an upper bound in the provider's own tokens."""
+        return math.ceil(cl100k_tokens * self.providers[target.provider].prompt_token_factor)
+
     def timeouts_for(self, target: Target) -> Timeouts:
         provider = self.providers[target.provider]
         return Timeouts(
@@ -235,6 +243,11 @@ def _string(raw: dict[str, Any], name: str, where: str, default: str | None = No
     return value
 
 
+# cl100k (what the gateway counts with) matches OpenAI models; Claude's and other Bedrock models'
+# tokenizers produce more tokens for the same English text, so their estimates get a margin.
+DEFAULT_PROMPT_TOKEN_FACTORS = {"openai": 1.0, "anthropic": 1.3, "bedrock": 1.3}
+
+
 def _parse_provider(name: str, raw: Any) -> Provider:
     where = f"providers.{name}"
     p = _object(raw, where)  # other fields are left to the provider adapters
@@ -249,6 +262,10 @@ def _parse_provider(name: str, raw: Any) -> Provider:
     region = p.get("region") or None
     if region is not None and not isinstance(region, str):
         raise ConfigError(f"{where}.region must be a string")
+    factor = _number(p, "prompt_token_factor", where, positive=True,
+                     default=DEFAULT_PROMPT_TOKEN_FACTORS[kind]) or 1.0
+    if factor < 1.0:
+        raise ConfigError(f"{where}.prompt_token_factor must be at least 1")
     return Provider(
         name=name,
         type=kind,
@@ -257,6 +274,7 @@ def _parse_provider(name: str, raw: Any) -> Provider:
         connect_timeout=_number(p, "connect_timeout", where, positive=True, default=5.0) or 5.0,
         read_timeout=_number(p, "read_timeout", where, positive=True, default=120.0) or 120.0,
         region=region,
+        prompt_token_factor=factor,
     )
 
 

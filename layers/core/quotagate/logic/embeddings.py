@@ -81,10 +81,12 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                            "api_error", "upstream_unavailable", headers={"retry-after": "1"})
     estimate = await to_thread.run_sync(
         lambda: sum(tokens.upper_bound_text(t) for t in request.texts) + request.token_inputs)
-    reserve_usd = max(t.price.cost_usd(estimate, 0) for t in targets)
+    config = gateway._config()
+    prompt_reserve = max(config.prompt_reservation(t, estimate) for t in targets)
+    reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
     reservation = await to_thread.run_sync(lambda: gateway._quota.reserve(
         request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
-        estimate, 0, reserve_usd))
+        prompt_reserve, 0, reserve_usd))
     outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
     headers = {**reservation.headers(), "x-quotagate-request-id": request_id}
     served, data, status = None, None, 200

@@ -201,11 +201,15 @@ class Gateway:
         prompt_estimate = await to_thread.run_sync(
             lambda: tokens.chat_prompt_tokens(request.messages, exact=False))
         output_budget = max_output * request.choices
-        # The most expensive target this request may reach: the reservation is an upper bound.
-        reserve_usd = max(t.price.cost_usd(prompt_estimate, output_budget) for t in resolution.targets)
+        # The most expensive target this request may reach, in that target's own tokens: the
+        # reservation is an upper bound whichever target serves.
+        config = self._config()
+        prompt_reserve = max(config.prompt_reservation(t, prompt_estimate) for t in resolution.targets)
+        reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, prompt_estimate), output_budget)
+                          for t in resolution.targets)
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
-            prompt_estimate, output_budget, reserve_usd))
+            prompt_reserve, output_budget, reserve_usd))
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
         outcome.started = started
         response = ChatResponse(self, request, resolution, order, max_output, reservation, outcome, deadline_at)
