@@ -19,7 +19,7 @@ from quotagate import settings
 from quotagate.errors import GatewayError, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
-from quotagate.logic.gateway import ChatResponse, Gateway
+from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, Gateway
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -60,6 +60,7 @@ def default_services() -> Services:
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
         breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker),
         keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
+        max_request_seconds=float(os.environ.get("QG_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS)),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
         on_finished=record_outcome,
     )

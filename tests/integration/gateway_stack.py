@@ -93,7 +93,8 @@ def _reset_handler_singletons() -> None:
 @contextmanager
 def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
                   token_delay: float = 0.01, keepalive_seconds: float = 15.0,
-                  authorizer_cache_seconds: float = 0.0) -> Iterator[GatewayStack]:
+                  authorizer_cache_seconds: float = 0.0,
+                  max_request_seconds: float | None = None) -> Iterator[GatewayStack]:
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app
@@ -108,6 +109,8 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
     config_file.write_text(json.dumps({**TEST_CONFIG, **(config_overrides or {})}))
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
                        "QG_CONFIG_FILE": str(config_file), "QG_KEEPALIVE_SECONDS": str(keepalive_seconds)})
+    if max_request_seconds is not None:
+        os.environ["QG_MAX_REQUEST_SECONDS"] = str(max_request_seconds)
     config.reset_cache()
     _reset_handler_singletons()
     stop_gateway = None

@@ -73,6 +73,11 @@ def _log_warning(message: str, **fields: Any) -> None:
     logger.warning(message, extra=fields)
 
 
+# The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
+# little earlier, so settlement always runs inside the invocation.
+DEFAULT_MAX_REQUEST_SECONDS = 870.0
+
+
 class ProviderFactory(Protocol):
     def for_target(self, target: Target) -> ChatProvider: ...
 
@@ -125,7 +130,8 @@ class Gateway:
                  router: routing.Router | None = None, breaker: CircuitBreaker | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT) -> None:
+                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+                 max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS) -> None:
         self._config = config
         self._key_records = key_records
         self._quota = quota
@@ -139,6 +145,7 @@ class Gateway:
         self.clock = clock
         self.sleep = sleep
         self.max_retry_wait = max_retry_wait
+        self.max_request_seconds = max_request_seconds
 
     # -- who may call what -------------------------------------------------------------------
     def limits_for(self, identity: Identity) -> Limits:
@@ -181,8 +188,10 @@ class Gateway:
         request = parse_chat_request(raw_body, self.max_body_bytes)
         limits = await to_thread.run_sync(self.limits_for, identity)
         resolution = self.resolve(request.model, limits)
-        deadline = resolution.model.deadline
-        deadline_at = started + deadline if deadline is not None else None
+        # The alias's deadline, capped so that the gateway always ends a request — and settles its
+        # quota — before the Lambda timeout would kill it mid-stream and strand the reservation.
+        limits_in_force = [d for d in (resolution.model.deadline, self.max_request_seconds) if d is not None]
+        deadline_at = started + min(limits_in_force) if limits_in_force else None
 
         target_ids = [t.id for t in resolution.targets]
         views = self.breaker.cached_views(target_ids)  # no I/O while this container's copy is fresh
