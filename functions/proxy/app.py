@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from quotagate import settings
 from quotagate.errors import GatewayError, not_found
@@ -84,8 +84,12 @@ def request_context(request: Request) -> dict[str, Any]:
 
 
 class SettlingStreamingResponse(StreamingResponse):
-    """Streams the answer and settles the quota afterwards, on every path: normal end, upstream
-    failure, client disconnect (the body iterator is cancelled), or never starting at all."""
+    """Streams the answer and settles the quota on every path: normal end, upstream failure, client
+    disconnect (the body iterator is cancelled), or never starting at all.
+
+    On a normal end the settlement runs *before* the response is completed: under the Lambda Web
+    Adapter the invocation ends with the response, and work left after it would be frozen with the
+    execution environment (and lost if the environment is recycled)."""
 
     def __init__(self, chat: ChatResponse) -> None:
         super().__init__(chat.body(), media_type="text/event-stream",
@@ -93,10 +97,15 @@ class SettlingStreamingResponse(StreamingResponse):
         self._chat = chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def settle_before_the_end(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await self._chat.finish(200)
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, settle_before_the_end)
         finally:
-            await self._chat.finish(200)
+            await self._chat.finish(200)  # a no-op when already settled
 
 
 def create_app(services_factory: Callable[[], Services] = default_services) -> Starlette:
