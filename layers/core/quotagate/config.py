@@ -95,6 +95,8 @@ class Provider:
     # Reservations count prompts with cl100k; a provider whose tokenizer yields more tokens for the
     # same text needs a larger estimate for the reservation to stay an upper bound.
     prompt_token_factor: float = 1.0
+    # How an "openai" provider sends its key: "authorization" (Bearer) or "api-key" (Azure OpenAI).
+    auth_header: str = "authorization"
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,9 @@ def _parse_provider(name: str, raw: Any) -> Provider:
                      default=DEFAULT_PROMPT_TOKEN_FACTORS[kind]) or 1.0
     if factor < 1.0:
         raise ConfigError(f"{where}.prompt_token_factor must be at least 1")
+    auth_header = p.get("auth_header", "authorization")
+    if auth_header not in ("authorization", "api-key"):
+        raise ConfigError(f"{where}.auth_header must be 'authorization' or 'api-key'")
     return Provider(
         name=name,
         type=kind,
@@ -275,6 +280,7 @@ def _parse_provider(name: str, raw: Any) -> Provider:
         read_timeout=_number(p, "read_timeout", where, positive=True, default=120.0) or 120.0,
         region=region,
         prompt_token_factor=factor,
+        auth_header=auth_header,
     )
 
 

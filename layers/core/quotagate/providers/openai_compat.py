@@ -173,7 +173,9 @@ class OpenAICompatibleProvider(HTTPProvider):
     async def _headers(self, accept: str) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": accept}
         key = await self._api_key()
-        if key:
+        if key and self._provider.auth_header == "api-key":
+            headers["api-key"] = key  # Azure OpenAI's key header
+        elif key:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
