@@ -274,3 +274,20 @@ def test_first_byte_timeout_fails_over_in_real_time():
     response, _ = chat(gateway)
     assert response.target.id == B
     assert response.outcome.attempts == [f"{A}: 504 upstream_timeout"]
+
+
+class BrokenSettlementQuota(FakeQuota):
+    def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd) -> bool:
+        raise RuntimeError("quota store unavailable")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_settlement_keeps_the_answer_and_the_reservation(stream):
+    gateway, _, _ = make({A: [], B: []})
+    gateway._quota = BrokenSettlementQuota()
+    response, raw = chat(gateway, stream=stream)
+    if stream:
+        assert raw.rstrip().endswith(b"data: [DONE]")
+    else:
+        assert response.json["choices"][0]["message"]["content"]
+    assert response.outcome.error == "settlement failed; the reservation stays charged"

@@ -135,5 +135,8 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                 prompt = estimate if served else 0
             usage = Usage(prompt, 0, "provider" if isinstance(reported.get("prompt_tokens"), int) else "counted")
             outcome.usage, outcome.status = usage, status
-            outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage)
+            try:
+                outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage)
+            except Exception:  # the reservation stays charged: never an overshoot, and the answer stands
+                outcome.error = "settlement failed; the reservation stays charged"
             gateway._on_finished(outcome)

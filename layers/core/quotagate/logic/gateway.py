@@ -563,8 +563,15 @@ class ChatResponse:
             self.outcome.usage = usage
             if client_status is not None:
                 self.outcome.status = client_status
-            self.outcome.cost_usd = await to_thread.run_sync(
-                self._gateway._settle, self._reservation, self.target, usage)
+            try:
+                self.outcome.cost_usd = await to_thread.run_sync(
+                    self._gateway._settle, self._reservation, self.target, usage)
+            except Exception:
+                # The quota store failed (after its own retries): the reservation stays charged,
+                # which never lets a window overshoot. The client's answer is not thrown away.
+                self.outcome.error = "settlement failed; the reservation stays charged"
+                _log_warning("settlement failed", request_id=self.outcome.request_id,
+                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
             self._gateway._on_finished(self.outcome)
 
 
