@@ -6,7 +6,6 @@ provider's ``usage.prompt_tokens`` (or the count) at the price of the target tha
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
 async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                          request_id: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The response body and headers. Raises GatewayError for every error the client sees."""
-    from quotagate.logic.gateway import Outcome
+    from quotagate.logic.gateway import Outcome, _AttemptFailed, _classify, _client_error
     from quotagate.logic.metering import Usage
 
     request = parse_embeddings_request(raw, gateway.max_body_bytes)
@@ -106,20 +105,21 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                 failed = caught if isinstance(caught, UpstreamError) else UpstreamError(
                     504, f"Upstream provider '{target.provider}' timed out.", error_type="timeout",
                     code="upstream_timeout")
-                if failed.status < 500 and failed.status not in (408, 429):
-                    raise GatewayError(failed.status, failed.message, failed.error_type, failed.code) from None
+                verdict = _classify(failed)  # the same failover rule as chat completions
+                if not isinstance(verdict, _AttemptFailed):
+                    raise _client_error(failed) from None
                 last = failed
                 outcome.attempts.append(f"{target.id}: {failed.status} {failed.code}")
-                await to_thread.run_sync(gateway.breaker.record_failure, permit)
+                if verdict.count_against_target:
+                    await to_thread.run_sync(gateway.breaker.record_failure, permit)
                 continue
             if gateway.breaker.success_needs_write(permit):
                 await to_thread.run_sync(gateway.breaker.record_success, permit)
             served = target
             break
         if served is None or data is None:
-            failure = last or UpstreamError(503, "No upstream is available right now.", code="upstream_unavailable")
-            retry = {"retry-after": str(max(1, math.ceil(failure.retry_after)))} if failure.retry_after else {}
-            raise GatewayError(failure.status, failure.message, failure.error_type, failure.code, headers=retry)
+            raise _client_error(last or UpstreamError(503, "No upstream is available right now.",
+                                                      code="upstream_unavailable"))
         outcome.target = served.id
         headers["x-quotagate-target"] = served.id
         return data, headers
