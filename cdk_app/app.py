@@ -5,6 +5,7 @@ cdk-nag's AwsSolutions pack runs on every synthesis; an unacknowledged finding f
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,26 @@ from cdk_app import nag, paths
 from cdk_app.stack import STACK_NAME, QuotagateStack
 
 
+def app_context(context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """cdk.json's context (the feature flags ``cdk init`` writes, and any quotagate: settings) under
+    ``context``: run directly, the app builds what ``cdk synth`` builds (the CLI passes the same
+    context itself; App merges both)."""
+    defaults: dict[str, Any] = json.loads(paths.CDK_JSON.read_text()).get("context", {})
+    return {**defaults, **(context or {})}
+
+
 def build_app(
-    *, context: dict[str, Any] | None = None, outdir: str | Path | None = None
+    *, context: dict[str, Any] | None = None, outdir: str | Path | None = None, checks: bool = True
 ) -> tuple[App, QuotagateStack]:
-    """The app with the Quotagate stack and the nag checks (not yet synthesized)."""
-    app = App(context=context, outdir=str(outdir) if outdir is not None else None)
+    """The app with the Quotagate stack and (``checks``) the nag checks, not yet synthesized."""
+    app = App(context=app_context(context), outdir=str(outdir) if outdir is not None else None)
     stack = QuotagateStack(
         app,
         STACK_NAME,
         description="Quotagate: serverless, token-aware AI API gateway",
     )
-    nag.add_checks(app)
+    if checks:
+        nag.add_checks(app)
     return app, stack
 
 

@@ -23,6 +23,14 @@ LOG_RETENTION_DAYS = "quotagate:logRetentionDays"
 THROTTLE_RATE_LIMIT = "quotagate:throttleRateLimit"
 THROTTLE_BURST_LIMIT = "quotagate:throttleBurstLimit"
 STAGE_NAME = "quotagate:stageName"
+# Deploy safety and operations (see README "Deploying").
+FUNCTION_URL = "quotagate:functionUrl"
+WEB_ADAPTER_LAYER_ARN = "quotagate:webAdapterLayerArn"
+RETAIN_DATA = "quotagate:retainData"
+TERMINATION_PROTECTION = "quotagate:terminationProtection"
+AUTHORIZER_CONCURRENCY = "quotagate:authorizerReservedConcurrency"
+KEYS_CONCURRENCY = "quotagate:keysReservedConcurrency"
+PROXY_CONCURRENCY = "quotagate:proxyReservedConcurrency"
 # JWT (customer IdP) settings: context key -> environment variable of the authorizer and the proxy.
 JWT_CONTEXT_TO_ENV = {
     "quotagate:jwtIssuer": settings.JWT_ISSUER,
@@ -34,6 +42,16 @@ JWT_CONTEXT_TO_ENV = {
     "quotagate:jwtPlanClaim": settings.JWT_PLAN_CLAIM,
 }
 
+OPERATIONS_KEYS = (
+    FUNCTION_URL,
+    WEB_ADAPTER_LAYER_ARN,
+    RETAIN_DATA,
+    TERMINATION_PROTECTION,
+    AUTHORIZER_CONCURRENCY,
+    KEYS_CONCURRENCY,
+    PROXY_CONCURRENCY,
+)
+
 DEFAULT_IDENTITY_SOURCES = ("Authorization",)
 DEFAULT_AUTHORIZER_CACHE_SECONDS = 300
 MAX_AUTHORIZER_CACHE_SECONDS = 3600
@@ -42,6 +60,11 @@ DEFAULT_THROTTLE_RATE_LIMIT = 200
 DEFAULT_THROTTLE_BURST_LIMIT = 400
 DEFAULT_STAGE_NAME = "prod"
 SECRETS_PREFIX = "quotagate/providers/"
+# Reserved concurrency: the authorizer and keys functions always have their own; the proxy's is also
+# its cap (every open stream holds one execution for up to 15 minutes). 0 = no reservation.
+DEFAULT_AUTHORIZER_CONCURRENCY = 20
+DEFAULT_KEYS_CONCURRENCY = 5
+DEFAULT_PROXY_CONCURRENCY = 100
 
 
 class ContextError(ValueError):
@@ -66,6 +89,15 @@ def _as_int(value: Any, key: str, low: int, high: int | None = None) -> int:
     if number < low or (high is not None and number > high):
         raise ContextError(f"context {key} must be between {low} and {high}, got {number}")
     return number
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    """A boolean from context: JSON true/false, or the strings "true"/"false" of ``-c key=value``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ContextError(f"context {key} must be true or false, got {value!r}")
 
 
 def identity_source_expressions(names: list[str]) -> list[str]:
@@ -102,6 +134,13 @@ class DeploymentOptions:
     throttle_burst_limit: int = DEFAULT_THROTTLE_BURST_LIMIT
     stage_name: str = DEFAULT_STAGE_NAME
     jwt_env: dict[str, str] = field(default_factory=dict)
+    function_url: bool = True
+    web_adapter_layer_arn: str | None = None
+    retain_data: bool = True
+    termination_protection: bool = True
+    authorizer_concurrency: int = DEFAULT_AUTHORIZER_CONCURRENCY
+    keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
+    proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
 
     @classmethod
     def from_context(cls, context: dict[str, Any]) -> DeploymentOptions:
@@ -132,6 +171,17 @@ class DeploymentOptions:
             ),
             stage_name=str(context.get(STAGE_NAME) or DEFAULT_STAGE_NAME),
             jwt_env=jwt_environment(context),
+            function_url=_as_bool(context.get(FUNCTION_URL, True), FUNCTION_URL),
+            web_adapter_layer_arn=str(context[WEB_ADAPTER_LAYER_ARN]) if context.get(WEB_ADAPTER_LAYER_ARN) else None,
+            retain_data=_as_bool(context.get(RETAIN_DATA, True), RETAIN_DATA),
+            termination_protection=_as_bool(context.get(TERMINATION_PROTECTION, True), TERMINATION_PROTECTION),
+            authorizer_concurrency=_as_int(
+                context.get(AUTHORIZER_CONCURRENCY, DEFAULT_AUTHORIZER_CONCURRENCY), AUTHORIZER_CONCURRENCY, 0
+            ),
+            keys_concurrency=_as_int(context.get(KEYS_CONCURRENCY, DEFAULT_KEYS_CONCURRENCY), KEYS_CONCURRENCY, 0),
+            proxy_concurrency=_as_int(
+                context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0
+            ),
         )
 
     @classmethod
@@ -145,5 +195,6 @@ class DeploymentOptions:
             THROTTLE_BURST_LIMIT,
             STAGE_NAME,
             *JWT_CONTEXT_TO_ENV,
+            *OPERATIONS_KEYS,
         ]
         return cls.from_context({k: v for k in keys if (v := node.try_get_context(k)) is not None})

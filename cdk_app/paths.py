@@ -13,3 +13,4 @@ DEFAULT_CONFIG_FILE = CORE_SOURCE_DIR / "quotagate" / "default_config.json"
 # Cache for things that are expensive to rebuild (the pip install of the deps layer).
 BUILD_DIR = ROOT / ".build"
 DEFAULT_OUTDIR = ROOT / "cdk.out"
+CDK_JSON = ROOT / "cdk.json"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Aws, CfnOutput, CfnRule, CfnRuleAssertion, Fn, Stack, Token
 from constructs import Construct
 
+from cdk_app import regions
 from cdk_app.constructs.api import GatewayApi
 from cdk_app.constructs.authorizer import AuthorizerFunction
 from cdk_app.constructs.config import GatewayConfigParameter
@@ -24,8 +26,11 @@ class QuotagateStack(Stack):
     def __init__(self, scope: Construct, construct_id: str = STACK_NAME, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         options = DeploymentOptions.from_node(self.node)
+        self.options = options
+        self.termination_protection = options.termination_protection
+        self._check_region(options)
 
-        self.data = DataTables(self, "Data")
+        self.data = DataTables(self, "Data", retain_data=options.retain_data)
         self.config = GatewayConfigParameter(self, "Config", config_file=options.config_file)
         self.layers = SharedLayers(self, "Layers")
         data, config, layers = self.data, self.config, self.layers
@@ -64,12 +69,35 @@ class QuotagateStack(Stack):
             description="Key management function (invoke with lambda:InvokeFunction)",
         )
         CfnOutput(self, "KeysFunctionArn", value=self.keys.function.function_arn)
-        CfnOutput(
-            self,
-            "ProxyFunctionUrl",
-            value=self.proxy.url.url,
-            description="Streaming function URL of the proxy (AWS_IAM auth), for callers inside the account",
-        )
+        if self.proxy.url is not None:
+            CfnOutput(
+                self,
+                "ProxyFunctionUrl",
+                value=self.proxy.url.url,
+                description="Streaming function URL of the proxy (AWS_IAM auth), for callers inside the account",
+            )
         CfnOutput(self, "ConfigParameterName", value=self.config.parameter_name)
         for spec_id, table in self.data.tables.items():
             CfnOutput(self, f"{spec_id}Name", value=table.table_name)
+
+    def _check_region(self, options: DeploymentOptions) -> None:
+        """Fail synthesis in a region the stack cannot be deployed to (an env-agnostic stack learns the
+        region from the CDK CLI's CDK_DEFAULT_REGION), and CloudFormation before it creates anything."""
+        region = self.region if not Token.is_unresolved(self.region) else os.environ.get("CDK_DEFAULT_REGION")
+        if region:
+            regions.check_region(region, function_url=options.function_url)
+        supported = list(regions.supported_regions(options.function_url))
+        CfnRule(
+            self,
+            "SupportedRegion",
+            assertions=[
+                CfnRuleAssertion(
+                    assert_=Fn.condition_contains(supported, Aws.REGION),
+                    assert_description=(
+                        "Quotagate deploys to these regions only"
+                        + ("" if not options.function_url else " (with quotagate:functionUrl=false to more)")
+                        + ": " + ", ".join(supported)
+                    ),
+                )
+            ],
+        )

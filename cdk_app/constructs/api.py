@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from aws_cdk import Duration
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -133,6 +133,16 @@ class GatewayApi(Construct):
         )
         # The stack exports the URL itself (ApiUrl, OpenAIBaseUrl); drop RestApi's duplicate output.
         self.api.node.try_remove_child("Endpoint")
+        # API Gateway writes execution logs to this group, creating it (without retention) on first use
+        # unless it exists: the stack owns it, with a retention, before the stage can log.
+        self.execution_logs = logs.LogGroup(
+            self,
+            "ExecutionLogs",
+            log_group_name=f"API-Gateway-Execution-Logs_{self.api.rest_api_id}/{options.stage_name}",
+            retention=retention(options.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.api.deployment_stage.node.add_dependency(self.execution_logs)
         self.authorizer = apigw.RequestAuthorizer(
             self,
             "Authorizer",

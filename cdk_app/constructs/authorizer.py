@@ -6,6 +6,7 @@ from aws_cdk import Duration
 
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
+from cdk_app.context import DeploymentOptions
 from quotagate import tables
 
 
@@ -17,6 +18,10 @@ class AuthorizerFunction(StackFunction):
     TIMEOUT = Duration.seconds(10)
     # More memory is more CPU: signature checks and cold starts sit on every uncached request.
     MEMORY_SIZE = 512
+
+    def reserved_concurrency(self, options: DeploymentOptions) -> int:
+        # Its own share: a burst of long streams in the proxy cannot starve authentication.
+        return options.authorizer_concurrency
 
     def grant_tables(self, data: DataTables) -> None:
         data.grant(self.function, tables.KEYS)  # read only

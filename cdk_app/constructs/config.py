@@ -18,7 +18,6 @@ from constructs import Construct
 from cdk_app.context import SECRETS_PREFIX
 from quotagate.config import parse_config
 
-STANDARD_TIER_MAX_BYTES = 4096
 ADVANCED_TIER_MAX_BYTES = 8192
 
 
@@ -36,9 +35,9 @@ class GatewayConfigParameter(Construct):
             "Parameter",
             description="Quotagate gateway configuration (JSON): plans, models, prices, providers",
             string_value=text,
-            tier=ssm.ParameterTier.STANDARD
-            if size <= STANDARD_TIER_MAX_BYTES
-            else ssm.ParameterTier.ADVANCED,
+            # Standard while it fits in 4 KB, Advanced above; a parameter can never go back from
+            # Advanced to Standard, which Intelligent-Tiering handles (a fixed tier would fail the update).
+            tier=ssm.ParameterTier.INTELLIGENT_TIERING,
         )
         for provider in parsed.providers.values():
             secret = provider.api_key_secret

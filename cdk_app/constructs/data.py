@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -26,8 +28,10 @@ WRITE_ACTIONS = (
     "dynamodb:BatchWriteItem",
 )
 SCAN_ACTION = "dynamodb:Scan"
-# Tables whose content must survive a stack deletion (the keys are the customers' credentials).
-RETAINED = frozenset({tables.KEYS.logical_id})
+# Tables whose content must survive a stack deletion or replacement: the keys are the customers'
+# credentials, the quota table holds month-to-date budgets, the usage table the billing record.
+# Retained and deletion-protected unless quotagate:retainData=false (test stacks).
+RETAINED = frozenset({tables.KEYS.logical_id, tables.QUOTA.logical_id, "UsageTable"})
 
 
 def _attribute(name: str) -> dynamodb.Attribute:
@@ -35,8 +39,9 @@ def _attribute(name: str) -> dynamodb.Attribute:
 
 
 class DataTables(Construct):
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, retain_data: bool = True) -> None:
         super().__init__(scope, construct_id)
+        self.retain_data = retain_data
         self.tables: dict[str, dynamodb.Table] = {}
         self.specs: dict[str, TableSpec] = {}
         for spec in tables.ALL_TABLES:
@@ -50,7 +55,7 @@ class DataTables(Construct):
                     point_in_time_recovery_enabled=True
                 ),
                 time_to_live_attribute=spec.ttl_attribute,
-                removal_policy=RemovalPolicy.RETAIN if spec.logical_id in RETAINED else RemovalPolicy.DESTROY,
+                **self.protection(spec.logical_id),
             )
             for index in spec.indexes:
                 table.add_global_secondary_index(
@@ -61,6 +66,14 @@ class DataTables(Construct):
                 )
             self.tables[spec.logical_id] = table
             self.specs[spec.logical_id] = spec
+
+    def protection(self, logical_id: str) -> dict[str, Any]:
+        """Removal policy and deletion protection of a table (also for tables made elsewhere)."""
+        protect = self.retain_data and logical_id in RETAINED
+        return {
+            "removal_policy": RemovalPolicy.RETAIN if protect else RemovalPolicy.DESTROY,
+            "deletion_protection": protect,
+        }
 
     @property
     def keys(self) -> dynamodb.Table:

@@ -75,6 +75,7 @@ class GatewayFunction(Construct):
         log_retention_days: int,
         timeout: Duration,
         memory_size: int,
+        reserved_concurrency: int = 0,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "LogGroup", retention=retention(log_retention_days))
@@ -101,6 +102,8 @@ class GatewayFunction(Construct):
             },
             timeout=timeout,
             memory_size=memory_size,
+            # 0: no reservation (the function shares the account's unreserved pool).
+            reserved_concurrent_executions=reserved_concurrency or None,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
             logging_format=lambda_.LoggingFormat.JSON,
@@ -144,6 +147,7 @@ class StackFunction(Construct):
         options: DeploymentOptions,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.options = options
         self.handler = GatewayFunction(
             self,
             "Handler",
@@ -161,6 +165,7 @@ class StackFunction(Construct):
             log_retention_days=options.log_retention_days,
             timeout=self.TIMEOUT,
             memory_size=self.MEMORY_SIZE,
+            reserved_concurrency=self.reserved_concurrency(options),
         )
         self.function = self.handler.function
         self.grant_tables(data)
@@ -170,6 +175,10 @@ class StackFunction(Construct):
     def extra_layers(self) -> list[lambda_.ILayerVersion]:
         """Layers before the shared ones (made in this construct's scope)."""
         return []
+
+    def reserved_concurrency(self, options: DeploymentOptions) -> int:
+        """Reserved concurrent executions (0: none)."""
+        return 0
 
     def grant_tables(self, data: DataTables) -> None:
         """Grant ``function`` the table access it needs (each grant names its table)."""

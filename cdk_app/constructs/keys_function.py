@@ -6,6 +6,7 @@ from aws_cdk import Duration
 
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
+from cdk_app.context import DeploymentOptions
 from quotagate import tables
 
 
@@ -15,6 +16,9 @@ class KeysFunction(StackFunction):
     TABLES = (tables.KEYS, tables.IDEMPOTENCY)
     TIMEOUT = Duration.seconds(30)
     MEMORY_SIZE = 512
+
+    def reserved_concurrency(self, options: DeploymentOptions) -> int:
+        return options.keys_concurrency
 
     def grant_tables(self, data: DataTables) -> None:
         # Keys and idempotency records only; an operator tool may list every key, hence Scan.

@@ -14,10 +14,11 @@ from aws_cdk import aws_lambda as lambda_
 from cdk_app import nag
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
-from cdk_app.context import SECRETS_PREFIX
+from cdk_app.context import SECRETS_PREFIX, DeploymentOptions
 from quotagate import tables
 
-# Lambda Web Adapter v1.0.0, arm64, published by AWS in every commercial region.
+# Lambda Web Adapter v1.0.0, arm64, published by AWS in the aws partition (cdk_app/regions.py);
+# quotagate:webAdapterLayerArn names another copy.
 WEB_ADAPTER_LAYER_ARN = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
 APP_PORT = "8000"
 READINESS_PATH = "/health"
@@ -40,8 +41,13 @@ class ProxyFunction(StackFunction):
     TIMEOUT = Duration.minutes(15)  # the longest a stream may last
     MEMORY_SIZE = 1024
 
+    def reserved_concurrency(self, options: DeploymentOptions) -> int:
+        # The cap on concurrent requests (each open stream holds one execution for its whole life).
+        return options.proxy_concurrency
+
     def extra_layers(self) -> list[lambda_.ILayerVersion]:
-        return [lambda_.LayerVersion.from_layer_version_arn(self, "WebAdapter", Fn.sub(WEB_ADAPTER_LAYER_ARN))]
+        arn = self.options.web_adapter_layer_arn or Fn.sub(WEB_ADAPTER_LAYER_ARN)
+        return [lambda_.LayerVersion.from_layer_version_arn(self, "WebAdapter", arn)]
 
     def grant_tables(self, data: DataTables) -> None:
         data.grant(self.function, tables.QUOTA, write=True)  # reserve and settle
@@ -93,7 +99,11 @@ class ProxyFunction(StackFunction):
         )
 
         # For callers inside the account: IAM-signed requests, streamed. No authorizer runs on this
-        # path, so the proxy authenticates the API key or JWT itself.
+        # path, so the proxy authenticates the API key or JWT itself. Not in every region
+        # (cdk_app/regions.py): quotagate:functionUrl=false leaves it out.
+        self.url: lambda_.FunctionUrl | None = None
+        if not self.options.function_url:
+            return
         self.url = self.function.add_function_url(
             auth_type=lambda_.FunctionUrlAuthType.AWS_IAM,
             invoke_mode=lambda_.InvokeMode.RESPONSE_STREAM,

@@ -102,7 +102,10 @@ def test_stage_traces_logs_json_and_throttles(synthesized):
     stage = next(iter(stages.values()))["Properties"]
     assert stage["TracingEnabled"] is True
     access_log = stage["AccessLogSetting"]
-    log_group_id = access_log["DestinationArn"]["Fn::GetAtt"][0]
+    # The log group's ARN without the ":*" suffix (flag apigateway:logGroupDestinationArnWithoutWildcard).
+    parts = access_log["DestinationArn"]["Fn::Join"][1]
+    assert parts[-2] == ":log-group:"
+    log_group_id = parts[-1]["Ref"]
     assert synthesized.resources[log_group_id]["Properties"]["RetentionInDays"] > 0
     fields = json.loads(access_log["Format"])
     assert fields["requestId"] == "$context.requestId" and fields["status"] == "$context.status"
