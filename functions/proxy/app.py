@@ -44,18 +44,23 @@ def default_services() -> Services:
     from quotagate.jwt_auth import JwtVerifier
     from quotagate.logic.auth import Authenticator, credential_from_headers
     from quotagate.logic.breaker import CircuitBreaker
-    from quotagate.observability import record_outcome
+    from quotagate.observability import logger, record_outcome
     from quotagate.providers.factory import HttpProviderFactory
     from quotagate.quota.ledger import DynamoQuotaLedger
     from quotagate.quota.service import QuotaService
+    from quotagate.quota.settlements import SqsSettlementQueue
 
     store = DynamoKeyStore()
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
     dynamodb = aws.client("dynamodb")
+    queue_url = settings.env(settings.SETTLEMENT_QUEUE_URL)
+    settlement_queue = SqsSettlementQueue(aws.client("sqs", aws.queue_config()), queue_url) if queue_url else None
     gateway = Gateway(
         config=load_config,
         key_records=CachedKeyRecords(store),
-        quota=QuotaService(DynamoQuotaLedger(dynamodb)),
+        # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
+        quota=QuotaService(DynamoQuotaLedger(aws.quota_client()), settlement_queue=settlement_queue,
+                           on_warning=lambda message, **fields: logger.warning(message, extra=fields)),
         providers=HttpProviderFactory(load_config, http),
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
         breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker),

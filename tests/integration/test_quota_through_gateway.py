@@ -193,3 +193,14 @@ def test_a_finished_stream_is_settled_before_its_response_completes(stack):
         assert response.text.rstrip().endswith("data: [DONE]")
         item = ledger.get_reservation(response.headers["x-quotagate-request-id"])
         assert item is not None and item["status"] == "settled"
+
+
+def test_the_400_for_n_times_max_tokens_names_what_the_client_sent(stack):
+    key = stack.create_key(tenant="n-times", limits={"max_tokens_per_request": 256})
+    body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 100, "n": 4}
+    refused = post(stack, key["api_key"], body)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "request_too_large_for_limit" and error["param"] == "max_tokens"
+    assert "n=4" in error["message"] and "max_tokens 100" in error["message"]
+    assert "400 output tokens" in error["message"] and "256" in error["message"]

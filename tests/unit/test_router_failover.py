@@ -108,7 +108,8 @@ class FakeQuota:
         self.reserved_usd: list[float] = []
         self.settled: list[tuple[int, int, float]] = []
 
-    def reserve(self, request_id, key_id, tenant, key_limits, tenant_limits, prompt, max_output, reserve_usd):
+    def reserve(self, request_id, key_id, tenant, key_limits, tenant_limits, prompt, max_output, reserve_usd,
+                **kwargs):
         self.reserved_usd.append(reserve_usd)
         return FakeReservation()
 

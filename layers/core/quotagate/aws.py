@@ -15,11 +15,45 @@ def config() -> Any:
                   tcp_keepalive=True, max_pool_connections=64)
 
 
-def client(service: str) -> Any:
+# The quota ledger's DynamoDB client: one botocore attempt and short timeouts, so retries never nest
+# and the ledger's own (idempotent) retries carry the time budget (quota.ledger).
+QUOTA_CONNECT_TIMEOUT = 0.25
+QUOTA_READ_TIMEOUT = 0.5
+# The settlement retry queue's client: bounded so an enqueue fits the settle budget (README).
+QUEUE_CONNECT_TIMEOUT = 1.0
+QUEUE_READ_TIMEOUT = 2.0
+
+
+@functools.cache
+def quota_config() -> Any:
+    from botocore.config import Config
+
+    return Config(connect_timeout=QUOTA_CONNECT_TIMEOUT, read_timeout=QUOTA_READ_TIMEOUT,
+                  retries={"total_max_attempts": 1, "mode": "standard"}, tcp_keepalive=True,
+                  max_pool_connections=64)
+
+
+@functools.cache
+def queue_config() -> Any:
+    from botocore.config import Config
+
+    return Config(connect_timeout=QUEUE_CONNECT_TIMEOUT, read_timeout=QUEUE_READ_TIMEOUT,
+                  retries={"total_max_attempts": 2, "mode": "standard"}, tcp_keepalive=True)
+
+
+def quota_client() -> Any:
+    """The DynamoDB client for the quota ledger (see ``quota_config``)."""
+    import boto3
+
+    factory: Any = boto3.client
+    return factory("dynamodb", config=quota_config())
+
+
+def client(service: str, client_config: Any = None) -> Any:
     import boto3
 
     factory: Any = boto3.client  # the stubs only type literal service names
-    return factory(service, config=config())
+    return factory(service, config=client_config or config())
 
 
 def resource(service: str) -> Any:

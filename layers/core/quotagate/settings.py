@@ -21,6 +21,8 @@ JWT_CONSUMER_CLAIM = "QG_JWT_CONSUMER_CLAIM"
 JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
 # Upper bound for a request body the proxy will read (bytes).
 MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
+# The durable retry path for settlements (an SQS queue URL; unset: failures are logged only).
+SETTLEMENT_QUEUE_URL = "QG_SETTLEMENT_QUEUE_URL"
 
 
 def env(name: str, default: str | None = None) -> str | None:

@@ -93,7 +93,8 @@ class Reservation(Protocol):
 class Quota(Protocol):
     def reserve(self, request_id: str, key_id: str, tenant: str, key_limits: dict[str, float],
                 tenant_limits: dict[str, float], prompt_tokens_estimate: int, max_output_tokens: int,
-                reserve_usd: float) -> Any: ...
+                reserve_usd: float, *, output_text: str | None = None,
+                output_param: str = "max_tokens") -> Any: ...
 
     def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float) -> bool: ...
 
@@ -216,9 +217,15 @@ class Gateway:
         prompt_reserve = max(config.prompt_reservation(t, prompt_estimate) for t in resolution.targets)
         reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, prompt_estimate), output_budget)
                           for t in resolution.targets)
+        output_param = "max_completion_tokens" if request.body.get("max_completion_tokens") is not None \
+            else "max_tokens"
+        output_text = f"{output_param} {max_output}" if request.max_output_tokens is not None \
+            else f"the plan's default of {max_output} output tokens"
+        if request.choices > 1:
+            output_text = f"n={request.choices} x {output_text} = {output_budget} output tokens"
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
-            prompt_reserve, output_budget, reserve_usd))
+            prompt_reserve, output_budget, reserve_usd, output_text=output_text, output_param=output_param))
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
         outcome.started = started
         response = ChatResponse(self, request, resolution, order, max_output, reservation, outcome, deadline_at)

@@ -16,10 +16,20 @@ Items (pk / sk):
 - ``key#<key_id>`` or ``tenant#<tenant>`` / ``<limit_name>#<window start, ISO UTC>``:
   ``used`` (integer units), ``limit`` (information only), ``expires_at`` (TTL: a day after the
   window ends).
-- ``req#<request_id>`` / ``reservation``: ``status`` (``reserved`` → ``settled``), the charges,
-  the settlement (``adjustments``, ``usage``), a ``token`` per call, ``expires_at``.
+- ``req#<request_id>`` / ``reservation``: ``status`` (:class:`ReservationStatus`: ``reserved`` →
+  ``settled``, or ``expired`` by the reaper), the charges, the settlement (``adjustments``,
+  ``usage``), a ``token`` per call, ``expires_at``.
 
 Nothing relies on TTL for correctness.
+
+Bounded time: the DynamoDB client gets ONE botocore attempt (see ``aws.quota_client``) and short
+timeouts; the ledger's own retries carry the budget. They are idempotent (the same
+``ClientRequestToken`` and the same item values on every attempt; a lost answer is recognised by
+the call's token on the reservation item), never start when the budget (``reserve_seconds`` /
+``settle_seconds``) would be passed by one more attempt of ``attempt_seconds``, and never sleep
+after the last attempt. When an attempt's outcome is unknown (a timeout, a connection error, a 5xx)
+and the call still fails, :class:`LedgerUnavailable` says so: the caller must then settle the
+request id with zero usage (safe whether or not the reservation committed).
 """
 
 from __future__ import annotations
@@ -30,10 +40,20 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from quotagate import tables
 from quotagate.quota.windows import WindowCharge
+
+
+class ReservationStatus(StrEnum):
+    """The life of a reservation item (the only place these values are written)."""
+
+    RESERVED = "reserved"  # charged with the worst case, waiting for its settlement
+    SETTLED = "settled"  # actual usage applied (or refunded to zero by a compensating settle)
+    EXPIRED = "expired"  # closed by the reaper: never settled, the reserved charge is kept
+
 
 RESERVATION_SK = "reservation"
 # Reservation items are kept this long (a settlement arrives within the 15-minute Lambda limit).
@@ -52,6 +72,15 @@ _RETRYABLE_ERRORS = frozenset(
         "RequestLimitExceeded",
     }
 )
+# Server-side failures: the write may or may not have happened (retried, then compensated).
+_UNKNOWN_OUTCOME_ERRORS = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
+# One attempt is bounded by the quota client's timeouts (``aws.QUOTA_CONNECT_TIMEOUT`` +
+# ``aws.QUOTA_READ_TIMEOUT``); the budgets below are what a caller waits at most.
+DEFAULT_ATTEMPT_SECONDS = 0.75
+DEFAULT_RESERVE_SECONDS = 2.0
+DEFAULT_SETTLE_SECONDS = 5.0
+DEFAULT_RESERVE_ATTEMPTS = 5
+DEFAULT_SETTLE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,16 @@ class QuotaExceeded(Exception):
 
 class LedgerBusy(Exception):
     """The ledger stayed contended (transaction conflicts, throttling) through every retry."""
+
+    outcome_unknown = False
+
+
+class LedgerUnavailable(LedgerBusy):
+    """The store failed (timeouts, connection errors, 5xx) through every retry, and at least one
+    attempt may have been applied without us learning it: settle the request id (zero usage for a
+    reservation) to be sure, or hand the settlement to the durable retry path."""
+
+    outcome_unknown = True
 
 
 class ReservationExists(Exception):
@@ -202,7 +241,7 @@ class InMemoryQuotaLedger:
             for c in charges:
                 self._used[c.item_key] = self._used.get(c.item_key, 0) + c.amount
                 usages.append(WindowUsage(c, self._used[c.item_key]))
-            self._reservations[request_id] = {"status": "reserved", "charges": list(charges)}
+            self._reservations[request_id] = {"status": ReservationStatus.RESERVED, "charges": list(charges)}
             return usages
 
     def settle(
@@ -215,12 +254,12 @@ class InMemoryQuotaLedger:
         with self._lock:
             self.calls["settle"] += 1
             record = self._reservations.get(request_id)
-            if record is None or record["status"] != "reserved":
+            if record is None or record["status"] != ReservationStatus.RESERVED:
                 return False
             for charge, delta in adjustments:
                 self._used[charge.item_key] = self._used.get(charge.item_key, 0) + delta
             record.update(
-                status="settled",
+                status=ReservationStatus.SETTLED,
                 adjustments=[(c.pk, c.sk, d) for c, d in adjustments],
                 usage=dict(usage or {}),
             )
@@ -261,18 +300,40 @@ def _str_attr(item: Mapping[str, Any] | None, name: str) -> str | None:
     return str(item[name]["S"])
 
 
-_RETRY = object()
+class _Retry(Exception):
+    """One attempt failed in a way worth another attempt (``unknown``: it may have been applied)."""
+
+    def __init__(self, unknown: bool, what: str) -> None:
+        super().__init__(what)
+        self.unknown = unknown
+
+
+def _classify_failure(error: Exception) -> _Retry | None:
+    """Retryable failures of one call; None for a verdict (re-raised by the caller)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, BotoCoreError):  # timeouts, connection errors: the request may have landed
+        return _Retry(True, type(error).__name__)
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in _RETRYABLE_ERRORS:
+            return _Retry(False, code)
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _UNKNOWN_OUTCOME_ERRORS or status >= 500:
+            return _Retry(True, code)
+    return None
 
 
 class DynamoQuotaLedger:
-    """The quota ledger on DynamoDB (low-level boto3 client).
+    """The quota ledger on DynamoDB (low-level boto3 client; build it with ``aws.quota_client()``
+    so botocore makes one attempt per call and the budgets here are the whole story).
 
     Calls per request: reserve = 1 ``TransactWriteItems`` (+ 1 strongly consistent
     ``BatchGetItem`` of the reserved window items when ``snapshot_after_reserve`` is on, only so
     the success path can report remaining quota); a rejection = 1 call (the short window's ``used``
     comes back through ``ReturnValuesOnConditionCheckFailure=ALL_OLD``); settle = 1
-    ``TransactWriteItems`` (or 1 ``UpdateItem`` when every delta is 0). Retries happen only on
-    contention (``TransactionConflict``, throttling), with jittered backoff.
+    ``TransactWriteItems`` (or 1 ``UpdateItem`` when every delta is 0). Retries (contention,
+    throttling, timeouts, 5xx) are idempotent, jittered and bounded in attempts and in time.
     """
 
     def __init__(
@@ -281,16 +342,51 @@ class DynamoQuotaLedger:
         table_name: str | None = None,
         *,
         snapshot_after_reserve: bool = True,
-        max_attempts: int = 8,
+        max_attempts: int | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        reserve_seconds: float = DEFAULT_RESERVE_SECONDS,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        attempt_seconds: float = DEFAULT_ATTEMPT_SECONDS,
     ) -> None:
         self._client = client
         self.table_name = table_name or tables.QUOTA.name()
         self.snapshot_after_reserve = snapshot_after_reserve
-        self.max_attempts = max(1, max_attempts)
+        self.reserve_attempts = max(1, max_attempts or DEFAULT_RESERVE_ATTEMPTS)
+        self.settle_attempts = max(1, max_attempts or DEFAULT_SETTLE_ATTEMPTS)
+        self.reserve_seconds = reserve_seconds
+        self.settle_seconds = settle_seconds
+        self.attempt_seconds = attempt_seconds
         self._clock = clock
         self._sleep = sleep
+
+    def _attempts(self, attempt: Callable[[], Any], max_attempts: int, budget: float, what: str) -> Any:
+        """Run ``attempt`` until it returns or raises a verdict, within ``max_attempts`` and
+        ``budget`` seconds (an attempt starts only if it can end inside the budget; no sleep
+        after the last one). Raises LedgerBusy / LedgerUnavailable when the retries run out."""
+        started = self._clock()
+        unknown = False
+        last = ""
+        for number in range(max_attempts):
+            try:
+                return attempt()
+            except _Retry as own:
+                unknown = unknown or own.unknown
+                last = str(own)
+            except Exception as error:
+                failure = _classify_failure(error)
+                if failure is None:
+                    raise
+                unknown = unknown or failure.unknown
+                last = str(failure)
+            if number + 1 >= max_attempts:
+                break
+            delay = self._backoff_delay(number)
+            if self._clock() + delay + self.attempt_seconds - started > budget:
+                break
+            self._sleep(delay)
+        error_type = LedgerUnavailable if unknown else LedgerBusy
+        raise error_type(f"quota store unavailable ({last}); {what}")
 
     # ---- reserve ---------------------------------------------------------------------------------
 
@@ -299,18 +395,20 @@ class DynamoQuotaLedger:
         impossible = _impossible(charges)
         if impossible:
             raise impossible
-        token = uuid.uuid4().hex  # marks the reservation item as made by this call
-        for attempt in range(self.max_attempts):
-            outcome = self._reserve_once(request_id, charges, token)
-            if outcome is not _RETRY:
-                return outcome  # type: ignore[return-value]
-            self._backoff(attempt)
-        raise LedgerBusy(f"quota store contended; reservation {request_id} not made")
+        # Marks the reservation item as made by this call, and is the transaction's idempotency
+        # token: every attempt sends exactly the same request.
+        token = uuid.uuid4().hex
+        actions = self._reserve_actions(request_id, charges, token, int(self._clock()))
+        return self._attempts(  # type: ignore[no-any-return]
+            lambda: self._reserve_once(request_id, charges, actions, token),
+            self.reserve_attempts,
+            self.reserve_seconds,
+            f"reservation {request_id} not made",
+        )
 
-    def _reserve_once(self, request_id: str, charges: list[WindowCharge], token: str) -> Any:
-        from botocore.exceptions import ClientError
-
-        now = int(self._clock())
+    def _reserve_actions(
+        self, request_id: str, charges: list[WindowCharge], token: str, now: int
+    ) -> list[dict[str, Any]]:
         actions: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -337,7 +435,7 @@ class DynamoQuotaLedger:
                     "Item": {
                         "pk": _s(f"req#{request_id}"),
                         "sk": _s(RESERVATION_SK),
-                        "status": _s("reserved"),
+                        "status": _s(ReservationStatus.RESERVED),
                         "token": _s(token),
                         "charges": {"L": [_charge_to_attr(c) for c in charges]},
                         "created_at": _n(now),
@@ -348,12 +446,17 @@ class DynamoQuotaLedger:
                 }
             }
         )
+        return actions
+
+    def _reserve_once(
+        self, request_id: str, charges: list[WindowCharge], actions: list[dict[str, Any]], token: str
+    ) -> list[WindowUsage]:
+        from botocore.exceptions import ClientError
+
         try:
-            self._client.transact_write_items(TransactItems=actions)
+            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=token)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code in _RETRYABLE_ERRORS:
-                return _RETRY
             if code != "TransactionCanceledException":
                 raise
             reasons = error.response.get("CancellationReasons") or []
@@ -379,20 +482,23 @@ class DynamoQuotaLedger:
                 observed.append(usage)
             if short:
                 raise QuotaExceeded(short[0].charge, short[0].used, short, observed) from error
-            if any(r.get("Code") in _RETRYABLE_REASONS for r in reasons):
-                return _RETRY
+            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
+            if retryable:
+                raise _Retry(False, str(retryable[0])) from None
             raise
         return self._usages_after(charges)
 
     def _usages_after(self, charges: list[WindowCharge]) -> list[WindowUsage]:
         if not self.snapshot_after_reserve or not charges:
             return [WindowUsage(c, None) for c in charges]
-        return [WindowUsage(c, used) for c, used in zip(charges, self._read_used(charges), strict=True)]
+        return [WindowUsage(c, used) for c, used in zip(charges, self.read_used(charges), strict=True)]
 
-    def _read_used(self, charges: list[WindowCharge]) -> list[int | None]:
+    def read_used(self, charges: Sequence[WindowCharge]) -> list[int | None]:
         """Best effort: one strongly consistent BatchGetItem; a failure only loses header values."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if not charges:
+            return []
         try:
             response = self._client.batch_get_item(
                 RequestItems={
@@ -422,22 +528,25 @@ class DynamoQuotaLedger:
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
         token = uuid.uuid4().hex
-        for attempt in range(self.max_attempts):
-            outcome = self._settle_once(request_id, adjustments, usage or {}, token)
-            if outcome is not _RETRY:
-                return bool(outcome)
-            self._backoff(attempt)
-        raise LedgerBusy(f"quota store contended; reservation {request_id} not settled")
+        request = self._settle_request(request_id, adjustments, usage or {}, token, int(self._clock()))
+        return bool(
+            self._attempts(
+                lambda: self._settle_once(request, token),
+                self.settle_attempts,
+                self.settle_seconds,
+                f"reservation {request_id} not settled",
+            )
+        )
 
-    def _settle_once(
+    def _settle_request(
         self,
         request_id: str,
         adjustments: list[tuple[WindowCharge, int]],
         usage: Mapping[str, int],
         token: str,
-    ) -> Any:
-        from botocore.exceptions import ClientError
-
+        now: int,
+    ) -> dict[str, Any]:
+        """The one write of a settlement, identical on every attempt (idempotency token)."""
         reservation_update: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
@@ -454,10 +563,10 @@ class DynamoQuotaLedger:
                 "#exp": "expires_at",
             },
             "ExpressionAttributeValues": {
-                ":settled": _s("settled"),
-                ":expires": _n(int(self._clock()) + SETTLED_RETENTION_SECONDS),
-                ":reserved": _s("reserved"),
-                ":now": _n(int(self._clock())),
+                ":settled": _s(ReservationStatus.SETTLED),
+                ":expires": _n(now + SETTLED_RETENTION_SECONDS),
+                ":reserved": _s(ReservationStatus.RESERVED),
+                ":now": _n(now),
                 ":tok": _s(token),
                 ":adj": {"L": [_adjustment_to_attr(c, d) for c, d in adjustments]},
                 ":usage": {"M": {str(k): _n(v) for k, v in usage.items()}},
@@ -478,18 +587,22 @@ class DynamoQuotaLedger:
             for c, delta in adjustments
             if delta != 0
         ]
+        if not window_updates:
+            return {"update": reservation_update}
+        return {"transaction": [{"Update": reservation_update}, *window_updates]}
+
+    def _settle_once(self, request: dict[str, Any], token: str) -> bool:
+        from botocore.exceptions import ClientError
+
         try:
-            if window_updates:
-                self._client.transact_write_items(
-                    TransactItems=[{"Update": reservation_update}, *window_updates]
-                )
+            if "transaction" in request:
+                self._client.transact_write_items(TransactItems=request["transaction"], ClientRequestToken=token)
             else:
-                self._client.update_item(**reservation_update)
+                self._client.update_item(**request["update"])
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code in _RETRYABLE_ERRORS:
-                return _RETRY
             if code == "ConditionalCheckFailedException":
+                # Already settled: True only if an earlier attempt of this very call did it.
                 existing: Any = error.response.get("Item")
                 return _str_attr(existing, "settle_token") == token
             if code != "TransactionCanceledException":
@@ -498,10 +611,10 @@ class DynamoQuotaLedger:
             if not reasons:
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
-                # Already settled (True only if an earlier attempt of this very call did it).
                 return _str_attr(reasons[0].get("Item"), "settle_token") == token
-            if any(r.get("Code") in _RETRYABLE_REASONS for r in reasons):
-                return _RETRY
+            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
+            if retryable:
+                raise _Retry(False, str(retryable[0])) from None
             raise
         return True
 
@@ -526,8 +639,9 @@ class DynamoQuotaLedger:
         deserializer = TypeDeserializer()
         return {name: _plain(deserializer.deserialize(value)) for name, value in item.items()}
 
-    def _backoff(self, attempt: int) -> None:
-        self._sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+    @staticmethod
+    def _backoff_delay(attempt: int) -> float:
+        return random.uniform(0, min(0.25, 0.02 * 2**attempt))
 
 
 def _charge_to_attr(charge: WindowCharge) -> dict[str, Any]:

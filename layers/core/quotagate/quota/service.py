@@ -8,6 +8,11 @@ No I/O except through the ledger. The flow per request:
    400; a request that does not fit *now* is a 429.
 2. ``settle`` exactly once after the upstream call, whatever happened: each window receives
    ``actual - reserved`` (a refund when negative), in the window items recorded at reservation.
+
+Store failures: a reservation the ledger gave up on is refused with a retryable 429
+``rate_limit_exceeded`` (contention, throttling) or 503 ``quota_store_unavailable`` (timeouts, 5xx:
+the outcome is unknown, so a zero-usage compensating settle runs first). A settlement or
+compensation the ledger cannot write goes to the durable ``settlement_queue`` (when configured).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 
 from quotagate.errors import GatewayError
 from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
+from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
     PER_REQUEST_LIMIT,
     WINDOW_LIMITS,
@@ -103,9 +109,17 @@ class Reservation:
 
 
 class QuotaService:
-    def __init__(self, ledger: QuotaLedger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ledger: QuotaLedger,
+        clock: Callable[[], float] = time.time,
+        settlement_queue: SettlementQueue | None = None,
+        on_warning: Callable[..., None] | None = None,
+    ) -> None:
         self._ledger = ledger
         self._clock = clock
+        self.settlement_queue = settlement_queue
+        self._warn = on_warning or (lambda message, **fields: None)
 
     # ---- planning (pure) -------------------------------------------------------------------------
 
@@ -119,9 +133,15 @@ class QuotaService:
         max_output_tokens: int,
         reserve_usd: float,
         now: float | None = None,
+        *,
+        output_text: str | None = None,
+        output_param: str = "max_tokens",
     ) -> list[WindowCharge]:
         """One charge per configured window limit per scope. Raises GatewayError when the request
-        alone can never fit (400, or 429 ``insufficient_quota`` for a limit of 0)."""
+        alone can never fit (400, or 429 ``insufficient_quota`` for a limit of 0).
+
+        ``output_text`` describes how the client's request adds up to ``max_output_tokens`` (for
+        example ``n=4 x max_tokens=100 = 400 output tokens``), so a 400 names what was sent."""
         if prompt_tokens_estimate < 0 or max_output_tokens < 0:
             raise ValueError("token counts must be non-negative")
         now = self._clock() if now is None else now
@@ -131,12 +151,13 @@ class QuotaService:
         for scope, _, limits in scopes:
             cap = limits.get(PER_REQUEST_LIMIT)
             if cap is not None and max_output_tokens > cap:
+                sent = output_text or f"{output_param} is {max_output_tokens}"
                 raise GatewayError(
                     400,
-                    f"max_tokens is {max_output_tokens}, more than {_SCOPE_WORDS[scope]}'s "
-                    f"{PER_REQUEST_LIMIT} limit of {int(cap)}. Lower max_tokens.",
+                    f"The request asks for {sent}, more than {_SCOPE_WORDS[scope]}'s "
+                    f"{PER_REQUEST_LIMIT} limit of {int(cap)}. Lower {output_param}.",
                     code=TOO_LARGE_CODE,
-                    param="max_tokens",
+                    param=output_param,
                 )
         charges: list[WindowCharge] = []
         for scope, scope_id, limits in scopes:
@@ -202,6 +223,9 @@ class QuotaService:
         prompt_tokens_estimate: int,
         max_output_tokens: int,
         reserve_usd: float,
+        *,
+        output_text: str | None = None,
+        output_param: str = "max_tokens",
     ) -> Reservation:
         """Reserve the request's worst case in every window, all or nothing.
 
@@ -219,6 +243,8 @@ class QuotaService:
             max_output_tokens,
             reserve_usd,
             now=now,
+            output_text=output_text,
+            output_param=output_param,
         )
         if not charges:  # no limits configured: nothing to store, nothing to settle
             return Reservation(request_id, (), (), now, self._clock)
@@ -226,7 +252,17 @@ class QuotaService:
             usages = self._ledger.reserve(request_id, charges)
         except QuotaExceeded as exceeded:
             raise self._rejected(exceeded, charges, now) from None
-        except LedgerBusy:
+        except LedgerBusy as busy:
+            if busy.outcome_unknown:
+                # The reservation may have committed: release it before the client hears anything.
+                self._apply_or_queue(compensation(request_id, charges))
+                raise GatewayError(
+                    503,
+                    "The quota store did not answer in time; nothing was charged. Please retry shortly.",
+                    type="api_error",
+                    code="quota_store_unavailable",
+                    headers={"retry-after": "1"},
+                ) from None
             raise GatewayError(
                 429,
                 "Too many concurrent requests against this quota; please retry shortly.",
@@ -235,6 +271,23 @@ class QuotaService:
                 headers={"retry-after": "1"},
             ) from None
         return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock)
+
+    def _apply_or_queue(self, pending: PendingSettlement) -> bool:
+        """Settle now, or hand the settlement to the durable retry path. Raises only when neither
+        worked (the reservation then stays charged until the reaper closes it)."""
+        try:
+            return pending.apply(self._ledger)
+        except LedgerBusy as busy:
+            if self.settlement_queue is None:
+                raise
+            self.settlement_queue.put(pending)
+            self._warn(
+                "settlement queued for retry",
+                request_id=pending.request_id,
+                kind=pending.kind,
+                error=str(busy),
+            )
+            return True
 
     @staticmethod
     def _rejected(exceeded: QuotaExceeded, charges: Sequence[WindowCharge], now: float) -> GatewayError:
@@ -290,14 +343,16 @@ class QuotaService:
             if not reservation.charges:
                 reservation.settled = True
                 return True
-            result = self._ledger.settle(
-                reservation.request_id,
-                adjustments,
-                usage={
-                    "prompt_tokens": int(prompt_tokens),
-                    "completion_tokens": int(completion_tokens),
-                    "usd_micros": usd_micros,
-                },
+            result = self._apply_or_queue(
+                PendingSettlement(
+                    reservation.request_id,
+                    tuple(adjustments),
+                    {
+                        "prompt_tokens": int(prompt_tokens),
+                        "completion_tokens": int(completion_tokens),
+                        "usd_micros": usd_micros,
+                    },
+                )
             )
             reservation.settled = True
             return result
