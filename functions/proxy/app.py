@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,10 @@ from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, G
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
+# On every response: the openai SDK reads it into ``_request_id``; the logs carry the same id.
+REQUEST_ID_HEADER = "x-request-id"
+# What a request id may look like (API Gateway's are UUIDs); anything else is replaced.
+_REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 class Services:
@@ -88,6 +93,48 @@ def request_context(request: Request) -> dict[str, Any]:
     return context if isinstance(context, dict) else {}
 
 
+def request_id_of(request: Request) -> str:
+    """The id :class:`RequestIdMiddleware` gave this request."""
+    return str(request.scope["state"]["request_id"])
+
+
+class RequestIdMiddleware:
+    """Gives every request one id — API Gateway's ``requestId`` when there is one, else a new
+    UUID — and puts it in ``x-request-id`` on every response, errors and 500s included (it wraps
+    the whole app, outside Starlette's own error middleware)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _aws_request_id(scope) or str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _aws_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == REQUEST_CONTEXT_HEADER.encode():
+            try:
+                context = json.loads(value)
+            except ValueError:
+                return None
+            request_id = context.get("requestId") if isinstance(context, dict) else None
+            return request_id if isinstance(request_id, str) and _REQUEST_ID_SHAPE.match(request_id) else None
+    return None
+
+
 class SettlingStreamingResponse(StreamingResponse):
     """Streams the answer and settles the quota on every path: normal end, upstream failure, client
     disconnect (the body iterator is cancelled), or never starting at all.
@@ -113,7 +160,7 @@ class SettlingStreamingResponse(StreamingResponse):
             await self._chat.finish(200)  # a no-op when already settled
 
 
-def create_app(services_factory: Callable[[], Services] = default_services) -> Starlette:
+def create_app(services_factory: Callable[[], Services] = default_services) -> RequestIdMiddleware:
     services: list[Services] = []
 
     def get_services() -> Services:
@@ -160,10 +207,18 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
         # The names and aliases this key's plan (and the key's allowed_models) may call.
         return JSONResponse({"object": "list", "data": gateway.model_listing(limits)})
 
+    async def retrieve_model(request: Request) -> Response:
+        from anyio import to_thread
+
+        identity = await identify(request)
+        gateway = get_services().gateway
+        limits = await to_thread.run_sync(gateway.limits_for, identity)
+        return JSONResponse(gateway.model_card(request.path_params["model"], limits))
+
     async def chat_completions(request: Request) -> Response:
         identity = await identify(request)
         gateway = get_services().gateway
-        request_id = str(request_context(request).get("requestId") or uuid.uuid4())
+        request_id = request_id_of(request)
         raw = await read_body(request, gateway.max_body_bytes)
         chat = await gateway.chat(identity, raw, request_id)
         if chat.request.stream:
@@ -176,7 +231,7 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
     async def embeddings(request: Request) -> Response:
         identity = await identify(request)
         gateway = get_services().gateway
-        request_id = str(request_context(request).get("requestId") or uuid.uuid4())
+        request_id = request_id_of(request)
         raw = await read_body(request, gateway.max_body_bytes)
         body, headers = await gateway.embeddings(identity, raw, request_id)
         return JSONResponse(body, headers=headers)
@@ -207,12 +262,13 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> S
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
-    return Starlette(routes=routes, exception_handlers={
-        GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected})
+    return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
+        GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected}))
 
 
 app = create_app()

@@ -140,6 +140,7 @@ class Model:
     downgrade_to: str | None = None  # another model name, for "downgrade"
     sticky: bool = False  # the first pick is a stable hash of consumer and alias
     deadline: float | None = None  # total seconds for the whole request (None: no total deadline)
+    created: int | None = None  # Unix seconds shown by /v1/models (None: when this process started)
 
     # The first target, for code and listings that think of a model as one upstream.
     @property
@@ -321,7 +322,7 @@ def _parse_target(raw: Any, where: str, default_model: str, providers: dict[str,
     )
 
 
-_ALIAS_FIELDS = ("targets", "on_tier_mismatch", "downgrade_to", "sticky", "deadline")
+_ALIAS_FIELDS = ("targets", "on_tier_mismatch", "downgrade_to", "sticky", "deadline", "created")
 
 
 def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
@@ -351,8 +352,11 @@ def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
     sticky = m.get("sticky", False)
     if not isinstance(sticky, bool):
         raise ConfigError(f"{where}.sticky must be true or false")
+    created = m.get("created")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, int) or created < 0):
+        raise ConfigError(f"{where}.created must be a Unix time in seconds")
     return Model(name=name, targets=targets, on_tier_mismatch=policy, downgrade_to=downgrade_to,
-                 sticky=sticky, deadline=_number(m, "deadline", where, positive=True))
+                 sticky=sticky, deadline=_number(m, "deadline", where, positive=True), created=created)
 
 
 def _parse_breaker(raw: Any) -> BreakerPolicy:

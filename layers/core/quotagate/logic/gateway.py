@@ -42,10 +42,10 @@ import anyio
 from anyio import to_thread
 
 from quotagate import tokens
-from quotagate.config import GatewayConfig, Model, Plan, Target
+from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
-from quotagate.errors import GatewayError, authentication_error, permission_error
+from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
 from quotagate.identity import Identity
 from quotagate.logic import router as routing
 from quotagate.logic.breaker import CircuitBreaker, Permit
@@ -163,19 +163,22 @@ class Gateway:
             raise permission_error(f"Plan '{plan_name}' is not configured on this gateway.", "unknown_plan")
         return Limits(plan, {**plan.limits, **(key_limits or {})}, allowed)
 
-    def models_for(self, limits: Limits) -> list[Model]:
-        """The model names and aliases this plan and key may call (GET /v1/models)."""
-        return routing.callable_models(self._config(), limits.plan, limits.allowed_models)
-
     def model_listing(self, limits: Limits) -> list[dict[str, Any]]:
+        """The model objects of every name this plan and key may call (GET /v1/models)."""
         config = self._config()
-        listing = []
-        for model in self.models_for(limits):
-            providers = {t.provider for t in routing.resolve(config, model.name, limits.plan,
-                                                             limits.allowed_models).targets}
-            owner = next(iter(providers)) if len(providers) == 1 else "quotagate"
-            listing.append({"id": model.name, "object": "model", "created": 0, "owned_by": owner})
-        return listing
+        return [_model_card(config, resolution)
+                for resolution in routing.callable_models(config, limits.plan, limits.allowed_models)]
+
+    def model_card(self, name: str, limits: Limits) -> dict[str, Any]:
+        """One model object (GET /v1/models/{id}); 404 for a name this key may not call, so the
+        answer never reveals which models exist beyond the key's reach."""
+        config = self._config()
+        try:
+            resolution = routing.resolve(config, name, limits.plan, limits.allowed_models)
+        except GatewayError:
+            raise not_found(f"The model '{name}' does not exist or you do not have access to it.",
+                            "model_not_found", "model") from None
+        return _model_card(config, resolution)
 
     def resolve(self, name: str, limits: Limits) -> routing.Resolution:
         return routing.resolve(self._config(), name, limits.plan, limits.allowed_models)
@@ -248,6 +251,18 @@ class Gateway:
         cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens) if target else 0.0
         self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)
         return cost
+
+
+# Shown as ``created`` for models whose configuration does not set one.
+PROCESS_STARTED = int(time.time())
+
+
+def _model_card(config: GatewayConfig, resolution: routing.Resolution) -> dict[str, Any]:
+    providers = {t.provider for t in resolution.targets}
+    created = config.models[resolution.requested].created
+    return {"id": resolution.requested, "object": "model",
+            "created": created if created is not None else PROCESS_STARTED,
+            "owned_by": next(iter(providers)) if len(providers) == 1 else "quotagate"}
 
 
 def _upstream_body(request: ChatRequest, target: Target, max_output: int) -> dict[str, Any]:
@@ -499,7 +514,7 @@ class ChatResponse:
                         yield event.raw
                         break
                     if self._meter.observe_chunk(event, wants_usage):
-                        yield event.raw
+                        yield _for_client(event, wants_usage)
                     event = None
                 if pending is None:
                     pending = asyncio.ensure_future(events.__anext__())
@@ -606,6 +621,14 @@ def _unexpected(target: Target, error: Exception) -> _AttemptFailed:
 def _client_error(error: UpstreamError) -> GatewayError:
     headers = {"retry-after": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else {}
     return GatewayError(error.status, error.message, error.error_type, error.code, headers=headers)
+
+
+def _for_client(event: SSEEvent, client_wants_usage: bool) -> bytes:
+    """The event's bytes for the client: the ``"usage": null`` that every chunk carries because
+    the gateway asked the upstream for usage is removed when the client did not ask for it."""
+    if client_wants_usage or event.data is None or "usage" not in event.data:
+        return event.raw
+    return SSEEvent.from_chunk({k: v for k, v in event.data.items() if k != "usage"}).raw
 
 
 def _error_event(message: str, code: str, error_type: str = "api_error") -> bytes:

@@ -82,18 +82,17 @@ def resolve(config: GatewayConfig, name: str, plan: Plan,
         raise _refusal(name, plan, allowed_models)
 
 
-def callable_models(config: GatewayConfig, plan: Plan, allowed_models: Sequence[str] | None = None) -> list[Model]:
-    """The model names this plan and key may call and get served under that name (for /v1/models):
-    fully included, or downgraded to a subset of their own targets. Names that would only be
-    served by another alias (``downgrade_to``) are not listed; that alias is."""
+def callable_models(config: GatewayConfig, plan: Plan,
+                    allowed_models: Sequence[str] | None = None) -> list[Resolution]:
+    """Every model name this plan and key may call (for /v1/models), with what serves it: fully
+    included names, names downgraded to a subset of their targets, and names served by another
+    alias through ``downgrade_to`` — a request for any listed name is answered."""
     result = []
     for name in config.models:
         try:
-            resolution = resolve(config, name, plan, allowed_models)
+            result.append(resolve(config, name, plan, allowed_models))
         except GatewayError:
             continue
-        if resolution.model.name == name:
-            result.append(resolution.model)
     return result
 
 
