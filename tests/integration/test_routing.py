@@ -333,7 +333,9 @@ def test_models_endpoint_lists_what_each_plan_may_call(stack):
         assert response.json()["object"] == "list"
         return [m["id"] for m in response.json()["data"]]
 
-    assert listed(free["api_key"]) == ["mock-gpt", "mock-omit", "mock-drop", "mock-500", "fo-500", "ab"]
+    # pro-or-ab is listed for free keys: they reach it by downgrade (served by "ab"); pro-only refuses them.
+    assert listed(free["api_key"]) == ["mock-gpt", "mock-omit", "mock-drop", "mock-500", "fo-500", "ab", "pro-or-ab"]
     pro_models = listed(pro["api_key"])
     assert {"pro-only", "pro-or-ab", "fo-slow", "mock-secret"} <= set(pro_models)
-    assert listed(limited["api_key"]) == ["ab", "pro-only"]
+    # The request path serves pro-or-ab to this key through its downgrade to "ab", so it is listed.
+    assert listed(limited["api_key"]) == ["ab", "pro-only", "pro-or-ab"]
