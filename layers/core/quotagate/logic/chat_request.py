@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from quotagate import strict_json
 from quotagate.errors import GatewayError, invalid_request
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -44,13 +44,15 @@ def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> 
 
 
 def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str]:
-    """The JSON object of a request body and its ``model``: what every endpoint checks first."""
+    """The JSON object of a request body and its ``model``: what every endpoint checks first.
+    Strict (see :mod:`quotagate.strict_json`): NaN, Infinity, out-of-range numbers, lone
+    surrogates and deep nesting are refused here, before anything is reserved."""
     if len(raw) > max_bytes:
         raise body_too_large(max_bytes)
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("The request body is not valid JSON.", code="invalid_json") from None
+        body = strict_json.loads(raw)
+    except strict_json.StrictJSONError as error:
+        raise invalid_request(error.message, code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     model = body.get("model")

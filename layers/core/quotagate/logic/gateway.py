@@ -73,6 +73,16 @@ def _log_warning(message: str, **fields: Any) -> None:
     logger.warning(message, extra=fields)
 
 
+def _log_gateway_fault(message: str, error: BaseException, **fields: Any) -> None:
+    """An error of the gateway's own code, with its traceback (it is our bug, not the target's)."""
+    try:
+        from quotagate.observability import logger
+    except ImportError:  # pragma: no cover - Powertools is a runtime dependency
+        logging.getLogger("quotagate.gateway").error("%s %s", message, fields, exc_info=error)
+        return
+    logger.error(message, exc_info=error, extra={**fields, "error_type": type(error).__name__})
+
+
 # The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
 # little earlier, so settlement always runs inside the invocation.
 DEFAULT_MAX_REQUEST_SECONDS = 870.0
@@ -276,6 +286,14 @@ def _upstream_body(request: ChatRequest, target: Target, max_output: int) -> dic
     return body
 
 
+class _GatewayFault(Exception):
+    """The gateway's own code failed during an attempt (serialising the body, an adapter or a
+    translation bug): the target did nothing wrong, so its circuit gets no verdict."""
+
+
+INTERNAL_ERROR_MESSAGE = "The gateway had an internal error."
+
+
 class _AttemptFailed(Exception):
     """A target failed before anything reached the client: try the next one."""
 
@@ -387,6 +405,11 @@ class ChatResponse:
                         await to_thread.run_sync(breaker.record_success, permit)
                     self.outcome.error = error.message
                     raise _client_error(error) from None
+                except _GatewayFault:
+                    # Our bug, not the target's: no verdict on its circuit (a probe's lease simply
+                    # expires), no failover (the next target would meet the same bug), a logged 500.
+                    self.outcome.error = "gateway internal error"
+                    raise GatewayError(500, INTERNAL_ERROR_MESSAGE, "api_error", "internal_error") from None
                 except BaseException:
                     # Cancelled (the client left) or an unexpected error: a probe that cannot report
                     # a verdict re-opens the circuit for a cool-down rather than hold its lease.
@@ -433,8 +456,9 @@ class ChatResponse:
         body = _upstream_body(self.request, target, self._max_output)
         try:
             provider = gateway._providers.for_target(target)
-        except GatewayError as error:
-            raise _AttemptFailed(UpstreamError(error.status, error.message, code=error.code)) from None
+        except GatewayError as error:  # the gateway's configuration, not the target's doing
+            raise _AttemptFailed(UpstreamError(error.status, error.message, code=error.code),
+                                 count_against_target=False) from None
         first_byte_by = gateway.clock() + budget
 
         def timed_out() -> _AttemptFailed:
@@ -547,9 +571,11 @@ class ChatResponse:
                     yield _error_event(str(error), "upstream_stream_interrupted")
                     return
                 except Exception as error:  # an adapter bug must still end the stream visibly
+                    # ...and it is the gateway's fault, not the target's: its circuit is not told.
                     self.outcome.error = f"{type(error).__name__} while streaming"
-                    await self._record_stream_failure()
-                    yield _error_event("The upstream stream failed.", "upstream_stream_interrupted")
+                    _log_gateway_fault("gateway error while streaming", error, request_id=self.outcome.request_id,
+                                       target=self.target.id)
+                    yield _error_event(INTERNAL_ERROR_MESSAGE, "internal_error")
                     return
                 last_event_at = gateway.clock()
             if not finished_cleanly:
@@ -607,15 +633,19 @@ def _classify(error: UpstreamError) -> Exception:
 
 
 def _classify_gateway_error(error: GatewayError) -> Exception:
-    # e.g. provider credentials unavailable (503): a problem of this target, not of the request.
+    # e.g. the gateway's credentials for this provider are unavailable (503): another target may
+    # serve, but the target itself did nothing wrong, so its circuit is not told.
     if error.status >= 500:
-        return _AttemptFailed(UpstreamError(error.status, error.message, error_type=error.type, code=error.code))
+        return _AttemptFailed(UpstreamError(error.status, error.message, error_type=error.type, code=error.code),
+                              count_against_target=False)
     return error
 
 
-def _unexpected(target: Target, error: Exception) -> _AttemptFailed:
-    _log_warning("upstream adapter raised an unexpected error", target=target.id, error_type=type(error).__name__)
-    return _AttemptFailed(UpstreamError(502, f"Upstream provider '{target.provider}' failed.", code="upstream_error"))
+def _unexpected(target: Target, error: Exception) -> _GatewayFault:
+    """An exception that is not an upstream failure (adapters turn those into UpstreamError): the
+    gateway's own code failed, e.g. a body httpx cannot serialise."""
+    _log_gateway_fault("gateway error while calling an upstream", error, target=target.id)
+    return _GatewayFault()
 
 
 def _client_error(error: UpstreamError) -> GatewayError:

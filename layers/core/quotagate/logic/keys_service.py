@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec
 
-from quotagate import apikeys
+from quotagate import apikeys, strict_json
 from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
 from quotagate.dal.keys_store import (
     KeyAlreadyExists,
@@ -188,6 +188,11 @@ class KeysService:
         """Validate a request ``{"action": ..., **fields}`` (no store I/O). Raises KeysError."""
         if not isinstance(request, Mapping):
             raise invalid("the request must be a JSON object")
+        try:
+            # The same rules as request bodies: finite numbers in range, valid text, bounded depth.
+            strict_json.check_value(request)
+        except strict_json.StrictJSONError as error:
+            raise invalid(error.message) from None
         action = request.get("action")
         if not isinstance(action, str) or not action:
             raise KeysError("unknown_action", f"'action' is required (one of: {', '.join(ACTIONS)})")
@@ -590,7 +595,7 @@ def _limits(value: Any, allow_null_values: bool = False) -> dict[str, Any]:
     except ConfigError as error:
         raise invalid(str(error)) from error
     for limit_name, number in checked.items():
-        if not math.isfinite(number) or number > MAX_LIMIT_VALUE:
+        if number > MAX_LIMIT_VALUE or not math.isfinite(number):  # an int of any size compares exactly
             raise invalid(f"limits.{limit_name} must be a finite number up to {MAX_LIMIT_VALUE:.0e}")
     if allow_null_values:
         for limit_name, number in value.items():
