@@ -31,6 +31,7 @@ TERMINATION_PROTECTION = "quotagate:terminationProtection"
 AUTHORIZER_CONCURRENCY = "quotagate:authorizerReservedConcurrency"
 KEYS_CONCURRENCY = "quotagate:keysReservedConcurrency"
 PROXY_CONCURRENCY = "quotagate:proxyReservedConcurrency"
+SECRETS_KMS_KEY_ARN = "quotagate:secretsKmsKeyArn"
 # JWT (customer IdP) settings: context key -> environment variable of the authorizer and the proxy.
 JWT_CONTEXT_TO_ENV = {
     "quotagate:jwtIssuer": settings.JWT_ISSUER,
@@ -50,6 +51,7 @@ OPERATIONS_KEYS = (
     AUTHORIZER_CONCURRENCY,
     KEYS_CONCURRENCY,
     PROXY_CONCURRENCY,
+    SECRETS_KMS_KEY_ARN,
 )
 
 DEFAULT_IDENTITY_SOURCES = ("Authorization",)
@@ -141,6 +143,7 @@ class DeploymentOptions:
     authorizer_concurrency: int = DEFAULT_AUTHORIZER_CONCURRENCY
     keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
     proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
+    secrets_kms_key_arn: str | None = None
 
     @classmethod
     def from_context(cls, context: dict[str, Any]) -> DeploymentOptions:
@@ -182,6 +185,7 @@ class DeploymentOptions:
             proxy_concurrency=_as_int(
                 context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0
             ),
+            secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
         )
 
     @classmethod

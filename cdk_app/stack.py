@@ -16,6 +16,7 @@ from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.keys_function import KeysFunction
 from cdk_app.constructs.layers import SharedLayers
 from cdk_app.constructs.observability import Observability
+from cdk_app.constructs.provider_secrets import ProviderSecrets
 from cdk_app.constructs.proxy_function import ProxyFunction
 from cdk_app.context import DeploymentOptions
 
@@ -39,6 +40,14 @@ class QuotagateStack(Stack):
             self, "Authorizer", data=data, config=config, layers=layers, options=options
         )
         self.proxy = ProxyFunction(self, "Proxy", data=data, config=config, layers=layers, options=options)
+        self.provider_secrets = ProviderSecrets(
+            self,
+            "ProviderSecrets",
+            config=config.config,
+            kms_key_arn=options.secrets_kms_key_arn,
+            retain=options.retain_data,
+        )
+        self.provider_secrets.grant_read(self.proxy.function)
         self.api = GatewayApi(
             self, "Gateway", proxy=self.proxy.function, authorizer=self.authorizer.function, options=options
         )

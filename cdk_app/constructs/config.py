@@ -26,6 +26,7 @@ class GatewayConfigParameter(Construct):
         super().__init__(scope, construct_id)
         raw = json.loads(config_file.read_text())
         parsed = parse_config(raw)  # raises ConfigError naming the bad field
+        self.config = parsed
         text = json.dumps(raw, separators=(",", ":"))
         size = len(text.encode())
         if size > ADVANCED_TIER_MAX_BYTES:

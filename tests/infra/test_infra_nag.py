@@ -46,6 +46,8 @@ EXPECTED_ACKNOWLEDGMENTS = {
     ("Quotagate/Gateway/Api/Default/v1/{proxy+}/ANY", "AwsSolutions-COG4"),
     ("Quotagate/Gateway/Api/Default/health/GET", "AwsSolutions-APIG4"),
     ("Quotagate/Gateway/Api/Default/health/GET", "AwsSolutions-COG4"),
+    ("Quotagate/ProviderSecrets/ProviderOpenai", "AwsSolutions-SMG4"),
+    ("Quotagate/ProviderSecrets/ProviderAnthropic", "AwsSolutions-SMG4"),
 }
 
 

@@ -8,6 +8,7 @@
     quotagate keys rotate KEY_ID [--grace-seconds N] [--tenant T] [--request-id ID]
     quotagate keys update KEY_ID [--plan P] [--allowed-models a,b|*] [--expires-at T|never]
                           [--status active|disabled] [--limits JSON|null] [--name N] [--metadata JSON]
+    quotagate providers set-key NAME [--config-file F] [--secret-name S]   (the key on stdin)
 
 Every command takes ``--endpoint-url URL`` (any endpoint that speaks Lambda's Invoke API, such as
 the local gateway at ``http://127.0.0.1:<port>``), ``--function-name`` (default: environment
@@ -28,6 +29,8 @@ import os
 import sys
 import uuid
 from typing import Any
+
+from quotagate import cli_providers
 
 FUNCTION_ENV = "QUOTAGATE_KEYS_FUNCTION"
 DEFAULT_STACK = "Quotagate"
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="quotagate", description="Quotagate administration.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_providers.add_parser(commands)
     keys = commands.add_parser("keys", help="manage API keys", description="Manage API keys.")
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
@@ -294,6 +298,8 @@ def _print_error(code: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "providers":
+        return cli_providers.run(args)
     try:
         event = build_event(args)
         document = invoke(args, event)

@@ -23,6 +23,7 @@ from anyio import to_thread
 
 from quotagate.config import GatewayConfig, Model, Provider, Target
 from quotagate.errors import GatewayError
+from quotagate.provider_secrets import is_placeholder, unset_key_message
 from quotagate.providers.base import ChatProvider
 from quotagate.providers.openai_compat import OpenAICompatibleProvider
 
@@ -55,10 +56,14 @@ class HttpProviderFactory:
                 return None
             name = provider.api_key_secret
             try:
-                return await to_thread.run_sync(self._secrets, name)
+                key = await to_thread.run_sync(self._secrets, name)
             except Exception:
                 raise GatewayError(503, f"Credentials for provider '{provider.name}' are unavailable.",
                                    "api_error", "provider_credentials_unavailable") from None
+            if is_placeholder(key):  # the stack's placeholder: the operator has not set the key yet
+                raise GatewayError(503, unset_key_message(provider.name), "api_error",
+                                   "provider_credentials_unavailable")
+            return key
 
         return api_key
 
