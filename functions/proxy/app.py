@@ -46,6 +46,7 @@ def default_services() -> Services:
     from quotagate.dal.circuit_store import DynamoCircuitStore
     from quotagate.dal.key_cache import CachedKeyRecords
     from quotagate.dal.keys_store import DynamoKeyStore
+    from quotagate.dal.tenants_store import CachedTenantRecords, DynamoTenantStore
     from quotagate.jwt_auth import JwtVerifier
     from quotagate.logic.auth import Authenticator, credential_from_headers
     from quotagate.logic.breaker import CircuitBreaker
@@ -63,6 +64,7 @@ def default_services() -> Services:
     gateway = Gateway(
         config=load_config,
         key_records=CachedKeyRecords(store),
+        tenant_records=CachedTenantRecords(DynamoTenantStore()),
         # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
         quota=QuotaService(DynamoQuotaLedger(aws.quota_client()), settlement_queue=settlement_queue,
                            on_warning=lambda message, **fields: logger.warning(message, extra=fields)),

@@ -23,8 +23,7 @@ PLANS = {
     **TEST_CONFIG["plans"],
     "tpm-1000": {"limits": {"tokens_per_minute": 1000}, "models": "*", "default_max_tokens": 64},
     "usd-day": {"limits": {"usd_per_day": 0.0017}, "models": "*", "default_max_tokens": 64},
-    "tenant-tpm": {"limits": {}, "tenant_limits": {"tokens_per_minute": 1000}, "models": "*",
-                   "default_max_tokens": 64},
+    "no-limits": {"limits": {}, "models": "*", "default_max_tokens": 64},
 }
 
 
@@ -91,15 +90,36 @@ def test_fifty_concurrent_requests_never_overshoot_usd_per_day(stack):
     assert stack.quota_used(f"key#{key['key_id']}", "usd_per_day") == spent
 
 
-def test_tenant_limit_is_shared_by_two_keys(stack):
-    first = stack.create_key(tenant="shared-tenant", consumer="a", plan="tenant-tpm")
-    second = stack.create_key(tenant="shared-tenant", consumer="b", plan="tenant-tpm")
-    admitted, rejected = burst(stack, [first["api_key"], second["api_key"]], 50)
+def test_a_tenant_record_is_one_window_shared_by_keys_on_three_plans(stack):
+    created = stack.invoke_keys({"action": "create_tenant", "tenant": "shared-tenant",
+                                 "limits": {"tokens_per_minute": 1000}})
+    assert created["ok"], created
+    # Three plans: a small one, a large one and one without any limit; none of them decides
+    # what the tenant may spend.
+    keys = [stack.create_key(tenant="shared-tenant", consumer="a", plan="tpm-1000"),
+            stack.create_key(tenant="shared-tenant", consumer="b", plan="free"),
+            stack.create_key(tenant="shared-tenant", consumer="c", plan="no-limits")]
+    admitted, rejected = burst(stack, [k["api_key"] for k in keys], 51)
     reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
     assert len(admitted) >= 1000 // reserved_each and rejected
     actual = sum(r.json()["usage"]["total_tokens"] for r in admitted)
     assert actual <= 1000
     assert stack.quota_used("tenant#shared-tenant", "tokens_per_minute") == actual
+    # Every key's requests were counted in the tenant's window, the unlimited plan's too.
+    admitted_by_key = {r.request.headers["authorization"].split()[-1] for r in admitted}
+    assert keys[2]["api_key"] in admitted_by_key
+
+
+def test_a_tenant_without_a_record_gets_the_default_tenant_limits(tmp_path):
+    overrides = {"plans": PLANS, "default_tenant_limits": {"requests_per_minute": 2}}
+    with gateway_stack(tmp_path, overrides) as running:
+        keys = [running.create_key(tenant="no-record", consumer=c, plan=p)
+                for c, p in (("a", "free"), ("b", "no-limits"))]
+        away_from_minute_boundary()
+        body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 5}
+        statuses = [post(running, keys[i % 2]["api_key"], body).status_code for i in range(3)]
+        assert statuses == [200, 200, 429]
+        assert running.quota_used("tenant#no-record", "requests_per_minute") == 2
 
 
 def wait_settled(stack, response):

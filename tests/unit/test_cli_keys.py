@@ -336,3 +336,12 @@ def test_without_endpoint_url_nothing_is_overridden(monkeypatch):
     args = parse("keys", "list", "--tenant", "a")
     _session, client_args = cli._session(args)
     assert client_args == {}
+
+
+def test_tenant_events():
+    created = event_for("tenants", "create", "acme", "--limits", '{"usd_per_month": 100}')
+    assert created["action"] == "create_tenant" and created["tenant"] == "acme"
+    assert created["limits"] == {"usd_per_month": 100} and created["request_id"].startswith("cli-")
+    assert event_for("tenants", "get", "acme") == {"action": "get_tenant", "tenant": "acme"}
+    updated = event_for("tenants", "update", "acme", "--limits", "null", "--request-id", "r-1")
+    assert updated == {"action": "update_tenant", "tenant": "acme", "limits": None, "request_id": "r-1"}

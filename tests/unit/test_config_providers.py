@@ -25,3 +25,12 @@ def test_prompt_token_factor_defaults_by_provider_type(provider, factor):
 def test_a_factor_below_one_would_break_the_upper_bound():
     with pytest.raises(ConfigError, match="prompt_token_factor"):
         parse_config(config_with({"type": "openai", "base_url": "http://h/v1", "prompt_token_factor": 0.8}))
+
+
+def test_tenant_limits_belong_to_tenants_not_to_plans():
+    raw = config_with({"type": "openai", "base_url": "http://h/v1"})
+    assert parse_config({**raw, "default_tenant_limits": {"usd_per_month": 10}}).default_tenant_limits == {
+        "usd_per_month": 10}
+    raw["plans"]["free"]["tenant_limits"] = {"usd_per_month": 10}
+    with pytest.raises(ConfigError, match="tenant records"):
+        parse_config(raw)

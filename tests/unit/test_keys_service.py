@@ -223,8 +223,10 @@ def test_dispatch_runs_every_action(service, clock):
     rotated = service.dispatch({"action": "rotate_key", "key_id": key_id, "grace_seconds": 60})
     assert rotated["rotation_grace_until"] == NOW + 60 and rotated["api_key"] != created["api_key"]
     assert service.dispatch({"action": "revoke_key", "key_id": key_id})["status"] == "revoked"
-    assert set(ACTIONS) == {"create_key", "list_keys", "get_key", "revoke_key", "rotate_key", "update_key"}
-    assert {"create_key", "revoke_key", "rotate_key", "update_key"} == MUTATING_ACTIONS
+    assert set(ACTIONS) == {"create_key", "list_keys", "get_key", "revoke_key", "rotate_key", "update_key",
+                            "create_tenant", "get_tenant", "update_tenant"}
+    mutating = {"create_key", "revoke_key", "rotate_key", "update_key", "create_tenant", "update_tenant"}
+    assert mutating == MUTATING_ACTIONS
 
 
 PLACEHOLDER_ID = "abcdefghijkl"  # replaced by a real key id in the test
@@ -621,3 +623,43 @@ def test_store_refuses_a_stale_version():
     with pytest.raises(KeyVersionConflict):
         store.replace_if_version(replace(record, plan="free", version=2), 1)
     assert store.get("abcdefghijkl").plan == "pro"
+
+
+# ---- tenant records ---------------------------------------------------------------------------
+
+
+def test_tenant_records_are_created_read_and_merged(service: KeysService, clock: FakeClock) -> None:
+    created = service.dispatch({"action": "create_tenant", "tenant": "acme",
+                                "limits": {"usd_per_month": 100, "tokens_per_day": 5000}})
+    assert created["limits"] == {"usd_per_month": 100, "tokens_per_day": 5000} and created["version"] == 1
+    assert service.dispatch({"action": "get_tenant", "tenant": "acme"})["limits"] == created["limits"]
+    updated = service.dispatch({"action": "update_tenant", "tenant": "acme",
+                                "limits": {"tokens_per_day": None, "requests_per_minute": 60}})
+    assert updated["limits"] == {"usd_per_month": 100, "requests_per_minute": 60} and updated["version"] == 2
+    cleared = service.dispatch({"action": "update_tenant", "tenant": "acme", "limits": None})
+    assert cleared["limits"] == {}
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        ({"action": "get_tenant", "tenant": "nobody"}, "not_found"),
+        ({"action": "update_tenant", "tenant": "nobody", "limits": {}}, "not_found"),
+        ({"action": "create_tenant", "tenant": "acme", "limits": {"tokens_per_day": -1}}, "invalid_request"),
+        ({"action": "create_tenant", "tenant": "acme", "limits": {"bogus": 1}}, "invalid_request"),
+        ({"action": "create_tenant", "tenant": "bad tenant id"}, "invalid_request"),
+        ({"action": "update_tenant", "tenant": "acme"}, "invalid_request"),
+    ],
+)
+def test_bad_tenant_requests_are_refused(service: KeysService, request_: dict[str, Any], code: str) -> None:
+    with pytest.raises(KeysError) as refused:
+        service.dispatch(request_)
+    assert refused.value.code == code
+
+
+def test_a_tenant_is_created_once(service: KeysService) -> None:
+    service.dispatch({"action": "create_tenant", "tenant": "acme"})
+    with pytest.raises(KeysError) as refused:
+        service.dispatch({"action": "create_tenant", "tenant": "acme", "limits": {"usd_per_month": 1}})
+    assert refused.value.status == 409
+    assert service.dispatch({"action": "get_tenant", "tenant": "acme"})["limits"] == {}

@@ -9,6 +9,9 @@
     quotagate keys update KEY_ID [--plan P] [--allowed-models a,b|*] [--expires-at T|never]
                           [--status active|disabled] [--limits JSON|null] [--name N] [--metadata JSON]
     quotagate providers set-key NAME [--config-file F] [--secret-name S]   (the key on stdin)
+    quotagate tenants create TENANT [--limits JSON] [--request-id ID]
+    quotagate tenants get TENANT
+    quotagate tenants update TENANT --limits JSON|null [--request-id ID]
 
 Every command takes ``--endpoint-url URL`` (any endpoint that speaks Lambda's Invoke API, such as
 the local gateway at ``http://127.0.0.1:<port>``), ``--function-name`` (default: environment
@@ -160,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--metadata", type=_json_arg, default=unset, help="JSON object (replaces); null: none"
     )
+
+    tenants = commands.add_parser(
+        "tenants", help="manage tenant records (limits shared by a tenant's keys)",
+        description="Manage tenant records: limits shared by every key and JWT of a tenant.",
+    )
+    tenant_actions = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    tenant_create = tenant_actions.add_parser("create", parents=[common, mutating], help="create a tenant record")
+    tenant_create.add_argument("tenant")
+    tenant_create.add_argument("--limits", type=_json_arg, help='JSON object, e.g. \'{"usd_per_month": 100}\'')
+    tenant_get = tenant_actions.add_parser("get", parents=[common], help="show a tenant record")
+    tenant_get.add_argument("tenant")
+    tenant_update = tenant_actions.add_parser("update", parents=[common, mutating], help="change a tenant's limits")
+    tenant_update.add_argument("tenant")
+    tenant_update.add_argument(
+        "--limits", type=_json_arg, required=True, help="JSON object merged into the limits; null: none"
+    )
     return parser
 
 
@@ -181,8 +200,23 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 _UPDATE_FIELDS = ("plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata")
 
 
+_TENANT_EVENTS: dict[str, str] = {"create": "create_tenant", "get": "get_tenant", "update": "update_tenant"}
+
+
+def _tenant_event(args: argparse.Namespace) -> dict[str, Any]:
+    command = args.tenants_command
+    event: dict[str, Any] = {"action": _TENANT_EVENTS[command], "tenant": args.tenant}
+    if command == "update" or (command == "create" and args.limits is not None):
+        event["limits"] = args.limits
+    if command in ("create", "update"):
+        event["request_id"] = args.request_id or f"cli-{uuid.uuid4()}"
+    return event
+
+
 def build_event(args: argparse.Namespace) -> dict[str, Any]:
     """The keys Lambda event for parsed arguments."""
+    if args.command == "tenants":
+        return _tenant_event(args)
     command = args.keys_command
     if command not in _EVENTS:  # pragma: no cover - argparse only accepts the commands above
         raise CliError("usage", f"unknown command {command}")

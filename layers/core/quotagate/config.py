@@ -169,8 +169,7 @@ class BreakerPolicy:
 @dataclass(frozen=True)
 class Plan:
     name: str
-    limits: dict[str, float]  # per key
-    tenant_limits: dict[str, float]  # shared by all keys of a tenant
+    limits: dict[str, float]  # per key (tenant limits live on tenant records, not on plans)
     models: tuple[str, ...] | None  # None: every model
     default_max_tokens: int
 
@@ -185,6 +184,8 @@ class GatewayConfig:
     providers: dict[str, Provider]
     default_plan: str
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    # Limits of a tenant that has no tenant record (keys API ``create_tenant``); empty: none.
+    default_tenant_limits: dict[str, float] = field(default_factory=dict)
 
     def plan(self, name: str) -> Plan | None:
         return self.plans.get(name)
@@ -389,10 +390,15 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
         if plan_models not in (None, "*") and (
                 not isinstance(plan_models, list) or not all(isinstance(x, str) for x in plan_models)):
             raise ConfigError(f"plans.{name}.models must be \"*\" or a list of model names")
+        if "tenant_limits" in p:
+            # A key's plan cannot decide what its whole tenant may spend (keys on different plans
+            # would each bring their own tenant limit, and keys without one would not count).
+            raise ConfigError(f"plans.{name}.tenant_limits is no longer supported: tenant limits live on "
+                              "tenant records (keys API create_tenant/update_tenant); the config's "
+                              "default_tenant_limits apply to tenants without a record")
         plans[name] = Plan(
             name=name,
             limits=validate_limits(p.get("limits"), f"plans.{name}.limits"),
-            tenant_limits=validate_limits(p.get("tenant_limits"), f"plans.{name}.tenant_limits"),
             models=None if plan_models in (None, "*") else tuple(plan_models),
             default_max_tokens=int(p.get("default_max_tokens", 1024)),
         )
@@ -407,7 +413,9 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     if default_plan not in plans:
         raise ConfigError(f"default_plan '{default_plan}' is not a plan")
     return GatewayConfig(plans=plans, models=models, providers=providers, default_plan=default_plan,
-                         circuit_breaker=_parse_breaker(raw.get("circuit_breaker")))
+                         circuit_breaker=_parse_breaker(raw.get("circuit_breaker")),
+                         default_tenant_limits=validate_limits(raw.get("default_tenant_limits"),
+                                                               "default_tenant_limits"))
 
 
 def _load_raw() -> dict[str, Any]:

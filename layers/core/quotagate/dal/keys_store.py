@@ -104,6 +104,11 @@ class DynamoKeyStore:
             table = aws.resource("dynamodb").Table(tables.KEYS.name())
         self._table = table
 
+    @property
+    def table(self) -> Any:
+        """The boto3 Table (tenant records share it: ``dal.tenants_store``)."""
+        return self._table
+
     def get(self, key_id: str) -> KeyRecord | None:
         item = self._table.get_item(Key={"key_id": key_id}, ConsistentRead=True).get("Item")
         return _from_item(item) if item else None

@@ -84,7 +84,7 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
     prompt_reserve = max(config.prompt_reservation(t, estimate) for t in targets)
     reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
     reservation = await to_thread.run_sync(lambda: gateway._quota.reserve(
-        request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
+        request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
         prompt_reserve, 0, reserve_usd))
     outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
     headers = {**reservation.headers(), "x-quotagate-request-id": request_id}

@@ -45,6 +45,7 @@ from quotagate import tokens
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
+from quotagate.dal.tenants_store import TenantRecord
 from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
 from quotagate.identity import Identity
 from quotagate.logic import router as routing
@@ -96,6 +97,10 @@ class KeyRecords(Protocol):
     def get(self, key_id: str) -> KeyRecord | None: ...
 
 
+class TenantRecords(Protocol):
+    def get(self, tenant: str) -> TenantRecord | None: ...
+
+
 class Reservation(Protocol):
     def headers(self) -> dict[str, str]: ...
 
@@ -131,6 +136,9 @@ class Limits:
     plan: Plan
     key_limits: dict[str, float]
     allowed_models: list[str] | None
+    # The tenant's record, or the config's default_tenant_limits when it has none: the same for
+    # every key and JWT of the tenant, whatever their plans.
+    tenant_limits: dict[str, float] = field(default_factory=dict)
 
 
 class Gateway:
@@ -142,9 +150,11 @@ class Gateway:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS) -> None:
+                 max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS,
+                 tenant_records: TenantRecords | None = None) -> None:
         self._config = config
         self._key_records = key_records
+        self._tenant_records = tenant_records
         self._quota = quota
         self._providers = providers
         self.keepalive_seconds = keepalive_seconds
@@ -171,7 +181,9 @@ class Gateway:
         plan = config.plan(plan_name)
         if plan is None:
             raise permission_error(f"Plan '{plan_name}' is not configured on this gateway.", "unknown_plan")
-        return Limits(plan, {**plan.limits, **(key_limits or {})}, allowed)
+        tenant = self._tenant_records.get(identity.tenant) if self._tenant_records and identity.tenant else None
+        tenant_limits = dict(tenant.limits) if tenant is not None else dict(config.default_tenant_limits)
+        return Limits(plan, {**plan.limits, **(key_limits or {})}, allowed, tenant_limits)
 
     def model_listing(self, limits: Limits) -> list[dict[str, Any]]:
         """The model objects of every name this plan and key may call (GET /v1/models)."""
@@ -237,7 +249,7 @@ class Gateway:
         if request.choices > 1:
             output_text = f"n={request.choices} x {output_text} = {output_budget} output tokens"
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
-            request_id, identity.key_id, identity.tenant, limits.key_limits, limits.plan.tenant_limits,
+            request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
             prompt_reserve, output_budget, reserve_usd, output_text=output_text, output_param=output_param))
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
         outcome.started = started

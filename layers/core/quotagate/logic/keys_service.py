@@ -1,4 +1,5 @@
-"""Provisioning of API keys: create, list, get, revoke, rotate, update.
+"""Provisioning of API keys (create, list, get, revoke, rotate, update) and of tenant records
+(create_tenant, get_tenant, update_tenant: the limits all of a tenant's keys and JWTs share).
 
 Used by the keys Lambda (``functions/keys``) that a SaaS backend invokes with IAM. Every action
 validates its whole input before touching the store, so a bad request changes nothing; every
@@ -38,6 +39,13 @@ from quotagate.dal.keys_store import (
     KeyRecord,
     KeyStore,
     KeyVersionConflict,
+)
+from quotagate.dal.tenants_store import (
+    TenantAlreadyExists,
+    TenantNotFound,
+    TenantRecord,
+    TenantStore,
+    TenantVersionConflict,
 )
 
 STATUS_ACTIVE = "active"
@@ -137,6 +145,9 @@ ACTIONS: dict[str, _ActionSpec] = {
         ),
         True,
     ),
+    "create_tenant": _ActionSpec("create_tenant", frozenset({"tenant"}), frozenset({"limits"}), True),
+    "get_tenant": _ActionSpec("get_tenant", frozenset({"tenant"}), frozenset(), False),
+    "update_tenant": _ActionSpec("update_tenant", frozenset({"tenant", "limits"}), frozenset(), True),
 }
 MUTATING_ACTIONS = frozenset(name for name, spec in ACTIONS.items() if spec.mutating)
 # Fields of an update that change something (at least one is required).
@@ -177,10 +188,12 @@ class KeysService:
         store: KeyStore,
         config_loader: Callable[[], GatewayConfig] = load_config,
         clock: Callable[[], float] = time.time,
+        tenants: TenantStore | None = None,
     ) -> None:
         self._store = store
         self._config_loader = config_loader
         self._clock = clock
+        self._tenant_store = tenants
 
     # ----------------------------------------------------------------------------------- requests
 
@@ -301,6 +314,21 @@ class KeysService:
             raise invalid(f"nothing to update: give at least one of {', '.join(_UPDATE_FIELDS)}")
         return {"key_id": _key_id(key_id), "tenant": _optional_tenant(tenant), "changes": changes}
 
+    def _validate_create_tenant(self, tenant: Any, limits: Any = None) -> dict[str, Any]:
+        return {"tenant": _identifier(tenant, "tenant"), "limits": _limits(limits)}
+
+    def _validate_get_tenant(self, tenant: Any) -> dict[str, Any]:
+        return {"tenant": _identifier(tenant, "tenant")}
+
+    def _validate_update_tenant(self, tenant: Any, limits: Any) -> dict[str, Any]:
+        # Like update_key: null removes every limit; an object is merged (null values remove one).
+        if limits is not None and not isinstance(limits, Mapping):
+            raise invalid("'limits' must be an object or null")
+        return {
+            "tenant": _identifier(tenant, "tenant"),
+            "limits": None if limits is None else _limits(limits, allow_null_values=True),
+        }
+
     def _plan(self, plan: Any) -> str:
         if not isinstance(plan, str) or not plan:
             raise invalid("'plan' must be a non-empty string")
@@ -365,6 +393,20 @@ class KeysService:
         the plan's models), ``expires_at`` (never expires), ``name``, ``metadata`` and ``limits`` (no
         overrides). ``limits`` given as an object is merged into the current overrides (a null value
         removes that one override). ``status`` is "active" or "disabled"; a revoked key is final.""",
+    )
+
+    create_tenant = _action(
+        "create_tenant",
+        _validate_create_tenant,
+        """A tenant record: ``limits`` shared by every key and JWT of the tenant (whatever their
+        plans). A tenant without a record gets the config's ``default_tenant_limits``.""",
+    )
+    get_tenant = _action("get_tenant", _validate_get_tenant, """The tenant's record.""")
+    update_tenant = _action(
+        "update_tenant",
+        _validate_update_tenant,
+        """Change a tenant's limits: an object is merged (a null value removes that limit); null
+        removes them all (the tenant then has no limits, not the defaults).""",
     )
 
     # ---------------------------------------------------------------------------------- execution
@@ -467,6 +509,51 @@ class KeysService:
 
         return self._modify(key_id, tenant, change).public_view()
 
+    @property
+    def _tenants(self) -> TenantStore:
+        if self._tenant_store is None:  # on first use: validation never touches a store
+            self._tenant_store = _tenant_store_beside(self._store)
+        return self._tenant_store
+
+    def _do_create_tenant(self, tenant: str, limits: dict[str, float]) -> dict[str, Any]:
+        now = int(self._clock())
+        record = TenantRecord(tenant=tenant, limits=limits, created_at=now, updated_at=now, version=1)
+        try:
+            self._tenants.put_new(record)
+        except TenantAlreadyExists as error:
+            raise KeysError("conflict", f"tenant '{tenant}' already exists; use update_tenant", 409) from error
+        return record.public_view()
+
+    def _do_get_tenant(self, tenant: str) -> dict[str, Any]:
+        record = self._tenants.get(tenant)
+        if record is None:
+            raise KeysError("not_found", f"tenant '{tenant}' has no record", 404)
+        return record.public_view()
+
+    def _do_update_tenant(self, tenant: str, limits: dict[str, Any] | None) -> dict[str, Any]:
+        for _ in range(_UPDATE_ATTEMPTS):
+            record = self._tenants.get(tenant)
+            if record is None:
+                raise KeysError("not_found", f"tenant '{tenant}' has no record; use create_tenant", 404)
+            merged: dict[str, float] = {}
+            if limits is not None:
+                merged = dict(record.limits)
+                for limit, value in limits.items():
+                    if value is None:
+                        merged.pop(limit, None)
+                    else:
+                        merged[limit] = value
+            now = int(self._clock())
+            changed = replace(record, limits=merged, updated_at=now, version=record.version + 1)
+            try:
+                self._tenants.replace_if_version(changed, record.version)
+            except TenantVersionConflict:
+                continue
+            except TenantNotFound as error:
+                raise KeysError("not_found", f"tenant '{tenant}' has no record", 404) from error
+            return changed.public_view()
+        raise KeysError("conflict", f"tenant '{tenant}' is being changed concurrently; retry", 409)
+
     # ------------------------------------------------------------------------------------ helpers
 
     def _load(self, key_id: str, tenant: str | None) -> KeyRecord:
@@ -498,6 +585,14 @@ class KeysService:
                 raise not_found(key_id) from error
             return changed
         raise KeysError("conflict", f"key '{key_id}' is being changed concurrently; retry", 409)
+
+
+def _tenant_store_beside(store: KeyStore) -> TenantStore:
+    """Tenant records live in the keys table: beside a DynamoDB key store, or in memory."""
+    from quotagate.dal.tenants_store import DynamoTenantStore, InMemoryTenantStore
+
+    table = getattr(store, "table", None)
+    return DynamoTenantStore(table) if table is not None else InMemoryTenantStore()
 
 
 def _refuse_revoked(record: KeyRecord) -> None:
