@@ -58,6 +58,7 @@ from quotagate.providers.base import (
     UpstreamTimeout,
 )
 from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, arguments_json, parse_sse_events
+from quotagate.redaction import log_upstream_error, short_identifier
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # only used if the gateway did not set max_tokens (it always does)
@@ -576,8 +577,9 @@ class AnthropicProvider(HTTPProvider):
         return to_chat_completion(data, body.get("model"))
 
     def _stream_error(self, error: AnthropicStreamError, started: bool) -> Exception:
-        message = (f"Upstream provider '{self._name}' reported an error: "
-                   f"{error.error_type}: {error.message[:300]}")
+        log_upstream_error(self._name, f"stream {error.error_type}"[:80], error.message)
+        kind = short_identifier(error.error_type)
+        message = f"Upstream provider '{self._name}' reported an error" + (f" ({kind})." if kind else ".")
         if started:
             return StreamInterrupted(message)
         status = _STREAM_ERROR_STATUS.get(error.error_type, 502)

@@ -58,6 +58,7 @@ from anyio import to_thread
 from quotagate.config import Provider
 from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
+from quotagate.redaction import log_upstream_error, short_identifier
 
 SERVICE_NAME: Final = "bedrock-runtime"
 MAX_POOL_CONNECTIONS = 64
@@ -532,12 +533,13 @@ def _client_error(exc: Any, name: str) -> UpstreamError:
     error = response.get("Error") or {}
     metadata = response.get("ResponseMetadata") or {}
     code = str(error.get("Code") or "")
-    detail = str(error.get("Message") or "")[:MAX_MESSAGE_DETAIL]
     status = metadata.get("HTTPStatusCode")
-    message = f"Upstream provider '{name}' returned {code or 'an error'}"
+    # The upstream's text may quote secrets: the client sees the error code, the log the text.
+    log_upstream_error(name, status if isinstance(status, int) else None, error.get("Message"))
+    message = f"Upstream provider '{name}' returned {short_identifier(code) or 'an error'}"
     if isinstance(status, int):
         message += f" (HTTP {status})"
-    message += "." + (f" {detail}" if detail else "")
+    message += "."
     lower = code.lower()
     headers = metadata.get("HTTPHeaders")
     if lower in _RATE_LIMITED:

@@ -10,6 +10,7 @@ import httpx
 
 from quotagate.config import Provider
 from quotagate.providers.base import SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.redaction import log_upstream_error, short_identifier
 
 MAX_ERROR_BODY = 4096
 
@@ -35,16 +36,26 @@ async def _raise_for_status(response: httpx.Response, provider_name: str) -> Non
         raw += chunk
         if len(raw) > MAX_ERROR_BODY:
             break
-    message = f"Upstream provider '{provider_name}' returned HTTP {response.status_code}."
+    # The upstream's text may quote the operator's key: only its error code (or type), when that
+    # is a short identifier, reaches the client; the text goes to the log, redacted.
+    detail: object = raw.decode("utf-8", "replace")
+    identifier = None
     try:
-        detail = json.loads(raw)["error"]["message"]
-        if isinstance(detail, str):
-            message += f" {detail[:500]}"
-    except (ValueError, KeyError, TypeError):
+        error = json.loads(raw)["error"]
+        detail = error.get("message") or detail
+        identifier = short_identifier(error.get("code")) or short_identifier(error.get("type"))
+    except (ValueError, KeyError, TypeError, AttributeError):
         pass
+    log_upstream_error(provider_name, response.status_code, detail)
+    message = upstream_error_message(provider_name, f"HTTP {response.status_code}", identifier)
     status = 502 if response.status_code >= 500 or response.status_code in (401, 403, 404) else response.status_code
     code = "upstream_rate_limited" if response.status_code == 429 else "upstream_error"
     raise UpstreamError(status, message, _retry_after(response), code=code)
+
+
+def upstream_error_message(provider_name: str, status: str, identifier: str | None) -> str:
+    """What a client sees of an upstream's error: who, which status, and a short error code."""
+    return f"Upstream provider '{provider_name}' returned {status}" + (f" ({identifier})." if identifier else ".")
 
 
 def _has_list(field: str) -> Callable[[dict[str, Any]], bool]:

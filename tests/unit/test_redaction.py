@@ -1,0 +1,74 @@
+"""Redaction of upstream error text (quotagate.redaction) and what the adapters keep of it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from botocore.exceptions import ClientError
+
+from quotagate.redaction import REDACTED, redact, short_identifier
+
+SECRETS = [
+    "sk-proj-Zx81abQ9vT3kLmN0pQrStUvWxYz1234abcd",
+    "sk-proj-***...abcd",
+    "sk-ant-api03-Qw3rTy8uIoP1aSdFgHjKlZxCvBnM0987abcd",
+    "qg_3f2a9c1d7e6b_5Yb8Kq2Lm9Np4Rs7Tv1Wx3Zc6Ad8Fg0Hj",
+    "AKIAIOSFODNN7EXAMPLE",
+    "dGhpcyBpcyBhIHNlY3JldCB0b2tlbiB0aGF0IGxlYWtz",
+    "0123456789abcdef0123456789abcdef",
+]
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_key_like_tokens_are_redacted(secret):
+    text = f"Incorrect API key provided: {secret}. See https://platform.example.com/account/api-keys."
+    redacted = redact(text)
+    assert secret not in redacted and secret[-8:] not in redacted
+    assert REDACTED in redacted and redacted.startswith("Incorrect API key provided: ")
+
+
+def test_bearer_credentials_and_plain_text():
+    assert "abc.def" not in redact("header was Bearer abc.def")
+    plain = "This model's maximum context length is 8192 tokens, you asked for 9000."
+    assert redact(plain) == plain
+    assert len(redact("x" * 10_000)) == 500
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("context_length_exceeded", "context_length_exceeded"), ("invalid_request_error", "invalid_request_error"),
+    ("ValidationException", "ValidationException"), ("rate_limit_exceeded", "rate_limit_exceeded"),
+    ("bad key sk-abc here", None), ("sk-proj-abcd", None), ("x" * 65, None), (None, None), (42, None),
+    ("", None), ("a\nb", None),
+])
+def test_short_identifier(value, expected):
+    assert short_identifier(value) == expected
+
+
+def test_bedrock_error_text_goes_to_the_log_redacted(monkeypatch):
+    from quotagate.observability import logger
+    from quotagate.providers import bedrock
+
+    stream = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", stream)
+    secret = SECRETS[0]
+    error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": f"User with key {secret} denied"},
+                         "ResponseMetadata": {"HTTPStatusCode": 403, "HTTPHeaders": {}}}, "Converse")
+    upstream = bedrock.upstream_error(error, "bedrock")
+    assert upstream.message == "Upstream provider 'bedrock' returned AccessDeniedException (HTTP 403)."
+    logged = stream.getvalue()
+    assert "User with key [redacted] denied" in logged and secret not in logged
+
+
+def test_anthropic_stream_error_keeps_the_type_not_the_text(monkeypatch):
+    from quotagate.config import Provider
+    from quotagate.observability import logger
+    from quotagate.providers.anthropic import AnthropicProvider, AnthropicStreamError
+
+    stream = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", stream)
+    provider = AnthropicProvider(Provider("claude", "anthropic", "http://127.0.0.1:1/v1"), None, None)  # type: ignore[arg-type]
+    error = provider._stream_error(AnthropicStreamError("overloaded_error", f"busy, key {SECRETS[2]}"), False)
+    assert str(error) == "Upstream provider 'claude' reported an error (overloaded_error)."
+    assert error.status == 503
+    assert SECRETS[2] not in stream.getvalue() and "busy, key [redacted]" in stream.getvalue()
