@@ -15,6 +15,13 @@ from constructs import Node
 
 from cdk_app import paths
 from quotagate import settings
+from quotagate.identity_sources import (
+    DEFAULT_IDENTITY_SOURCES,
+    IdentitySourceError,
+    identity_source_environment,
+    identity_source_expressions,
+    parse_identity_sources,
+)
 
 CONFIG_FILE = "quotagate:configFile"
 IDENTITY_SOURCES = "quotagate:identitySources"
@@ -54,7 +61,6 @@ OPERATIONS_KEYS = (
     SECRETS_KMS_KEY_ARN,
 )
 
-DEFAULT_IDENTITY_SOURCES = ("Authorization",)
 DEFAULT_AUTHORIZER_CACHE_SECONDS = 300
 MAX_AUTHORIZER_CACHE_SECONDS = 3600
 DEFAULT_LOG_RETENTION_DAYS = 30
@@ -71,16 +77,6 @@ DEFAULT_PROXY_CONCURRENCY = 100
 
 class ContextError(ValueError):
     pass
-
-
-def _as_list(value: Any, key: str) -> list[str]:
-    """A list from context: a JSON list, a JSON-encoded list, or a comma-separated string."""
-    if isinstance(value, str):
-        text = value.strip()
-        value = json.loads(text) if text.startswith("[") else [p for p in text.split(",")]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ContextError(f"context {key} must be a list of strings")
-    return [v.strip() for v in value if v.strip()]
 
 
 def _as_int(value: Any, key: str, low: int, high: int | None = None) -> int:
@@ -102,18 +98,6 @@ def _as_bool(value: Any, key: str) -> bool:
     raise ContextError(f"context {key} must be true or false, got {value!r}")
 
 
-def identity_source_expressions(names: list[str]) -> list[str]:
-    """API Gateway identity source expressions; bare names are request headers."""
-    expressions = []
-    for name in names:
-        expressions.append(
-            name
-            if name.startswith(("method.request.", "context.", "stageVariables."))
-            else f"method.request.header.{name}"
-        )
-    return expressions
-
-
 def jwt_environment(context: dict[str, Any]) -> dict[str, str]:
     """Environment variables for the JWT settings that are configured (and only those)."""
     env = {}
@@ -129,7 +113,7 @@ def jwt_environment(context: dict[str, Any]) -> dict[str, str]:
 @dataclass(frozen=True)
 class DeploymentOptions:
     config_file: Path = paths.DEFAULT_CONFIG_FILE
-    identity_sources: tuple[str, ...] = tuple(identity_source_expressions(list(DEFAULT_IDENTITY_SOURCES)))
+    identity_sources: tuple[str, ...] = tuple(identity_source_expressions(DEFAULT_IDENTITY_SOURCES))
     authorizer_cache_seconds: int = DEFAULT_AUTHORIZER_CACHE_SECONDS
     log_retention_days: int = DEFAULT_LOG_RETENTION_DAYS
     throttle_rate_limit: int = DEFAULT_THROTTLE_RATE_LIMIT
@@ -144,21 +128,28 @@ class DeploymentOptions:
     keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
     proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
     secrets_kms_key_arn: str | None = None
+    # For the functions that authenticate: the same identity sources, as the only credential headers.
+    identity_source_env: dict[str, str] = field(
+        default_factory=lambda: identity_source_environment(DEFAULT_IDENTITY_SOURCES)
+    )
 
     @classmethod
     def from_context(cls, context: dict[str, Any]) -> DeploymentOptions:
         config_file = Path(context.get(CONFIG_FILE) or paths.DEFAULT_CONFIG_FILE)
         if not config_file.is_absolute():
             config_file = (Path.cwd() / config_file).resolve()
-        names = _as_list(context.get(IDENTITY_SOURCES, list(DEFAULT_IDENTITY_SOURCES)), IDENTITY_SOURCES)
+        try:
+            names = parse_identity_sources(context.get(IDENTITY_SOURCES))
+        except IdentitySourceError as error:
+            raise ContextError(f"context {IDENTITY_SOURCES}: {error}") from None
         cache = _as_int(
             context.get(AUTHORIZER_CACHE_SECONDS, DEFAULT_AUTHORIZER_CACHE_SECONDS),
             AUTHORIZER_CACHE_SECONDS,
             0,
             MAX_AUTHORIZER_CACHE_SECONDS,
         )
-        if not names and cache:
-            raise ContextError(f"{IDENTITY_SOURCES} is empty: the authorizer cache needs an identity source")
+        if not names:
+            raise ContextError(f"{IDENTITY_SOURCES} is empty: the credential is read only from identity sources")
         return cls(
             config_file=config_file,
             identity_sources=tuple(identity_source_expressions(names)),
@@ -186,6 +177,7 @@ class DeploymentOptions:
                 context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0
             ),
             secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
+            identity_source_env=identity_source_environment(names),
         )
 
     @classmethod

@@ -122,8 +122,9 @@ class StackFunction(Construct):
     Each is one :class:`GatewayFunction` (``handler``, construct id "Handler"; ``function`` is its
     Lambda function) built from ``functions/<DIRECTORY>`` as the service ``quotagate-<DIRECTORY>``,
     on ``extra_layers()`` then the shared layers. Its environment holds ``ENVIRONMENT``, the names of
-    ``TABLES``, the gateway configuration parameter's name and, with ``JWT``, the JWT settings that
-    are configured. Its role gets the grants of ``grant_tables``, then read access to the parameter;
+    ``TABLES``, the gateway configuration parameter's name and, with ``JWT`` (functions that
+    authenticate callers), the JWT settings that are configured and the identity sources. Its role
+    gets the grants of ``grant_tables``, then read access to the parameter;
     ``add_extras`` adds what else the function has, last.
     """
 
@@ -160,7 +161,7 @@ class StackFunction(Construct):
                 **self.ENVIRONMENT,
                 **data.table_name_env(*self.TABLES),
                 settings.CONFIG_PARAMETER: config.parameter_name,
-                **(options.jwt_env if self.JWT else {}),
+                **({**options.jwt_env, **options.identity_source_env} if self.JWT else {}),
             },
             log_retention_days=options.log_retention_days,
             timeout=self.TIMEOUT,

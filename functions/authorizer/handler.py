@@ -1,9 +1,11 @@
 """Lambda REQUEST authorizer for the REST API.
 
-Thin: read the credential from the request headers, authenticate it with the shared core
+Thin: read the credential from the identity-source headers only (API Gateway caches the answer
+keyed by their values: see :mod:`quotagate.identity_sources`), authenticate it with the shared core
 (:mod:`quotagate.logic.auth`), and shape API Gateway's answer:
 
-* no credential              -> ``raise Exception("Unauthorized")`` (API Gateway answers 401)
+* no well-formed credential in the identity sources
+                             -> ``raise Exception("Unauthorized")`` (API Gateway answers 401)
 * credential not acceptable  -> Deny policy (403)
 * valid                      -> Allow policy with the identity as context (strings only)
 * key store / JWKS failure   -> the error propagates (API Gateway answers 500 and caches nothing)
@@ -18,17 +20,19 @@ Credentials are never logged: only the key id (not secret) and the reason for a 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from quotagate.identity_sources import configured_identity_sources
 from quotagate.logic.auth import AccessDenied, Authenticator, AuthUnavailable, MissingCredential
-from quotagate.logic.auth import credential_from_headers as _credential_from_headers
 
 logger = Logger(service="quotagate-authorizer")
 
 _authenticator: Authenticator | None = None
+_clock: Callable[[], float] = time.time
 _lock = threading.Lock()
 
 
@@ -41,15 +45,17 @@ def _get_authenticator() -> Authenticator:
                 from quotagate.dal.keys_store import DynamoKeyStore
                 from quotagate.jwt_auth import JwtVerifier
 
-                _authenticator = Authenticator(DynamoKeyStore(), JwtVerifier.from_env())
+                _authenticator = Authenticator(DynamoKeyStore(), JwtVerifier.from_env(), clock=_clock)
     return _authenticator
 
 
-def reset() -> None:
-    """Drop the cached store/verifier (tests, or local mode after a configuration change)."""
-    global _authenticator
+def reset(clock: Callable[[], float] = time.time) -> None:
+    """Drop the cached store/verifier (tests, or local mode after a configuration change); ``clock``
+    (wall seconds, for key expiry and rotation grace) lets tests move time."""
+    global _authenticator, _clock
     with _lock:
         _authenticator = None
+        _clock = clock
 
 
 def request_headers(event: Mapping[str, Any]) -> dict[str, str]:
@@ -79,10 +85,6 @@ def request_headers(event: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-def credential_from_event(event: Mapping[str, Any]) -> str | None:
-    return _credential_from_headers(request_headers(event))
-
-
 def api_wide_resource(method_arn: str) -> str:
     """``arn:<partition>:execute-api:<region>:<account>:<api id>/<stage>/*/*`` from a method ARN."""
     parts = method_arn.split(":", 5)
@@ -108,9 +110,8 @@ def _policy(principal_id: str, effect: str, resource: str) -> dict[str, Any]:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(request_id=getattr(context, "aws_request_id", None))
     resource = api_wide_resource(str(event.get("methodArn", "")))
-    credential = credential_from_event(event)
     try:
-        identity = _get_authenticator().authenticate(credential)
+        identity = _get_authenticator().authenticate_headers(request_headers(event), configured_identity_sources())
     except MissingCredential:
         logger.info("no credential presented")
         raise Exception("Unauthorized") from None  # the exact message API Gateway maps to 401

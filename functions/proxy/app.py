@@ -38,7 +38,11 @@ class Services:
         self.authenticate = authenticate
 
 
-def default_services() -> Services:
+def default_services(clock: Callable[[], float] | None = None) -> Services:
+    """The real services; ``clock`` (wall seconds) replaces the time of key checks and of the
+    key-record cache (tests move it instead of sleeping)."""
+    import time
+
     import httpx
 
     from quotagate import aws
@@ -47,8 +51,9 @@ def default_services() -> Services:
     from quotagate.dal.key_cache import CachedKeyRecords
     from quotagate.dal.keys_store import DynamoKeyStore
     from quotagate.dal.tenants_store import CachedTenantRecords, DynamoTenantStore
+    from quotagate.identity_sources import configured_identity_sources
     from quotagate.jwt_auth import JwtVerifier
-    from quotagate.logic.auth import Authenticator, credential_from_headers
+    from quotagate.logic.auth import Authenticator
     from quotagate.logic.breaker import CircuitBreaker
     from quotagate.observability import logger, record_outcome
     from quotagate.providers.factory import HttpProviderFactory
@@ -63,7 +68,7 @@ def default_services() -> Services:
     settlement_queue = SqsSettlementQueue(aws.client("sqs", aws.queue_config()), queue_url) if queue_url else None
     gateway = Gateway(
         config=load_config,
-        key_records=CachedKeyRecords(store),
+        key_records=CachedKeyRecords(store, clock=clock or time.monotonic),
         tenant_records=CachedTenantRecords(DynamoTenantStore()),
         # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
         quota=QuotaService(DynamoQuotaLedger(aws.quota_client()), settlement_queue=settlement_queue,
@@ -75,9 +80,14 @@ def default_services() -> Services:
         max_request_seconds=float(os.environ.get("QG_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS)),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
         on_finished=record_outcome,
+        wall_clock=clock or time.time,
     )
-    authenticator = Authenticator(store, JwtVerifier.from_env())
-    return Services(gateway, lambda headers: authenticator.authenticate(credential_from_headers(headers)))
+    authenticator = Authenticator(store, JwtVerifier.from_env(), clock=clock or time.time)
+    identity_sources = configured_identity_sources()
+    # Function-URL path: the same rules as the authorizer (identity sources only, in order); the
+    # Authorization header may hold the caller's SigV4 signature, which Lambda has already checked.
+    return Services(gateway, lambda headers: authenticator.authenticate_headers(
+        headers, identity_sources, aws_signed=True))
 
 
 def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None) -> JSONResponse:

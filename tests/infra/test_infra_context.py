@@ -33,9 +33,15 @@ def test_identity_sources_accept_lists_and_cli_strings(value):
     )
 
 
-def test_identity_source_expressions_pass_through():
-    options = DeploymentOptions.from_context({"quotagate:identitySources": ["method.request.querystring.k"]})
-    assert options.identity_sources == ("method.request.querystring.k",)
+def test_identity_sources_are_headers():
+    """The credential is read only from the identity sources, so each must be a header."""
+    options = DeploymentOptions.from_context({"quotagate:identitySources": ["method.request.header.x-api-key"]})
+    assert options.identity_sources == ("method.request.header.x-api-key",)
+    assert options.identity_source_env == {settings.IDENTITY_SOURCES: "x-api-key"}
+    for bad in (["method.request.querystring.k"], ["context.identity.sourceIp"], ["x-api-key", "X-Api-Key"],
+                ["bad header"]):
+        with pytest.raises(ContextError):
+            DeploymentOptions.from_context({"quotagate:identitySources": bad})
 
 
 @pytest.mark.parametrize("value", [-1, 3601, "soon"])
@@ -44,13 +50,11 @@ def test_cache_seconds_are_validated(value):
         DeploymentOptions.from_context({"quotagate:authorizerCacheSeconds": value})
 
 
-def test_cache_needs_an_identity_source():
+def test_an_identity_source_is_required():
     with pytest.raises(ContextError):
         DeploymentOptions.from_context({"quotagate:identitySources": []})
-    options = DeploymentOptions.from_context(
-        {"quotagate:identitySources": [], "quotagate:authorizerCacheSeconds": "0"}
-    )
-    assert options.identity_sources == () and options.authorizer_cache_seconds == 0
+    with pytest.raises(ContextError):  # without a cache too: the credential is read only from them
+        DeploymentOptions.from_context({"quotagate:identitySources": [], "quotagate:authorizerCacheSeconds": "0"})
 
 
 def test_jwt_environment_only_for_configured_settings():
@@ -112,7 +116,10 @@ def test_context_reaches_the_template(tmp_path):
     by_service = {v["POWERTOOLS_SERVICE_NAME"]: v for v in variables}
     for service in ("quotagate-authorizer", "quotagate-proxy"):
         assert expected_jwt.items() <= by_service[service].items(), service
+        # The same identity sources the authorizer is configured with: the only credential headers.
+        assert by_service[service][settings.IDENTITY_SOURCES] == "Authorization,x-api-key", service
     assert not set(expected_jwt) & set(by_service["quotagate-keys"])
+    assert settings.IDENTITY_SOURCES not in by_service["quotagate-keys"]
     parameter = next(iter(template.find_resources("AWS::SSM::Parameter").values()))
     assert json.loads(parameter["Properties"]["Value"])["default_plan"] == "pro"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,11 +39,26 @@ TEST_CONFIG = {
 }
 
 
+class FakeClock:
+    """Wall-clock seconds that move only when a test says so (starts at the real time, so records
+    written with the real clock, such as a rotation's grace deadline, compare sensibly)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class GatewayStack:
     base_url: str
     moto_url: str
     mock: Any  # quotagate.mock.MockServer
+    gateway: Any  # quotagate.local.apigateway.LocalApiGateway (its ``cache`` is API Gateway's)
 
     def invoke_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
         from functions.keys.handler import lambda_handler
@@ -59,8 +75,6 @@ class GatewayStack:
     def wait_settled(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
         """The settled reservation of a request. A stream is settled after its last byte has been
         sent, so a client can read the counters a moment before the settlement lands."""
-        import time
-
         from quotagate.quota.ledger import DynamoQuotaLedger
 
         ledger = DynamoQuotaLedger(boto3.client("dynamodb"))
@@ -94,10 +108,16 @@ def _reset_handler_singletons() -> None:
 def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
                   token_delay: float = 0.01, keepalive_seconds: float = 15.0,
                   authorizer_cache_seconds: float = 0.0,
-                  max_request_seconds: float | None = None) -> Iterator[GatewayStack]:
+                  max_request_seconds: float | None = None,
+                  identity_sources: tuple[str, ...] = ("Authorization",),
+                  clock: FakeClock | None = None) -> Iterator[GatewayStack]:
+    """``clock`` (wall seconds) drives the emulated authorizer cache, the authorizer's and the
+    proxy's key checks and the proxy's key-record cache, so lifetimes can be tested without sleeping."""
+    import functions.authorizer.handler as authorizer_module
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
-    from functions.proxy.app import create_app
+    from functions.proxy.app import create_app, default_services
+    from quotagate.identity_sources import identity_source_environment
     from quotagate.local.apigateway import LocalApiGateway
     from quotagate.local.motoserver import start_moto_server
     from quotagate.mock import MockServer, MockSettings, run_in_thread
@@ -116,10 +136,16 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
     stop_gateway = None
     try:
         tables.create_all(boto3.client("dynamodb"))
-        app = LocalApiGateway(create_app(), authorizer, keys_handler, ["Authorization"],
-                              authorizer_cache_seconds, ("quotagate-keys",))
+        # What the stack does with the context value: the authorizer (and the function-URL path of
+        # the proxy) learn the identity sources API Gateway is configured with from this variable.
+        os.environ.update(identity_source_environment(identity_sources))
+        if clock is not None:
+            authorizer_module.reset(clock=clock)
+        app = LocalApiGateway(create_app(lambda: default_services(clock=clock)), authorizer, keys_handler,
+                              list(identity_sources), authorizer_cache_seconds, ("quotagate-keys",),
+                              clock=clock or time.monotonic)
         base_url, stop_gateway = run_in_thread(app=app)
-        yield GatewayStack(base_url, moto_url, mock)
+        yield GatewayStack(base_url, moto_url, mock, app)
     finally:
         if stop_gateway:
             stop_gateway()

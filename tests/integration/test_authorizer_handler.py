@@ -127,11 +127,18 @@ def aws(monkeypatch, rsa_key):
     monkeypatch.setenv(settings.JWT_ISSUER, ISSUER)
     monkeypatch.setenv(settings.JWT_AUDIENCE, AUDIENCE)
     monkeypatch.setenv(settings.JWT_PUBLIC_KEYS, json.dumps({"keys": [jwk]}))
+    monkeypatch.delenv(settings.IDENTITY_SOURCES, raising=False)  # the default: Authorization
     with mock_aws():
         tables.create_all(boto3.client("dynamodb", region_name=REGION))
         handler.reset()
         yield DynamoKeyStore()
     handler.reset()
+
+
+@pytest.fixture
+def x_api_key(monkeypatch):
+    """The authorizer deployed with identity sources ["x-api-key"]."""
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, "x-api-key")
 
 
 def issue(store: DynamoKeyStore, **overrides) -> apikeys.ParsedKey:
@@ -178,6 +185,45 @@ def test_null_headers_raise_unauthorized(aws):
         handler.lambda_handler(event, LambdaContext())
 
 
+@pytest.mark.parametrize(
+    ("sources", "headers"),
+    [
+        # Identity confusion (issue 7): a key outside the identity sources is never read, and a
+        # malformed identity source never falls through to another header.
+        ("Authorization", {"Authorization": "Bearer", "x-api-key": "{key}"}),
+        ("Authorization", {"Authorization": "Basic Zm9vOmJhcg==", "x-api-key": "{key}"}),
+        ("Authorization", {"x-api-key": "{key}"}),
+        ("Authorization", {"Authorization": "{key}"}),
+        ("x-api-key", {"Authorization": "Bearer {key}"}),
+        ("x-api-key", {"x-api-key": "Bearer {key}", "Authorization": "Bearer {key}"}),
+        ("x-api-key", {"x-api-key": "", "Authorization": "Bearer {key}"}),
+    ],
+)
+def test_only_identity_sources_carry_the_credential(aws, monkeypatch, sources, headers):
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, sources)
+    key = issue(aws)
+    event = request_event({name: value.format(key=key.plaintext) for name, value in headers.items()})
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        handler.lambda_handler(event, LambdaContext())
+
+
+@pytest.mark.parametrize(
+    ("sources", "headers"),
+    [
+        ("Authorization", {"Authorization": "Bearer {key}", "x-api-key": "garbage"}),
+        ("x-api-key", {"x-api-key": "{key}", "Authorization": "Basic Zm9vOmJhcg=="}),
+        ("x-api-key,Authorization", {"x-api-key": "{key}", "Authorization": "Bearer garbage"}),
+    ],
+)
+def test_the_identity_source_decides(aws, monkeypatch, sources, headers):
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, sources)
+    key = issue(aws)
+    event = request_event({name: value.format(key=key.plaintext) for name, value in headers.items()})
+    response = handler.lambda_handler(event, LambdaContext())
+    assert statement(response)["Effect"] == "Allow"
+    assert response["context"]["key_id"] == key.key_id
+
+
 # --- 403 ----------------------------------------------------------------------------------------
 
 
@@ -200,7 +246,7 @@ def test_inactive_key_gets_deny_for_whole_api(aws, status):
         "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",  # alg none
     ],
 )
-def test_bad_credentials_get_deny(aws, credential):
+def test_bad_credentials_get_deny(aws, x_api_key, credential):
     response = handler.lambda_handler(request_event({"x-api-key": credential}), LambdaContext())
     assert statement(response)["Effect"] == "Deny"
     assert statement(response)["Resource"] == WILDCARD
@@ -217,14 +263,14 @@ def test_expired_key_and_wrong_secret_get_deny(aws):
         assert statement(response)["Effect"] == "Deny"
 
 
-def test_two_different_credentials_are_not_silently_resolved(aws):
+def test_two_different_credentials_are_not_silently_resolved(aws, x_api_key):
     first, second = issue(aws), issue(aws)
     event = request_event(
         {"x-api-key": second.plaintext},
         multi={"x-api-key": [first.plaintext, second.plaintext]},
     )
-    response = handler.lambda_handler(event, LambdaContext())
-    assert statement(response)["Effect"] == "Deny"
+    with pytest.raises(Exception, match=r"^Unauthorized$"):  # two values are not one credential
+        handler.lambda_handler(event, LambdaContext())
 
 
 # --- allow --------------------------------------------------------------------------------------
@@ -256,13 +302,14 @@ def test_valid_key_allows_whole_api_with_string_context(aws):
         ("X-Api-Key", "{}"),
     ],
 )
-def test_header_names_are_case_insensitive(aws, name, template):
+def test_header_names_are_case_insensitive(aws, monkeypatch, name, template):
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, "Authorization" if "{}" != template else "x-api-key")
     key = issue(aws)
     response = handler.lambda_handler(request_event({name: template.format(key.plaintext)}), LambdaContext())
     assert statement(response)["Effect"] == "Allow"
 
 
-def test_multi_value_headers_only(aws):
+def test_multi_value_headers_only(aws, x_api_key):
     key = issue(aws)
     event = request_event()
     event["headers"] = None
@@ -285,7 +332,7 @@ def test_same_policy_for_every_route(aws):
     assert resources == {WILDCARD}
 
 
-def test_rotated_key_within_grace_is_allowed(aws):
+def test_rotated_key_within_grace_is_allowed(aws, x_api_key):
     old = apikeys.new_key()
     new = apikeys.new_key(old.key_id)
     now = int(time.time())
@@ -347,7 +394,7 @@ def test_jwt_without_tenant_gets_deny(aws, rsa_key):
 # --- failures, logging, ARNs --------------------------------------------------------------------
 
 
-def test_store_failure_is_an_error_not_a_cached_deny(aws):
+def test_store_failure_is_an_error_not_a_cached_deny(aws, x_api_key):
     key = issue(aws)
     boto3.client("dynamodb", region_name=REGION).delete_table(TableName=tables.KEYS.name())
     with pytest.raises(AuthUnavailable):
@@ -401,7 +448,7 @@ def test_api_wide_resource():
             handler.api_wide_resource(bad)
 
 
-def test_store_and_verifier_are_created_lazily(aws):
+def test_store_and_verifier_are_created_lazily(aws, x_api_key):
     handler.reset()
     assert handler._authenticator is None
     handler.lambda_handler(copy.deepcopy(request_event({"x-api-key": "garbage"})), LambdaContext())

@@ -186,16 +186,45 @@ def test_client_disconnect_cancels_the_upstream_call(stack, key):
     assert stats.wait_for(lambda s: s["client_disconnects"] > before, timeout=5)
 
 
+SIGV4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261130/us-east-1/lambda/aws4_request, Signature=ff"
+
+
 def test_function_url_path_validates_the_key_itself(stack, key):
+    """No authorizer ran: the proxy applies the authorizer's rules (identity sources only)."""
     from starlette.testclient import TestClient
 
     from functions.proxy.app import create_app
 
-    with TestClient(create_app()) as client:
+    with TestClient(create_app()) as client:  # identity sources: Authorization (the default)
         body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 2}
         assert client.post("/v1/chat/completions", json=body).status_code == 401
         assert client.post("/v1/chat/completions", json=body,
-                           headers={"authorization": "Bearer qg_nope"}).status_code == 403
-        ok = client.post("/v1/chat/completions", json=body, headers={"x-api-key": key["api_key"]})
+                           headers={"authorization": "Bearer qg_nope"}).status_code in (401, 403)
+        # Not an identity source: never read, even with nothing else presented.
+        refused = client.post("/v1/chat/completions", json=body, headers={"x-api-key": key["api_key"]})
+        assert refused.status_code == 401, refused.text
+        assert "Authorization: Bearer <key>" in refused.json()["error"]["message"]
+        refused = client.post("/v1/chat/completions", json=body,
+                              headers={"authorization": "Bearer", "x-api-key": key["api_key"]})
+        assert refused.status_code == 401, refused.text
+        ok = client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key['api_key']}"})
         assert ok.status_code == 200, ok.text
         assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_function_url_path_with_sigv4_and_x_api_key(stack, key, monkeypatch):
+    """IAM-signed callers put their SigV4 signature in Authorization: they need x-api-key as an
+    identity source (the signature itself is never taken for, nor skipped to find, another header)."""
+    from starlette.testclient import TestClient
+
+    from functions.proxy.app import create_app
+    from quotagate import settings
+
+    body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 2}
+    headers = {"authorization": SIGV4, "x-api-key": key["api_key"]}
+    with TestClient(create_app()) as client:
+        assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 401
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, "x-api-key")
+    with TestClient(create_app()) as client:
+        ok = client.post("/v1/chat/completions", json=body, headers=headers)
+        assert ok.status_code == 200, ok.text

@@ -59,7 +59,7 @@ def key(stack):
 
 
 def ask(client, key, model, stream=False):
-    return client.post("/v1/chat/completions", headers={"x-api-key": key["api_key"]},
+    return client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key['api_key']}"},
                        json={"model": model, "messages": MESSAGES, "max_tokens": 2, "stream": stream})
 
 

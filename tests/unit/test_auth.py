@@ -96,31 +96,78 @@ def denied_reason(auth: Authenticator, credential: str | None) -> str:
 # --- credential_from_headers -------------------------------------------------------------------
 
 
+AUTH = ("Authorization",)
+API_KEY = ("x-api-key",)
+SIGV4 = "AWS4-HMAC-SHA256 Credential=AKIA/..., SignedHeaders=host, Signature=ff"
+
+
 @pytest.mark.parametrize(
-    ("headers", "expected"),
+    ("headers", "sources", "expected"),
     [
-        ({"Authorization": "Bearer abc"}, "abc"),
-        ({"authorization": "bearer abc"}, "abc"),
-        ({"AUTHORIZATION": "BEARER   abc  "}, "abc"),
-        ({"x-api-key": "abc"}, "abc"),
-        ({"X-Api-Key": " abc "}, "abc"),
-        ({"X-API-KEY": "abc"}, "abc"),
-        ({"Authorization": "Bearer tok", "x-api-key": "other"}, "tok"),
-        # A SigV4 signature (function-URL path) is not our credential: fall back to x-api-key.
-        ({"Authorization": "AWS4-HMAC-SHA256 Credential=AKIA/..., Signature=ff", "x-api-key": "k"}, "k"),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, None),
-        ({"Authorization": "Bearer"}, None),
-        ({"Authorization": "Bearer   "}, None),
-        ({"x-api-key": ""}, None),
-        ({"x-api-key": "   "}, None),
-        ({"content-type": "application/json"}, None),
-        ({"Authorization": None, "x-api-key": None}, None),
-        ({}, None),
-        (None, None),
+        ({"Authorization": "Bearer abc"}, AUTH, "abc"),
+        ({"authorization": "bearer abc"}, AUTH, "abc"),
+        ({"AUTHORIZATION": "BEARER   abc  "}, AUTH, "abc"),
+        ({"x-api-key": "abc"}, API_KEY, "abc"),
+        ({"X-Api-Key": " abc "}, ("X-API-KEY",), "abc"),
+        # Only the identity sources are read: never another header, whatever it holds.
+        ({"x-api-key": "abc"}, AUTH, None),
+        ({"Authorization": "Bearer abc"}, API_KEY, None),
+        ({"Authorization": "Bearer", "x-api-key": "abc"}, AUTH, None),
+        ({"Authorization": "Bearer ", "x-api-key": "abc"}, AUTH, None),
+        ({"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "abc"}, AUTH, None),
+        ({"x-api-key": "", "Authorization": "Bearer abc"}, API_KEY, None),
+        # The first identity source present decides; a malformed one never falls through.
+        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("Authorization", "x-api-key"), "tok"),
+        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("x-api-key", "Authorization"), "other"),
+        ({"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "k"}, ("Authorization", "x-api-key"), None),
+        ({"x-api-key": "k"}, ("Authorization", "x-api-key"), "k"),
+        # Not one well-formed token: another scheme, no token, several tokens, combined repeats.
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, AUTH, None),
+        ({"Authorization": "Bearer"}, AUTH, None),
+        ({"Authorization": "Bearer   "}, AUTH, None),
+        ({"Authorization": "abc"}, AUTH, None),
+        ({"Authorization": "Bearer a b"}, AUTH, None),
+        ({"Authorization": "Bearer a, Bearer b"}, AUTH, None),
+        ({"x-api-key": "a, b"}, API_KEY, None),
+        ({"x-api-key": "Bearer abc"}, API_KEY, None),
+        ({"x-api-key": ""}, API_KEY, None),
+        ({"x-api-key": "   "}, API_KEY, None),
+        ({"content-type": "application/json"}, AUTH, None),
+        ({"Authorization": None, "x-api-key": None}, ("Authorization", "x-api-key"), None),
+        ({"Authorization": "Bearer abc"}, (), None),
+        ({}, AUTH, None),
+        (None, AUTH, None),
+        # An AWS signature is a credential for IAM only on the function-URL path.
+        ({"Authorization": SIGV4, "x-api-key": "k"}, AUTH, None),
+        ({"Authorization": SIGV4, "x-api-key": "k"}, ("Authorization", "x-api-key"), None),
     ],
 )
-def test_credential_from_headers(headers, expected):
-    assert credential_from_headers(headers) == expected
+def test_credential_from_headers(headers, sources, expected):
+    assert credential_from_headers(headers, sources) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "sources", "expected"),
+    [
+        ({"Authorization": SIGV4, "x-api-key": "k"}, ("Authorization", "x-api-key"), "k"),
+        ({"Authorization": SIGV4, "x-api-key": "k"}, API_KEY, "k"),
+        ({"Authorization": SIGV4, "x-api-key": "k"}, AUTH, None),  # never x-api-key unless configured
+        ({"Authorization": "Bearer tok"}, AUTH, "tok"),
+        ({"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "k"}, ("Authorization", "x-api-key"), None),
+    ],
+)
+def test_credential_on_the_function_url_path(headers, sources, expected):
+    assert credential_from_headers(headers, sources, aws_signed=True) == expected
+
+
+def test_missing_credential_names_the_identity_sources():
+    auth = Authenticator(InMemoryKeyStore())
+    with pytest.raises(MissingCredential) as info:
+        auth.authenticate_headers({"x-api-key": "k"}, ("Authorization",))
+    error = info.value.gateway_error()
+    assert error.status == 401
+    assert "Authorization: Bearer <key>" in error.body()["error"]["message"]
+    assert "x-api-key" not in error.body()["error"]["message"]
 
 
 def test_looks_like_jwt():

@@ -19,6 +19,9 @@ JWT_PUBLIC_KEYS = "QG_JWT_PUBLIC_KEYS"  # a JWKS document (JSON) with static pub
 JWT_TENANT_CLAIM = "QG_JWT_TENANT_CLAIM"
 JWT_CONSUMER_CLAIM = "QG_JWT_CONSUMER_CLAIM"
 JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
+# The authorizer's identity sources (comma-separated header names), set by the stack from the same
+# context value that configures the authorizer: the only headers a credential is read from.
+IDENTITY_SOURCES = "QG_IDENTITY_SOURCES"
 # Upper bound for a request body the proxy will read (bytes).
 MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
 # The durable retry path for settlements (an SQS queue URL; unset: failures are logged only).

@@ -45,13 +45,16 @@ def _provider_secrets_from_env() -> None:
             client.create_secret(Name=provider.api_key_secret, SecretString=os.environ[env_name])
 
 
-def build_app(identity_sources: list[str], cache_seconds: float):  # type: ignore[no-untyped-def]
+def build_app(identity_sources: tuple[str, ...], cache_seconds: float):  # type: ignore[no-untyped-def]
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app
+    from quotagate.identity_sources import identity_source_environment
     from quotagate.local.apigateway import LocalApiGateway
 
-    return LocalApiGateway(create_app(), authorizer, keys_handler, identity_sources, cache_seconds,
+    # As the stack does: the authorizer and the proxy learn the emulated authorizer's identity sources.
+    os.environ.update(identity_source_environment(identity_sources))
+    return LocalApiGateway(create_app(), authorizer, keys_handler, list(identity_sources), cache_seconds,
                            KEYS_FUNCTION_NAMES)
 
 
@@ -63,9 +66,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds per token streamed by the mock model server")
     parser.add_argument("--authorizer-cache-seconds", type=float, default=300.0)
     parser.add_argument("--identity-sources", default="Authorization",
-                        help="comma-separated headers API Gateway requires before calling the authorizer")
+                        help="comma-separated headers API Gateway requires before calling the authorizer "
+                             "(the only headers a key is read from; 'x-api-key' for the anthropic SDK)")
     parser.add_argument("--demo-plan", default="free")
     args = parser.parse_args(argv)
+    from quotagate.identity_sources import IdentitySourceError, parse_identity_sources
+
+    try:
+        identity_sources = parse_identity_sources(args.identity_sources)
+    except IdentitySourceError as error:
+        parser.error(str(error))
 
     from quotagate.local.motoserver import start_moto_server
 
@@ -100,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     demo_key = created["result"]["api_key"]
 
-    app = build_app([s.strip() for s in args.identity_sources.split(",") if s.strip()],
-                    args.authorizer_cache_seconds)
+    app = build_app(identity_sources, args.authorizer_cache_seconds)
     base = f"http://{args.host}:{args.port}"
     print(f"Quotagate local gateway on {base} (moto at {moto_url}, mock models at {mock_url})")
     print(f"OPENAI_BASE_URL={base}/v1")

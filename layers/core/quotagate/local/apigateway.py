@@ -19,6 +19,8 @@ from typing import Any
 from anyio import to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from quotagate.identity_sources import missing_credential_message
+
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 API_ID = "local"
@@ -38,7 +40,8 @@ class AuthResult:
 
 
 class AuthorizerCache:
-    """API Gateway caches the authorizer's policy per identity-source values for the TTL."""
+    """API Gateway caches the authorizer's policy keyed by the identity-source values alone (nothing
+    else of the request) for the TTL; a TTL of 0 caches nothing."""
 
     def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl_seconds
@@ -126,12 +129,14 @@ class LocalApiGateway:
 
     def __init__(self, proxy_app: ASGIApp, authorizer: Callable[[dict[str, Any], Any], dict[str, Any]],
                  keys_handler: Callable[[dict[str, Any], Any], Any], identity_sources: list[str],
-                 cache_seconds: float = 300.0, keys_function_names: tuple[str, ...] = ()) -> None:
+                 cache_seconds: float = 300.0, keys_function_names: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._proxy = proxy_app
         self._authorizer = authorizer
         self._keys_handler = keys_handler
         self._identity_sources = [s.lower() for s in identity_sources]
-        self.cache = AuthorizerCache(cache_seconds)
+        self._missing_credential = missing_credential_message(identity_sources)
+        self.cache = AuthorizerCache(cache_seconds, clock)
         self._keys_names = keys_function_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,7 +161,7 @@ class LocalApiGateway:
         identity = tuple(headers.get(source, "") for source in self._identity_sources)
         if self._identity_sources and not all(identity):
             # API Gateway answers 401 without calling the authorizer when an identity source is missing.
-            await _respond(send, 401, openai_error_body("You didn't provide an API key.", "invalid_api_key"))
+            await _respond(send, 401, openai_error_body(self._missing_credential, "invalid_api_key"))
             return
         result = self.cache.get(identity)
         if result is None:
@@ -165,8 +170,7 @@ class LocalApiGateway:
                 response = await to_thread.run_sync(self._authorizer, event, FakeLambdaContext("authorizer"))
             except Exception as error:
                 if str(error) == "Unauthorized":
-                    await _respond(send, 401, openai_error_body("You didn't provide an API key.",
-                                                                "invalid_api_key"))
+                    await _respond(send, 401, openai_error_body(self._missing_credential, "invalid_api_key"))
                 else:  # an authorizer crash is a 500 in API Gateway, and not cached
                     await _respond(send, 500, openai_error_body("Authorizer error.", "authorizer_error",
                                                                 "api_error"))

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from quotagate import apikeys
 from quotagate.dal.keys_store import KeyRecord, KeyStore
 from quotagate.errors import GatewayError, authentication_error, permission_error, upstream_error
 from quotagate.identity import Identity
+from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES, missing_credential_message
 
 if TYPE_CHECKING:
     from quotagate.jwt_auth import JwtVerifier
@@ -41,21 +42,23 @@ MAX_CREDENTIAL_LENGTH = 8192
 # Three base64url segments; the signature may be empty (``alg: none``), which the verifier rejects
 # explicitly rather than this shape check.
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+# What AWS puts in Authorization when it signs a request (function URL with AWS_IAM auth).
+_SIGV4_SCHEME = "AWS4-"
+_NOT_A_TOKEN = re.compile(r"[\s,]")
 # Stands in for a stored hash when there is none, so that the constant-time comparison always runs.
 # It is the hash of a value that can never be a key, so it can never match.
 _DUMMY_HASH = apikeys.hash_key("quotagate:no-such-key")
 
 
 class MissingCredential(Exception):
-    """No credential was presented (HTTP 401)."""
+    """No well-formed credential in the identity sources (HTTP 401)."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity_sources: Sequence[str] = DEFAULT_IDENTITY_SOURCES) -> None:
         super().__init__("missing credential")
+        self.identity_sources = tuple(identity_sources)
 
     def gateway_error(self) -> GatewayError:
-        return authentication_error(
-            "Missing API key. Send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
-        )
+        return authentication_error(missing_credential_message(self.identity_sources))
 
 
 class AccessDenied(Exception):
@@ -88,31 +91,52 @@ class AuthUnavailable(Exception):
         )
 
 
-def credential_from_headers(headers: Mapping[str, str | None] | None) -> str | None:
-    """The presented credential, or None. Header names are case-insensitive.
+def credential_from_headers(
+    headers: Mapping[str, str | None] | None,
+    identity_sources: Sequence[str],
+    *,
+    aws_signed: bool = False,
+) -> str | None:
+    """The credential presented in the identity sources, or None (header names are case-insensitive).
 
-    ``Authorization: Bearer <token>`` wins; otherwise ``x-api-key``. A non-Bearer ``Authorization``
-    header (for example a SigV4 signature on the function-URL path) is not a credential for us.
+    Only the identity sources are read, in their configured order: API Gateway caches the answer
+    keyed by their values alone, so a credential taken from any other header could later be served
+    to a request that never presented it. The first identity source that is present decides: if it
+    does not hold a well-formed credential (``Authorization: Basic ...``, an empty ``Bearer``, two
+    values combined), the answer is None — never a credential from a later header.
+
+    ``aws_signed`` (the function-URL path, where Lambda has verified the caller's SigV4 signature):
+    an ``Authorization`` value signed by AWS belongs to IAM, not to us, and counts as absent.
     """
     if not headers:
         return None
-    authorization = api_key = None
+    lowered: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
+        if isinstance(name, str) and isinstance(value, str):
+            lowered[name.lower()] = value
+    for source in identity_sources:
+        source = source.lower()
+        value = lowered.get(source, "").strip()
+        if not value:
             continue
-        lowered = name.lower()
-        if lowered == "authorization":
-            authorization = value
-        elif lowered == "x-api-key":
-            api_key = value
-    if authorization:
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() == "bearer" and token:
-            return token
-    if api_key and api_key.strip():
-        return api_key.strip()
+        if source == "authorization":
+            if aws_signed and value.startswith(_SIGV4_SCHEME):
+                continue
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return _single_token(token)
+        return _single_token(value)
     return None
+
+
+def _single_token(value: str) -> str | None:
+    """One token, or None: empty, or anything with whitespace or a comma (repeated headers are
+    combined with ", "), is not a credential."""
+    token = value.strip()
+    if not token or _NOT_A_TOKEN.search(token):
+        return None
+    return token
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -129,6 +153,14 @@ class Authenticator:
         self._store = store
         self._jwt_verifier = jwt_verifier
         self._clock = clock
+
+    def authenticate_headers(self, headers: Mapping[str, str | None] | None,
+                             identity_sources: Sequence[str], *, aws_signed: bool = False) -> Identity:
+        """Authenticate the credential presented in the identity sources (see credential_from_headers)."""
+        credential = credential_from_headers(headers, identity_sources, aws_signed=aws_signed)
+        if credential is None:
+            raise MissingCredential(identity_sources)
+        return self.authenticate(credential)
 
     def authenticate(self, credential: str | None) -> Identity:
         if credential is None or not credential.strip():

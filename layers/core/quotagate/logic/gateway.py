@@ -151,7 +151,8 @@ class Gateway:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
                  max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS,
-                 tenant_records: TenantRecords | None = None) -> None:
+                 tenant_records: TenantRecords | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._key_records = key_records
         self._tenant_records = tenant_records
@@ -167,6 +168,7 @@ class Gateway:
         self.sleep = sleep
         self.max_retry_wait = max_retry_wait
         self.max_request_seconds = max_request_seconds
+        self.wall_clock = wall_clock  # epoch seconds: key expiry and rotation grace
 
     # -- who may call what -------------------------------------------------------------------
     def limits_for(self, identity: Identity) -> Limits:
@@ -175,7 +177,7 @@ class Gateway:
         if identity.auth_type == "api_key":
             record = self._key_records.get(identity.key_id)
             if record is None or record.status != "active" or (
-                    record.expires_at is not None and record.expires_at <= time.time()):
+                    record.expires_at is not None and record.expires_at <= self.wall_clock()):
                 raise authentication_error("This API key is no longer valid.")
             plan_name, key_limits, allowed = record.plan, record.limits, record.allowed_models
         plan = config.plan(plan_name)

@@ -1,0 +1,167 @@
+"""Identity confusion through the authorizer cache (issue 7 §1).
+
+API Gateway caches the authorizer's answer keyed by the identity-source values alone. These tests
+run the real authorizer and proxy behind the API Gateway emulator WITH its cache on, and replay the
+attack for every combination of the two credential headers under both identity-source settings:
+first a "victim" request, then an "attacker" request with the same identity-source values and a
+different other header. Every response must be exactly what the identity-source value alone
+decides — served and billed as the key it carries, or refused and billed to nobody.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from quotagate.local.apigateway import AuthorizerCache
+from tests.integration.gateway_stack import GatewayStack, gateway_stack
+
+CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+ABSENT = None
+
+# Values of the Authorization header ("{A}"/"{B}" become the keys of the two clients).
+AUTHORIZATION_VALUES: list[str | None] = [
+    ABSENT, "", "Bearer", "bearer", "Basic Zm9vOmJhcg==", "Bearer {A}", "Bearer {B}", "Bearer garbage",
+    "{A}",  # a key without the Bearer scheme is not a well-formed Authorization credential
+]
+# Values of the x-api-key header.
+API_KEY_VALUES: list[str | None] = [ABSENT, "", "{A}", "{B}", "garbage", "Bearer {A}"]
+
+
+@pytest.fixture(scope="module", params=[("Authorization",), ("x-api-key",)], ids=["Authorization", "x-api-key"])
+def edge(request, tmp_path_factory) -> Iterator[tuple[GatewayStack, tuple[str, ...], dict[str, str]]]:
+    with gateway_stack(tmp_path_factory.mktemp("identity"), authorizer_cache_seconds=300,
+                       identity_sources=request.param) as stack:
+        # A monthly token window counts what each key is billed (a minute window would roll over).
+        limits = {"tokens_per_month": 10**9}
+        keys = {"A": stack.create_key("tenant-a", "victim", limits=limits)["api_key"],
+                "B": stack.create_key("tenant-b", "attacker", limits=limits)["api_key"]}
+        yield stack, request.param, keys
+
+
+def key_id(api_key: str) -> str:
+    return api_key.split("_")[1]
+
+
+def fill(value: str | None, keys: dict[str, str]) -> str | None:
+    return None if value is None else value.format(**keys)
+
+
+def served_as(source: str, value: str | None, keys: dict[str, str]) -> str | None:
+    """The key a request must be served as: decided by the identity-source value alone."""
+    if value is None:
+        return None
+    for name, key in keys.items():
+        if source.lower() == "authorization" and value == f"Bearer {key}":
+            return name
+        if source.lower() != "authorization" and value == key:
+            return name
+    return None
+
+
+def billed_requests(stack: GatewayStack, keys: dict[str, str]) -> dict[str, int]:
+    """Tokens charged so far to each key, read from the quota table."""
+    if not hasattr(stack, "quota_reader"):
+        import boto3
+
+        from quotagate.quota.ledger import DynamoQuotaLedger
+        from quotagate.quota.service import QuotaService
+
+        stack.quota_reader = QuotaService(DynamoQuotaLedger(boto3.client("dynamodb")))  # type: ignore[attr-defined]
+    reader = stack.quota_reader  # type: ignore[attr-defined]
+    return {name: reader.usage_of(f"key#{key_id(key)}", "tokens_per_month") for name, key in keys.items()}
+
+
+def send(stack: GatewayStack, headers: dict[str, str | None]) -> httpx.Response:
+    present = {name: value for name, value in headers.items() if value is not None}
+    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=present, timeout=10)
+
+
+def check(stack: GatewayStack, keys: dict[str, str], headers: dict[str, str | None], expected: str | None,
+          label: str) -> None:
+    before = billed_requests(stack, keys)
+    response = send(stack, headers)
+    after = billed_requests(stack, keys)
+    billed = {name for name in keys if after[name] != before[name]}
+    if expected is None:
+        assert response.status_code in (401, 403), f"{label}: {response.status_code} {response.text}"
+        assert billed == set(), f"{label}: refused, yet billed to {billed}"
+    else:
+        assert response.status_code == 200, f"{label}: {response.status_code} {response.text}"
+        assert billed == {expected}, f"{label}: presented key {expected}, billed to {billed}"
+
+
+def scenarios(source: str) -> list[tuple[str | None, list[tuple[str | None, str | None]]]]:
+    """(identity-source value, [(victim's other header, attacker's other header), ...])."""
+    if source.lower() == "authorization":
+        own, other = AUTHORIZATION_VALUES, ["{A}", "{B}", ABSENT]
+    else:
+        own, other = API_KEY_VALUES, ["Bearer {A}", "Bearer {B}", ABSENT]
+    return [(value, list(itertools.permutations(other, 2))) for value in own]
+
+
+@pytest.mark.parametrize("case", range(max(len(AUTHORIZATION_VALUES), len(API_KEY_VALUES))))
+def test_cached_answer_never_serves_a_key_the_request_did_not_present(edge, case):
+    stack, sources, keys = edge
+    (source,) = sources
+    other_header = "x-api-key" if source.lower() == "authorization" else "Authorization"
+    cases = scenarios(source)
+    if case >= len(cases):
+        pytest.skip("fewer values for this identity source")
+    own_value, pairs = cases[case]
+    expected = served_as(source, fill(own_value, keys), keys)
+    for victim_other, attacker_other in pairs:
+        stack.gateway.cache = AuthorizerCache(300)  # each scenario starts with an empty cache
+        for who, other in (("victim", victim_other), ("attacker", attacker_other)):
+            headers = {source: fill(own_value, keys), other_header: fill(other, keys)}
+            label = f"{who}: {source}={own_value!r}, {other_header}={other!r}"
+            check(stack, keys, headers, expected, label)
+
+
+def test_the_reported_attack_empty_bearer(edge):
+    """Issue 7: victim sends 'Authorization: Bearer' plus its x-api-key; then anyone sending
+    'Authorization: Bearer' got the victim's cached Allow."""
+    stack, sources, keys = edge
+    if sources != ("Authorization",):
+        pytest.skip("the Authorization variant")
+    check(stack, keys, {"Authorization": "Bearer", "x-api-key": keys["A"]}, None, "victim")
+    check(stack, keys, {"Authorization": "Bearer"}, None, "attacker")
+
+
+def test_the_reported_attack_mirror_image(edge):
+    """With identity source x-api-key, a key in Authorization must not be cached under x-api-key's value."""
+    stack, sources, keys = edge
+    if sources != ("x-api-key",):
+        pytest.skip("the x-api-key variant")
+    check(stack, keys, {"x-api-key": "garbage", "Authorization": f"Bearer {keys['A']}"}, None, "victim")
+    check(stack, keys, {"x-api-key": "garbage", "Authorization": f"Bearer {keys['B']}"}, None, "attacker")
+
+
+def test_openai_sdk_works_with_authorization(edge):
+    stack, sources, keys = edge
+    if sources != ("Authorization",):
+        pytest.skip("the openai SDK sends Authorization: Bearer")
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=keys["A"], max_retries=0)
+    before = billed_requests(stack, keys)
+    answer = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert answer.choices[0].message.content
+    after = billed_requests(stack, keys)
+    assert after["A"] > before["A"] and after["B"] == before["B"]
+
+
+def test_anthropic_style_client_works_with_x_api_key(edge):
+    """What the anthropic SDK sends: the key in x-api-key, plus anthropic-version."""
+    stack, sources, keys = edge
+    if sources != ("x-api-key",):
+        pytest.skip("the anthropic SDK sends x-api-key")
+    headers: dict[str, Any] = {"x-api-key": keys["B"], "anthropic-version": "2023-06-01"}
+    before = billed_requests(stack, keys)
+    response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    after = billed_requests(stack, keys)
+    assert after["B"] > before["B"] and after["A"] == before["A"]
