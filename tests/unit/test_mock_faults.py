@@ -31,7 +31,7 @@ def test_all_keys():
         tokens=7,
     )
     assert set(FAULT_KEYS) == set(
-        "status code retry_after delay_first_byte drop_after omit_usage token_delay tokens".split()
+        "status code retry_after delay_first_byte drop_after omit_usage token_delay tokens real_billing cap_field".split()
     )
 
 

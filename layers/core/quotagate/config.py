@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from quotagate import settings
 
@@ -80,6 +80,12 @@ class Price:
 
 
 PROVIDER_TYPES = ("openai", "anthropic", "bedrock")
+# The request field that carries the output cap to a provider. OpenAI's reasoning models take only
+# max_completion_tokens; many OpenAI-compatible servers (older vLLM, Ollama) honour only max_tokens.
+# The Anthropic and Bedrock adapters translate either into their own field.
+MaxOutputField = Literal["max_tokens", "max_completion_tokens"]
+MAX_OUTPUT_FIELDS: tuple[str, ...] = get_args(MaxOutputField)
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
 TIER_MISMATCH_POLICIES = ("refuse", "downgrade")
 
 
@@ -97,6 +103,7 @@ class Provider:
     prompt_token_factor: float = 1.0
     # How an "openai" provider sends its key: "authorization" (Bearer) or "api-key" (Azure OpenAI).
     auth_header: str = "authorization"
+    max_output_field: MaxOutputField = "max_tokens"  # see MaxOutputField; a target can override it
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,12 @@ class Target:
     connect_timeout: float | None = None  # None: the provider's
     first_byte_timeout: float | None = None
     idle_timeout: float | None = None
+    # The model's own maximum output: the cap sent when the client sends none.
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    max_output_field: MaxOutputField | None = None  # None: the provider's
+    image_tokens: int | None = None  # worst-case prompt tokens per image; None: the provider type's
+    # A reasoning model bills hidden output that no stream shows: its whole cap is reserved up front.
+    reasoning: bool = False
 
     @property
     def id(self) -> str:
@@ -194,6 +207,10 @@ class GatewayConfig:
         """Prompt tokens to reserve for ``target``: an upper bound in the provider's own tokens."""
         return math.ceil(cl100k_tokens * self.providers[target.provider].prompt_token_factor)
 
+    def max_output_field(self, target: Target) -> MaxOutputField:
+        """The request field that carries the output cap to ``target``."""
+        return target.max_output_field or self.providers[target.provider].max_output_field
+
     def timeouts_for(self, target: Target) -> Timeouts:
         provider = self.providers[target.provider]
         return Timeouts(
@@ -238,6 +255,15 @@ def _number(raw: dict[str, Any], name: str, where: str, *, positive: bool = Fals
     return float(value)
 
 
+def _positive_int(raw: dict[str, Any], name: str, where: str, default: int | None) -> Any:
+    value = raw.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}.{name} must be a positive integer")
+    return value
+
+
 def _string(raw: dict[str, Any], name: str, where: str, default: str | None = None) -> str | None:
     value = raw.get(name, default)
     if value is None:
@@ -273,6 +299,9 @@ def _parse_provider(name: str, raw: Any) -> Provider:
     auth_header = p.get("auth_header", "authorization")
     if auth_header not in ("authorization", "api-key"):
         raise ConfigError(f"{where}.auth_header must be 'authorization' or 'api-key'")
+    max_output_field = p.get("max_output_field", "max_tokens")
+    if max_output_field not in MAX_OUTPUT_FIELDS:
+        raise ConfigError(f"{where}.max_output_field must be one of {', '.join(MAX_OUTPUT_FIELDS)}")
     return Provider(
         name=name,
         type=kind,
@@ -283,6 +312,7 @@ def _parse_provider(name: str, raw: Any) -> Provider:
         region=region,
         prompt_token_factor=factor,
         auth_header=auth_header,
+        max_output_field=max_output_field,
     )
 
 
@@ -295,7 +325,8 @@ def _parse_price(raw: Any, where: str) -> Price:
                  output_per_million=_number(p, "output_per_million", where, default=0.0) or 0.0)
 
 
-_TARGET_FIELDS = ("provider", "upstream_model", "price", "weight", "plans", "timeouts")
+_TARGET_FIELDS = ("provider", "upstream_model", "price", "weight", "plans", "timeouts", "max_output_tokens",
+                  "max_output_field", "image_tokens", "reasoning")
 _TIMEOUT_FIELDS = ("connect", "first_byte", "idle")
 
 
@@ -311,6 +342,12 @@ def _parse_target(raw: Any, where: str, default_model: str, providers: dict[str,
         raise ConfigError(f"{where}.plans must be a list of plan names")
     timeouts = _object(t.get("timeouts") or {}, f"{where}.timeouts")
     _known_keys(timeouts, f"{where}.timeouts", _TIMEOUT_FIELDS)
+    reasoning = t.get("reasoning", False)
+    if not isinstance(reasoning, bool):
+        raise ConfigError(f"{where}.reasoning must be true or false")
+    max_output_field = t.get("max_output_field", "max_completion_tokens" if reasoning else None)
+    if max_output_field is not None and max_output_field not in MAX_OUTPUT_FIELDS:
+        raise ConfigError(f"{where}.max_output_field must be one of {', '.join(MAX_OUTPUT_FIELDS)}")
     return Target(
         provider=provider,
         upstream_model=_string(t, "upstream_model", where, default_model) or default_model,
@@ -320,6 +357,10 @@ def _parse_target(raw: Any, where: str, default_model: str, providers: dict[str,
         connect_timeout=_number(timeouts, "connect", f"{where}.timeouts", positive=True),
         first_byte_timeout=_number(timeouts, "first_byte", f"{where}.timeouts", positive=True),
         idle_timeout=_number(timeouts, "idle", f"{where}.timeouts", positive=True),
+        max_output_tokens=_positive_int(t, "max_output_tokens", where, DEFAULT_MAX_OUTPUT_TOKENS),
+        max_output_field=max_output_field,
+        image_tokens=_positive_int(t, "image_tokens", where, None),
+        reasoning=reasoning,
     )
 
 

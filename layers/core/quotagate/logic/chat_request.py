@@ -19,8 +19,23 @@ class ChatRequest:
     model: str
     stream: bool
     client_wants_usage: bool  # stream_options.include_usage as the client sent it
-    max_output_tokens: int | None  # max_completion_tokens or max_tokens, if the client set one
+    max_completion_tokens: int | None  # as the client sent them
+    max_tokens: int | None
     choices: int  # n
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The client's output cap: the smaller of the two cap fields it sent, if any."""
+        caps = [cap for cap in (self.max_completion_tokens, self.max_tokens) if cap is not None]
+        return min(caps) if caps else None
+
+    @property
+    def cap_param(self) -> str:
+        """The field the client's cap came from (for error messages)."""
+        if self.max_tokens is not None and (self.max_completion_tokens is None
+                                            or self.max_tokens < self.max_completion_tokens):
+            return "max_tokens"
+        return "max_completion_tokens"
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -113,6 +128,7 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
         model=model,
         stream=stream,
         client_wants_usage=wants_usage,
-        max_output_tokens=max_completion if max_completion is not None else max_tokens,
+        max_completion_tokens=max_completion,
+        max_tokens=max_tokens,
         choices=choices,
     )

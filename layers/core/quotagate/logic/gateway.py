@@ -41,13 +41,13 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from anyio import to_thread
 
-from quotagate import tokens
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
 from quotagate.dal.tenants_store import TenantRecord
 from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
 from quotagate.identity import Identity
+from quotagate.logic import estimate
 from quotagate.logic import router as routing
 from quotagate.logic.breaker import CircuitBreaker, Permit
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
@@ -234,28 +234,26 @@ class Gateway:
                                "api_error", "upstream_unavailable",
                                headers={"retry-after": str(max(1, math.ceil(reopen)))})
 
-        max_output = request.max_output_tokens or limits.plan.default_max_tokens
-        prompt_estimate = await to_thread.run_sync(
-            lambda: tokens.chat_prompt_tokens(request.messages, exact=False))
-        output_budget = max_output * request.choices
-        # The most expensive target this request may reach, in that target's own tokens: the
-        # reservation is an upper bound whichever target serves.
         config = self._config()
-        prompt_reserve = max(config.prompt_reservation(t, prompt_estimate) for t in resolution.targets)
-        reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, prompt_estimate), output_budget)
-                          for t in resolution.targets)
-        output_param = "max_completion_tokens" if request.body.get("max_completion_tokens") is not None \
-            else "max_tokens"
-        output_text = f"{output_param} {max_output}" if request.max_output_tokens is not None \
-            else f"the plan's default of {max_output} output tokens"
+        cost = await to_thread.run_sync(estimate.measure, request.body)
+        plan = estimate.plan_output(config, request, resolution.targets, cost, limits.key_limits,
+                                    limits.tenant_limits, limits.plan.default_max_tokens)
+        per_choice = plan.output_reserve // request.choices
+        if request.max_output_tokens is not None:
+            output_param = request.cap_param
+            output_text = f"{output_param} {per_choice}"
+        else:
+            output_param = "max_tokens"
+            output_text = f"the default of {per_choice} output tokens"
         if request.choices > 1:
-            output_text = f"n={request.choices} x {output_text} = {output_budget} output tokens"
+            output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
-            prompt_reserve, output_budget, reserve_usd, output_text=output_text, output_param=output_param))
+            plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text=output_text,
+            output_param=output_param))
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
         outcome.started = started
-        response = ChatResponse(self, request, resolution, order, max_output, reservation, outcome, deadline_at)
+        response = ChatResponse(self, request, resolution, order, plan, reservation, outcome, deadline_at)
         try:
             await response.start()
         except BaseException as error:
@@ -289,12 +287,14 @@ def _model_card(config: GatewayConfig, resolution: routing.Resolution) -> dict[s
             "owned_by": next(iter(providers)) if len(providers) == 1 else "quotagate"}
 
 
-def _upstream_body(request: ChatRequest, target: Target, max_output: int) -> dict[str, Any]:
+def _upstream_body(request: ChatRequest, target: Target, plan: estimate.OutputPlan,
+                   config: GatewayConfig) -> dict[str, Any]:
     body = copy.copy(request.body)
     body["model"] = target.upstream_model
-    if request.max_output_tokens is None:
-        # Cap the output so the reservation is an upper bound of what the request can cost.
-        body["max_tokens"] = max_output
+    # Exactly one output cap, in the field this target understands.
+    body.pop("max_tokens", None)
+    body.pop("max_completion_tokens", None)
+    body[config.max_output_field(target)] = plan.caps[target.id]
     if request.stream:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body
@@ -341,13 +341,13 @@ class ChatResponse:
     settlement."""
 
     def __init__(self, gateway: Gateway, request: ChatRequest, resolution: routing.Resolution,
-                 order: list[Target], max_output: int, reservation: Any, outcome: Outcome,
+                 order: list[Target], plan: estimate.OutputPlan, reservation: Any, outcome: Outcome,
                  deadline_at: float | None) -> None:
         self._gateway = gateway
         self.request = request
         self.resolution = resolution
         self._order = order
-        self._max_output = max_output
+        self._plan = plan
         self._reservation = reservation
         self.outcome = outcome
         self._deadline_at = deadline_at
@@ -435,6 +435,8 @@ class ChatResponse:
                     await to_thread.run_sync(breaker.record_success, permit)
                 self._permit = Permit(target.id)  # later (mid-stream) failures are plain failures
                 self.target = target
+                # If the provider reports no usage, the prompt is charged at its (upper bound) estimate.
+                self._meter.prompt_estimate = self._plan.prompts[target.id]
                 self.outcome.target = target.id
                 return
             # Nothing served. Wait for a Retry-After if it fits the budget, then try those again.
@@ -467,7 +469,7 @@ class ChatResponse:
         timeouts = gateway._config().timeouts_for(target)
         budget = min(timeouts.first_byte, self._remaining())
         cut_by_deadline = self._remaining() < timeouts.first_byte
-        body = _upstream_body(self.request, target, self._max_output)
+        body = _upstream_body(self.request, target, self._plan, gateway._config())
         try:
             provider = gateway._providers.for_target(target)
         except GatewayError as error:  # the gateway's configuration, not the target's doing

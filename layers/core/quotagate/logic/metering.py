@@ -35,6 +35,7 @@ class Meter:
 
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self._messages = messages
+        self.prompt_estimate: int | None = None  # charged when the provider reports no usage
         self._reported: tuple[int, int] | None = None
         self._received: list[str] = []
         self.events_seen = 0
@@ -81,5 +82,7 @@ class Meter:
             return Usage(*self._reported, source="provider")
         if not upstream_started:
             return Usage(0, 0, source="counted")
-        return Usage(tokens.chat_prompt_tokens(self._messages), tokens.count_text("".join(self._received)),
-                     source="counted")
+        prompt = self.prompt_estimate
+        if prompt is None:
+            prompt = tokens.chat_prompt_tokens(self._messages)
+        return Usage(prompt, tokens.count_text("".join(self._received)), source="counted")

@@ -67,8 +67,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
-from quotagate.mock import vocab
-from quotagate.mock.faults import FAULT_HEADER, FaultSpec, split_model
+from quotagate.mock import billing, vocab
+from quotagate.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
 from quotagate.mock.server import (
     MockSettings,
     StreamCut,
@@ -391,7 +391,7 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
     _validate(body)
     fault = _fault(request, body, settings)
     length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _bad(f"{field}: {problem}"))
-    limit: int = body["max_tokens"]
+    limit: int = MAX_TOKENS if fault.cap_field == "none" else body["max_tokens"]
     convo = conversation(body)
     messages: list[dict[str, Any]] = body["messages"]
 
@@ -433,7 +433,7 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
         blocks=blocks,
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
-        input_tokens=tokens.chat_prompt_tokens(convo),
+        input_tokens=billing.anthropic_input_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(convo),
         token_delay=token_delay,
         fault=fault,
     )

@@ -74,7 +74,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from quotagate import tokens
-from quotagate.mock import vocab
+from quotagate.mock import billing, vocab
 from quotagate.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from quotagate.mock.eventstream import encode_event
 from quotagate.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
@@ -405,10 +405,10 @@ def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *
     length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _invalid(f"{field}: {problem}."))
 
     config = body.get("inferenceConfig") or {}
-    limit = config.get("maxTokens")
+    limit = None if fault.cap_field == "none" else config.get("maxTokens")
     stops = config.get("stopSequences") or []
     view = prompt_view(body)
-    prompt = input_tokens(body)
+    prompt = billing.bedrock_input_tokens(body) if fault.real_billing else input_tokens(body)
     pieces = vocab.reply_pieces(view, length)
 
     tools = _tools(body)

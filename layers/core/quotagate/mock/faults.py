@@ -23,13 +23,21 @@ Keys:
 ``omit_usage=1``        no ``usage`` in the non-stream body, no usage chunk in a stream.
 ``token_delay=S``       seconds between tokens for this request.
 ``tokens=N``            reply length in tokens (before ``max_tokens`` truncation).
+``real_billing=1``      bill the prompt like the real providers: tool/function definitions,
+                        ``response_format`` schemas, images and audio are prompt tokens (see
+                        :mod:`quotagate.mock.billing`), not only the text of the messages.
+``cap_field=F``         which output cap the mock honours: ``any`` (default: ``max_completion_tokens``,
+                        else ``max_tokens``), ``max_tokens`` (an older OpenAI-compatible server that
+                        ignores ``max_completion_tokens``), ``max_completion_tokens`` (an OpenAI reasoning
+                        model: ``max_tokens`` is refused with a 400), ``none`` (a provider that ignores
+                        every cap and generates its configured length).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 FAULT_HEADER = "x-mock-fault"
 FAULT_BODY_FIELD = "mock_fault"
@@ -37,6 +45,8 @@ MODEL_FAULT_SEPARATOR = "@"
 
 MAX_DELAY_SECONDS = 3600.0
 MAX_TOKENS = 65_536
+CapField = Literal["any", "max_tokens", "max_completion_tokens", "none"]
+CAP_FIELDS: tuple[str, ...] = get_args(CapField)
 
 
 class FaultSpecError(ValueError):
@@ -55,6 +65,8 @@ class FaultSpec:
     omit_usage: bool | None = None
     token_delay: float | None = None
     tokens: int | None = None
+    real_billing: bool | None = None
+    cap_field: CapField | None = None
 
     def merge(self, other: FaultSpec) -> FaultSpec:
         """A spec with ``other``'s set values overriding this one's."""
@@ -117,6 +129,12 @@ def _code(key: str, raw: str) -> str:
     return raw
 
 
+def _cap_field(key: str, raw: str) -> str:
+    if raw not in CAP_FIELDS:
+        raise FaultSpecError(f"fault {key!r} must be one of {', '.join(CAP_FIELDS)}, got {raw!r}")
+    return raw
+
+
 _PARSERS: dict[str, Any] = {
     "status": lambda k, v: _int(k, v, 400, 599),
     "code": _code,
@@ -126,6 +144,8 @@ _PARSERS: dict[str, Any] = {
     "omit_usage": _bool,
     "token_delay": _seconds,
     "tokens": lambda k, v: _int(k, v, 0, MAX_TOKENS),
+    "real_billing": _bool,
+    "cap_field": _cap_field,
 }
 FAULT_KEYS: tuple[str, ...] = tuple(_PARSERS)
 
@@ -165,7 +185,7 @@ def parse_fault_spec(spec: str | dict[str, Any] | FaultSpec | None) -> FaultSpec
         parser = _PARSERS.get(key)
         if parser is None:
             raise FaultSpecError(f"unknown fault {key!r} (known: {', '.join(FAULT_KEYS)})")
-        if raw == "" and key != "omit_usage":
+        if raw == "" and key not in ("omit_usage", "real_billing"):
             raise FaultSpecError(f"fault {key!r} needs a value")
         values[key] = parser(key, raw)
     return FaultSpec(**values)

@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from quotagate import tokens
-from quotagate.mock import vocab
+from quotagate.mock import billing, vocab
 from quotagate.mock.faults import (
     FAULT_BODY_FIELD,
     FAULT_HEADER,
@@ -431,6 +431,7 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
         raise _Reject(400, "'stream_options' must be an object.", param="stream_options")
     include_usage = bool(stream_options.get("include_usage"))
 
+    fault = _request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
     limit = None
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
@@ -438,10 +439,13 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
             continue
         if not _is_int(value) or value < 1:
             raise _Reject(400, f"'{name}' must be a positive integer.", param=name)
-        limit = value
-        break
-
-    fault = _request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
+        if fault.cap_field == "max_completion_tokens" and name == "max_tokens":
+            # What OpenAI's reasoning models answer.
+            raise _Reject(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                          "Use 'max_completion_tokens' instead.", param="max_tokens",
+                          code="unsupported_parameter")
+        if limit is None and fault.cap_field in (None, "any", name):
+            limit = value
     length, token_delay = _reply_pace(
         body, settings, fault, lambda field, problem: _Reject(400, f"'{field}' {problem}.", param=field)
     )
@@ -457,7 +461,7 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
         include_usage=include_usage,
         pieces=vocab.reply_pieces(messages, length),
         finish_reason=finish_reason,
-        prompt_tokens=tokens.chat_prompt_tokens(messages),
+        prompt_tokens=billing.openai_prompt_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(messages),
         token_delay=token_delay,
         fault=fault,
     )

@@ -1,0 +1,260 @@
+"""What a chat request can cost before it runs: an upper bound of the prompt tokens a provider
+bills, and the one output cap that reaches the provider.
+
+Providers bill more than the text of the messages: tool and function definitions, ``tool_choice``
+and ``response_format`` schemas, tool calls and tool results, names, images and audio. Text is
+counted with cl100k (then scaled by the provider's ``prompt_token_factor``); media parts are counted
+at their worst case for the provider that may serve them, in that provider's own tokens:
+
+- OpenAI images: ``detail: "low"`` 85 tokens, ``high``/``auto``/none 1,445 (gpt-4o: 85 + 170 per
+  512-px tile; an image is scaled to fit 2048 px, then to 768 px on its short side: 8 tiles).
+- Anthropic / Bedrock images: 1,600 (the service resizes images above ~1.15 megapixels; tokens are
+  about width x height / 750).
+- A target's ``image_tokens`` overrides both (models that bill images differently, such as
+  gpt-4o-mini, need it).
+- Audio (``input_audio``): WAV duration from its header, MP3 duration from an 8 kbit/s floor, at
+  ``AUDIO_TOKENS_PER_SECOND``. Audio that cannot be decoded, other formats and ``file`` parts
+  cannot be bounded without guessing: they are refused with a 400 before anything is reserved.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from quotagate import tokens
+from quotagate.config import Provider, Target
+from quotagate.errors import GatewayError, invalid_request
+
+OPENAI_IMAGE_TOKENS_LOW = 85
+OPENAI_IMAGE_TOKENS_HIGH = 85 + 170 * 8
+CLAUDE_IMAGE_TOKENS = 1_600
+DEFAULT_IMAGE_TOKENS = {"openai": OPENAI_IMAGE_TOKENS_HIGH, "anthropic": CLAUDE_IMAGE_TOKENS,
+                        "bedrock": CLAUDE_IMAGE_TOKENS}
+# gpt-4o audio input bills about 10 tokens per second; a bound with room to spare.
+AUDIO_TOKENS_PER_SECOND = 25
+MP3_MIN_BYTES_PER_SECOND = 1_000  # 8 kbit/s, the lowest MP3 bitrate
+AUDIO_FORMATS = ("wav", "mp3")
+# Framing the provider adds around tool definitions (OpenAI renders them as a typed namespace;
+# Anthropic adds a tool-use system prompt of a few hundred tokens, 346 on current Claude models).
+TOOLS_FRAMING_TOKENS = 32
+TOKENS_PER_TOOL = 16
+TOOL_SYSTEM_PROMPT_TOKENS = {"openai": 0, "anthropic": 500, "bedrock": 500}
+SCHEMA_FRAMING_TOKENS = 32
+TEXT_PART_TYPES = frozenset({"text", "refusal"})
+UNBOUNDED_CODE = "unbounded_input_cost"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _unbounded(message: str, param: str) -> GatewayError:
+    return invalid_request(f"{message} Its cost cannot be bounded before the request runs, so it is refused.",
+                           param=param, code=UNBOUNDED_CODE)
+
+
+@dataclass(frozen=True)
+class Image:
+    detail: str  # "low" | "high" | "auto"
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """The billable parts of one chat request, measured once; priced per target."""
+
+    text_tokens: int  # cl100k tokens of every text the provider reads (an upper bound)
+    images: tuple[Image, ...] = ()
+    audio_tokens: int = 0
+    has_tools: bool = False
+    has_cache_control: bool = False
+
+    def prompt_tokens(self, provider: Provider, target: Target) -> int:
+        """An upper bound of the prompt tokens ``target`` bills, in its own tokens."""
+        text = math.ceil(self.text_tokens * provider.prompt_token_factor)
+        if self.has_tools:
+            text += TOOL_SYSTEM_PROMPT_TOKENS[provider.type]
+        return text + sum(self.image_tokens(provider, target, image) for image in self.images) + self.audio_tokens
+
+    @staticmethod
+    def image_tokens(provider: Provider, target: Target, image: Image) -> int:
+        if target.image_tokens is not None:
+            return target.image_tokens
+        if provider.type == "openai" and image.detail == "low":
+            return OPENAI_IMAGE_TOKENS_LOW
+        return DEFAULT_IMAGE_TOKENS[provider.type]
+
+
+def wav_seconds(data: bytes) -> float | None:
+    """Duration of RIFF/WAVE bytes: the ``data`` chunk's size over the ``fmt`` chunk's byte rate."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset, byte_rate, data_size = 12, 0, None
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
+        body = offset + 8
+        if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(data):
+            byte_rate = struct.unpack("<I", data[body + 8:body + 12])[0]
+        elif chunk_id == b"data":
+            # A header may claim more data than was sent; the provider can only bill what it got.
+            data_size = min(size, len(data) - body)
+            break
+        offset = body + size + (size & 1)
+    if not byte_rate or data_size is None:
+        return None
+    return data_size / byte_rate
+
+
+def _audio_tokens(part: dict[str, Any], where: str) -> int:
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict) or audio.get("format") not in AUDIO_FORMATS:
+        raise _unbounded(f"'{where}' is audio in a format other than {' or '.join(AUDIO_FORMATS)}.", where)
+    try:
+        data = base64.b64decode(str(audio.get("data") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_request(f"'{where}.input_audio.data' is not valid base64.", param=where,
+                              code="invalid_value") from None
+    if audio["format"] == "wav":
+        seconds = wav_seconds(data)
+        if seconds is None:
+            raise _unbounded(f"'{where}' is not a readable WAV file.", where)
+    else:
+        seconds = len(data) / MP3_MIN_BYTES_PER_SECOND
+    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.framing = 0
+        self.images: list[Image] = []
+        self.audio_tokens = 0
+        self.cache_control = False
+
+    def part(self, part: dict[str, Any], where: str) -> None:
+        if "cache_control" in part:
+            self.cache_control = True
+        kind = part.get("type")
+        if kind in TEXT_PART_TYPES:
+            value = part.get(kind)
+            self.texts.append(value if isinstance(value, str) else _json(value))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else None
+            self.images.append(Image(detail if detail in ("low", "high") else "auto"))
+        elif kind == "input_audio":
+            self.audio_tokens += _audio_tokens(part, where)
+        else:
+            raise _unbounded(f"'{where}' is a content part of type {kind!r}.", where)
+
+    def content(self, content: Any, where: str) -> None:
+        if content is None:
+            return
+        if isinstance(content, str):
+            self.texts.append(content)
+        elif isinstance(content, list):
+            for i, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise invalid_request(f"'{where}[{i}]' must be an object.", param=f"{where}[{i}]",
+                                          code="invalid_value")
+                self.part(part, f"{where}[{i}]")
+        else:
+            self.texts.append(_json(content))
+
+
+def measure(body: dict[str, Any]) -> RequestCost:
+    """The billable parts of a validated chat request body. Raises GatewayError (400) for a part
+    whose cost cannot be bounded."""
+    counter = _Counter()
+    counter.framing = tokens.REPLY_PRIMING_TOKENS
+    for index, message in enumerate(body.get("messages") or []):
+        where = f"messages[{index}]"
+        counter.framing += tokens.TOKENS_PER_MESSAGE
+        counter.texts.append(str(message.get("role", "")))
+        counter.content(message.get("content"), f"{where}.content")
+        if message.get("name"):
+            counter.framing += tokens.TOKENS_PER_NAME
+            counter.texts.append(str(message["name"]))
+        for key in ("tool_calls", "function_call", "tool_call_id", "audio"):
+            if message.get(key):
+                counter.texts.append(_json(message[key]))
+        if "cache_control" in message:
+            counter.cache_control = True
+    definitions = 0
+    for key in ("tools", "functions"):
+        value = body.get(key)
+        if value:
+            counter.texts.append(_json(value))
+            definitions += len(value) if isinstance(value, list) else 1
+            if isinstance(value, list) and any(isinstance(t, dict) and "cache_control" in t for t in value):
+                counter.cache_control = True
+    if definitions:
+        counter.framing += TOOLS_FRAMING_TOKENS + TOKENS_PER_TOOL * definitions
+    for key in ("tool_choice", "function_call"):
+        if isinstance(body.get(key), dict):
+            counter.texts.append(_json(body[key]))
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") != "text":
+        counter.texts.append(_json(response_format))
+        counter.framing += SCHEMA_FRAMING_TOKENS
+    text_tokens = counter.framing + sum(tokens.upper_bound_text(text) for text in counter.texts)
+    return RequestCost(text_tokens=text_tokens, images=tuple(counter.images), audio_tokens=counter.audio_tokens,
+                       has_tools=definitions > 0, has_cache_control=counter.cache_control)
+
+
+PER_REQUEST_LIMIT = "max_tokens_per_request"
+TOO_LARGE_CODE = "request_too_large_for_limit"
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What one admitted request may cost, per target that may serve it, and what is reserved."""
+
+    caps: dict[str, int]  # target id -> the output cap sent to it (per choice)
+    prompts: dict[str, int]  # target id -> an upper bound of its prompt tokens
+    prompt_reserve: int  # the largest of ``prompts``
+    output_reserve: int  # output tokens reserved before the call (all choices)
+    reserve_usd: float  # the worst case in dollars of the reservation, over the targets
+
+
+def per_request_limit(*limit_maps: dict[str, float]) -> int | None:
+    """The tightest ``max_tokens_per_request`` of the key's and the tenant's limits, if any."""
+    values = [int(limits[PER_REQUEST_LIMIT]) for limits in limit_maps if limits.get(PER_REQUEST_LIMIT) is not None]
+    return min(values) if values else None
+
+
+def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_limits: dict[str, float],
+                tenant_limits: dict[str, float], default_cap: int) -> OutputPlan:
+    """The one output cap per target and the reservation that bounds the request's bill.
+
+    The client's cap (the smaller of ``max_tokens`` and ``max_completion_tokens``) is used as sent;
+    above ``max_tokens_per_request`` it is a 400 naming the field. Without one, the target's
+    ``max_output_tokens`` is sent, bounded by the per-request limit."""
+    per_request = per_request_limit(key_limits, tenant_limits)
+    client_cap = request.max_output_tokens
+    if client_cap is not None and per_request is not None and client_cap > per_request:
+        param = request.cap_param
+        raise GatewayError(400, f"'{param}' is {client_cap}, more than the {PER_REQUEST_LIMIT} limit of "
+                                f"{per_request} of this API key. Lower '{param}'.",
+                           code=TOO_LARGE_CODE, param=param)
+    choices = request.choices
+    caps: dict[str, int] = {}
+    prompts: dict[str, int] = {}
+    for target in targets:
+        if client_cap is not None:
+            cap = client_cap
+        else:
+            cap = min(target.max_output_tokens, default_cap)
+            if per_request is not None:
+                cap = max(1, min(cap, per_request // choices))
+        caps[target.id] = cap
+        prompts[target.id] = cost.prompt_tokens(config.providers[target.provider], target)
+    output_reserve = max(caps.values()) * choices
+    reserve_usd = max(t.price.cost_usd(prompts[t.id], caps[t.id] * choices) for t in targets)
+    return OutputPlan(caps=caps, prompts=prompts, prompt_reserve=max(prompts.values()),
+                      output_reserve=output_reserve, reserve_usd=reserve_usd)

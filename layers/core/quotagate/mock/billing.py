@@ -1,0 +1,176 @@
+"""How the mock bills a prompt when a request asks for ``real_billing`` (a fault key): like the real
+providers, which bill tool and function definitions, ``response_format`` schemas and media as
+prompt tokens, not only the text of the messages.
+
+The formulas are the providers' documented ones, taken at their worst case where the mock cannot
+know an image's size (it never downloads or decodes anything):
+
+- OpenAI images: ``detail: "low"`` 85 tokens; ``high``/``auto`` the gpt-4o worst case, 85 + 170 per
+  512-px tile of an image scaled to fit 2048 px and then 768 px on its short side: 8 tiles, 1,445.
+- Anthropic (and Claude/Nova on Bedrock) images: about ``width * height / 750`` tokens after the
+  service resizes anything above ~1.15 megapixels: at most ~1,600.
+- Audio (``input_audio``): 10 tokens per second of audio; the duration of WAV data comes from its
+  header, of MP3 data from an 8 kbit/s floor (the lowest bitrate MP3 encoders produce).
+- Tool definitions: their JSON text plus a few framing tokens per tool (OpenAI); Anthropic adds a
+  tool-use system prompt of a few hundred tokens (346 on current Claude models).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from typing import Any
+
+from quotagate import tokens
+
+OPENAI_IMAGE_LOW = 85
+OPENAI_IMAGE_HIGH = 85 + 170 * 8
+CLAUDE_IMAGE_MAX = 1_600
+AUDIO_TOKENS_PER_SECOND = 10
+MP3_MIN_BYTES_PER_SECOND = 1_000  # 8 kbit/s
+OPENAI_TOKENS_PER_TOOL = 8
+ANTHROPIC_TOOL_SYSTEM_PROMPT = 346
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def wav_seconds(data: bytes) -> float | None:
+    """Duration of RIFF/WAVE bytes from the ``fmt`` byte rate and the ``data`` chunk size."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset, byte_rate, data_size = 12, None, None
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
+        body = offset + 8
+        if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(data):
+            byte_rate = struct.unpack("<I", data[body + 8:body + 12])[0]
+        elif chunk_id == b"data":
+            data_size = min(size, len(data) - body)
+            break
+        offset = body + size + (size & 1)
+    if not byte_rate or data_size is None:
+        return None
+    return data_size / byte_rate
+
+
+def audio_tokens(part: dict[str, Any]) -> int:
+    audio: dict[str, Any] = part["input_audio"] if isinstance(part.get("input_audio"), dict) else {}
+    try:
+        data = base64.b64decode(str(audio.get("data") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    seconds = wav_seconds(data) if audio.get("format") == "wav" else None
+    if seconds is None:
+        seconds = len(data) / MP3_MIN_BYTES_PER_SECOND
+    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+
+
+def _openai_part(part: Any) -> int:
+    if not isinstance(part, dict):
+        return tokens.count_text(_json(part))
+    kind = part.get("type")
+    if kind == "text":
+        return tokens.count_text(str(part.get("text") or ""))
+    if kind == "image_url":
+        image: dict[str, Any] = part["image_url"] if isinstance(part.get("image_url"), dict) else {}
+        return OPENAI_IMAGE_LOW if image.get("detail") == "low" else OPENAI_IMAGE_HIGH
+    if kind == "input_audio":
+        return audio_tokens(part)
+    return tokens.count_text(_json(part))
+
+
+def openai_prompt_tokens(body: dict[str, Any]) -> int:
+    """Prompt tokens of an OpenAI chat request as a provider bills them."""
+    total = tokens.REPLY_PRIMING_TOKENS
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        total += tokens.TOKENS_PER_MESSAGE + tokens.count_text(str(message.get("role", "")))
+        content = message.get("content")
+        if isinstance(content, list):
+            total += sum(_openai_part(part) for part in content)
+        elif content is not None:
+            total += tokens.count_text(content if isinstance(content, str) else _json(content))
+        if message.get("name"):
+            total += tokens.TOKENS_PER_NAME + tokens.count_text(str(message["name"]))
+        for key in ("tool_calls", "function_call", "tool_call_id"):
+            if message.get(key):
+                total += tokens.count_text(_json(message[key]))
+    tools = body.get("tools") or []
+    functions = body.get("functions") or []
+    for definitions in (tools, functions):
+        if isinstance(definitions, list) and definitions:
+            total += tokens.count_text(_json(definitions)) + OPENAI_TOKENS_PER_TOOL * len(definitions)
+    if isinstance(body.get("response_format"), dict) and body["response_format"].get("type") != "text":
+        total += tokens.count_text(_json(body["response_format"]))
+    return total
+
+
+def _claude_block(block: Any) -> int:
+    if not isinstance(block, dict):
+        return tokens.count_text(_json(block))
+    kind = block.get("type")
+    if kind == "text":
+        return tokens.count_text(str(block.get("text") or ""))
+    if kind == "image":
+        return CLAUDE_IMAGE_MAX
+    if kind == "tool_result":
+        content = block.get("content")
+        if isinstance(content, list):
+            return sum(_claude_block(b) for b in content)
+        return tokens.count_text(content if isinstance(content, str) else _json(content))
+    return tokens.count_text(_json({k: v for k, v in block.items() if k != "cache_control"}))
+
+
+def _claude_content(content: Any) -> int:
+    if isinstance(content, list):
+        return sum(_claude_block(b) for b in content)
+    if content is None:
+        return 0
+    return tokens.count_text(content if isinstance(content, str) else _json(content))
+
+
+def anthropic_input_tokens(body: dict[str, Any]) -> int:
+    """``input_tokens`` of an Anthropic Messages request as Anthropic bills them."""
+    total = tokens.REPLY_PRIMING_TOKENS + _claude_content(body.get("system"))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            total += tokens.TOKENS_PER_MESSAGE + _claude_content(message.get("content"))
+    tools = body.get("tools") or []
+    if tools:
+        total += ANTHROPIC_TOOL_SYSTEM_PROMPT + tokens.count_text(_json(tools))
+    return total
+
+
+def _converse_block(block: Any) -> int:
+    if not isinstance(block, dict):
+        return tokens.count_text(_json(block))
+    if "text" in block:
+        return tokens.count_text(str(block["text"]))
+    if "image" in block:
+        return CLAUDE_IMAGE_MAX
+    if "toolResult" in block:
+        content = (block["toolResult"] or {}).get("content") or []
+        return sum(_converse_block(b) for b in content) if isinstance(content, list) else 0
+    if "json" in block:
+        return tokens.count_text(_json(block["json"]))
+    return tokens.count_text(_json(block))
+
+
+def bedrock_input_tokens(body: dict[str, Any]) -> int:
+    """``inputTokens`` of a Bedrock Converse request as Bedrock bills them."""
+    total = tokens.REPLY_PRIMING_TOKENS
+    for block in body.get("system") or []:
+        total += _converse_block(block)
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            total += tokens.TOKENS_PER_MESSAGE + sum(_converse_block(b) for b in message.get("content") or [])
+    config = body.get("toolConfig")
+    if isinstance(config, dict) and config.get("tools"):
+        total += ANTHROPIC_TOOL_SYSTEM_PROMPT + tokens.count_text(_json(config["tools"]))
+    return total
