@@ -373,7 +373,7 @@ def test_jwt_from_the_idp_is_allowed(aws, rsa_key):
     assert response["context"] == {
         "tenant": "globex",
         "consumer": "user-9",
-        "key_id": "jwt:user-9",
+        "key_id": "jwt:globex:user-9",
         "plan": "free",
         "auth_type": "jwt",
     }

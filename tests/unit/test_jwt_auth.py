@@ -107,14 +107,27 @@ def reason(verifier: JwtVerifier, token: str) -> str:
 def test_valid_rs256(verifier, rsa_key):
     identity = verifier.verify(sign_rs256(rsa_key))
     assert identity == Identity(
-        tenant="acme", consumer="user-42", key_id="jwt:user-42", plan="pro", auth_type="jwt"
+        tenant="acme", consumer="user-42", key_id="jwt:acme:user-42", plan="pro", auth_type="jwt"
     )
+
+
+def test_same_subject_in_two_tenants_has_two_windows(verifier, rsa_key):
+    """Per-consumer quota windows are keyed on the identity's key_id: the same ``sub`` issued by two
+    tenants is two consumers, never one shared window."""
+    acme = verifier.verify(sign_rs256(rsa_key, sub="user-42", tenant_id="acme"))
+    globex = verifier.verify(sign_rs256(rsa_key, sub="user-42", tenant_id="globex"))
+    assert acme.key_id != globex.key_id
+    assert acme.key_id == "jwt:acme:user-42"
+    # A tenant containing the separator cannot collide with another (tenant, sub) pair.
+    tricky = verifier.verify(sign_rs256(rsa_key, sub="b:c", tenant_id="a"))
+    other = verifier.verify(sign_rs256(rsa_key, sub="c", tenant_id="a:b"))
+    assert tricky.key_id != other.key_id
 
 
 def test_valid_es256(verifier, ec_key):
     identity = verifier.verify(sign_es256(ec_key))
     assert identity.tenant == "acme"
-    assert identity.key_id == "jwt:user-42"
+    assert identity.key_id == "jwt:acme:user-42"
     assert identity.auth_type == "jwt"
 
 
@@ -134,7 +147,7 @@ def test_default_plan_and_custom_claims(jwks, rsa_key):
     assert identity.tenant == "globex"
     assert identity.consumer == "app-7"
     assert identity.plan == "starter"
-    assert identity.key_id == "jwt:user-42"  # sub
+    assert identity.key_id == "jwt:globex:user-42"  # tenant and sub
 
 
 def test_audience_list_in_token(verifier, rsa_key):

@@ -10,7 +10,7 @@ from typing import Any
 class Identity:
     tenant: str
     consumer: str
-    key_id: str  # gateway key id, or "jwt:<sub>" for IdP tokens
+    key_id: str  # gateway key id, or jwt_key_id(tenant, sub) for IdP tokens
     plan: str
     auth_type: str = "api_key"  # "api_key" | "jwt"
 
@@ -37,3 +37,11 @@ class Identity:
             fields[name] = value
         auth_type = context.get("auth_type")
         return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key", **fields)
+
+
+def jwt_key_id(tenant: str, subject: str) -> str:
+    """The key id of an IdP token's caller: ``jwt:<tenant>:<sub>``. Per-consumer quota windows are
+    keyed on it, so the same ``sub`` in two tenants is two consumers. ``%`` and ``:`` in the tenant
+    are escaped, so the first bare ``:`` after ``jwt:`` ends it and no two pairs share an id."""
+    escaped = tenant.replace("%", "%25").replace(":", "%3A")
+    return f"jwt:{escaped}:{subject}"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from quotagate import settings
-from quotagate.identity import Identity
+from quotagate.identity import Identity, jwt_key_id
 from quotagate.logic.auth import AccessDenied, AuthUnavailable
 
 if TYPE_CHECKING:
@@ -265,7 +265,8 @@ class JwtVerifier:
             raise AccessDenied("missing_consumer_claim")
         plan = _claim_string(payload, self.plan_claim) or self.default_plan
         subject = _claim_string(payload, "sub") or consumer
-        return Identity(tenant=tenant, consumer=consumer, key_id=f"jwt:{subject}", plan=plan, auth_type="jwt")
+        return Identity(tenant=tenant, consumer=consumer, key_id=jwt_key_id(tenant, subject), plan=plan,
+                        auth_type="jwt")
 
 
 def from_env() -> JwtVerifier | None:
