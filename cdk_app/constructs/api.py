@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
@@ -18,6 +19,8 @@ from constructs import Construct
 from cdk_app import nag
 from cdk_app.constructs.function import retention
 from cdk_app.context import DeploymentOptions
+from quotagate import edge_errors
+from quotagate.identity_sources import parse_identity_sources
 
 STREAM_TIMEOUT = Duration.minutes(15)
 
@@ -60,20 +63,9 @@ def openai_error_body(message: str | None, error_type: str, code: str | None) ->
     return body.replace('"__MESSAGE__"', _GATEWAY_MESSAGE if message is None else json.dumps(message))
 
 
-# response type -> (status code or None to keep API Gateway's, message, OpenAI type, OpenAI code)
+# response type -> (status code or None to keep API Gateway's, message, OpenAI type, OpenAI code);
+# UNAUTHORIZED and ACCESS_DENIED come from quotagate.edge_errors (see gateway_responses).
 GATEWAY_RESPONSES: dict[str, tuple[str | None, str | None, str, str | None]] = {
-    "UNAUTHORIZED": (
-        "401",
-        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
-        "invalid_request_error",
-        "invalid_api_key",
-    ),
-    "ACCESS_DENIED": (
-        "403",
-        "This credential is not allowed to use this resource.",
-        "permission_error",
-        "permission_denied",
-    ),
     # A REST API answers an unknown path or method with this (403 by default): it is a 404.
     "MISSING_AUTHENTICATION_TOKEN": (
         "404",
@@ -96,6 +88,19 @@ GATEWAY_RESPONSES: dict[str, tuple[str | None, str | None, str, str | None]] = {
     "DEFAULT_4XX": (None, None, "invalid_request_error", None),
     "DEFAULT_5XX": (None, None, "api_error", None),
 }
+
+
+def gateway_responses(identity_sources: Sequence[str]) -> dict[str, tuple[str | None, str | None, str, str | None]]:
+    """Every gateway response; the two authentication ones from the definition the local emulator
+    and the proxy share. ACCESS_DENIED (the authorizer's Deny: a wrong, unknown, revoked or expired
+    key) is a 401, which the openai SDK raises as AuthenticationError."""
+    unauthorized = edge_errors.missing_credential(parse_identity_sources(identity_sources))
+    denied = edge_errors.INVALID_CREDENTIAL
+    return {
+        "UNAUTHORIZED": (str(unauthorized.status), unauthorized.message, unauthorized.type, unauthorized.code),
+        "ACCESS_DENIED": (str(denied.status), denied.message, denied.type, denied.code),
+        **GATEWAY_RESPONSES,
+    }
 
 
 class GatewayApi(Construct):
@@ -164,7 +169,7 @@ class GatewayApi(Construct):
             authorization_type=apigw.AuthorizationType.CUSTOM,
         )
         self.health_method = self.api.root.add_resource("health").add_method("GET", integration)
-        for name, (status, message, error_type, code) in GATEWAY_RESPONSES.items():
+        for name, (status, message, error_type, code) in gateway_responses(options.identity_sources).items():
             self.api.add_gateway_response(
                 f"{name.title().replace('_', '')}Response",
                 type=apigw.ResponseType.of(name),

@@ -119,7 +119,9 @@ def test_stage_traces_logs_json_and_throttles(synthesized):
     ("response_type", "status", "error_type", "code"),
     [
         ("UNAUTHORIZED", "401", "invalid_request_error", "invalid_api_key"),
-        ("ACCESS_DENIED", "403", "permission_error", "permission_denied"),
+        # The authorizer's Deny: a wrong, unknown, revoked or expired key (the openai SDK's
+        # AuthenticationError needs a 401); 403 stays for the proxy's "authenticated but not allowed".
+        ("ACCESS_DENIED", "401", "invalid_request_error", "invalid_api_key"),
         ("MISSING_AUTHENTICATION_TOKEN", "404", "invalid_request_error", "unknown_url"),
         ("THROTTLED", "429", "requests", "rate_limit_exceeded"),
         ("DEFAULT_4XX", None, "invalid_request_error", None),

@@ -89,7 +89,7 @@ def check(stack: GatewayStack, keys: dict[str, str], headers: dict[str, str | No
     after = billed_requests(stack, keys)
     billed = {name for name in keys if after[name] != before[name]}
     if expected is None:
-        assert response.status_code in (401, 403), f"{label}: {response.status_code} {response.text}"
+        assert response.status_code == 401, f"{label}: {response.status_code} {response.text}"
         assert billed == set(), f"{label}: refused, yet billed to {billed}"
     else:
         assert response.status_code == 200, f"{label}: {response.status_code} {response.text}"

@@ -318,7 +318,7 @@ def test_gateway_errors_are_openai_shaped_and_generic():
     assert missing.status == 401
     assert set(missing.body()["error"]) == {"message", "type", "param", "code"}
     denied = AccessDenied("key_revoked", "abcdefghijkl").gateway_error()
-    assert denied.status == 403
+    assert denied.status == 401 and denied.code == "invalid_api_key"  # the openai SDK's AuthenticationError
     assert "revoked" not in denied.body()["error"]["code"]
     assert denied.message == AccessDenied("unknown_key").gateway_error().message
 

@@ -19,7 +19,7 @@ from typing import Any
 from anyio import to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from quotagate.identity_sources import missing_credential_message
+from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -135,7 +135,7 @@ class LocalApiGateway:
         self._authorizer = authorizer
         self._keys_handler = keys_handler
         self._identity_sources = [s.lower() for s in identity_sources]
-        self._missing_credential = missing_credential_message(identity_sources)
+        self._missing_credential = missing_credential(identity_sources)
         self.cache = AuthorizerCache(cache_seconds, clock)
         self._keys_names = keys_function_names
 
@@ -161,7 +161,7 @@ class LocalApiGateway:
         identity = tuple(headers.get(source, "") for source in self._identity_sources)
         if self._identity_sources and not all(identity):
             # API Gateway answers 401 without calling the authorizer when an identity source is missing.
-            await _respond(send, 401, openai_error_body(self._missing_credential, "invalid_api_key"))
+            await _respond_error(send, self._missing_credential)
             return
         result = self.cache.get(identity)
         if result is None:
@@ -170,7 +170,7 @@ class LocalApiGateway:
                 response = await to_thread.run_sync(self._authorizer, event, FakeLambdaContext("authorizer"))
             except Exception as error:
                 if str(error) == "Unauthorized":
-                    await _respond(send, 401, openai_error_body(self._missing_credential, "invalid_api_key"))
+                    await _respond_error(send, self._missing_credential)
                 else:  # an authorizer crash is a 500 in API Gateway, and not cached
                     await _respond(send, 500, openai_error_body("Authorizer error.", "authorizer_error",
                                                                 "api_error"))
@@ -179,8 +179,8 @@ class LocalApiGateway:
             allowed = bool(statements) and all(s.get("Effect") == "Allow" for s in statements)
             result = AuthResult(allowed, response.get("principalId"), dict(response.get("context") or {}))
             self.cache.put(identity, result)
-        if not result.allowed:
-            await _respond(send, 403, openai_error_body("Incorrect API key provided.", "invalid_api_key"))
+        if not result.allowed:  # API Gateway's ACCESS_DENIED, answered as the stack configures it
+            await _respond_error(send, INVALID_CREDENTIAL)
             return
         # Values in the authorizer context reach the integration as strings, plus principalId.
         authorizer = {k: str(v) if not isinstance(v, str) else v for k, v in result.context.items()}
@@ -216,6 +216,10 @@ class LocalApiGateway:
             body = json.dumps({"errorMessage": str(error), "errorType": type(error).__name__}).encode()
             extra = [(b"x-amz-function-error", b"Unhandled")]
         await _respond(send, 200, body, extra=[(b"x-amz-executed-version", b"$LATEST"), *extra])
+
+
+async def _respond_error(send: Send, error: EdgeError) -> None:
+    await _respond(send, error.status, json.dumps(error.body()).encode())
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:

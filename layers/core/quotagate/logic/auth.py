@@ -16,7 +16,8 @@ both enforce exactly the same rules.
   - tokens shaped like a JWT (three base64url segments) go to the configured ``JwtVerifier``.
 
 Outcomes: an :class:`Identity`; :class:`MissingCredential` (HTTP 401: nothing presented);
-:class:`AccessDenied` (HTTP 403: presented but not acceptable; ``reason`` is for logs only);
+:class:`AccessDenied` (HTTP 401 ``invalid_api_key``: presented but not acceptable; ``reason`` is for
+logs only);
 :class:`AuthUnavailable` (a dependency failed: the key store or the IdP's JWKS endpoint — a 5xx,
 never a cached Deny).
 """
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING
 
 from quotagate import apikeys
 from quotagate.dal.keys_store import KeyRecord, KeyStore
-from quotagate.errors import GatewayError, authentication_error, permission_error, upstream_error
+from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
+from quotagate.errors import GatewayError, upstream_error
 from quotagate.identity import Identity
-from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES, missing_credential_message
+from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES
 
 if TYPE_CHECKING:
     from quotagate.jwt_auth import JwtVerifier
@@ -58,11 +60,16 @@ class MissingCredential(Exception):
         self.identity_sources = tuple(identity_sources)
 
     def gateway_error(self) -> GatewayError:
-        return authentication_error(missing_credential_message(self.identity_sources))
+        return _as_gateway_error(missing_credential(self.identity_sources))
+
+
+def _as_gateway_error(error: EdgeError) -> GatewayError:
+    return GatewayError(error.status, error.message, error.type, error.code)
 
 
 class AccessDenied(Exception):
-    """A credential was presented but is not acceptable (HTTP 403).
+    """A credential was presented but is not acceptable (HTTP 401, like API Gateway's answer to the
+    authorizer's Deny: see quotagate.edge_errors).
 
     ``reason`` is a short machine-readable code for logs and metrics; ``key_id`` (never secret) is set
     when the credential named a key. Neither is meant for the client: the client sees one generic
@@ -75,7 +82,7 @@ class AccessDenied(Exception):
         self.key_id = key_id
 
     def gateway_error(self) -> GatewayError:
-        return permission_error("The credential is invalid, expired or revoked.", code="invalid_api_key")
+        return _as_gateway_error(INVALID_CREDENTIAL)
 
 
 class AuthUnavailable(Exception):
