@@ -224,7 +224,7 @@ def test_the_identity_source_decides(aws, monkeypatch, sources, headers):
     assert response["context"]["key_id"] == key.key_id
 
 
-# --- Deny (API Gateway answers 401 invalid_api_key) ----------------------------------------------------------------------------------
+# --- Deny (API Gateway answers 401 invalid_api_key) ------------------------------------------------
 
 
 @pytest.mark.parametrize("status", ["revoked", "disabled"])

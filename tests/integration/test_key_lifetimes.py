@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from quotagate.dal.key_cache import DEFAULT_TTL_SECONDS as KEY_RECORD_CACHE_SECONDS
 from tests.integration.gateway_stack import FakeClock, GatewayStack, gateway_stack
 
 AUTHORIZER_CACHE_SECONDS = 300
