@@ -21,6 +21,7 @@ from quotagate.errors import GatewayError, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
 from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, Gateway
+from quotagate.protocols.openai_responses import ResponsesStream, create_response
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -155,7 +156,7 @@ class SettlingStreamingResponse(StreamingResponse):
     Adapter the invocation ends with the response, and work left after it would be frozen with the
     execution environment (and lost if the environment is recycled)."""
 
-    def __init__(self, chat: ChatResponse) -> None:
+    def __init__(self, chat: ChatResponse | ResponsesStream) -> None:
         super().__init__(chat.body(), media_type="text/event-stream",
                          headers={**chat.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         self._chat = chat
@@ -240,6 +241,15 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         finally:
             await chat.finish(200)
 
+    async def responses(request: Request) -> Response:
+        identity = await identify(request)
+        gateway = get_services().gateway
+        raw = await read_body(request, gateway.max_body_bytes)
+        result = await create_response(gateway, identity, raw, request_id_of(request))
+        if result.stream is not None:
+            return SettlingStreamingResponse(result.stream)
+        return JSONResponse(result.json, headers=result.headers)
+
     async def embeddings(request: Request) -> Response:
         identity = await identify(request)
         gateway = get_services().gateway
@@ -277,6 +287,7 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
