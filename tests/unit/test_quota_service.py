@@ -215,6 +215,26 @@ def test_contended_ledger_is_a_retryable_429(clock):
     assert err.value.headers["retry-after"] == "1"
 
 
+def test_store_down_for_reserve_and_its_compensation_is_a_503_not_a_500(clock):
+    from quotagate.quota.ledger import LedgerUnavailable
+
+    warnings = []
+
+    class Down(InMemoryQuotaLedger):
+        def reserve(self, request_id, charges):
+            raise LedgerUnavailable("timed out")
+
+        def settle(self, *args, **kwargs):
+            raise LedgerUnavailable("timed out")
+
+    service = QuotaService(Down(), clock, on_warning=lambda message, **fields: warnings.append(message))
+    with pytest.raises(GatewayError) as err:
+        reserve(service, key_limits={"requests_per_minute": 5})
+    assert err.value.status == 503 and err.value.code == "quota_store_unavailable"
+    assert err.value.headers["retry-after"] == "1"
+    assert warnings == ["compensating settlement failed"]
+
+
 # ---- headers --------------------------------------------------------------------------------------
 
 

@@ -25,10 +25,11 @@ QUEUE_READ_TIMEOUT = 2.0
 
 
 @functools.cache
-def quota_config() -> Any:
+def quota_config(scale: float = 1.0) -> Any:
+    """``scale``: ``settings.quota_time_scale()`` (1 in AWS)."""
     from botocore.config import Config
 
-    return Config(connect_timeout=QUOTA_CONNECT_TIMEOUT, read_timeout=QUOTA_READ_TIMEOUT,
+    return Config(connect_timeout=QUOTA_CONNECT_TIMEOUT * scale, read_timeout=QUOTA_READ_TIMEOUT * scale,
                   retries={"total_max_attempts": 1, "mode": "standard"}, tcp_keepalive=True,
                   max_pool_connections=64)
 
@@ -46,7 +47,9 @@ def quota_client() -> Any:
     import boto3
 
     factory: Any = boto3.client
-    return factory("dynamodb", config=quota_config())
+    from quotagate import settings
+
+    return factory("dynamodb", config=quota_config(settings.quota_time_scale()))
 
 
 def client(service: str, client_config: Any = None) -> Any:

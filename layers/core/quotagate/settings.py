@@ -24,6 +24,9 @@ JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
 IDENTITY_SOURCES = "QG_IDENTITY_SOURCES"
 # Upper bound for a request body the proxy will read (bytes).
 MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
+# Multiplies the quota store's timeouts and retry budgets (default 1, as deployed). Local mode and the
+# integration tests serve moto one request at a time, far slower than DynamoDB under a burst: 10.
+QUOTA_TIME_SCALE = "QG_QUOTA_TIME_SCALE"
 # The durable retry path for settlements (an SQS queue URL; unset: failures are logged only).
 SETTLEMENT_QUEUE_URL = "QG_SETTLEMENT_QUEUE_URL"
 
@@ -31,6 +34,15 @@ SETTLEMENT_QUEUE_URL = "QG_SETTLEMENT_QUEUE_URL"
 def env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def quota_time_scale() -> float:
+    """``QG_QUOTA_TIME_SCALE`` as a number in [1, 100] (anything else: 1)."""
+    try:
+        scale = float(env(QUOTA_TIME_SCALE, "1") or "1")
+    except ValueError:
+        return 1.0
+    return min(max(scale, 1.0), 100.0) if scale == scale else 1.0
 
 
 def table_name(variable: str, default: str) -> str:

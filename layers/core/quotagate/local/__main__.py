@@ -27,6 +27,8 @@ def _isolate_from_aws(endpoint_url: str) -> None:
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint_url,
     })
+    # moto answers one request at a time, far slower than DynamoDB under a burst (settings.py).
+    os.environ.setdefault("QG_QUOTA_TIME_SCALE", "10")
 
 
 def _provider_secrets_from_env() -> None:

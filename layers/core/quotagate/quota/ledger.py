@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from quotagate import tables
+from quotagate import settings, tables
 from quotagate.quota.windows import WindowCharge
 
 
@@ -345,18 +345,20 @@ class DynamoQuotaLedger:
         max_attempts: int | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        reserve_seconds: float = DEFAULT_RESERVE_SECONDS,
-        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-        attempt_seconds: float = DEFAULT_ATTEMPT_SECONDS,
+        reserve_seconds: float | None = None,
+        settle_seconds: float | None = None,
+        attempt_seconds: float | None = None,
     ) -> None:
+        # Unset budgets follow QG_QUOTA_TIME_SCALE, like the quota client's timeouts (aws.quota_client).
+        scale = settings.quota_time_scale()
         self._client = client
         self.table_name = table_name or tables.QUOTA.name()
         self.snapshot_after_reserve = snapshot_after_reserve
         self.reserve_attempts = max(1, max_attempts or DEFAULT_RESERVE_ATTEMPTS)
         self.settle_attempts = max(1, max_attempts or DEFAULT_SETTLE_ATTEMPTS)
-        self.reserve_seconds = reserve_seconds
-        self.settle_seconds = settle_seconds
-        self.attempt_seconds = attempt_seconds
+        self.reserve_seconds = reserve_seconds if reserve_seconds is not None else DEFAULT_RESERVE_SECONDS * scale
+        self.settle_seconds = settle_seconds if settle_seconds is not None else DEFAULT_SETTLE_SECONDS * scale
+        self.attempt_seconds = attempt_seconds if attempt_seconds is not None else DEFAULT_ATTEMPT_SECONDS * scale
         self._clock = clock
         self._sleep = sleep
 

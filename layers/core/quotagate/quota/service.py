@@ -255,7 +255,11 @@ class QuotaService:
         except LedgerBusy as busy:
             if busy.outcome_unknown:
                 # The reservation may have committed: release it before the client hears anything.
-                self._apply_or_queue(compensation(request_id, charges))
+                try:
+                    self._apply_or_queue(compensation(request_id, charges))
+                except Exception as failed:
+                    # Neither applied nor queued: the reaper closes the reservation if it committed.
+                    self._warn("compensating settlement failed", request_id=request_id, error=str(failed))
                 raise GatewayError(
                     503,
                     "The quota store did not answer in time; nothing was charged. Please retry shortly.",
