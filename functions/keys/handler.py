@@ -11,6 +11,11 @@ retry with the same action and request_id returns the first response (the same k
 plaintext for ``create_key``) and changes nothing; the same request_id with a different payload is
 refused (``code: "conflict"``). Requests are validated before anything is recorded, so a bad
 payload writes nothing at all.
+
+The plaintext key is never stored: for ``create_key``/``rotate_key`` with a ``request_id`` the key's
+secret is derived from the stack's derivation secret and the request's ids
+(:mod:`quotagate.key_derivation`); the idempotency record holds the response without ``api_key``,
+which is derived again for the reply (first answer and replays alike).
 """
 
 from __future__ import annotations
@@ -21,17 +26,25 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from quotagate.logic.keys_service import ACTIONS, MUTATING_ACTIONS, Command, KeysError, KeysService
+from quotagate import key_derivation
+from quotagate.key_derivation import KeySecretSource
+from quotagate.logic.keys_service import (
+    ACTIONS,
+    KEY_ISSUING_ACTIONS,
+    MUTATING_ACTIONS,
+    Command,
+    KeysError,
+    KeysService,
+)
 
 logger = Logger(service="quotagate-keys")
 
-# The idempotency record holds the function's response, and create_key's/rotate_key's response
-# contains the plaintext API key. Keep that window short: a retry is expected within minutes, and
-# after 10 minutes the record no longer answers (the same request_id then starts a new request).
-# TTL deletes the item itself later (DynamoDB TTL can lag by days), so the idempotency table must
-# be protected like the keys table (encrypted, readable only by this function).
+# The idempotency record holds the function's response without the plaintext key (re-derived on a
+# replay). A retry is expected within minutes; after 10 minutes the record no longer answers (the
+# same request_id then starts a new request).
 IDEMPOTENCY_EXPIRY_SECONDS = 600
 IDEMPOTENCY_KEY_PREFIX = "quotagate-keys"
+API_KEY_FIELD = "api_key"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -59,8 +72,12 @@ class _Runtime:
         persistence = DynamoDBPersistenceLayer(table_name=tables.IDEMPOTENCY.name(), boto_config=aws.config())
         service = self.service
 
-        def run_mutation(*, request: dict[str, Any], command: Command) -> dict[str, Any]:
-            return service.run(command)
+        def run_mutation(
+            *, request: dict[str, Any], command: Command, key_secret: KeySecretSource | None
+        ) -> dict[str, Any]:
+            result = service.run(command, key_secret=key_secret)
+            # What is returned is what the idempotency record stores: never the plaintext key.
+            return {k: v for k, v in result.items() if k != API_KEY_FIELD}
 
         self.run_idempotent = idempotent_function(
             run_mutation,
@@ -140,7 +157,22 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
             # The remaining time bounds an "in progress" record left by an invocation that died.
             has_clock = hasattr(context, "get_remaining_time_in_millis")
             runtime.idempotency_config.register_lambda_context(context if has_clock else None)  # type: ignore[arg-type]
-            result = runtime.run_idempotent(request=event, command=command)
+            if command.action in KEY_ISSUING_ACTIONS:
+                master = key_derivation.load_master()
+                result = runtime.run_idempotent(
+                    request=event,
+                    command=command,
+                    key_secret=key_derivation.source_for(master, command.action, request_id),
+                )
+                # The same key for the first answer and for every replay: derived, never stored.
+                result = {
+                    **result,
+                    API_KEY_FIELD: key_derivation.api_key(
+                        master, command.action, request_id, result["key_id"], result["version"]
+                    ),
+                }
+            else:
+                result = runtime.run_idempotent(request=event, command=command, key_secret=None)
         else:
             result = runtime.service.run(command)
         return {"ok": True, "result": result}

@@ -48,6 +48,7 @@ EXPECTED_ACKNOWLEDGMENTS = {
     ("Quotagate/Gateway/Api/Default/health/GET", "AwsSolutions-COG4"),
     ("Quotagate/ProviderSecrets/ProviderOpenai", "AwsSolutions-SMG4"),
     ("Quotagate/ProviderSecrets/ProviderAnthropic", "AwsSolutions-SMG4"),
+    ("Quotagate/Keys/KeyDerivationSecret", "AwsSolutions-SMG4"),
 }
 
 

@@ -16,13 +16,18 @@ pytestmark = pytest.mark.infra
 KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
+def _provider_secrets(synthesized) -> dict[str, dict]:
+    return {k: s for k, s in synthesized.of_type("AWS::SecretsManager::Secret").items()
+            if k.startswith("ProviderSecrets")}
+
+
 def _configured_secrets() -> set[str]:
     config = parse_config(json.loads(paths.DEFAULT_CONFIG_FILE.read_text()))
     return {p.api_key_secret for p in config.providers.values() if p.api_key_secret}
 
 
 def test_each_configured_provider_secret_is_created_as_a_placeholder(synthesized):
-    secrets = synthesized.of_type("AWS::SecretsManager::Secret")
+    secrets = _provider_secrets(synthesized)
     assert {s["Properties"]["Name"] for s in secrets.values()} == _configured_secrets()
     for secret in secrets.values():
         props = secret["Properties"]
@@ -37,6 +42,7 @@ def test_each_configured_provider_secret_is_created_as_a_placeholder(synthesized
 def test_the_proxy_reads_them_and_nothing_else_does(synthesized):
     def reads_secrets(service: str) -> bool:
         return any("secretsmanager:GetSecretValue" in json.dumps(s["Action"])
+                   and "quotagate/providers/" in json.dumps(s["Resource"])
                    for s in synthesized.statements_of(service))
 
     assert reads_secrets("quotagate-proxy")
@@ -53,7 +59,7 @@ def test_a_customer_managed_key_encrypts_them_and_the_proxy_may_decrypt(tmp_path
     _, stack = build_app(context={"quotagate:secretsKmsKeyArn": KMS_KEY}, outdir=tmp_path, checks=False)
     template = Template.from_stack(stack).to_json()
     synthesized = Synthesized(None, stack, None, template, tmp_path, 0)
-    for secret in synthesized.of_type("AWS::SecretsManager::Secret").values():
+    for secret in _provider_secrets(synthesized).values():
         assert secret["Properties"]["KmsKeyId"] == KMS_KEY
     decrypt = [s for s in synthesized.statements_of("quotagate-proxy") if s["Action"] == "kms:Decrypt"]
     assert len(decrypt) == 1 and decrypt[0]["Resource"] == KMS_KEY
@@ -64,3 +70,18 @@ def test_a_customer_managed_key_encrypts_them_and_the_proxy_may_decrypt(tmp_path
 def test_readme_tells_how_to_set_provider_keys():
     readme = (paths.ROOT / "README.md").read_text()
     assert "quotagate providers set-key" in readme and "quotagate:secretsKmsKeyArn" in readme
+
+
+def test_the_keys_function_derives_keys_from_a_secret_of_the_stack(synthesized):
+    from quotagate import settings
+
+    _, keys = synthesized.function("quotagate-keys")
+    reference = keys["Environment"]["Variables"][settings.KEY_DERIVATION_SECRET]
+    secret = synthesized.resources[reference["Ref"]]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert "SecretString" not in secret["Properties"] and secret["Properties"]["GenerateSecretString"]
+    reads = [s for s in synthesized.statements_of("quotagate-keys") if "secretsmanager:GetSecretValue" in s["Action"]]
+    assert [s["Resource"] for s in reads] == [reference]
+    # Nobody else may read it.
+    for service in ("quotagate-proxy", "quotagate-authorizer"):
+        assert reference not in [s["Resource"] for s in synthesized.statements_of(service)]

@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 
-from quotagate import config, tables
+from quotagate import config, key_derivation, tables
 
 TEST_CONFIG = {
     "default_plan": "free",
@@ -138,6 +138,7 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
     stop_gateway = None
     try:
         tables.create_all(boto3.client("dynamodb"))
+        key_derivation.create_local_secret(boto3.client("secretsmanager"))
         # What the stack does with the context value: the authorizer (and the function-URL path of
         # the proxy) learn the identity sources API Gateway is configured with from this variable.
         os.environ.update(identity_source_environment(identity_sources))

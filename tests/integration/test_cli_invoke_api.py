@@ -18,7 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from functions.keys import handler
-from quotagate import apikeys, cli, config, settings, tables
+from quotagate import apikeys, cli, config, key_derivation, settings, tables
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
@@ -86,6 +86,7 @@ def endpoint(moto_url, monkeypatch):
                  settings.CONFIG_FILE, cli.FUNCTION_ENV, "AWS_ENDPOINT_URL"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_url)  # the key derivation secret
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -93,6 +94,7 @@ def endpoint(moto_url, monkeypatch):
     for name in client.list_tables()["TableNames"]:
         client.delete_table(TableName=name)
     tables.create_all(client)
+    key_derivation.create_local_secret(boto3.client("secretsmanager"))
     config.reset_cache()
     handler.reset()
     InvokeApi.calls = []

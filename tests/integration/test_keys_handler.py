@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from functions.keys import handler
-from quotagate import apikeys, config, settings, tables
+from quotagate import apikeys, config, key_derivation, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore
 
 
@@ -54,6 +54,7 @@ def dynamodb(monkeypatch):
     with mock_aws():
         client = boto3.client("dynamodb")
         tables.create_all(client)
+        key_derivation.create_local_secret(boto3.client("secretsmanager"))
         yield client
     handler.reset()
     config.reset_cache()

@@ -52,10 +52,21 @@ def new_key_id() -> str:
     return "".join(secrets.choice(_BASE32) for _ in range(KEY_ID_LENGTH))
 
 
-def new_key(key_id: str | None = None) -> ParsedKey:
-    """A fresh key (optionally for an existing key id, when rotating)."""
+def secret_from_digest(digest: bytes) -> str:
+    """A key secret (SECRET_LENGTH base62 characters) from at least 256 random bits."""
+    if len(digest) < 32:
+        raise ValueError("a key secret needs at least 256 bits")
+    return _base62(int.from_bytes(digest, "big"), SECRET_LENGTH)
+
+
+def new_key(key_id: str | None = None, secret: str | None = None) -> ParsedKey:
+    """A fresh key (optionally for an existing key id, when rotating; optionally with a given
+    secret part, derived for idempotent requests)."""
     key_id = key_id or new_key_id()
-    secret = "".join(secrets.choice(_BASE62) for _ in range(SECRET_LENGTH))
+    if secret is None:
+        secret = "".join(secrets.choice(_BASE62) for _ in range(SECRET_LENGTH))
+    elif len(secret) != SECRET_LENGTH or any(ch not in _BASE62 for ch in secret):
+        raise ValueError(f"a key secret is {SECRET_LENGTH} base62 characters")
     body = f"{PREFIX}{key_id}_{secret}"
     return ParsedKey(key_id, body + _checksum(body))
 

@@ -22,6 +22,8 @@ JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
 # The authorizer's identity sources (comma-separated header names), set by the stack from the same
 # context value that configures the authorizer: the only headers a credential is read from.
 IDENTITY_SOURCES = "QG_IDENTITY_SOURCES"
+# Secrets Manager secret the keys function derives idempotent keys from (quotagate.key_derivation).
+KEY_DERIVATION_SECRET = "QG_KEY_DERIVATION_SECRET"  # noqa: S105 (an environment variable name)
 # Upper bound for a request body the proxy will read (bytes).
 MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
 # Multiplies the quota store's timeouts and retry budgets (default 1, as deployed). Local mode and the

@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from quotagate import tables
+    from quotagate import key_derivation, tables
     from quotagate.local.ttl import start_sweeper
 
     tables.create_all(boto3.client("dynamodb"))
+    key_derivation.create_local_secret(boto3.client("secretsmanager"))
     start_sweeper(boto3.client("dynamodb"))
     _provider_secrets_from_env()
 

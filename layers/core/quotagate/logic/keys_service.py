@@ -47,6 +47,7 @@ from quotagate.dal.tenants_store import (
     TenantStore,
     TenantVersionConflict,
 )
+from quotagate.key_derivation import KeySecretSource
 
 STATUS_ACTIVE = "active"
 STATUS_DISABLED = "disabled"
@@ -149,6 +150,8 @@ ACTIONS: dict[str, _ActionSpec] = {
     "get_tenant": _ActionSpec("get_tenant", frozenset({"tenant"}), frozenset(), False),
     "update_tenant": _ActionSpec("update_tenant", frozenset({"tenant", "limits"}), frozenset(), True),
 }
+# Actions whose result carries a new plaintext key (``api_key``).
+KEY_ISSUING_ACTIONS = frozenset({"create_key", "rotate_key"})
 MUTATING_ACTIONS = frozenset(name for name, spec in ACTIONS.items() if spec.mutating)
 # Fields of an update that change something (at least one is required).
 _UPDATE_FIELDS = ("plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata")
@@ -223,8 +226,12 @@ class KeysService:
         validator = getattr(self, f"_validate_{action}")
         return Command(action, validator(**fields))
 
-    def run(self, command: Command) -> Any:
-        """Execute a validated command."""
+    def run(self, command: Command, key_secret: KeySecretSource | None = None) -> Any:
+        """Execute a validated command. ``key_secret`` makes the secret part of the key that
+        ``create_key``/``rotate_key`` issue (from the key id and the record's new version; default:
+        random) — for idempotent requests, derived so that a replay needs no stored plaintext."""
+        if command.action in KEY_ISSUING_ACTIONS:
+            return getattr(self, f"_do_{command.action}")(**command.params, key_secret=key_secret)
         return getattr(self, f"_do_{command.action}")(**command.params)
 
     def dispatch(self, request: Any) -> Any:
@@ -421,10 +428,12 @@ class KeysService:
         allowed_models: list[str] | None,
         metadata: dict[str, Any],
         limits: dict[str, float],
+        key_secret: KeySecretSource | None = None,
     ) -> dict[str, Any]:
         now = int(self._clock())
         for _ in range(_CREATE_ATTEMPTS):
-            key = apikeys.new_key()
+            key_id = apikeys.new_key_id()
+            key = apikeys.new_key(key_id, secret=key_secret(key_id, 1) if key_secret else None)
             record = KeyRecord(
                 key_id=key.key_id,
                 tenant=tenant,
@@ -472,21 +481,25 @@ class KeysService:
 
         return self._modify(key_id, tenant, change).public_view()
 
-    def _do_rotate_key(self, key_id: str, grace_seconds: int, tenant: str | None) -> dict[str, Any]:
-        key = apikeys.new_key(key_id)
-        new_hash = apikeys.hash_key(key.plaintext)
+    def _do_rotate_key(
+        self, key_id: str, grace_seconds: int, tenant: str | None, key_secret: KeySecretSource | None = None
+    ) -> dict[str, Any]:
+        issued: list[apikeys.ParsedKey] = []
 
         def change(record: KeyRecord, now: int) -> KeyRecord:
             _refuse_revoked(record)
+            # The record's version after this change (_modify) is part of a derived secret.
+            key = apikeys.new_key(key_id, secret=key_secret(key_id, record.version + 1) if key_secret else None)
+            issued.append(key)
             return replace(
                 record,
-                secret_hash=new_hash,
+                secret_hash=apikeys.hash_key(key.plaintext),
                 previous_secret_hash=record.secret_hash if grace_seconds > 0 else None,
                 previous_valid_until=now + grace_seconds if grace_seconds > 0 else None,
             )
 
         record = self._modify(key_id, tenant, change)
-        return {**record.public_view(), "api_key": key.plaintext}
+        return {**record.public_view(), "api_key": issued[-1].plaintext}
 
     def _do_update_key(self, key_id: str, tenant: str | None, changes: dict[str, Any]) -> dict[str, Any]:
         def change(record: KeyRecord, now: int) -> KeyRecord:
