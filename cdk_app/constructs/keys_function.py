@@ -6,7 +6,6 @@ from aws_cdk import Duration
 from aws_cdk import aws_secretsmanager as secretsmanager
 
 from cdk_app import nag
-
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
 from cdk_app.context import DeploymentOptions
