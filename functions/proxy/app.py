@@ -184,9 +184,11 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
     async def identify(request: Request) -> Identity:
         context = request_context(request)
         identity = Identity.from_context(context.get("authorizer"))
-        if identity is not None:
+        if identity is not None and (identity.auth_type != "api_key" or identity.secret_fingerprint):
             return identity
         # Function URL path: no authorizer ran, so validate the credential with the same core code.
+        # The same for an Allow cached by an authorizer that predates secret fingerprints: without
+        # one, a rotation could not revoke the secret it was given for.
         from anyio import to_thread
 
         from quotagate.logic.auth import AccessDenied, AuthUnavailable, MissingCredential

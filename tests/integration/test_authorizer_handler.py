@@ -289,7 +289,10 @@ def test_valid_key_allows_whole_api_with_string_context(aws):
         "key_id": key.key_id,
         "plan": "pro",
         "auth_type": "api_key",
+        # Names the secret checked (so a rotation can revoke it): neither the stored hash nor the key.
+        "secret_fingerprint": apikeys.secret_fingerprint(apikeys.hash_key(key.plaintext)),
     }
+    assert apikeys.hash_key(key.plaintext) not in json.dumps(response)
     assert all(isinstance(value, str) for value in response["context"].values())
 
 

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from quotagate.dal.key_cache import DEFAULT_TTL_SECONDS as KEY_RECORD_CACHE_SECONDS
 from tests.integration.gateway_stack import FakeClock, GatewayStack, gateway_stack
 
 AUTHORIZER_CACHE_SECONDS = 300
@@ -77,3 +78,106 @@ def test_the_function_url_path_answers_401_too(stack):
         response = client.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer qg_wrong"})
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+# --- lifetimes: what the authorizer's cached Allow still lets through, and for how long ------------
+# Every test first makes a request with the key, so that the emulated API Gateway holds a cached
+# Allow for it (300 s) and the proxy a cached key record (15 s): the worst case for revocation.
+
+
+def test_a_revoked_key_stops_within_the_key_record_cache_ttl(stack, clock):
+    key = keys_action(stack, "create_key", tenant="life", consumer="revoked", plan="free")
+    assert call(stack, key["api_key"]).status_code == 200
+    keys_action(stack, "revoke_key", key_id=key["key_id"])
+    clock.advance(KEY_RECORD_CACHE_SECONDS - 1)
+    assert call(stack, key["api_key"]).status_code == 200  # cached Allow and cached record
+    clock.advance(1)
+    refused = call(stack, key["api_key"])
+    assert refused.status_code == 401, refused.text  # the Allow is still cached: the proxy refuses
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_disabled_key_stops_within_the_key_record_cache_ttl_and_can_come_back(stack, clock):
+    key = keys_action(stack, "create_key", tenant="life", consumer="disabled", plan="free")
+    assert call(stack, key["api_key"]).status_code == 200
+    keys_action(stack, "update_key", key_id=key["key_id"], status="disabled")
+    clock.advance(KEY_RECORD_CACHE_SECONDS)
+    assert call(stack, key["api_key"]).status_code == 401
+    keys_action(stack, "update_key", key_id=key["key_id"], status="active")
+    clock.advance(KEY_RECORD_CACHE_SECONDS)
+    assert call(stack, key["api_key"]).status_code == 200
+
+
+def test_an_expired_key_stops_at_its_expiry(stack, clock):
+    key = keys_action(stack, "create_key", tenant="life", consumer="expiring", plan="free",
+                      expires_at=int(clock()) + 100)
+    assert call(stack, key["api_key"]).status_code == 200
+    clock.now = key["expires_at"] - 1
+    assert call(stack, key["api_key"]).status_code == 200
+    clock.now = key["expires_at"]
+    assert call(stack, key["api_key"]).status_code == 401  # cached Allow, cached record: still refused
+
+
+def test_rotation_without_grace_revokes_the_old_secret_within_the_key_record_cache_ttl(stack, clock):
+    """Issue 7: the old secret got 200s through the authorizer's cached Allow for ~300 s."""
+    key = keys_action(stack, "create_key", tenant="life", consumer="rotated", plan="free")
+    old = key["api_key"]
+    assert call(stack, old).status_code == 200
+    new = keys_action(stack, "rotate_key", key_id=key["key_id"], grace_seconds=0)["api_key"]
+    # The new secret works at once, even while the proxy still holds the old record.
+    assert call(stack, new).status_code == 200
+    clock.advance(KEY_RECORD_CACHE_SECONDS)
+    for _ in range(3):
+        refused = call(stack, old)  # the authorizer's Allow for the old secret is still cached
+        assert refused.status_code == 401, refused.text
+    assert call(stack, new).status_code == 200
+
+
+def test_rotation_with_grace_keeps_the_old_secret_until_the_grace_ends(stack, clock):
+    key = keys_action(stack, "create_key", tenant="life", consumer="graced", plan="free")
+    old = key["api_key"]
+    assert call(stack, old).status_code == 200
+    rotated = keys_action(stack, "rotate_key", key_id=key["key_id"], grace_seconds=600)
+    grace_until = keys_action(stack, "get_key", key_id=key["key_id"])["rotation_grace_until"]
+    assert clock() < grace_until - 1
+    clock.advance(KEY_RECORD_CACHE_SECONDS)
+    assert call(stack, old).status_code == 200  # in grace: served, from the cached Allow
+    clock.now = grace_until - 1
+    assert call(stack, old).status_code == 200  # the authorizer's cache expired: asked again, still in grace
+    clock.now = grace_until
+    assert call(stack, old).status_code == 401  # its Allow is cached, but the grace is over
+    assert call(stack, rotated["api_key"]).status_code == 200
+
+
+def test_a_second_rotation_ends_the_first_grace(stack, clock):
+    key = keys_action(stack, "create_key", tenant="life", consumer="twice", plan="free")
+    first = key["api_key"]
+    assert call(stack, first).status_code == 200
+    # A long grace: the keys function dates it with the real clock, which earlier tests' jumps of
+    # the fake clock have left behind.
+    second = keys_action(stack, "rotate_key", key_id=key["key_id"], grace_seconds=86400)["api_key"]
+    assert call(stack, second).status_code == 200
+    keys_action(stack, "rotate_key", key_id=key["key_id"], grace_seconds=86400)
+    clock.advance(KEY_RECORD_CACHE_SECONDS)
+    assert call(stack, first).status_code == 401
+    assert call(stack, second).status_code == 200  # the previous secret, in its grace
+
+
+def test_an_allow_cached_without_a_fingerprint_is_checked_by_the_proxy(stack):
+    """An Allow cached by an authorizer older than fingerprints: the proxy checks the presented key."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from functions.proxy.app import create_app
+
+    key = keys_action(stack, "create_key", tenant="life", consumer="legacy", plan="free")
+    legacy = {"authorizer": {"tenant": "life", "consumer": "legacy", "key_id": key["key_id"], "plan": "free",
+                             "auth_type": "api_key"}}
+    context = {"x-amzn-request-context": json.dumps(legacy)}
+    with TestClient(create_app()) as client:
+        refused = client.post("/v1/chat/completions", json=CHAT, headers={**context, "authorization": "Bearer"})
+        assert refused.status_code == 401, refused.text
+        served = client.post("/v1/chat/completions", json=CHAT,
+                             headers={**context, "authorization": f"Bearer {key['api_key']}"})
+        assert served.status_code == 200, served.text

@@ -31,3 +31,16 @@ def test_rotation_keeps_the_key_id_and_only_hashes_are_compared():
     assert len(stored) == 64 and old.plaintext not in stored
     assert apikeys.hashes_match(stored, old.plaintext)
     assert not apikeys.hashes_match(stored, new.plaintext)
+
+
+def test_secret_fingerprint_names_a_secret_without_revealing_it():
+    key = apikeys.new_key()
+    stored = apikeys.hash_key(key.plaintext)
+    fingerprint = apikeys.secret_fingerprint(stored)
+    assert fingerprint == apikeys.secret_fingerprint(stored)
+    assert len(fingerprint) == apikeys.FINGERPRINT_LENGTH
+    assert fingerprint not in stored and fingerprint not in key.plaintext
+    # Not a prefix of a plain hash of the key or of the stored hash (domain-separated).
+    assert fingerprint != apikeys.hash_key(stored)[: apikeys.FINGERPRINT_LENGTH]
+    rotated = apikeys.new_key(key.key_id)
+    assert apikeys.secret_fingerprint(apikeys.hash_key(rotated.plaintext)) != fingerprint

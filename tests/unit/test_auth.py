@@ -16,6 +16,7 @@ from quotagate.logic.auth import (
     MissingCredential,
     credential_from_headers,
     looks_like_jwt,
+    secret_still_accepted,
 )
 
 NOW = 1_800_000_000
@@ -192,9 +193,25 @@ def test_valid_key(auth, store):
     key = add_key(store)
     identity = auth.authenticate(key.plaintext)
     assert identity == Identity(
-        tenant="acme", consumer="svc-a", key_id=key.key_id, plan="pro", auth_type="api_key"
+        tenant="acme", consumer="svc-a", key_id=key.key_id, plan="pro", auth_type="api_key",
+        secret_fingerprint=apikeys.secret_fingerprint(apikeys.hash_key(key.plaintext)),
     )
     assert store.gets == [key.key_id]
+
+
+def test_secret_still_accepted_follows_rotation():
+    old = apikeys.new_key()
+    new = apikeys.new_key(old.key_id)
+    old_fp = apikeys.secret_fingerprint(apikeys.hash_key(old.plaintext))
+    new_fp = apikeys.secret_fingerprint(apikeys.hash_key(new.plaintext))
+    record = make_record(new, previous_secret_hash=apikeys.hash_key(old.plaintext),
+                         previous_valid_until=NOW + 60)
+    assert secret_still_accepted(record, new_fp, NOW + 3600)
+    assert secret_still_accepted(record, old_fp, NOW + 59)
+    assert not secret_still_accepted(record, old_fp, NOW + 60)
+    assert not secret_still_accepted(make_record(new), old_fp, NOW)  # rotated without grace
+    assert not secret_still_accepted(record, None, NOW)
+    assert not secret_still_accepted(record, "", NOW)
 
 
 @pytest.mark.parametrize(

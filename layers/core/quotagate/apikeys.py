@@ -95,3 +95,15 @@ def hash_key(plaintext: str) -> str:
 def hashes_match(stored_hash: str, plaintext: str) -> bool:
     """Constant-time comparison of a stored hash with the hash of a presented key."""
     return hmac.compare_digest(stored_hash.encode(), hash_key(plaintext).encode())
+
+
+# Domain separation: a fingerprint is never equal to, nor derivable into, the stored hash or the key.
+_FINGERPRINT_KEY = b"quotagate/authorizer-context/secret-fingerprint/v1"
+FINGERPRINT_LENGTH = 16
+
+
+def secret_fingerprint(secret_hash: str) -> str:
+    """Names which secret of a key the authorizer checked, for its (cached) context: a truncated HMAC
+    of the stored hash, so the proxy can refuse a secret that has been rotated out without the
+    context carrying the hash itself or anything that leads back to the key."""
+    return hmac.new(_FINGERPRINT_KEY, secret_hash.encode(), hashlib.sha256).hexdigest()[:FINGERPRINT_LENGTH]

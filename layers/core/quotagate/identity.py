@@ -13,16 +13,22 @@ class Identity:
     key_id: str  # gateway key id, or jwt_key_id(tenant, sub) for IdP tokens
     plan: str
     auth_type: str = "api_key"  # "api_key" | "jwt"
+    # Gateway keys: apikeys.secret_fingerprint of the secret the authorizer checked (current or the
+    # previous one in its rotation grace), so the proxy can refuse it once it has been rotated out.
+    secret_fingerprint: str | None = None
 
     def to_context(self) -> dict[str, str]:
         """Authorizer context: small, strings only, nothing fast-changing."""
-        return {
+        context = {
             "tenant": self.tenant,
             "consumer": self.consumer,
             "key_id": self.key_id,
             "plan": self.plan,
             "auth_type": self.auth_type,
         }
+        if self.secret_fingerprint is not None:
+            context["secret_fingerprint"] = self.secret_fingerprint
+        return context
 
     @classmethod
     def from_context(cls, context: dict[str, Any] | None) -> Identity | None:
@@ -36,7 +42,10 @@ class Identity:
                 return None
             fields[name] = value
         auth_type = context.get("auth_type")
-        return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key", **fields)
+        fingerprint = context.get("secret_fingerprint")
+        return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key",
+                   secret_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+                   **fields)
 
 
 def jwt_key_id(tenant: str, subject: str) -> str:

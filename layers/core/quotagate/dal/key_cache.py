@@ -27,6 +27,12 @@ class CachedKeyRecords:
         entry = self._entries.get(key_id)
         if entry and now - entry[0] < self._ttl:
             return entry[1]
+        return self.get_fresh(key_id, now)
+
+    def get_fresh(self, key_id: str, now: float | None = None) -> KeyRecord | None:
+        """Read the record from the store (and cache it): for when the cached copy may predate a
+        change the caller has evidence of, such as a rotation the authorizer has already seen."""
+        now = self._clock() if now is None else now
         record = self._store.get(key_id)
         with self._lock:
             if len(self._entries) >= _MAX_ENTRIES:

@@ -24,6 +24,7 @@ never a cached Deny).
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -209,14 +210,32 @@ class Authenticator:
             raise AccessDenied(f"key_{record.status}", parsed.key_id)
         if record.expires_at is not None and now >= record.expires_at:
             raise AccessDenied("key_expired", parsed.key_id)
+        checked_hash = record.secret_hash if matches_current else record.previous_secret_hash
+        assert checked_hash is not None
         return Identity(
             tenant=record.tenant,
             consumer=record.consumer,
             key_id=record.key_id,
             plan=record.plan,
             auth_type="api_key",
+            secret_fingerprint=apikeys.secret_fingerprint(checked_hash),
         )
 
 
 def _in_grace(record: KeyRecord, now: float) -> bool:
     return record.previous_valid_until is not None and now < record.previous_valid_until
+
+
+def secret_still_accepted(record: KeyRecord, fingerprint: str | None, now: float) -> bool:
+    """Whether the secret the authorizer checked (named by its fingerprint in the cached context)
+    is still the key's current secret, or its previous one within the rotation grace. A rotation
+    thus revokes the old secret even while API Gateway still holds an Allow for it."""
+    if not fingerprint:
+        return False
+    if hmac.compare_digest(fingerprint, apikeys.secret_fingerprint(record.secret_hash)):
+        return True
+    return (
+        record.previous_secret_hash is not None
+        and _in_grace(record, now)
+        and hmac.compare_digest(fingerprint, apikeys.secret_fingerprint(record.previous_secret_hash))
+    )

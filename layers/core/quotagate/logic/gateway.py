@@ -49,6 +49,7 @@ from quotagate.errors import GatewayError, authentication_error, not_found, perm
 from quotagate.identity import Identity
 from quotagate.logic import estimate
 from quotagate.logic import router as routing
+from quotagate.logic.auth import secret_still_accepted
 from quotagate.logic.breaker import CircuitBreaker, Permit
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
 from quotagate.logic.metering import Meter, Usage
@@ -95,6 +96,8 @@ class ProviderFactory(Protocol):
 
 class KeyRecords(Protocol):
     def get(self, key_id: str) -> KeyRecord | None: ...
+
+    def get_fresh(self, key_id: str) -> KeyRecord | None: ...
 
 
 class TenantRecords(Protocol):
@@ -175,9 +178,14 @@ class Gateway:
         config = self._config()
         plan_name, key_limits, allowed = identity.plan, None, None
         if identity.auth_type == "api_key":
+            now = self.wall_clock()
             record = self._key_records.get(identity.key_id)
+            if record is not None and not secret_still_accepted(record, identity.secret_fingerprint, now):
+                # Our copy may predate a rotation the authorizer has already seen: read it again.
+                record = self._key_records.get_fresh(identity.key_id)
             if record is None or record.status != "active" or (
-                    record.expires_at is not None and record.expires_at <= self.wall_clock()):
+                    record.expires_at is not None and record.expires_at <= now) or (
+                    not secret_still_accepted(record, identity.secret_fingerprint, now)):
                 raise authentication_error("This API key is no longer valid.")
             plan_name, key_limits, allowed = record.plan, record.limits, record.allowed_models
         plan = config.plan(plan_name)
