@@ -379,6 +379,7 @@ def test_jwt_from_the_idp_is_allowed(aws, rsa_key):
         "key_id": "jwt:globex:user-9",
         "plan": "free",
         "auth_type": "jwt",
+        "expires_at": str(now + 300 + 30),  # exp plus the verifier's leeway
     }
 
 

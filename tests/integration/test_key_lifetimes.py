@@ -181,3 +181,24 @@ def test_an_allow_cached_without_a_fingerprint_is_checked_by_the_proxy(stack):
         served = client.post("/v1/chat/completions", json=CHAT,
                              headers={**context, "authorization": f"Bearer {key['api_key']}"})
         assert served.status_code == 200, served.text
+
+
+def test_a_jwt_is_refused_from_its_expiry_even_with_a_cached_allow(stack, clock):
+    """The authorizer's context carries when the token stops being accepted; the proxy refuses it
+    from then on, although API Gateway would keep serving the cached Allow for up to 300 s."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from functions.proxy.app import create_app, default_services
+    from quotagate.identity import Identity, jwt_key_id
+
+    expires_at = int(clock()) + 60
+    identity = Identity("life", "user-1", jwt_key_id("life", "user-1"), "free", "jwt", expires_at=expires_at)
+    context = {"x-amzn-request-context": json.dumps({"authorizer": identity.to_context()})}
+    with TestClient(create_app(lambda: default_services(clock=clock))) as client:
+        assert client.post("/v1/chat/completions", json=CHAT, headers=context).status_code == 200
+        clock.now = expires_at
+        refused = client.post("/v1/chat/completions", json=CHAT, headers=context)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "invalid_api_key"

@@ -16,6 +16,8 @@ class Identity:
     # Gateway keys: apikeys.secret_fingerprint of the secret the authorizer checked (current or the
     # previous one in its rotation grace), so the proxy can refuse it once it has been rotated out.
     secret_fingerprint: str | None = None
+    # IdP tokens: epoch seconds from which the token is no longer accepted (exp plus leeway).
+    expires_at: int | None = None
 
     def to_context(self) -> dict[str, str]:
         """Authorizer context: small, strings only, nothing fast-changing."""
@@ -28,6 +30,8 @@ class Identity:
         }
         if self.secret_fingerprint is not None:
             context["secret_fingerprint"] = self.secret_fingerprint
+        if self.expires_at is not None:
+            context["expires_at"] = str(self.expires_at)
         return context
 
     @classmethod
@@ -43,9 +47,14 @@ class Identity:
             fields[name] = value
         auth_type = context.get("auth_type")
         fingerprint = context.get("secret_fingerprint")
+        expires_at = context.get("expires_at")
+        if isinstance(expires_at, int | str) and not isinstance(expires_at, bool) and str(expires_at).isdigit():
+            expires_at = int(expires_at)
+        elif expires_at is not None:
+            return None  # present but unreadable: not a context this gateway's authorizer wrote
         return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key",
                    secret_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
-                   **fields)
+                   expires_at=expires_at, **fields)
 
 
 def jwt_key_id(tenant: str, subject: str) -> str:

@@ -177,6 +177,8 @@ class Gateway:
     def limits_for(self, identity: Identity) -> Limits:
         config = self._config()
         plan_name, key_limits, allowed = identity.plan, None, None
+        if identity.expires_at is not None and identity.expires_at <= self.wall_clock():
+            raise authentication_error("This token has expired.")  # an Allow cached past the token's exp
         if identity.auth_type == "api_key":
             now = self.wall_clock()
             record = self._key_records.get(identity.key_id)
