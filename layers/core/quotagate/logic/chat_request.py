@@ -7,6 +7,7 @@ from typing import Any
 
 from quotagate import strict_json
 from quotagate.errors import GatewayError, invalid_request
+from quotagate.logic import parameters
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_CHOICES = 8
@@ -119,6 +120,9 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise invalid_request(f"'{name}' must be a number.", param=name, code="invalid_value")
+    # One rule whatever the target: OpenAI's ranges, and a well-formed response_format.
+    parameters.check_ranges(body)
+    parameters.check_response_format(body)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, (str, list)):
         raise invalid_request("'stop' must be a string or an array of strings.", param="stop", code="invalid_value")

@@ -32,7 +32,7 @@ its compact sorted JSON). Then::
 the mock "calls" a tool: the one named by ``toolChoice.tool`` or else the first one, after a short
 text preface (:data:`TOOL_PREFACE_TOKENS` pieces), with an input made from the tool's JSON schema
 (required properties, or all: strings get a reply word or the first enum value, integers 42,
-numbers 1.5, booleans true, arrays [], objects {}), and ``stopReason`` ``tool_use``. If
+numbers 1.5, booleans true, arrays of one such item, objects {}), and ``stopReason`` ``tool_use``. If
 ``maxTokens`` is too small for the whole call, only the (truncated) preface is returned with
 ``max_tokens``. After a ``toolResult`` the mock answers with text.
 
@@ -235,6 +235,9 @@ def _example_value(schema: Any, word: str) -> Any:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        item = _example_value(schema["items"], word)
+        return [item] if item is not None else []
     return {"string": word, "integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}.get(
         kind if isinstance(kind, str) else "", None)
 

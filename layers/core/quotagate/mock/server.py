@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds a Starlette app serving
 
-- ``POST /v1/chat/completions`` (stream and non-stream, OpenAI shapes, real cl100k usage numbers),
+- ``POST /v1/chat/completions`` (stream and non-stream, OpenAI shapes, real cl100k usage numbers;
+  tool calls and ``response_format`` as :mod:`quotagate.mock.structured` describes),
 - ``GET /v1/models`` and ``GET /v1/models/{id}``,
 - ``GET /mock/stats``, ``POST /mock/stats/reset``, ``GET /mock/requests`` (recent request bodies,
   credentials redacted), ``GET /health``.
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from starlette.applications import Starlette
@@ -37,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from quotagate import tokens
-from quotagate.mock import billing, vocab
+from quotagate.mock import billing, structured, vocab
 from quotagate.mock.faults import (
     FAULT_BODY_FIELD,
     FAULT_HEADER,
@@ -301,10 +302,12 @@ class _Plan:
     prompt_tokens: int
     token_delay: float
     fault: FaultSpec
+    tool_call: dict[str, str] | None = None  # {"id", "name"} of the function the reply calls
+    tool_pieces: list[str] = field(default_factory=list)  # its arguments, in streamed pieces
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces)
+        return len(self.pieces) + len(self.tool_pieces)
 
     @property
     def delay_steps(self) -> int:
@@ -451,19 +454,34 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
     )
 
     finish_reason = "stop"
-    if limit is not None and limit < length:
-        length, finish_reason = limit, "length"
+    pieces = vocab.reply_pieces(messages, length)
+    function = structured.chosen_function(body, messages)
+    tool_call, tool_pieces = None, []
+    if function is not None:
+        pieces, finish_reason = [], "tool_calls"
+        tool_call = {"id": f"call_mock{uuid.uuid4().hex[:20]}", "name": function["name"]}
+        tool_pieces = structured.json_pieces(structured.arguments_for(function, messages))
+    else:
+        json_text = structured.structured_text(body, messages, pieces)
+        if json_text is not None:
+            pieces = structured.json_pieces(json_text)
+    if limit is not None and limit < len(pieces) + len(tool_pieces):
+        finish_reason = "length"
+        pieces = pieces[:limit]
+        tool_pieces = tool_pieces[: limit - len(pieces)]
 
     return _Plan(
         model=base_model,
         messages=messages,
         stream=stream,
         include_usage=include_usage,
-        pieces=vocab.reply_pieces(messages, length),
+        pieces=pieces,
         finish_reason=finish_reason,
         prompt_tokens=billing.openai_prompt_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(messages),
         token_delay=token_delay,
         fault=fault,
+        tool_call=tool_call,
+        tool_pieces=tool_pieces,
     )
 
 
@@ -506,12 +524,7 @@ def _completion_body(plan: _Plan) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(plan.pieces),
-                    "refusal": None,
-                    "annotations": [],
-                },
+                "message": _reply_message(plan),
                 "logprobs": None,
                 "finish_reason": plan.finish_reason,
             }
@@ -522,6 +535,19 @@ def _completion_body(plan: _Plan) -> dict[str, Any]:
     if not plan.fault.omit_usage:
         body["usage"] = plan.usage()
     return body
+
+
+def _reply_message(plan: _Plan) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(plan.pieces) if plan.pieces or plan.tool_call is None else None,
+        "refusal": None,
+        "annotations": [],
+    }
+    if plan.tool_call is not None:
+        message["tool_calls"] = [{"id": plan.tool_call["id"], "type": "function", "function": {
+            "name": plan.tool_call["name"], "arguments": "".join(plan.tool_pieces)}}]
+    return message
 
 
 def _dumps(obj: Any) -> bytes:
@@ -630,6 +656,12 @@ class _ChatStream(_PlanStream[_Plan]):
                 break
             await asyncio.sleep(plan.token_delay)
             yield event({"content": piece})
+        if plan.tool_call is not None and drop_after is None:
+            yield event({"tool_calls": [{"index": 0, "id": plan.tool_call["id"], "type": "function",
+                                         "function": {"name": plan.tool_call["name"], "arguments": ""}}]})
+            for piece in plan.tool_pieces:
+                await asyncio.sleep(plan.token_delay)
+                yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
         if drop_after is not None:
             self._outcome = "cut"
             sent = min(drop_after, len(plan.pieces))

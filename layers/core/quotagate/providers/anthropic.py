@@ -15,15 +15,20 @@ OpenAI -> Messages:
   image source); ``file`` with a PDF ``data:`` URL -> a base64 ``document`` block;
 - assistant ``tool_calls`` -> ``tool_use`` blocks (``arguments`` parsed into ``input``);
 - ``max_completion_tokens`` / ``max_tokens`` -> ``max_tokens`` (required by Anthropic);
-  ``stop`` -> ``stop_sequences``; ``temperature`` (clamped to Anthropic's 0..1), ``top_p``;
+  ``stop`` -> ``stop_sequences``; ``temperature`` (OpenAI's 0..2, checked by the gateway, clamped to
+  Anthropic's 0..1: :func:`~quotagate.logic.parameters.provider_temperature`), ``top_p``;
   ``tools`` (function tools) -> ``tools`` with ``input_schema``; ``tool_choice`` auto/none/
   required/function -> auto/none/any/tool; ``parallel_tool_calls: false`` ->
   ``disable_parallel_tool_use``; ``user`` -> ``metadata.user_id``;
 - the mock model server's test fields (``mock_fault``, ``mock_reply_tokens``, ``mock_token_delay``)
   are passed through, as the OpenAI-compatible adapter passes everything through;
+- ``response_format`` ``json_object`` / ``json_schema`` -> a tool whose ``input_schema`` is the
+  schema, forced with ``tool_choice: {"type": "tool"}`` (``{"type": "any"}`` when the client's own
+  tools are callable too); the tool's input comes back as the message content (streamed as content
+  chunks) with ``finish_reason`` ``stop`` (see :mod:`quotagate.logic.parameters`);
 - ignored: ``logprobs``, ``seed``, ``presence_penalty`` / ``frequency_penalty``, ``logit_bias``,
-  ``response_format``, ``stream_options`` (usage is always reported by Anthropic) and other OpenAI-
-  only fields. ``n`` > 1, audio input and legacy ``function`` messages are refused (400).
+  ``stream_options`` (usage is always reported by Anthropic) and other OpenAI-only fields. ``n`` > 1,
+  audio input and legacy ``function`` messages are refused (400).
 
 Messages -> OpenAI: text blocks -> ``message.content``; ``tool_use`` -> ``tool_calls``
 (``arguments`` as a JSON string); ``stop_reason`` end_turn/stop_sequence/pause_turn -> ``stop``,
@@ -50,6 +55,7 @@ from typing import Any
 
 import httpx
 
+from quotagate.logic.parameters import ResponseTool, provider_temperature, response_tool
 from quotagate.providers.base import (
     DONE_EVENT,
     SSEEvent,
@@ -307,6 +313,19 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return converted
 
 
+def _force_response_tool(request: dict[str, Any], tool: ResponseTool) -> None:
+    """Structured output as a forced tool call: the answer is the tool's input."""
+    tools = request.setdefault("tools", [])
+    if any(t["name"] == tool.name for t in tools):
+        raise TranslationError(f"'response_format' is named '{tool.name}', like one of the tools.", "response_format")
+    tools.append({"name": tool.name, "description": tool.description, "input_schema": tool.schema})
+    choice = request.get("tool_choice") or {"type": "auto"}
+    if len(tools) > 1 and choice["type"] in ("auto", "any"):
+        request["tool_choice"] = {**choice, "type": "any"}  # a real tool call, or the structured answer
+    elif choice["type"] != "tool":  # a named function stays forced
+        request["tool_choice"] = {"type": "tool", "name": tool.name}
+
+
 def to_messages_request(body: dict[str, Any]) -> dict[str, Any]:
     """The Anthropic Messages request for an OpenAI chat completion request (pure)."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
@@ -326,7 +345,7 @@ def to_messages_request(body: dict[str, Any]) -> dict[str, Any]:
         request["stop_sequences"] = stops
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-        request["temperature"] = min(max(float(temperature), 0.0), 1.0)
+        request["temperature"] = provider_temperature(temperature)
     top_p = body.get("top_p")
     if isinstance(top_p, int | float) and not isinstance(top_p, bool):
         request["top_p"] = top_p
@@ -335,6 +354,9 @@ def to_messages_request(body: dict[str, Any]) -> dict[str, Any]:
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
             request["tool_choice"] = choice
+    structured = response_tool(body)
+    if structured is not None:
+        _force_response_tool(request, structured)
     if isinstance(body.get("user"), str) and body["user"]:
         request["metadata"] = {"user_id": body["user"]}
     if body.get("stream"):
@@ -387,21 +409,27 @@ def usage_from(usage: Any) -> dict[str, Any] | None:
 
 
 def to_chat_completion(message: dict[str, Any], model: str | None = None,
-                       created: int | None = None) -> dict[str, Any]:
-    """The OpenAI ``chat.completion`` of an Anthropic ``message`` (pure)."""
+                       created: int | None = None, response_tool: str | None = None) -> dict[str, Any]:
+    """The OpenAI ``chat.completion`` of an Anthropic ``message`` (pure). A call of
+    ``response_tool`` (structured output) is the message content."""
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    structured: str | None = None
     for block in message.get("content") or []:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif block.get("type") == "tool_use" and response_tool is not None and block.get("name") == response_tool:
+            structured = arguments_json(block.get("input"))
         elif block.get("type") == "tool_use":
             tool_calls.append({
                 "id": block.get("id") or f"call_{len(tool_calls)}",
                 "type": "function",
                 "function": {"name": block.get("name") or "", "arguments": arguments_json(block.get("input"))},
             })
+    if structured is not None:
+        texts = [structured]  # the structured answer, without the text the model put before it
     reply: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
@@ -409,6 +437,9 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
     }
     if tool_calls:
         reply["tool_calls"] = tool_calls
+    reason = finish_reason(message.get("stop_reason")) or "stop"
+    if reason == "tool_calls" and not tool_calls:
+        reason = "stop"  # only the structured answer was "called"
     completion: dict[str, Any] = {
         "id": message.get("id") or f"msg_{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -418,7 +449,7 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
             "index": 0,
             "message": reply,
             "logprobs": None,
-            "finish_reason": finish_reason(message.get("stop_reason")) or "stop",
+            "finish_reason": reason,
         }],
     }
     usage = usage_from(message.get("usage"))
@@ -435,8 +466,11 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
 class StreamTranslator(ChunkBuilder):
     """Turns Anthropic stream events, one at a time, into OpenAI chunks (pure)."""
 
-    def __init__(self, model: str | None, include_usage: bool, created: int | None = None) -> None:
+    def __init__(self, model: str | None, include_usage: bool, created: int | None = None,
+                 response_tool: str | None = None) -> None:
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.response_tool = response_tool  # its input is streamed as content (structured output)
+        self._structured_blocks: set[int] = set()
         self.model = model
         self.created = created if created is not None else int(time.time())
         self.include_usage = include_usage
@@ -489,6 +523,8 @@ class StreamTranslator(ChunkBuilder):
             reason = finish_reason(delta.get("stop_reason"))
             if reason is None or self._finish_sent:
                 return []
+            if reason == "tool_calls" and not self._tool_index:
+                reason = "stop"  # only the structured answer was "called"
             self._finish_sent = True
             return [self._chunk({}, reason)]
         if kind == "message_stop":
@@ -508,6 +544,11 @@ class StreamTranslator(ChunkBuilder):
     def _block_start(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         block = _obj(event.get("content_block"))
         index = event.get("index")
+        if block.get("type") == "tool_use" and isinstance(index, int) and self.response_tool is not None \
+                and block.get("name") == self.response_tool:
+            self._structured_blocks.add(index)
+            initial = block.get("input")
+            return [self._chunk({"content": arguments_json(initial)})] if initial else []
         if block.get("type") == "tool_use" and isinstance(index, int):
             position = len(self._tool_index)
             self._tool_index[index] = position
@@ -520,15 +561,21 @@ class StreamTranslator(ChunkBuilder):
                              "arguments": arguments_json(initial) if initial else ""},
             }
             return [self._chunk({"tool_calls": [call]})]
-        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
+        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"] \
+                and self.response_tool is None:
             return [self._chunk({"content": block["text"]})]
         return []
 
     def _block_delta(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         delta = _obj(event.get("delta"))
+        if delta.get("type") == "text_delta" and self.response_tool is not None:
+            return []  # with structured output the content is the JSON answer alone
         if delta.get("type") == "text_delta":
             text = delta.get("text")
             return [self._chunk({"content": text})] if isinstance(text, str) and text else []
+        if delta.get("type") == "input_json_delta" and event.get("index") in self._structured_blocks:
+            piece = delta.get("partial_json")
+            return [self._chunk({"content": piece})] if isinstance(piece, str) and piece else []
         if delta.get("type") == "input_json_delta":
             piece = delta.get("partial_json")
             position = self._tool_index.get(event.get("index"))  # type: ignore[arg-type]
@@ -541,6 +588,11 @@ class StreamTranslator(ChunkBuilder):
 # ---------------------------------------------------------------------------------------------
 # The provider
 # ---------------------------------------------------------------------------------------------
+
+
+def _response_tool_name(body: dict[str, Any]) -> str | None:
+    tool = response_tool(body)
+    return tool.name if tool is not None else None
 
 
 def _is_message(data: dict[str, Any]) -> bool:
@@ -574,7 +626,7 @@ class AnthropicProvider(HTTPProvider):
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request_body = self._translate({**body, "stream": False})
         data = await self._post_json(request_body, "/messages", _is_message)
-        return to_chat_completion(data, body.get("model"))
+        return to_chat_completion(data, body.get("model"), response_tool=_response_tool_name(body))
 
     def _stream_error(self, error: AnthropicStreamError, started: bool) -> Exception:
         log_upstream_error(self._name, f"stream {error.error_type}"[:80], error.message)
@@ -590,7 +642,7 @@ class AnthropicProvider(HTTPProvider):
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
         request_body = self._translate({**body, "stream": True})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        translator = StreamTranslator(body.get("model"), include_usage)
+        translator = StreamTranslator(body.get("model"), include_usage, response_tool=_response_tool_name(body))
         response = await self._send(request_body, "/messages", "text/event-stream")
         started = False  # has an event been yielded?
         try:

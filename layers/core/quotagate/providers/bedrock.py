@@ -10,9 +10,13 @@ wants strict user/assistant alternation); assistant ``tool_calls`` become ``tool
 ``toolConfig``. What Bedrock cannot express is refused with a 400 before any call (``n`` > 1,
 remote image URLs, audio/file parts, non-function tools) or dropped (``tool_choice: "none"`` drops
 the tools unless the conversation already holds tool blocks, which Bedrock only accepts with a
-``toolConfig``; ``presence_penalty``, ``frequency_penalty``, ``seed``, ``logprobs``, ``response_format``,
-``parallel_tool_calls`` and ``user`` are ignored). Values are passed as given: Bedrock itself
-rejects out-of-range ones (its ``temperature`` is 0..1) with a ValidationException -> 400.
+``toolConfig``; ``presence_penalty``, ``frequency_penalty``, ``seed``, ``logprobs``,
+``parallel_tool_calls`` and ``user`` are ignored). The gateway has checked the values against the
+OpenAI ranges; ``temperature`` (OpenAI's 0..2) is clamped to Bedrock's 0..1 exactly as for Anthropic
+(:func:`~quotagate.logic.parameters.provider_temperature`). ``response_format`` ``json_object`` /
+``json_schema`` becomes a tool spec with the schema, forced with ``toolChoice: {"tool"}`` (``{"any"}``
+when the client's own tools are callable too); its ``toolUse`` input comes back as the message
+content (streamed as content chunks) with ``finish_reason`` ``stop``.
 
 Responses: text blocks -> ``content``, ``toolUse`` -> ``tool_calls``, ``stopReason`` ->
 ``finish_reason`` (:data:`FINISH_REASONS`), ``usage`` -> OpenAI usage, where ``prompt_tokens`` is
@@ -56,6 +60,7 @@ from typing import Any, Final
 from anyio import to_thread
 
 from quotagate.config import Provider
+from quotagate.logic.parameters import ResponseTool, provider_temperature, response_tool
 from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
 from quotagate.redaction import log_upstream_error, short_identifier
@@ -356,7 +361,7 @@ def to_converse_request(body: dict[str, Any]) -> dict[str, Any]:
         break
     temperature = _number(body, "temperature")
     if temperature is not None:
-        inference["temperature"] = temperature
+        inference["temperature"] = provider_temperature(temperature)
     top_p = _number(body, "top_p")
     if top_p is not None:
         inference["topP"] = top_p
@@ -369,9 +374,28 @@ def to_converse_request(body: dict[str, Any]) -> dict[str, Any]:
         request["inferenceConfig"] = inference
 
     tool_config = convert_tools(body, messages)
+    structured = response_tool(body)
+    if structured is not None:
+        tool_config = _with_response_tool(body, tool_config, structured)
     if tool_config is not None:
         request["toolConfig"] = tool_config
     return request
+
+
+def _with_response_tool(body: dict[str, Any], config: dict[str, Any] | None, tool: ResponseTool) -> dict[str, Any]:
+    """Structured output as a forced tool call: the answer is the tool's input."""
+    specs = list((config or {}).get("tools") or [])
+    if any(spec["toolSpec"]["name"] == tool.name for spec in specs):
+        raise _unsupported(f"'response_format' is named '{tool.name}', like one of the tools.")
+    specs.append({"toolSpec": {"name": tool.name, "description": tool.description,
+                               "inputSchema": {"json": tool.schema}}})
+    choice = (config or {}).get("toolChoice")
+    if choice is not None and "tool" in choice:
+        return {"tools": specs, "toolChoice": choice}  # a named function stays forced
+    clients_tools_callable = bool(body.get("tools")) and body.get("tool_choice") != "none"
+    if clients_tools_callable:
+        return {"tools": specs, "toolChoice": {"any": {}}}  # a real tool call, or the structured answer
+    return {"tools": specs, "toolChoice": {"tool": {"name": tool.name}}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,19 +435,24 @@ def openai_usage(usage: Any) -> dict[str, Any] | None:
     return result
 
 
-def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
-    """A Converse response -> an OpenAI ``chat.completion``."""
+def to_chat_completion(response: dict[str, Any], model: str, response_tool: str | None = None) -> dict[str, Any]:
+    """A Converse response -> an OpenAI ``chat.completion``. A call of ``response_tool``
+    (structured output) is the message content."""
     output = response.get("output")
     message = output.get("message") if isinstance(output, dict) else None
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         raise UpstreamError(502, "The Bedrock response holds no message.")
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    structured: str | None = None
     for block in message["content"]:
         if not isinstance(block, dict):
             continue
         if isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif isinstance(block.get("toolUse"), dict) and response_tool is not None \
+                and block["toolUse"].get("name") == response_tool:
+            structured = arguments_json(block["toolUse"].get("input"))
         elif isinstance(block.get("toolUse"), dict):
             tool = block["toolUse"]
             tool_calls.append({
@@ -431,9 +460,12 @@ def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
                 "type": "function",
                 "function": {"name": str(tool.get("name", "")), "arguments": arguments_json(tool.get("input"))},
             })
-    content = "".join(texts)
+    content = structured if structured is not None else "".join(texts)
     reply: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None,
                              "refusal": None}
+    reason = finish_reason(response.get("stopReason"))
+    if reason == "tool_calls" and not tool_calls:
+        reason = "stop"  # only the structured answer was "called"
     if tool_calls:
         reply["tool_calls"] = tool_calls
     request_id = (response.get("ResponseMetadata") or {}).get("RequestId")
@@ -442,8 +474,7 @@ def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": reply, "logprobs": None,
-                     "finish_reason": finish_reason(response.get("stopReason"))}],
+        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": reason}],
     }
     usage = openai_usage(response.get("usage"))
     if usage is not None:
@@ -454,8 +485,11 @@ def to_chat_completion(response: dict[str, Any], model: str) -> dict[str, Any]:
 class StreamTranslator(ChunkBuilder):
     """ConverseStream events -> OpenAI ``chat.completion.chunk`` dicts."""
 
-    def __init__(self, model: str, include_usage: bool, completion_id: str | None = None) -> None:
+    def __init__(self, model: str, include_usage: bool, completion_id: str | None = None,
+                 response_tool: str | None = None) -> None:
         self.model = model
+        self.response_tool = response_tool  # its input is streamed as content (structured output)
+        self._structured_blocks: set[int] = set()
         self.include_usage = include_usage
         self.id = completion_id or f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -484,6 +518,9 @@ class StreamTranslator(ChunkBuilder):
             tool = (body.get("start") or {}).get("toolUse")
             if not isinstance(tool, dict):
                 return []
+            if self.response_tool is not None and tool.get("name") == self.response_tool:
+                self._structured_blocks.add(int(body.get("contentBlockIndex", 0)))
+                return self._role()
             index, _ = self._tool_index(int(body.get("contentBlockIndex", 0)))
             start: dict[str, Any] = {"index": index, "id": str(tool.get("toolUseId", "")), "type": "function",
                     "function": {"name": str(tool.get("name", "")), "arguments": ""}}
@@ -492,9 +529,14 @@ class StreamTranslator(ChunkBuilder):
             body = event["contentBlockDelta"] or {}
             delta = body.get("delta") or {}
             text = delta.get("text")
+            if isinstance(text, str) and self.response_tool is not None:
+                return self._role()  # with structured output the content is the JSON answer alone
             if isinstance(text, str):
                 return [*self._role(), self._chunk({"content": text})] if text else []
             tool = delta.get("toolUse")
+            if isinstance(tool, dict) and isinstance(tool.get("input"), str) \
+                    and int(body.get("contentBlockIndex", 0)) in self._structured_blocks:
+                return [*self._role(), self._chunk({"content": tool["input"]})] if tool["input"] else []
             if isinstance(tool, dict) and isinstance(tool.get("input"), str):
                 index, new = self._tool_index(int(body.get("contentBlockIndex", 0)))
                 call: dict[str, Any] = {"index": index, "function": {"arguments": tool["input"]}}
@@ -506,6 +548,8 @@ class StreamTranslator(ChunkBuilder):
         if "messageStop" in event:
             self.finished = True
             reason = finish_reason((event["messageStop"] or {}).get("stopReason"))
+            if reason == "tool_calls" and not self._tools:
+                reason = "stop"  # only the structured answer was "called"
             return [*self._role(), self._chunk({}, reason)]
         if "metadata" in event:
             self.usage = openai_usage((event["metadata"] or {}).get("usage"))
@@ -746,7 +790,8 @@ class BedrockProvider:
             response = await to_thread.run_sync(self._converse, request, abandon_on_cancel=True)
         except Exception as exc:
             raise upstream_error(exc, self.name) from None
-        return to_chat_completion(response, str(body["model"]))
+        tool = response_tool(body)
+        return to_chat_completion(response, str(body["model"]), response_tool=tool.name if tool else None)
 
     def _pump_stream(self, request: dict[str, Any], pump: _Pump) -> None:  # worker thread
         stream = None
@@ -770,7 +815,8 @@ class BedrockProvider:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
         request = to_converse_request(body)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        translator = StreamTranslator(str(body["model"]), include_usage)
+        tool = response_tool(body)
+        translator = StreamTranslator(str(body["model"]), include_usage, response_tool=tool.name if tool else None)
         pump = _Pump(asyncio.get_running_loop())
         worker = threading.Thread(target=self._pump_stream, args=(request, pump),
                                   name=f"bedrock-stream-{self.name}", daemon=True)

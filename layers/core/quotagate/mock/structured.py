@@ -1,0 +1,130 @@
+"""Tool calls and structured output of the mock's OpenAI-compatible dialect.
+
+- **Tools.** With ``tools``, the reply calls one function instead of answering in text: the one
+  ``tool_choice`` names, else (``required``, ``auto`` or no choice) the first tool — except with
+  ``auto`` / no choice right after a ``tool`` message, when the mock answers in text like a model
+  that got its answer. ``tool_choice: "none"`` answers in text. The arguments are made from the
+  function's ``parameters`` schema (:func:`value_for_schema`).
+- **response_format.** ``json_schema``: the reply is a JSON value made from the schema;
+  ``json_object``: a JSON object ``{"answer": <the text reply>}``.
+
+Values are deterministic (a seed from the conversation) and valid for the common JSON-schema
+keywords: ``type`` (also as a list), ``properties`` (every one, as strict mode wants), ``items``,
+``enum``, ``const``, ``$ref`` into ``$defs``/``definitions``, ``anyOf``/``oneOf`` (the first
+non-null branch), ``allOf``, ``minItems``, ``minimum``/``maximum``, ``format`` date/date-time/email.
+JSON texts are streamed in pieces of :data:`PIECE_CHARS` characters; each piece counts as one
+completion token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from quotagate.mock import vocab
+
+PIECE_CHARS: Final = 4
+MAX_DEPTH: Final = 8  # recursive schemas stop here (with null, or an empty object/array)
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return schema
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target.get(part) if isinstance(target, dict) else None
+    return target if isinstance(target, dict) else {}
+
+
+def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A deterministic value that ``schema`` accepts."""
+    if not isinstance(schema, dict):
+        return vocab.WORDS[seed % len(vocab.WORDS)]
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][seed % len(schema["enum"])]
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            usable = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")] or branches
+            return value_for_schema(usable[0], seed, root, depth + 1)
+    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            merged.update(_resolve(part, root) if isinstance(part, dict) else {})
+        return value_for_schema({**merged, **{k: v for k, v in schema.items() if k != "allOf"}}, seed, root, depth)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if depth >= MAX_DEPTH:
+        return {"object": {}, "array": []}.get(kind)
+    if kind == "object":
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {name: value_for_schema(prop, seed + i, root, depth + 1)
+                for i, (name, prop) in enumerate(properties.items())}
+    if kind == "array":
+        count = max(1, schema.get("minItems") if isinstance(schema.get("minItems"), int) else 1)
+        return [value_for_schema(schema.get("items"), seed + i, root, depth + 1) for i in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        value = max(int(low) + 1, 1 + seed % 90)
+        if isinstance(high, int | float):
+            value = min(value, int(high) - 1 if "exclusiveMaximum" in schema else int(high))
+        return value if kind == "integer" else value + 0.5 if high is None or value + 0.5 <= high else value
+    if kind == "boolean":
+        return seed % 2 == 0
+    if kind == "null":
+        return None
+    formats = {"date": "2026-01-15", "date-time": "2026-01-15T10:30:00Z", "email": "ada@example.com",
+               "uri": "https://example.com/"}
+    return formats.get(schema.get("format"), vocab.WORDS[seed % len(vocab.WORDS)])
+
+
+def json_pieces(text: str) -> list[str]:
+    return [text[i:i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)]
+
+
+def _after_tool_result(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and messages[-1].get("role") == "tool"
+
+
+def chosen_function(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The function (``{"name", "parameters"}``) the reply calls, or None for a text reply."""
+    functions = [t["function"] for t in body.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                 and isinstance(t["function"].get("name"), str)]
+    choice = body.get("tool_choice")
+    if not functions or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        return next((f for f in functions if f["name"] == wanted), functions[0])
+    if choice == "required":
+        return functions[0]
+    return None if _after_tool_result(messages) else functions[0]
+
+
+def structured_text(body: dict[str, Any], messages: list[dict[str, Any]], text_pieces: list[str]) -> str | None:
+    """The JSON reply ``response_format`` asks for (None: a plain text reply)."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return json.dumps({"answer": "".join(text_pieces).strip()})
+    spec = response_format.get("json_schema")
+    if response_format.get("type") == "json_schema" and isinstance(spec, dict):
+        seed = vocab.messages_digest(messages)[0]
+        return json.dumps(value_for_schema(spec.get("schema") or {"type": "object"}, seed))
+    return None
+
+
+def arguments_for(function: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return json.dumps(value_for_schema(parameters, vocab.messages_digest(messages)[0]))

@@ -1,0 +1,63 @@
+"""End to end: structured output from real client libraries on every provider type of the dev
+configuration (``mock-gpt``: OpenAI-compatible, native ``response_format``; ``mock-claude`` and
+``mock-bedrock``: a forced tool call), through ``python -m quotagate.local`` started as a process.
+
+langchain-openai's ``with_structured_output`` (its default method, ``json_schema``) over chat
+completions and over the Responses API; the openai SDK's ``chat.completions.parse``; and JSON mode
+(``response_format: json_object``, what instructor's JSON mode sends — instructor itself cannot be
+installed next to openai 3.x: it pins ``jiter<0.15``, openai 3.57 needs ``jiter>=0.16``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pydantic
+import pytest
+from langchain_openai import ChatOpenAI
+
+from tests.e2e.local_gateway import running_local_gateway
+
+pytestmark = pytest.mark.e2e
+MODELS = ["mock-gpt", "mock-claude", "mock-bedrock"]
+
+
+class Person(pydantic.BaseModel):
+    """A person and the languages they wrote."""
+
+    name: str
+    born: int
+    languages: list[str]
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    with running_local_gateway() as running:
+        command = [str(Path(sys.executable).with_name("quotagate")), "keys", "create", "--tenant", "e2e-structured",
+                   "--consumer", "clients", "--plan", "pro", "--endpoint-url", running["base"]]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        yield {**running, "api_key": json.loads(done.stdout)["api_key"]}
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("use_responses_api", [False, True])
+def test_langchain_with_structured_output_returns_the_object(gateway, model, use_responses_api):
+    llm = ChatOpenAI(model=model, base_url=f"{gateway['base']}/v1", api_key=gateway["api_key"], max_retries=0,
+                     use_responses_api=use_responses_api)
+    person = llm.with_structured_output(Person).invoke("Who wrote the first program?")
+    assert isinstance(person, Person) and person.name and person.languages
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_openai_sdk_parse_and_json_mode(gateway, model):
+    client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=gateway["api_key"], max_retries=0)
+    messages = [{"role": "system", "content": f"Answer as JSON of this schema: {Person.model_json_schema()}"},
+                {"role": "user", "content": "Who wrote the first program?"}]
+    parsed = client.chat.completions.parse(model=model, messages=messages, response_format=Person)
+    assert isinstance(parsed.choices[0].message.parsed, Person)
+    json_mode = client.chat.completions.create(model=model, messages=messages, response_format={"type": "json_object"})
+    assert isinstance(json.loads(json_mode.choices[0].message.content), dict)
