@@ -159,3 +159,13 @@ def test_the_responses_api_text_format_works_on_a_forced_tool_provider(client):
     assert Person.model_validate_json(response.output_text)
     parsed = client.responses.parse(model="via-anthropic", input="Who wrote the first program?", text_format=Person)
     assert isinstance(parsed.output_parsed, Person)
+
+
+def test_what_a_provider_cannot_express_is_the_same_error_on_anthropic_and_bedrock(stack, key):
+    errors = {}
+    for model in ("via-anthropic", "via-bedrock"):
+        response = httpx.post(f"{stack.base_url}/v1/chat/completions", timeout=30,
+                              headers={"authorization": f"Bearer {key['api_key']}"},
+                              json={"model": model, "messages": MESSAGES, "n": 2})
+        errors[model] = (response.status_code, response.json()["error"]["code"])
+    assert errors["via-anthropic"] == errors["via-bedrock"] == (400, "unsupported_for_provider")

@@ -106,7 +106,7 @@ def _bad_request(message: str, code: str = "invalid_value") -> UpstreamError:
 
 
 def _unsupported(message: str) -> UpstreamError:
-    return _bad_request(message, code="unsupported_for_model")
+    return _bad_request(message, code="unsupported_for_provider")
 
 
 def _image_block(url: Any, where: str) -> dict[str, Any]:
