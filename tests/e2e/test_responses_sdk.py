@@ -74,23 +74,24 @@ def test_responses_create_and_stream_settle_exactly(gateway, model):
     assert_charged(gateway, key, response.usage.total_tokens + events[-1].response.usage.total_tokens)
 
 
-def test_a_function_tool_round_trip_streamed_and_not(gateway):
+@pytest.mark.parametrize("model", ["mock-gpt", "mock-claude", "mock-bedrock"])
+def test_a_function_tool_round_trip_streamed_and_not(gateway, model):
     key = new_key(gateway)
     client = client_for(gateway, key)
     question = {"role": "user", "content": "What is the weather in Oslo?"}
-    first = client.responses.create(model="mock-claude", input=[question], tools=[WEATHER], tool_choice="required")
+    first = client.responses.create(model=model, input=[question], tools=[WEATHER], tool_choice="required")
     call = next(item for item in first.output if item.type == "function_call")
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
 
     follow_up = [question, *[item.model_dump(exclude_none=True) for item in first.output],
                  {"type": "function_call_output", "call_id": call.call_id, "output": "Rain, 7 degrees."}]
-    with client.responses.stream(model="mock-claude", input=follow_up, tools=[WEATHER]) as stream:
+    with client.responses.stream(model=model, input=follow_up, tools=[WEATHER]) as stream:
         final = stream.get_final_response()
     assert final.status == "completed" and final.output_text
     assert [item.type for item in final.output] == ["message"]
     assert_charged(gateway, key, first.usage.total_tokens + final.usage.total_tokens)
 
-    streamed_call = [e for e in client.responses.create(model="mock-claude", input=[question], tools=[WEATHER],
+    streamed_call = [e for e in client.responses.create(model=model, input=[question], tools=[WEATHER],
                                                         tool_choice={"type": "function", "name": "get_weather"},
                                                         stream=True)]
     done = next(e for e in streamed_call if e.type == "response.function_call_arguments.done")
