@@ -136,3 +136,12 @@ def test_bedrock_streamed_response_tool_arrives_as_content_chunks():
     assert not any("tool_calls" in d for d in deltas)
     assert json.loads("".join(d.get("content") or "" for d in deltas)) == {"name": "Ada"}
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_response_format_is_estimated_like_a_tool_where_it_becomes_one():
+    # Anthropic and Bedrock add their tool system prompt for the forced tool: the reservation counts it.
+    from quotagate.logic import estimate
+
+    assert estimate.measure({"messages": MESSAGES, "response_format": SCHEMA_FORMAT}).has_tools
+    assert estimate.measure({"messages": MESSAGES, "response_format": {"type": "json_object"}}).has_tools
+    assert not estimate.measure({"messages": MESSAGES, "response_format": {"type": "text"}}).has_tools

@@ -199,12 +199,14 @@ def measure(body: dict[str, Any]) -> RequestCost:
         if isinstance(body.get(key), dict):
             counter.texts.append(_json(body[key]))
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") != "text":
+    structured = isinstance(response_format, dict) and response_format.get("type") != "text"
+    if structured:
         counter.texts.append(_json(response_format))
         counter.framing += SCHEMA_FRAMING_TOKENS
     text_tokens = counter.framing + sum(tokens.upper_bound_text(text) for text in counter.texts)
     return RequestCost(text_tokens=text_tokens, images=tuple(counter.images), audio_tokens=counter.audio_tokens,
-                       has_tools=definitions > 0, has_cache_control=counter.cache_control)
+                       # Anthropic and Bedrock get response_format as a forced tool (with its system prompt).
+                       has_tools=definitions > 0 or structured, has_cache_control=counter.cache_control)
 
 
 PER_REQUEST_LIMIT = "max_tokens_per_request"
