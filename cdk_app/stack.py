@@ -18,6 +18,7 @@ from cdk_app.constructs.layers import SharedLayers
 from cdk_app.constructs.observability import Observability
 from cdk_app.constructs.provider_secrets import ProviderSecrets
 from cdk_app.constructs.proxy_function import ProxyFunction
+from cdk_app.constructs.settlements import SettlementRecovery
 from cdk_app.context import DeploymentOptions
 
 STACK_NAME = "Quotagate"
@@ -48,6 +49,8 @@ class QuotagateStack(Stack):
             retain=options.retain_data,
         )
         self.provider_secrets.grant_read(self.proxy.function)
+        self.settlements = SettlementRecovery(self, "Settlements", data=data, layers=layers, options=options)
+        self.settlements.connect_proxy(self.proxy.function)
         self.api = GatewayApi(
             self, "Gateway", proxy=self.proxy.function, authorizer=self.authorizer.function, options=options
         )

@@ -34,8 +34,9 @@ SCAN_ACTION = "dynamodb:Scan"
 RETAINED = frozenset({tables.KEYS.logical_id, tables.QUOTA.logical_id, "UsageTable"})
 
 
-def _attribute(name: str) -> dynamodb.Attribute:
-    return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
+def _attribute(name: str, kind: str = "S") -> dynamodb.Attribute:
+    attribute_type = dynamodb.AttributeType.NUMBER if kind == "N" else dynamodb.AttributeType.STRING
+    return dynamodb.Attribute(name=name, type=attribute_type)
 
 
 class DataTables(Construct):
@@ -61,8 +62,11 @@ class DataTables(Construct):
                 table.add_global_secondary_index(
                     index_name=index.name,
                     partition_key=_attribute(index.partition_key),
-                    sort_key=_attribute(index.sort_key) if index.sort_key else None,
-                    projection_type=dynamodb.ProjectionType.ALL,
+                    sort_key=_attribute(index.sort_key, index.sort_key_type) if index.sort_key else None,
+                    projection_type=(
+                        dynamodb.ProjectionType.ALL if index.include is None else dynamodb.ProjectionType.INCLUDE
+                    ),
+                    non_key_attributes=list(index.include) if index.include is not None else None,
                 )
             self.tables[spec.logical_id] = table
             self.specs[spec.logical_id] = spec

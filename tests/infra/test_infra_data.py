@@ -56,3 +56,22 @@ def test_config_parameter_holds_the_default_config(synthesized):
     props = next(iter(parameters.values()))["Properties"]
     assert props["Type"] == "String"
     assert json.loads(props["Value"]) == json.loads(paths.DEFAULT_CONFIG_FILE.read_text())
+
+
+def test_the_quota_table_has_the_sparse_reserved_index_for_the_reaper(template):
+    template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": "reserved",
+                    "KeySchema": [
+                        {"AttributeName": "reserved_shard", "KeyType": "HASH"},
+                        {"AttributeName": "reserved_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["charges", "slots"]},
+                }
+            ],
+        },
+    )

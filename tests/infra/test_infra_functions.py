@@ -1,4 +1,4 @@
-"""The three functions: runtime, architecture, tracing, logging, the Web Adapter setup of the proxy."""
+"""The functions: runtime, architecture, tracing, logging, the Web Adapter setup of the proxy."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from quotagate import settings, tables
 
 pytestmark = pytest.mark.infra
 
-SERVICES = ("quotagate-keys", "quotagate-authorizer", "quotagate-proxy")
+SERVICES = ("quotagate-keys", "quotagate-authorizer", "quotagate-proxy", "quotagate-settlements",
+            "quotagate-reaper")
 LWA_LAYER = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
 
 
-def test_exactly_three_functions(template):
+def test_exactly_these_functions(template):
     template.resource_count_is("AWS::Lambda::Function", len(SERVICES))
 
 

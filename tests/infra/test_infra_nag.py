@@ -49,6 +49,10 @@ EXPECTED_ACKNOWLEDGMENTS = {
     ("Quotagate/ProviderSecrets/ProviderOpenai", "AwsSolutions-SMG4"),
     ("Quotagate/ProviderSecrets/ProviderAnthropic", "AwsSolutions-SMG4"),
     ("Quotagate/Keys/KeyDerivationSecret", "AwsSolutions-SMG4"),
+    ("Quotagate/Settlements/Consumer", "AwsSolutions-IAM5[Resource::*]"),
+    ("Quotagate/Settlements/Consumer", "AwsSolutions-L1"),
+    ("Quotagate/Settlements/Reaper", "AwsSolutions-IAM5[Resource::*]"),
+    ("Quotagate/Settlements/Reaper", "AwsSolutions-L1"),
 }
 
 

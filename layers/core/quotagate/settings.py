@@ -29,6 +29,11 @@ MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
 # Multiplies the quota store's timeouts and retry budgets (default 1, as deployed). Local mode and the
 # integration tests serve moto one request at a time, far slower than DynamoDB under a burst: 10.
 QUOTA_TIME_SCALE = "QG_QUOTA_TIME_SCALE"
+# The longest a proxied request may take (its quota is settled before the Lambda timeout); the
+# reaper treats a reservation older than this plus a margin as abandoned.
+MAX_REQUEST_SECONDS = "QG_MAX_REQUEST_SECONDS"
+DEFAULT_MAX_REQUEST_SECONDS = 870.0
+REAPER_MARGIN_SECONDS = "QG_REAPER_MARGIN_SECONDS"
 # The durable retry path for settlements (an SQS queue URL; unset: failures are logged only).
 SETTLEMENT_QUEUE_URL = "QG_SETTLEMENT_QUEUE_URL"
 

@@ -95,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from quotagate import key_derivation, tables
+    from quotagate import key_derivation, settings, tables
+    from quotagate.local import settlements
     from quotagate.local.ttl import start_sweeper
 
     tables.create_all(boto3.client("dynamodb"))
     key_derivation.create_local_secret(boto3.client("secretsmanager"))
     start_sweeper(boto3.client("dynamodb"))
+    # The settlement retry queue and the reaper (the consumer Lambda and the schedule in AWS).
+    queue_url = settlements.create_queue(boto3.client("sqs"))
+    os.environ[settings.SETTLEMENT_QUEUE_URL] = queue_url
+    settlements.start_worker(boto3.client("dynamodb"), boto3.client("sqs"), queue_url)
     _provider_secrets_from_env()
 
     from functions.keys.handler import lambda_handler as keys_handler

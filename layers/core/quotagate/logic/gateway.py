@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from anyio import to_thread
 
+from quotagate import settings
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
@@ -87,7 +88,7 @@ def _log_gateway_fault(message: str, error: BaseException, **fields: Any) -> Non
 
 # The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
 # little earlier, so settlement always runs inside the invocation.
-DEFAULT_MAX_REQUEST_SECONDS = 870.0
+DEFAULT_MAX_REQUEST_SECONDS = settings.DEFAULT_MAX_REQUEST_SECONDS
 
 
 class ProviderFactory(Protocol):

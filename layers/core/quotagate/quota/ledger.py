@@ -61,6 +61,15 @@ RESERVATION_RETENTION_SECONDS = 2 * 86_400
 # A settled reservation only has to outlive retries of its settlement; keep it an hour, not two days.
 SETTLED_RETENTION_SECONDS = 3_600
 MAX_TRANSACTION_ACTIONS = 100
+# Open reservations are spread over this many partitions of the sparse ``reserved`` index.
+RESERVED_SHARDS = 8
+
+
+def reserved_shard(request_id: str) -> str:
+    """The ``reserved`` index partition of a reservation (stable: crc32 of the request id)."""
+    import zlib
+
+    return f"r{zlib.crc32(request_id.encode()) % RESERVED_SHARDS}"
 # Cancellation reason codes (and error codes) worth retrying: contention, not a verdict.
 _RETRYABLE_REASONS = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
 _RETRYABLE_ERRORS = frozenset(
@@ -442,6 +451,9 @@ class DynamoQuotaLedger:
                         "charges": {"L": [_charge_to_attr(c) for c in charges]},
                         "created_at": _n(now),
                         "expires_at": _n(now + RESERVATION_RETENTION_SECONDS),
+                        # The sparse index of open reservations (removed by settle and by the reaper).
+                        tables.RESERVED_INDEX.partition_key: _s(reserved_shard(request_id)),
+                        str(tables.RESERVED_INDEX.sort_key): _n(now),
                     },
                     "ConditionExpression": "attribute_not_exists(pk)",
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -554,9 +566,12 @@ class DynamoQuotaLedger:
             "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
             "UpdateExpression": (
                 "SET #st = :settled, #at = :now, #tok = :tok, #adj = :adj, #usage = :usage, #exp = :expires"
+                " REMOVE #shard, #open_since"
             ),
             "ConditionExpression": "#st = :reserved",
             "ExpressionAttributeNames": {
+                "#shard": tables.RESERVED_INDEX.partition_key,
+                "#open_since": str(tables.RESERVED_INDEX.sort_key),
                 "#st": "status",
                 "#at": "settled_at",
                 "#tok": "settle_token",

@@ -1,0 +1,141 @@
+"""What closes every reservation: the durable settlement retry path and the reservation reaper.
+
+- ``Queue`` (SQS, SSE, TLS only) with ``DeadLetters`` behind it: the proxy sends a settlement it
+  could not write within its budget; ``Consumer`` (Powertools batch, partial failures) applies it
+  exactly once (the reservation's conditional status flip), and a message that keeps failing moves
+  to the dead-letter queue after ``MAX_RECEIVES`` deliveries, where an alarm fires.
+- ``Reaper`` runs every ``REAPER_RATE`` (EventBridge rule) and expires reservations still open
+  after the longest possible request plus a margin, reading only the sparse ``reserved`` index.
+
+Least privilege: the consumer may only ``UpdateItem`` the quota table (a settlement is a
+transaction of updates); the reaper may only ``Query`` the ``reserved`` index and ``UpdateItem`` the
+table; the proxy may only send to the queue.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk_app import paths
+from cdk_app.constructs.data import DataTables
+from cdk_app.constructs.function import GatewayFunction
+from cdk_app.constructs.layers import SharedLayers
+from cdk_app.context import DeploymentOptions
+from quotagate import settings, tables
+from quotagate.quota.reaper import DEFAULT_MARGIN_SECONDS
+
+MAX_RECEIVES = 10
+CONSUMER_TIMEOUT = Duration.seconds(60)  # a batch of 10, each settle bounded by 5 s
+REAPER_RATE = Duration.minutes(5)
+REAPER_TIMEOUT = Duration.minutes(2)
+
+
+class SettlementRecovery(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        data: DataTables,
+        layers: SharedLayers,
+        options: DeploymentOptions,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        quota = data.quota
+        self.dead_letters = sqs.Queue(
+            self,
+            "DeadLetters",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(4),
+            visibility_timeout=Duration.seconds(CONSUMER_TIMEOUT.to_seconds() * 6),
+            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=MAX_RECEIVES, queue=self.dead_letters),
+        )
+
+        self.consumer = GatewayFunction(
+            self,
+            "Consumer",
+            code_dir=paths.FUNCTIONS_DIR / "settlements",
+            handler="handler.lambda_handler",
+            service="quotagate-settlements",
+            description="Quotagate settlement retries: applies queued settlements exactly once",
+            environment=data.table_name_env(tables.QUOTA),
+            timeout=CONSUMER_TIMEOUT,
+            memory_size=256,
+            layers=layers.all,
+            log_retention_days=options.log_retention_days,
+        )
+        self.consumer.function.add_event_source(
+            sources.SqsEventSource(self.queue, batch_size=10, report_batch_item_failures=True,
+                                   max_batching_window=Duration.seconds(1))
+        )
+        self.consumer.role.add_to_policy(
+            iam.PolicyStatement(actions=["dynamodb:UpdateItem"], resources=[quota.table_arn])
+        )
+
+        self.reaper = GatewayFunction(
+            self,
+            "Reaper",
+            code_dir=paths.FUNCTIONS_DIR / "reaper",
+            handler="handler.lambda_handler",
+            service="quotagate-reaper",
+            description="Quotagate reservation reaper: expires reservations no settlement will close",
+            environment={
+                **data.table_name_env(tables.QUOTA),
+                settings.MAX_REQUEST_SECONDS: str(int(settings.DEFAULT_MAX_REQUEST_SECONDS)),
+                settings.REAPER_MARGIN_SECONDS: str(int(DEFAULT_MARGIN_SECONDS)),
+            },
+            timeout=REAPER_TIMEOUT,
+            memory_size=256,
+            reserved_concurrency=1,  # one run at a time
+            layers=layers.all,
+            log_retention_days=options.log_retention_days,
+        )
+        self.reaper.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:Query"],
+                resources=[f"{quota.table_arn}/index/{tables.RESERVED_INDEX.name}"],
+            )
+        )
+        self.reaper.role.add_to_policy(
+            iam.PolicyStatement(actions=["dynamodb:UpdateItem"], resources=[quota.table_arn])
+        )
+        self.schedule = events.Rule(
+            self,
+            "ReaperSchedule",
+            description="Expire abandoned quota reservations",
+            schedule=events.Schedule.rate(REAPER_RATE),
+            targets=[targets.LambdaFunction(self.reaper.function, retry_attempts=2)],
+        )
+
+        self.dead_letter_alarm = cloudwatch.Alarm(
+            self,
+            "DeadLettersAlarm",
+            alarm_description="Settlements that could not be applied after every retry (reservations "
+            "stay charged until the reaper expires them)",
+            metric=self.dead_letters.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+
+    def connect_proxy(self, function: lambda_.Function) -> None:
+        """The proxy sends what it could not settle in time to the queue (and only sends)."""
+        self.queue.grant_send_messages(function)
+        function.add_environment(settings.SETTLEMENT_QUEUE_URL, self.queue.queue_url)
