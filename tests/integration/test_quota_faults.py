@@ -274,3 +274,12 @@ def test_without_a_queue_a_failed_settlement_raises_and_keeps_the_charge(real_cl
     with pytest.raises(LedgerBusy):
         service.settle(reservation, 10, 20, 0.0)
     assert tokens_used(service) == 100  # the safe side: never under-counted
+
+
+def test_without_a_queue_a_failed_compensation_is_still_a_clean_503(real_client, clock):
+    _, _, service, truth = setup(real_client, clock, lambda op, n, req: "lost" if n == 1 else internal(op))
+    with pytest.raises(GatewayError) as refused:
+        reserve(service)
+    assert refused.value.status == 503
+    # Left for the reaper, which expires it (charge kept) once no request can still be running.
+    assert truth.get_reservation("r1")["status"] == ReservationStatus.RESERVED
