@@ -39,6 +39,7 @@ AUTHORIZER_CONCURRENCY = "quotagate:authorizerReservedConcurrency"
 KEYS_CONCURRENCY = "quotagate:keysReservedConcurrency"
 PROXY_CONCURRENCY = "quotagate:proxyReservedConcurrency"
 SECRETS_KMS_KEY_ARN = "quotagate:secretsKmsKeyArn"
+ALARM_EMAIL = "quotagate:alarmEmail"
 # JWT (customer IdP) settings: context key -> environment variable of the authorizer and the proxy.
 JWT_CONTEXT_TO_ENV = {
     "quotagate:jwtIssuer": settings.JWT_ISSUER,
@@ -59,6 +60,7 @@ OPERATIONS_KEYS = (
     KEYS_CONCURRENCY,
     PROXY_CONCURRENCY,
     SECRETS_KMS_KEY_ARN,
+    ALARM_EMAIL,
 )
 
 DEFAULT_AUTHORIZER_CACHE_SECONDS = 300
@@ -128,6 +130,7 @@ class DeploymentOptions:
     keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
     proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
     secrets_kms_key_arn: str | None = None
+    alarm_email: str | None = None
     # For the functions that authenticate: the same identity sources, as the only credential headers.
     identity_source_env: dict[str, str] = field(
         default_factory=lambda: identity_source_environment(DEFAULT_IDENTITY_SOURCES)
@@ -177,6 +180,7 @@ class DeploymentOptions:
                 context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0
             ),
             secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
+            alarm_email=str(context[ALARM_EMAIL]) if context.get(ALARM_EMAIL) else None,
             identity_source_env=identity_source_environment(names),
         )
 

@@ -63,6 +63,13 @@ class QuotagateStack(Stack):
                 "Authorizer": self.authorizer.function,
                 "Keys": self.keys.function,
             },
+            config=config.config,
+            reserved_concurrency={
+                "Proxy": options.proxy_concurrency,
+                "Authorizer": options.authorizer_concurrency,
+                "Keys": options.keys_concurrency,
+            },
+            alarm_email=options.alarm_email,
         )
 
         # Output ids are stable names that tools look up (the CLI finds the keys function by
@@ -91,6 +98,10 @@ class QuotagateStack(Stack):
         CfnOutput(self, "ConfigParameterName", value=self.config.parameter_name)
         for spec_id, table in self.data.tables.items():
             CfnOutput(self, f"{spec_id}Name", value=table.table_name)
+        CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
+                  description="SNS topic every alarm notifies (subscribe more endpoints to it)")
+        # Last: alarms for every table and dead-letter queue any construct above has made.
+        self.observability.watch_stack(self)
 
     def _check_region(self, options: DeploymentOptions) -> None:
         """Fail synthesis in a region the stack cannot be deployed to (an env-agnostic stack learns the

@@ -56,7 +56,7 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
     from quotagate.jwt_auth import JwtVerifier
     from quotagate.logic.auth import Authenticator
     from quotagate.logic.breaker import CircuitBreaker
-    from quotagate.observability import logger, record_outcome
+    from quotagate.observability import logger, record_breaker_open, record_outcome
     from quotagate.providers.factory import HttpProviderFactory
     from quotagate.quota.ledger import DynamoQuotaLedger
     from quotagate.quota.service import QuotaService
@@ -76,7 +76,8 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
                            on_warning=lambda message, **fields: logger.warning(message, extra=fields)),
         providers=HttpProviderFactory(load_config, http),
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
-        breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker),
+        breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker,
+                               on_open=record_breaker_open),
         keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
         max_request_seconds=float(os.environ.get("QG_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS)),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
@@ -265,6 +266,9 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        from quotagate.observability import record_rejection
+
+        record_rejection(exc, request_id_of(request))  # skipped if the request already has an outcome
         return error_response(exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

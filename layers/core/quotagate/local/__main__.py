@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     mock_url, _stop_mock = run_in_thread(mock_settings)
     os.environ["QG_MOCK_BASE_URL"] = mock_url.rstrip("/")
     os.environ.setdefault("QG_CONFIG_FILE", str(DEV_CONFIG))
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    # The proxy's EMF metric lines (the same as CloudWatch receives) are printed for every request;
+    # POWERTOOLS_METRICS_DISABLED=true silences them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
     import boto3

@@ -53,8 +53,10 @@ class CircuitView:
 
 class CircuitBreaker:
     def __init__(self, store: CircuitStore, policy: BreakerPolicy | Callable[[], BreakerPolicy] = BreakerPolicy(),
-                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, owner: str | None = None,
+                 on_open: Callable[[str], None] | None = None) -> None:
         self._store = store
+        self._on_open = on_open or (lambda target: None)  # a metric: quotagate.observability
         self._policy = policy if callable(policy) else (lambda: policy)
         self._clock = clock
         self.owner = owner or uuid.uuid4().hex
@@ -178,10 +180,12 @@ class CircuitBreaker:
             if permit.probe:
                 record = self._store.reopen(target, now, policy.cooldown_seconds)
                 logger.warning("circuit re-opened after a failed probe: %s", target)
+                self._on_open(target)
             else:
                 record = self._store.add_failure(target, now, policy.failure_threshold, policy.cooldown_seconds)
                 if record.state == OPEN and abs(record.open_until - (now + policy.cooldown_seconds)) < 0.01:
                     logger.warning("circuit opened after %d consecutive failures: %s", record.failures, target)
+                    self._on_open(target)
         except Exception as error:
             logger.warning("could not record a failure of %s: %s", target, type(error).__name__)
             return

@@ -133,6 +133,13 @@ class Outcome:
     requested_model: str | None = None
     target: str | None = None  # <provider>/<upstream model> that served, if any
     attempts: list[str] = field(default_factory=list)  # "<target>: <what happened>" per failed attempt
+    # For metrics (quotagate.observability), on the gateway's clock like ``started``.
+    upstream_called_at: float | None = None  # the first upstream call began (gateway overhead)
+    first_byte_at: float | None = None  # the serving target's first byte arrived
+    finished_at: float | None = None  # settled
+    reserved_tokens: int = 0
+    reserved_usd: float = 0.0
+    settlement_failed: bool = False
 
 
 @dataclass
@@ -262,7 +269,8 @@ class Gateway:
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
             plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text=output_text,
             output_param=output_param))
-        outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
+        outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model,
+                          reserved_tokens=plan.prompt_reserve + plan.output_reserve, reserved_usd=plan.reserve_usd)
         outcome.started = started
         response = ChatResponse(self, request, resolution, order, plan, reservation, outcome, deadline_at)
         try:
@@ -487,6 +495,8 @@ class ChatResponse:
             raise _AttemptFailed(UpstreamError(error.status, error.message, code=error.code),
                                  count_against_target=False) from None
         first_byte_by = gateway.clock() + budget
+        if self.outcome.upstream_called_at is None:
+            self.outcome.upstream_called_at = gateway.clock()
 
         def timed_out() -> _AttemptFailed:
             if cut_by_deadline:
@@ -509,6 +519,7 @@ class ChatResponse:
                 raise _unexpected(target, error) from None
             self._json = data
             self._upstream_started = True
+            self.outcome.first_byte_at = gateway.clock()
             self._meter.observe_response(data)
             if not isinstance(data.get("model"), str) or not data["model"]:
                 data["model"] = target.upstream_model
@@ -543,6 +554,7 @@ class ChatResponse:
         self._events = events
         self._first = event
         self._upstream_started = True
+        self.outcome.first_byte_at = gateway.clock()
 
     # -- the streamed body ----------------------------------------------------------------------
     async def body(self) -> AsyncIterator[bytes]:
@@ -645,8 +657,10 @@ class ChatResponse:
                 # The quota store failed (after its own retries): the reservation stays charged,
                 # which never lets a window overshoot. The client's answer is not thrown away.
                 self.outcome.error = "settlement failed; the reservation stays charged"
+                self.outcome.settlement_failed = True
                 _log_warning("settlement failed", request_id=self.outcome.request_id,
                              prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+            self.outcome.finished_at = self._gateway.clock()
             self._gateway._on_finished(self.outcome)
 
 
