@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         identity_sources = parse_identity_sources(args.identity_sources)
     except IdentitySourceError as error:
         parser.error(str(error))
+    if not identity_sources:
+        parser.error("--identity-sources needs a header: the key is read only from identity sources")
 
     from quotagate.local.motoserver import start_moto_server
 
@@ -126,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"OPENAI_BASE_URL={base}/v1")
     print(f"OPENAI_API_KEY={demo_key}")
     print(f"Keys API (Lambda Invoke emulation): quotagate keys list --tenant demo --endpoint-url {base}")
-    print(f"""Try: curl -N {base}/v1/chat/completions -H "Authorization: Bearer $OPENAI_API_KEY" \\
+    first_source = identity_sources[0]
+    key_header = ("Authorization: Bearer $OPENAI_API_KEY" if first_source.lower() == "authorization"
+                  else f"{first_source}: $OPENAI_API_KEY")  # the only header the key is read from
+    print(f"""Try: curl -N {base}/v1/chat/completions -H "{key_header}" \\
   -H 'content-type: application/json' \\
   -d '{{"model": "mock-gpt", "stream": true, "messages": [{{"role": "user", "content": "hi"}}]}}'""",
           flush=True)

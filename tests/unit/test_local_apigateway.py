@@ -1,0 +1,105 @@
+"""The local API Gateway emulator behaves like API Gateway's REQUEST authorizer front door: a cache
+keyed by the identity-source values alone, a 401 without calling the authorizer when an identity
+source is missing, a TTL, and the authorizer's Deny answered as the stack's ACCESS_DENIED (401)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from quotagate.edge_errors import INVALID_CREDENTIAL
+from quotagate.local.apigateway import LocalApiGateway
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingAuthorizer:
+    """Allows 'Bearer good', denies 'Bearer bad', raises Unauthorized otherwise; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        self.calls += 1
+        value = {k.lower(): v for k, v in event["headers"].items()}.get("authorization")
+        if value not in ("Bearer good", "Bearer bad"):
+            raise Exception("Unauthorized")
+        effect = "Allow" if value == "Bearer good" else "Deny"
+        return {"principalId": "p", "context": {"who": f"call-{self.calls}"},
+                "policyDocument": {"Statement": [{"Effect": effect, "Action": "execute-api:Invoke",
+                                                  "Resource": "*"}]}}
+
+
+async def echo_authorizer_context(request: Request) -> JSONResponse:
+    context = json.loads(request.headers["x-amzn-request-context"])
+    return JSONResponse(context.get("authorizer", {}))
+
+
+def run(gateway: LocalApiGateway, headers: dict[str, str]) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return await client.get("/v1/models", headers=headers)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def edge() -> tuple[LocalApiGateway, CountingAuthorizer, Clock]:
+    authorizer, clock = CountingAuthorizer(), Clock()
+    proxy = Starlette(routes=[Route("/v1/models", echo_authorizer_context)])
+    return LocalApiGateway(proxy, authorizer, lambda e, c: {}, ["Authorization"], 300, clock=clock), authorizer, clock
+
+
+def test_missing_identity_source_is_401_without_calling_the_authorizer(edge):
+    gateway, authorizer, _ = edge
+    response = run(gateway, {"x-api-key": "anything"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert "Authorization: Bearer <key>" in response.json()["error"]["message"]
+    assert authorizer.calls == 0
+
+
+def test_the_cache_is_keyed_by_identity_source_values_only(edge):
+    gateway, authorizer, clock = edge
+    first = run(gateway, {"Authorization": "Bearer good", "x-api-key": "one"})
+    second = run(gateway, {"Authorization": "Bearer good", "x-api-key": "two"})
+    assert first.json()["who"] == second.json()["who"] == "call-1"  # the other header does not matter
+    assert authorizer.calls == 1
+    clock.now += 299
+    assert run(gateway, {"Authorization": "Bearer good"}).json()["who"] == "call-1"
+    clock.now += 1  # the TTL is over: API Gateway asks the authorizer again
+    assert run(gateway, {"Authorization": "Bearer good"}).json()["who"] == "call-2"
+
+
+def test_deny_is_the_stacks_access_denied_response(edge):
+    gateway, authorizer, _ = edge
+    for _ in range(2):
+        response = run(gateway, {"Authorization": "Bearer bad"})
+        assert response.status_code == INVALID_CREDENTIAL.status == 401
+        assert response.json() == INVALID_CREDENTIAL.body()
+    assert authorizer.calls == 1  # the Deny is cached too
+
+
+def test_unauthorized_is_401_and_a_ttl_of_zero_caches_nothing():
+    authorizer = CountingAuthorizer()
+    proxy = Starlette(routes=[Route("/v1/models", echo_authorizer_context)])
+    gateway = LocalApiGateway(proxy, authorizer, lambda e, c: {}, ["Authorization"], 0)
+    assert run(gateway, {"Authorization": "Basic eHl6"}).status_code == 401
+    run(gateway, {"Authorization": "Bearer good"})
+    run(gateway, {"Authorization": "Bearer good"})
+    assert authorizer.calls == 3
