@@ -203,10 +203,22 @@ class Observability(Construct):
     def watch_stack(self, stack: Stack) -> None:
         """Alarms on every DynamoDB table (throttling, system errors) and every dead-letter queue
         (depth) in ``stack``. Call it last, after every construct is made."""
+        # Alarms other constructs made notify the topic too; a dead-letter queue one of them already
+        # watches gets no second alarm.
+        watched_queues: set[str] = set()
+        for node in stack.node.find_all():
+            if isinstance(node, cloudwatch.Alarm) and node not in self.alarms and node.node.path not in self._watched:
+                self._watched.add(node.node.path)
+                node.add_alarm_action(self._action)
+                if isinstance(node.metric, cloudwatch.Metric) and node.metric.namespace == "AWS/SQS":
+                    watched_queues.add(str((node.metric.dimensions or {}).get("QueueName")))
         for node in stack.node.find_all():
             if node.node.path in self._watched:
                 continue
             self._watched.add(node.node.path)
+            if isinstance(node, sqs.Queue) and node.dead_letter_queue is not None:
+                if str(node.dead_letter_queue.queue.queue_name) in watched_queues:
+                    continue
             if isinstance(node, dynamodb.Table):
                 name = node.node.id
                 throttles = cloudwatch.MathExpression(
