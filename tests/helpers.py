@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import pytest
@@ -23,3 +24,14 @@ async def stop_stream_early(events: AsyncGenerator[Any, None], how: str, receive
         with pytest.raises(asyncio.CancelledError):
             await pending
         await events.aclose()
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Whether ``predicate`` becomes true within ``timeout`` seconds. For counters a server updates
+    just after it has sent the last byte, which a client can read first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
