@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii prints a banner on Node 20 (end of life for it since 2026-10-30); it still works.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install dev test lint synth bench clean
+.PHONY: install dev test lint synth lock bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: install
 
 synth: install
 	$(PY) -m cdk_app.app
+
+# Re-resolve layers/requirements.txt into layers/requirements.lock (versions and wheel hashes).
+lock: install
+	$(PY) -m cdk_app.lock
 
 bench: install
 	$(PY) bench/coldstart.py

@@ -3,10 +3,13 @@
 Both layers are built with CDK *local* bundling (``ILocalBundling``): CDK calls ``try_bundle`` and,
 because it always succeeds, never starts the (dummy) Docker image.
 
-* deps layer: ``pip install --target`` with explicit platform tags for CPython 3.13 on arm64
-  (manylinux wheels only, never a source build). The result is cached under ``.build/`` keyed by a
-  hash of ``layers/requirements.txt`` and of the install recipe, so repeated synths (the
-  infrastructure tests) copy a finished directory instead of reinstalling. The AWS SDK that
+* deps layer: ``pip install --target --no-deps --require-hashes`` of ``layers/requirements.lock``
+  (every transitive dependency pinned by version and wheel hash; ``make lock`` regenerates it) with
+  explicit platform tags for CPython 3.13 on arm64 (manylinux wheels only, never a source build).
+  The result is cached under ``.build/`` keyed by a hash of the lock and of the install recipe, so
+  repeated synths (the infrastructure tests) copy a finished directory instead of reinstalling; the
+  layer's asset hash is the hash of that built directory's content (:func:`deps_content_hash`), so
+  a rebuild that produced other bytes uploads a new layer version. The AWS SDK that
   aws-xray-sdk drags in (botocore) is removed again: the Lambda runtime provides it.
 * core layer: a copy of ``layers/core/quotagate`` without the dev-only ``local`` and ``mock``
   subpackages and without byte-code caches.
@@ -44,8 +47,9 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 CORE_EXCLUDED_SUBPACKAGES = ("local", "mock")
 CORE_PACKAGE = "quotagate"
 # Bump when the recipe below changes in a way the hashed inputs do not capture.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 _COMPLETE_MARKER = ".complete"
+_CONTENT_HASH = ".content-sha256"
 # Never used: local bundling always succeeds, but CDK's BundlingOptions requires an image.
 UNUSED_IMAGE = cdk.DockerImage.from_registry("quotagate/local-bundling-only")
 
@@ -77,12 +81,16 @@ def pip_command(target: Path, requirements: Path) -> list[str]:
         "--target",
         str(target),
         *pip_arguments(),
+        # The lock lists every distribution with its wheel's hash: install exactly those.
+        "--no-deps",
+        "--require-hashes",
         "-r",
         str(requirements),
     ]
 
 
-def deps_hash(requirements: Path = paths.REQUIREMENTS_FILE) -> str:
+def deps_hash(requirements: Path = paths.DEPS_LOCK_FILE) -> str:
+    """The build cache key: the lock and the recipe."""
     digest = hashlib.sha256()
     for part in (RECIPE_VERSION, requirements.read_text(), *pip_arguments(), *RUNTIME_PROVIDED):
         digest.update(part.encode())
@@ -141,7 +149,7 @@ def _run_pip(target: Path, requirements: Path) -> None:
 
 
 def build_deps(
-    requirements: Path = paths.REQUIREMENTS_FILE,
+    requirements: Path = paths.DEPS_LOCK_FILE,
     cache_root: Path = paths.BUILD_DIR / "deps-layer",
     installer: Callable[[Path, Path], None] = _run_pip,
 ) -> Path:
@@ -172,6 +180,31 @@ def build_deps(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over every file under ``root`` (relative path and bytes), in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update((os.readlink(path).encode() if path.is_symlink() else path.read_bytes()) + b"\0")
+    return digest.hexdigest()
+
+
+def deps_content_hash(
+    requirements: Path = paths.DEPS_LOCK_FILE,
+    cache_root: Path = paths.BUILD_DIR / "deps-layer",
+    installer: Callable[[Path, Path], None] = _run_pip,
+) -> str:
+    """The deps layer's asset hash: the content of the built layer (built first if needed; the
+    hash is computed once per build and kept next to it)."""
+    built = build_deps(requirements, cache_root, installer)
+    stored = built / _CONTENT_HASH
+    if stored.exists():
+        return stored.read_text().strip()
+    value = tree_hash(built / "python")
+    stored.write_text(value)
+    return value
 
 
 def _core_ignore(source: Path) -> Callable[[str, list[str]], set[str]]:

@@ -15,7 +15,7 @@ from constructs import Construct
 from cdk_app import bundling, paths
 from cdk_app.constructs.function import ARCHITECTURE, RUNTIME
 
-DEPS_DESCRIPTION = "Quotagate third-party runtime dependencies (layers/requirements.txt), arm64 cp313"
+DEPS_DESCRIPTION = "Quotagate third-party runtime dependencies (layers/requirements.lock), arm64 cp313"
 CORE_DESCRIPTION = "Quotagate core library (quotagate package, without the local and mock dev tools)"
 
 
@@ -23,7 +23,7 @@ class SharedLayers(Construct):
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
         self.deps = self._layer(
-            "Deps", DEPS_DESCRIPTION, paths.LAYERS_DIR, bundling.deps_hash(), bundling.build_deps_into
+            "Deps", DEPS_DESCRIPTION, paths.LAYERS_DIR, bundling.deps_content_hash(), bundling.build_deps_into
         )
         self.core = self._layer(
             "Core", CORE_DESCRIPTION, paths.CORE_SOURCE_DIR, bundling.core_hash(), bundling.build_core
