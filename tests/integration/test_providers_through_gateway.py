@@ -167,12 +167,14 @@ def test_embeddings_bad_requests_cost_nothing_and_call_nothing(stack, key, body,
 @pytest.mark.parametrize(("model", "factor"), [("via-openai", 1.0), ("via-anthropic", 1.3), ("via-bedrock", 1.3)])
 def test_prompt_reservation_has_a_margin_for_other_tokenizers(stack, key, model, factor):
     """cl100k counts OpenAI prompts exactly; Claude's and Bedrock models' tokenizers count more for
-    the same text, so the reservation scales the estimate to stay an upper bound."""
+    the same text, so the reservation scales the estimate to stay an upper bound. The output the
+    gateway meters (in cl100k) is scaled the same way, so an answer within its cap is never cut."""
     from quotagate import tokens
 
     response = post(stack, key, "chat/completions", {"model": model, "messages": MESSAGES, "max_tokens": 7})
     assert response.status_code == 200
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     reserved = {charge["sk"].split("#")[0]: charge["amount"] for charge in item["charges"]}
-    assert reserved["tokens_per_minute"] == math.ceil(tokens.chat_prompt_tokens(MESSAGES) * factor) + 7
+    assert reserved["tokens_per_minute"] == (math.ceil(tokens.chat_prompt_tokens(MESSAGES) * factor)
+                                             + math.ceil(7 * factor))
     assert_settled_exactly(stack, response, key, PROVIDER_OF[model], response.json()["usage"])

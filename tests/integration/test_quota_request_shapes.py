@@ -150,16 +150,12 @@ SHAPES: dict[str, tuple[dict, str, int]] = {
 }
 
 
-# Need the gateway's own output metering (the next change): until then they must fail.
-METERING_PENDING = {"provider ignoring its cap", "provider ignoring its cap, no client cap",
-                    "anthropic ignoring its cap", "bedrock ignoring its cap"}
-pending_metering = pytest.mark.xfail(strict=True, reason="output metering with top-ups lands next")
-
 
 def reserved_and_settled(stack, response) -> tuple[int, int]:
     """Tokens reserved (top-ups included) and tokens settled for one request."""
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     reserved = max(c["amount"] for c in item["charges"] if c["sk"].startswith("tokens_per_day#"))
+    reserved += item.get("topped_up_tokens", 0)
     usage = item["usage"]
     return reserved, usage["prompt_tokens"] + usage["completion_tokens"]
 
@@ -171,9 +167,7 @@ def check_windows(stack, key) -> None:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_every_request_shape_is_bounded_by_its_reservation(stack, shape, stream, request):
-    if shape in METERING_PENDING:
-        request.applymarker(pending_metering)
+def test_every_request_shape_is_bounded_by_its_reservation(stack, shape, stream):
     body, model, expected = SHAPES[shape]
     key = stack.create_key(tenant=f"shape-{list(SHAPES).index(shape)}-{stream}", plan="tight")
     calls_before = stack.mock.stats.snapshot()["chat_requests"]
@@ -211,7 +205,6 @@ def test_one_cap_reaches_the_provider_in_the_form_it_understands(stack):
         assert caps == {expected_field: 10}
 
 
-@pending_metering
 def test_fifty_concurrent_requests_of_the_worst_shape_never_pass_the_limit(stack):
     key = stack.create_key(tenant="shape-burst", plan="tight")
     # tool_choice "none": the tools are billed, and the mock answers in (long) text rather than with a call.
@@ -252,7 +245,6 @@ def _answer(response, stream: bool) -> tuple[str, str | None, dict | None]:
     return "".join(content), finish, usage
 
 
-@pending_metering
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_without_a_cap_a_long_answer_arrives_whole_on_a_key_with_room(stack, stream):
     from quotagate import tokens
@@ -269,9 +261,10 @@ def test_without_a_cap_a_long_answer_arrives_whole_on_a_key_with_room(stack, str
     assert tokens.count_text(content) == 1500
     reserved, settled = reserved_and_settled(stack, response)
     assert settled <= reserved
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    assert item["topped_up_tokens"] > 0, "the initial slice was topped up as the answer grew"
 
 
-@pending_metering
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_without_a_cap_the_answer_ends_with_length_only_when_the_budget_is_spent(stack, stream):
     from quotagate import tokens

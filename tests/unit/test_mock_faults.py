@@ -31,7 +31,8 @@ def test_all_keys():
         tokens=7,
     )
     assert set(FAULT_KEYS) == set(
-        "status code retry_after delay_first_byte drop_after omit_usage token_delay tokens real_billing cap_field".split()
+        "status code retry_after delay_first_byte drop_after omit_usage token_delay tokens real_billing "
+        "cap_field".split()
     )
 
 

@@ -63,7 +63,10 @@ class FakeProvider:
         return completion(body["model"])
 
     async def stream(self, body: dict[str, Any]):
+        # The gateway always streams from the upstream (and assembles JSON for JSON clients).
         step = self._step()
+        if isinstance(step, float):
+            await asyncio.sleep(step)
         if isinstance(step, Exception):
             raise step
         yield SSEEvent(b": upstream keep-alive\n\n")
@@ -155,7 +158,7 @@ def test_server_error_fails_over_and_settles_with_the_serving_price():
     assert response.json["model"] == "model-b"
     # Reserved at the dearer target's price; settled at the serving one's.
     assert gateway._quota.reserved_usd[0] > (7 * 10) / 1e6
-    assert gateway._quota.settled == [(7, 3, (7 * 1 + 3 * 2) / 1e6)]
+    assert gateway._quota.settled == [(7, 1, (7 * 1 + 1 * 2) / 1e6)]
     assert store.get_many([A])[A].failures == 1
     assert response.outcome.attempts == [f"{A}: 502 upstream_error"]
 

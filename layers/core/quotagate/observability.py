@@ -101,6 +101,9 @@ def record_outcome(outcome: Outcome) -> None:
             "cost_usd": outcome.cost_usd,
             "latency_ms": latency_ms,
             "error": outcome.error,
+            "top_ups": outcome.top_ups,
+            "cut_by_budget": outcome.cut_by_budget,
+            "overrun_tokens": outcome.overrun_tokens,
         },
     )
     with _recorded_lock:

@@ -219,9 +219,16 @@ class OutputPlan:
 
     caps: dict[str, int]  # target id -> the output cap sent to it (per choice)
     prompts: dict[str, int]  # target id -> an upper bound of its prompt tokens
-    prompt_reserve: int  # the largest of ``prompts``
-    output_reserve: int  # output tokens reserved before the call (all choices)
+    # target id -> the most output the gateway may count for it (all choices): the caps in cl100k
+    # tokens times the provider's safety factor, so that an answer within its cap is never cut.
+    ceilings: dict[str, int]
+    # prompt_reserve + output_reserve is what is reserved: for every target, its prompt bound plus
+    # its output (the whole ceiling, or the initial slice when metered). output_reserve is the part
+    # that the client's cap (or the initial slice) accounts for, checked against max_tokens_per_request.
+    prompt_reserve: int
+    output_reserve: int
     reserve_usd: float  # the worst case in dollars of the reservation, over the targets
+    slice: int  # per choice: the initial output reservation without a client cap, and the top-up step
 
 
 def per_request_limit(*limit_maps: dict[str, float]) -> int | None:
@@ -231,12 +238,15 @@ def per_request_limit(*limit_maps: dict[str, float]) -> int | None:
 
 
 def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_limits: dict[str, float],
-                tenant_limits: dict[str, float], default_cap: int) -> OutputPlan:
+                tenant_limits: dict[str, float], output_slice: int) -> OutputPlan:
     """The one output cap per target and the reservation that bounds the request's bill.
 
     The client's cap (the smaller of ``max_tokens`` and ``max_completion_tokens``) is used as sent;
-    above ``max_tokens_per_request`` it is a 400 naming the field. Without one, the target's
-    ``max_output_tokens`` is sent, bounded by the per-request limit."""
+    above ``max_tokens_per_request`` it is a 400 naming the field; all of it is reserved. Without
+    one, the target's ``max_output_tokens`` is sent (bounded by the per-request limit) and only
+    ``output_slice`` tokens per choice are reserved up front: the gateway meters the answer and tops
+    the reservation up as it grows (a reasoning target, whose hidden output no stream shows, has
+    its whole cap reserved)."""
     per_request = per_request_limit(key_limits, tenant_limits)
     client_cap = request.max_output_tokens
     if client_cap is not None and per_request is not None and client_cap > per_request:
@@ -251,12 +261,19 @@ def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_
         if client_cap is not None:
             cap = client_cap
         else:
-            cap = min(target.max_output_tokens, default_cap)
+            cap = target.max_output_tokens
             if per_request is not None:
                 cap = max(1, min(cap, per_request // choices))
         caps[target.id] = cap
         prompts[target.id] = cost.prompt_tokens(config.providers[target.provider], target)
-    output_reserve = max(caps.values()) * choices
-    reserve_usd = max(t.price.cost_usd(prompts[t.id], caps[t.id] * choices) for t in targets)
-    return OutputPlan(caps=caps, prompts=prompts, prompt_reserve=max(prompts.values()),
-                      output_reserve=output_reserve, reserve_usd=reserve_usd)
+    output_slice = max(1, output_slice)
+    metered = client_cap is None and not any(t.reasoning for t in targets)
+    ceilings = {t.id: math.ceil(caps[t.id] * config.providers[t.provider].prompt_token_factor - 1e-9) * choices
+                for t in targets}
+    needs = {t.id: min(ceilings[t.id], output_slice * choices) if metered else ceilings[t.id] for t in targets}
+    largest_cap = max(caps.values()) * choices
+    output_reserve = min(largest_cap, output_slice * choices) if metered else largest_cap
+    total = max(prompts[t.id] + needs[t.id] for t in targets)
+    reserve_usd = max(t.price.cost_usd(prompts[t.id], needs[t.id]) for t in targets)
+    return OutputPlan(caps=caps, prompts=prompts, ceilings=ceilings, prompt_reserve=total - output_reserve,
+                      output_reserve=output_reserve, reserve_usd=reserve_usd, slice=output_slice)

@@ -50,11 +50,20 @@ from quotagate.errors import GatewayError, authentication_error, not_found, perm
 from quotagate.identity import Identity
 from quotagate.logic import estimate
 from quotagate.logic import router as routing
+from quotagate.logic.assemble import CompletionAssembler
 from quotagate.logic.auth import secret_still_accepted
 from quotagate.logic.breaker import CircuitBreaker, Permit
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
 from quotagate.logic.metering import Meter, Usage
-from quotagate.providers.base import ChatProvider, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.logic.output_budget import OutputBudget, delta_tokens
+from quotagate.providers.base import (
+    DONE_EVENT,
+    ChatProvider,
+    SSEEvent,
+    StreamInterrupted,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 KEEPALIVE = b": ping\n\n"
 TARGET_HEADER = "x-quotagate-target"
@@ -117,6 +126,10 @@ class Quota(Protocol):
 
     def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float) -> bool: ...
 
+    def top_up(self, reservation: Any, extra_tokens: int, extra_usd: float) -> bool:
+        """Grow an open reservation in the same windows; False when a window has no room."""
+        ...
+
 
 @dataclass
 class Outcome:
@@ -140,6 +153,9 @@ class Outcome:
     reserved_tokens: int = 0
     reserved_usd: float = 0.0
     settlement_failed: bool = False
+    overrun_tokens: int = 0  # settled usage above everything reserved (top-ups included)
+    cut_by_budget: bool = False  # the gateway ended the answer with "length": the budget was spent
+    top_ups: int = 0
 
 
 @dataclass
@@ -275,6 +291,8 @@ class Gateway:
         response = ChatResponse(self, request, resolution, order, plan, reservation, outcome, deadline_at)
         try:
             await response.start()
+            if not request.stream:
+                await response.collect()
         except BaseException as error:
             await response.finish(error.status if isinstance(error, GatewayError) else 500)
             if isinstance(error, GatewayError):
@@ -314,8 +332,10 @@ def _upstream_body(request: ChatRequest, target: Target, plan: estimate.OutputPl
     body.pop("max_tokens", None)
     body.pop("max_completion_tokens", None)
     body[config.max_output_field(target)] = plan.caps[target.id]
-    if request.stream:
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    # Always streamed, so that the gateway meters the output as it arrives (and can stop it); a
+    # client that asked for JSON gets the answer assembled by the gateway.
+    body["stream"] = True
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body
 
 
@@ -376,6 +396,9 @@ class ChatResponse:
         self._json: dict[str, Any] | None = None
         self._events: AsyncIterator[SSEEvent] | None = None
         self._first: SSEEvent | None = None
+        self._budget: OutputBudget | None = None
+        self._answer = CompletionAssembler()
+        self._stream_error: GatewayError | None = None  # how a stream ended badly (for JSON clients)
         self.target: Target | None = None  # the target that served
         self._permit: Permit | None = None
 
@@ -457,6 +480,11 @@ class ChatResponse:
                 # If the provider reports no usage, the prompt is charged at its (upper bound) estimate.
                 self._meter.prompt_estimate = self._plan.prompts[target.id]
                 self.outcome.target = target.id
+                factor = gateway._config().providers[target.provider].prompt_token_factor
+                # Everything reserved beyond this target's prompt is room for its output.
+                room = self._plan.prompt_reserve + self._plan.output_reserve - self._plan.prompts[target.id]
+                self._budget = OutputBudget(room, self._plan.ceilings[target.id],
+                                            self._plan.slice * self.request.choices, factor, self._top_up)
                 return
             # Nothing served. Wait for a Retry-After if it fits the budget, then try those again.
             if retry_at and rounds < MAX_RETRY_ROUNDS and self._remaining() > 0:
@@ -506,25 +534,6 @@ class ChatResponse:
             return _AttemptFailed(UpstreamTimeout(
                 f"Upstream provider '{target.provider}' did not answer within {timeouts.first_byte:g}s."))
 
-        if not self.request.stream:
-            try:
-                data = await _bounded(provider.complete(body), budget)
-            except TimeoutError:
-                raise timed_out() from None
-            except UpstreamError as error:
-                raise _classify(error) from None
-            except GatewayError as error:
-                raise _classify_gateway_error(error) from None
-            except Exception as error:
-                raise _unexpected(target, error) from None
-            self._json = data
-            self._upstream_started = True
-            self.outcome.first_byte_at = gateway.clock()
-            self._meter.observe_response(data)
-            if not isinstance(data.get("model"), str) or not data["model"]:
-                data["model"] = target.upstream_model
-            return
-
         events = provider.stream(body)
         try:
             while True:
@@ -559,11 +568,61 @@ class ChatResponse:
     # -- the streamed body ----------------------------------------------------------------------
     async def body(self) -> AsyncIterator[bytes]:
         """The SSE bytes for the client, chunk by chunk, with keep-alive comments while the upstream
-        is silent. Any upstream failure after the first byte ends the stream with an error event."""
+        is silent. Any upstream failure after the first byte ends the stream with an error event;
+        an answer the budget cannot pay for ends with ``finish_reason: "length"``."""
+        wants_usage = self.request.client_wants_usage
+        async for item in self._items():
+            yield _for_client(item, wants_usage) if isinstance(item, SSEEvent) else item
+
+    async def collect(self) -> None:
+        """For a client that asked for JSON: read the whole (metered) stream and assemble the answer.
+        Raises GatewayError if the stream failed (the tokens it produced are still settled)."""
+        async for _ in self._items():
+            pass
+        if self._stream_error is not None:
+            raise self._stream_error
+        assert self.target is not None
+        self._json = self._answer.result(cut=self.outcome.cut_by_budget, fallback_model=self.target.upstream_model)
+
+    async def _top_up(self, tokens: int) -> bool:
+        assert self.target is not None
+        extra_usd = self.target.price.cost_usd(0, tokens)
+        grown = False
+        with anyio.CancelScope(shield=True):  # a write in flight must land (or fail) before settlement
+            grown = await to_thread.run_sync(self._gateway._quota.top_up, self._reservation, tokens, extra_usd)
+        if grown:
+            self.outcome.reserved_tokens += tokens
+            self.outcome.reserved_usd += extra_usd
+        return bool(grown)
+
+    def _fail(self, message: str, code: str, error_type: str = "api_error", status: int = 502) -> bytes:
+        self._stream_error = GatewayError(status, message, error_type, code)
+        return _error_event(message, code, error_type)
+
+    def _cut_events(self) -> list[SSEEvent]:
+        """The end of an answer the budget cannot pay for: ``length`` on every unfinished choice,
+        the usage chunk if the client asked for usage, then ``[DONE]``."""
+        data = self._first.data if self._first is not None and self._first.data else {}
+        head = {"id": data.get("id"), "object": "chat.completion.chunk", "created": data.get("created"),
+                "model": data.get("model")}
+        events = [SSEEvent.from_chunk({**head, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                                             "finish_reason": "length"}]})
+                  for i in self._answer.unfinished_choices() or [0]]
+        if self.request.client_wants_usage:
+            usage = self._meter.usage(True)
+            events.append(SSEEvent.from_chunk({**head, "choices": [], "usage": {
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}}))
+        return events
+
+    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:
+        """Events to forward (metered, in order) and the gateway's own bytes (keep-alives, errors)."""
         assert self._events is not None and self._first is not None and self.target is not None
+        assert self._budget is not None
         gateway = self._gateway
         idle = gateway._config().timeouts_for(self.target).idle
         wants_usage = self.request.client_wants_usage
+        budget = self._budget
         events = self._events
         pending: asyncio.Task[SSEEvent] | None = None
         event: SSEEvent | None = self._first
@@ -574,10 +633,21 @@ class ChatResponse:
                 if event is not None:
                     if event.done:
                         finished_cleanly = True
-                        yield event.raw
+                        yield event
                         break
+                    if event.data is not None:
+                        needed = delta_tokens(event.data)
+                        if needed and not await budget.admit(needed):
+                            # The budget is spent (or the cap reached): stop the upstream, end cleanly.
+                            self.outcome.cut_by_budget = True
+                            for cut in self._cut_events():
+                                yield cut
+                            yield DONE_EVENT
+                            finished_cleanly = True
+                            break
+                        self._answer.feed(event.data)
                     if self._meter.observe_chunk(event, wants_usage):
-                        yield _for_client(event, wants_usage)
+                        yield event
                     event = None
                 if pending is None:
                     pending = asyncio.ensure_future(events.__anext__())
@@ -588,14 +658,14 @@ class ChatResponse:
                 if not done:
                     if self._remaining() <= 0:
                         self.outcome.error = "deadline exceeded"
-                        yield _error_event("The request did not complete within the model's deadline.",
-                                           "deadline_exceeded", "timeout")
+                        yield self._fail("The request did not complete within the model's deadline.",
+                                         "deadline_exceeded", "timeout", 504)
                         return
                     if gateway.clock() - last_event_at >= idle:
                         self.outcome.error = "upstream idle timeout"
                         await self._record_stream_failure()
-                        yield _error_event(f"Upstream provider '{self.target.provider}' sent nothing for "
-                                           f"{idle:g}s.", "upstream_timeout", "timeout")
+                        yield self._fail(f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s.",
+                                         "upstream_timeout", "timeout", 504)
                         return
                     yield KEEPALIVE
                     continue
@@ -607,20 +677,20 @@ class ChatResponse:
                 except StreamInterrupted as error:
                     self.outcome.error = str(error)
                     await self._record_stream_failure()
-                    yield _error_event(str(error), "upstream_stream_interrupted")
+                    yield self._fail(str(error), "upstream_stream_interrupted")
                     return
                 except Exception as error:  # an adapter bug must still end the stream visibly
                     # ...and it is the gateway's fault, not the target's: its circuit is not told.
                     self.outcome.error = f"{type(error).__name__} while streaming"
                     _log_gateway_fault("gateway error while streaming", error, request_id=self.outcome.request_id,
                                        target=self.target.id)
-                    yield _error_event(INTERNAL_ERROR_MESSAGE, "internal_error")
+                    yield self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
                     return
                 last_event_at = gateway.clock()
             if not finished_cleanly:
                 self.outcome.error = "upstream stream ended without [DONE]"
                 await self._record_stream_failure()
-                yield _error_event("The upstream provider ended the stream early.", "upstream_stream_interrupted")
+                yield self._fail("The upstream provider ended the stream early.", "upstream_stream_interrupted")
         finally:
             with anyio.CancelScope(shield=True):
                 if pending is not None:
@@ -646,8 +716,19 @@ class ChatResponse:
             if self._events is not None:
                 with contextlib.suppress(BaseException):
                     await self._events.aclose()  # type: ignore[attr-defined]
+            if self._budget is not None:
+                await self._budget.close()
+                self.outcome.top_ups = self._budget.top_ups
             usage = self._meter.usage(self._upstream_started)
             self.outcome.usage = usage
+            reserved = self.outcome.reserved_tokens
+            if reserved and usage.total_tokens > reserved:
+                # Settled at the truth all the same; a provider that bills past its cap, or a
+                # tokenizer the safety factor underestimates, shows up here.
+                self.outcome.overrun_tokens = usage.total_tokens - reserved
+                _log_warning("usage above the reservation", request_id=self.outcome.request_id,
+                             target=self.outcome.target, reserved_tokens=reserved,
+                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
             if client_status is not None:
                 self.outcome.status = client_status
             try:

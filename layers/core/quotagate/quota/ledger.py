@@ -165,6 +165,12 @@ class QuotaLedger(Protocol):
         """Apply ``delta`` to each reserved window, once. False if already settled (or unknown)."""
         ...
 
+    def top_up(self, request_id: str, increases: Sequence[tuple[WindowCharge, int]]) -> bool:
+        """Add ``n`` to each reserved window (guard ``used <= limit - n``) and to the reservation
+        item's reserved totals, all or nothing, while it is still ``reserved``. False: refused
+        (a window lacks room, or the reservation is settled). Raises LedgerBusy when unsure."""
+        ...
+
     def get_used(self, pk: str, sk: str) -> int:
         """Current ``used`` of a window item (0 if absent). For tests, the CLI, diagnostics."""
         ...
@@ -211,6 +217,25 @@ def _check_adjustments(adjustments: Sequence[tuple[WindowCharge, int]]) -> list[
         if charge.amount + delta < 0:
             raise ValueError(f"settlement would make actual usage negative in {charge.pk} {charge.sk}")
     return adjustments
+
+
+def check_top_up(increases: Sequence[tuple[WindowCharge, int]]) -> list[tuple[WindowCharge, int]]:
+    increases = [(charge, int(n)) for charge, n in increases if int(n) != 0]
+    if len(increases) + 1 > MAX_TRANSACTION_ACTIONS:
+        raise ValueError("too many windows in one top-up")
+    if any(n < 0 for _, n in increases):
+        raise ValueError("a top-up only adds")
+    if len({c.item_key for c, _ in increases}) != len(increases):
+        raise ValueError("a window topped up twice in one call")
+    return increases
+
+
+def top_up_totals(increases: Sequence[tuple[WindowCharge, int]]) -> dict[str, int]:
+    """Per unit, what a top-up adds to the reservation (the largest over that unit's windows)."""
+    totals: dict[str, int] = {}
+    for charge, n in increases:
+        totals[charge.unit] = max(totals.get(charge.unit, 0), n)
+    return totals
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +297,22 @@ class InMemoryQuotaLedger:
                 adjustments=[(c.pk, c.sk, d) for c, d in adjustments],
                 usage=dict(usage or {}),
             )
+            return True
+
+    def top_up(self, request_id: str, increases: Sequence[tuple[WindowCharge, int]]) -> bool:
+        increases = check_top_up(increases)
+        with self._lock:
+            self.calls["top_up"] = self.calls.get("top_up", 0) + 1
+            record = self._reservations.get(request_id)
+            if record is None or record["status"] != ReservationStatus.RESERVED:
+                return False
+            if any(self._used.get(c.item_key, 0) > c.limit - n for c, n in increases):
+                return False
+            for charge, n in increases:
+                self._used[charge.item_key] = self._used.get(charge.item_key, 0) + n
+            totals = record.setdefault("topped_up", {})
+            for unit, n in top_up_totals(increases).items():
+                totals[unit] = totals.get(unit, 0) + n
             return True
 
     def get_used(self, pk: str, sk: str) -> int:
@@ -629,6 +670,73 @@ class DynamoQuotaLedger:
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
                 return _str_attr(reasons[0].get("Item"), "settle_token") == token
+            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
+            if retryable:
+                raise _Retry(False, str(retryable[0])) from None
+            raise
+        return True
+
+    # ---- top up --------------------------------------------------------------------------------
+
+    def top_up(self, request_id: str, increases: Sequence[tuple[WindowCharge, int]]) -> bool:
+        increases = check_top_up(increases)
+        if not increases:
+            return True
+        token = uuid.uuid4().hex
+        totals = top_up_totals(increases)
+        names = {"#st": "status"}
+        values: dict[str, Any] = {":reserved": _s(ReservationStatus.RESERVED)}
+        adds = []
+        for i, (unit, n) in enumerate(sorted(totals.items())):
+            names[f"#t{i}"] = f"topped_up_{unit}"
+            values[f":t{i}"] = _n(n)
+            adds.append(f"#t{i} :t{i}")
+        actions: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
+                    "UpdateExpression": "ADD #u :n",
+                    "ConditionExpression": "attribute_not_exists(#u) OR #u <= :max",
+                    "ExpressionAttributeNames": {"#u": "used"},
+                    "ExpressionAttributeValues": {":n": _n(n), ":max": _n(c.limit - n)},
+                }
+            }
+            for c, n in increases
+        ]
+        actions.append(
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
+                    "UpdateExpression": "ADD " + ", ".join(adds),
+                    "ConditionExpression": "#st = :reserved",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        )
+        return bool(
+            self._attempts(
+                lambda: self._top_up_once(actions, token),
+                self.reserve_attempts,
+                self.reserve_seconds,
+                f"top-up of reservation {request_id} not made",
+            )
+        )
+
+    def _top_up_once(self, actions: list[dict[str, Any]], token: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code != "TransactionCanceledException":
+                raise
+            reasons = error.response.get("CancellationReasons") or []
+            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                return False  # a window has no room, or the reservation is no longer open
             retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
             if retryable:
                 raise _Retry(False, str(retryable[0])) from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from quotagate.errors import GatewayError
 from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
@@ -360,6 +360,28 @@ class QuotaService:
             )
             reservation.settled = True
             return result
+
+    def top_up(self, reservation: Reservation, extra_tokens: int, extra_usd: float) -> bool:
+        """Grow an open reservation by ``extra_tokens`` and ``extra_usd`` in the very windows it
+        reserved (guard ``used <= limit - n``), all or nothing. False: refused (a window has no
+        room, the store is unsure, or the reservation is settled) and nothing changed here."""
+        amounts = {"tokens": int(extra_tokens), "usd": usd_to_micros_ceil(extra_usd)}
+        increases = [(c, amounts[c.unit]) for c in reservation.charges if amounts.get(c.unit)]
+        with reservation._lock:
+            if reservation.settled:
+                return False
+        if not increases:
+            return True  # no token or dollar window: nothing bounds the output
+        try:
+            grown = self._ledger.top_up(reservation.request_id, increases)
+        except LedgerBusy:
+            return False  # if it did commit, the window keeps the extra charge: the safe side
+        if grown:
+            added = {c.item_key: n for c, n in increases}
+            with reservation._lock:
+                reservation.charges = tuple(replace(c, amount=c.amount + added.get(c.item_key, 0))
+                                            for c in reservation.charges)
+        return grown
 
     # ---- reads -----------------------------------------------------------------------------------
 

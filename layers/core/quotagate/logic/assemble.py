@@ -1,0 +1,96 @@
+"""The OpenAI ``chat.completion`` JSON answer assembled from streamed ``chat.completion.chunk``s.
+
+The gateway always asks the upstream to stream, so that it can meter the output as it arrives (and
+stop it when the budget is spent); a client that did not ask for a stream gets the assembled answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CompletionAssembler:
+    def __init__(self) -> None:
+        self._head: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._finish: dict[int, str | None] = {}
+        self._logprobs: dict[int, list[Any]] = {}
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
+            if key in chunk and key not in self._head:
+                self._head[key] = chunk[key]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0) if isinstance(choice.get("index"), int) else 0
+            message = self._choices.setdefault(index, {"role": "assistant", "content": None})
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._merge(message, delta)
+            if choice.get("finish_reason"):
+                self._finish[index] = choice["finish_reason"]
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+                self._logprobs.setdefault(index, []).extend(logprobs["content"])
+
+    @staticmethod
+    def _merge(message: dict[str, Any], delta: dict[str, Any]) -> None:
+        for key in ("content", "refusal", "reasoning_content"):
+            if isinstance(delta.get(key), str):
+                message[key] = (message.get(key) or "") + delta[key]
+        if isinstance(delta.get("role"), str):
+            message["role"] = delta["role"]
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
+            calls = message.setdefault("tool_calls", [])
+            position = call.get("index", len(calls)) if isinstance(call.get("index"), int) else len(calls)
+            while len(calls) <= position:
+                calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            target = calls[position]
+            if call.get("id"):
+                target["id"] = call["id"]
+            if call.get("type"):
+                target["type"] = call["type"]
+            function = call.get("function")
+            if isinstance(function, dict):
+                for key in ("name", "arguments"):
+                    if isinstance(function.get(key), str):
+                        target["function"][key] += function[key]
+        function_call = delta.get("function_call")
+        if isinstance(function_call, dict):
+            merged = message.setdefault("function_call", {"name": "", "arguments": ""})
+            for key in ("name", "arguments"):
+                if isinstance(function_call.get(key), str):
+                    merged[key] += function_call[key]
+
+    def seen_choices(self) -> list[int]:
+        return sorted(self._choices)
+
+    def unfinished_choices(self) -> list[int]:
+        return [index for index in sorted(self._choices) if not self._finish.get(index)]
+
+    def result(self, cut: bool = False, fallback_model: str | None = None) -> dict[str, Any]:
+        """The answer; ``cut``: the gateway stopped the output, so unfinished choices end with ``length``."""
+        choices = []
+        for index in sorted(self._choices) or [0]:
+            message = self._choices.get(index, {"role": "assistant", "content": None})
+            finish = self._finish.get(index) or ("length" if cut else None)
+            for call in message.get("tool_calls", []):
+                call["function"].setdefault("arguments", "")
+            choices.append({"index": index, "message": {**message, "refusal": message.get("refusal")},
+                            "logprobs": {"content": self._logprobs[index]} if index in self._logprobs else None,
+                            "finish_reason": finish})
+        body: dict[str, Any] = {"id": self._head.get("id"), "object": "chat.completion",
+                                "created": self._head.get("created"),
+                                "model": self._head.get("model") or fallback_model, "choices": choices}
+        for key in ("service_tier", "system_fingerprint"):
+            if key in self._head:
+                body[key] = self._head[key]
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body

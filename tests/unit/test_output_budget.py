@@ -1,0 +1,94 @@
+"""Output metering: counts deltas, tops up ahead of need, cuts only when a top-up is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quotagate.logic.assemble import CompletionAssembler
+from quotagate.logic.output_budget import OutputBudget, delta_tokens
+
+
+def chunk(text, index=0):
+    return {"id": "c", "created": 1, "model": "m",
+            "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_delta_tokens_counts_every_choice_and_tool_arguments():
+    assert delta_tokens(chunk("")) == 0
+    assert delta_tokens(chunk(" hello")) == 1
+    calls = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1}'}}]}}]}
+    assert delta_tokens(calls) >= 3
+
+
+def test_top_ups_keep_the_answer_going_while_the_store_has_room():
+    granted = []
+
+    async def top_up(n):
+        granted.append(n)
+        return sum(granted) <= 300
+
+    async def scenario():
+        budget = OutputBudget(reserved=50, ceiling=10_000, step=50, factor=1.0, top_up=top_up)
+        admitted = 0
+        while await budget.admit(1):
+            admitted += 1
+        await budget.close()
+        return budget, admitted
+
+    budget, admitted = run(scenario())
+    assert admitted == budget.counted <= budget.reserved
+    # The store granted up to 300 more tokens; refused requests were split down to the minimum.
+    assert 50 + 300 - 16 <= admitted <= 350
+    assert budget.top_ups >= 2
+
+
+def test_the_safety_factor_applies_to_the_total_and_the_ceiling_stops_a_deaf_provider():
+    async def never(n):
+        raise AssertionError("no top-up expected")
+
+    async def scenario():
+        budget = OutputBudget(reserved=13, ceiling=13, step=16, factor=1.3, top_up=never)
+        admitted = 0
+        while await budget.admit(1):
+            admitted += 1
+        return admitted
+
+    assert run(scenario()) == 10  # ceil(10 * 1.3) = 13; one-token deltas are not each rounded up to 2
+
+
+def test_a_failing_store_ends_the_answer_instead_of_running_past_the_reservation():
+    async def broken(n):
+        raise RuntimeError("store down")
+
+    async def scenario():
+        budget = OutputBudget(reserved=20, ceiling=1000, step=16, factor=1.0, top_up=broken)
+        admitted = 0
+        while await budget.admit(1):
+            admitted += 1
+        return admitted
+
+    assert run(scenario()) == 20
+
+
+def test_the_assembled_answer_merges_choices_tool_calls_and_marks_a_cut():
+    answer = CompletionAssembler()
+    answer.feed({**chunk("Hel"), "system_fingerprint": "fp"})
+    answer.feed(chunk("lo"))
+    answer.feed(chunk("Other", 1))
+    answer.feed({"choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]})
+    answer.feed({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}]}}]})
+    answer.feed({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]})
+    answer.feed({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+    result = answer.result(cut=True)
+    first, second = result["choices"]
+    assert first["message"]["content"] == "Hello" and first["finish_reason"] == "length"
+    assert first["message"]["tool_calls"] == [{"id": "call_1", "type": "function",
+                                               "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert second["message"]["content"] == "Other" and second["finish_reason"] == "stop"
+    assert result["object"] == "chat.completion" and result["usage"]["total_tokens"] == 7
+    assert result["system_fingerprint"] == "fp"
