@@ -8,7 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +22,9 @@ from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
 from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, Gateway
 from quotagate.protocols.openai_responses import ResponsesStream, create_response
+
+if TYPE_CHECKING:
+    from quotagate.protocols.anthropic_messages import MessagesReply
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -92,8 +95,15 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
         headers, identity_sources, aws_signed=True))
 
 
-def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers={**(extra_headers or {}), **error.headers})
+def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None,
+                   protocol_path: str = "") -> JSONResponse:
+    """The error in the shape of the protocol the request path speaks (OpenAI's unless Anthropic's)."""
+    body = error.body()
+    if protocol_path.startswith("/v1/messages"):
+        from quotagate.protocols.anthropic_messages import error_body, is_messages_path
+
+        body = error_body(error) if is_messages_path(protocol_path) else body
+    return JSONResponse(body, status_code=error.status, headers={**(extra_headers or {}), **error.headers})
 
 
 def request_context(request: Request) -> dict[str, Any]:
@@ -157,7 +167,7 @@ class SettlingStreamingResponse(StreamingResponse):
     Adapter the invocation ends with the response, and work left after it would be frozen with the
     execution environment (and lost if the environment is recycled)."""
 
-    def __init__(self, chat: ChatResponse | ResponsesStream) -> None:
+    def __init__(self, chat: ChatResponse | ResponsesStream | MessagesReply) -> None:
         super().__init__(chat.body(), media_type="text/event-stream",
                          headers={**chat.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         self._chat = chat
@@ -261,6 +271,28 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         body, headers = await gateway.embeddings(identity, raw, request_id)
         return JSONResponse(body, headers=headers)
 
+    async def messages(request: Request) -> Response:
+        from quotagate.protocols import anthropic_messages
+
+        identity = await identify(request)
+        gateway = get_services().gateway
+        raw = await read_body(request, gateway.max_body_bytes)
+        reply = await anthropic_messages.create_message(gateway, identity, raw, request_id_of(request))
+        if reply.request.stream:
+            return SettlingStreamingResponse(reply)
+        try:
+            return JSONResponse(await reply.message(), headers=reply.headers)
+        finally:
+            await reply.finish(200)
+
+    async def count_message_tokens(request: Request) -> Response:
+        from quotagate.protocols import anthropic_messages
+
+        identity = await identify(request)
+        gateway = get_services().gateway
+        raw = await read_body(request, gateway.max_body_bytes)
+        return JSONResponse(await anthropic_messages.count_tokens(gateway, identity, raw))
+
     async def unknown_route(request: Request) -> Response:
         raise not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
 
@@ -269,21 +301,23 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         from quotagate.observability import record_rejection
 
         record_rejection(exc, request_id_of(request))  # skipped if the request already has an outcome
-        return error_response(exc)
+        return error_response(exc, protocol_path=request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         from quotagate.observability import logger
 
         logger.exception("unhandled error")
-        return error_response(GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"))
+        return error_response(GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
+                              protocol_path=request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
             return error_response(GatewayError(405, f"Method {request.method} not allowed on {request.url.path}.",
-                                               "invalid_request_error", "method_not_allowed"))
+                                               "invalid_request_error", "method_not_allowed"),
+                                  protocol_path=request.url.path)
         return error_response(not_found(f"Unknown request URL: {request.method} {request.url.path}.",
-                                        "unknown_url"))
+                                        "unknown_url"), protocol_path=request.url.path)
 
     from starlette.exceptions import HTTPException
 
@@ -294,6 +328,8 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
 
@@ -151,7 +151,7 @@ class LocalApiGateway:
         elif path == "/health":
             await self._proxy(self._forward_scope(scope, {"requestId": str(uuid.uuid4())}), receive, send)
         elif path.startswith("/v1/") or path == "/v1":
-            await self._authorize_and_forward(scope, receive, send)
+            await self._authorize_and_forward(scope, receive, errors_in_protocol_shape(path, send))
         else:
             await _respond(send, 404, openai_error_body(f"Unknown request URL: {path}.", "unknown_url"))
 
@@ -220,6 +220,34 @@ class LocalApiGateway:
 
 async def _respond_error(send: Send, error: EdgeError) -> None:
     await _respond(send, error.status, json.dumps(error.body()).encode())
+
+
+def errors_in_protocol_shape(path: str, send: Send) -> Send:
+    """On the Anthropic Messages paths, errors the emulator answers itself (missing or refused
+    credentials) come in Anthropic's error shape (deployed, API Gateway's gateway responses cannot
+    vary by path). Bodies already in that shape (the proxy's own errors) pass unchanged."""
+    from quotagate.protocols.anthropic_messages import error_body_from_openai, is_messages_path
+
+    if not is_messages_path(path):
+        return send
+    held: list[Message] = []
+
+    async def reshaping(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held.append(message)  # until the body shows whether it needs reshaping
+            return
+        if held and message["type"] == "http.response.body" and not message.get("more_body"):
+            start = held.pop()
+            body = error_body_from_openai(start["status"], message.get("body", b""))
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({**message, "body": body})
+            return
+        if held:
+            await send(held.pop())
+        await send(message)
+
+    return reshaping
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -197,6 +197,11 @@ class Gateway:
         self.max_request_seconds = max_request_seconds
         self.wall_clock = wall_clock  # epoch seconds: key expiry and rotation grace
 
+    @property
+    def config(self) -> GatewayConfig:
+        """The configuration in force (for endpoints that estimate without reserving)."""
+        return self._config()
+
     # -- who may call what -------------------------------------------------------------------
     def limits_for(self, identity: Identity) -> Limits:
         config = self._config()

@@ -31,7 +31,8 @@ OpenAI -> Messages:
   audio input and legacy ``function`` messages are refused (400).
 
 Messages -> OpenAI: text blocks -> ``message.content``; ``tool_use`` -> ``tool_calls``
-(``arguments`` as a JSON string); ``stop_reason`` end_turn/stop_sequence/pause_turn -> ``stop``,
+(``arguments`` as a JSON string); ``stop_reason`` end_turn/stop_sequence/pause_turn -> ``stop``
+(a matched stop sequence is also named in the choice's ``stop_reason``, as vLLM does),
 max_tokens/model_context_window_exceeded -> ``length``, tool_use -> ``tool_calls``, refusal ->
 ``content_filter``; ``usage.input_tokens`` (+ cache read and cache creation tokens) ->
 ``prompt_tokens``, ``output_tokens`` -> ``completion_tokens``.
@@ -452,10 +453,18 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
             "finish_reason": reason,
         }],
     }
+    _name_stop_sequence(completion["choices"][0], message.get("stop_reason"), message.get("stop_sequence"))
     usage = usage_from(message.get("usage"))
     if usage is not None:
         completion["usage"] = usage
     return completion
+
+
+def _name_stop_sequence(choice: dict[str, Any], stop_reason: Any, stop_sequence: Any) -> None:
+    """Which stop sequence ended the answer, as vLLM reports it (``choices[].stop_reason``), so a
+    Messages client can be told ``stop_sequence`` (``finish_reason`` alone says only ``stop``)."""
+    if stop_reason == "stop_sequence" and isinstance(stop_sequence, str):
+        choice["stop_reason"] = stop_sequence
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +535,9 @@ class StreamTranslator(ChunkBuilder):
             if reason == "tool_calls" and not self._tool_index:
                 reason = "stop"  # only the structured answer was "called"
             self._finish_sent = True
-            return [self._chunk({}, reason)]
+            chunk = self._chunk({}, reason)
+            _name_stop_sequence(chunk["choices"][0], delta.get("stop_reason"), delta.get("stop_sequence"))
+            return [chunk]
         if kind == "message_stop":
             self.finished = True
             chunks = [] if self._finish_sent else [self._chunk({}, "stop")]

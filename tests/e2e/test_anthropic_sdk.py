@@ -1,0 +1,144 @@
+"""End to end: the real ``anthropic`` SDK, changed only in its base URL, against
+``python -m quotagate.local`` (what ``make dev`` runs, as a separate process) on Anthropic,
+OpenAI-compatible and Bedrock targets of the mock model server, with the quota counters in the table
+equal to the usage the SDK reported.
+
+anthropic 2.x sends its API key as ``Authorization: Bearer <key>`` (older releases sent
+``x-api-key``), so the default identity source serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import anthropic
+import boto3
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ["mock-claude", "mock-gpt", "mock-bedrock"]  # Anthropic, OpenAI-compatible, Bedrock targets
+TOOL = {"name": "get_weather", "description": "The weather in a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    from tests.e2e.test_local_gateway import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0.002"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    found: dict[str, str] = {}
+    ready = threading.Event()
+
+    def read_output() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            moto = re.search(r"moto at (http://\S+?),", line)
+            if moto:
+                found["moto"] = moto.group(1)
+            if line.startswith("OPENAI_API_KEY="):
+                ready.set()
+
+    threading.Thread(target=read_output, daemon=True).start()
+    try:
+        if not ready.wait(60) or "moto" not in found:
+            raise AssertionError("the local gateway did not start:\n" + "".join(lines))
+        yield {"base": f"http://127.0.0.1:{port}", "moto": found["moto"]}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def new_key(gateway) -> dict:
+    from tests.e2e.test_local_gateway import cli
+
+    return cli("keys", "create", "--tenant", "e2e-anthropic", "--consumer", "sdk", "--plan", "pro",
+               "--limits", json.dumps({"tokens_per_day": 10_000_000}), "--endpoint-url", gateway["base"])
+
+
+def tokens_used(gateway, key) -> int:
+    """The key's daily token counter in the gateway's quota table (moto, read over HTTP)."""
+    from quotagate.quota.ledger import DynamoQuotaLedger
+    from quotagate.quota.service import QuotaService
+
+    client = boto3.client("dynamodb", endpoint_url=gateway["moto"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    return QuotaService(DynamoQuotaLedger(client)).usage_of(f"key#{key['key_id']}", "tokens_per_day")
+
+
+def total(*messages) -> int:
+    return sum(m.usage.input_tokens + m.usage.output_tokens for m in messages)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_create_stream_and_count_tokens_settle_exactly(gateway, model):
+    key = new_key(gateway)
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key=key["api_key"], max_retries=0)
+    question = [{"role": "user", "content": "Name three rivers."}]
+
+    counted = client.messages.count_tokens(model=model, system="Be brief.", messages=question)
+    assert counted.input_tokens > 0
+    assert tokens_used(gateway, key) == 0  # counting costs nothing
+
+    created = client.messages.create(model=model, max_tokens=8, system="Be brief.", messages=question)
+    assert created.content[0].type == "text" and created.content[0].text
+    assert created.stop_reason == "max_tokens" and created.usage.output_tokens == 8
+    assert counted.input_tokens >= created.usage.input_tokens  # the estimate bounds the prompt
+
+    with client.messages.stream(model=model, max_tokens=8, system="Be brief.", messages=question) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == created.content[0].text == final.content[0].text
+    assert final.usage.output_tokens == 8 and final.usage.input_tokens == created.usage.input_tokens
+
+    assert tokens_used(gateway, key) == total(created, final)
+
+
+@pytest.mark.parametrize("model", ["mock-claude", "mock-bedrock"])
+def test_streamed_tool_use_round_trip(gateway, model):
+    key = new_key(gateway)
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key=key["api_key"], max_retries=0)
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    with client.messages.stream(model=model, max_tokens=200, tools=[TOOL], messages=[question]) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(block for block in first.content if block.type == "tool_use")
+    assert call.name == "get_weather" and isinstance(call.input["city"], str)
+
+    turns = [question,
+             {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}]}]
+    with client.messages.stream(model=model, max_tokens=40, tools=[TOOL], messages=turns) as stream:
+        second = stream.get_final_message()
+    assert [block.type for block in second.content] == ["text"]
+    assert second.stop_reason in ("end_turn", "max_tokens")
+    assert tokens_used(gateway, key) == total(first, second)
+
+
+def test_the_sdk_sends_its_key_as_a_bearer_token():
+    """Why the default identity source (Authorization) serves this SDK version."""
+    client = anthropic.Anthropic(api_key="qg_example", base_url="http://127.0.0.1:9")
+    assert client.auth_headers == {"Authorization": "Bearer qg_example"}
+
+
+def test_a_wrong_key_is_an_anthropic_authentication_error(gateway):
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key="qg_" + "0" * 40, max_retries=0)
+    with pytest.raises((anthropic.AuthenticationError, anthropic.PermissionDeniedError)) as caught:
+        client.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] in ("authentication_error", "permission_error")
