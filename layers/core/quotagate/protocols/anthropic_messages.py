@@ -822,12 +822,13 @@ async def create_message(gateway: Gateway, identity: Identity, raw: bytes, reque
 
 
 def input_tokens_estimate(config: GatewayConfig, targets: Sequence[Target], chat_body: dict[str, Any]) -> int:
-    """What the gateway reserves for the prompt of this request: its cl100k estimate scaled to the
-    most expensive of the model's targets (the same estimate as a chat request's reservation)."""
-    from quotagate import tokens
+    """What the gateway reserves for the prompt of this request (:mod:`quotagate.logic.estimate`:
+    text, tools, images, each target in its own tokens), for the most expensive of the model's
+    targets: an upper bound, not the provider's own count."""
+    from quotagate.logic import estimate
 
-    estimate = tokens.chat_prompt_tokens(chat_body["messages"], exact=False)
-    return max(config.prompt_reservation(target, estimate) for target in targets)
+    cost = estimate.measure(chat_body)
+    return max(cost.prompt_tokens(config.providers[target.provider], target) for target in targets)
 
 
 async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> dict[str, int]:
