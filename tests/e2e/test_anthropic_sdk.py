@@ -109,7 +109,7 @@ def test_create_stream_and_count_tokens_settle_exactly(gateway, model):
     assert tokens_used(gateway, key) == total(created, final)
 
 
-@pytest.mark.parametrize("model", ["mock-claude", "mock-bedrock"])
+@pytest.mark.parametrize("model", MODELS)
 def test_streamed_tool_use_round_trip(gateway, model):
     key = new_key(gateway)
     client = anthropic.Anthropic(base_url=gateway["base"], api_key=key["api_key"], max_retries=0)
