@@ -24,11 +24,11 @@ def price(provider):
 
 CONFIG = {
     "providers": {
-        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
+        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 30},
         "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                      "read_timeout": 5},
+                      "read_timeout": 30},
         "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1",
-                    "connect_timeout": 2, "read_timeout": 5},
+                    "connect_timeout": 2, "read_timeout": 30},
     },
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": price("openai")},
