@@ -6,7 +6,8 @@ keyed by their values: see :mod:`quotagate.identity_sources`), authenticate it w
 
 * no well-formed credential in the identity sources
                              -> ``raise Exception("Unauthorized")`` (API Gateway answers 401)
-* credential not acceptable  -> Deny policy (403)
+* credential not acceptable  -> Deny policy (API Gateway's ACCESS_DENIED, configured as a 401
+                               invalid_api_key: see quotagate.edge_errors)
 * valid                      -> Allow policy with the identity as context (strings only)
 * key store / JWKS failure   -> the error propagates (API Gateway answers 500 and caches nothing)
 
