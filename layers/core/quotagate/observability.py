@@ -130,7 +130,7 @@ def record_outcome(outcome: Outcome) -> None:
         emf.add_metric(name=Metric.FAILOVERS, unit=unit(Metric.FAILOVERS), value=len(outcome.attempts))
         emf.add_metric(name=Metric.SETTLEMENT_FAILURES, unit=unit(Metric.SETTLEMENT_FAILURES),
                        value=1 if outcome.settlement_failed else 0)
-        overrun = prompt + completion > outcome.reserved_tokens > 0 or outcome.cost_usd > outcome.reserved_usd > 0
+        overrun = outcome.overrun_tokens > 0 or outcome.cost_usd > outcome.reserved_usd > 0  # top-ups included
         emf.add_metric(name=Metric.OVERRUNS, unit=unit(Metric.OVERRUNS), value=1 if overrun else 0)
         emf.flush_metrics()
     except Exception as error:  # metrics never fail a request
