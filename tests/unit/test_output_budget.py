@@ -92,3 +92,15 @@ def test_the_assembled_answer_merges_choices_tool_calls_and_marks_a_cut():
     assert second["message"]["content"] == "Other" and second["finish_reason"] == "stop"
     assert result["object"] == "chat.completion" and result["usage"]["total_tokens"] == 7
     assert result["system_fingerprint"] == "fp"
+
+
+def test_the_assembled_answer_keeps_the_stop_sequence_a_target_named():
+    """vLLM's ``choices[].stop_reason`` (the Anthropic adapter sets it too): a Messages client is
+    told ``stop_sequence`` from it, streamed or not."""
+    answer = CompletionAssembler()
+    answer.feed(chunk("Hel"))
+    answer.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "lo"}]})
+    assert answer.result()["choices"][0]["stop_reason"] == "lo"
+    plain = CompletionAssembler()
+    plain.feed(chunk("Hi"))
+    assert "stop_reason" not in plain.result()["choices"][0]

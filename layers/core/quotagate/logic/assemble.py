@@ -14,6 +14,7 @@ class CompletionAssembler:
         self._head: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._finish: dict[int, str | None] = {}
+        self._stop_reason: dict[int, str | int] = {}  # vLLM's choices[].stop_reason: the stop that matched
         self._logprobs: dict[int, list[Any]] = {}
         self.usage: dict[str, Any] | None = None
 
@@ -33,6 +34,8 @@ class CompletionAssembler:
                 self._merge(message, delta)
             if choice.get("finish_reason"):
                 self._finish[index] = choice["finish_reason"]
+            if isinstance(choice.get("stop_reason"), str | int):
+                self._stop_reason[index] = choice["stop_reason"]
             logprobs = choice.get("logprobs")
             if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
                 self._logprobs.setdefault(index, []).extend(logprobs["content"])
@@ -85,6 +88,8 @@ class CompletionAssembler:
             choices.append({"index": index, "message": {**message, "refusal": message.get("refusal")},
                             "logprobs": {"content": self._logprobs[index]} if index in self._logprobs else None,
                             "finish_reason": finish})
+            if index in self._stop_reason:
+                choices[-1]["stop_reason"] = self._stop_reason[index]
         body: dict[str, Any] = {"id": self._head.get("id"), "object": "chat.completion",
                                 "created": self._head.get("created"),
                                 "model": self._head.get("model") or fallback_model, "choices": choices}
