@@ -56,6 +56,7 @@ class DataTables(Construct):
                     point_in_time_recovery_enabled=True
                 ),
                 time_to_live_attribute=spec.ttl_attribute,
+                stream=dynamodb.StreamViewType(spec.stream_view_type) if spec.stream_view_type else None,
                 **self.protection(spec.logical_id),
             )
             for index in spec.indexes:
@@ -94,6 +95,10 @@ class DataTables(Construct):
     @property
     def circuit(self) -> dynamodb.Table:
         return self.tables[tables.CIRCUIT.logical_id]
+
+    @property
+    def usage(self) -> dynamodb.Table:
+        return self.tables[tables.USAGE.logical_id]
 
     def table_name_env(self, *specs: TableSpec) -> dict[str, str]:
         """The environment variables carrying the physical names of ``specs``."""

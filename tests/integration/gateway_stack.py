@@ -59,6 +59,18 @@ class GatewayStack:
     moto_url: str
     mock: Any  # quotagate.mock.MockServer
     gateway: Any  # quotagate.local.apigateway.LocalApiGateway (its ``cache`` is API Gateway's)
+    _usage: Any = None
+
+    def usage_pipeline(self) -> Any:
+        """The local usage pipeline (stream → pipe emulation → bus → queue → real rollup handler),
+        set up on first use; call ``.drain()`` to run it until nothing moves."""
+        if self._usage is None:
+            from functions.usage_rollup.handler import lambda_handler as rollup
+            from quotagate.local.usage_pipeline import LocalUsagePipeline
+
+            self._usage = LocalUsagePipeline.from_boto(rollup)
+            self._usage.setup()
+        return self._usage
 
     def invoke_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
         from functions.keys.handler import lambda_handler
@@ -97,8 +109,9 @@ class GatewayStack:
 def _reset_handler_singletons() -> None:
     import functions.authorizer.handler as authorizer
     import functions.keys.handler as keys
+    import functions.usage_rollup.handler as usage_rollup
 
-    for module in (authorizer, keys):
+    for module in (authorizer, keys, usage_rollup):
         reset = getattr(module, "reset", None)
         if callable(reset):
             reset()

@@ -116,7 +116,7 @@ class FakeQuota:
         self.reserved_usd.append(reserve_usd)
         return FakeReservation()
 
-    def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd) -> bool:
+    def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd, settlement=None) -> bool:
         self.settled.append((prompt_tokens, completion_tokens, actual_usd))
         return True
 
@@ -281,7 +281,7 @@ def test_first_byte_timeout_fails_over_in_real_time():
 
 
 class BrokenSettlementQuota(FakeQuota):
-    def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd) -> bool:
+    def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd, settlement=None) -> bool:
         raise RuntimeError("quota store unavailable")
 
 

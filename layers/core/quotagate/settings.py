@@ -8,6 +8,11 @@ KEYS_TABLE = "QG_KEYS_TABLE"
 QUOTA_TABLE = "QG_QUOTA_TABLE"
 IDEMPOTENCY_TABLE = "QG_IDEMPOTENCY_TABLE"
 CIRCUIT_TABLE = "QG_CIRCUIT_TABLE"
+USAGE_TABLE = "QG_USAGE_TABLE"
+# Usage events: the custom bus, budget threshold fractions ("0.5,0.8,1"), period-close grace (s).
+EVENT_BUS = "QG_EVENT_BUS"
+BUDGET_THRESHOLDS = "QG_BUDGET_THRESHOLDS"
+PERIOD_CLOSE_GRACE_SECONDS = "QG_PERIOD_CLOSE_GRACE_SECONDS"
 # Gateway configuration (plans, models, prices): an SSM parameter name in AWS, a file locally.
 CONFIG_PARAMETER = "QG_CONFIG_PARAMETER"
 CONFIG_FILE = "QG_CONFIG_FILE"

@@ -27,6 +27,7 @@ class TableSpec:
     sort_key: str | None = None
     ttl_attribute: str | None = None
     indexes: tuple[Index, ...] = field(default_factory=tuple)
+    stream_view_type: str | None = None  # "NEW_IMAGE" etc.: the table has a DynamoDB stream
 
     def name(self) -> str:
         return settings.table_name(self.env_var, self.local_name)
@@ -55,6 +56,8 @@ QUOTA = TableSpec(
     sort_key="sk",
     ttl_attribute="expires_at",
     indexes=(RESERVED_INDEX,),
+    # The usage outbox: the EventBridge Pipe reads settled reservations from this stream.
+    stream_view_type="NEW_IMAGE",
 )
 # Powertools idempotency records for the keys function.
 IDEMPOTENCY = TableSpec(
@@ -75,7 +78,21 @@ CIRCUIT = TableSpec(
     ttl_attribute="expires_at",
 )
 
-ALL_TABLES: tuple[TableSpec, ...] = (KEYS, QUOTA, IDEMPOTENCY, CIRCUIT)
+# Usage aggregates (tenant, tenant+key, tenant+model, by hour/day/month), the rollup's per-request
+# markers, and threshold / period-close markers (only markers expire). Tenant aggregates carry
+# ``period`` (e.g. ``day#2026-11-30``) so that the period close finds every tenant of a period
+# through the sparse index ``by_period`` instead of a scan.
+USAGE = TableSpec(
+    logical_id="UsageTable",
+    env_var=settings.USAGE_TABLE,
+    local_name="quotagate-usage",
+    partition_key="pk",
+    sort_key="sk",
+    ttl_attribute="expires_at",
+    indexes=(Index("by_period", "period", "tenant"),),
+)
+
+ALL_TABLES: tuple[TableSpec, ...] = (KEYS, QUOTA, IDEMPOTENCY, CIRCUIT, USAGE)
 
 
 def create_table_request(spec: TableSpec) -> dict[str, Any]:
@@ -104,6 +121,8 @@ def create_table_request(spec: TableSpec) -> dict[str, Any]:
     }
     if gsis:
         request["GlobalSecondaryIndexes"] = gsis
+    if spec.stream_view_type:
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": spec.stream_view_type}
     return request
 
 

@@ -47,6 +47,30 @@ def _provider_secrets_from_env() -> None:
             client.create_secret(Name=provider.api_key_secret, SecretString=os.environ[env_name])
 
 
+def _start_usage_pipeline() -> None:
+    """Stream → pipe emulation → moto's bus → rollup queue → the real rollup handler, every half
+    second; the period close runs every minute (its grace period still applies)."""
+    import threading
+
+    from functions.usage_period_close.handler import lambda_handler as period_close
+    from functions.usage_rollup.handler import lambda_handler as rollup
+    from quotagate.local.apigateway import FakeLambdaContext
+    from quotagate.local.usage_pipeline import LocalUsagePipeline
+
+    pipeline = LocalUsagePipeline.from_boto(rollup)
+    pipeline.setup()
+    stop = pipeline.start(interval_seconds=0.5)
+
+    def close_periods() -> None:
+        while not stop.wait(60):
+            try:
+                period_close({}, FakeLambdaContext("quotagate-usage-period-close"))
+            except Exception:  # noqa: S112 - retried on the next tick, like a schedule
+                continue
+
+    threading.Thread(target=close_periods, name="usage-period-close", daemon=True).start()
+
+
 def build_app(identity_sources: tuple[str, ...], cache_seconds: float):  # type: ignore[no-untyped-def]
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
@@ -111,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[settings.SETTLEMENT_QUEUE_URL] = queue_url
     settlements.start_worker(boto3.client("dynamodb"), boto3.client("sqs"), queue_url)
     _provider_secrets_from_env()
+    _start_usage_pipeline()
 
     from functions.keys.handler import lambda_handler as keys_handler
     from quotagate.local.apigateway import FakeLambdaContext
@@ -128,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"OPENAI_BASE_URL={base}/v1")
     print(f"OPENAI_API_KEY={demo_key}")
     print(f"Keys API (Lambda Invoke emulation): quotagate keys list --tenant demo --endpoint-url {base}")
+    print(f"Usage (a few seconds after a request): quotagate usage --tenant demo --endpoint-url {base}")
     first_source = identity_sources[0]
     key_header = ("Authorization: Bearer $OPENAI_API_KEY" if first_source.lower() == "authorization"
                   else f"{first_source}: $OPENAI_API_KEY")  # the only header the key is read from

@@ -61,8 +61,11 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
 async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                          request_id: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The response body and headers. Raises GatewayError for every error the client sees."""
-    from quotagate.logic.gateway import Outcome, _AttemptFailed, _classify, _client_error
+    from quotagate.logic.gateway import Outcome, _AttemptFailed, _classify, _client_error, usage_fields
     from quotagate.logic.metering import Usage
+    from quotagate.usage.record import Settlement, outcome_for_status, source_of
+
+    started = gateway.clock()
 
     request = parse_embeddings_request(raw, gateway.max_body_bytes)
     limits = await to_thread.run_sync(gateway.limits_for, identity)
@@ -85,7 +88,7 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
     reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
     reservation = await to_thread.run_sync(lambda: gateway._quota.reserve(
         request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
-        prompt_reserve, 0, reserve_usd))
+        prompt_reserve, 0, reserve_usd, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
     outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
     headers = {**reservation.headers(), "x-quotagate-request-id": request_id}
     served, data, status = None, None, 200
@@ -136,7 +139,11 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
             usage = Usage(prompt, 0, "provider" if isinstance(reported.get("prompt_tokens"), int) else "counted")
             outcome.usage, outcome.status = usage, status
             try:
-                outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage)
+                elapsed_ms = (gateway.clock() - started) * 1000
+                settlement = Settlement(outcome_for_status(status), status, source_of(usage.source),
+                                        served.id if served else None,
+                                        elapsed_ms if data is not None else None, elapsed_ms, outcome.failovers)
+                outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage, settlement)
             except Exception:  # the reservation stays charged: never an overshoot, and the answer stands
                 outcome.error = "settlement failed; the reservation stays charged"
             gateway._on_finished(outcome)

@@ -64,6 +64,7 @@ from quotagate.providers.base import (
     UpstreamError,
     UpstreamTimeout,
 )
+from quotagate.usage.record import Settlement, UsageOutcome, outcome_for_status, source_of
 
 KEEPALIVE = b": ping\n\n"
 TARGET_HEADER = "x-quotagate-target"
@@ -122,9 +123,10 @@ class Quota(Protocol):
     def reserve(self, request_id: str, key_id: str, tenant: str, key_limits: dict[str, float],
                 tenant_limits: dict[str, float], prompt_tokens_estimate: int, max_output_tokens: int,
                 reserve_usd: float, *, output_text: str | None = None,
-                output_param: str = "max_tokens") -> Any: ...
+                output_param: str = "max_tokens", usage_fields: dict[str, str] | None = None) -> Any: ...
 
-    def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float) -> bool: ...
+    def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float,
+               settlement: Settlement | None = None) -> bool: ...
 
     def top_up(self, reservation: Any, extra_tokens: int, extra_usd: float) -> bool:
         """Grow an open reservation in the same windows; False when a window has no room."""
@@ -156,6 +158,18 @@ class Outcome:
     overrun_tokens: int = 0  # settled usage above everything reserved (top-ups included)
     cut_by_budget: bool = False  # the gateway ended the answer with "length": the budget was spent
     top_ups: int = 0
+
+    @property
+    def failovers(self) -> int:
+        """Targets that were tried and failed (skipped open circuits are not failovers)."""
+        return sum(1 for attempt in self.attempts if not attempt.endswith("(circuit open)"))
+
+
+def usage_fields(identity: Identity, requested_model: str, model: str) -> dict[str, str]:
+    """Who asked for what: the part of the usage record known before the upstream call."""
+    return {"tenant": identity.tenant, "consumer": identity.consumer, "key_id": identity.key_id,
+            "auth_type": identity.auth_type, "plan": identity.plan, "requested_model": requested_model,
+            "model": model}
 
 
 @dataclass
@@ -289,7 +303,7 @@ class Gateway:
         reservation = await to_thread.run_sync(lambda: self._quota.reserve(
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
             plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text=output_text,
-            output_param=output_param))
+            output_param=output_param, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model,
                           reserved_tokens=plan.prompt_reserve + plan.output_reserve, reserved_usd=plan.reserve_usd)
         outcome.started = started
@@ -311,9 +325,13 @@ class Gateway:
 
         return await run_embeddings(self, identity, raw_body, request_id)
 
-    def _settle(self, reservation: Any, target: Target | None, usage: Usage) -> float:
+    def _settle(self, reservation: Any, target: Target | None, usage: Usage,
+                settlement: Settlement | None = None) -> float:
         cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens) if target else 0.0
-        self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)
+        if settlement is None:
+            self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)
+        else:
+            self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, settlement=settlement)
         return cost
 
 
@@ -406,6 +424,9 @@ class ChatResponse:
         self._stream_error: GatewayError | None = None  # how a stream ended badly (for JSON clients)
         self.target: Target | None = None  # the target that served
         self._permit: Permit | None = None
+        # For the usage record: how a stream ended.
+        self._stream_ended: UsageOutcome | None = None  # set when the stream ended with an error event
+        self._body_completed = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -572,6 +593,13 @@ class ChatResponse:
 
     # -- the streamed body ----------------------------------------------------------------------
     async def body(self) -> AsyncIterator[bytes]:
+        """The SSE bytes for the client (see :meth:`_stream_body`); notes whether the client took
+        all of them (if not, it disconnected)."""
+        async for chunk in self._stream_body():
+            yield chunk
+        self._body_completed = True
+
+    async def _stream_body(self) -> AsyncIterator[bytes]:
         """The SSE bytes for the client, chunk by chunk, with keep-alive comments while the upstream
         is silent. Any upstream failure after the first byte ends the stream with an error event;
         an answer the budget cannot pay for ends with ``finish_reason: "length"``."""
@@ -663,11 +691,13 @@ class ChatResponse:
                 if not done:
                     if self._remaining() <= 0:
                         self.outcome.error = "deadline exceeded"
+                        self._stream_ended = UsageOutcome.TIMEOUT
                         yield self._fail("The request did not complete within the model's deadline.",
                                          "deadline_exceeded", "timeout", 504)
                         return
                     if gateway.clock() - last_event_at >= idle:
                         self.outcome.error = "upstream idle timeout"
+                        self._stream_ended = UsageOutcome.TIMEOUT
                         await self._record_stream_failure()
                         yield self._fail(f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s.",
                                          "upstream_timeout", "timeout", 504)
@@ -681,6 +711,7 @@ class ChatResponse:
                     break
                 except StreamInterrupted as error:
                     self.outcome.error = str(error)
+                    self._stream_ended = UsageOutcome.ERROR_EVENT
                     await self._record_stream_failure()
                     yield self._fail(str(error), "upstream_stream_interrupted")
                     return
@@ -689,11 +720,13 @@ class ChatResponse:
                     self.outcome.error = f"{type(error).__name__} while streaming"
                     _log_gateway_fault("gateway error while streaming", error, request_id=self.outcome.request_id,
                                        target=self.target.id)
+                    self._stream_ended = UsageOutcome.ERROR_EVENT
                     yield self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
                     return
                 last_event_at = gateway.clock()
             if not finished_cleanly:
                 self.outcome.error = "upstream stream ended without [DONE]"
+                self._stream_ended = UsageOutcome.ERROR_EVENT
                 await self._record_stream_failure()
                 yield self._fail("The upstream provider ended the stream early.", "upstream_stream_interrupted")
         finally:
@@ -738,7 +771,7 @@ class ChatResponse:
                 self.outcome.status = client_status
             try:
                 self.outcome.cost_usd = await to_thread.run_sync(
-                    self._gateway._settle, self._reservation, self.target, usage)
+                    self._gateway._settle, self._reservation, self.target, usage, self._settlement(usage))
             except Exception:
                 # The quota store failed (after its own retries): the reservation stays charged,
                 # which never lets a window overshoot. The client's answer is not thrown away.
@@ -748,6 +781,26 @@ class ChatResponse:
                              prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
             self.outcome.finished_at = self._gateway.clock()
             self._gateway._on_finished(self.outcome)
+
+
+    def _settlement(self, usage: Usage) -> Settlement:
+        """How the request ended, for its usage record."""
+        status = self.outcome.status
+        if status >= 400 or self._json is not None or not self.request.stream:
+            outcome = outcome_for_status(status)
+        elif self._stream_ended is not None:
+            outcome = self._stream_ended
+        elif not self._body_completed:
+            outcome = UsageOutcome.CLIENT_DISCONNECT
+        else:
+            outcome = UsageOutcome.OK
+        started, first_byte_at = self.outcome.started, self.outcome.first_byte_at
+        now = self._gateway.clock()
+        return Settlement(
+            outcome=outcome, http_status=status, usage_source=source_of(usage.source),
+            target=self.target.id if self.target is not None else None,
+            time_to_first_byte_ms=None if first_byte_at is None else (first_byte_at - started) * 1000,
+            duration_ms=(now - started) * 1000, failovers=self.outcome.failovers)
 
 
 def _classify(error: UpstreamError) -> Exception:

@@ -18,7 +18,9 @@ Items (pk / sk):
   window ends).
 - ``req#<request_id>`` / ``reservation``: ``status`` (:class:`ReservationStatus`: ``reserved`` →
   ``settled``, or ``expired`` by the reaper), the charges, the settlement (``adjustments``,
-  ``usage``), a ``token`` per call, ``expires_at``.
+  ``usage``), a ``token`` per call, ``expires_at``, and the ``usage_record``
+  (``quotagate.usage.record``): the billing record that the table's stream publishes as a
+  ``Request Settled`` event when the status leaves ``reserved``.
 
 Nothing relies on TTL for correctness.
 
@@ -45,6 +47,7 @@ from typing import Any, Protocol
 
 from quotagate import settings, tables
 from quotagate.quota.windows import WindowCharge
+from quotagate.usage.record import RECORD_ATTRIBUTE, to_attribute
 
 
 class ReservationStatus(StrEnum):
@@ -152,8 +155,11 @@ class ReservationExists(Exception):
 
 
 class QuotaLedger(Protocol):
-    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
-        """Reserve every charge or none. Raises QuotaExceeded, ReservationExists, LedgerBusy."""
+    def reserve(
+        self, request_id: str, charges: Sequence[WindowCharge], record: Mapping[str, Any] | None = None
+    ) -> list[WindowUsage]:
+        """Reserve every charge or none. Raises QuotaExceeded, ReservationExists, LedgerBusy.
+        ``record``: the usage record (quotagate.usage.record) the reservation item carries."""
         ...
 
     def settle(
@@ -161,6 +167,7 @@ class QuotaLedger(Protocol):
         request_id: str,
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> bool:
         """Apply ``delta`` to each reserved window, once. False if already settled (or unknown)."""
         ...
@@ -252,7 +259,9 @@ class InMemoryQuotaLedger:
         self._reservations: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, int] = {"reserve": 0, "settle": 0}
 
-    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
+    def reserve(
+        self, request_id: str, charges: Sequence[WindowCharge], record: Mapping[str, Any] | None = None
+    ) -> list[WindowUsage]:
         charges = check_charges(charges)
         with self._lock:
             self.calls["reserve"] += 1
@@ -276,6 +285,8 @@ class InMemoryQuotaLedger:
                 self._used[c.item_key] = self._used.get(c.item_key, 0) + c.amount
                 usages.append(WindowUsage(c, self._used[c.item_key]))
             self._reservations[request_id] = {"status": ReservationStatus.RESERVED, "charges": list(charges)}
+            if record is not None:
+                self._reservations[request_id][RECORD_ATTRIBUTE] = dict(record)
             return usages
 
     def settle(
@@ -283,8 +294,10 @@ class InMemoryQuotaLedger:
         request_id: str,
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
+        usage_record = dict(record) if record is not None else None
         with self._lock:
             self.calls["settle"] += 1
             record = self._reservations.get(request_id)
@@ -297,6 +310,8 @@ class InMemoryQuotaLedger:
                 adjustments=[(c.pk, c.sk, d) for c, d in adjustments],
                 usage=dict(usage or {}),
             )
+            if usage_record is not None:
+                record[RECORD_ATTRIBUTE] = usage_record
             return True
 
     def top_up(self, request_id: str, increases: Sequence[tuple[WindowCharge, int]]) -> bool:
@@ -442,7 +457,9 @@ class DynamoQuotaLedger:
 
     # ---- reserve ---------------------------------------------------------------------------------
 
-    def reserve(self, request_id: str, charges: Sequence[WindowCharge]) -> list[WindowUsage]:
+    def reserve(
+        self, request_id: str, charges: Sequence[WindowCharge], record: Mapping[str, Any] | None = None
+    ) -> list[WindowUsage]:
         charges = check_charges(charges)
         impossible = _impossible(charges)
         if impossible:
@@ -451,6 +468,9 @@ class DynamoQuotaLedger:
         # token: every attempt sends exactly the same request.
         token = uuid.uuid4().hex
         actions = self._reserve_actions(request_id, charges, token, int(self._clock()))
+        if record is not None:
+            # The usage record rides on the reservation's own write: no extra call.
+            actions[-1]["Put"]["Item"][RECORD_ATTRIBUTE] = to_attribute(record)
         return self._attempts(  # type: ignore[no-any-return]
             lambda: self._reserve_once(request_id, charges, actions, token),
             self.reserve_attempts,
@@ -580,10 +600,17 @@ class DynamoQuotaLedger:
         request_id: str,
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
         token = uuid.uuid4().hex
         request = self._settle_request(request_id, adjustments, usage or {}, token, int(self._clock()))
+        if record is not None:
+            # The completed usage record, in the same write that flips the status (the outbox).
+            update = request["update"] if "update" in request else request["transaction"][0]["Update"]
+            update["UpdateExpression"] += ", #rec = :rec"
+            update["ExpressionAttributeNames"]["#rec"] = RECORD_ATTRIBUTE
+            update["ExpressionAttributeValues"][":rec"] = to_attribute(record)
         return bool(
             self._attempts(
                 lambda: self._settle_once(request, token),

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from quotagate.errors import GatewayError
 from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
@@ -37,6 +38,7 @@ from quotagate.quota.windows import (
     window_bounds,
     window_sk,
 )
+from quotagate.usage import record as usage_record
 
 TOO_LARGE_CODE = "request_too_large_for_limit"
 _SCOPE_WORDS = {"key": "this API key", "tenant": "this tenant"}
@@ -93,6 +95,8 @@ class Reservation:
     reserved_at: float
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
     settled: bool = False
+    # The usage record written with the reservation (None: the caller asked for none).
+    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def headers(self, now: float | None = None) -> dict[str, str]:
@@ -226,8 +230,14 @@ class QuotaService:
         *,
         output_text: str | None = None,
         output_param: str = "max_tokens",
+        usage_fields: Mapping[str, str] | None = None,
     ) -> Reservation:
         """Reserve the request's worst case in every window, all or nothing.
+
+        With ``usage_fields`` (who asked for what: tenant, consumer, key_id, auth_type, plan,
+        requested_model, model), the reservation item also carries the usage record that becomes
+        a ``Request Settled`` event — even for a key without limits, so that billing sees every
+        request (its only store writes are then that record's put and settlement).
 
         Raises GatewayError: 400 (can never fit), 429 ``rate_limit_exceeded`` (a per-minute window
         is short, or the store stayed contended) or 429 ``insufficient_quota`` (a day/month budget
@@ -246,17 +256,35 @@ class QuotaService:
             output_text=output_text,
             output_param=output_param,
         )
-        if not charges:  # no limits configured: nothing to store, nothing to settle
+        record = None
+        if usage_fields is not None:
+            budgets = {
+                usage_record.budget_field(c.scope, c.limit_name): c.limit
+                for c in charges
+                if (c.scope, c.limit_name) in usage_record.BUDGET_LIMITS
+            }
+            record = usage_record.reservation_record(
+                request_id=request_id,
+                prompt_tokens=int(prompt_tokens_estimate),
+                completion_tokens=int(max_output_tokens),
+                cost_usd_micros=usd_to_micros_ceil(reserve_usd),
+                started_at=now,
+                budgets=budgets,
+                **usage_fields,  # type: ignore[arg-type]
+            )
+        if not charges and record is None:  # no limits and no usage record: nothing to store
             return Reservation(request_id, (), (), now, self._clock)
         try:
-            usages = self._ledger.reserve(request_id, charges)
+            usages = self._ledger.reserve(request_id, charges, record) if record else self._ledger.reserve(
+                request_id, charges
+            )
         except QuotaExceeded as exceeded:
             raise self._rejected(exceeded, charges, now) from None
         except LedgerBusy as busy:
             if busy.outcome_unknown:
                 # The reservation may have committed: release it before the client hears anything.
                 try:
-                    self._apply_or_queue(compensation(request_id, charges))
+                    self._apply_or_queue(compensation(request_id, charges, usage_record.refunded(record)))
                 except Exception as failed:
                     # Neither applied nor queued: the reaper closes the reservation if it committed.
                     self._warn("compensating settlement failed", request_id=request_id, error=str(failed))
@@ -274,7 +302,7 @@ class QuotaService:
                 code="rate_limit_exceeded",
                 headers={"retry-after": "1"},
             ) from None
-        return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock)
+        return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock, record=record)
 
     def _apply_or_queue(self, pending: PendingSettlement) -> bool:
         """Settle now, or hand the settlement to the durable retry path. Raises only when neither
@@ -324,7 +352,12 @@ class QuotaService:
         return GatewayError(429, message, type=charge.unit, code=code, headers=headers)
 
     def settle(
-        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, actual_usd: float
+        self,
+        reservation: Reservation,
+        prompt_tokens: int,
+        completion_tokens: int,
+        actual_usd: float,
+        settlement: usage_record.Settlement | None = None,
     ) -> bool:
         """Charge actual usage instead of the reservation, exactly once.
 
@@ -341,10 +374,28 @@ class QuotaService:
         for charge in reservation.charges:
             value = actual[charge.unit]
             adjustments.append((charge, 0 if value is None else value - charge.amount))
+        record = None
+        if reservation.record is not None:
+            settlement = settlement or usage_record.Settlement(
+                usage_record.UsageOutcome.OK, 200, usage_record.UsageSource.PROVIDER
+            )
+            record = usage_record.settled_record(
+                reservation.record,
+                target=settlement.target,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd_micros=usd_micros,
+                usage_source=settlement.usage_source,
+                outcome=settlement.outcome,
+                http_status=settlement.http_status,
+                time_to_first_byte_ms=settlement.time_to_first_byte_ms,
+                duration_ms=settlement.duration_ms,
+                failovers=settlement.failovers,
+            )
         with reservation._lock:
             if reservation.settled:
                 return False
-            if not reservation.charges:
+            if not reservation.charges and record is None:
                 reservation.settled = True
                 return True
             result = self._apply_or_queue(
@@ -356,6 +407,7 @@ class QuotaService:
                         "completion_tokens": int(completion_tokens),
                         "usd_micros": usd_micros,
                     },
+                    record=record,
                 )
             )
             reservation.settled = True

@@ -30,6 +30,7 @@ class PendingSettlement:
     adjustments: tuple[tuple[WindowCharge, int], ...]
     usage: Mapping[str, int] = field(default_factory=dict)
     kind: SettlementKind = "settle"
+    record: Mapping[str, Any] | None = None  # the completed usage record (quotagate.usage.record)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -39,6 +40,7 @@ class PendingSettlement:
                 "request_id": self.request_id,
                 "adjustments": [{"charge": asdict(c), "delta": d} for c, d in self.adjustments],
                 "usage": dict(self.usage),
+                **({"record": dict(self.record)} if self.record is not None else {}),
             },
             separators=(",", ":"),
         )
@@ -56,18 +58,24 @@ class PendingSettlement:
             adjustments=tuple((WindowCharge(**a["charge"]), int(a["delta"])) for a in data["adjustments"]),
             usage={str(k): int(v) for k, v in data.get("usage", {}).items()},
             kind=kind,
+            record=data.get("record"),
         )
 
     def apply(self, ledger: QuotaLedger) -> bool:
         """Settle through the ledger (exactly once: False if it was already settled or expired).
         Raises LedgerBusy while the store still fails (the message is then delivered again)."""
+        if self.record is not None:
+            return ledger.settle(self.request_id, list(self.adjustments), self.usage, record=self.record)
         return ledger.settle(self.request_id, list(self.adjustments), self.usage)
 
 
-def compensation(request_id: str, charges: Sequence[WindowCharge]) -> PendingSettlement:
+def compensation(
+    request_id: str, charges: Sequence[WindowCharge], record: Mapping[str, Any] | None = None
+) -> PendingSettlement:
     """The zero-usage settlement of a reservation that may or may not have committed: a no-op if
-    it never did, a full refund (and released concurrency slots) if it did."""
-    return PendingSettlement(request_id, tuple((c, -c.amount) for c in charges), {}, "compensate")
+    it never did, a full refund (and released concurrency slots) if it did. ``record``: the usage
+    record to leave on the item (zero usage), if the reservation carried one."""
+    return PendingSettlement(request_id, tuple((c, -c.amount) for c in charges), {}, "compensate", record)
 
 
 class SettlementQueue(Protocol):

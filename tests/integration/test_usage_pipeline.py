@@ -1,0 +1,171 @@
+"""Usage events through the local gateway: every settled reservation becomes exactly one
+``Request Settled`` event on the bus, and the rollup's aggregates equal the quota ledger's settled
+totals (and the usage the mock reported) per tenant, key and model at every granularity, however
+often and in whatever order the events are delivered."""
+
+from __future__ import annotations
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import httpx
+import jsonschema
+import pytest
+
+from quotagate.usage.events import REQUEST_SETTLED, load_schema
+from quotagate.usage.record import RECORD_ATTRIBUTE
+from tests.integration.gateway_stack import TEST_CONFIG, gateway_stack
+from tests.integration.usage_helpers import BusSubscriber, expected_aggregates, stored_aggregates
+
+PROMPT_MARKER = "zebracorn-lighthouse-7431"  # must never appear in any event
+PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
+MODELS = {
+    **TEST_CONFIG["models"],
+    "mock-failover": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=500", "price": PRICE},
+                                  {"provider": "mock", "upstream_model": "mock-gpt", "price": PRICE}]},
+}
+PLANS = {"metered": {"limits": {"tokens_per_day": 10_000_000, "usd_per_month": 1000}, "models": "*",
+                     "default_max_tokens": 64}}
+# Requests of the run: (scenario, count). 105 in all: see the report for why not 200.
+SCENARIOS = [("ok", 24), ("ok_stream", 20), ("failover", 15), ("upstream_500", 10), ("mid_stream_drop", 12),
+             ("tokenizer", 12), ("client_disconnect", 12)]
+EXPECTED_OUTCOME = {"ok": "ok", "ok_stream": "ok", "failover": "ok", "upstream_500": "upstream_error",
+                    "mid_stream_drop": "error_event", "tokenizer": "ok", "client_disconnect": "client_disconnect"}
+MODEL_OF = {"ok": "mock-gpt", "ok_stream": "mock-gpt", "failover": "mock-failover", "upstream_500": "mock-500",
+            "mid_stream_drop": "mock-drop", "tokenizer": "mock-omit", "client_disconnect": "mock-gpt"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    overrides = {"models": MODELS, "plans": {**TEST_CONFIG["plans"], **PLANS},
+                 "circuit_breaker": {"failure_threshold": 100_000, "cooldown_seconds": 1}}
+    with gateway_stack(tmp_path_factory.mktemp("usage"), overrides, token_delay=0.002) as stack:
+        pipeline = stack.usage_pipeline()
+        subscriber = BusSubscriber(boto3.client("events"), boto3.client("sqs"))
+        keys = [(tenant, stack.create_key(tenant, consumer, plan="metered"))
+                for tenant, consumer in (("t1", "alice"), ("t1", "bob"), ("t2", "carol"))]
+        plan = [name for name, count in SCENARIOS for _ in range(count)]
+        random.Random(7).shuffle(plan)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda i: send(stack, keys[i % 3], plan[i], i), range(len(plan))))
+        for result in results:
+            result["item"] = stack.wait_settled(result["request_id"], timeout=15)
+        pipeline.drain(timeout=120)
+        yield stack, subscriber, pipeline, results
+
+
+def send(stack, tenant_key, scenario, index):
+    tenant, key = tenant_key
+    body = {"model": MODEL_OF[scenario], "mock_reply_tokens": 5 + index % 17,
+            "messages": [{"role": "user", "content": f"{PROMPT_MARKER} question {index}"}]}
+    headers = {"authorization": f"Bearer {key['api_key']}"}
+    url = f"{stack.base_url}/v1/chat/completions"
+    seen_usage, text = None, ""
+    if scenario in ("ok_stream", "mid_stream_drop", "client_disconnect"):
+        body["stream"] = True
+        if scenario == "ok_stream":
+            body["stream_options"] = {"include_usage": True}
+        if scenario == "client_disconnect":
+            body["mock_reply_tokens"] = 400
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+            status, request_id = response.status_code, response.headers["x-quotagate-request-id"]
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    seen_usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    text += (choice.get("delta") or {}).get("content") or ""
+                if scenario == "client_disconnect" and len(text) > 10:
+                    break  # leave: the with-block closes the connection mid-stream
+    else:
+        response = httpx.post(url, json=body, headers=headers, timeout=30)
+        status, request_id = response.status_code, response.headers["x-quotagate-request-id"]
+        if status == 200:
+            seen_usage = response.json().get("usage")
+            text = response.json()["choices"][0]["message"]["content"]
+    return {"scenario": scenario, "tenant": tenant, "key_id": key["key_id"], "request_id": request_id,
+            "status": status, "seen_usage": seen_usage, "text": text}
+
+
+def test_each_settled_reservation_is_exactly_one_event_with_the_right_outcome(run):
+    _, subscriber, _, results = run
+    events = subscriber.of_type(REQUEST_SETTLED)
+    by_id = {}
+    for event in events:
+        assert event["detail"]["request_id"] not in by_id, "duplicate Request Settled event"
+        by_id[event["detail"]["request_id"]] = event
+    assert set(by_id) == {r["request_id"] for r in results}
+    for result in results:
+        detail = by_id[result["request_id"]]["detail"]
+        assert detail["outcome"] == EXPECTED_OUTCOME[result["scenario"]], result["scenario"]
+        assert (detail["tenant"], detail["key_id"], detail["model"]) == (
+            result["tenant"], result["key_id"], MODEL_OF[result["scenario"]])
+        assert detail["status"] == "settled"
+        assert int(detail["http_status"]) == result["status"]
+        if result["scenario"] == "failover":
+            assert (detail["failovers"], detail["target"]) == ("1", "mock/mock-gpt")
+        if result["scenario"] in ("tokenizer", "mid_stream_drop", "client_disconnect"):
+            assert detail["usage_source"] == "tokenizer", result["scenario"]
+        elif result["scenario"] != "upstream_500":
+            assert detail["usage_source"] == "provider"
+        if result["seen_usage"]:  # what the mock reported is what is billed
+            assert int(detail["prompt_tokens"]) == result["seen_usage"]["prompt_tokens"]
+            assert int(detail["completion_tokens"]) == result["seen_usage"]["completion_tokens"]
+        if result["scenario"] == "upstream_500":
+            assert detail["total_tokens"] == "0" and detail["cost_usd_micros"] == "0"
+
+
+def test_every_event_validates_and_carries_no_prompt_or_completion_text(run):
+    _, subscriber, _, results = run
+    schema = load_schema(REQUEST_SETTLED)
+    events = subscriber.of_type(REQUEST_SETTLED)
+    assert events
+    completions = [r["text"] for r in results if len(r["text"]) >= 12]
+    for event in events:
+        assert (event["source"], event["detail-type"]) == ("quotagate", "Request Settled")
+        jsonschema.validate(event["detail"], schema)
+        raw = json.dumps(event)
+        assert PROMPT_MARKER not in raw
+        assert not any(text[:12] in raw for text in completions)
+
+
+def test_aggregates_equal_the_ledgers_settled_totals_at_every_granularity(run):
+    _, _, _, results = run
+    records = [r["item"][RECORD_ATTRIBUTE] for r in results]
+    # The ledger's own settlement (the `usage` it applied to the windows) agrees with the record.
+    for result, record in zip(results, records, strict=True):
+        assert result["item"]["usage"]["prompt_tokens"] == record["prompt_tokens"]
+        assert result["item"]["usage"]["completion_tokens"] == record["completion_tokens"]
+        assert result["item"]["usage"]["usd_micros"] == record["cost_usd_micros"]
+    expected = expected_aggregates(records)
+    stored = stored_aggregates(boto3.client("dynamodb"))
+    assert stored == expected
+    # Two tenants, three keys, and more than three models, each at hour, day and month.
+    pks = {pk for pk, _ in stored}
+    assert {"tenant#t1", "tenant#t2"} <= pks
+    assert len([pk for pk in pks if "#key#" in pk]) == 3
+    assert len([pk for pk in pks if "#model#" in pk]) >= 3
+    assert {sk.split("#")[0] for _, sk in stored} == {"hour", "day", "month"}
+
+
+def test_redelivered_and_shuffled_events_change_no_total(run):
+    from functions.usage_rollup.handler import lambda_handler
+    from quotagate.local.apigateway import FakeLambdaContext
+    from quotagate.local.usage_pipeline import sqs_record
+
+    _, subscriber, _, _ = run
+    dynamodb = boto3.client("dynamodb")
+    before = stored_aggregates(dynamodb)
+    events = subscriber.of_type(REQUEST_SETTLED) * 2
+    random.Random(11).shuffle(events)
+    for start in range(0, len(events), 10):
+        batch = [sqs_record({"MessageId": f"m{start + i}", "ReceiptHandle": "r", "Body": json.dumps(e)},
+                            "arn:aws:sqs:us-east-1:123456789012:quotagate-usage-rollup")
+                 for i, e in enumerate(events[start:start + 10])]
+        response = lambda_handler({"Records": batch}, FakeLambdaContext("rollup"))
+        assert response == {"batchItemFailures": []}
+    assert stored_aggregates(dynamodb) == before
