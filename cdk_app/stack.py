@@ -19,6 +19,7 @@ from cdk_app.constructs.observability import Observability
 from cdk_app.constructs.provider_secrets import ProviderSecrets
 from cdk_app.constructs.proxy_function import ProxyFunction
 from cdk_app.constructs.settlements import SettlementRecovery
+from cdk_app.constructs.usage_pipeline import UsagePipeline
 from cdk_app.context import DeploymentOptions
 
 STACK_NAME = "Quotagate"
@@ -54,6 +55,7 @@ class QuotagateStack(Stack):
         self.api = GatewayApi(
             self, "Gateway", proxy=self.proxy.function, authorizer=self.authorizer.function, options=options
         )
+        self.usage = UsagePipeline(self, "Usage", data=data, layers=layers, options=options)
         self.observability = Observability(
             self,
             "Observability",
@@ -88,6 +90,14 @@ class QuotagateStack(Stack):
             description="Key management function (invoke with lambda:InvokeFunction)",
         )
         CfnOutput(self, "KeysFunctionArn", value=self.keys.function.function_arn)
+        CfnOutput(
+            self,
+            "EventBusName",
+            value=self.usage.bus.event_bus_name,
+            description="EventBridge bus of the usage events (Request Settled, Budget Threshold Crossed, "
+            "Usage Period Closed)",
+        )
+        CfnOutput(self, "EventBusArn", value=self.usage.bus.event_bus_arn)
         if self.proxy.url is not None:
             CfnOutput(
                 self,

@@ -10,7 +10,7 @@ from quotagate import settings, tables
 pytestmark = pytest.mark.infra
 
 SERVICES = ("quotagate-keys", "quotagate-authorizer", "quotagate-proxy", "quotagate-settlements",
-            "quotagate-reaper")
+            "quotagate-reaper", "quotagate-usage_rollup", "quotagate-usage_period_close")
 LWA_LAYER = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
 
 

@@ -36,6 +36,12 @@ EXPECTED_ACKNOWLEDGMENTS = {
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>"
         ":inference-profile/*]",
     ),
+    ("Quotagate/Usage/Rollup", "AwsSolutions-IAM5[Resource::*]"),
+    ("Quotagate/Usage/Rollup", "AwsSolutions-L1"),
+    ("Quotagate/Usage/PeriodClose", "AwsSolutions-IAM5[Resource::*]"),
+    ("Quotagate/Usage/PeriodClose", "AwsSolutions-L1"),
+    ("Quotagate/Usage/PipeRole", "AwsSolutions-IAM5[Resource::*]"),
+    ("Quotagate/Usage/PipeDeadLetterQueue", "AwsSolutions-SQS3"),
     ("Quotagate/Gateway/Api", "AwsSolutions-APIG2"),
     (
         "Quotagate/Gateway/Api",

@@ -68,7 +68,8 @@ def send(stack, tenant_key, scenario, index):
         if scenario == "ok_stream":
             body["stream_options"] = {"include_usage": True}
         if scenario == "client_disconnect":
-            body["mock_reply_tokens"] = 400
+            # Slow enough that the gateway cannot have sent the whole answer when the client leaves.
+            body["mock_reply_tokens"], body["mock_fault"] = 60, {"token_delay": 0.05}
         with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
             status, request_id = response.status_code, response.headers["x-quotagate-request-id"]
             for line in response.iter_lines():

@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quotagate import tables
-from quotagate.usage.pipe import BUS_NAME, EVENT_SOURCE, REQUEST_SETTLED, event_entry
+from quotagate.usage.pipe import BUS_NAME, ROLLUP_RULE_PATTERN, event_entry
 
 ROLLUP_QUEUE = "quotagate-usage-rollup"
 ROLLUP_DLQ = "quotagate-usage-rollup-dlq"
 ROLLUP_RULE = "quotagate-request-settled-to-rollup"
-# What the stack's rule matches (cdk_app/constructs/usage_pipeline.py uses the same pattern).
-ROLLUP_RULE_PATTERN = {"source": [EVENT_SOURCE], "detail-type": [REQUEST_SETTLED]}
 MAX_RECEIVES = 5
 log = logging.getLogger("quotagate.local.usage")
 
@@ -130,8 +128,15 @@ class LocalUsagePipeline:
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start:start + 10])])
         return len(received)
 
+    def queued(self) -> int:
+        """Messages in the rollup queue, visible or in flight (a failed one comes back)."""
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self._queue_url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
     def drain(self, timeout: float = 30.0, quiet_passes: int = 2) -> None:
-        """Pump both stages until nothing moves for ``quiet_passes`` passes (tests)."""
+        """Pump both stages until nothing moves for ``quiet_passes`` passes and the rollup queue is
+        empty, including messages waiting to be retried (tests)."""
         deadline = time.monotonic() + timeout
         quiet = 0
         while quiet < quiet_passes:
@@ -139,6 +144,9 @@ class LocalUsagePipeline:
                 raise TimeoutError("usage pipeline did not drain")
             with self._lock:
                 moved = self.pump_stream() + self.pump_queue()
+            if moved == 0 and self.queued():
+                time.sleep(0.2)  # a failed message becomes visible again after the visibility timeout
+                continue
             quiet = quiet + 1 if moved == 0 else 0
 
     # ---- in the background (make dev) --------------------------------------------------------

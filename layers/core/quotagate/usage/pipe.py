@@ -25,6 +25,8 @@ BUS_NAME = "quotagate"
 EVENT_SOURCE = "quotagate"
 REQUEST_SETTLED = "Request Settled"
 SCHEMA_VERSION = "1"
+# The rule that feeds the rollup queue (the stack's rule and local mode's).
+ROLLUP_RULE_PATTERN: dict[str, list[str]] = {"source": [EVENT_SOURCE], "detail-type": [REQUEST_SETTLED]}
 # Reservation states the pipe publishes: settled by the proxy, or closed by the reaper.
 PUBLISHED_STATUSES = ("settled", "expired")
 
