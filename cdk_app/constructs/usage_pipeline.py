@@ -22,8 +22,8 @@ from cdk_app.constructs.layers import SharedLayers
 from cdk_app.context import DeploymentOptions
 from quotagate import settings, tables
 from quotagate.usage import pipe
-from quotagate.usage.pipe import ROLLUP_RULE_PATTERN
 from quotagate.usage.period_close import DEFAULT_GRACE_SECONDS
+from quotagate.usage.pipe import ROLLUP_RULE_PATTERN
 from quotagate.usage.rollup import DEFAULT_THRESHOLDS
 
 ROLLUP_TIMEOUT = Duration.seconds(60)
