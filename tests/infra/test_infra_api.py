@@ -149,11 +149,12 @@ def test_gateway_errors_are_openai_shaped(synthesized, response_type, status, er
 
 def test_integration_permissions_only_for_api_gateway(template):
     permissions = template.find_resources("AWS::Lambda::Permission")
-    # Besides API Gateway, only the reaper's schedule rule may invoke a function (its own).
+    # Besides API Gateway, only schedule rules may invoke a function (each its own): the reaper's
+    # and the usage period close's.
     api = {k: p for k, p in permissions.items() if p["Properties"]["Principal"] == "apigateway.amazonaws.com"}
     others = {k: p["Properties"] for k, p in permissions.items() if k not in api}
     assert all(p["Properties"]["Action"] == "lambda:InvokeFunction" for p in api.values())
-    assert [(p["Principal"], "SourceArn" in p) for p in others.values()] == [("events.amazonaws.com", True)]
+    assert [(p["Principal"], "SourceArn" in p) for p in others.values()] == [("events.amazonaws.com", True)] * 2
     template.has_resource_properties(
         "AWS::Lambda::Permission", {"SourceArn": Match.any_value(), "Principal": "apigateway.amazonaws.com"}
     )

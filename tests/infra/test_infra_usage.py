@@ -64,8 +64,8 @@ def test_pipe_role_reads_only_the_quota_stream_and_puts_only_on_the_bus(synthesi
     role_id = pipe_props["RoleArn"]["Fn::GetAtt"][0]
     role = synthesized.resources[role_id]["Properties"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "pipes.amazonaws.com"}
-    statements = [s for p in synthesized.of_type("AWS::IAM::Policy").values()
-                  if {"Ref": role_id} in p["Properties"]["Roles"] for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    policies = [p["Properties"] for p in synthesized.of_type("AWS::IAM::Policy").values()]
+    statements = [s for p in policies if {"Ref": role_id} in p["Roles"] for s in p["PolicyDocument"]["Statement"]]
     quota = _table_id(synthesized, tables.QUOTA)
     bus_id, _ = _one(synthesized, "AWS::Events::EventBus")
     by_action = {a: s for s in statements for a in _actions(s)}
@@ -78,8 +78,8 @@ def test_pipe_role_reads_only_the_quota_stream_and_puts_only_on_the_bus(synthesi
 
 
 def test_rule_sends_request_settled_to_the_rollup_queue_with_a_dead_letter_queue(synthesized):
-    rules = {k: r["Properties"] for k, r in synthesized.of_type("AWS::Events::Rule").items() if "EventPattern" in r["Properties"]}
-    (rule,) = [r for r in rules.values() if r["EventPattern"].get("detail-type") == ["Request Settled"]]
+    rules = [r["Properties"] for r in synthesized.of_type("AWS::Events::Rule").values()]
+    (rule,) = [r for r in rules if r.get("EventPattern", {}).get("detail-type") == ["Request Settled"]]
     assert rule["EventPattern"] == {"source": ["quotagate"], "detail-type": ["Request Settled"]}
     bus_id, _ = _one(synthesized, "AWS::Events::EventBus")
     assert rule["EventBusName"] == {"Ref": bus_id}
@@ -140,6 +140,10 @@ def test_period_close_runs_hourly(synthesized):
                if r["Properties"].get("ScheduleExpression")]
     assert rule["ScheduleExpression"] == "rate(1 hour)"
     assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    (permission,) = [p["Properties"] for p in synthesized.of_type("AWS::Lambda::Permission").values()
+                     if p["Properties"]["Principal"] == "events.amazonaws.com"]
+    assert permission["FunctionName"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert "SourceArn" in permission
 
 
 def test_usage_table_has_the_period_index(synthesized):
