@@ -82,6 +82,13 @@ FIELDS: dict[str, str] = {
 }
 
 
+def jwt_subject(key_id: str) -> str:
+    """The subject of a JWT caller's key id ``jwt:<tenant, ':' escaped>:<sub>`` (or ``jwt:<sub>``)."""
+    rest = key_id.removeprefix("jwt:")
+    _, colon, subject = rest.partition(":")
+    return subject if colon else rest
+
+
 def reservation_record(
     *,
     request_id: str,
@@ -105,7 +112,7 @@ def reservation_record(
         "tenant": tenant,
         "consumer": consumer,
         "key_id": "" if is_jwt else key_id,
-        "subject": key_id.removeprefix("jwt:") if is_jwt else "",
+        "subject": jwt_subject(key_id) if is_jwt else "",
         "auth_type": AuthType.JWT if is_jwt else AuthType.API_KEY,
         "plan": plan,
         "requested_model": requested_model,
