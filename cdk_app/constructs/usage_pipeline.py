@@ -162,23 +162,18 @@ class UsagePipeline(Construct):
         )
 
         # ---- alarms ---------------------------------------------------------------------------------
-        self.alarms = [
-            cloudwatch.Alarm(
-                self, f"{name}Depth",
-                metric=queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5),
-                                                                           statistic="Maximum"),
-                threshold=1, evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-                alarm_description=description,
-            )
-            for name, queue, description in (
-                ("RollupDeadLetterQueue", self.rollup_dlq,
-                 "Usage events the rollup could not apply after its retries (billing aggregates are behind)"),
-                ("PipeDeadLetterQueue", self.pipe_dlq,
-                 "Stream batches the usage pipe could not deliver to the bus (Request Settled events missing)"),
-            )
-        ]
+        # The rollup queue's dead-letter queue is alarmed by Observability.watch_stack (every queue's
+        # DLQ is); the pipe's is not a queue's DLQ, so it gets its own (which notifies the same topic).
+        self.pipe_dlq_alarm = cloudwatch.Alarm(
+            self, "PipeDeadLetterQueueDepth",
+            metric=self.pipe_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5),
+                                                                              statistic="Maximum"),
+            threshold=1, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description="Stream batches the usage pipe could not deliver to the bus (Request Settled "
+            "events missing)",
+        )
 
     def _queue(self, construct_id: str, **kwargs: object) -> sqs.Queue:
         return sqs.Queue(self, construct_id, enforce_ssl=True, encryption=sqs.QueueEncryption.SQS_MANAGED,

