@@ -608,7 +608,7 @@ class DynamoQuotaLedger:
         if record is not None:
             # The completed usage record, in the same write that flips the status (the outbox).
             update = request["update"] if "update" in request else request["transaction"][0]["Update"]
-            update["UpdateExpression"] += ", #rec = :rec"
+            update["UpdateExpression"] = update["UpdateExpression"].replace("SET ", "SET #rec = :rec, ", 1)
             update["ExpressionAttributeNames"]["#rec"] = RECORD_ATTRIBUTE
             update["ExpressionAttributeValues"][":rec"] = to_attribute(record)
         return bool(
