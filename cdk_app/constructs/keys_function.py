@@ -15,7 +15,7 @@ from quotagate import settings, tables
 class KeysFunction(StackFunction):
     DIRECTORY = "keys"
     DESCRIPTION = "Quotagate key management: create, list, revoke, rotate, change plan (IAM invoke)"
-    TABLES = (tables.KEYS, tables.IDEMPOTENCY)
+    TABLES = (tables.KEYS, tables.IDEMPOTENCY, tables.USAGE)
     TIMEOUT = Duration.seconds(30)
     MEMORY_SIZE = 512
 
@@ -26,6 +26,7 @@ class KeysFunction(StackFunction):
         # Keys and idempotency records only; an operator tool may list every key, hence Scan.
         data.grant(self.function, tables.KEYS, write=True, scan=True)
         data.grant(self.function, tables.IDEMPOTENCY, write=True)
+        data.grant(self.function, tables.USAGE)  # get_usage reads the aggregates, never writes them
 
     def add_extras(self) -> None:
         # The secret idempotent create_key/rotate_key derive keys from (quotagate.key_derivation), so

@@ -51,7 +51,8 @@ def test_layers_are_arm64_python313(template):
 @pytest.mark.parametrize(
     ("service", "handler", "table_vars"),
     [
-        ("quotagate-keys", "handler.lambda_handler", {tables.KEYS.env_var, tables.IDEMPOTENCY.env_var}),
+        ("quotagate-keys", "handler.lambda_handler",
+         {tables.KEYS.env_var, tables.IDEMPOTENCY.env_var, tables.USAGE.env_var}),
         ("quotagate-authorizer", "handler.lambda_handler", {tables.KEYS.env_var}),
         ("quotagate-proxy", "run.sh", {tables.KEYS.env_var, tables.QUOTA.env_var, tables.CIRCUIT.env_var}),
     ],

@@ -135,6 +135,14 @@ def test_usage_functions_touch_only_the_usage_table_and_the_bus(synthesized, ser
         assert not any(a.endswith("*") for a in actions)
 
 
+def test_keys_function_only_reads_the_usage_table(synthesized):
+    usage = _table_id(synthesized, tables.USAGE)
+    actions = {a for s in synthesized.statements_of("quotagate-keys") if usage in json.dumps(s["Resource"])
+               for a in _actions(s)}
+    assert {"dynamodb:Query", "dynamodb:GetItem"} <= actions
+    assert not any(a.split(":", 1)[1].startswith(("Put", "Update", "Delete", "BatchWrite")) for a in actions)
+
+
 def test_period_close_runs_hourly(synthesized):
     function_id, _ = synthesized.function("quotagate-usage_period_close")
     target = {"Fn::GetAtt": [function_id, "Arn"]}

@@ -177,3 +177,61 @@ def test_redelivered_and_shuffled_events_change_no_total(run):
         response = lambda_handler({"Records": batch}, FakeLambdaContext("rollup"))
         assert response == {"batchItemFailures": []}
     assert stored_aggregates(dynamodb) == before
+
+
+def test_get_usage_returns_the_aggregates_per_tenant_key_consumer_and_model(run):
+    stack, _, _, results = run
+    records = [r["item"][RECORD_ATTRIBUTE] for r in results]
+    mine = [r for r in records if r["tenant"] == T1]
+
+    def ok(**fields):
+        response = stack.invoke_keys({"action": "get_usage", "tenant": T1, **fields})
+        assert response["ok"], response
+        return response["result"]
+
+    for granularity in ("hour", "day", "month"):
+        result = ok(granularity=granularity)
+        assert result["totals"]["requests"] == len(mine)
+        assert result["totals"]["total_tokens"] == sum(r["total_tokens"] for r in mine)
+        assert result["totals"]["usd_micros"] == sum(r["cost_usd_micros"] for r in mine)
+        assert sum(p["requests"] for p in result["series"]) == len(mine)
+    alice = next(r["key_id"] for r in results
+                 if r["tenant"] == T1 and r["item"][RECORD_ATTRIBUTE]["consumer"] == "alice")
+    by_key = ok(key_id=alice)["totals"]
+    assert by_key["requests"] == sum(1 for r in mine if r["key_id"] == alice)
+    assert ok(consumer="alice")["totals"] == by_key
+    by_model = ok(by="model")
+    assert {g["model"] for g in by_model["groups"]} == {r["model"] for r in mine}
+    for group in by_model["groups"]:
+        assert group["totals"]["requests"] == sum(1 for r in mine if r["model"] == group["model"])
+        assert group["totals"] == ok(model=group["model"])["totals"]
+    outcomes = ok()["totals"]["requests_by_outcome"]
+    assert sum(outcomes.values()) == len(mine) and outcomes.get("client_disconnect", 0) >= 1
+
+
+@pytest.mark.parametrize("fields", [
+    {"granularity": "week"}, {"key_id": "k", "model": "mock-gpt"}, {"by": "tenant"},
+    {"from": "2026-12-01", "to": "2026-11-01"}, {"from": "yesterday"}, {"granularity": "hour", "from": "2020-01-01"},
+])
+def test_get_usage_refuses_bad_requests_like_the_other_actions(run, fields):
+    stack = run[0]
+    response = stack.invoke_keys({"action": "get_usage", "tenant": T1, **fields})
+    assert response["ok"] is False
+    assert response["error"]["code"] == "invalid_request"
+    assert stack.invoke_keys({"action": "get_usage"})["error"]["code"] == "invalid_request"
+
+
+def test_cli_prints_a_readable_table_and_json(run, capsys):
+    from quotagate import cli
+
+    stack = run[0]
+    totals = stack.invoke_keys({"action": "get_usage", "tenant": T1})["result"]["totals"]
+    assert cli.main(["usage", "--tenant", T1, "--endpoint-url", stack.base_url]) == 0
+    table = capsys.readouterr().out
+    assert f"Usage of tenant {T1}" in table
+    total_line = next(line for line in table.splitlines() if line.startswith("total"))
+    assert f"{totals['requests']:,}" in total_line and f"{totals['total_tokens']:,}" in total_line
+    assert cli.main(["usage", "--tenant", T1, "--by", "model", "--granularity", "month", "--json",
+                     "--endpoint-url", stack.base_url]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["by"] == "model" and document["totals"] == totals

@@ -224,7 +224,7 @@ def test_dispatch_runs_every_action(service, clock):
     assert rotated["rotation_grace_until"] == NOW + 60 and rotated["api_key"] != created["api_key"]
     assert service.dispatch({"action": "revoke_key", "key_id": key_id})["status"] == "revoked"
     assert set(ACTIONS) == {"create_key", "list_keys", "get_key", "revoke_key", "rotate_key", "update_key",
-                            "create_tenant", "get_tenant", "update_tenant"}
+                            "create_tenant", "get_tenant", "update_tenant", "get_usage"}
     mutating = {"create_key", "revoke_key", "rotate_key", "update_key", "create_tenant", "update_tenant"}
     assert mutating == MUTATING_ACTIONS
 

@@ -9,6 +9,8 @@
     quotagate keys update KEY_ID [--plan P] [--allowed-models a,b|*] [--expires-at T|never]
                           [--status active|disabled] [--limits JSON|null] [--name N] [--metadata JSON]
     quotagate providers set-key NAME [--config-file F] [--secret-name S]   (the key on stdin)
+    quotagate usage --tenant T [--key K | --consumer C | --model M | --by model|key]
+                    [--granularity hour|day|month] [--from DATE] [--to DATE] [--json]
     quotagate tenants create TENANT [--limits JSON] [--request-id ID]
     quotagate tenants get TENANT
     quotagate tenants update TENANT --limits JSON|null [--request-id ID]
@@ -33,7 +35,7 @@ import sys
 import uuid
 from typing import Any
 
-from quotagate import cli_providers
+from quotagate import cli_providers, cli_usage
 
 FUNCTION_ENV = "QUOTAGATE_KEYS_FUNCTION"
 DEFAULT_STACK = "Quotagate"
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata", type=_json_arg, default=unset, help="JSON object (replaces); null: none"
     )
 
+    cli_usage.add_parser(commands, common)
+
     tenants = commands.add_parser(
         "tenants", help="manage tenant records (limits shared by a tenant's keys)",
         description="Manage tenant records: limits shared by every key and JWT of a tenant.",
@@ -217,6 +221,8 @@ def build_event(args: argparse.Namespace) -> dict[str, Any]:
     """The keys Lambda event for parsed arguments."""
     if args.command == "tenants":
         return _tenant_event(args)
+    if args.command == "usage":
+        return cli_usage.event(args)
     command = args.keys_command
     if command not in _EVENTS:  # pragma: no cover - argparse only accepts the commands above
         raise CliError("usage", f"unknown command {command}")
@@ -344,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         refusal = document.get("error") or {}
         _print_error(str(refusal.get("code", "error")), str(refusal.get("message", "request failed")))
         return 1
+    if args.command == "usage" and not args.json:
+        print(cli_usage.table(document["result"]))
+        return 0
     print(json.dumps(document.get("result"), indent=2, sort_keys=True))
     return 0
 

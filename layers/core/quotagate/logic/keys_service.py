@@ -48,6 +48,8 @@ from quotagate.dal.tenants_store import (
     TenantVersionConflict,
 )
 from quotagate.key_derivation import KeySecretSource
+from quotagate.usage.periods import Granularity
+from quotagate.usage.query import DynamoUsageReader, GroupBy, UsageQuery, UsageReader, period_range, read_usage
 
 STATUS_ACTIVE = "active"
 STATUS_DISABLED = "disabled"
@@ -149,6 +151,12 @@ ACTIONS: dict[str, _ActionSpec] = {
     "create_tenant": _ActionSpec("create_tenant", frozenset({"tenant"}), frozenset({"limits"}), True),
     "get_tenant": _ActionSpec("get_tenant", frozenset({"tenant"}), frozenset(), False),
     "update_tenant": _ActionSpec("update_tenant", frozenset({"tenant", "limits"}), frozenset(), True),
+    "get_usage": _ActionSpec(
+        "get_usage",
+        frozenset({"tenant"}),
+        frozenset({"key_id", "consumer", "model", "granularity", "from", "to", "by"}),
+        False,
+    ),
 }
 # Actions whose result carries a new plaintext key (``api_key``).
 KEY_ISSUING_ACTIONS = frozenset({"create_key", "rotate_key"})
@@ -192,11 +200,13 @@ class KeysService:
         config_loader: Callable[[], GatewayConfig] = load_config,
         clock: Callable[[], float] = time.time,
         tenants: TenantStore | None = None,
+        usage: UsageReader | None = None,
     ) -> None:
         self._store = store
         self._config_loader = config_loader
         self._clock = clock
         self._tenant_store = tenants
+        self._usage_reader = usage
 
     # ----------------------------------------------------------------------------------- requests
 
@@ -327,6 +337,48 @@ class KeysService:
     def _validate_get_tenant(self, tenant: Any) -> dict[str, Any]:
         return {"tenant": _identifier(tenant, "tenant")}
 
+    def _validate_get_usage(
+        self,
+        tenant: Any,
+        key_id: Any = None,
+        consumer: Any = None,
+        model: Any = None,
+        granularity: Any = "day",
+        by: Any = None,
+        **period: Any,  # "from" and "to" (Python keywords)
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"tenant": _identifier(tenant, "tenant")}
+        if granularity is None:
+            granularity = "day"
+        if granularity not in tuple(Granularity):
+            raise invalid("'granularity' must be one of: hour, day, month")
+        params["granularity"] = Granularity(granularity)
+        if by is not None and by not in tuple(GroupBy):
+            raise invalid("'by' must be 'model' or 'key'")
+        params["by"] = GroupBy(by) if by is not None else None
+        params["key_id"] = None if key_id is None else _usage_key(key_id)
+        params["consumer"] = None if consumer is None else _identifier(consumer, "consumer")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 256):
+            raise invalid("'model' must be a model or alias name (1-256 characters)")
+        params["model"] = model
+        chosen = [name for name in ("key_id", "consumer", "model", "by") if params[name] is not None]
+        if len(chosen) > 1:
+            raise invalid(
+                "usage is aggregated per tenant, per key and per model: give at most one of "
+                f"key_id, consumer, model, by (got {', '.join(chosen)})"
+            )
+        for name in ("from", "to"):
+            value = period.get(name)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64):
+                raise invalid(f"'{name}' must be an ISO-8601 date or date-time such as 2026-11-30")
+        try:
+            params["start"], params["end"] = period_range(
+                params["granularity"], period.get("from"), period.get("to"), self._clock()
+            )
+        except ValueError as error:
+            raise invalid(f"bad period: {error}") from None
+        return params
+
     def _validate_update_tenant(self, tenant: Any, limits: Any) -> dict[str, Any]:
         # Like update_key: null removes every limit; an object is merged (null values remove one).
         if limits is not None and not isinstance(limits, Mapping):
@@ -409,6 +461,13 @@ class KeysService:
         plans). A tenant without a record gets the config's ``default_tenant_limits``.""",
     )
     get_tenant = _action("get_tenant", _validate_get_tenant, """The tenant's record.""")
+    get_usage = _action(
+        "get_usage",
+        _validate_get_usage,
+        """A tenant's usage series (requests, tokens, micro-dollars, requests by outcome) per hour, day
+        or month from the rollup's aggregates: the tenant's, one key's, one consumer's (its keys
+        summed), one model's, or ``by`` model or key. ``from``/``to``: ISO dates or date-times.""",
+    )
     update_tenant = _action(
         "update_tenant",
         _validate_update_tenant,
@@ -537,6 +596,34 @@ class KeysService:
             raise KeysError("conflict", f"tenant '{tenant}' already exists; use update_tenant", 409) from error
         return record.public_view()
 
+    @property
+    def _usage(self) -> UsageReader:
+        if self._usage_reader is None:  # on first use: validation never touches a store
+            from quotagate import aws
+
+            self._usage_reader = DynamoUsageReader(aws.client("dynamodb"))
+        return self._usage_reader
+
+    def _do_get_usage(
+        self,
+        tenant: str,
+        granularity: Granularity,
+        start: str,
+        end: str,
+        key_id: str | None,
+        consumer: str | None,
+        model: str | None,
+        by: GroupBy | None,
+    ) -> dict[str, Any]:
+        keys: tuple[str, ...] = ()
+        if consumer is not None:
+            # A consumer's usage: its gateway keys', and its JWT subject's (key id "jwt:<subject>").
+            owned = [r.key_id for r in self._store.list_by_tenant(tenant) if r.consumer == consumer]
+            keys = (*sorted(owned), f"jwt:{consumer}")
+        query = UsageQuery(tenant, granularity, start, end, key_id=key_id, keys=keys, consumer=consumer,
+                           model=model, by=by)
+        return read_usage(self._usage, query)
+
     def _do_get_tenant(self, tenant: str) -> dict[str, Any]:
         record = self._tenants.get(tenant)
         if record is None:
@@ -622,6 +709,13 @@ def _identifier(value: Any, field_name: str) -> str:
             "(starting with a letter or digit)"
         )
     return value
+
+
+def _usage_key(value: Any) -> str:
+    """A key dimension of usage: a gateway key id, or ``jwt:<subject>`` for a JWT caller."""
+    if isinstance(value, str) and value.startswith("jwt:") and 4 < len(value) <= 260:
+        return value
+    return _key_id(value)
 
 
 def _optional_tenant(value: Any) -> str | None:
