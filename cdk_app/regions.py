@@ -5,6 +5,8 @@
   ``quotagate:webAdapterLayerArn``, but the stack is only checked for the ``aws`` partition).
 * ``AWS::Lambda::Url`` does not exist in the regions of :data:`NO_FUNCTION_URL` (cfn-lint E3006):
   there the proxy's function URL must be switched off (``-c quotagate:functionUrl=false``).
+* ``AWS::Pipes::Pipe`` (the usage pipeline) does not exist in the regions of :data:`NO_PIPES`
+  (cfn-lint E3006): the stack is not offered there.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ NO_FUNCTION_URL = (
     "me-central-1", "il-central-1", "eu-central-2", "ca-west-1", "mx-central-1", "ap-south-2",
     "ap-east-2", "ap-southeast-4", "ap-southeast-5", "ap-southeast-6", "ap-southeast-7",
 )
-FUNCTION_URL_REGIONS = tuple(r for r in COMMERCIAL_REGIONS if r not in NO_FUNCTION_URL)
+# Regions without EventBridge Pipes (the usage pipeline's stream-to-bus link), per cfn-lint's spec.
+NO_PIPES = (
+    "ap-east-2", "ap-southeast-4", "ap-southeast-5", "ap-southeast-6", "ap-southeast-7", "ca-west-1",
+    "il-central-1", "mx-central-1",
+)
+FUNCTION_URL_REGIONS = tuple(r for r in COMMERCIAL_REGIONS if r not in NO_FUNCTION_URL and r not in NO_PIPES)
 
 
 class RegionError(ValueError):
@@ -37,7 +44,7 @@ class RegionError(ValueError):
 
 
 def supported_regions(function_url: bool) -> tuple[str, ...]:
-    return FUNCTION_URL_REGIONS if function_url else COMMERCIAL_REGIONS
+    return FUNCTION_URL_REGIONS if function_url else tuple(r for r in COMMERCIAL_REGIONS if r not in NO_PIPES)
 
 
 def check_region(region: str, *, function_url: bool) -> None:
@@ -48,6 +55,11 @@ def check_region(region: str, *, function_url: bool) -> None:
         raise RegionError(
             f"Lambda function URLs (AWS::Lambda::Url) do not exist in {region}: deploy with "
             "-c quotagate:functionUrl=false (the REST API still serves every client)"
+        )
+    if region in NO_PIPES:
+        raise RegionError(
+            f"EventBridge Pipes (AWS::Pipes::Pipe), which carry the usage events, do not exist in {region}: "
+            "Quotagate cannot be deployed there yet"
         )
     raise RegionError(
         f"Quotagate cannot be deployed to {region!r}: it runs in the commercial AWS regions only "

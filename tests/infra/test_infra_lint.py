@@ -38,4 +38,4 @@ def test_template_without_function_url_is_clean_in_every_listed_region(tmp_path)
     from cdk_app.app import build_app
 
     _, stack = build_app(context={"quotagate:functionUrl": "false"}, outdir=tmp_path, checks=False)
-    assert _lint(Template.from_stack(stack).to_json(), regions.COMMERCIAL_REGIONS) == []
+    assert _lint(Template.from_stack(stack).to_json(), regions.supported_regions(function_url=False)) == []
