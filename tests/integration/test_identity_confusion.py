@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
@@ -157,13 +156,40 @@ def test_openai_sdk_works_with_authorization(edge):
     assert after["A"] > before["A"] and after["B"] == before["B"]
 
 
-@pytest.mark.parametrize("edge", [API_KEY], indirect=True, ids=["API_KEY"])
-def test_anthropic_style_client_works_with_x_api_key(edge):
-    """What the anthropic SDK sends: the key in x-api-key, plus anthropic-version."""
+@pytest.mark.parametrize("edge", [AUTHORIZATION], indirect=True, ids=["AUTHORIZATION"])
+def test_anthropic_sdk_works_with_authorization(edge):
+    """anthropic 2.x (the pinned SDK) sends its api_key as 'Authorization: Bearer'."""
+    import anthropic
+
     stack, _, keys = edge
-    headers: dict[str, Any] = {"x-api-key": keys["B"], "anthropic-version": "2023-06-01"}
+    client = anthropic.Anthropic(base_url=stack.base_url, api_key=keys["A"], max_retries=0)
     before = billed_requests(stack, keys)
-    response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
-    assert response.status_code == 200, response.text
+    message = client.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert message.content
+    after = billed_requests(stack, keys)
+    assert after["A"] > before["A"] and after["B"] == before["B"]
+
+
+@pytest.mark.parametrize("edge", [API_KEY], indirect=True, ids=["API_KEY"])
+def test_x_api_key_clients_work_with_x_api_key(edge):
+    """Clients that send the key in x-api-key (older anthropic SDKs, Anthropic's HTTP examples, the
+    anthropic SDK configured with that header) under identity sources ["x-api-key"]; the same SDK
+    sending 'Authorization: Bearer' is refused there, whatever key it carries."""
+    import anthropic
+
+    stack, _, keys = edge
+    raw = httpx.post(f"{stack.base_url}/v1/messages", timeout=10,
+                     headers={"x-api-key": keys["B"], "anthropic-version": "2023-06-01"},
+                     json={"model": "mock-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert raw.status_code == 200, raw.text
+    client = anthropic.Anthropic(base_url=stack.base_url, api_key=None, auth_token=None, max_retries=0,
+                                 default_headers={"x-api-key": keys["B"]})
+    before = billed_requests(stack, keys)
+    message = client.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert message.content
     after = billed_requests(stack, keys)
     assert after["B"] > before["B"] and after["A"] == before["A"]
+    bearer = anthropic.Anthropic(base_url=stack.base_url, api_key=keys["A"], max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        bearer.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert billed_requests(stack, keys)["A"] == after["A"]
