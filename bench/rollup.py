@@ -67,7 +67,7 @@ def main() -> None:
     calls: collections.Counter[str] = collections.Counter()
     items: collections.Counter[str] = collections.Counter()
 
-    def before(model, params, **_):  # type: ignore[no-untyped-def]
+    def before(model, params, **_):  # type: ignore[no-untyped-def]  # API parameters, before serialising
         if model.service_model.service_name != "dynamodb":
             return
         calls[model.name] += 1
@@ -77,7 +77,7 @@ def main() -> None:
             items[model.name] += 1
 
     boto3.setup_default_session()
-    boto3.DEFAULT_SESSION.events.register("before-call", before)  # type: ignore[union-attr]
+    boto3.DEFAULT_SESSION.events.register("before-parameter-build.dynamodb", before)  # type: ignore[union-attr]
     from functions.usage_rollup.handler import lambda_handler
     from quotagate import tables
     from quotagate.local.apigateway import FakeLambdaContext
@@ -86,6 +86,8 @@ def main() -> None:
     tables.create_all(boto3.client("dynamodb"))
     boto3.client("events").create_event_bus(Name="quotagate")
     events = make_events(args.events)
+    calls.clear()
+    items.clear()
 
     def deliver(batch_events: list[dict]) -> float:
         started = time.perf_counter()
