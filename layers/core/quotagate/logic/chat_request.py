@@ -8,6 +8,7 @@ from typing import Any
 from quotagate import strict_json
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
+from quotagate.mock.faults import FAULT_BODY_FIELD
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_CHOICES = 8
@@ -71,6 +72,10 @@ def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str
         raise invalid_request(error.message, code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    # The mock model server's fault injection is the operator's (a model suffix in the
+    # configuration), never a caller's: forwarded, it let any client make the target fail and open
+    # the circuit breaker shared by every tenant.
+    body.pop(FAULT_BODY_FIELD, None)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("'model' is required and must be a non-empty string.", param="model",
