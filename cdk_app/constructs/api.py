@@ -175,6 +175,7 @@ class GatewayApi(Construct):
                 type=apigw.ResponseType.of(name),
                 status_code=status,
                 templates={"application/json": openai_error_body(message, error_type, code)},
+                response_headers={edge_errors.REQUEST_ID_HEADER: "context.requestId"},
             )
         self._acknowledge()
 

@@ -158,3 +158,13 @@ def test_integration_permissions_only_for_api_gateway(template):
     template.has_resource_properties(
         "AWS::Lambda::Permission", {"SourceArn": Match.any_value(), "Principal": "apigateway.amazonaws.com"}
     )
+
+
+def test_every_gateway_response_carries_the_request_id(synthesized):
+    # Without it an SDK's AuthenticationError (an edge 401) has no request id to quote.
+    responses = list(synthesized.of_type("AWS::ApiGateway::GatewayResponse").values())
+    assert responses
+    for response in responses:
+        parameters = response["Properties"].get("ResponseParameters", {})
+        assert parameters.get("gatewayresponse.header.x-request-id") == "context.requestId", \
+            response["Properties"]["ResponseType"]

@@ -103,3 +103,16 @@ def test_unauthorized_is_401_and_a_ttl_of_zero_caches_nothing():
     run(gateway, {"Authorization": "Bearer good"})
     run(gateway, {"Authorization": "Bearer good"})
     assert authorizer.calls == 3
+
+
+@pytest.mark.parametrize("headers", [{"x-api-key": "anything"}, {"Authorization": "Basic eHl6"},
+                                     {"Authorization": "Bearer bad"}],
+                         ids=["missing identity source", "unauthorized", "denied"])
+def test_edge_401s_carry_a_request_id(edge, headers):
+    # The openai SDK fills AuthenticationError.request_id from x-request-id; API Gateway's gateway
+    # responses carry $context.requestId there (the stack maps it), and so does the emulator.
+    gateway, _, _ = edge
+    first, second = run(gateway, headers), run(gateway, headers)
+    assert first.status_code == second.status_code == 401
+    assert first.headers["x-request-id"] and second.headers["x-request-id"]
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]

@@ -17,6 +17,10 @@ from typing import Any
 
 from quotagate.identity_sources import missing_credential_message
 
+# Every edge error carries the request id here (API Gateway's $context.requestId), like the proxy's
+# answers: the openai SDK reads an error's request id from it.
+REQUEST_ID_HEADER = "x-request-id"
+
 
 @dataclass(frozen=True)
 class EdgeError:

@@ -19,7 +19,7 @@ from typing import Any
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
+from quotagate.edge_errors import INVALID_CREDENTIAL, REQUEST_ID_HEADER, EdgeError, missing_credential
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -161,7 +161,7 @@ class LocalApiGateway:
         identity = tuple(headers.get(source, "") for source in self._identity_sources)
         if self._identity_sources and not all(identity):
             # API Gateway answers 401 without calling the authorizer when an identity source is missing.
-            await _respond_error(send, self._missing_credential)
+            await _respond_error(send, self._missing_credential, request_id)
             return
         result = self.cache.get(identity)
         if result is None:
@@ -170,17 +170,17 @@ class LocalApiGateway:
                 response = await to_thread.run_sync(self._authorizer, event, FakeLambdaContext("authorizer"))
             except Exception as error:
                 if str(error) == "Unauthorized":
-                    await _respond_error(send, self._missing_credential)
+                    await _respond_error(send, self._missing_credential, request_id)
                 else:  # an authorizer crash is a 500 in API Gateway, and not cached
                     await _respond(send, 500, openai_error_body("Authorizer error.", "authorizer_error",
-                                                                "api_error"))
+                                                                "api_error"), extra=_request_id_header(request_id))
                 return
             statements = response.get("policyDocument", {}).get("Statement", [])
             allowed = bool(statements) and all(s.get("Effect") == "Allow" for s in statements)
             result = AuthResult(allowed, response.get("principalId"), dict(response.get("context") or {}))
             self.cache.put(identity, result)
         if not result.allowed:  # API Gateway's ACCESS_DENIED, answered as the stack configures it
-            await _respond_error(send, INVALID_CREDENTIAL)
+            await _respond_error(send, INVALID_CREDENTIAL, request_id)
             return
         # Values in the authorizer context reach the integration as strings, plus principalId.
         authorizer = {k: str(v) if not isinstance(v, str) else v for k, v in result.context.items()}
@@ -218,8 +218,13 @@ class LocalApiGateway:
         await _respond(send, 200, body, extra=[(b"x-amz-executed-version", b"$LATEST"), *extra])
 
 
-async def _respond_error(send: Send, error: EdgeError) -> None:
-    await _respond(send, error.status, json.dumps(error.body()).encode())
+def _request_id_header(request_id: str) -> list[tuple[bytes, bytes]]:
+    # As the stack's gateway responses map it: the openai SDK reads an error's request id from it.
+    return [(REQUEST_ID_HEADER.encode(), request_id.encode())]
+
+
+async def _respond_error(send: Send, error: EdgeError, request_id: str) -> None:
+    await _respond(send, error.status, json.dumps(error.body()).encode(), extra=_request_id_header(request_id))
 
 
 def errors_in_protocol_shape(path: str, send: Send) -> Send:
