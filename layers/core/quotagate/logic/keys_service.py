@@ -26,7 +26,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec
@@ -783,8 +783,34 @@ def _metadata(value: Any) -> dict[str, Any]:
         raise invalid("'metadata' must contain only JSON values (no NaN or infinity)") from error
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise invalid(f"'metadata' must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    if not all(storable_number(number) for number in _numbers_in(value)):
+        raise invalid(f"'metadata' numbers must be 0 or of a magnitude from {MIN_STORED_MAGNITUDE:.0e} "
+                      f"to {MAX_STORED_MAGNITUDE:.0e}")
     # A copy through JSON: what is stored is exactly what was validated (no shared references).
     return json.loads(encoded)
+
+
+# DynamoDB's number range: a number outside it fails the write, which the caller would otherwise
+# see as internal_error for its own bad input.
+MIN_STORED_MAGNITUDE = 1e-130
+MAX_STORED_MAGNITUDE = 1e125
+
+
+def storable_number(number: float) -> bool:
+    return number == 0 or MIN_STORED_MAGNITUDE <= abs(number) <= MAX_STORED_MAGNITUDE
+
+
+def _numbers_in(value: Any) -> Iterator[float]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers_in(item)
 
 
 def _limits(value: Any, allow_null_values: bool = False) -> dict[str, Any]:
@@ -799,6 +825,8 @@ def _limits(value: Any, allow_null_values: bool = False) -> dict[str, Any]:
     for limit_name, number in checked.items():
         if number > MAX_LIMIT_VALUE or not math.isfinite(number):  # an int of any size compares exactly
             raise invalid(f"limits.{limit_name} must be a finite number up to {MAX_LIMIT_VALUE:.0e}")
+        if not storable_number(number):
+            raise invalid(f"limits.{limit_name} must be 0 or at least {MIN_STORED_MAGNITUDE:.0e}")
     if allow_null_values:
         for limit_name, number in value.items():
             if number is None:
