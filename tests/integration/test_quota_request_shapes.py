@@ -55,6 +55,7 @@ PLANS = {
     "tight": {"limits": TIGHT_LIMITS, "models": "*", "default_max_tokens": 256},
     "roomy": {"limits": {"tokens_per_day": 100_000}, "models": "*", "default_max_tokens": 256},
     "room-600": {"limits": {"tokens_per_day": 600}, "models": "*", "default_max_tokens": 256},
+    "usd-only": {"limits": {"usd_per_day": 1.0}, "models": "*", "default_max_tokens": 256},
 }
 
 
@@ -281,3 +282,38 @@ def test_without_a_cap_the_answer_ends_with_length_only_when_the_budget_is_spent
     prompt = settled - tokens.count_text(content)
     assert tokens.count_text(content) >= 600 - prompt - 64
     assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_day") <= 600
+
+
+@pytest.mark.parametrize(("ttl", "write_factor"), [("5m", 1.25), ("1h", 2.0)])
+def test_anthropic_prompt_cache_writes_are_priced_apart_and_covered_by_the_reservation(stack, ttl, write_factor):
+    import math
+
+    key = stack.create_key(tenant=f"cache-{ttl}", plan="roomy")
+    marked = {"type": "text", "text": "A long system prompt about lighthouses. " * 20,
+              "cache_control": {"type": "ephemeral", "ttl": ttl}}
+    body = {"model": "claude", "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
+            "max_tokens": 16}
+    response = post(stack, key["api_key"], body)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    written = usage["prompt_tokens_details"]["cache_creation_tokens"]
+    assert written > 0 and usage["prompt_tokens_details"]["cache_creation_1h_tokens"] == (written if ttl == "1h" else 0)
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    assert item["usage"]["cache_creation_tokens"] == written
+    plain = usage["prompt_tokens"] - written
+    expected = (plain * PRICE["input_per_million"] + written * write_factor * PRICE["input_per_million"]
+                + usage["completion_tokens"] * PRICE["output_per_million"])
+    assert item["usage"]["usd_micros"] == math.ceil(round(expected, 6))
+
+
+def test_a_cache_write_worst_case_is_inside_the_dollar_reservation(stack):
+    key = stack.create_key(tenant="cache-bound", plan="usd-only")
+    marked = {"type": "text", "text": "A long system prompt about lighthouses. " * 40,
+              "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    body = {"model": "claude", "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
+            "max_tokens": 16}
+    response = post(stack, key["api_key"], body)
+    assert response.status_code == 200, response.text
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    reserved_usd = max(c["amount"] for c in item["charges"] if c["sk"].startswith("usd_per_day#"))
+    assert item["usage"]["usd_micros"] <= reserved_usd

@@ -20,7 +20,8 @@ CONFIG = parse_config({
                   "an": {"type": "anthropic", "base_url": "http://127.0.0.1:1/v1"},
                   "br": {"type": "bedrock"}},
     "models": {"m": {"targets": [{"provider": "oa", "upstream_model": "a"},
-                                 {"provider": "an", "upstream_model": "b", "max_output_tokens": 100},
+                                 {"provider": "an", "upstream_model": "b", "max_output_tokens": 100,
+                                  "price": {"input_per_million": 3, "output_per_million": 15}},
                                  {"provider": "br", "upstream_model": "c", "image_tokens": 3000}]}},
     "plans": {"p": {"limits": {}, "default_max_tokens": 50}},
 })
@@ -120,3 +121,23 @@ def test_the_cap_field_follows_the_provider_and_the_target():
         "plans": {"p": {}}})
     fields = {name: reasoning.max_output_field(m.targets[0]) for name, m in reasoning.models.items()}
     assert fields == {"o": "max_completion_tokens", "a": "max_tokens", "b": "max_completion_tokens"}
+
+
+def test_prompt_cache_prices_and_the_reservation_worst_case():
+    from quotagate.config import Price
+
+    price = Price(input_per_million=1_000_000, output_per_million=0)  # one dollar per input token
+    assert price.cost_usd(100, 0) == 100
+    assert price.cost_usd(100, 0, cache_read=50) == 50 + 5
+    assert price.cost_usd(100, 0, cache_write=40) == 60 + 50
+    assert price.cost_usd(100, 0, cache_write=40, cache_write_1h=40) == 60 + 80
+    cached = estimate.measure({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]})
+    assert cached.has_cache_control
+    plain = estimate.measure({"messages": MESSAGES})
+    for cost in (cached, plain):
+        plan = estimate.plan_output(CONFIG, _request(max_tokens=5), (OA, AN), cost, {}, {}, 50)
+        anthropic_prompt = plan.prompts[AN.id]
+        surcharge = AN.price.cost_usd(anthropic_prompt, 0) if cost is cached else 0
+        assert surcharge > 0 or cost is plain
+        assert plan.reserve_usd == pytest.approx(AN.price.cost_usd(anthropic_prompt, 7) + surcharge)

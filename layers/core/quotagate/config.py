@@ -70,13 +70,27 @@ def validate_limits(raw: Any, where: str) -> dict[str, float]:
     return limits
 
 
+# Anthropic prompt caching, as multiples of the input price.
+CACHE_WRITE_5M_FACTOR = 1.25
+CACHE_WRITE_1H_FACTOR = 2.0
+CACHE_READ_FACTOR = 0.1
+
+
 @dataclass(frozen=True)
 class Price:
     input_per_million: float = 0.0
     output_per_million: float = 0.0
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cache_read: int = 0, cache_write: int = 0,
+                 cache_write_1h: int = 0) -> float:
+        """Dollars of a request. ``prompt_tokens`` includes the cached ones: of those, prompt-cache
+        writes cost 1.25x the input price (5-minute cache) or 2x (``cache_write_1h``, the 1-hour
+        cache) and reads 0.1x — Anthropic's prices."""
+        cache_write_1h = min(cache_write_1h, cache_write)
+        plain = max(0, prompt_tokens - cache_read - cache_write)
+        input_units = (plain + CACHE_WRITE_5M_FACTOR * (cache_write - cache_write_1h)
+                       + CACHE_WRITE_1H_FACTOR * cache_write_1h + CACHE_READ_FACTOR * cache_read)
+        return (input_units * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
 PROVIDER_TYPES = ("openai", "anthropic", "bedrock")

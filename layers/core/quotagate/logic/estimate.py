@@ -231,6 +231,14 @@ class OutputPlan:
     slice: int  # per choice: the initial output reservation without a client cap, and the top-up step
 
 
+def cache_write_surcharge(provider: Provider, target: Target, cost: RequestCost, prompt_tokens: int) -> float:
+    """With ``cache_control`` in an Anthropic request, every prompt token may be a 1-hour cache
+    write at 2x the input price: the worst case adds one more input price to the prompt."""
+    if provider.type != "anthropic" or not cost.has_cache_control:
+        return 0.0
+    return target.price.cost_usd(prompt_tokens, 0)
+
+
 def per_request_limit(*limit_maps: dict[str, float]) -> int | None:
     """The tightest ``max_tokens_per_request`` of the key's and the tenant's limits, if any."""
     values = [int(limits[PER_REQUEST_LIMIT]) for limits in limit_maps if limits.get(PER_REQUEST_LIMIT) is not None]
@@ -274,6 +282,7 @@ def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_
     largest_cap = max(caps.values()) * choices
     output_reserve = min(largest_cap, output_slice * choices) if metered else largest_cap
     total = max(prompts[t.id] + needs[t.id] for t in targets)
-    reserve_usd = max(t.price.cost_usd(prompts[t.id], needs[t.id]) for t in targets)
+    reserve_usd = max(t.price.cost_usd(prompts[t.id], needs[t.id])
+                      + cache_write_surcharge(config.providers[t.provider], t, cost, prompts[t.id]) for t in targets)
     return OutputPlan(caps=caps, prompts=prompts, ceilings=ceilings, prompt_reserve=total - output_reserve,
                       output_reserve=output_reserve, reserve_usd=reserve_usd, slice=output_slice)

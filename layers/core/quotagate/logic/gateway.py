@@ -126,7 +126,7 @@ class Quota(Protocol):
                 output_param: str = "max_tokens", usage_fields: dict[str, str] | None = None) -> Any: ...
 
     def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float,
-               settlement: Settlement | None = None) -> bool: ...
+               settlement: Settlement | None = None, cache_tokens: dict[str, int] | None = None) -> bool: ...
 
     def top_up(self, reservation: Any, extra_tokens: int, extra_usd: float) -> bool:
         """Grow an open reservation in the same windows; False when a window has no room."""
@@ -327,11 +327,22 @@ class Gateway:
 
     def _settle(self, reservation: Any, target: Target | None, usage: Usage,
                 settlement: Settlement | None = None) -> float:
-        cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens) if target else 0.0
-        if settlement is None:
-            self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost)
+        if target is None:
+            cost = 0.0
+        elif self._config().providers[target.provider].type == "anthropic":
+            # Prompt-cache writes and reads have their own prices (other providers: list price).
+            cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens,
+                                         usage.cache_creation_tokens, usage.cache_creation_1h_tokens)
         else:
-            self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, settlement=settlement)
+            cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        extra: dict[str, Any] = {}
+        if settlement is not None:
+            extra["settlement"] = settlement
+        cache = {"cache_read_tokens": usage.cache_read_tokens, "cache_creation_tokens": usage.cache_creation_tokens,
+                 "cache_creation_1h_tokens": usage.cache_creation_1h_tokens}
+        if any(cache.values()):
+            extra["cache_tokens"] = cache
+        self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, **extra)
         return cost
 
 

@@ -12,21 +12,32 @@ from quotagate.providers.base import SSEEvent
 
 @dataclass(frozen=True)
 class Usage:
-    prompt_tokens: int
+    prompt_tokens: int  # every input token, cached ones included
     completion_tokens: int
     source: str  # "provider" | "counted"
+    cache_read_tokens: int = 0  # of prompt_tokens: read from a prompt cache
+    cache_creation_tokens: int = 0  # of prompt_tokens: written to a prompt cache
+    cache_creation_1h_tokens: int = 0  # of cache_creation_tokens: into the 1-hour cache
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _usage_numbers(usage: Any) -> tuple[int, int] | None:
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _usage_numbers(usage: Any) -> tuple[int, int, int, int, int] | None:
+    """(prompt, completion, cache read, cache creation, 1-hour cache creation) of an OpenAI usage."""
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
-        return prompt, completion
+        details = usage.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        return (prompt, completion, _count(details.get("cached_tokens")),
+                _count(details.get("cache_creation_tokens")), _count(details.get("cache_creation_1h_tokens")))
     return None
 
 
@@ -36,7 +47,7 @@ class Meter:
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self._messages = messages
         self.prompt_estimate: int | None = None  # charged when the provider reports no usage
-        self._reported: tuple[int, int] | None = None
+        self._reported: tuple[int, int, int, int, int] | None = None
         self._received: list[str] = []
         self.events_seen = 0
 
@@ -79,10 +90,10 @@ class Meter:
         """Provider-reported usage if any; else tiktoken counts. Nothing is charged for a request the
         upstream never started (it refused or was unreachable)."""
         if self._reported:
-            return Usage(*self._reported, source="provider")
+            prompt, completion, read, created, created_1h = self._reported
+            return Usage(prompt, completion, "provider", read, created, created_1h)
         if not upstream_started:
             return Usage(0, 0, source="counted")
-        prompt = self.prompt_estimate
-        if prompt is None:
-            prompt = tokens.chat_prompt_tokens(self._messages)
-        return Usage(prompt, tokens.count_text("".join(self._received)), source="counted")
+        estimate = self.prompt_estimate
+        counted_prompt = estimate if estimate is not None else tokens.chat_prompt_tokens(self._messages)
+        return Usage(counted_prompt, tokens.count_text("".join(self._received)), source="counted")

@@ -211,11 +211,13 @@ class _MessagesPlan:
     input_tokens: int
     token_delay: float
     fault: FaultSpec
+    cache_creation_tokens: int = 0  # real_billing with cache_control: the prompt written to the cache
+    cache_ttl: str = "5m"
 
     # Read by the shared stream/ticket accounting (same names as the chat plan).
     @property
     def prompt_tokens(self) -> int:
-        return self.input_tokens
+        return self.input_tokens + self.cache_creation_tokens
 
     @property
     def completion_tokens(self) -> int:
@@ -228,8 +230,12 @@ class _MessagesPlan:
     def usage(self) -> dict[str, Any]:
         return {
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
             "cache_read_input_tokens": 0,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation_tokens if self.cache_ttl != "1h" else 0,
+                "ephemeral_1h_input_tokens": self.cache_creation_tokens if self.cache_ttl == "1h" else 0,
+            },
             "output_tokens": self.completion_tokens,
             "service_tier": "standard",
         }
@@ -427,15 +433,21 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
         else:
             stop_reason = "max_tokens"
 
+    input_tokens = billing.anthropic_input_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(convo)
+    ttls = billing.cache_control_ttls(body) if fault.real_billing else []
+    # The mock remembers nothing between requests: every marked prompt is a cache write.
+    cache_creation = input_tokens if ttls else 0
     return _MessagesPlan(
         model=split_model(body["model"])[0],
         stream=bool(body.get("stream")),
         blocks=blocks,
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
-        input_tokens=billing.anthropic_input_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(convo),
+        input_tokens=input_tokens - cache_creation,
         token_delay=token_delay,
         fault=fault,
+        cache_creation_tokens=cache_creation,
+        cache_ttl="1h" if "1h" in ttls else "5m",
     )
 
 

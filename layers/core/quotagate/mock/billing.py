@@ -162,6 +162,25 @@ def _converse_block(block: Any) -> int:
     return tokens.count_text(_json(block))
 
 
+def cache_control_ttls(body: dict[str, Any]) -> list[str]:
+    """The ``ttl`` of every ``cache_control`` breakpoint of an Anthropic request ("5m" by default)."""
+    ttls: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            marker = value.get("cache_control")
+            if isinstance(marker, dict):
+                ttls.append(str(marker.get("ttl") or "5m"))
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit({k: body.get(k) for k in ("system", "messages", "tools")})
+    return ttls
+
+
 def bedrock_input_tokens(body: dict[str, Any]) -> int:
     """``inputTokens`` of a Bedrock Converse request as Bedrock bills them."""
     total = tokens.REPLY_PRIMING_TOKENS

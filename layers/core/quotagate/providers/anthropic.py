@@ -388,14 +388,24 @@ def _count(value: Any) -> int | None:
 
 
 def _openai_usage(input_tokens: int, cache_read: int, cache_creation: int,
-                  output_tokens: int) -> dict[str, Any]:
+                  output_tokens: int, cache_creation_1h: int = 0) -> dict[str, Any]:
     prompt = input_tokens + cache_read + cache_creation
+    details: dict[str, int] = {"cached_tokens": cache_read}
+    if cache_creation:
+        # Cache writes are priced apart (1.25x input for 5 minutes, 2x for 1 hour).
+        details["cache_creation_tokens"] = cache_creation
+        details["cache_creation_1h_tokens"] = cache_creation_1h
     return {
         "prompt_tokens": prompt,
         "completion_tokens": output_tokens,
         "total_tokens": prompt + output_tokens,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        "prompt_tokens_details": details,
     }
+
+
+def _cache_1h(usage: dict[str, Any]) -> int | None:
+    creation = usage.get("cache_creation")
+    return _count(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else None
 
 
 def usage_from(usage: Any) -> dict[str, Any] | None:
@@ -406,7 +416,8 @@ def usage_from(usage: Any) -> dict[str, Any] | None:
     if input_tokens is None or output_tokens is None:
         return None
     return _openai_usage(input_tokens, _count(usage.get("cache_read_input_tokens")) or 0,
-                         _count(usage.get("cache_creation_input_tokens")) or 0, output_tokens)
+                         _count(usage.get("cache_creation_input_tokens")) or 0, output_tokens,
+                         _cache_1h(usage) or 0)
 
 
 def to_chat_completion(message: dict[str, Any], model: str | None = None,
@@ -489,6 +500,7 @@ class StreamTranslator(ChunkBuilder):
         self._input: int | None = None
         self._cache_read = 0
         self._cache_creation = 0
+        self._cache_creation_1h = 0
         self._output: int | None = None  # only the final (message_delta) count
 
     def _take_usage(self, usage: Any, final: bool) -> None:
@@ -501,6 +513,8 @@ class StreamTranslator(ChunkBuilder):
             self._cache_read = usage["cache_read_input_tokens"]
         if _count(usage.get("cache_creation_input_tokens")) is not None:
             self._cache_creation = usage["cache_creation_input_tokens"]
+        if _cache_1h(usage) is not None:
+            self._cache_creation_1h = _cache_1h(usage) or 0
         if final and _count(usage.get("output_tokens")) is not None:
             self._output = usage["output_tokens"]
 
@@ -509,7 +523,8 @@ class StreamTranslator(ChunkBuilder):
         """The usage the upstream reported (input from message_start, output from message_delta)."""
         if self._input is None or self._output is None:
             return None
-        return _openai_usage(self._input, self._cache_read, self._cache_creation, self._output)
+        return _openai_usage(self._input, self._cache_read, self._cache_creation, self._output,
+                             self._cache_creation_1h)
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The OpenAI chunks for one Anthropic event. Raises AnthropicStreamError for ``error``."""

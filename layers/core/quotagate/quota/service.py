@@ -358,6 +358,7 @@ class QuotaService:
         completion_tokens: int,
         actual_usd: float,
         settlement: usage_record.Settlement | None = None,
+        cache_tokens: Mapping[str, int] | None = None,
     ) -> bool:
         """Charge actual usage instead of the reservation, exactly once.
 
@@ -406,6 +407,8 @@ class QuotaService:
                         "prompt_tokens": int(prompt_tokens),
                         "completion_tokens": int(completion_tokens),
                         "usd_micros": usd_micros,
+                        # Prompt-cache reads and writes (part of prompt_tokens), priced apart.
+                        **{name: int(n) for name, n in (cache_tokens or {}).items() if n},
                     },
                     record=record,
                 )
