@@ -415,7 +415,8 @@ def test_usage_counts_cache_tokens_as_prompt():
         "prompt_tokens": 115,
         "completion_tokens": 7,
         "total_tokens": 122,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        # Cache writes are carried apart (priced at 1.25x / 2x the input price).
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_creation_tokens": 5, "cache_creation_1h_tokens": 0},
     }
     assert usage_from({"input_tokens": 10}) is None
     assert usage_from(None) is None
