@@ -31,7 +31,7 @@ SCAN_ACTION = "dynamodb:Scan"
 # Tables whose content must survive a stack deletion or replacement: the keys are the customers'
 # credentials, the quota table holds month-to-date budgets, the usage table the billing record.
 # Retained and deletion-protected unless quotagate:retainData=false (test stacks).
-RETAINED = frozenset({tables.KEYS.logical_id, tables.QUOTA.logical_id, "UsageTable"})
+RETAINED = frozenset({tables.KEYS.logical_id, tables.QUOTA.logical_id, tables.USAGE.logical_id})
 
 
 def _attribute(name: str, kind: str = "S") -> dynamodb.Attribute:

@@ -79,7 +79,7 @@ def test_config_parameter_uses_intelligent_tiering(synthesized):
     assert parameter["Properties"]["Tier"] == "Intelligent-Tiering"
 
 
-@pytest.mark.parametrize("prefix", ["DataKeysTable", "DataQuotaTable"])
+@pytest.mark.parametrize("prefix", ["DataKeysTable", "DataQuotaTable", "DataUsageTable"])
 def test_tables_with_customer_data_are_retained_and_deletion_protected(synthesized, prefix):
     (table,) = [t for k, t in _tables(synthesized.json).items() if k.startswith(prefix)]
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
