@@ -70,7 +70,7 @@ def test_the_quota_table_has_the_sparse_reserved_index_for_the_reaper(template):
                         {"AttributeName": "reserved_shard", "KeyType": "HASH"},
                         {"AttributeName": "reserved_at", "KeyType": "RANGE"},
                     ],
-                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["charges", "slots"]},
+                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["charges"]},
                 }
             ],
         },

@@ -97,3 +97,27 @@ def test_only_open_reservations_are_in_the_reaper_index(client):
             KeyConditionExpression="#s = :s", ExpressionAttributeNames={"#s": index.partition_key},
             ExpressionAttributeValues={":s": {"S": f"r{shard}"}})["Items"]
     assert sorted(item["pk"]["S"] for item in items) == ["req#r1", "req#r3"]
+
+
+def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client):
+    from quotagate.errors import GatewayError
+
+    clock = Clock()
+    ledger = DynamoQuotaLedger(client, clock=clock)
+    service = QuotaService(ledger, clock=clock)
+    limits = {"max_concurrent_requests": 1, "tokens_per_month": 100_000}
+    service.reserve("crashed", "k1", "acme", limits, {}, 40, 60, 0.0)  # its environment dies
+    clock.now = T0 + 60
+    with pytest.raises(GatewayError) as refused:
+        service.reserve("blocked", "k1", "acme", limits, {}, 40, 60, 0.0)
+    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+
+    clock.now = T0 + MAX_REQUEST + MARGIN + 1
+    reaper = ReservationReaper(client, max_request_seconds=MAX_REQUEST, margin_seconds=MARGIN, clock=clock)
+    assert reaper.reap().expired == 1
+    assert service.usage_of("key#k1", "max_concurrent_requests") == 0  # the slot is back
+    assert service.usage_of("key#k1", "tokens_per_month", at=T0) == 100  # the charge is kept
+    admitted = service.reserve("next", "k1", "acme", limits, {}, 40, 60, 0.0)
+    assert service.usage_of("key#k1", "max_concurrent_requests") == 1
+    service.settle(admitted, 10, 10, 0.0)
+    assert service.usage_of("key#k1", "max_concurrent_requests") == 0

@@ -42,6 +42,7 @@ LIMIT_NAMES = (
     "usd_per_day",
     "usd_per_month",
     "max_tokens_per_request",
+    "max_concurrent_requests",
 )
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.json")
 _CACHE_SECONDS = 60

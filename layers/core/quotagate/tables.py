@@ -46,7 +46,7 @@ KEYS = TableSpec(
 # the reaper queries just the open ones, oldest first, and never scans. Shards spread the index's
 # writes over several partitions (one index partition absorbs about 1,000 writes/s).
 RESERVED_INDEX = Index(
-    "reserved", "reserved_shard", "reserved_at", sort_key_type="N", include=("charges", "slots")
+    "reserved", "reserved_shard", "reserved_at", sort_key_type="N", include=("charges",)
 )
 QUOTA = TableSpec(
     logical_id="QuotaTable",

@@ -26,6 +26,7 @@ from quotagate.quota.ledger import (
     RESERVED_SHARDS,
     ReservationStatus,
 )
+from quotagate.quota.windows import CONCURRENCY_LIMIT
 
 DEFAULT_MARGIN_SECONDS = 600.0
 DEFAULT_MAX_ITEMS = 1_000  # per run; the schedule comes back for the rest
@@ -116,7 +117,7 @@ class ReservationReaper:
                 ":expires": {"N": str(now + RESERVATION_RETENTION_SECONDS)},
             },
         }
-        releases = slot_releases(self.table_name, item)
+        releases = concurrency_releases(self.table_name, item)
         try:
             if releases:
                 self._client.transact_write_items(TransactItems=[{"Update": update}, *releases])
@@ -130,19 +131,22 @@ class ReservationReaper:
         return True
 
 
-def slot_releases(table_name: str, item: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``ADD -1`` of every concurrency slot a reservation item holds (none without ``slots``)."""
+def concurrency_releases(table_name: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Give back the concurrency slots a reservation item holds (its ``max_concurrent_requests``
+    charges); its other charges are kept."""
     releases = []
-    for slot in item.get("slots", {}).get("L", []):
-        key = slot["M"]
+    for charge in item.get("charges", {}).get("L", []):
+        fields = charge["M"]
+        if fields["sk"]["S"] != CONCURRENCY_LIMIT:
+            continue
         releases.append(
             {
                 "Update": {
                     "TableName": table_name,
-                    "Key": {"pk": key["pk"], "sk": key["sk"]},
-                    "UpdateExpression": "ADD #n :minus_one",
-                    "ExpressionAttributeNames": {"#n": "in_flight"},
-                    "ExpressionAttributeValues": {":minus_one": {"N": "-1"}},
+                    "Key": {"pk": fields["pk"], "sk": fields["sk"]},
+                    "UpdateExpression": "ADD #u :release",
+                    "ExpressionAttributeNames": {"#u": "used"},
+                    "ExpressionAttributeValues": {":release": {"N": str(-int(fields["amount"]["N"]))}},
                 }
             }
         )

@@ -27,6 +27,7 @@ from quotagate.errors import GatewayError
 from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
+    CONCURRENCY_LIMIT,
     PER_REQUEST_LIMIT,
     WINDOW_LIMITS,
     WindowCharge,
@@ -171,7 +172,7 @@ class QuotaService:
                     continue
                 if not scope_id:
                     raise ValueError(f"{scope} limits given without a {scope} id")
-                amount = {"requests": 1, "tokens": tokens, "usd": usd_micros}[unit]
+                amount = {"requests": 1, "tokens": tokens, "usd": usd_micros, "concurrent": 1}[unit]
                 charge = make_charge(scope, scope_id, name, value, amount, now)
                 if charge.amount > charge.limit:
                     raise self._too_large(charge, int(prompt_tokens_estimate), int(max_output_tokens))
@@ -323,9 +324,22 @@ class QuotaService:
 
     @staticmethod
     def _rejected(exceeded: QuotaExceeded, charges: Sequence[WindowCharge], now: float) -> GatewayError:
-        # The binding window is the one that resets last: the request cannot pass before it does.
-        binding = max(exceeded.shortfalls, key=lambda u: u.charge.window_end)
+        # The binding window is the one that resets last: the request cannot pass before it does
+        # (a full concurrency counter frees up when any request ends: it binds only on its own).
+        binding = max(
+            exceeded.shortfalls,
+            key=lambda u: now if u.charge.unit == "concurrent" else u.charge.window_end,
+        )
         charge = binding.charge
+        if charge.unit == "concurrent":
+            return GatewayError(
+                429,
+                f"Too many concurrent requests for {_SCOPE_WORDS[charge.scope]}: {binding.used} in flight, "
+                f"the limit ({CONCURRENCY_LIMIT}) is {charge.limit}. Retry when one has finished.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": "1"},
+            )
         retry_after = retry_after_seconds(charge.window_end, now)
         who = _SCOPE_WORDS[charge.scope]
         unit = charge.unit
@@ -370,7 +384,8 @@ class QuotaService:
             raise ValueError("token counts must be non-negative")
         tokens = int(prompt_tokens) + int(completion_tokens)
         usd_micros = usd_to_micros_ceil(actual_usd)
-        actual = {"requests": None, "tokens": tokens, "usd": usd_micros}
+        # A concurrency slot is given back: 0 in flight once the request has ended.
+        actual = {"requests": None, "tokens": tokens, "usd": usd_micros, "concurrent": 0}
         adjustments = []
         for charge in reservation.charges:
             value = actual[charge.unit]

@@ -24,10 +24,17 @@ WINDOW_LIMITS: dict[str, tuple[str, str]] = {
     "tokens_per_month": ("tokens", "month"),
     "usd_per_day": ("usd", "day"),
     "usd_per_month": ("usd", "month"),
+    # Requests in flight: one counter item (no window), +1 at reservation, -1 at settlement (or
+    # when the reaper expires the reservation of an environment that died).
+    "max_concurrent_requests": ("concurrent", "ever"),
 }
 PER_REQUEST_LIMIT = "max_tokens_per_request"
-# Per-minute windows are rate limits (retrying later helps); day/month windows are budgets.
-RATE_PERIODS = frozenset({"minute"})
+CONCURRENCY_LIMIT = "max_concurrent_requests"
+# Per-minute windows and concurrency are rate limits (retrying later helps); day/month windows
+# are budgets.
+RATE_PERIODS = frozenset({"minute", "ever"})
+# The "window" of the concurrency counter: all of time (its item outlives any request).
+FOREVER = 2**32
 # Window items outlive their window by this much (TTL is clean-up only; settlement of a request
 # that started in a window always lands well within this margin).
 RETENTION_SECONDS = 86_400
@@ -65,6 +72,8 @@ def window_bounds(period: str, now: float) -> tuple[int, int]:
     if period == "day":
         start = t - t % 86_400
         return start, start + 86_400
+    if period == "ever":
+        return 0, FOREVER
     if period == "month":
         moment = datetime.fromtimestamp(t, UTC)
         first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
@@ -84,6 +93,8 @@ def scope_pk(scope: str, scope_id: str) -> str:
 
 
 def window_sk(limit_name: str, window_start: int) -> str:
+    if limit_name == CONCURRENCY_LIMIT:
+        return limit_name  # one counter item, not one per window
     return f"{limit_name}#{iso_utc(window_start)}"
 
 
