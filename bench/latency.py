@@ -141,8 +141,8 @@ def count_aws_calls(requests: int) -> None:
     mock = MockServer(MockSettings(token_delay=0)).start()
     config = json.loads(DEV_CONFIG.read_text())
     config["plans"]["bench"] = {"limits": {"requests_per_minute": 100000, "tokens_per_minute": 10**8,
-                                           "usd_per_day": 10**6},
-                                "tenant_limits": {"usd_per_month": 10**6}, "models": "*"}
+                                           "usd_per_day": 10**6}, "models": "*"}
+    config["default_tenant_limits"] = {"usd_per_month": 10**6}  # tenants without a record
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(config, handle)
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),

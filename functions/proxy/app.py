@@ -75,7 +75,9 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
         key_records=CachedKeyRecords(store, clock=clock or time.monotonic),
         tenant_records=CachedTenantRecords(DynamoTenantStore()),
         # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
-        quota=QuotaService(DynamoQuotaLedger(aws.quota_client()), settlement_queue=settlement_queue,
+        # No read inside reserve: the gateway reads remaining quota concurrently with the upstream.
+        quota=QuotaService(DynamoQuotaLedger(aws.quota_client(), snapshot_after_reserve=False),
+                           settlement_queue=settlement_queue,
                            on_warning=lambda message, **fields: logger.warning(message, extra=fields)),
         providers=HttpProviderFactory(load_config, http),
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).

@@ -146,7 +146,7 @@ def test_minute_window_429_is_rate_limit_with_retry_after(service, clock):
     assert error.type == "tokens"
     assert error.code == "rate_limit_exceeded"
     assert "API key" in error.message and "tokens_per_minute" in error.message
-    assert error.headers["retry-after"] == "30"
+    assert 30 <= int(error.headers["retry-after"]) <= 34  # the reset, plus jitter
     assert error.headers["x-ratelimit-limit-tokens"] == "1000"
     assert error.headers["x-ratelimit-remaining-tokens"] == "0"
     assert error.headers["x-ratelimit-reset-tokens"] == "30s"
@@ -402,3 +402,43 @@ def test_threads_on_the_in_memory_ledger_admit_exactly_the_limit(service):
         thread.join()
     assert len(admitted) == 10 and rejected == [429] * 30
     assert used(service, "key#k1", "tokens_per_minute") == 1000
+
+
+# ---- 429 headers: the refusing window, no retry for budgets, jittered retry-after --------------------
+
+
+def test_a_requests_per_minute_429_describes_the_minute_not_a_day_window(service):
+    limits = {"requests_per_minute": 1, "tokens_per_day": 1000}
+    reserve(service, "a", key_limits=limits)
+    with pytest.raises(GatewayError) as err:
+        reserve(service, "b", key_limits=limits)
+    headers = err.value.headers
+    assert err.value.code == "rate_limit_exceeded" and err.value.type == "requests"
+    assert headers["x-ratelimit-limit-requests"] == "1" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "30s"
+    # The day's token window did not refuse: nothing about it (it resets in 13 h, not in 30 s).
+    assert not any(name.endswith("-tokens") for name in headers)
+    assert "x-should-retry" not in headers
+
+
+def test_budget_429s_tell_sdks_not_to_retry(service):
+    limits = {"tokens_per_day": 150}
+    reserve(service, "a", key_limits=limits)
+    with pytest.raises(GatewayError) as err:
+        reserve(service, "b", key_limits=limits)
+    assert err.value.code == "insufficient_quota" and err.value.headers["x-should-retry"] == "false"
+    assert err.value.headers["x-ratelimit-limit-tokens"] == "150"
+    with pytest.raises(GatewayError) as zero:
+        reserve(service, "c", key_limits={"tokens_per_month": 0})
+    assert zero.value.code == "insufficient_quota" and zero.value.headers["x-should-retry"] == "false"
+
+
+def test_per_minute_retry_after_is_spread_and_never_before_the_reset(service, clock):
+    limits = {"requests_per_minute": 1}
+    reserve(service, "a", key_limits=limits)
+    seen = set()
+    for i in range(40):
+        with pytest.raises(GatewayError) as err:
+            reserve(service, f"refused-{i}", key_limits=limits)
+        seen.add(int(err.value.headers["retry-after"]))
+    assert min(seen) >= 30 and max(seen) <= 34 and len(seen) > 1

@@ -89,8 +89,9 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
     reservation = await to_thread.run_sync(lambda: gateway._quota.reserve(
         request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
         prompt_reserve, 0, reserve_usd, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
+    remaining = gateway.start_remaining_read(reservation)  # overlaps the upstream call
     outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
-    headers = {**reservation.headers(), "x-quotagate-request-id": request_id}
+    headers = {"x-quotagate-request-id": request_id}
     served, data, status = None, None, 200
     try:
         last: UpstreamError | None = None
@@ -125,10 +126,12 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                                                       code="upstream_unavailable"))
         outcome.target = served.id
         headers["x-quotagate-target"] = served.id
-        return data, headers
+        await gateway.finish_remaining_read(remaining)
+        return data, {**reservation.headers(), **headers}
     except GatewayError as error:
         status = error.status
-        error.headers = {**headers, **error.headers}
+        await gateway.finish_remaining_read(remaining)
+        error.headers = {**reservation.headers(), **headers, **error.headers}
         raise
     finally:
         with anyio.CancelScope(shield=True):

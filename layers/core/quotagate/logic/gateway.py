@@ -304,6 +304,9 @@ class Gateway:
             request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
             plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text=output_text,
             output_param=output_param, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
+        # The remaining-quota read for the x-ratelimit-* headers overlaps the upstream call: the
+        # reservation is the only store round trip before the first byte.
+        remaining = self.start_remaining_read(reservation)
         outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model,
                           reserved_tokens=plan.prompt_reserve + plan.output_reserve, reserved_usd=plan.reserve_usd)
         outcome.started = started
@@ -313,11 +316,27 @@ class Gateway:
             if not request.stream:
                 await response.collect()
         except BaseException as error:
+            await self.finish_remaining_read(remaining)
             await response.finish(error.status if isinstance(error, GatewayError) else 500)
             if isinstance(error, GatewayError):
                 error.headers = {**response.headers, **error.headers}
             raise
+        await self.finish_remaining_read(remaining)  # done long ago, unless the store is slow
         return response
+
+    def start_remaining_read(self, reservation: Any) -> asyncio.Future[None] | None:
+        read = getattr(self._quota, "read_remaining", None)
+        if read is None:
+            return None
+        return asyncio.ensure_future(to_thread.run_sync(read, reservation))
+
+    @staticmethod
+    async def finish_remaining_read(task: asyncio.Future[None] | None) -> None:
+        """Wait for the read started by ``start_remaining_read``; a failure only loses header values."""
+        if task is None:
+            return
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await task
 
     async def embeddings(self, identity: Identity, raw_body: bytes,
                          request_id: str) -> tuple[dict[str, Any], dict[str, str]]:

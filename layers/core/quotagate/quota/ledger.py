@@ -182,6 +182,10 @@ class QuotaLedger(Protocol):
         """Current ``used`` of a window item (0 if absent). For tests, the CLI, diagnostics."""
         ...
 
+    def read_used(self, charges: Sequence[WindowCharge]) -> list[int | None]:
+        """``used`` of each charge's window item now (None: unknown), best effort, for headers."""
+        ...
+
     def get_reservation(self, request_id: str) -> dict[str, Any] | None: ...
 
 
@@ -333,6 +337,10 @@ class InMemoryQuotaLedger:
     def get_used(self, pk: str, sk: str) -> int:
         with self._lock:
             return self._used.get((pk, sk), 0)
+
+    def read_used(self, charges: Sequence[WindowCharge]) -> list[int | None]:
+        with self._lock:
+            return [self._used.get(c.item_key) for c in charges]
 
     def get_reservation(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:

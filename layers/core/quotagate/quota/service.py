@@ -17,6 +17,7 @@ compensation the ledger cannot write goes to the durable ``settlement_queue`` (w
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,8 @@ from quotagate.quota.windows import (
 from quotagate.usage import record as usage_record
 
 TOO_LARGE_CODE = "request_too_large_for_limit"
+# A per-minute 429's retry-after is the reset plus 0..this many seconds, drawn per response.
+RETRY_JITTER_SECONDS = 4
 _SCOPE_WORDS = {"key": "this API key", "tenant": "this tenant"}
 
 
@@ -123,6 +126,7 @@ class QuotaService:
     ) -> None:
         self._ledger = ledger
         self._clock = clock
+        self._rng = random.Random()  # retry-after jitter (tests may seed it)
         self.settlement_queue = settlement_queue
         self._warn = on_warning or (lambda message, **fields: None)
 
@@ -190,6 +194,7 @@ class QuotaService:
                 f"{who.capitalize()} has no allowance for {charge.limit_name} (the limit is 0).",
                 type=charge.unit,
                 code="insufficient_quota",
+                headers={"x-should-retry": "false"},
             )
         if charge.unit == "tokens" and prompt > charge.limit:
             return GatewayError(
@@ -322,8 +327,7 @@ class QuotaService:
             )
             return True
 
-    @staticmethod
-    def _rejected(exceeded: QuotaExceeded, charges: Sequence[WindowCharge], now: float) -> GatewayError:
+    def _rejected(self, exceeded: QuotaExceeded, charges: Sequence[WindowCharge], now: float) -> GatewayError:
         # The binding window is the one that resets last: the request cannot pass before it does
         # (a full concurrency counter frees up when any request ends: it binds only on its own).
         binding = max(
@@ -347,8 +351,12 @@ class QuotaService:
             f"limit {_amount_text(unit, charge.limit)}, used {_amount_text(unit, binding.used)}, "
             f"requested {_amount_text(unit, charge.amount)}"
         )
+        headers: dict[str, str] = {}
         if charge.is_rate_limit:
             code = "rate_limit_exceeded"
+            # Spread the refused clients over a few seconds after the reset, so they do not all
+            # come back in the same 100 ms (never before the window resets).
+            retry_after += self._rng.randint(0, RETRY_JITTER_SECONDS)
             message = (
                 f"Rate limit reached for {who} on {charge.limit_name}: {detail}. "
                 f"Please try again in {retry_after}s."
@@ -359,10 +367,14 @@ class QuotaService:
                 f"Quota exceeded for {who} on {charge.limit_name}: {detail}. "
                 f"The window resets at {iso_utc(charge.window_end)}."
             )
+            headers["x-should-retry"] = "false"  # a budget: SDKs must not retry it
+        headers["retry-after"] = str(retry_after)
+        # The x-ratelimit-* headers describe the window that refused (and its unit's sibling of the
+        # same period, e.g. requests and tokens per minute), never a window of another period.
         known = {u.charge.item_key: u for u in exceeded.observed}
-        usages = [known.get(c.item_key, WindowUsage(c, None)) for c in charges]
-        headers = {"retry-after": str(retry_after)}
-        headers.update(ratelimit_headers(usages, now, prefer=exceeded.shortfalls))
+        usages = [known.get(c.item_key, WindowUsage(c, None)) for c in charges if c.period == charge.period]
+        prefer = [binding, *(u for u in exceeded.shortfalls if u.charge.period == charge.period)]
+        headers.update(ratelimit_headers(usages, now, prefer=prefer))
         return GatewayError(429, message, type=charge.unit, code=code, headers=headers)
 
     def settle(
@@ -454,6 +466,15 @@ class QuotaService:
         return grown
 
     # ---- reads -----------------------------------------------------------------------------------
+
+    def read_remaining(self, reservation: Reservation) -> None:
+        """Fill in ``used`` of the reservation's windows for its ``x-ratelimit-remaining-*`` headers
+        (one strongly consistent read, best effort). The proxy runs it concurrently with the
+        upstream call, so the reservation is the only store round trip before the first byte."""
+        if not reservation.charges or all(u.used is not None for u in reservation.usages):
+            return
+        used = self._ledger.read_used(reservation.charges)
+        reservation.usages = tuple(WindowUsage(c, u) for c, u in zip(reservation.charges, used, strict=True))
 
     def usage_of(self, pk: str, limit_name: str, at: float | None = None) -> int:
         """``used`` of the window of ``limit_name`` containing ``at`` (default: now) for a scope
