@@ -18,6 +18,7 @@ from quotagate import tables
 from quotagate.errors import GatewayError
 from quotagate.local.motoserver import reset_moto_server, start_moto_server
 from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation
+from quotagate.quota.service import RETRY_JITTER_SECONDS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -134,7 +135,7 @@ def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(servic
     assert len(admitted) == 1000 // 100
     assert len(rejected) == 40
     assert {(e.code, e.type) for e in rejected} == {("rate_limit_exceeded", "tokens")}
-    assert all(1 <= int(e.headers["retry-after"]) <= 30 for e in rejected)
+    assert all(1 <= int(e.headers["retry-after"]) <= 30 + RETRY_JITTER_SECONDS for e in rejected)
     assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 1000
 
     tokens, _ = settle_all_randomly(service, admitted, random.Random(1))
@@ -245,8 +246,8 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
     # The short window's used value came back with the failed transaction (ALL_OLD), no extra read.
     assert error.headers["x-ratelimit-limit-tokens"] == "1000"
     assert error.headers["x-ratelimit-remaining-tokens"] == "100"
-    # Not short: a lower bound from the condition that held (remaining >= 1), still no read.
-    assert error.headers["x-ratelimit-remaining-requests"] == "1"
+    # The headers describe the day window that refused, not the minute windows that did not.
+    assert not any(name.endswith("-requests") for name in error.headers)
     assert {c.item_key: ledger.get_used(c.pk, c.sk) for c in first.charges} == snapshot
     assert ledger.get_reservation("multi-2-" + ids["key"]) is None
 
