@@ -473,8 +473,9 @@ class QuotaService:
         upstream call, so the reservation is the only store round trip before the first byte."""
         if not reservation.charges or all(u.used is not None for u in reservation.usages):
             return
-        used = self._ledger.read_used(reservation.charges)
-        reservation.usages = tuple(WindowUsage(c, u) for c, u in zip(reservation.charges, used, strict=True))
+        charges = reservation.charges  # one snapshot: a top-up may replace the tuple meanwhile
+        used = self._ledger.read_used(charges)
+        reservation.usages = tuple(WindowUsage(c, u) for c, u in zip(charges, used, strict=True))
 
     def usage_of(self, pk: str, limit_name: str, at: float | None = None) -> int:
         """``used`` of the window of ``limit_name`` containing ``at`` (default: now) for a scope
