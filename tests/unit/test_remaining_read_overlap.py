@@ -32,8 +32,8 @@ class StoreLikeDynamo(InMemoryQuotaLedger):
         self.upstream_called = upstream_called
         self.events: list[str] = []
 
-    def reserve(self, request_id, charges):
-        usages = super().reserve(request_id, charges)
+    def reserve(self, request_id, charges, record=None):
+        usages = super().reserve(request_id, charges, record)
         self.events.append("reserve")
         return [WindowUsage(u.charge, None) for u in usages]
 
