@@ -11,13 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from quotagate import settings
-from quotagate.errors import GatewayError, not_found
+from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
 from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, Gateway
@@ -312,6 +312,16 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         return error_response(GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
                               protocol_path=request.url.path)
 
+    async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+        # The client hung up before its body was complete: a client event, not a gateway error.
+        # Nothing was reserved yet; the answer below goes nowhere.
+        from quotagate.observability import logger
+
+        logger.info("client disconnected before sending its whole request body",
+                    extra={"path": request.url.path, "request_id": request_id_of(request)})
+        return error_response(invalid_request("The client disconnected before sending the whole request body.",
+                                              code="client_disconnected"))
+
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
@@ -335,7 +345,8 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
-        GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected}))
+        GatewayError: on_gateway_error, HTTPException: on_http_error, ClientDisconnect: on_client_disconnect,
+        Exception: on_unexpected}))
 
 
 app = create_app()

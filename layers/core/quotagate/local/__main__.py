@@ -31,20 +31,26 @@ def _isolate_from_aws(endpoint_url: str) -> None:
     os.environ.setdefault("QG_QUOTA_TIME_SCALE", "10")
 
 
-def _provider_secrets_from_env() -> None:
+def provider_secrets_from_env() -> None:
     """Real providers are used locally when their keys are given: QG_SECRET_<NAME> becomes the
-    Secrets Manager secret of that name in moto (e.g. QG_SECRET_QUOTAGATE_PROVIDERS_OPENAI)."""
+    Secrets Manager secret of that name in moto (e.g. QG_SECRET_QUOTAGATE_PROVIDERS_OPENAI).
+    Several providers may share one secret: each secret is written once; one that already exists
+    (a restart against the same moto) gets the new value."""
     import boto3
 
     from quotagate.config import load_config
 
     client = boto3.client("secretsmanager")
-    for provider in load_config(force=True).providers.values():
-        if not provider.api_key_secret:
+    names = {p.api_key_secret for p in load_config(force=True).providers.values() if p.api_key_secret}
+    for name in sorted(names):
+        env_name = "QG_SECRET_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+        value = os.environ.get(env_name)
+        if not value:
             continue
-        env_name = "QG_SECRET_" + "".join(c if c.isalnum() else "_" for c in provider.api_key_secret).upper()
-        if os.environ.get(env_name):
-            client.create_secret(Name=provider.api_key_secret, SecretString=os.environ[env_name])
+        try:
+            client.create_secret(Name=name, SecretString=value)
+        except client.exceptions.ResourceExistsException:
+            client.put_secret_value(SecretId=name, SecretString=value)
 
 
 def _start_usage_pipeline() -> None:
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     queue_url = settlements.create_queue(boto3.client("sqs"))
     os.environ[settings.SETTLEMENT_QUEUE_URL] = queue_url
     settlements.start_worker(boto3.client("dynamodb"), boto3.client("sqs"), queue_url)
-    _provider_secrets_from_env()
+    provider_secrets_from_env()
     _start_usage_pipeline()
 
     from functions.keys.handler import lambda_handler as keys_handler
