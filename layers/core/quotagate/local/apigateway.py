@@ -210,6 +210,12 @@ class LocalApiGateway:
                 break
         try:
             payload = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError):
+            # What Lambda's Invoke API answers for a payload it cannot decode: the function never runs.
+            body = json.dumps({"Type": "User", "message": "Could not parse request body into json."}).encode()
+            await _respond(send, 400, body, extra=[(b"x-amzn-errortype", b"InvalidRequestContentException")])
+            return
+        try:
             result = await to_thread.run_sync(self._keys_handler, payload, FakeLambdaContext(name))
             body, extra = json.dumps(result).encode(), []
         except Exception as error:  # what Lambda returns for an unhandled function error

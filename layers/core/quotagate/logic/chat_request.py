@@ -93,7 +93,8 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_value")
-        if message.get("role") not in _ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object is unhashable
             raise invalid_request(f"'{where}.role' must be one of {sorted(_ROLES)}.", param=f"{where}.role",
                                   code="invalid_value")
         content = message.get("content")
