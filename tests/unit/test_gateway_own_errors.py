@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from quotagate.errors import GatewayError
-from quotagate.providers.base import SSEEvent
+from quotagate.providers.base import SSEEvent, UpstreamError
 from tests.unit.test_router_failover import A, B, FakeProvider, chat, make
 
 
@@ -61,4 +61,16 @@ def test_gateway_side_unavailability_fails_over_without_counting_against_the_tar
     for _ in range(3):
         response, _ = chat(gateway)
         assert response.target.id == B
+    assert store.get_many([A]) == {}
+
+
+@pytest.mark.parametrize("error", [
+    UpstreamError(503, "Credentials for provider 'p' are unavailable.", code="provider_credentials_unavailable"),
+    UpstreamError(502, "Provider 'p' has no AWS region (set AWS_REGION).", code="provider_misconfigured"),
+])
+def test_an_adapter_reporting_the_gateways_own_setup_fails_over_without_blame(error):
+    # Bedrock's adapter reports missing AWS credentials or region as UpstreamErrors with these codes.
+    gateway, _, store = make({A: [error] * 3, B: []}, threshold=2)
+    for _ in range(3):
+        assert chat(gateway)[0].target.id == B
     assert store.get_many([A]) == {}

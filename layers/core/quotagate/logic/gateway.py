@@ -72,6 +72,9 @@ MAX_RETRY_ROUNDS = 2  # Retry-After waits per request, once every target has fai
 DEFAULT_MAX_RETRY_WAIT = 20.0  # seconds; longer Retry-After hints are passed on to the client
 # A target that cannot express the request (features the provider lacks): try the next one.
 UNSUPPORTED_CODES = frozenset({"unsupported_for_provider", "unsupported_for_model"})
+# The gateway's own setup for a provider (its credentials, its region): try the next target, but
+# the target did nothing wrong, so its circuit is not told.
+GATEWAY_SIDE_CODES = frozenset({"provider_credentials_unavailable", "provider_misconfigured"})
 
 T = TypeVar("T")
 
@@ -835,7 +838,7 @@ class ChatResponse:
 
 def _classify(error: UpstreamError) -> Exception:
     """Before the first byte: which upstream errors move on to the next target."""
-    if error.code in UNSUPPORTED_CODES:
+    if error.code in UNSUPPORTED_CODES or error.code in GATEWAY_SIDE_CODES:
         return _AttemptFailed(error, count_against_target=False)
     if error.status >= 500 or error.status in (408, 429):
         return _AttemptFailed(error)
