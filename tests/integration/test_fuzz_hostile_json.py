@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of everything a client sends, through the whole local gateway:
-chat completions, embeddings and every keys-API action, with hostile JSON — wrong types, sizes, deep
+chat completions, embeddings, responses and every keys-API action, with hostile JSON — wrong types, sizes, deep
 nesting, NaN / Infinity / huge numbers, unicode, lone surrogates as raw ``\\ud800`` escapes in the
 bytes, broken UTF-8, non-objects.
 
@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.timeout(300),
 
 CHAT_EXAMPLES = 100
 EMBEDDINGS_EXAMPLES = 40
+RESPONSES_EXAMPLES = 40
 KEYS_EXAMPLES_PER_ACTION = 10
 KEYS_RAW_EXAMPLES = 40
 
@@ -116,6 +117,10 @@ CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temp
                "tool_choice", "response_format", "logit_bias", "metadata"]
 EMBEDDINGS_BASE = {"model": '"mock-gpt"', "input": '"hello"'}
 EMBEDDINGS_FIELDS = ["model", "input", "dimensions", "encoding_format", "user"]
+RESPONSES_BASE = {"model": '"mock-gpt"', "input": '"hi"', "max_output_tokens": "16"}
+RESPONSES_FIELDS = ["model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools",
+                    "tool_choice", "text", "stream", "store", "previous_response_id", "metadata", "user",
+                    "parallel_tool_calls", "reasoning", "truncation"]
 
 
 # -- the stack and what is observed ---------------------------------------------------------------
@@ -175,6 +180,12 @@ def test_fuzz_chat_completions(stack, http, api_key, raw):
 @given(raw=bodies(EMBEDDINGS_BASE, EMBEDDINGS_FIELDS))
 def test_fuzz_embeddings(stack, http, api_key, raw):
     check_refusal_is_free(stack, http, api_key, "/v1/embeddings", raw)
+
+
+@fuzz(RESPONSES_EXAMPLES)
+@given(raw=bodies(RESPONSES_BASE, RESPONSES_FIELDS))
+def test_fuzz_responses(stack, http, api_key, raw):
+    check_refusal_is_free(stack, http, api_key, "/v1/responses", raw)
 
 
 # -- the keys API ---------------------------------------------------------------------------------
