@@ -1,11 +1,12 @@
 """Property-based fuzzing (hypothesis) of everything a client sends, through the whole local gateway:
-chat completions, embeddings, responses and every keys-API action, with hostile JSON — wrong types, sizes, deep
-nesting, NaN / Infinity / huge numbers, unicode, lone surrogates as raw ``\\ud800`` escapes in the
-bytes, broken UTF-8, non-objects.
+chat completions, embeddings, responses, Anthropic messages and every keys-API action, with hostile
+JSON — wrong types, sizes, deep nesting, NaN / Infinity / huge numbers, unicode, lone surrogates as
+raw ``\\ud800`` escapes in the bytes, broken UTF-8, non-objects.
 
 Properties, for every example:
 - never a 5xx (and for the keys API never ``internal_error`` nor an unhandled function error);
-- a refusal is OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``), or keys-API-shaped
+- a refusal is OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``; on ``/v1/messages``
+  Anthropic-shaped, ``{"type": "error", "error": {"type", "message"}}``), or keys-API-shaped
   (``{"ok": false, "error": {"code", "message"}}``);
 - a refused request made zero upstream calls (the mock's counters) and left nothing charged or
   written: the quota and circuit tables (and, for the keys API, every table) are unchanged.
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.timeout(300),
 CHAT_EXAMPLES = 100
 EMBEDDINGS_EXAMPLES = 40
 RESPONSES_EXAMPLES = 40
+MESSAGES_EXAMPLES = 40
 KEYS_EXAMPLES_PER_ACTION = 10
 KEYS_RAW_EXAMPLES = 40
 
@@ -123,6 +125,11 @@ RESPONSES_FIELDS = ["model", "input", "instructions", "max_output_tokens", "temp
                     "parallel_tool_calls", "reasoning", "truncation"]
 
 
+MESSAGES_BASE = {"model": '"mock-gpt"', "max_tokens": "16", "messages": '[{"role": "user", "content": "hi"}]'}
+MESSAGES_FIELDS = ["model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
+                   "stream", "tools", "tool_choice", "metadata", "thinking"]
+
+
 # -- the stack and what is observed ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
@@ -156,16 +163,19 @@ def upstream_calls(stack) -> int:
     return sum(count for name, count in stack.mock.stats.snapshot().items() if name.endswith("_requests"))
 
 
-def check_refusal_is_free(stack, http, api_key, path: str, raw: bytes) -> None:
+def check_refusal_is_free(stack, http, api_key, path: str, raw: bytes, anthropic_shaped: bool = False) -> None:
     before, calls = scan(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
     response = http.post(path, content=raw, headers={"authorization": f"Bearer {api_key}",
                                                      "content-type": "application/json"})
     assert response.status_code < 500, (raw[:300], response.status_code, response.text[:300])
     if response.status_code < 400:
         return  # a valid request (it happens): served and charged like any other
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}, response.text
-    assert isinstance(error["message"], str) and error["message"]
+    body = response.json()
+    if anthropic_shaped:  # the Messages API's own error shape
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, response.text
+    else:
+        assert set(body["error"]) == {"message", "type", "param", "code"}, response.text
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert upstream_calls(stack) == calls, raw[:300]
     assert scan(tables.QUOTA, tables.CIRCUIT) == before, raw[:300]
 
@@ -186,6 +196,12 @@ def test_fuzz_embeddings(stack, http, api_key, raw):
 @given(raw=bodies(RESPONSES_BASE, RESPONSES_FIELDS))
 def test_fuzz_responses(stack, http, api_key, raw):
     check_refusal_is_free(stack, http, api_key, "/v1/responses", raw)
+
+
+@fuzz(MESSAGES_EXAMPLES)
+@given(raw=bodies(MESSAGES_BASE, MESSAGES_FIELDS))
+def test_fuzz_anthropic_messages(stack, http, api_key, raw):
+    check_refusal_is_free(stack, http, api_key, "/v1/messages", raw, anthropic_shaped=True)
 
 
 # -- the keys API ---------------------------------------------------------------------------------
