@@ -32,6 +32,7 @@ def gateway():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["QG_FORWARD_MOCK_CONTROLS"] = "1"  # one test sets the mock's reply length
     process = subprocess.Popen(
         [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", str(TOKEN_DELAY)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -84,6 +84,21 @@ def test_core_layer_is_the_quotagate_package_without_dev_tools(core_dir):
     assert sorted(p.name for p in core_dir.iterdir()) == ["quotagate"]
 
 
+def test_core_layer_never_imports_the_dev_only_packages(core_dir):
+    """The layer ships without ``local`` and ``mock``: an import of them, even a lazy one inside a
+    function, would be an ImportError in Lambda."""
+    import ast
+
+    offending = []
+    for path in (core_dir / "quotagate").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offending += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[:2] in (["quotagate", "mock"], ["quotagate", "local"])]
+    assert offending == []
+
+
 def test_core_layer_holds_exactly_the_hashed_files(core_dir):
     staged = sorted(
         p.relative_to(core_dir / "quotagate") for p in (core_dir / "quotagate").rglob("*") if p.is_file()

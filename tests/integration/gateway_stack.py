@@ -143,7 +143,9 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
                        "QG_CONFIG_FILE": str(config_file), "QG_KEEPALIVE_SECONDS": str(keepalive_seconds),
                        # moto answers one request at a time (see settings.QUOTA_TIME_SCALE).
-                       "QG_QUOTA_TIME_SCALE": "10"})
+                       "QG_QUOTA_TIME_SCALE": "10",
+                       # Tests drive the mock's timing and reply length through the gateway.
+                       "QG_FORWARD_MOCK_CONTROLS": "1"})
     if max_request_seconds is not None:
         os.environ["QG_MAX_REQUEST_SECONDS"] = str(max_request_seconds)
     config.reset_cache()

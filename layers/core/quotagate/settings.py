@@ -39,6 +39,9 @@ QUOTA_TIME_SCALE = "QG_QUOTA_TIME_SCALE"
 MAX_REQUEST_SECONDS = "QG_MAX_REQUEST_SECONDS"
 DEFAULT_MAX_REQUEST_SECONDS = 870.0
 REAPER_MARGIN_SECONDS = "QG_REAPER_MARGIN_SECONDS"
+# "1": forward clients' ``mock_*`` body fields to the upstream (the integration tests' harness
+# only; the mock model server reads them). Unset everywhere else, make dev included.
+FORWARD_MOCK_CONTROLS = "QG_FORWARD_MOCK_CONTROLS"
 # The durable retry path for settlements (an SQS queue URL; unset: failures are logged only).
 SETTLEMENT_QUEUE_URL = "QG_SETTLEMENT_QUEUE_URL"
 
@@ -55,6 +58,10 @@ def quota_time_scale() -> float:
     except ValueError:
         return 1.0
     return min(max(scale, 1.0), 100.0) if scale == scale else 1.0
+
+
+def forward_mock_controls() -> bool:
+    return env(FORWARD_MOCK_CONTROLS) == "1"
 
 
 def table_name(variable: str, default: str) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quotagate import strict_json
+from quotagate import settings, strict_json
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
-from quotagate.mock.faults import FAULT_BODY_FIELD
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Body fields the built-in mock model server reads (quotagate.mock); dropped from clients' bodies.
+MOCK_CONTROL_PREFIX = "mock_"
 MAX_CHOICES = 8
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -72,10 +73,13 @@ def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str
         raise invalid_request(error.message, code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    # The mock model server's fault injection is the operator's (a model suffix in the
-    # configuration), never a caller's: forwarded, it let any client make the target fail and open
-    # the circuit breaker shared by every tenant.
-    body.pop(FAULT_BODY_FIELD, None)
+    # The mock model server's controls (``mock_fault``, ``mock_token_delay``, ``mock_reply_tokens``)
+    # are the operator's (a model suffix in the configuration), never a caller's: forwarded, they
+    # let any client make the target fail or stall and open the circuit breaker shared by every
+    # tenant. Only the integration tests' harness forwards them (settings.FORWARD_MOCK_CONTROLS).
+    if not settings.forward_mock_controls():
+        for name in [name for name in body if name.startswith(MOCK_CONTROL_PREFIX)]:
+            del body[name]
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("'model' is required and must be a non-empty string.", param="model",
