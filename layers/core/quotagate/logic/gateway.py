@@ -41,7 +41,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from anyio import to_thread
 
-from quotagate import settings
+from quotagate import redaction, settings
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
@@ -701,6 +701,16 @@ class ChatResponse:
                         finished_cleanly = True
                         yield event
                         break
+                    if event.data is not None and "error" in event.data:
+                        # The upstream's own error event: its text is for the operator's log, never
+                        # for the client (like an upstream error body before the first byte).
+                        redaction.log_upstream_error(self.target.provider, "stream", event.data.get("error"))
+                        self.outcome.error = "upstream error event mid-stream"
+                        self._stream_ended = UsageOutcome.ERROR_EVENT
+                        await self._record_stream_failure()
+                        yield self._fail(f"Upstream provider '{self.target.provider}' reported an error while "
+                                         "streaming the answer.", "upstream_error")
+                        return
                     if event.data is not None:
                         needed = delta_tokens(event.data)
                         if needed and not await budget.admit(needed):
