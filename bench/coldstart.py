@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,6 +64,8 @@ def local_gateway(requests: int) -> tuple[float, float]:
                 break
         if key is None:
             raise RuntimeError("the local gateway did not print a key")
+        # The gateway logs (EMF metrics included) on stdout: keep reading, or a full pipe blocks it.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         base = f"http://127.0.0.1:{port}"
         while True:
             try:

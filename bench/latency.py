@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
             break
     if not (mock and key):
         raise RuntimeError("the local gateway did not start")
+    # The gateway logs (EMF metrics included) on stdout: keep reading, or a full pipe blocks it.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     return process, f"http://127.0.0.1:{port}", mock, key
 
 
