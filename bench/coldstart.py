@@ -128,7 +128,7 @@ def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, floa
                 time.sleep(0.002)
         ready = time.perf_counter() - started
         base = f"http://127.0.0.1:{port}"
-        if chat(base, key, header="x-api-key") != 200:
+        if chat(base, key) != 200:  # the default identity source, Authorization
             raise RuntimeError("the proxy did not answer")
         return ready, time.perf_counter() - started, peak_rss_mib(process.pid)
     finally:
