@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,11 +24,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_local_gateway(token_delay: float = 0.002) -> Iterator[dict[str, str]]:
-    """``{"base": "http://127.0.0.1:<port>", "moto": <moto endpoint URL>}`` while the process runs."""
+def running_local_gateway(token_delay: float = 0.002,
+                          extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """``{"base": "http://127.0.0.1:<port>", "moto": <moto endpoint URL>, "process": <Popen>,
+    "OPENAI_BASE_URL": ..., "OPENAI_API_KEY": ...}`` (what it printed) while the process runs."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", str(token_delay)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -42,14 +46,17 @@ def running_local_gateway(token_delay: float = 0.002) -> Iterator[dict[str, str]
             moto = re.search(r"\(moto at (\S+?),", line)
             if moto:
                 found["moto"] = moto.group(1)
-            if line.startswith("OPENAI_API_KEY="):
+            for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
+                if line.startswith(f"{name}="):
+                    found[name] = line.strip().split("=", 1)[1]
+            if "OPENAI_API_KEY" in found:
                 ready.set()
 
     threading.Thread(target=read_output, daemon=True).start()
     try:
         if not ready.wait(60) or "moto" not in found:
             raise AssertionError("the local gateway did not start:\n" + "".join(lines))
-        yield {"base": f"http://127.0.0.1:{port}", "moto": found["moto"]}
+        yield {"base": f"http://127.0.0.1:{port}", "process": process, **found}
     finally:
         process.terminate()
         try:

@@ -9,19 +9,14 @@ anthropic 2.x sends its API key as ``Authorization: Bearer <key>`` (older releas
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import anthropic
 import boto3
 import pytest
 
+from tests.e2e.local_gateway import running_local_gateway
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["mock-claude", "mock-gpt", "mock-bedrock"]  # Anthropic, OpenAI-compatible, Bedrock targets
 TOOL = {"name": "get_weather", "description": "The weather in a city.",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -29,39 +24,8 @@ TOOL = {"name": "get_weather", "description": "The weather in a city.",
 
 @pytest.fixture(scope="module")
 def gateway():
-    from tests.e2e.test_local_gateway import free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0.002"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    found: dict[str, str] = {}
-    ready = threading.Event()
-
-    def read_output() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            moto = re.search(r"moto at (http://\S+?),", line)
-            if moto:
-                found["moto"] = moto.group(1)
-            if line.startswith("OPENAI_API_KEY="):
-                ready.set()
-
-    threading.Thread(target=read_output, daemon=True).start()
-    try:
-        if not ready.wait(60) or "moto" not in found:
-            raise AssertionError("the local gateway did not start:\n" + "".join(lines))
-        yield {"base": f"http://127.0.0.1:{port}", "moto": found["moto"]}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with running_local_gateway() as running:
+        yield running
 
 
 def new_key(gateway) -> dict:

@@ -4,11 +4,8 @@ created through the CLI, and the ``openai`` SDK as the client."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,51 +13,17 @@ import boto3
 import openai
 import pytest
 
+from tests.e2e.local_gateway import running_local_gateway
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN_DELAY = 0.03
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def gateway():
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["QG_FORWARD_MOCK_CONTROLS"] = "1"  # one test sets the mock's reply length
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", str(TOKEN_DELAY)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    printed: dict[str, str] = {}
-    ready = threading.Event()
-
-    def read_output() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
-                if line.startswith(f"{name}="):
-                    printed[name] = line.strip().split("=", 1)[1]
-            if len(printed) == 2:
-                ready.set()
-
-    threading.Thread(target=read_output, daemon=True).start()
-    try:
-        if not ready.wait(60):
-            raise AssertionError("the local gateway did not start:\n" + "".join(lines))
-        yield {"base": f"http://127.0.0.1:{port}", "process": process, **printed}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    # One test sets the mock's reply length through the gateway.
+    with running_local_gateway(TOKEN_DELAY, {"QG_FORWARD_MOCK_CONTROLS": "1"}) as running:
+        yield running
 
 
 def cli(*args: str) -> dict:
