@@ -25,6 +25,7 @@ test: install
 	$(PY) -m pytest
 
 lint: install
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy layers/core functions cdk_app
 

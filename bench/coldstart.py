@@ -40,10 +40,15 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def chat(base: str, key: str, header: str = "authorization") -> int:
-    body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}],
-                       "max_tokens": 8}).encode()
-    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body, method="POST", headers={
-        header: f"Bearer {key}" if header == "authorization" else key, "content-type": "application/json"})
+    body = json.dumps(
+        {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+    ).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={header: f"Bearer {key}" if header == "authorization" else key, "content-type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
         return response.status
@@ -53,8 +58,14 @@ def local_gateway(requests: int) -> tuple[float, float]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         key = None
         assert process.stdout is not None
@@ -85,9 +96,15 @@ def local_gateway(requests: int) -> tuple[float, float]:
 def aws_and_model_for_proxy() -> tuple[dict[str, str], str]:
     """A single-threaded moto server with the tables and a key, and the mock model server, in this
     process: what the proxy process will call. Returns its environment and the key."""
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_LOG_LEVEL": "ERROR",
-                       "POWERTOOLS_METRICS_DISABLED": "true"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+        }
+    )
     sys.path.insert(0, str(ROOT))
     import boto3
 
@@ -99,12 +116,16 @@ def aws_and_model_for_proxy() -> tuple[dict[str, str], str]:
 
     moto_url, _ = start_moto_server()
     mock = MockServer(MockSettings(token_delay=0)).start()
-    env = {"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
-           "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json")}
+    env = {
+        "AWS_ENDPOINT_URL": moto_url,
+        "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
+        "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json"),
+    }
     os.environ.update(env)
     tables.create_all(boto3.client("dynamodb"))
-    created = lambda_handler({"action": "create_key", "tenant": "bench", "consumer": "cold", "plan": "pro"},
-                             FakeLambdaContext("keys"))
+    created = lambda_handler(
+        {"action": "create_key", "tenant": "bench", "consumer": "cold", "plan": "pro"}, FakeLambdaContext("keys")
+    )
     return env, created["result"]["api_key"]
 
 
@@ -115,9 +136,13 @@ def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, floa
     port = free_port()
     env = {**os.environ, **proxy_env}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--port", str(port), "--app-dir",
-                                str(ROOT / "functions/proxy"), "app:app"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--port", str(port), "--app-dir", str(ROOT / "functions/proxy"), "app:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -144,15 +169,18 @@ def main() -> None:
     gateway = [local_gateway(args.requests) for _ in range(args.runs)]
     proxy_env, key = aws_and_model_for_proxy()
     proxy = [proxy_alone(proxy_env, key) for _ in range(args.runs)]
-    print(f"local gateway (make dev): process start -> first answered chat completion: "
-          f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {args.runs} runs "
-          f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})")
-    print(f"local gateway peak RSS after {args.requests + 1} requests: "
-          f"max {max(g[1] for g in gateway):.1f} MiB")
-    print(f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready "
-          f"(end of init): median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; -> first answered "
-          f"chat completion (key check, quota reserve/settle in moto, mock model): "
-          f"median {statistics.median(p[1] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[2] for p in proxy):.1f} MiB")
+    print(
+        f"local gateway (make dev): process start -> first answered chat completion: "
+        f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {args.runs} runs "
+        f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})"
+    )
+    print(f"local gateway peak RSS after {args.requests + 1} requests: max {max(g[1] for g in gateway):.1f} MiB")
+    print(
+        f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready "
+        f"(end of init): median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; -> first answered "
+        f"chat completion (key check, quota reserve/settle in moto, mock model): "
+        f"median {statistics.median(p[1] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[2] for p in proxy):.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

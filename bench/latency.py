@@ -50,10 +50,13 @@ def timed(client: httpx.Client, url: str, body: dict, headers: dict) -> float:
 
 def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0",
-         "--demo-plan", "pro"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0", "--demo-plan", "pro"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     mock = key = None
     assert process.stdout is not None
     for line in process.stdout:
@@ -81,15 +84,15 @@ def measure_latency(requests: int, stream: bool) -> None:
     try:
         with httpx.Client(timeout=30) as client:
             # A second key on a plan without limits: the same path minus the quota store.
-            invoke = client.post(f"{gateway}/2015-03-31/functions/quotagate-keys/invocations", json={
-                "action": "create_key", "tenant": "bench", "consumer": "free-of-limits", "plan": "unlimited"})
+            invoke = client.post(
+                f"{gateway}/2015-03-31/functions/quotagate-keys/invocations",
+                json={"action": "create_key", "tenant": "bench", "consumer": "free-of-limits", "plan": "unlimited"},
+            )
             unmetered_key = invoke.json()["result"]["api_key"]
             paths = {
                 "direct to mock model": (f"{mock}/v1/chat/completions", {}),
-                "gateway, plan 'pro'": (f"{gateway}/v1/chat/completions",
-                                        {"authorization": f"Bearer {metered_key}"}),
-                "gateway, no limits": (f"{gateway}/v1/chat/completions",
-                                       {"authorization": f"Bearer {unmetered_key}"}),
+                "gateway, plan 'pro'": (f"{gateway}/v1/chat/completions", {"authorization": f"Bearer {metered_key}"}),
+                "gateway, no limits": (f"{gateway}/v1/chat/completions", {"authorization": f"Bearer {unmetered_key}"}),
             }
             for _ in range(20):  # warm every path (connections, caches, imports)
                 for url, headers in paths.values():
@@ -103,20 +106,30 @@ def measure_latency(requests: int, stream: bool) -> None:
         process.wait(timeout=10)
     direct = samples["direct to mock model"]
     kind = "streaming" if stream else "non-streaming"
-    print(f"{requests} {kind} requests per path, mock token delay 0, max_tokens {BODY['max_tokens']}; plan 'pro' "
-          f"reserves and settles 3 key windows + 1 tenant window per request (moto as DynamoDB):")
+    print(
+        f"{requests} {kind} requests per path, mock token delay 0, max_tokens {BODY['max_tokens']}; plan 'pro' "
+        f"reserves and settles 3 key windows + 1 tenant window per request (moto as DynamoDB):"
+    )
     for name, values in samples.items():
         print(f"  {name:22s}: median {statistics.median(values):6.2f} ms   p99 {percentile(values, 99):6.2f} ms")
         if name != "direct to mock model":
             added = [t - d for t, d in zip(values, direct, strict=True)]
-            print(f"  {'  added by gateway':22s}: median {statistics.median(added):6.2f} ms   "
-                  f"p99 {percentile(added, 99):6.2f} ms")
+            print(
+                f"  {'  added by gateway':22s}: median {statistics.median(added):6.2f} ms   "
+                f"p99 {percentile(added, 99):6.2f} ms"
+            )
 
 
 def count_aws_calls(requests: int) -> None:
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true",
-                       "POWERTOOLS_LOG_LEVEL": "ERROR"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
+        }
+    )
     import boto3
 
     from quotagate import tables
@@ -143,19 +156,23 @@ def count_aws_calls(requests: int) -> None:
     moto_url, stop_moto = start_moto_server()
     mock = MockServer(MockSettings(token_delay=0)).start()
     config = json.loads(DEV_CONFIG.read_text())
-    config["plans"]["bench"] = {"limits": {"requests_per_minute": 100000, "tokens_per_minute": 10**8,
-                                           "usd_per_day": 10**6}, "models": "*"}
+    config["plans"]["bench"] = {
+        "limits": {"requests_per_minute": 100000, "tokens_per_minute": 10**8, "usd_per_day": 10**6},
+        "models": "*",
+    }
     config["default_tenant_limits"] = {"usd_per_month": 10**6}  # tenants without a record
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(config, handle)
-    os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
-                       "QG_CONFIG_FILE": handle.name})
+    os.environ.update(
+        {"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"), "QG_CONFIG_FILE": handle.name}
+    )
     tables.create_all(boto3.client("dynamodb"))
     from functions.keys.handler import lambda_handler
     from quotagate.local.apigateway import FakeLambdaContext
 
-    key = lambda_handler({"action": "create_key", "tenant": "bench", "consumer": "b", "plan": "bench"},
-                         FakeLambdaContext("keys"))["result"]["api_key"]
+    key = lambda_handler(
+        {"action": "create_key", "tenant": "bench", "consumer": "b", "plan": "bench"}, FakeLambdaContext("keys")
+    )["result"]["api_key"]
     base, stop = run_in_thread(app=build_app(["Authorization"], 300.0))
     try:
         with httpx.Client(timeout=30) as client:
@@ -169,8 +186,9 @@ def count_aws_calls(requests: int) -> None:
         stop()
         mock.stop()
         stop_moto()
-    print(f"AWS API calls per request (after the first; key with 3 key windows + 1 tenant window, "
-          f"{requests} requests):")
+    print(
+        f"AWS API calls per request (after the first; key with 3 key windows + 1 tenant window, {requests} requests):"
+    )
     for name, count in sorted(calls.items()):
         print(f"  {name:40s} {count / requests:.2f} calls, {spent[name] / requests:6.2f} ms in moto per request")
     print(f"  {'total':40s} {sum(calls.values()) / requests:.2f} calls, {sum(spent.values()) / requests:6.2f} ms")

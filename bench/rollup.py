@@ -37,14 +37,33 @@ def make_events(count: int, seed: int = 1) -> list[dict]:
     for i in range(count):
         tenant, key = keys[i % 3]
         record = reservation_record(
-            request_id=f"bench-{seed}-{i}", tenant=tenant, consumer=key.removeprefix("k-"), key_id=key,
-            auth_type="api_key", plan="pro", requested_model=models[i % 3], model=models[i % 3],
-            prompt_tokens=50, completion_tokens=256, cost_usd_micros=900, started_at=now - rng.uniform(0, 3600),
-            budgets={"budget_key_tokens_per_day": 1_000_000, "budget_tenant_usd_per_month": 50_000_000})
-        record = settled_record(record, target="mock/mock-gpt", prompt_tokens=rng.randint(5, 200),
-                                completion_tokens=rng.randint(0, 256), cost_usd_micros=rng.randint(1, 900),
-                                usage_source="provider", outcome="ok", http_status=200,
-                                time_to_first_byte_ms=20, duration_ms=300, failovers=0)
+            request_id=f"bench-{seed}-{i}",
+            tenant=tenant,
+            consumer=key.removeprefix("k-"),
+            key_id=key,
+            auth_type="api_key",
+            plan="pro",
+            requested_model=models[i % 3],
+            model=models[i % 3],
+            prompt_tokens=50,
+            completion_tokens=256,
+            cost_usd_micros=900,
+            started_at=now - rng.uniform(0, 3600),
+            budgets={"budget_key_tokens_per_day": 1_000_000, "budget_tenant_usd_per_month": 50_000_000},
+        )
+        record = settled_record(
+            record,
+            target="mock/mock-gpt",
+            prompt_tokens=rng.randint(5, 200),
+            completion_tokens=rng.randint(0, 256),
+            cost_usd_micros=rng.randint(1, 900),
+            usage_source="provider",
+            outcome="ok",
+            http_status=200,
+            time_to_first_byte_ms=20,
+            duration_ms=300,
+            failovers=0,
+        )
         values = {name: str(int(record[name])) if kind == "N" else str(record[name]) for name, kind in FIELDS.items()}
         detail = {"schema_version": SCHEMA_VERSION, "status": "settled", **values}
         events.append({"source": "quotagate", "detail-type": "Request Settled", "detail": detail})
@@ -55,9 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300)
     args = parser.parse_args()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true",
-                       "POWERTOOLS_LOG_LEVEL": "ERROR", "POWERTOOLS_TRACE_DISABLED": "true"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+    )
     import boto3
 
     from quotagate.local.motoserver import start_moto_server
@@ -92,9 +118,13 @@ def main() -> None:
     def deliver(batch_events: list[dict]) -> float:
         started = time.perf_counter()
         for start in range(0, len(batch_events), 10):
-            records = [sqs_record({"MessageId": str(i), "ReceiptHandle": "r", "Body": json.dumps(e)},
-                                  "arn:aws:sqs:us-east-1:123456789012:q")
-                       for i, e in enumerate(batch_events[start:start + 10])]
+            records = [
+                sqs_record(
+                    {"MessageId": str(i), "ReceiptHandle": "r", "Body": json.dumps(e)},
+                    "arn:aws:sqs:us-east-1:123456789012:q",
+                )
+                for i, e in enumerate(batch_events[start : start + 10])
+            ]
             response = lambda_handler({"Records": records}, FakeLambdaContext("rollup"))
             assert response == {"batchItemFailures": []}, response
         return time.perf_counter() - started
@@ -111,14 +141,20 @@ def main() -> None:
     print(f"{n} Request Settled events through the rollup handler (moto, one call at a time):")
     print(f"  first delivery : {n / first:7.1f} events/s")
     for name in sorted(first_calls):
-        print(f"    {name:20s} {first_calls[name] / n:.2f} calls, "
-              f"{first_items.get(name, 0) / n:.2f} items written per event")
-    print(f"  (a TransactWriteItems item costs 2 write units: {2 * first_items.get('TransactWriteItems', 0) / n:.0f} "
-          f"WRU per event for items up to 1 KB, plus reads for the budget check)")
+        print(
+            f"    {name:20s} {first_calls[name] / n:.2f} calls, "
+            f"{first_items.get(name, 0) / n:.2f} items written per event"
+        )
+    print(
+        f"  (a TransactWriteItems item costs 2 write units: {2 * first_items.get('TransactWriteItems', 0) / n:.0f} "
+        f"WRU per event for items up to 1 KB, plus reads for the budget check)"
+    )
     print(f"  duplicate delivery: {n / again:7.1f} events/s")
     for name in sorted(calls):
-        print(f"    {name:20s} {calls[name] / n:.2f} calls, {items.get(name, 0) / n:.2f} items attempted per event "
-              f"(a cancelled transaction writes nothing)")
+        print(
+            f"    {name:20s} {calls[name] / n:.2f} calls, {items.get(name, 0) / n:.2f} items attempted per event "
+            f"(a cancelled transaction writes nothing)"
+        )
 
 
 if __name__ == "__main__":

@@ -143,9 +143,7 @@ def _remove_empty_dirs(directory: Path, stop: Path) -> None:
 def _run_pip(target: Path, requirements: Path) -> None:
     result = subprocess.run(pip_command(target, requirements), capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(
-            f"pip could not build the deps layer (exit {result.returncode}):\n{result.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"pip could not build the deps layer (exit {result.returncode}):\n{result.stderr[-4000:]}")
 
 
 def build_deps(
@@ -239,9 +237,7 @@ def core_hash(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> str:
 
 
 def build_core(output_dir: Path, source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> None:
-    shutil.copytree(
-        source, output_dir / "python" / CORE_PACKAGE, ignore=_core_ignore(source), dirs_exist_ok=True
-    )
+    shutil.copytree(source, output_dir / "python" / CORE_PACKAGE, ignore=_core_ignore(source), dirs_exist_ok=True)
 
 
 def build_deps_into(output_dir: Path) -> None:

@@ -176,9 +176,7 @@ class DeploymentOptions:
                 context.get(AUTHORIZER_CONCURRENCY, DEFAULT_AUTHORIZER_CONCURRENCY), AUTHORIZER_CONCURRENCY, 0
             ),
             keys_concurrency=_as_int(context.get(KEYS_CONCURRENCY, DEFAULT_KEYS_CONCURRENCY), KEYS_CONCURRENCY, 0),
-            proxy_concurrency=_as_int(
-                context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0
-            ),
+            proxy_concurrency=_as_int(context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0),
             secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
             alarm_email=str(context[ALARM_EMAIL]) if context.get(ALARM_EMAIL) else None,
             identity_source_env=identity_source_environment(names),

@@ -23,9 +23,23 @@ HEADER = (
 def resolve(requirements: Path = paths.REQUIREMENTS_FILE) -> str:
     with tempfile.TemporaryDirectory() as work:
         report = Path(work) / "report.json"
-        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                   "--disable-pip-version-check", "--report", str(report), "--target", str(Path(work) / "t"),
-                   *bundling.pip_arguments(), "-r", str(requirements)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--report",
+            str(report),
+            "--target",
+            str(Path(work) / "t"),
+            *bundling.pip_arguments(),
+            "-r",
+            str(requirements),
+        ]
         subprocess.run(command, check=True, timeout=600)
         installs = json.loads(report.read_text())["install"]
     lines = []

@@ -108,8 +108,12 @@ class QuotagateStack(Stack):
         CfnOutput(self, "ConfigParameterName", value=self.config.parameter_name)
         for spec_id, table in self.data.tables.items():
             CfnOutput(self, f"{spec_id}Name", value=table.table_name)
-        CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
-                  description="SNS topic every alarm notifies (subscribe more endpoints to it)")
+        CfnOutput(
+            self,
+            "AlarmTopicArn",
+            value=self.observability.topic.topic_arn,
+            description="SNS topic every alarm notifies (subscribe more endpoints to it)",
+        )
         # Last: alarms for every table and dead-letter queue any construct above has made.
         self.observability.watch_stack(self)
 
@@ -129,7 +133,8 @@ class QuotagateStack(Stack):
                     assert_description=(
                         "Quotagate deploys to these regions only"
                         + ("" if not options.function_url else " (with quotagate:functionUrl=false to more)")
-                        + ": " + ", ".join(supported)
+                        + ": "
+                        + ", ".join(supported)
                     ),
                 )
             ],

@@ -104,9 +104,7 @@ class DataTables(Construct):
         """The environment variables carrying the physical names of ``specs``."""
         return {spec.env_var: self.tables[spec.logical_id].table_name for spec in specs}
 
-    def grant(
-        self, grantee: iam.IGrantable, spec: TableSpec, *, write: bool = False, scan: bool = False
-    ) -> None:
+    def grant(self, grantee: iam.IGrantable, spec: TableSpec, *, write: bool = False, scan: bool = False) -> None:
         """Grant data access on one table and its indexes, each named (no ``index/*`` wildcard)."""
         table = self.tables[spec.logical_id]
         actions = [*READ_ACTIONS, *(WRITE_ACTIONS if write else ()), *((SCAN_ACTION,) if scan else ())]

@@ -35,9 +35,7 @@ class KeysFunction(StackFunction):
             self,
             "KeyDerivationSecret",
             description="Quotagate keys function: HMAC secret for idempotent key issuance (never leaves it)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=64, exclude_punctuation=True
-            ),
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
         )
         self.derivation_secret.grant_read(self.function)
         self.function.add_environment(settings.KEY_DERIVATION_SECRET, self.derivation_secret.secret_arn)

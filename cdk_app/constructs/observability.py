@@ -46,8 +46,9 @@ DYNAMODB_OPERATIONS = (
 )
 
 
-def proxy_metric(metric: Metric, statistic: str = "Sum", label: str | None = None,
-                 **dimensions: str) -> cloudwatch.Metric:
+def proxy_metric(
+    metric: Metric, statistic: str = "Sum", label: str | None = None, **dimensions: str
+) -> cloudwatch.Metric:
     """One of the proxy's EMF metrics (the names the code emits)."""
     return cloudwatch.Metric(
         namespace=NAMESPACE,
@@ -81,12 +82,14 @@ class Observability(Construct):
             master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
             enforce_ssl=True,
         )
-        self.topic.add_to_resource_policy(iam.PolicyStatement(
-            actions=["sns:Publish"],
-            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-            resources=[self.topic.topic_arn],
-            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
-        ))
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["sns:Publish"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+            )
+        )
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         self._action = cw_actions.SnsAction(self.topic)
@@ -97,10 +100,18 @@ class Observability(Construct):
         api_count = api.metric_count(period=PERIOD, statistic="Sum")
         self._alarm("Api5xx", api_5xx, 5, "API Gateway answered 5xx errors (integration or authorizer failures)")
         for name, function in functions.items():
-            self._alarm(f"{name}Errors", function.metric_errors(period=PERIOD, statistic="Sum"), 1,
-                        f"The {name} function raised errors")
-            self._alarm(f"{name}Throttles", function.metric_throttles(period=PERIOD, statistic="Sum"), 1,
-                        f"The {name} function was throttled (reserved concurrency or the account's limit)")
+            self._alarm(
+                f"{name}Errors",
+                function.metric_errors(period=PERIOD, statistic="Sum"),
+                1,
+                f"The {name} function raised errors",
+            )
+            self._alarm(
+                f"{name}Throttles",
+                function.metric_throttles(period=PERIOD, statistic="Sum"),
+                1,
+                f"The {name} function was throttled (reserved concurrency or the account's limit)",
+            )
             cap = (reserved_concurrency or {}).get(name, 0)
             if cap:
                 self._alarm(
@@ -112,22 +123,39 @@ class Observability(Construct):
                 )
 
         # -- the proxy's own metrics --------------------------------------------------------------
-        self._alarm("ProxyServerErrors", proxy_metric(Metric.SERVER_ERRORS), 5,
-                    "The proxy answered 5xx (upstream failures after failover, or gateway errors)")
-        self._alarm("SettlementFailures", proxy_metric(Metric.SETTLEMENT_FAILURES), 1,
-                    "Settlements failed: reservations stay charged until the retry queue settles them")
-        self._alarm("BreakerOpens", proxy_metric(Metric.BREAKER_OPENS), 1,
-                    "A target's circuit breaker opened: its provider is failing")
-        self._alarm("Overruns", proxy_metric(Metric.OVERRUNS), 1,
-                    "A request used more than its reservation (the reservation must be an upper bound)")
+        self._alarm(
+            "ProxyServerErrors",
+            proxy_metric(Metric.SERVER_ERRORS),
+            5,
+            "The proxy answered 5xx (upstream failures after failover, or gateway errors)",
+        )
+        self._alarm(
+            "SettlementFailures",
+            proxy_metric(Metric.SETTLEMENT_FAILURES),
+            1,
+            "Settlements failed: reservations stay charged until the retry queue settles them",
+        )
+        self._alarm(
+            "BreakerOpens",
+            proxy_metric(Metric.BREAKER_OPENS),
+            1,
+            "A target's circuit breaker opened: its provider is failing",
+        )
+        self._alarm(
+            "Overruns",
+            proxy_metric(Metric.OVERRUNS),
+            1,
+            "A request used more than its reservation (the reservation must be an upper bound)",
+        )
 
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard")  # named by CloudFormation: names are global
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(title="API requests", left=[api_count], right=[api_4xx, api_5xx], width=12),
             cloudwatch.GraphWidget(
                 title="Requests by outcome",
-                left=[proxy_metric(Metric.REQUESTS, label=o.value, **{Dimension.OUTCOME: o.value})
-                      for o in RequestOutcome],
+                left=[
+                    proxy_metric(Metric.REQUESTS, label=o.value, **{Dimension.OUTCOME: o.value}) for o in RequestOutcome
+                ],
                 stacked=True,
                 width=12,
             ),
@@ -135,20 +163,24 @@ class Observability(Construct):
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Requests by status class",
-                left=[proxy_metric(Metric.REQUESTS, label=c, **{Dimension.STATUS_CLASS: c})
-                      for c in ("2xx", "4xx", "5xx")],
+                left=[
+                    proxy_metric(Metric.REQUESTS, label=c, **{Dimension.STATUS_CLASS: c}) for c in ("2xx", "4xx", "5xx")
+                ],
                 width=8,
             ),
             cloudwatch.GraphWidget(
                 title="429s by limit",
-                left=[proxy_metric(Metric.THROTTLED, label=limit, **{Dimension.LIMIT: limit})
-                      for limit in THROTTLE_LIMITS],
+                left=[
+                    proxy_metric(Metric.THROTTLED, label=limit, **{Dimension.LIMIT: limit}) for limit in THROTTLE_LIMITS
+                ],
                 width=8,
             ),
             cloudwatch.GraphWidget(
                 title="Tokens and cost",
-                left=[proxy_metric(Metric.TOKENS_IN, label="tokens in"),
-                      proxy_metric(Metric.TOKENS_OUT, label="tokens out")],
+                left=[
+                    proxy_metric(Metric.TOKENS_IN, label="tokens in"),
+                    proxy_metric(Metric.TOKENS_OUT, label="tokens out"),
+                ],
                 right=[proxy_metric(Metric.COST_MICRO_USD, label="micro-dollars")],
                 width=8,
             ),
@@ -156,15 +188,25 @@ class Observability(Construct):
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Latency (ms): first byte, duration, gateway overhead",
-                left=[proxy_metric(m, statistic=s, label=f"{m.value} {s}")
-                      for m in (Metric.TIME_TO_FIRST_BYTE, Metric.DURATION, Metric.GATEWAY_OVERHEAD)
-                      for s in ("p50", "p99")],
+                left=[
+                    proxy_metric(m, statistic=s, label=f"{m.value} {s}")
+                    for m in (Metric.TIME_TO_FIRST_BYTE, Metric.DURATION, Metric.GATEWAY_OVERHEAD)
+                    for s in ("p50", "p99")
+                ],
                 width=12,
             ),
             cloudwatch.GraphWidget(
                 title="Failovers, breaker opens, settlement failures, overruns, 5xx",
-                left=[proxy_metric(m) for m in (Metric.FAILOVERS, Metric.BREAKER_OPENS,
-                                                Metric.SETTLEMENT_FAILURES, Metric.OVERRUNS, Metric.SERVER_ERRORS)],
+                left=[
+                    proxy_metric(m)
+                    for m in (
+                        Metric.FAILOVERS,
+                        Metric.BREAKER_OPENS,
+                        Metric.SETTLEMENT_FAILURES,
+                        Metric.OVERRUNS,
+                        Metric.SERVER_ERRORS,
+                    )
+                ],
                 width=12,
             ),
         )
@@ -172,15 +214,20 @@ class Observability(Construct):
             models = sorted(config.models)
             targets = sorted({t.id for m in config.models.values() for t in m.targets})
             tiers = sorted(config.plans)
-            self.dashboard.add_widgets(*[
-                cloudwatch.GraphWidget(
-                    title=f"Requests by {dimension.value}",
-                    left=[proxy_metric(Metric.REQUESTS, label=v, **{dimension: v}) for v in values],
-                    width=8,
-                )
-                for dimension, values in ((Dimension.MODEL, models), (Dimension.TARGET, targets),
-                                          (Dimension.TIER, tiers))
-            ])
+            self.dashboard.add_widgets(
+                *[
+                    cloudwatch.GraphWidget(
+                        title=f"Requests by {dimension.value}",
+                        left=[proxy_metric(Metric.REQUESTS, label=v, **{dimension: v}) for v in values],
+                        width=8,
+                    )
+                    for dimension, values in (
+                        (Dimension.MODEL, models),
+                        (Dimension.TARGET, targets),
+                        (Dimension.TIER, tiers),
+                    )
+                ]
+            )
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Function errors",
@@ -194,8 +241,10 @@ class Observability(Construct):
             ),
             cloudwatch.GraphWidget(
                 title="Concurrent executions",
-                left=[f.metric("ConcurrentExecutions", period=PERIOD, statistic="Maximum", label=n)
-                      for n, f in functions.items()],
+                left=[
+                    f.metric("ConcurrentExecutions", period=PERIOD, statistic="Maximum", label=n)
+                    for n, f in functions.items()
+                ],
                 width=8,
             ),
         )
@@ -223,8 +272,10 @@ class Observability(Construct):
                 name = node.node.id
                 throttles = cloudwatch.MathExpression(
                     expression="reads + writes",
-                    using_metrics={"reads": node.metric("ReadThrottleEvents", period=PERIOD, statistic="Sum"),
-                                   "writes": node.metric("WriteThrottleEvents", period=PERIOD, statistic="Sum")},
+                    using_metrics={
+                        "reads": node.metric("ReadThrottleEvents", period=PERIOD, statistic="Sum"),
+                        "writes": node.metric("WriteThrottleEvents", period=PERIOD, statistic="Sum"),
+                    },
                     period=PERIOD,
                     label=f"{name} throttle events",
                 )

@@ -71,7 +71,5 @@ class ProviderSecrets(Construct):
             grantee=grantee,
             actions=["kms:Decrypt"],
             resource_arns=[self.key.key_arn],
-            conditions={
-                "StringEquals": {"kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"}
-            },
+            conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"}},
         )

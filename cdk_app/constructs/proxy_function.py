@@ -79,10 +79,12 @@ class ProxyFunction(StackFunction):
         stack = Stack.of(self)
         foundation_models = f"arn:{stack.partition}:bedrock:*::foundation-model/*"
         inference_profiles = stack.format_arn(service="bedrock", resource="inference-profile", resource_name="*")
-        self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
-            resources=[foundation_models, inference_profiles],
-        ))
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+                resources=[foundation_models, inference_profiles],
+            )
+        )
         nag.acknowledge(
             self.handler,
             "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*]",

@@ -81,8 +81,9 @@ class SettlementRecovery(Construct):
             log_retention_days=options.log_retention_days,
         )
         self.consumer.function.add_event_source(
-            sources.SqsEventSource(self.queue, batch_size=10, report_batch_item_failures=True,
-                                   max_batching_window=Duration.seconds(1))
+            sources.SqsEventSource(
+                self.queue, batch_size=10, report_batch_item_failures=True, max_batching_window=Duration.seconds(1)
+            )
         )
         self.consumer.role.add_to_policy(
             iam.PolicyStatement(actions=["dynamodb:UpdateItem"], resources=[quota.table_arn])

@@ -54,16 +54,21 @@ class UsagePipeline(Construct):
         quota = data.quota
         assert quota.table_stream_arn is not None
         self.pipe_role = iam.Role(
-            self, "PipeRole", assumed_by=iam.ServicePrincipal("pipes.amazonaws.com"),
+            self,
+            "PipeRole",
+            assumed_by=iam.ServicePrincipal("pipes.amazonaws.com"),
             description="Quotagate usage pipe: read the quota table's stream, put events on the quotagate bus",
         )
-        self.pipe_role.add_to_policy(iam.PolicyStatement(
-            actions=["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
-            resources=[quota.table_stream_arn],
-        ))
+        self.pipe_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
+                resources=[quota.table_stream_arn],
+            )
+        )
         self.pipe_role.add_to_policy(iam.PolicyStatement(actions=["dynamodb:ListStreams"], resources=["*"]))
         nag.acknowledge(
-            self.pipe_role, "AwsSolutions-IAM5[Resource::*]",
+            self.pipe_role,
+            "AwsSolutions-IAM5[Resource::*]",
             "dynamodb:ListStreams has no resource-level permissions (the only resource it accepts is '*'); "
             "it lists stream ARNs only, and every read of a stream is limited to the quota table's stream.",
         )
@@ -71,7 +76,8 @@ class UsagePipeline(Construct):
         self.pipe_dlq.grant_send_messages(self.pipe_role)
         (stream_filter,) = pipe.filter_criteria()["Filters"]
         self.pipe = pipes.CfnPipe(
-            self, "Pipe",
+            self,
+            "Pipe",
             description="Settled and expired reservations of the quota table as Request Settled events",
             role_arn=self.pipe_role.role_arn,
             source=quota.table_stream_arn,
@@ -109,10 +115,13 @@ class UsagePipeline(Construct):
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.rollup_dlq, max_receive_count=MAX_RECEIVES),
         )
         self.rule = events.Rule(
-            self, "RequestSettledRule", event_bus=self.bus,
+            self,
+            "RequestSettledRule",
+            event_bus=self.bus,
             description="Request Settled events to the usage rollup",
             event_pattern=events.EventPattern(
-                source=ROLLUP_RULE_PATTERN["source"], detail_type=ROLLUP_RULE_PATTERN["detail-type"]),
+                source=ROLLUP_RULE_PATTERN["source"], detail_type=ROLLUP_RULE_PATTERN["detail-type"]
+            ),
             targets=[targets.SqsQueue(self.rollup_queue)],
         )
         environment = {
@@ -122,7 +131,8 @@ class UsagePipeline(Construct):
             settings.PERIOD_CLOSE_GRACE_SECONDS: str(DEFAULT_GRACE_SECONDS),
         }
         self.rollup = GatewayFunction(
-            self, "Rollup",
+            self,
+            "Rollup",
             code_dir=paths.FUNCTIONS_DIR / "usage_rollup",
             handler="handler.lambda_handler",
             service="quotagate-usage_rollup",
@@ -133,16 +143,21 @@ class UsagePipeline(Construct):
             timeout=ROLLUP_TIMEOUT,
             memory_size=256,
         )
-        self.rollup.function.add_event_source(event_sources.SqsEventSource(
-            self.rollup_queue, batch_size=10, max_batching_window=Duration.seconds(1),
-            report_batch_item_failures=True,
-        ))
+        self.rollup.function.add_event_source(
+            event_sources.SqsEventSource(
+                self.rollup_queue,
+                batch_size=10,
+                max_batching_window=Duration.seconds(1),
+                report_batch_item_failures=True,
+            )
+        )
         data.grant(self.rollup.function, tables.USAGE, write=True)
         self.bus.grant_put_events_to(self.rollup.function)
 
         # ---- period close on a schedule -----------------------------------------------------------
         self.period_close = GatewayFunction(
-            self, "PeriodClose",
+            self,
+            "PeriodClose",
             code_dir=paths.FUNCTIONS_DIR / "usage_period_close",
             handler="handler.lambda_handler",
             service="quotagate-usage_period_close",
@@ -156,7 +171,9 @@ class UsagePipeline(Construct):
         data.grant(self.period_close.function, tables.USAGE, write=True)
         self.bus.grant_put_events_to(self.period_close.function)
         self.schedule = events.Rule(
-            self, "PeriodCloseSchedule", schedule=PERIOD_CLOSE_SCHEDULE,
+            self,
+            "PeriodCloseSchedule",
+            schedule=PERIOD_CLOSE_SCHEDULE,
             description="Close finished usage days and months (after the grace period)",
             targets=[targets.LambdaFunction(self.period_close.function, retry_attempts=2)],
         )
@@ -165,10 +182,13 @@ class UsagePipeline(Construct):
         # The rollup queue's dead-letter queue is alarmed by Observability.watch_stack (every queue's
         # DLQ is); the pipe's is not a queue's DLQ, so it gets its own (which notifies the same topic).
         self.pipe_dlq_alarm = cloudwatch.Alarm(
-            self, "PipeDeadLetterQueueDepth",
-            metric=self.pipe_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5),
-                                                                              statistic="Maximum"),
-            threshold=1, evaluation_periods=1,
+            self,
+            "PipeDeadLetterQueueDepth",
+            metric=self.pipe_dlq.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(5), statistic="Maximum"
+            ),
+            threshold=1,
+            evaluation_periods=1,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             alarm_description="Stream batches the usage pipe could not deliver to the bus (Request Settled "
@@ -176,5 +196,4 @@ class UsagePipeline(Construct):
         )
 
     def _queue(self, construct_id: str, **kwargs: object) -> sqs.Queue:
-        return sqs.Queue(self, construct_id, enforce_ssl=True, encryption=sqs.QueueEncryption.SQS_MANAGED,
-                         **kwargs)  # type: ignore[arg-type]
+        return sqs.Queue(self, construct_id, enforce_ssl=True, encryption=sqs.QueueEncryption.SQS_MANAGED, **kwargs)  # type: ignore[arg-type]

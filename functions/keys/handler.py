@@ -150,8 +150,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
         if request_id is not None and not _valid_request_id(request_id):
             raise KeysError(
                 "invalid_request",
-                "'request_id' must be 1-128 characters: letters, digits and . _ : - (starting with a "
-                "letter or digit)",
+                "'request_id' must be 1-128 characters: letters, digits and . _ : - (starting with a letter or digit)",
             )
         if command.action in MUTATING_ACTIONS and request_id is not None:
             # The remaining time bounds an "in progress" record left by an invocation that died.

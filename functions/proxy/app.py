@@ -76,13 +76,16 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
         tenant_records=CachedTenantRecords(DynamoTenantStore()),
         # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
         # No read inside reserve: the gateway reads remaining quota concurrently with the upstream.
-        quota=QuotaService(DynamoQuotaLedger(aws.quota_client(), snapshot_after_reserve=False),
-                           settlement_queue=settlement_queue,
-                           on_warning=lambda message, **fields: logger.warning(message, extra=fields)),
+        quota=QuotaService(
+            DynamoQuotaLedger(aws.quota_client(), snapshot_after_reserve=False),
+            settlement_queue=settlement_queue,
+            on_warning=lambda message, **fields: logger.warning(message, extra=fields),
+        ),
         providers=HttpProviderFactory(load_config, http),
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
-        breaker=CircuitBreaker(DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker,
-                               on_open=record_breaker_open),
+        breaker=CircuitBreaker(
+            DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker, on_open=record_breaker_open
+        ),
         keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
         max_request_seconds=float(os.environ.get("QG_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS)),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
@@ -93,12 +96,14 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
     identity_sources = configured_identity_sources()
     # Function-URL path: the same rules as the authorizer (identity sources only, in order); the
     # Authorization header may hold the caller's SigV4 signature, which Lambda has already checked.
-    return Services(gateway, lambda headers: authenticator.authenticate_headers(
-        headers, identity_sources, aws_signed=True))
+    return Services(
+        gateway, lambda headers: authenticator.authenticate_headers(headers, identity_sources, aws_signed=True)
+    )
 
 
-def error_response(error: GatewayError, extra_headers: dict[str, str] | None = None,
-                   protocol_path: str = "") -> JSONResponse:
+def error_response(
+    error: GatewayError, extra_headers: dict[str, str] | None = None, protocol_path: str = ""
+) -> JSONResponse:
     """The error in the shape of the protocol the request path speaks (OpenAI's unless Anthropic's)."""
     body = error.body()
     if protocol_path.startswith("/v1/messages"):
@@ -170,8 +175,11 @@ class SettlingStreamingResponse(StreamingResponse):
     execution environment (and lost if the environment is recycled)."""
 
     def __init__(self, chat: ChatResponse | ResponsesStream | MessagesReply) -> None:
-        super().__init__(chat.body(), media_type="text/event-stream",
-                         headers={**chat.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        super().__init__(
+            chat.body(),
+            media_type="text/event-stream",
+            headers={**chat.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
         self._chat = chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,7 +194,7 @@ class SettlingStreamingResponse(StreamingResponse):
             await self._chat.finish(200)  # a no-op when already settled
 
 
-def create_app(services_factory: Callable[[], Services] = default_services) -> RequestIdMiddleware:
+def create_app(services_factory: Callable[[], Services] = default_services) -> RequestIdMiddleware:  # noqa: C901 -- to split (issue 12)
     services: list[Services] = []
 
     def get_services() -> Services:
@@ -309,27 +317,42 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         from quotagate.observability import logger
 
         logger.exception("unhandled error")
-        return error_response(GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
-                              protocol_path=request.url.path)
+        return error_response(
+            GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
+            protocol_path=request.url.path,
+        )
 
     async def on_client_disconnect(request: Request, exc: Exception) -> Response:
         # The client hung up before its body was complete: a client event, not a gateway error.
         # Nothing was reserved yet; the answer below goes nowhere.
         from quotagate.observability import logger
 
-        logger.info("client disconnected before sending its whole request body",
-                    extra={"path": request.url.path, "request_id": request_id_of(request)})
-        return error_response(invalid_request("The client disconnected before sending the whole request body.",
-                                              code="client_disconnected"))
+        logger.info(
+            "client disconnected before sending its whole request body",
+            extra={"path": request.url.path, "request_id": request_id_of(request)},
+        )
+        return error_response(
+            invalid_request(
+                "The client disconnected before sending the whole request body.", code="client_disconnected"
+            )
+        )
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
-            return error_response(GatewayError(405, f"Method {request.method} not allowed on {request.url.path}.",
-                                               "invalid_request_error", "method_not_allowed"),
-                                  protocol_path=request.url.path)
-        return error_response(not_found(f"Unknown request URL: {request.method} {request.url.path}.",
-                                        "unknown_url"), protocol_path=request.url.path)
+            return error_response(
+                GatewayError(
+                    405,
+                    f"Method {request.method} not allowed on {request.url.path}.",
+                    "invalid_request_error",
+                    "method_not_allowed",
+                ),
+                protocol_path=request.url.path,
+            )
+        return error_response(
+            not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"),
+            protocol_path=request.url.path,
+        )
 
     from starlette.exceptions import HTTPException
 
@@ -344,9 +367,17 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
         Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
         Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
-    return RequestIdMiddleware(Starlette(routes=routes, exception_handlers={
-        GatewayError: on_gateway_error, HTTPException: on_http_error, ClientDisconnect: on_client_disconnect,
-        Exception: on_unexpected}))
+    return RequestIdMiddleware(
+        Starlette(
+            routes=routes,
+            exception_handlers={
+                GatewayError: on_gateway_error,
+                HTTPException: on_http_error,
+                ClientDisconnect: on_client_disconnect,
+                Exception: on_unexpected,
+            },
+        )
+    )
 
 
 app = create_app()

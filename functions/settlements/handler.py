@@ -37,11 +37,11 @@ def record_handler(record: SQSRecord) -> None:
     applied = pending.apply(ledger())
     # False: it was settled already (an earlier delivery, or the proxy's own write did land) or the
     # reaper expired it first; either way nothing more is to be done.
-    logger.info("settlement retried", extra={"request_id": pending.request_id, "kind": pending.kind,
-                                             "applied": applied})
+    logger.info(
+        "settlement retried", extra={"request_id": pending.request_id, "kind": pending.kind, "applied": applied}
+    )
 
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> Any:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -35,8 +35,11 @@ def _get_rollup() -> Any:
 
                 bus = settings.env(settings.EVENT_BUS, BUS_NAME) or BUS_NAME
                 publisher = EventBridgePublisher(aws.client("events"), bus)
-                _rollup = UsageRollup(aws.client("dynamodb"), publisher,
-                                      thresholds=parse_thresholds(settings.env(settings.BUDGET_THRESHOLDS)))
+                _rollup = UsageRollup(
+                    aws.client("dynamodb"),
+                    publisher,
+                    thresholds=parse_thresholds(settings.env(settings.BUDGET_THRESHOLDS)),
+                )
     return _rollup
 
 
@@ -58,10 +61,17 @@ def record_handler(record: SQSRecord) -> None:
         logger.error("invalid usage event", extra={"message_id": record.message_id, "error": str(error)})
         raise
     applied = _get_rollup().apply(event)
-    logger.debug("usage event", extra={"request_id": event.request_id, "applied": applied.applied,
-                                       "thresholds_published": applied.thresholds_published})
+    logger.debug(
+        "usage event",
+        extra={
+            "request_id": event.request_id,
+            "applied": applied.applied,
+            "thresholds_published": applied.thresholds_published,
+        },
+    )
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                         context=context))
+    return dict(
+        process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    )

@@ -24,8 +24,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_local_gateway(token_delay: float = 0.002,
-                          extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+def running_local_gateway(
+    token_delay: float = 0.002, extra_env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """``{"base": "http://127.0.0.1:<port>", "moto": <moto endpoint URL>, "process": <Popen>,
     "OPENAI_BASE_URL": ..., "OPENAI_API_KEY": ...}`` (what it printed) while the process runs."""
     port = free_port()
@@ -34,7 +35,12 @@ def running_local_gateway(token_delay: float = 0.002,
     env.update(extra_env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", str(token_delay)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     found: dict[str, str] = {}
     ready = threading.Event()

@@ -18,8 +18,11 @@ from tests.e2e.local_gateway import running_local_gateway
 
 pytestmark = pytest.mark.e2e
 MODELS = ["mock-claude", "mock-gpt", "mock-bedrock"]  # Anthropic, OpenAI-compatible, Bedrock targets
-TOOL = {"name": "get_weather", "description": "The weather in a city.",
-        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,20 @@ def gateway():
 def new_key(gateway) -> dict:
     from tests.e2e.test_local_gateway import cli
 
-    return cli("keys", "create", "--tenant", "e2e-anthropic", "--consumer", "sdk", "--plan", "pro",
-               "--limits", json.dumps({"tokens_per_day": 10_000_000}), "--endpoint-url", gateway["base"])
+    return cli(
+        "keys",
+        "create",
+        "--tenant",
+        "e2e-anthropic",
+        "--consumer",
+        "sdk",
+        "--plan",
+        "pro",
+        "--limits",
+        json.dumps({"tokens_per_day": 10_000_000}),
+        "--endpoint-url",
+        gateway["base"],
+    )
 
 
 def tokens_used(gateway, key) -> int:
@@ -40,8 +55,13 @@ def tokens_used(gateway, key) -> int:
     from quotagate.quota.ledger import DynamoQuotaLedger
     from quotagate.quota.service import QuotaService
 
-    client = boto3.client("dynamodb", endpoint_url=gateway["moto"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=gateway["moto"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     return QuotaService(DynamoQuotaLedger(client)).usage_of(f"key#{key['key_id']}", "tokens_per_day")
 
 
@@ -84,9 +104,11 @@ def test_streamed_tool_use_round_trip(gateway, model):
     call = next(block for block in first.content if block.type == "tool_use")
     assert call.name == "get_weather" and isinstance(call.input["city"], str)
 
-    turns = [question,
-             {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}]}]
+    turns = [
+        question,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}]},
+    ]
     with client.messages.stream(model=model, max_tokens=40, tools=[TOOL], messages=turns) as stream:
         second = stream.get_final_message()
     assert [block.type for block in second.content] == ["text"]

@@ -34,8 +34,19 @@ def cli(*args: str) -> dict:
 
 
 def new_key(gateway, tenant: str, *extra: str) -> str:
-    created = cli("keys", "create", "--tenant", tenant, "--consumer", "sdk", "--plan", "free",
-                  "--endpoint-url", gateway["base"], *extra)
+    created = cli(
+        "keys",
+        "create",
+        "--tenant",
+        tenant,
+        "--consumer",
+        "sdk",
+        "--plan",
+        "free",
+        "--endpoint-url",
+        gateway["base"],
+        *extra,
+    )
     assert created["api_key"].startswith("qg_")
     return created["api_key"]
 
@@ -49,7 +60,8 @@ def test_prints_the_two_lines_and_the_demo_key_works(gateway):
 def test_openai_sdk_non_stream_with_a_key_from_the_cli(gateway):
     client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=new_key(gateway, "e2e"), max_retries=0)
     completion = client.chat.completions.create(
-        model="mock-gpt", messages=[{"role": "user", "content": "Say something."}], max_tokens=6)
+        model="mock-gpt", messages=[{"role": "user", "content": "Say something."}], max_tokens=6
+    )
     assert completion.choices[0].message.content
     assert completion.usage.completion_tokens == 6
     assert completion.model == "mock-gpt"
@@ -61,8 +73,12 @@ def test_openai_sdk_stream_arrives_before_the_upstream_has_finished(gateway):
     started = time.monotonic()
     arrivals, text = [], []
     stream = client.chat.completions.create(
-        model="mock-gpt", messages=[{"role": "user", "content": "Stream please."}], max_tokens=n_tokens,
-        stream=True, stream_options={"include_usage": True})
+        model="mock-gpt",
+        messages=[{"role": "user", "content": "Stream please."}],
+        max_tokens=n_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usage = None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -79,15 +95,22 @@ def test_openai_sdk_stream_arrives_before_the_upstream_has_finished(gateway):
 
 
 def test_saas_backend_provisions_keys_with_boto3(gateway):
-    client = boto3.client("lambda", endpoint_url=gateway["base"], region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
-    payload = {"action": "create_key", "tenant": "acme", "consumer": "backend", "plan": "free",
-               "request_id": "req-1"}
+    client = boto3.client(
+        "lambda",
+        endpoint_url=gateway["base"],
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+    payload = {"action": "create_key", "tenant": "acme", "consumer": "backend", "plan": "free", "request_id": "req-1"}
     first = json.loads(client.invoke(FunctionName="quotagate-keys", Payload=json.dumps(payload))["Payload"].read())
     again = json.loads(client.invoke(FunctionName="quotagate-keys", Payload=json.dumps(payload))["Payload"].read())
     assert first["ok"] and first["result"]["api_key"] == again["result"]["api_key"]
-    listed = json.loads(client.invoke(FunctionName="quotagate-keys", Payload=json.dumps(
-        {"action": "list_keys", "tenant": "acme"}))["Payload"].read())
+    listed = json.loads(
+        client.invoke(FunctionName="quotagate-keys", Payload=json.dumps({"action": "list_keys", "tenant": "acme"}))[
+            "Payload"
+        ].read()
+    )
     assert [k["key_id"] for k in listed["result"]["keys"]] == [first["result"]["key_id"]]
     assert "api_key" not in json.dumps(listed) and "hash" not in json.dumps(listed)
 
@@ -99,8 +122,9 @@ def test_a_tiny_token_limit_gets_429s_with_ratelimit_headers(gateway):
     while time.time() % 60 > 50:  # keep both requests in one minute window
         time.sleep(0.5)
     # The mock answers with exactly 100 tokens, so the first request really uses its reservation.
-    client.chat.completions.create(model="mock-gpt", messages=messages, max_tokens=100,
-                                   extra_body={"mock_reply_tokens": 100})
+    client.chat.completions.create(
+        model="mock-gpt", messages=messages, max_tokens=100, extra_body={"mock_reply_tokens": 100}
+    )
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="mock-gpt", messages=messages, max_tokens=100)
     headers = caught.value.response.headers
@@ -114,8 +138,18 @@ def test_a_tiny_token_limit_gets_429s_with_ratelimit_headers(gateway):
 def test_same_answer_shape_whichever_provider_serves(gateway, model):
     """OpenAI-compatible, Anthropic and Bedrock upstreams (and an alias that fails over to one)
     all look the same to the openai SDK."""
-    key = cli("keys", "create", "--tenant", "e2e-providers", "--consumer", "sdk", "--plan", "pro",
-              "--endpoint-url", gateway["base"])["api_key"]
+    key = cli(
+        "keys",
+        "create",
+        "--tenant",
+        "e2e-providers",
+        "--consumer",
+        "sdk",
+        "--plan",
+        "pro",
+        "--endpoint-url",
+        gateway["base"],
+    )["api_key"]
     client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=key, max_retries=0)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
     raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=5)
@@ -126,8 +160,9 @@ def test_same_answer_shape_whichever_provider_serves(gateway, model):
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.completion_tokens == 5
     pieces, usage = [], None
-    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=5, stream=True,
-                                                stream_options={"include_usage": True}):
+    for chunk in client.chat.completions.create(
+        model=model, messages=messages, max_tokens=5, stream=True, stream_options={"include_usage": True}
+    ):
         assert chunk.object == "chat.completion.chunk"
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)

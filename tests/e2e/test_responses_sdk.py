@@ -19,8 +19,12 @@ from quotagate.quota.service import QuotaService
 from tests.e2e.local_gateway import running_local_gateway
 
 pytestmark = pytest.mark.e2e
-WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,21 @@ def gateway():
 
 
 def new_key(gateway) -> dict:
-    command = [str(Path(sys.executable).with_name("quotagate")), "keys", "create", "--tenant", "e2e-responses",
-               "--consumer", "sdk", "--plan", "pro", "--limits", '{"tokens_per_day": 1000000}',
-               "--endpoint-url", gateway["base"]]
+    command = [
+        str(Path(sys.executable).with_name("quotagate")),
+        "keys",
+        "create",
+        "--tenant",
+        "e2e-responses",
+        "--consumer",
+        "sdk",
+        "--plan",
+        "pro",
+        "--limits",
+        '{"tokens_per_day": 1000000}',
+        "--endpoint-url",
+        gateway["base"],
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -43,8 +59,13 @@ def client_for(gateway, key) -> openai.OpenAI:
 
 
 def tokens_charged(gateway, key) -> int:
-    dynamodb = boto3.client("dynamodb", endpoint_url=gateway["moto"], region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=gateway["moto"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     return QuotaService(DynamoQuotaLedger(dynamodb)).usage_of(f"key#{key['key_id']}", "tokens_per_day")
 
 
@@ -59,14 +80,14 @@ def assert_charged(gateway, key, total_tokens: int) -> None:
 def test_responses_create_and_stream_settle_exactly(gateway, model):
     key = new_key(gateway)
     client = client_for(gateway, key)
-    response = client.responses.create(model=model, instructions="Be brief.", input="Name three rivers.",
-                                       max_output_tokens=8)
+    response = client.responses.create(
+        model=model, instructions="Be brief.", input="Name three rivers.", max_output_tokens=8
+    )
     assert response.object == "response" and response.store is False and response.output_text
     assert response.usage.output_tokens == 8
     assert_charged(gateway, key, response.usage.total_tokens)
 
-    events = list(client.responses.create(model=model, input="Name three rivers.", max_output_tokens=8,
-                                          stream=True))
+    events = list(client.responses.create(model=model, input="Name three rivers.", max_output_tokens=8, stream=True))
     assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
     assert [e.sequence_number for e in events] == list(range(len(events)))
     streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
@@ -83,17 +104,27 @@ def test_a_function_tool_round_trip_streamed_and_not(gateway, model):
     call = next(item for item in first.output if item.type == "function_call")
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
 
-    follow_up = [question, *[item.model_dump(exclude_none=True) for item in first.output],
-                 {"type": "function_call_output", "call_id": call.call_id, "output": "Rain, 7 degrees."}]
+    follow_up = [
+        question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Rain, 7 degrees."},
+    ]
     with client.responses.stream(model=model, input=follow_up, tools=[WEATHER]) as stream:
         final = stream.get_final_response()
     assert final.status == "completed" and final.output_text
     assert [item.type for item in final.output] == ["message"]
     assert_charged(gateway, key, first.usage.total_tokens + final.usage.total_tokens)
 
-    streamed_call = [e for e in client.responses.create(model=model, input=[question], tools=[WEATHER],
-                                                        tool_choice={"type": "function", "name": "get_weather"},
-                                                        stream=True)]
+    streamed_call = [
+        e
+        for e in client.responses.create(
+            model=model,
+            input=[question],
+            tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"},
+            stream=True,
+        )
+    ]
     done = next(e for e in streamed_call if e.type == "response.function_call_arguments.done")
     deltas = "".join(e.delta for e in streamed_call if e.type == "response.function_call_arguments.delta")
     assert done.arguments == deltas and "city" in json.loads(done.arguments)

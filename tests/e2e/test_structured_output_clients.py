@@ -36,8 +36,19 @@ class Person(pydantic.BaseModel):
 @pytest.fixture(scope="module")
 def gateway():
     with running_local_gateway() as running:
-        command = [str(Path(sys.executable).with_name("quotagate")), "keys", "create", "--tenant", "e2e-structured",
-                   "--consumer", "clients", "--plan", "pro", "--endpoint-url", running["base"]]
+        command = [
+            str(Path(sys.executable).with_name("quotagate")),
+            "keys",
+            "create",
+            "--tenant",
+            "e2e-structured",
+            "--consumer",
+            "clients",
+            "--plan",
+            "pro",
+            "--endpoint-url",
+            running["base"],
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         yield {**running, "api_key": json.loads(done.stdout)["api_key"]}
@@ -46,8 +57,13 @@ def gateway():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("use_responses_api", [False, True])
 def test_langchain_with_structured_output_returns_the_object(gateway, model, use_responses_api):
-    llm = ChatOpenAI(model=model, base_url=f"{gateway['base']}/v1", api_key=gateway["api_key"], max_retries=0,
-                     use_responses_api=use_responses_api)
+    llm = ChatOpenAI(
+        model=model,
+        base_url=f"{gateway['base']}/v1",
+        api_key=gateway["api_key"],
+        max_retries=0,
+        use_responses_api=use_responses_api,
+    )
     person = llm.with_structured_output(Person).invoke("Who wrote the first program?")
     assert isinstance(person, Person) and person.name and person.languages
 
@@ -55,8 +71,10 @@ def test_langchain_with_structured_output_returns_the_object(gateway, model, use
 @pytest.mark.parametrize("model", MODELS)
 def test_openai_sdk_parse_and_json_mode(gateway, model):
     client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=gateway["api_key"], max_retries=0)
-    messages = [{"role": "system", "content": f"Answer as JSON of this schema: {Person.model_json_schema()}"},
-                {"role": "user", "content": "Who wrote the first program?"}]
+    messages = [
+        {"role": "system", "content": f"Answer as JSON of this schema: {Person.model_json_schema()}"},
+        {"role": "user", "content": "Who wrote the first program?"},
+    ]
     parsed = client.chat.completions.parse(model=model, messages=messages, response_format=Person)
     assert isinstance(parsed.choices[0].message.parsed, Person)
     json_mode = client.chat.completions.create(model=model, messages=messages, response_format={"type": "json_object"})

@@ -46,9 +46,7 @@ def test_outputs_expose_keys_function_and_urls(template, synthesized):
 
 def test_rest_api_is_regional(template):
     template.resource_count_is("AWS::ApiGateway::RestApi", 1)
-    template.has_resource_properties(
-        "AWS::ApiGateway::RestApi", {"EndpointConfiguration": {"Types": ["REGIONAL"]}}
-    )
+    template.has_resource_properties("AWS::ApiGateway::RestApi", {"EndpointConfiguration": {"Types": ["REGIONAL"]}})
 
 
 def test_authorizer_is_request_type_with_identity_source_and_cache(template):
@@ -166,5 +164,6 @@ def test_every_gateway_response_carries_the_request_id(synthesized):
     assert responses
     for response in responses:
         parameters = response["Properties"].get("ResponseParameters", {})
-        assert parameters.get("gatewayresponse.header.x-request-id") == "context.requestId", \
-            response["Properties"]["ResponseType"]
+        assert parameters.get("gatewayresponse.header.x-request-id") == "context.requestId", response["Properties"][
+            "ResponseType"
+        ]

@@ -38,8 +38,12 @@ def test_identity_sources_are_headers():
     options = DeploymentOptions.from_context({"quotagate:identitySources": ["method.request.header.x-api-key"]})
     assert options.identity_sources == ("method.request.header.x-api-key",)
     assert options.identity_source_env == {settings.IDENTITY_SOURCES: "x-api-key"}
-    for bad in (["method.request.querystring.k"], ["context.identity.sourceIp"], ["x-api-key", "X-Api-Key"],
-                ["bad header"]):
+    for bad in (
+        ["method.request.querystring.k"],
+        ["context.identity.sourceIp"],
+        ["x-api-key", "X-Api-Key"],
+        ["bad header"],
+    ):
         with pytest.raises(ContextError):
             DeploymentOptions.from_context({"quotagate:identitySources": bad})
 

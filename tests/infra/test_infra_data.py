@@ -31,10 +31,7 @@ def test_table_matches_its_spec(synthesized, spec):
     # The CDK definition must be the one local mode and the tests create (tables.create_table_request).
     request = tables.create_table_request(spec)
     assert props["KeySchema"] == request["KeySchema"]
-    assert (
-        sorted(props["AttributeDefinitions"], key=lambda a: a["AttributeName"])
-        == request["AttributeDefinitions"]
-    )
+    assert sorted(props["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == request["AttributeDefinitions"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props.get("GlobalSecondaryIndexes", []) == request.get("GlobalSecondaryIndexes", [])

@@ -46,8 +46,7 @@ def _deployment_id(tmp_path: Path, **context: object) -> str:
 
     from cdk_app.app import build_app
 
-    _, stack = build_app(context=dict(context), outdir=tmp_path / f"out{len(list(tmp_path.iterdir()))}",
-                         checks=False)
+    _, stack = build_app(context=dict(context), outdir=tmp_path / f"out{len(list(tmp_path.iterdir()))}", checks=False)
     deployments = Template.from_stack(stack).find_resources("AWS::ApiGateway::Deployment")
     assert len(deployments) == 1
     return next(iter(deployments))
@@ -91,9 +90,7 @@ def test_stack_has_termination_protection(synthesized):
 
 
 def test_test_stacks_can_switch_protection_off(tmp_path):
-    stack, template = _synth(
-        tmp_path, **{"quotagate:retainData": "false", "quotagate:terminationProtection": "false"}
-    )
+    stack, template = _synth(tmp_path, **{"quotagate:retainData": "false", "quotagate:terminationProtection": "false"})
     assert stack.termination_protection is False
     for logical_id, table in _tables(template).items():
         assert table["DeletionPolicy"] == "Delete", logical_id
@@ -105,11 +102,12 @@ def test_execution_logs_go_to_a_log_group_the_stack_owns(synthesized):
     stage = synthesized.resources[stage_id]
     assert stage["Properties"]["MethodSettings"][0]["LoggingLevel"] == "ERROR"
     groups = {
-        k: g for k, g in synthesized.of_type("AWS::Logs::LogGroup").items()
+        k: g
+        for k, g in synthesized.of_type("AWS::Logs::LogGroup").items()
         if "API-Gateway-Execution-Logs_" in json.dumps(g["Properties"].get("LogGroupName", ""))
     }
     assert len(groups) == 1
-    (group_id, group), = groups.items()
+    ((group_id, group),) = groups.items()
     name = group["Properties"]["LogGroupName"]["Fn::Join"][1]
     assert name[0] == "API-Gateway-Execution-Logs_"
     assert name[1] == {"Ref": next(iter(synthesized.of_type("AWS::ApiGateway::RestApi")))}
@@ -133,8 +131,9 @@ def test_authorizer_and_keys_have_reserved_concurrency_and_the_proxy_a_cap(synth
 def test_concurrency_is_configurable(tmp_path):
     from tests.infra.conftest import Synthesized
 
-    _, template = _synth(tmp_path, **{"quotagate:proxyReservedConcurrency": "0",
-                                      "quotagate:authorizerReservedConcurrency": "50"})
+    _, template = _synth(
+        tmp_path, **{"quotagate:proxyReservedConcurrency": "0", "quotagate:authorizerReservedConcurrency": "50"}
+    )
     synthesized = Synthesized(None, None, None, template, tmp_path, 0)
     assert _reserved(synthesized, "quotagate-proxy") is None
     assert _reserved(synthesized, "quotagate-authorizer") == 50

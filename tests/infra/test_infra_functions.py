@@ -9,8 +9,15 @@ from quotagate import settings, tables
 
 pytestmark = pytest.mark.infra
 
-SERVICES = ("quotagate-keys", "quotagate-authorizer", "quotagate-proxy", "quotagate-settlements",
-            "quotagate-reaper", "quotagate-usage_rollup", "quotagate-usage_period_close")
+SERVICES = (
+    "quotagate-keys",
+    "quotagate-authorizer",
+    "quotagate-proxy",
+    "quotagate-settlements",
+    "quotagate-reaper",
+    "quotagate-usage_rollup",
+    "quotagate-usage_period_close",
+)
 LWA_LAYER = "arn:aws:lambda:${AWS::Region}:753240598075:layer:LambdaAdapterLayerArm64:27"
 
 
@@ -51,8 +58,11 @@ def test_layers_are_arm64_python313(template):
 @pytest.mark.parametrize(
     ("service", "handler", "table_vars"),
     [
-        ("quotagate-keys", "handler.lambda_handler",
-         {tables.KEYS.env_var, tables.IDEMPOTENCY.env_var, tables.USAGE.env_var}),
+        (
+            "quotagate-keys",
+            "handler.lambda_handler",
+            {tables.KEYS.env_var, tables.IDEMPOTENCY.env_var, tables.USAGE.env_var},
+        ),
         ("quotagate-authorizer", "handler.lambda_handler", {tables.KEYS.env_var}),
         ("quotagate-proxy", "run.sh", {tables.KEYS.env_var, tables.QUOTA.env_var, tables.CIRCUIT.env_var}),
     ],

@@ -61,9 +61,7 @@ def test_only_xray_uses_a_wildcard_resource(synthesized, service):
 def test_logs_only_to_its_own_log_group(synthesized, service):
     _, props = synthesized.function(service)
     own_group = props["LoggingConfig"]["LogGroup"]["Ref"]
-    log_statements = [
-        s for s in synthesized.statements_of(service) if any(a.startswith("logs:") for a in _actions(s))
-    ]
+    log_statements = [s for s in synthesized.statements_of(service) if any(a.startswith("logs:") for a in _actions(s))]
     assert log_statements
     for statement in log_statements:
         assert set(_actions(statement)) == {"logs:CreateLogStream", "logs:PutLogEvents"}
@@ -119,8 +117,9 @@ def test_only_the_proxy_reads_and_writes_circuit_state(synthesized):
 
 def test_only_the_proxy_invokes_bedrock_models(synthesized):
     for service in SERVICES:
-        statements = [s for s in synthesized.statements_of(service)
-                      if any(a.startswith("bedrock:") for a in _actions(s))]
+        statements = [
+            s for s in synthesized.statements_of(service) if any(a.startswith("bedrock:") for a in _actions(s))
+        ]
         if service != "quotagate-proxy":
             assert statements == [], service
             continue
@@ -133,9 +132,7 @@ def test_only_the_proxy_invokes_bedrock_models(synthesized):
 def test_only_the_proxy_reads_provider_secrets_and_only_by_prefix(synthesized):
     for service in SERVICES:
         secret_statements = [
-            s
-            for s in synthesized.statements_of(service)
-            if any(a.startswith("secretsmanager:") for a in _actions(s))
+            s for s in synthesized.statements_of(service) if any(a.startswith("secretsmanager:") for a in _actions(s))
         ]
         if service == "quotagate-keys":
             # Only its own key derivation secret (quotagate.key_derivation), by reference.
@@ -156,9 +153,7 @@ def test_only_the_proxy_reads_provider_secrets_and_only_by_prefix(synthesized):
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_function_reads_the_config_parameter_only(synthesized, service):
     config_id = next(iter(synthesized.of_type("AWS::SSM::Parameter")))
-    ssm_statements = [
-        s for s in synthesized.statements_of(service) if any(a.startswith("ssm:") for a in _actions(s))
-    ]
+    ssm_statements = [s for s in synthesized.statements_of(service) if any(a.startswith("ssm:") for a in _actions(s))]
     assert len(ssm_statements) == 1
     assert config_id in json.dumps(ssm_statements[0]["Resource"])
     assert all(a.startswith(("ssm:Get", "ssm:Describe")) for a in _actions(ssm_statements[0]))

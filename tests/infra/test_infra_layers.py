@@ -92,17 +92,21 @@ def test_core_layer_never_imports_the_dev_only_packages(core_dir):
     offending = []
     for path in (core_dir / "quotagate").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offending += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[:2] in (["quotagate", "mock"], ["quotagate", "local"])]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            offending += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[:2] in (["quotagate", "mock"], ["quotagate", "local"])
+            ]
     assert offending == []
 
 
 def test_core_layer_holds_exactly_the_hashed_files(core_dir):
-    staged = sorted(
-        p.relative_to(core_dir / "quotagate") for p in (core_dir / "quotagate").rglob("*") if p.is_file()
-    )
+    staged = sorted(p.relative_to(core_dir / "quotagate") for p in (core_dir / "quotagate").rglob("*") if p.is_file())
     assert staged == list(bundling.core_files())
 
 

@@ -33,8 +33,7 @@ EXPECTED_ACKNOWLEDGMENTS = {
     ("Quotagate/Proxy/Handler", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/*]"),
     (
         "Quotagate/Proxy/Handler",
-        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>"
-        ":inference-profile/*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:<AWS::Region>:<AWS::AccountId>:inference-profile/*]",
     ),
     ("Quotagate/Usage/Rollup", "AwsSolutions-IAM5[Resource::*]"),
     ("Quotagate/Usage/Rollup", "AwsSolutions-L1"),

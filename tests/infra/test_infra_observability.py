@@ -88,8 +88,11 @@ def test_the_alarms_an_operator_needs_exist(synthesized, needle, why):
 
 
 def test_concurrency_alarm_is_at_80_percent_of_the_cap(synthesized):
-    alarm = next(a for k, a in synthesized.of_type("AWS::CloudWatch::Alarm").items()
-                 if k.startswith("ObservabilityProxyConcurrencyNearCap"))
+    alarm = next(
+        a
+        for k, a in synthesized.of_type("AWS::CloudWatch::Alarm").items()
+        if k.startswith("ObservabilityProxyConcurrencyNearCap")
+    )
     assert alarm["Properties"]["Threshold"] == 80
 
 

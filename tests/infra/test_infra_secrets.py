@@ -17,8 +17,9 @@ KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 
 
 def _provider_secrets(synthesized) -> dict[str, dict]:
-    return {k: s for k, s in synthesized.of_type("AWS::SecretsManager::Secret").items()
-            if k.startswith("ProviderSecrets")}
+    return {
+        k: s for k, s in synthesized.of_type("AWS::SecretsManager::Secret").items() if k.startswith("ProviderSecrets")
+    }
 
 
 def _configured_secrets() -> set[str]:
@@ -41,9 +42,11 @@ def test_each_configured_provider_secret_is_created_as_a_placeholder(synthesized
 
 def test_the_proxy_reads_them_and_nothing_else_does(synthesized):
     def reads_secrets(service: str) -> bool:
-        return any("secretsmanager:GetSecretValue" in json.dumps(s["Action"])
-                   and "quotagate/providers/" in json.dumps(s["Resource"])
-                   for s in synthesized.statements_of(service))
+        return any(
+            "secretsmanager:GetSecretValue" in json.dumps(s["Action"])
+            and "quotagate/providers/" in json.dumps(s["Resource"])
+            for s in synthesized.statements_of(service)
+        )
 
     assert reads_secrets("quotagate-proxy")
     assert not reads_secrets("quotagate-keys") and not reads_secrets("quotagate-authorizer")

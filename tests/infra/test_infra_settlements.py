@@ -48,5 +48,8 @@ def test_the_proxy_may_send_to_the_queue_and_knows_its_url(synthesized):
     _, props = synthesized.function("quotagate-proxy")
     assert settings.SETTLEMENT_QUEUE_URL in props["Environment"]["Variables"]
     proxy = _actions(synthesized.statements_of("quotagate-proxy"))
-    assert {a for a in proxy if a.startswith("sqs:")} == {"sqs:SendMessage", "sqs:GetQueueAttributes",
-                                                          "sqs:GetQueueUrl"}
+    assert {a for a in proxy if a.startswith("sqs:")} == {
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+    }

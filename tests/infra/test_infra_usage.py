@@ -69,9 +69,16 @@ def test_pipe_role_reads_only_the_quota_stream_and_puts_only_on_the_bus(synthesi
     quota = _table_id(synthesized, tables.QUOTA)
     bus_id, _ = _one(synthesized, "AWS::Events::EventBus")
     by_action = {a: s for s in statements for a in _actions(s)}
-    assert set(by_action) == {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
-                              "dynamodb:ListStreams", "events:PutEvents", "sqs:SendMessage",
-                              "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+    assert set(by_action) == {
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+        "events:PutEvents",
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+    }
     assert by_action["dynamodb:GetRecords"]["Resource"] == {"Fn::GetAtt": [quota, "StreamArn"]}
     assert by_action["events:PutEvents"]["Resource"] == {"Fn::GetAtt": [bus_id, "Arn"]}
     assert by_action["dynamodb:ListStreams"]["Resource"] == "*"  # no resource-level permissions exist
@@ -110,8 +117,11 @@ def test_both_dead_letter_queues_have_a_depth_alarm(synthesized):
 
 def test_rollup_consumes_the_queue_with_partial_batch_failures(synthesized):
     function_id, props = synthesized.function("quotagate-usage_rollup")
-    mapping = next(m["Properties"] for m in synthesized.of_type("AWS::Lambda::EventSourceMapping").values()
-                   if m["Properties"]["FunctionName"] == {"Ref": function_id})
+    mapping = next(
+        m["Properties"]
+        for m in synthesized.of_type("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": function_id}
+    )
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["BatchSize"] == 10
     variables = props["Environment"]["Variables"]
@@ -137,8 +147,12 @@ def test_usage_functions_touch_only_the_usage_table_and_the_bus(synthesized, ser
 
 def test_keys_function_only_reads_the_usage_table(synthesized):
     usage = _table_id(synthesized, tables.USAGE)
-    actions = {a for s in synthesized.statements_of("quotagate-keys") if usage in json.dumps(s["Resource"])
-               for a in _actions(s)}
+    actions = {
+        a
+        for s in synthesized.statements_of("quotagate-keys")
+        if usage in json.dumps(s["Resource"])
+        for a in _actions(s)
+    }
     assert {"dynamodb:Query", "dynamodb:GetItem"} <= actions
     assert not any(a.split(":", 1)[1].startswith(("Put", "Update", "Delete", "BatchWrite")) for a in actions)
 
@@ -146,11 +160,17 @@ def test_keys_function_only_reads_the_usage_table(synthesized):
 def test_period_close_runs_hourly(synthesized):
     function_id, _ = synthesized.function("quotagate-usage_period_close")
     target = {"Fn::GetAtt": [function_id, "Arn"]}
-    (rule,) = [r["Properties"] for r in synthesized.of_type("AWS::Events::Rule").values()
-               if r["Properties"].get("ScheduleExpression") and r["Properties"]["Targets"][0]["Arn"] == target]
+    (rule,) = [
+        r["Properties"]
+        for r in synthesized.of_type("AWS::Events::Rule").values()
+        if r["Properties"].get("ScheduleExpression") and r["Properties"]["Targets"][0]["Arn"] == target
+    ]
     assert rule["ScheduleExpression"] == "rate(1 hour)"
-    (permission,) = [p["Properties"] for p in synthesized.of_type("AWS::Lambda::Permission").values()
-                     if p["Properties"]["FunctionName"] == target]
+    (permission,) = [
+        p["Properties"]
+        for p in synthesized.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == target
+    ]
     assert permission["Principal"] == "events.amazonaws.com" and "SourceArn" in permission
 
 

@@ -39,8 +39,9 @@ class FlakyUpstream:
                 fail = self._failures > 0
                 self._failures -= 1 if fail else 0
             if fail:
-                body = json.dumps({"error": {"message": "flaky", "type": "server_error", "param": None,
-                                             "code": None}}).encode()
+                body = json.dumps(
+                    {"error": {"message": "flaky", "type": "server_error", "param": None, "code": None}}
+                ).encode()
                 headers = [(b"content-type", b"application/json")]
                 if self.retry_after is not None:
                     headers.append((b"retry-after", self.retry_after.encode()))

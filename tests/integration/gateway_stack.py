@@ -18,22 +18,38 @@ from quotagate import config, key_derivation, tables
 
 TEST_CONFIG = {
     "default_plan": "free",
-    "providers": {"mock": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                           "read_timeout": 5}},
+    "providers": {
+        "mock": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5}
+    },
     "models": {
-        "mock-gpt": {"provider": "mock", "upstream_model": "mock-gpt",
-                     "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
-        "mock-omit": {"provider": "mock", "upstream_model": "mock-gpt@omit_usage=1",
-                      "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
-        "mock-drop": {"provider": "mock", "upstream_model": "mock-gpt@drop_after=3",
-                      "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
-        "mock-500": {"provider": "mock", "upstream_model": "mock-gpt@status=500",
-                     "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
+        "mock-gpt": {
+            "provider": "mock",
+            "upstream_model": "mock-gpt",
+            "price": {"input_per_million": 1.0, "output_per_million": 2.0},
+        },
+        "mock-omit": {
+            "provider": "mock",
+            "upstream_model": "mock-gpt@omit_usage=1",
+            "price": {"input_per_million": 1.0, "output_per_million": 2.0},
+        },
+        "mock-drop": {
+            "provider": "mock",
+            "upstream_model": "mock-gpt@drop_after=3",
+            "price": {"input_per_million": 1.0, "output_per_million": 2.0},
+        },
+        "mock-500": {
+            "provider": "mock",
+            "upstream_model": "mock-gpt@status=500",
+            "price": {"input_per_million": 1.0, "output_per_million": 2.0},
+        },
         "mock-secret": {"provider": "mock", "upstream_model": "mock-gpt"},
     },
     "plans": {
-        "free": {"limits": {"requests_per_minute": 1000, "tokens_per_minute": 100000},
-                 "models": ["mock-gpt", "mock-omit", "mock-drop", "mock-500"], "default_max_tokens": 64},
+        "free": {
+            "limits": {"requests_per_minute": 1000, "tokens_per_minute": 100000},
+            "models": ["mock-gpt", "mock-omit", "mock-drop", "mock-500"],
+            "default_max_tokens": 64,
+        },
         "pro": {"limits": {}, "models": "*", "default_max_tokens": 64},
     },
 }
@@ -79,8 +95,9 @@ class GatewayStack:
         return lambda_handler(payload, FakeLambdaContext("keys"))
 
     def create_key(self, tenant: str, consumer: str = "c", plan: str = "free", **fields: Any) -> dict[str, Any]:
-        response = self.invoke_keys({"action": "create_key", "tenant": tenant, "consumer": consumer,
-                                     "plan": plan, **fields})
+        response = self.invoke_keys(
+            {"action": "create_key", "tenant": tenant, "consumer": consumer, "plan": plan, **fields}
+        )
         assert response["ok"], response
         return response["result"]
 
@@ -118,12 +135,16 @@ def _reset_handler_singletons() -> None:
 
 
 @contextmanager
-def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
-                  token_delay: float = 0.01, keepalive_seconds: float = 15.0,
-                  authorizer_cache_seconds: float = 0.0,
-                  max_request_seconds: float | None = None,
-                  identity_sources: tuple[str, ...] = ("Authorization",),
-                  clock: FakeClock | None = None) -> Iterator[GatewayStack]:
+def gateway_stack(
+    tmp_dir: Path,
+    config_overrides: dict[str, Any] | None = None,
+    token_delay: float = 0.01,
+    keepalive_seconds: float = 15.0,
+    authorizer_cache_seconds: float = 0.0,
+    max_request_seconds: float | None = None,
+    identity_sources: tuple[str, ...] = ("Authorization",),
+    clock: FakeClock | None = None,
+) -> Iterator[GatewayStack]:
     """``clock`` (wall seconds) drives the emulated authorizer cache, the authorizer's and the
     proxy's key checks and the proxy's key-record cache, so lifetimes can be tested without sleeping."""
     import functions.authorizer.handler as authorizer_module
@@ -140,12 +161,18 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
     mock = MockServer(MockSettings(token_delay=token_delay)).start()
     config_file = tmp_dir / "gateway-config.json"
     config_file.write_text(json.dumps({**TEST_CONFIG, **(config_overrides or {})}))
-    os.environ.update({"AWS_ENDPOINT_URL": moto_url, "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
-                       "QG_CONFIG_FILE": str(config_file), "QG_KEEPALIVE_SECONDS": str(keepalive_seconds),
-                       # moto answers one request at a time (see settings.QUOTA_TIME_SCALE).
-                       "QG_QUOTA_TIME_SCALE": "10",
-                       # Tests drive the mock's timing and reply length through the gateway.
-                       "QG_FORWARD_MOCK_CONTROLS": "1"})
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": moto_url,
+            "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
+            "QG_CONFIG_FILE": str(config_file),
+            "QG_KEEPALIVE_SECONDS": str(keepalive_seconds),
+            # moto answers one request at a time (see settings.QUOTA_TIME_SCALE).
+            "QG_QUOTA_TIME_SCALE": "10",
+            # Tests drive the mock's timing and reply length through the gateway.
+            "QG_FORWARD_MOCK_CONTROLS": "1",
+        }
+    )
     if max_request_seconds is not None:
         os.environ["QG_MAX_REQUEST_SECONDS"] = str(max_request_seconds)
     config.reset_cache()
@@ -159,9 +186,15 @@ def gateway_stack(tmp_dir: Path, config_overrides: dict[str, Any] | None = None,
         os.environ.update(identity_source_environment(identity_sources))
         if clock is not None:
             authorizer_module.reset(clock=clock)
-        app = LocalApiGateway(create_app(lambda: default_services(clock=clock)), authorizer, keys_handler,
-                              list(identity_sources), authorizer_cache_seconds, ("quotagate-keys",),
-                              clock=clock or time.monotonic)
+        app = LocalApiGateway(
+            create_app(lambda: default_services(clock=clock)),
+            authorizer,
+            keys_handler,
+            list(identity_sources),
+            authorizer_cache_seconds,
+            ("quotagate-keys",),
+            clock=clock or time.monotonic,
+        )
         base_url, stop_gateway = run_in_thread(app=app)
         yield GatewayStack(base_url, moto_url, mock, app)
     finally:

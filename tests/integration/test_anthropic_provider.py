@@ -182,11 +182,7 @@ def test_stream_with_usage(mock, stats):
     assert finish[-1] == "stop" and set(finish[:-1]) == {None}
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
-    assert (
-        usage_chunk["usage"]["prompt_tokens"]
-        == stats["prompt_tokens"]
-        == tokens.chat_prompt_tokens(CONVERSATION)
-    )
+    assert usage_chunk["usage"]["prompt_tokens"] == stats["prompt_tokens"] == tokens.chat_prompt_tokens(CONVERSATION)
     # message_start said output_tokens 1, message_delta 24 (cumulative): 24, never 25.
     assert usage_chunk["usage"]["completion_tokens"] == stats["completion_tokens"] == 24
     assert all(c["usage"] is None for c in chunks[:-1])
@@ -239,9 +235,7 @@ def test_tools_round_trip(mock, stats):
     arguments = json.loads(call["function"]["arguments"])
     assert set(arguments) == {"city", "days"} and isinstance(arguments["days"], int)
     sent = stats.last_request["body"]
-    assert sent["tools"][0]["name"] == "get_weather" and sent["tools"][0]["input_schema"]["required"] == [
-        "city"
-    ]
+    assert sent["tools"][0]["name"] == "get_weather" and sent["tools"][0]["input_schema"]["required"] == ["city"]
 
     follow_up = [
         *MESSAGES,
@@ -259,9 +253,7 @@ def test_tools_round_trip(mock, stats):
         "name": "get_weather",
         "input": arguments,
     }
-    assert wire[2]["content"] == [
-        {"type": "tool_result", "tool_use_id": call["id"], "content": "18C and sunny"}
-    ]
+    assert wire[2]["content"] == [{"type": "tool_result", "tool_use_id": call["id"], "content": "18C and sunny"}]
     # The mock's counts cover what was sent, tool blocks included.
     assert second["usage"]["prompt_tokens"] == input_tokens_of(to_messages_request(body(messages=follow_up)))
 

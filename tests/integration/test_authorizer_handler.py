@@ -230,9 +230,7 @@ def test_the_identity_source_decides(aws, monkeypatch, sources, headers):
 @pytest.mark.parametrize("status", ["revoked", "disabled"])
 def test_inactive_key_gets_deny_for_whole_api(aws, status):
     key = issue(aws, status=status)
-    response = handler.lambda_handler(
-        request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext()
-    )
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext())
     assert statement(response) == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": WILDCARD}
     assert "context" not in response
 
@@ -257,9 +255,7 @@ def test_expired_key_and_wrong_secret_get_deny(aws):
     valid = issue(aws)
     wrong = apikeys.new_key(valid.key_id)
     for credential in (expired.plaintext, wrong.plaintext):
-        response = handler.lambda_handler(
-            request_event({"Authorization": f"Bearer {credential}"}), LambdaContext()
-        )
+        response = handler.lambda_handler(request_event({"Authorization": f"Bearer {credential}"}), LambdaContext())
         assert statement(response)["Effect"] == "Deny"
 
 
@@ -278,9 +274,7 @@ def test_two_different_credentials_are_not_silently_resolved(aws, x_api_key):
 
 def test_valid_key_allows_whole_api_with_string_context(aws):
     key = issue(aws)
-    response = handler.lambda_handler(
-        request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext()
-    )
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext())
     assert response["principalId"] == key.key_id
     assert statement(response) == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": WILDCARD}
     assert response["context"] == {
@@ -440,9 +434,7 @@ def _exercise_every_path(aws, rsa_key, stream: io.StringIO) -> None:
 
 
 def test_api_wide_resource():
-    assert (
-        handler.api_wide_resource(f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{STAGE}/GET/") == WILDCARD
-    )
+    assert handler.api_wide_resource(f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{STAGE}/GET/") == WILDCARD
     assert (
         handler.api_wide_resource("arn:aws-cn:execute-api:cn-north-1:123456789012:abc/dev/POST/v1/a/b/c")
         == "arn:aws-cn:execute-api:cn-north-1:123456789012:abc/dev/*/*"

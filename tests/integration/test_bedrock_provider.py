@@ -32,16 +32,20 @@ MESSAGES = [
     {"role": "system", "content": "You answer in one line."},
     {"role": "user", "content": "Explain quotas to a new engineer, please."},
 ]
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {"type": "object",
-                       "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-                       "required": ["city"]},
-    },
-}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +63,9 @@ def mock():
 
 
 def provider_for(mock: MockServer, read_timeout: float = 5.0) -> BedrockProvider:
-    config = Provider(name="bedrock-mock", type="bedrock", base_url=mock.base_url, connect_timeout=2.0,
-                      read_timeout=read_timeout)
+    config = Provider(
+        name="bedrock-mock", type="bedrock", base_url=mock.base_url, connect_timeout=2.0, read_timeout=read_timeout
+    )
     return BedrockProvider(config)
 
 
@@ -80,8 +85,9 @@ def expected_plan(openai_body: dict[str, Any], stream: bool = True) -> mb.Conver
     """What the mock answers to the Converse request this OpenAI body translates to."""
     request = to_converse_request(openai_body)
     model = request.pop("modelId")
-    return mb.plan_converse(model, json.loads(json.dumps(request, default=lambda b: "<bytes>")), SETTINGS,
-                            stream=stream)
+    return mb.plan_converse(
+        model, json.loads(json.dumps(request, default=lambda b: "<bytes>")), SETTINGS, stream=stream
+    )
 
 
 def run(coro):
@@ -92,8 +98,7 @@ async def collect(provider: BedrockProvider, request: dict[str, Any]) -> list[SS
     return [event async for event in provider.stream(request)]
 
 
-async def collect_until_error(provider: BedrockProvider,
-                              request: dict[str, Any]) -> tuple[list, BaseException]:
+async def collect_until_error(provider: BedrockProvider, request: dict[str, Any]) -> tuple[list, BaseException]:
     events: list[SSEEvent] = []
     try:
         async for event in provider.stream(request):
@@ -104,8 +109,9 @@ async def collect_until_error(provider: BedrockProvider,
 
 
 def content_of(events: list[SSEEvent]) -> str:
-    return "".join(e.data["choices"][0]["delta"].get("content") or ""
-                   for e in events if e.data and e.data.get("choices"))
+    return "".join(
+        e.data["choices"][0]["delta"].get("content") or "" for e in events if e.data and e.data.get("choices")
+    )
 
 
 def finish_of(events: list[SSEEvent]) -> str | None:
@@ -124,8 +130,12 @@ def usage_of(events: list[SSEEvent]) -> dict | None:
 
 
 def test_plain_boto3_client_against_the_mock(mock, stats):
-    client = boto3.client("bedrock-runtime", endpoint_url=mock.base_url, region_name="us-east-1",
-                          config=Config(retries={"total_max_attempts": 1}))
+    client = boto3.client(
+        "bedrock-runtime",
+        endpoint_url=mock.base_url,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
     messages = [{"role": "user", "content": [{"text": "Hello there"}]}]
     response = client.converse(modelId=MODEL, messages=messages, inferenceConfig={"maxTokens": 7})
     assert response["stopReason"] == "max_tokens" and response["usage"]["outputTokens"] == 7
@@ -145,8 +155,7 @@ def test_raw_http_stream_and_header_fault(mock, stats):
         decoder = EventStreamDecoder()
         names = [m.event_type for m in decoder.feed(raw.content)]
         assert decoder.pending == 0
-        assert names == ["messageStart", *["contentBlockDelta"] * 4, "contentBlockStop", "messageStop",
-                         "metadata"]
+        assert names == ["messageStart", *["contentBlockDelta"] * 4, "contentBlockStop", "messageStop", "metadata"]
         failed = http.post(url, json=payload, headers={"x-mock-fault": "status=503"})
         assert failed.status_code == 503
         assert failed.headers["x-amzn-errortype"].startswith("ServiceUnavailableException")
@@ -164,9 +173,11 @@ def test_complete_text_and_usage(provider, stats):
     assert completion["object"] == "chat.completion" and completion["model"] == MODEL
     choice = completion["choices"][0]
     assert choice["message"]["content"] == plan.text and choice["finish_reason"] == "stop"
-    assert completion["usage"] == {"prompt_tokens": plan.input_tokens,
-                                   "completion_tokens": plan.output_tokens,
-                                   "total_tokens": plan.input_tokens + plan.output_tokens}
+    assert completion["usage"] == {
+        "prompt_tokens": plan.input_tokens,
+        "completion_tokens": plan.output_tokens,
+        "total_tokens": plan.input_tokens + plan.output_tokens,
+    }
     snapshot = stats.snapshot()
     assert snapshot["prompt_tokens"] == plan.input_tokens
     assert snapshot["completion_tokens"] == plan.output_tokens
@@ -187,11 +198,16 @@ def test_stream_text_and_usage(provider, stats):
     assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) == 24
     assert finish_of(events) == "stop"
     usage = usage_of(events)
-    assert usage == {"prompt_tokens": plan.input_tokens, "completion_tokens": plan.output_tokens,
-                     "total_tokens": plan.input_tokens + plan.output_tokens}
+    assert usage == {
+        "prompt_tokens": plan.input_tokens,
+        "completion_tokens": plan.output_tokens,
+        "total_tokens": plan.input_tokens + plan.output_tokens,
+    }
     snapshot = stats.snapshot()
-    assert (snapshot["prompt_tokens"], snapshot["completion_tokens"]) == (usage["prompt_tokens"],
-                                                                         usage["completion_tokens"])
+    assert (snapshot["prompt_tokens"], snapshot["completion_tokens"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
     assert snapshot["completed"] == 1 and snapshot["in_flight"] == 0
 
 
@@ -218,8 +234,12 @@ def test_tools_stream_complete_and_follow_up(provider):
     plan = expected_plan(request)
     events = run(collect(provider, request))
     assert finish_of(events) == "tool_calls"
-    calls = [tc for e in events if e.data and e.data.get("choices")
-             for tc in e.data["choices"][0]["delta"].get("tool_calls") or []]
+    calls = [
+        tc
+        for e in events
+        if e.data and e.data.get("choices")
+        for tc in e.data["choices"][0]["delta"].get("tool_calls") or []
+    ]
     assert calls[0]["id"] == plan.tool_use["toolUseId"] and calls[0]["function"]["name"] == "get_weather"
     assert {c["index"] for c in calls} == {0}
     arguments = "".join(c["function"]["arguments"] for c in calls)
@@ -232,11 +252,15 @@ def test_tools_stream_complete_and_follow_up(provider):
     assert message["tool_calls"][0]["function"]["arguments"] == arguments
 
     # The client runs the tool and continues: Bedrock needs toolResult in a user turn, alternation...
-    follow_up = body(stream=False, tools=TOOLS, messages=[
-        *MESSAGES,
-        {"role": "assistant", "content": message["content"], "tool_calls": message["tool_calls"]},
-        {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "Sunny, 21 C"},
-    ])
+    follow_up = body(
+        stream=False,
+        tools=TOOLS,
+        messages=[
+            *MESSAGES,
+            {"role": "assistant", "content": message["content"], "tool_calls": message["tool_calls"]},
+            {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "Sunny, 21 C"},
+        ],
+    )
     answer = run(provider.complete(follow_up))
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert answer["choices"][0]["message"]["content"] == expected_plan(follow_up, stream=False).text
@@ -244,11 +268,16 @@ def test_tools_stream_complete_and_follow_up(provider):
 
 def test_image_and_merged_user_turns(provider, stats):
     url = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
-    request = body(stream=False, messages=[
-        {"role": "user", "content": "First part."},
-        {"role": "user", "content": [{"type": "text", "text": "Look:"},
-                                     {"type": "image_url", "image_url": {"url": url}}]},
-    ])
+    request = body(
+        stream=False,
+        messages=[
+            {"role": "user", "content": "First part."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Look:"}, {"type": "image_url", "image_url": {"url": url}}],
+            },
+        ],
+    )
     completion = run(provider.complete(request))
     assert completion["choices"][0]["message"]["content"] == expected_plan(request, stream=False).text
     sent = stats.last_request["body"]["messages"]
@@ -267,8 +296,9 @@ def test_model_arn_reaches_the_mock(provider, stats):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "status"), [("status=500", 502), ("status=503", 503), ("status=403", 502),
-                                              ("status=400", 400)])
+@pytest.mark.parametrize(
+    ("spec", "status"), [("status=500", 502), ("status=503", 503), ("status=403", 502), ("status=400", 400)]
+)
 def test_error_statuses_before_first_event(provider, stats, spec, status):
     events, error = run(collect_until_error(provider, body(model=f"{MODEL}@{spec}")))
     assert events == []
@@ -330,8 +360,9 @@ def test_unreachable_endpoint():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = Provider(name="gone", type="bedrock", base_url=f"http://127.0.0.1:{port}", connect_timeout=0.5,
-                      read_timeout=1.0)
+    config = Provider(
+        name="gone", type="bedrock", base_url=f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=1.0
+    )
     events, error = run(collect_until_error(BedrockProvider(config), body()))
     assert events == [] and isinstance(error, UpstreamError) and error.status == 502
 
@@ -357,8 +388,9 @@ def test_closing_the_stream_stops_the_upstream(provider, stats, how):
 
 def test_concurrent_streams(provider, stats):
     async def many() -> list[list[SSEEvent]]:
-        return await asyncio.gather(*(collect(provider, body(messages=[{"role": "user", "content": f"q{i}"}]))
-                                      for i in range(8)))
+        return await asyncio.gather(
+            *(collect(provider, body(messages=[{"role": "user", "content": f"q{i}"}])) for i in range(8))
+        )
 
     results = run(many())
     assert all(events[-1].done and usage_of(events) for events in results)

@@ -18,6 +18,7 @@ def as_deployed(monkeypatch):
     """Forwarding off, as in make dev and in AWS (only the test harness turns it on)."""
     monkeypatch.delenv("QG_FORWARD_MOCK_CONTROLS", raising=False)
 
+
 FAULTS = [b'"status=500"', b'{"status": 503}', b'"drop_after=0"']
 
 

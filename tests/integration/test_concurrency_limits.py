@@ -19,8 +19,9 @@ def stack(tmp_path_factory):
 
 def open_stream(client: httpx.Client, stack, api_key: str):
     body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 80, "stream": True, "mock_reply_tokens": 60}
-    request = client.build_request("POST", f"{stack.base_url}/v1/chat/completions", json=body,
-                                   headers={"authorization": f"Bearer {api_key}"})
+    request = client.build_request(
+        "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {api_key}"}
+    )
     return client.send(request, stream=True)
 
 
@@ -30,8 +31,9 @@ def test_a_third_concurrent_stream_is_refused_until_one_finishes(stack, scope):
     if scope == "key":
         keys = [stack.create_key(tenant=tenant, limits={"max_concurrent_requests": 2})] * 3
     else:
-        created = stack.invoke_keys({"action": "create_tenant", "tenant": tenant,
-                                     "limits": {"max_concurrent_requests": 2}})
+        created = stack.invoke_keys(
+            {"action": "create_tenant", "tenant": tenant, "limits": {"max_concurrent_requests": 2}}
+        )
         assert created["ok"], created
         keys = [stack.create_key(tenant=tenant, consumer=c) for c in "abc"]  # one key each
     with httpx.Client(timeout=30) as client:

@@ -31,9 +31,11 @@ from quotagate.logic.keys_service import ACTIONS
 from tests.integration.gateway_stack import gateway_stack
 from tests.integration.test_routing import clear_circuits
 
-pytestmark = [pytest.mark.timeout(300),
-              # deeply nested examples have long reprs; hypothesis warns about printing them
-              pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    # deeply nested examples have long reprs; hypothesis warns about printing them
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
+]
 
 CHAT_EXAMPLES = 100
 EMBEDDINGS_EXAMPLES = 40
@@ -44,17 +46,38 @@ KEYS_RAW_EXAMPLES = 40
 
 
 def fuzz(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # -- hostile JSON text ----------------------------------------------------------------------------
 LONE_SURROGATES = st.sampled_from(["\\ud800", "\\udfff", "\\udbff", "\\ude00", "\\uD83D"])
-HOSTILE_NUMBERS = st.sampled_from([
-    "NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e309", "1e300", "-0", "1E-400", "0.0",
-    "9223372036854775807", "9223372036854775808", "-9223372036854775809", "1" + "0" * 400,
-    "0." + "1" * 200, "123456789012345678901234567890", "4e-320",
-])
+HOSTILE_NUMBERS = st.sampled_from(
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "-1e400",
+        "1e309",
+        "1e300",
+        "-0",
+        "1E-400",
+        "0.0",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1" + "0" * 400,
+        "0." + "1" * 200,
+        "123456789012345678901234567890",
+        "4e-320",
+    ]
+)
 
 
 def _escaped(text: str) -> str:
@@ -65,28 +88,35 @@ STRINGS = st.one_of(
     st.text(max_size=24).map(lambda s: json.dumps(s, ensure_ascii=False)),
     st.text(max_size=12).map(json.dumps),  # \\uXXXX escapes, surrogate pairs for astral characters
     st.tuples(st.text(max_size=8), LONE_SURROGATES, st.text(max_size=4)).map(
-        lambda t: f'"{_escaped(t[0])}{t[1]}{_escaped(t[2])}"'),
+        lambda t: f'"{_escaped(t[0])}{t[1]}{_escaped(t[2])}"'
+    ),
     st.sampled_from(['"mock-gpt"', '"user"', '"assistant"', '""', '"' + "x" * 5000 + '"']),
 )
-NUMBERS = st.one_of(HOSTILE_NUMBERS, st.integers(-(2**70), 2**70).map(str),
-                    st.floats(allow_nan=False, allow_infinity=False).map(json.dumps))
+NUMBERS = st.one_of(
+    HOSTILE_NUMBERS,
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+)
 ATOMS = st.one_of(st.sampled_from(["true", "false", "null"]), NUMBERS, STRINGS)
 
 
 def _containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     arrays = st.lists(children, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
     objects = st.lists(st.tuples(STRINGS, children), max_size=4).map(
-        lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}")
+        lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+    )
     return st.one_of(arrays, objects)
 
 
 DEEP = st.tuples(st.integers(60, 3000), st.booleans()).map(
-    lambda t: "[" * t[0] + "]" * t[0] if t[1] else '{"a":' * t[0] + "1" + "}" * t[0])
+    lambda t: "[" * t[0] + "]" * t[0] if t[1] else '{"a":' * t[0] + "1" + "}" * t[0]
+)
 VALUES = st.one_of(st.recursive(ATOMS, _containers, max_leaves=12), DEEP)
 MESSAGES = st.one_of(
     st.just('[{"role": "user", "content": "hi"}]'),
     st.tuples(st.sampled_from(["user", "system", "assistant", "tool", "robot"]), VALUES).map(
-        lambda t: f'[{{"role": "{t[0]}", "content": {t[1]}}}]'),
+        lambda t: f'[{{"role": "{t[0]}", "content": {t[1]}}}]'
+    ),
     st.tuples(VALUES, VALUES).map(lambda t: f'[{{"role": {t[0]}, "content": {t[1]}}}]'),
     VALUES,
 )
@@ -114,28 +144,76 @@ def bodies(draw: Any, base: dict[str, Any], fields: list[str]) -> bytes:
 
 
 CHAT_BASE = {"model": '"mock-gpt"', "messages": '[{"role": "user", "content": "hi"}]', "max_tokens": "3"}
-CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream",
-               "stream_options", "stop", "presence_penalty", "frequency_penalty", "seed", "user", "tools",
-               "tool_choice", "response_format", "logit_bias", "metadata"]
+CHAT_FIELDS = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "user",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "logit_bias",
+    "metadata",
+]
 EMBEDDINGS_BASE = {"model": '"mock-gpt"', "input": '"hello"'}
 EMBEDDINGS_FIELDS = ["model", "input", "dimensions", "encoding_format", "user"]
 RESPONSES_BASE = {"model": '"mock-gpt"', "input": '"hi"', "max_output_tokens": "16"}
-RESPONSES_FIELDS = ["model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools",
-                    "tool_choice", "text", "stream", "store", "previous_response_id", "metadata", "user",
-                    "parallel_tool_calls", "reasoning", "truncation"]
+RESPONSES_FIELDS = [
+    "model",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "text",
+    "stream",
+    "store",
+    "previous_response_id",
+    "metadata",
+    "user",
+    "parallel_tool_calls",
+    "reasoning",
+    "truncation",
+]
 
 
 MESSAGES_BASE = {"model": '"mock-gpt"', "max_tokens": "16", "messages": '[{"role": "user", "content": "hi"}]'}
-MESSAGES_FIELDS = ["model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
-                   "stream", "tools", "tool_choice", "metadata", "thinking"]
+MESSAGES_FIELDS = [
+    "model",
+    "max_tokens",
+    "messages",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "stream",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "thinking",
+]
 
 
 # -- the stack and what is observed ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     overrides = {"circuit_breaker": {"failure_threshold": 3, "cooldown_seconds": 30}}
-    with gateway_stack(tmp_path_factory.mktemp("fuzz"), overrides, token_delay=0.0,
-                       authorizer_cache_seconds=300) as running:
+    with gateway_stack(
+        tmp_path_factory.mktemp("fuzz"), overrides, token_delay=0.0, authorizer_cache_seconds=300
+    ) as running:
         clear_circuits()
         yield running
         clear_circuits()
@@ -154,9 +232,12 @@ def http(stack):
 
 def scan(*specs: tables.TableSpec) -> dict[str, list]:
     client = boto3.client("dynamodb")
-    return {spec.name(): sorted(json.dumps(item, sort_keys=True)
-                                for item in client.scan(TableName=spec.name()).get("Items", []))
-            for spec in specs}
+    return {
+        spec.name(): sorted(
+            json.dumps(item, sort_keys=True) for item in client.scan(TableName=spec.name()).get("Items", [])
+        )
+        for spec in specs
+    }
 
 
 def upstream_calls(stack) -> int:
@@ -165,8 +246,9 @@ def upstream_calls(stack) -> int:
 
 def check_refusal_is_free(stack, http, api_key, path: str, raw: bytes, anthropic_shaped: bool = False) -> None:
     before, calls = scan(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
-    response = http.post(path, content=raw, headers={"authorization": f"Bearer {api_key}",
-                                                     "content-type": "application/json"})
+    response = http.post(
+        path, content=raw, headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+    )
     assert response.status_code < 500, (raw[:300], response.status_code, response.text[:300])
     if response.status_code < 400:
         return  # a valid request (it happens): served and charged like any other
@@ -207,9 +289,13 @@ def test_fuzz_anthropic_messages(stack, http, api_key, raw):
 # -- the keys API ---------------------------------------------------------------------------------
 KEYS_ERROR_CODES = {"invalid_request", "unknown_action", "unknown_plan", "not_found", "conflict", "in_progress"}
 PY_ATOMS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**80), 2**80),
+    st.floats(),
     st.sampled_from([10**400, -(10**400), 2**63, 1e308, float("nan"), float("inf")]),
-    st.text(max_size=16), st.text(max_size=8).map(lambda s: s + "\ud800"),
+    st.text(max_size=16),
+    st.text(max_size=8).map(lambda s: s + "\ud800"),
     st.sampled_from(["free", "pro", "fuzz", "c", "k" * 200, "2030-01-01T00:00:00Z", "qg_abc_def", "active"]),
 )
 
@@ -222,9 +308,20 @@ def _deep_list(depth: int) -> list:
 
 
 PY_VALUES = st.one_of(
-    st.recursive(PY_ATOMS, lambda c: st.lists(c, max_size=4) | st.dictionaries(
-        st.one_of(st.text(max_size=8), st.just("\udfff"), st.sampled_from(["tokens_per_day", "requests_per_minute"])),
-        c, max_size=4), max_leaves=10),
+    st.recursive(
+        PY_ATOMS,
+        lambda c: (
+            st.lists(c, max_size=4)
+            | st.dictionaries(
+                st.one_of(
+                    st.text(max_size=8), st.just("\udfff"), st.sampled_from(["tokens_per_day", "requests_per_minute"])
+                ),
+                c,
+                max_size=4,
+            )
+        ),
+        max_leaves=10,
+    ),
     st.integers(60, 2000).map(_deep_list),
 )
 
@@ -270,8 +367,20 @@ KEYS_RAW_BASE = {"tenant": '"fuzz-raw"', "consumer": '"c"', "plan": '"free"', "k
 @st.composite
 def raw_keys_payloads(draw: Any) -> bytes:
     action = draw(st.sampled_from(sorted(ACTIONS)))
-    fields = ["tenant", "consumer", "plan", "key_id", "limits", "name", "metadata", "expires_at",
-              "allowed_models", "grace_seconds", "status", "request_id"]
+    fields = [
+        "tenant",
+        "consumer",
+        "plan",
+        "key_id",
+        "limits",
+        "name",
+        "metadata",
+        "expires_at",
+        "allowed_models",
+        "grace_seconds",
+        "status",
+        "request_id",
+    ]
     return draw(bodies({"action": json.dumps(action), **KEYS_RAW_BASE}, fields))
 
 
@@ -280,8 +389,11 @@ def raw_keys_payloads(draw: Any) -> bytes:
 def test_fuzz_keys_api_over_the_invoke_api(stack, http, raw):
     before = scan(*tables.ALL_TABLES)
     response = http.post("/2015-03-31/functions/quotagate-keys/invocations", content=raw)
-    assert response.status_code < 500 and "x-amz-function-error" not in response.headers, \
-        (raw[:300], response.status_code, response.text[:300])
+    assert response.status_code < 500 and "x-amz-function-error" not in response.headers, (
+        raw[:300],
+        response.status_code,
+        response.text[:300],
+    )
     if response.status_code == 400:  # the Invoke API could not decode the payload: nothing ran
         assert response.headers["x-amzn-errortype"] == "InvalidRequestContentException"
     else:

@@ -51,13 +51,20 @@ def stack(tmp_path_factory):
 
 
 def post(stack, api_key: str, path: str, raw: bytes) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/v1/{path}", content=raw, timeout=30,
-                      headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"})
+    return httpx.post(
+        f"{stack.base_url}/v1/{path}",
+        content=raw,
+        timeout=30,
+        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+    )
 
 
 def circuit_item(target: str = TARGET) -> dict:
-    return boto3.client("dynamodb").get_item(TableName=tables.CIRCUIT.name(),
-                                             Key={"target": {"S": target}}).get("Item", {})
+    return (
+        boto3.client("dynamodb")
+        .get_item(TableName=tables.CIRCUIT.name(), Key={"target": {"S": target}})
+        .get("Item", {})
+    )
 
 
 def upstream_calls(stack) -> int:
@@ -92,12 +99,16 @@ def test_hostile_chat_body_is_a_400_that_costs_nothing(stack, raw, stream):
     assert circuit_item() == {}
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"model": "mock-gpt", "input": "hello", "user": NaN}',
-    b'{"model": "mock-gpt", "input": [1, 2, 1' + b"0" * 400 + b"]}",
-    b'{"model": "mock-gpt", "input": "\\ud800"}',
-    b'{"model": "mock-gpt", "input": "hello", "dimensions": 1e400}',
-], ids=["NaN field", "huge token id", "lone surrogate input", "dimensions 1e400"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "mock-gpt", "input": "hello", "user": NaN}',
+        b'{"model": "mock-gpt", "input": [1, 2, 1' + b"0" * 400 + b"]}",
+        b'{"model": "mock-gpt", "input": "\\ud800"}',
+        b'{"model": "mock-gpt", "input": "hello", "dimensions": 1e400}',
+    ],
+    ids=["NaN field", "huge token id", "lone surrogate input", "dimensions 1e400"],
+)
 def test_hostile_embeddings_body_is_a_400_before_the_reservation(stack, raw):
     key = stack.create_key(tenant=f"hostile-emb-{abs(hash(raw)) % 10**8}", plan="free")
     calls = upstream_calls(stack)
@@ -113,8 +124,7 @@ def test_nan_requests_cannot_open_the_breaker_for_another_tenant(stack):
     before = circuit_item()
     calls = upstream_calls(stack)
     for _ in range(3):  # the dev config's failure threshold
-        assert_openai_400(post(stack, attacker["api_key"], "chat/completions",
-                               chat_body(b', "temperature": NaN')))
+        assert_openai_400(post(stack, attacker["api_key"], "chat/completions", chat_body(b', "temperature": NaN')))
     assert upstream_calls(stack) == calls
     assert circuit_item() == before
     served = post(stack, victim["api_key"], "chat/completions", chat_body(b', "max_tokens": 3'))
@@ -134,15 +144,25 @@ def scan_all() -> dict[str, list]:
     return {spec.name(): client.scan(TableName=spec.name()).get("Items", []) for spec in tables.ALL_TABLES}
 
 
-@pytest.mark.parametrize("fields", [
-    {"limits": {"tokens_per_day": 10**400}},
-    {"limits": {"tokens_per_day": float("nan")}},
-    {"limits": {"tokens_per_day": float("inf")}},
-    {"name": "\ud800"},
-    {"metadata": {"\udfff": "x"}},
-    {"metadata": {"deep": nested_list(70)}},
-], ids=["tokens_per_day 10^400", "NaN limit", "infinite limit", "lone surrogate name",
-        "lone surrogate metadata key", "metadata nested 70 deep"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"limits": {"tokens_per_day": 10**400}},
+        {"limits": {"tokens_per_day": float("nan")}},
+        {"limits": {"tokens_per_day": float("inf")}},
+        {"name": "\ud800"},
+        {"metadata": {"\udfff": "x"}},
+        {"metadata": {"deep": nested_list(70)}},
+    ],
+    ids=[
+        "tokens_per_day 10^400",
+        "NaN limit",
+        "infinite limit",
+        "lone surrogate name",
+        "lone surrogate metadata key",
+        "metadata nested 70 deep",
+    ],
+)
 @pytest.mark.parametrize("request_id", [None, "hostile-retry-1"])
 def test_keys_api_refuses_hostile_values_without_writing(stack, fields, request_id):
     before = scan_all()
@@ -157,12 +177,12 @@ def test_keys_api_refuses_hostile_values_without_writing(stack, fields, request_
 
 def test_keys_api_over_the_invoke_emulation_refuses_hostile_json(stack):
     before = scan_all()
-    raw = (b'{"action": "create_key", "tenant": "hostile-keys", "consumer": "c", "plan": "free", '
-           b'"limits": {"tokens_per_day": 1' + b"0" * 400 + b"}}")
-    response = httpx.post(f"{stack.base_url}/2015-03-31/functions/quotagate-keys/invocations", content=raw,
-                          timeout=30)
+    raw = (
+        b'{"action": "create_key", "tenant": "hostile-keys", "consumer": "c", "plan": "free", '
+        b'"limits": {"tokens_per_day": 1' + b"0" * 400 + b"}}"
+    )
+    response = httpx.post(f"{stack.base_url}/2015-03-31/functions/quotagate-keys/invocations", content=raw, timeout=30)
     assert response.status_code == 200
     assert "x-amz-function-error" not in response.headers
     assert response.json()["error"]["code"] == "invalid_request"
     assert scan_all() == before
-

@@ -25,7 +25,14 @@ ABSENT = None
 
 # Values of the Authorization header ("{A}"/"{B}" become the keys of the two clients).
 AUTHORIZATION_VALUES: list[str | None] = [
-    ABSENT, "", "Bearer", "bearer", "Basic Zm9vOmJhcg==", "Bearer {A}", "Bearer {B}", "Bearer garbage",
+    ABSENT,
+    "",
+    "Bearer",
+    "bearer",
+    "Basic Zm9vOmJhcg==",
+    "Bearer {A}",
+    "Bearer {B}",
+    "Bearer garbage",
     "{A}",  # a key without the Bearer scheme is not a well-formed Authorization credential
 ]
 # Values of the x-api-key header.
@@ -38,12 +45,15 @@ API_KEY = ("x-api-key",)
 
 @pytest.fixture(scope="module")
 def edge(request, tmp_path_factory) -> Iterator[tuple[GatewayStack, tuple[str, ...], dict[str, str]]]:
-    with gateway_stack(tmp_path_factory.mktemp("identity"), authorizer_cache_seconds=300,
-                       identity_sources=request.param) as stack:
+    with gateway_stack(
+        tmp_path_factory.mktemp("identity"), authorizer_cache_seconds=300, identity_sources=request.param
+    ) as stack:
         # A monthly token window counts what each key is billed (a minute window would roll over).
         limits = {"tokens_per_month": 10**9}
-        keys = {"A": stack.create_key("tenant-a", "victim", limits=limits)["api_key"],
-                "B": stack.create_key("tenant-b", "attacker", limits=limits)["api_key"]}
+        keys = {
+            "A": stack.create_key("tenant-a", "victim", limits=limits)["api_key"],
+            "B": stack.create_key("tenant-b", "attacker", limits=limits)["api_key"],
+        }
         yield stack, request.param, keys
 
 
@@ -85,8 +95,9 @@ def send(stack: GatewayStack, headers: dict[str, str | None]) -> httpx.Response:
     return httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=present, timeout=10)
 
 
-def check(stack: GatewayStack, keys: dict[str, str], headers: dict[str, str | None], expected: str | None,
-          label: str) -> None:
+def check(
+    stack: GatewayStack, keys: dict[str, str], headers: dict[str, str | None], expected: str | None, label: str
+) -> None:
     before = billed_requests(stack, keys)
     response = send(stack, headers)
     after = billed_requests(stack, keys)
@@ -178,12 +189,16 @@ def test_x_api_key_clients_work_with_x_api_key(edge):
     import anthropic
 
     stack, _, keys = edge
-    raw = httpx.post(f"{stack.base_url}/v1/messages", timeout=10,
-                     headers={"x-api-key": keys["B"], "anthropic-version": "2023-06-01"},
-                     json={"model": "mock-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    raw = httpx.post(
+        f"{stack.base_url}/v1/messages",
+        timeout=10,
+        headers={"x-api-key": keys["B"], "anthropic-version": "2023-06-01"},
+        json={"model": "mock-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert raw.status_code == 200, raw.text
-    client = anthropic.Anthropic(base_url=stack.base_url, api_key=None, auth_token=None, max_retries=0,
-                                 default_headers={"x-api-key": keys["B"]})
+    client = anthropic.Anthropic(
+        base_url=stack.base_url, api_key=None, auth_token=None, max_retries=0, default_headers={"x-api-key": keys["B"]}
+    )
     before = billed_requests(stack, keys)
     message = client.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert message.content

@@ -25,14 +25,16 @@ def clock() -> FakeClock:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, clock) -> Iterator[GatewayStack]:
-    with gateway_stack(tmp_path_factory.mktemp("lifetimes"), authorizer_cache_seconds=AUTHORIZER_CACHE_SECONDS,
-                       clock=clock) as running:
+    with gateway_stack(
+        tmp_path_factory.mktemp("lifetimes"), authorizer_cache_seconds=AUTHORIZER_CACHE_SECONDS, clock=clock
+    ) as running:
         yield running
 
 
 def call(stack: GatewayStack, api_key: str) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT,
-                      headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    )
 
 
 def keys_action(stack: GatewayStack, action: str, **fields) -> dict:
@@ -109,8 +111,9 @@ def test_a_disabled_key_stops_within_the_key_record_cache_ttl_and_can_come_back(
 
 
 def test_an_expired_key_stops_at_its_expiry(stack, clock):
-    key = keys_action(stack, "create_key", tenant="life", consumer="expiring", plan="free",
-                      expires_at=int(clock()) + 100)
+    key = keys_action(
+        stack, "create_key", tenant="life", consumer="expiring", plan="free", expires_at=int(clock()) + 100
+    )
     assert call(stack, key["api_key"]).status_code == 200
     clock.now = key["expires_at"] - 1
     assert call(stack, key["api_key"]).status_code == 200
@@ -172,14 +175,22 @@ def test_an_allow_cached_without_a_fingerprint_is_checked_by_the_proxy(stack):
     from functions.proxy.app import create_app
 
     key = keys_action(stack, "create_key", tenant="life", consumer="legacy", plan="free")
-    legacy = {"authorizer": {"tenant": "life", "consumer": "legacy", "key_id": key["key_id"], "plan": "free",
-                             "auth_type": "api_key"}}
+    legacy = {
+        "authorizer": {
+            "tenant": "life",
+            "consumer": "legacy",
+            "key_id": key["key_id"],
+            "plan": "free",
+            "auth_type": "api_key",
+        }
+    }
     context = {"x-amzn-request-context": json.dumps(legacy)}
     with TestClient(create_app()) as client:
         refused = client.post("/v1/chat/completions", json=CHAT, headers={**context, "authorization": "Bearer"})
         assert refused.status_code == 401, refused.text
-        served = client.post("/v1/chat/completions", json=CHAT,
-                             headers={**context, "authorization": f"Bearer {key['api_key']}"})
+        served = client.post(
+            "/v1/chat/completions", json=CHAT, headers={**context, "authorization": f"Bearer {key['api_key']}"}
+        )
         assert served.status_code == 200, served.text
 
 

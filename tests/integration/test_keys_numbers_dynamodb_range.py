@@ -24,8 +24,9 @@ OUT_OF_RANGE = {
 @pytest.mark.parametrize("fields", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
 def test_create_key_refuses_numbers_dynamodb_cannot_store(stack, fields):  # noqa: F811
     before = scan_all()
-    response = stack.invoke_keys({"action": "create_key", "tenant": "range", "consumer": "c", "plan": "free",
-                                  "request_id": "range-1", **fields})
+    response = stack.invoke_keys(
+        {"action": "create_key", "tenant": "range", "consumer": "c", "plan": "free", "request_id": "range-1", **fields}
+    )
     assert response["ok"] is False
     assert response["error"]["code"] == "invalid_request", response
     assert scan_all() == before
@@ -52,8 +53,15 @@ def test_update_key_refuses_numbers_dynamodb_cannot_store(stack):  # noqa: F811
 
 
 def test_numbers_in_range_are_kept(stack):  # noqa: F811
-    response = stack.invoke_keys({"action": "create_key", "tenant": "range", "consumer": "c", "plan": "free",
-                                  "limits": {"usd_per_day": 0.000001, "tokens_per_day": 0},
-                                  "metadata": {"small": 1e-100, "big": 1e100, "zero": 0.0}})
+    response = stack.invoke_keys(
+        {
+            "action": "create_key",
+            "tenant": "range",
+            "consumer": "c",
+            "plan": "free",
+            "limits": {"usd_per_day": 0.000001, "tokens_per_day": 0},
+            "metadata": {"small": 1e-100, "big": 1e100, "zero": 0.0},
+        }
+    )
     assert response["ok"] is True, response
     assert response["result"]["metadata"] == {"small": 1e-100, "big": 1e100, "zero": 0.0}

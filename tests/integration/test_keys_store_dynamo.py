@@ -55,8 +55,17 @@ def test_replace_if_version_of_a_missing_key(store):
 
 def test_records_written_before_versions_count_as_version_zero(store):
     table = boto3.resource("dynamodb", region_name="us-east-1").Table(tables.KEYS.name())
-    table.put_item(Item={"key_id": RECORD.key_id, "tenant": "acme", "consumer": "c", "plan": "free",
-                         "secret_hash": "0" * 64, "created_at": 1, "status": "active"})
+    table.put_item(
+        Item={
+            "key_id": RECORD.key_id,
+            "tenant": "acme",
+            "consumer": "c",
+            "plan": "free",
+            "secret_hash": "0" * 64,
+            "created_at": 1,
+            "status": "active",
+        }
+    )
     legacy = store.get(RECORD.key_id)
     assert legacy.version == 0
     store.replace_if_version(replace(legacy, plan="pro", version=1), expected_version=0)

@@ -17,16 +17,24 @@ from quotagate import config
 @pytest.fixture
 def shared_secret_config(tmp_path, monkeypatch):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({
-        "providers": {
-            "openai": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "qg/shared"},
-            "openai-eu": {"type": "openai", "base_url": "http://127.0.0.1:2/v1", "api_key_secret": "qg/shared"},
-            "anthropic": {"type": "anthropic", "base_url": "http://127.0.0.1:3/v1", "api_key_secret": "qg/claude"},
-        },
-        "models": {"m": {"provider": "openai", "upstream_model": "gpt"}},
-        "plans": {"free": {"models": "*"}},
-        "default_plan": "free",
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "openai": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "qg/shared"},
+                    "openai-eu": {"type": "openai", "base_url": "http://127.0.0.1:2/v1", "api_key_secret": "qg/shared"},
+                    "anthropic": {
+                        "type": "anthropic",
+                        "base_url": "http://127.0.0.1:3/v1",
+                        "api_key_secret": "qg/claude",
+                    },
+                },
+                "models": {"m": {"provider": "openai", "upstream_model": "gpt"}},
+                "plans": {"free": {"models": "*"}},
+                "default_plan": "free",
+            }
+        )
+    )
     monkeypatch.setenv("QG_CONFIG_FILE", str(path))
     monkeypatch.setenv("QG_SECRET_QG_SHARED", "sk-shared-test-value")
     monkeypatch.setenv("QG_SECRET_QG_CLAUDE", "sk-ant-test-value")
@@ -63,13 +71,28 @@ def hang_up_mid_body(path: str) -> tuple[list[dict], BaseException | None]:
 
     app = create_app(lambda: Services(FakeGateway(), lambda headers: None))  # type: ignore[arg-type]
     context = {"authorizer": {"tenant": "t", "consumer": "c", "key_id": "k", "plan": "free"}}
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"5000"),
-                         (b"x-amzn-request-context", json.dumps(context).encode())]}
-    messages = [{"type": "http.request", "body": b'{"model": "m", "messages": [', "more_body": True},
-                {"type": "http.disconnect"}]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 5000),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"5000"),
+            (b"x-amzn-request-context", json.dumps(context).encode()),
+        ],
+    }
+    messages = [
+        {"type": "http.request", "body": b'{"model": "m", "messages": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict] = []
 
     async def receive():

@@ -194,9 +194,7 @@ def test_non_stream_usage_matches_tiktoken(http, stats):
     assert data["usage"]["total_tokens"] == PROMPT_TOKENS + 24
     assert stats.chat_requests == 1 and eventually(lambda: stats.completed == 1)
     # deterministic: same messages, same reply
-    assert (
-        http.post("/v1/chat/completions", json=body()).json()["choices"][0]["message"]["content"] == content
-    )
+    assert http.post("/v1/chat/completions", json=body()).json()["choices"][0]["message"]["content"] == content
 
 
 def test_stream_chunks_usage_and_done(http, stats):
@@ -339,9 +337,7 @@ def test_sdk_sees_injected_errors(sdk):
 
 @pytest.mark.parametrize("status", [400, 429, 500, 502, 503])
 def test_status_fault(http, stats, status):
-    r = http.post(
-        "/v1/chat/completions", json=body(stream=True), headers={"x-mock-fault": f"status={status}"}
-    )
+    r = http.post("/v1/chat/completions", json=body(stream=True), headers={"x-mock-fault": f"status={status}"})
     assert r.status_code == status
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     assert ("retry-after" in r.headers) == (status in (429, 503))

@@ -15,9 +15,12 @@ def mock():
 
 
 async def _complete(mock, auth_header):
-    raw = {"providers": {"p": {"type": "openai", "base_url": mock.openai_base_url, "auth_header": auth_header}},
-           "models": {"m": {"provider": "p", "upstream_model": "mock-gpt"}},
-           "plans": {"free": {"models": "*"}}, "default_plan": "free"}
+    raw = {
+        "providers": {"p": {"type": "openai", "base_url": mock.openai_base_url, "auth_header": auth_header}},
+        "models": {"m": {"provider": "p", "upstream_model": "mock-gpt"}},
+        "plans": {"free": {"models": "*"}},
+        "default_plan": "free",
+    }
     provider = parse_config(raw).providers["p"]
 
     async def key():
@@ -25,13 +28,17 @@ async def _complete(mock, auth_header):
 
     async with httpx.AsyncClient() as http:
         return await OpenAICompatibleProvider(provider, http, key).complete(
-            {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        )
 
 
-@pytest.mark.parametrize(("auth_header", "sent", "not_sent"), [
-    ("authorization", "authorization", "api-key"),
-    ("api-key", "api-key", "authorization"),
-])
+@pytest.mark.parametrize(
+    ("auth_header", "sent", "not_sent"),
+    [
+        ("authorization", "authorization", "api-key"),
+        ("api-key", "api-key", "authorization"),
+    ],
+)
 def test_the_key_goes_in_the_configured_header(mock, auth_header, sent, not_sent):
     import anyio
 

@@ -18,14 +18,16 @@ from quotagate.errors import GatewayError
 from quotagate.provider_secrets import PLACEHOLDER_TEMPLATE
 from quotagate.providers.factory import HttpProviderFactory, secret_from_secrets_manager
 
-CONFIG = parse_config({
-    "providers": {
-        "oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "quotagate/providers/oa"},
-        "br": {"type": "bedrock", "region": "eu-central-1"},
-    },
-    "models": {"m": {"provider": "oa", "upstream_model": "gpt"}},
-    "plans": {"p": {}},
-})
+CONFIG = parse_config(
+    {
+        "providers": {
+            "oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "quotagate/providers/oa"},
+            "br": {"type": "bedrock", "region": "eu-central-1"},
+        },
+        "models": {"m": {"provider": "oa", "upstream_model": "gpt"}},
+        "plans": {"p": {}},
+    }
+)
 
 
 @pytest.fixture
@@ -64,11 +66,21 @@ def test_a_missing_secret_is_a_503_naming_the_provider(secretsmanager):
 def test_set_key_reads_stdin_and_the_proxy_then_uses_it(secretsmanager, monkeypatch, tmp_path, capsys):
     secretsmanager.create_secret(Name="quotagate/providers/oa", SecretString=PLACEHOLDER_TEMPLATE)
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({
-        "providers": {"oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1",
-                             "api_key_secret": "quotagate/providers/oa"}},
-        "models": {"m": {"provider": "oa", "upstream_model": "gpt"}}, "plans": {"p": {}},
-    }))
+    config_file.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "oa": {
+                        "type": "openai",
+                        "base_url": "http://127.0.0.1:1/v1",
+                        "api_key_secret": "quotagate/providers/oa",
+                    }
+                },
+                "models": {"m": {"provider": "oa", "upstream_model": "gpt"}},
+                "plans": {"p": {}},
+            }
+        )
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO("sk-live-123456\n"))
     assert cli.main(["providers", "set-key", "oa", "--config-file", str(config_file)]) == 0
     out, err = capsys.readouterr()

@@ -23,29 +23,51 @@ def price(provider):
 CONFIG = {
     "providers": {
         "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
-        "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                      "read_timeout": 5},
-        "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1",
-                    "connect_timeout": 2, "read_timeout": 5},
+        "anthropic": {
+            "type": "anthropic",
+            "base_url": "${QG_MOCK_BASE_URL}/v1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
+        "bedrock": {
+            "type": "bedrock",
+            "base_url": "${QG_MOCK_BASE_URL}",
+            "region": "us-east-1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
     },
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": price("openai")},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},
         "via-bedrock": {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0", "price": price("bedrock")},
-        "chat-failover": {"targets": [
-            {"provider": "openai", "upstream_model": "mock-gpt@status=500", "price": price("openai")},
-            {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0@status=503", "price": price("bedrock")},
-            {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},
-        ]},
+        "chat-failover": {
+            "targets": [
+                {"provider": "openai", "upstream_model": "mock-gpt@status=500", "price": price("openai")},
+                {
+                    "provider": "bedrock",
+                    "upstream_model": "amazon.nova-mock-v1:0@status=503",
+                    "price": price("bedrock"),
+                },
+                {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},
+            ]
+        },
         "embed": {"provider": "openai", "upstream_model": "mock-embed", "price": price("openai")},
-        "embed-failover": {"targets": [
-            {"provider": "openai", "upstream_model": "mock-embed@status=503", "price": price("openai")},
-            {"provider": "openai", "upstream_model": "mock-embed", "price": price("openai")},
-        ]},
+        "embed-failover": {
+            "targets": [
+                {"provider": "openai", "upstream_model": "mock-embed@status=503", "price": price("openai")},
+                {"provider": "openai", "upstream_model": "mock-embed", "price": price("openai")},
+            ]
+        },
         "claude-only": {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},
     },
-    "plans": {"metered": {"limits": {"tokens_per_minute": 1000000, "usd_per_day": 100}, "models": "*",
-                          "default_max_tokens": 32}},
+    "plans": {
+        "metered": {
+            "limits": {"tokens_per_minute": 1000000, "usd_per_day": 100},
+            "models": "*",
+            "default_max_tokens": 32,
+        }
+    },
     "default_plan": "metered",
 }
 PROVIDER_OF = {"via-openai": "openai", "via-anthropic": "anthropic", "via-bedrock": "bedrock"}
@@ -65,8 +87,9 @@ def key(stack):
 
 
 def post(stack, key, path, body):
-    return httpx.post(f"{stack.base_url}/v1/{path}", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {key['api_key']}"})
+    return httpx.post(
+        f"{stack.base_url}/v1/{path}", json=body, timeout=30, headers={"authorization": f"Bearer {key['api_key']}"}
+    )
 
 
 def micro_usd(provider, prompt, completion):
@@ -85,8 +108,9 @@ def assert_settled_exactly(stack, response, key, provider, usage):
     stack.wait_settled(response.headers["x-quotagate-request-id"])
     pk = f"key#{key['key_id']}"
     assert stack.quota_used(pk, "tokens_per_minute") == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert stack.quota_used(pk, "usd_per_day") == micro_usd(provider, usage["prompt_tokens"],
-                                                             usage["completion_tokens"])
+    assert stack.quota_used(pk, "usd_per_day") == micro_usd(
+        provider, usage["prompt_tokens"], usage["completion_tokens"]
+    )
 
 
 @pytest.mark.parametrize("model", sorted(PROVIDER_OF))
@@ -107,8 +131,18 @@ def test_non_stream_answer_has_the_same_shape_whichever_provider(stack, key, mod
 
 @pytest.mark.parametrize("model", sorted(PROVIDER_OF))
 def test_stream_answer_has_the_same_shape_whichever_provider(stack, key, model):
-    response = post(stack, key, "chat/completions", {"model": model, "messages": MESSAGES, "max_tokens": 6,
-                                                     "stream": True, "stream_options": {"include_usage": True}})
+    response = post(
+        stack,
+        key,
+        "chat/completions",
+        {
+            "model": model,
+            "messages": MESSAGES,
+            "max_tokens": 6,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.text.rstrip().endswith("data: [DONE]")
     chunks, content, usage = stream_result(response.text)
@@ -150,12 +184,15 @@ def test_embeddings_fail_over(stack, key):
     assert response.headers["x-quotagate-target"] == "openai/mock-embed"
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({"model": "claude-only", "input": "x"}, "unsupported_for_model"),
-    ({"model": "embed", "input": []}, "invalid_value"),
-    ({"model": "embed", "input": [1.5]}, "invalid_value"),
-    ({"model": "embed"}, "invalid_value"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"model": "claude-only", "input": "x"}, "unsupported_for_model"),
+        ({"model": "embed", "input": []}, "invalid_value"),
+        ({"model": "embed", "input": [1.5]}, "invalid_value"),
+        ({"model": "embed"}, "invalid_value"),
+    ],
+)
 def test_embeddings_bad_requests_cost_nothing_and_call_nothing(stack, key, body, code):
     before = stack.mock.stats.snapshot()["chat_requests"]
     response = post(stack, key, "embeddings", body)
@@ -175,6 +212,7 @@ def test_prompt_reservation_has_a_margin_for_other_tokenizers(stack, key, model,
     assert response.status_code == 200
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     reserved = {charge["sk"].split("#")[0]: charge["amount"] for charge in item["charges"]}
-    assert reserved["tokens_per_minute"] == (math.ceil(tokens.chat_prompt_tokens(MESSAGES) * factor)
-                                             + math.ceil(7 * factor))
+    assert reserved["tokens_per_minute"] == (
+        math.ceil(tokens.chat_prompt_tokens(MESSAGES) * factor) + math.ceil(7 * factor)
+    )
     assert_settled_exactly(stack, response, key, PROVIDER_OF[model], response.json()["usage"])

@@ -26,8 +26,12 @@ def key(stack, request):
 
 
 def post(stack, api_key, body, **headers):
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {api_key}", **headers})
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"authorization": f"Bearer {api_key}", **headers},
+    )
 
 
 def sse_data(text: str) -> list:
@@ -55,8 +59,7 @@ def test_non_stream_completion_with_real_usage_and_ratelimit_headers(stack, key)
 
 
 def test_stream_passes_chunks_and_hides_the_injected_usage_chunk(stack, key):
-    response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True,
-                                            "max_tokens": 5})
+    response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 5})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_data(response.text)
@@ -69,8 +72,17 @@ def test_stream_passes_chunks_and_hides_the_injected_usage_chunk(stack, key):
 
 
 def test_stream_usage_chunk_is_kept_when_the_client_asks(stack, key):
-    response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True,
-                                            "max_tokens": 5, "stream_options": {"include_usage": True}})
+    response = post(
+        stack,
+        key["api_key"],
+        {
+            "model": "mock-gpt",
+            "messages": MESSAGES,
+            "stream": True,
+            "max_tokens": 5,
+            "stream_options": {"include_usage": True},
+        },
+    )
     chunks = sse_data(response.text)[:-1]
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 5
@@ -99,8 +111,9 @@ def test_invalid_json_and_oversize_bodies(stack, key):
     headers = {"authorization": f"Bearer {key['api_key']}", "content-type": "application/json"}
     bad = httpx.post(f"{stack.base_url}/v1/chat/completions", content=b"{nope", headers=headers)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
-    huge = httpx.post(f"{stack.base_url}/v1/chat/completions", content=b"x" * (5 * 1024 * 1024),
-                      headers=headers, timeout=30)
+    huge = httpx.post(
+        f"{stack.base_url}/v1/chat/completions", content=b"x" * (5 * 1024 * 1024), headers=headers, timeout=30
+    )
     assert huge.status_code == 413
     assert huge.json()["error"]["code"] == "request_too_large"
 
@@ -119,10 +132,15 @@ def test_identity_errors_have_api_gateway_semantics(stack, key):
 
 def test_client_supplied_identity_headers_are_ignored(stack, key):
     other = stack.create_key(tenant="victim")
-    spoofed_context = json.dumps({"authorizer": {"tenant": "victim", "consumer": "c",
-                                                 "key_id": other["key_id"], "plan": "pro"}})
-    response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 3},
-                    **{"x-tenant-id": "victim", "x-consumer-id": "someone", "x-amzn-request-context": spoofed_context})
+    spoofed_context = json.dumps(
+        {"authorizer": {"tenant": "victim", "consumer": "c", "key_id": other["key_id"], "plan": "pro"}}
+    )
+    response = post(
+        stack,
+        key["api_key"],
+        {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 3},
+        **{"x-tenant-id": "victim", "x-consumer-id": "someone", "x-amzn-request-context": spoofed_context},
+    )
     assert response.status_code == 200
     assert stack.quota_used(f"key#{key['key_id']}", "requests_per_minute") == 1
     assert stack.quota_used(f"key#{other['key_id']}", "requests_per_minute") == 0
@@ -150,8 +168,13 @@ def test_keepalive_comments_flow_while_the_upstream_is_silent(stack, key):
 def test_chunks_are_streamed_not_buffered(stack, key):
     body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 12, "mock_token_delay": 0.05}
     arrivals = []
-    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {key['api_key']}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+        timeout=30,
+    ) as response:
         start = time.monotonic()
         for line in response.iter_lines():
             if line.startswith("data: {"):
@@ -179,8 +202,13 @@ def test_client_disconnect_cancels_the_upstream_call(stack, key):
     stats = stack.mock.stats
     before = stats.snapshot()["client_disconnects"]
     body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 200, "mock_token_delay": 0.05}
-    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {key['api_key']}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+        timeout=30,
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break
@@ -199,14 +227,17 @@ def test_function_url_path_validates_the_key_itself(stack, key):
     with TestClient(create_app()) as client:  # identity sources: Authorization (the default)
         body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 2}
         assert client.post("/v1/chat/completions", json=body).status_code == 401
-        assert client.post("/v1/chat/completions", json=body,
-                           headers={"authorization": "Bearer qg_nope"}).status_code == 401
+        assert (
+            client.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer qg_nope"}).status_code
+            == 401
+        )
         # Not an identity source: never read, even with nothing else presented.
         refused = client.post("/v1/chat/completions", json=body, headers={"x-api-key": key["api_key"]})
         assert refused.status_code == 401, refused.text
         assert "Authorization: Bearer <key>" in refused.json()["error"]["message"]
-        refused = client.post("/v1/chat/completions", json=body,
-                              headers={"authorization": "Bearer", "x-api-key": key["api_key"]})
+        refused = client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer", "x-api-key": key["api_key"]}
+        )
         assert refused.status_code == 401, refused.text
         ok = client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key['api_key']}"})
         assert ok.status_code == 200, ok.text

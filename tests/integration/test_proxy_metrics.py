@@ -44,17 +44,21 @@ def emf(monkeypatch, capfd):
 def _metrics(blob: dict[str, Any]) -> dict[str, dict[str, Any]]:
     (directive,) = blob["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == NAMESPACE
+
     def value(raw: Any) -> float:
         return sum(raw) if isinstance(raw, list) else raw
 
-    return {m["Name"]: {"value": value(blob[m["Name"]]), "unit": m["Unit"], "dimensions": directive["Dimensions"]}
-            for m in directive["Metrics"]}
+    return {
+        m["Name"]: {"value": value(blob[m["Name"]]), "unit": m["Unit"], "dimensions": directive["Dimensions"]}
+        for m in directive["Metrics"]
+    }
 
 
 def _post(stack, key: str, **extra: Any) -> httpx.Response:
     body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 20, **extra}
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {key}"})
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions", json=body, timeout=30, headers={"authorization": f"Bearer {key}"}
+    )
 
 
 def test_a_served_request_emits_requests_tokens_cost_and_timings(stack, emf):
@@ -70,8 +74,13 @@ def test_a_served_request_emits_requests_tokens_cost_and_timings(stack, emf):
     assert found[Metric.REQUESTS]["value"] == 1
     dimension_sets = found[Metric.REQUESTS]["dimensions"]
     assert ["service"] in dimension_sets
-    for breakdown in (["service", "outcome"], ["service", "status_class"], ["service", "model"],
-                      ["service", "target"], ["service", "tier"]):
+    for breakdown in (
+        ["service", "outcome"],
+        ["service", "status_class"],
+        ["service", "model"],
+        ["service", "target"],
+        ["service", "tier"],
+    ):
         assert breakdown in dimension_sets
     assert found[Metric.TOKENS_IN]["value"] == usage["prompt_tokens"]
     assert found[Metric.TOKENS_OUT]["value"] == usage["completion_tokens"]

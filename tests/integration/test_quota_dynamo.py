@@ -127,9 +127,7 @@ def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(servic
     limits = {"tokens_per_minute": 1000}
     results = run_at_once(
         50,
-        lambda i: service.reserve(
-            f"tok-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.0
-        ),
+        lambda i: service.reserve(f"tok-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.0),
     )
     admitted, rejected = split(results)
     assert len(admitted) == 1000 // 100
@@ -161,9 +159,7 @@ def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids):
     assert used == reserved <= 1000
     assert service.usage_of(f"key#{ids['key']}", "requests_per_minute") == len(admitted)
     # Every rejected request really did not fit in what was left.
-    smallest_rejected = min(
-        sizes[i][0] + sizes[i][1] for i, r in enumerate(results) if isinstance(r, GatewayError)
-    )
+    smallest_rejected = min(sizes[i][0] + sizes[i][1] for i, r in enumerate(results) if isinstance(r, GatewayError))
     assert used + smallest_rejected > 1000
 
 
@@ -174,9 +170,7 @@ def test_concurrent_usd_reservations_never_overshoot_and_settle_exactly(service,
     limits = {"usd_per_day": 1.0, "tokens_per_minute": 1_000_000}
     results = run_at_once(
         50,
-        lambda i: service.reserve(
-            f"usd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.05
-        ),
+        lambda i: service.reserve(f"usd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.05),
     )
     admitted, rejected = split(results)
     assert len(admitted) == 20 and len(rejected) == 30
@@ -197,9 +191,7 @@ def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids):
 
     def job(i):
         key = ids["key"] if i % 2 == 0 else ids["key2"]
-        return service.reserve(
-            f"ten-{ids['tenant']}-{i}", key, ids["tenant"], key_limits, tenant_limits, 40, 60, 0
-        )
+        return service.reserve(f"ten-{ids['tenant']}-{i}", key, ids["tenant"], key_limits, tenant_limits, 40, 60, 0)
 
     results = run_at_once(50, job)
     admitted, rejected = split(results)
@@ -238,9 +230,7 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
     assert set(snapshot.values()) == {1, 900, 100_000}
 
     with pytest.raises(GatewayError) as err:
-        service.reserve(
-            "multi-2-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 100, 100, 0.1
-        )
+        service.reserve("multi-2-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 100, 100, 0.1)
     error = err.value
     assert error.status == 429 and error.code == "insufficient_quota" and "tokens_per_day" in error.message
     # The short window's used value came back with the failed transaction (ALL_OLD), no extra read.
@@ -258,16 +248,12 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
 def test_second_settle_is_a_no_op(service, ledger, ids):
     limits = {"tokens_per_minute": 1000}
     tenant_limits = {"usd_per_day": 1}
-    reservation = service.reserve(
-        "twice-" + ids["key"], ids["key"], ids["tenant"], limits, tenant_limits, 40, 60, 0.01
-    )
+    reservation = service.reserve("twice-" + ids["key"], ids["key"], ids["tenant"], limits, tenant_limits, 40, 60, 0.01)
     assert reservation.headers()["x-ratelimit-remaining-tokens"] == "900"  # snapshot after the commit
     assert service.settle(reservation, 10, 20, 0.003) is True
     assert service.settle(reservation, 99, 99, 0.5) is False
     # A fresh copy (say, another code path) reaches DynamoDB and is refused there.
-    again = Reservation(
-        reservation.request_id, reservation.charges, reservation.usages, reservation.reserved_at
-    )
+    again = Reservation(reservation.request_id, reservation.charges, reservation.usages, reservation.reserved_at)
     assert service.settle(again, 99, 99, 0.5) is False
     assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 30
     assert service.usage_of(f"tenant#{ids['tenant']}", "usd_per_day") == 3000

@@ -44,8 +44,10 @@ def throttled(operation: str) -> ClientError:
 
 def internal(operation: str) -> ClientError:
     return ClientError(
-        {"Error": {"Code": "InternalServerError", "Message": "Internal server error"},
-         "ResponseMetadata": {"HTTPStatusCode": 500}},
+        {
+            "Error": {"Code": "InternalServerError", "Message": "Internal server error"},
+            "ResponseMetadata": {"HTTPStatusCode": 500},
+        },
         operation,
     )
 
@@ -127,7 +129,8 @@ def is_reserve(operation, request):
 
 def is_settle(operation, request):
     return operation == "update_item" or (
-        operation == "transact_write_items" and "Put" not in request["TransactItems"][-1])
+        operation == "transact_write_items" and "Put" not in request["TransactItems"][-1]
+    )
 
 
 # ---- reserve ------------------------------------------------------------------------------------
@@ -152,8 +155,7 @@ def test_the_quota_client_makes_one_botocore_attempt_with_short_timeouts():
 
 
 def test_a_reservation_whose_answer_was_lost_is_retried_with_the_same_token(real_client, clock):
-    faulty, _, service, truth = setup(
-        real_client, clock, lambda op, n, req: "lost" if n == 1 else None)
+    faulty, _, service, truth = setup(real_client, clock, lambda op, n, req: "lost" if n == 1 else None)
     reservation = reserve(service)
     transactions = [req for op, req in faulty.calls if op == "transact_write_items"]
     assert len(transactions) == 2
@@ -212,7 +214,8 @@ def test_a_duplicate_delivery_of_a_queued_settlement_applies_once(real_client, c
     broken = {"on": False}
     queue = InMemorySettlementQueue()
     _faulty, ledger, service, truth = setup(
-        real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None, queue)
+        real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None, queue
+    )
     reservation = reserve(service)
     broken["on"] = True
     assert service.settle(reservation, 10, 20, 0.0) is True  # accepted by the queue
@@ -249,7 +252,8 @@ def test_a_throttled_settlement_is_bounded_then_queued(real_client, clock):
     broken = {"on": False}
     queue = InMemorySettlementQueue()
     faulty, ledger, service, truth = setup(
-        real_client, clock, lambda op, n, req: throttled(op) if broken["on"] else None, queue)
+        real_client, clock, lambda op, n, req: throttled(op) if broken["on"] else None, queue
+    )
     reservation = reserve(service)
     broken["on"] = True
     calls_before, started = len(faulty.calls), clock.now
@@ -267,8 +271,7 @@ def test_a_throttled_settlement_is_bounded_then_queued(real_client, clock):
 
 def test_without_a_queue_a_failed_settlement_raises_and_keeps_the_charge(real_client, clock):
     broken = {"on": False}
-    _faulty, _, service, _truth = setup(
-        real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None)
+    _faulty, _, service, _truth = setup(real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None)
     reservation = reserve(service)
     broken["on"] = True
     with pytest.raises(LedgerBusy):

@@ -93,9 +93,12 @@ def test_only_open_reservations_are_in_the_reaper_index(client):
     items = []
     for shard in range(8):
         items += client.query(
-            TableName=tables.QUOTA.name(), IndexName=index.name,
-            KeyConditionExpression="#s = :s", ExpressionAttributeNames={"#s": index.partition_key},
-            ExpressionAttributeValues={":s": {"S": f"r{shard}"}})["Items"]
+            TableName=tables.QUOTA.name(),
+            IndexName=index.name,
+            KeyConditionExpression="#s = :s",
+            ExpressionAttributeNames={"#s": index.partition_key},
+            ExpressionAttributeValues={":s": {"S": f"r{shard}"}},
+        )["Items"]
     assert sorted(item["pk"]["S"] for item in items) == ["req#r1", "req#r3"]
 
 

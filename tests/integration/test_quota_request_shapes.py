@@ -35,20 +35,33 @@ MODELS = {
     "deaf": _openai_model("&cap_field=none&tokens=3000"),
     "reasoning": _openai_model("&cap_field=max_completion_tokens", max_output_field="max_completion_tokens"),
     "claude": {"provider": "mock-anthropic", "upstream_model": "claude-mock@real_billing=1", "price": PRICE},
-    "claude-deaf": {"provider": "mock-anthropic",
-                    "upstream_model": "claude-mock@real_billing=1&cap_field=none&tokens=3000",
-                    "price": PRICE},
+    "claude-deaf": {
+        "provider": "mock-anthropic",
+        "upstream_model": "claude-mock@real_billing=1&cap_field=none&tokens=3000",
+        "price": PRICE,
+    },
     "nova": {"provider": "mock-bedrock", "upstream_model": "amazon.nova-mock-v1:0@real_billing=1", "price": PRICE},
-    "nova-deaf": {"provider": "mock-bedrock",
-                  "upstream_model": "amazon.nova-mock-v1:0@real_billing=1&cap_field=none&tokens=3000",
-                  "price": PRICE},
+    "nova-deaf": {
+        "provider": "mock-bedrock",
+        "upstream_model": "amazon.nova-mock-v1:0@real_billing=1&cap_field=none&tokens=3000",
+        "price": PRICE,
+    },
 }
 PROVIDERS = {
     **TEST_CONFIG["providers"],
-    "mock-anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                       "read_timeout": 5},
-    "mock-bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1",
-                     "connect_timeout": 2, "read_timeout": 5},
+    "mock-anthropic": {
+        "type": "anthropic",
+        "base_url": "${QG_MOCK_BASE_URL}/v1",
+        "connect_timeout": 2,
+        "read_timeout": 5,
+    },
+    "mock-bedrock": {
+        "type": "bedrock",
+        "base_url": "${QG_MOCK_BASE_URL}",
+        "region": "us-east-1",
+        "connect_timeout": 2,
+        "read_timeout": 5,
+    },
 }
 PLANS = {
     **TEST_CONFIG["plans"],
@@ -67,8 +80,12 @@ def stack(tmp_path_factory):
 
 
 def post(stack, api_key, body, timeout=60):
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=timeout,
-                      headers={"authorization": f"Bearer {api_key}"})
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=timeout,
+        headers={"authorization": f"Bearer {api_key}"},
+    )
 
 
 def user(text="Tell me about lighthouses."):
@@ -76,11 +93,22 @@ def user(text="Tell me about lighthouses."):
 
 
 def tool(i: int, fields: int = 2) -> dict:
-    properties = {f"field_{j}": {"type": "string", "description": f"The {j}th detail of request number {i}, "
-                                 "written out in full so that the schema is as long as real ones are."}
-                  for j in range(fields)}
-    return {"type": "function", "function": {"name": f"lookup_{i}", "description": f"Look up record kind {i}.",
-                                             "parameters": {"type": "object", "properties": properties}}}
+    properties = {
+        f"field_{j}": {
+            "type": "string",
+            "description": f"The {j}th detail of request number {i}, "
+            "written out in full so that the schema is as long as real ones are.",
+        }
+        for j in range(fields)
+    }
+    return {
+        "type": "function",
+        "function": {
+            "name": f"lookup_{i}",
+            "description": f"Look up record kind {i}.",
+            "parameters": {"type": "object", "properties": properties},
+        },
+    }
 
 
 def image(detail: str, url: str = "https://example.com/lighthouse.png") -> dict:
@@ -88,8 +116,10 @@ def image(detail: str, url: str = "https://example.com/lighthouse.png") -> dict:
 
 
 def tiny_png_data_url() -> str:
-    return ("data:image/png;base64,"
-            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    return (
+        "data:image/png;base64,"
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    )
 
 
 def wav_base64(seconds: float) -> str:
@@ -102,54 +132,135 @@ def wav_base64(seconds: float) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-    "type": "object", "properties": {f"part_{i}": {"type": "string", "description": "One part of the answer, "
-                                                   "in a full sentence."} for i in range(12)}}}}
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {
+                f"part_{i}": {"type": "string", "description": "One part of the answer, in a full sentence."}
+                for i in range(12)
+            },
+        },
+    },
+}
 
 # name: (body without "model"/"mock_reply_tokens", model, expected status)
 SHAPES: dict[str, tuple[dict, str, int]] = {
     "20 tools": ({"messages": user(), "tools": [tool(i, 8) for i in range(20)], "max_tokens": 16}, "billed", 400),
     "3 tools": ({"messages": user(), "tools": [tool(i) for i in range(3)], "max_tokens": 16}, "billed", 200),
-    "legacy functions": ({"messages": user(), "functions": [tool(i)["function"] for i in range(3)],
-                          "max_tokens": 16}, "billed", 200),
-    "tool call and result": ({"messages": [
-        *user(), {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "lookup_1", "arguments": '{"field_0":"x"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "The record says: " + "beam " * 100}],
-        "tools": [tool(1)], "max_tokens": 16}, "billed", 200),
-    "10 remote images (high)": ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Compare these."}, *[image("high") for _ in range(10)]]}]}, "billed", 400),
-    "one image (auto)": ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe."}, image("auto")]}], "max_tokens": 16}, "billed", 400),
-    "two images (low)": ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe."}, image("low"), image("low")]}], "max_tokens": 16}, "billed", 200),
-    "audio (wav, 2 s)": ({"messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": wav_base64(2.0), "format": "wav"}}]}],
-        "max_tokens": 16}, "billed", 200),
-    "response_format schema": ({"messages": user(), "response_format": SCHEMA_FORMAT, "max_tokens": 16},
-                               "billed", 200),
+    "legacy functions": (
+        {"messages": user(), "functions": [tool(i)["function"] for i in range(3)], "max_tokens": 16},
+        "billed",
+        200,
+    ),
+    "tool call and result": (
+        {
+            "messages": [
+                *user(),
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup_1", "arguments": '{"field_0":"x"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "The record says: " + "beam " * 100},
+            ],
+            "tools": [tool(1)],
+            "max_tokens": 16,
+        },
+        "billed",
+        200,
+    ),
+    "10 remote images (high)": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Compare these."}, *[image("high") for _ in range(10)]],
+                }
+            ]
+        },
+        "billed",
+        400,
+    ),
+    "one image (auto)": (
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe."}, image("auto")]}],
+            "max_tokens": 16,
+        },
+        "billed",
+        400,
+    ),
+    "two images (low)": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Describe."}, image("low"), image("low")]}
+            ],
+            "max_tokens": 16,
+        },
+        "billed",
+        200,
+    ),
+    "audio (wav, 2 s)": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": wav_base64(2.0), "format": "wav"}}],
+                }
+            ],
+            "max_tokens": 16,
+        },
+        "billed",
+        200,
+    ),
+    "response_format schema": ({"messages": user(), "response_format": SCHEMA_FORMAT, "max_tokens": 16}, "billed", 200),
     "max_completion_tokens to a max_tokens-only server": (
-        {"messages": user(), "max_completion_tokens": 16}, "old-server", 200),
-    "both caps (16 and 5000)": ({"messages": user(), "max_completion_tokens": 16, "max_tokens": 5000},
-                                "old-server", 200),
+        {"messages": user(), "max_completion_tokens": 16},
+        "old-server",
+        200,
+    ),
+    "both caps (16 and 5000)": (
+        {"messages": user(), "max_completion_tokens": 16, "max_tokens": 5000},
+        "old-server",
+        200,
+    ),
     "n=2": ({"messages": user(), "n": 2, "max_tokens": 16}, "billed", 200),
     "reasoning model, max_completion_tokens": ({"messages": user(), "max_completion_tokens": 16}, "reasoning", 200),
     "reasoning model, max_tokens": ({"messages": user(), "max_tokens": 16}, "reasoning", 200),
     "reasoning model, no cap": ({"messages": user()}, "reasoning", 200),
     "provider ignoring its cap": ({"messages": user(), "max_tokens": 16}, "deaf", 200),
     "provider ignoring its cap, no client cap": ({"messages": user()}, "deaf", 200),
-    "anthropic tools": ({"messages": user(), "tools": [tool(i, 1) for i in range(2)], "max_tokens": 16},
-                        "claude", 200),
+    "anthropic tools": ({"messages": user(), "tools": [tool(i, 1) for i in range(2)], "max_tokens": 16}, "claude", 200),
     "anthropic ignoring its cap": ({"messages": user(), "max_tokens": 16}, "claude-deaf", 200),
-    "anthropic image": ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe."}, image("low")]}], "max_tokens": 16}, "claude", 400),
+    "anthropic image": (
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe."}, image("low")]}],
+            "max_tokens": 16,
+        },
+        "claude",
+        400,
+    ),
     "bedrock tools": ({"messages": user(), "tools": [tool(i, 1) for i in range(2)], "max_tokens": 16}, "nova", 200),
     "bedrock ignoring its cap": ({"messages": user()}, "nova-deaf", 200),
-    "bedrock image": ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe."}, image("high", tiny_png_data_url())]}], "max_tokens": 16},
-        "nova", 400),
+    "bedrock image": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Describe."}, image("high", tiny_png_data_url())]}
+            ],
+            "max_tokens": 16,
+        },
+        "nova",
+        400,
+    ),
 }
-
 
 
 def reserved_and_settled(stack, response) -> tuple[int, int]:
@@ -172,8 +283,7 @@ def test_every_request_shape_is_bounded_by_its_reservation(stack, shape, stream)
     body, model, expected = SHAPES[shape]
     key = stack.create_key(tenant=f"shape-{list(SHAPES).index(shape)}-{stream}", plan="tight")
     calls_before = stack.mock.stats.snapshot()["chat_requests"]
-    response = post(stack, key["api_key"], {**body, "model": model, "stream": stream,
-                                            "mock_reply_tokens": LONG_REPLY})
+    response = post(stack, key["api_key"], {**body, "model": model, "stream": stream, "mock_reply_tokens": LONG_REPLY})
     assert response.status_code == expected, response.text
     if expected != 200:
         error = response.json()["error"]
@@ -198,8 +308,9 @@ def test_a_cap_above_the_per_request_limit_names_the_field_the_client_sent(stack
 def test_one_cap_reaches_the_provider_in_the_form_it_understands(stack):
     key = stack.create_key(tenant="shape-one-cap", plan="tight")
     for model, expected_field in (("billed", "max_tokens"), ("reasoning", "max_completion_tokens")):
-        response = post(stack, key["api_key"], {"model": model, "messages": user(), "max_tokens": 10,
-                                                "max_completion_tokens": 12})
+        response = post(
+            stack, key["api_key"], {"model": model, "messages": user(), "max_tokens": 10, "max_completion_tokens": 12}
+        )
         assert response.status_code == 200, response.text
         sent = stack.mock.stats.last_request["body"]
         caps = {name: sent[name] for name in ("max_tokens", "max_completion_tokens") if name in sent}
@@ -209,8 +320,14 @@ def test_one_cap_reaches_the_provider_in_the_form_it_understands(stack):
 def test_fifty_concurrent_requests_of_the_worst_shape_never_pass_the_limit(stack):
     key = stack.create_key(tenant="shape-burst", plan="tight")
     # tool_choice "none": the tools are billed, and the mock answers in (long) text rather than with a call.
-    body = {"model": "deaf", "messages": user(), "tools": [tool(i) for i in range(3)], "tool_choice": "none",
-            "mock_reply_tokens": LONG_REPLY, "stream": True}
+    body = {
+        "model": "deaf",
+        "messages": user(),
+        "tools": [tool(i) for i in range(3)],
+        "tool_choice": "none",
+        "mock_reply_tokens": LONG_REPLY,
+        "stream": True,
+    }
 
     def one(_):
         return post(stack, key["api_key"], body)
@@ -271,8 +388,9 @@ def test_without_a_cap_the_answer_ends_with_length_only_when_the_budget_is_spent
     from quotagate import tokens
 
     key = stack.create_key(tenant=f"room-600-{stream}", plan="room-600")
-    response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": user(), "stream": stream,
-                                            "mock_reply_tokens": 1500})
+    response = post(
+        stack, key["api_key"], {"model": "mock-gpt", "messages": user(), "stream": stream, "mock_reply_tokens": 1500}
+    )
     assert response.status_code == 200
     content, finish, _ = _answer(response, stream)
     assert finish == "length"
@@ -289,10 +407,16 @@ def test_anthropic_prompt_cache_writes_are_priced_apart_and_covered_by_the_reser
     import math
 
     key = stack.create_key(tenant=f"cache-{ttl}", plan="roomy")
-    marked = {"type": "text", "text": "A long system prompt about lighthouses. " * 20,
-              "cache_control": {"type": "ephemeral", "ttl": ttl}}
-    body = {"model": "claude", "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
-            "max_tokens": 16}
+    marked = {
+        "type": "text",
+        "text": "A long system prompt about lighthouses. " * 20,
+        "cache_control": {"type": "ephemeral", "ttl": ttl},
+    }
+    body = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
+        "max_tokens": 16,
+    }
     response = post(stack, key["api_key"], body)
     assert response.status_code == 200, response.text
     usage = response.json()["usage"]
@@ -301,17 +425,26 @@ def test_anthropic_prompt_cache_writes_are_priced_apart_and_covered_by_the_reser
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     assert item["usage"]["cache_creation_tokens"] == written
     plain = usage["prompt_tokens"] - written
-    expected = (plain * PRICE["input_per_million"] + written * write_factor * PRICE["input_per_million"]
-                + usage["completion_tokens"] * PRICE["output_per_million"])
+    expected = (
+        plain * PRICE["input_per_million"]
+        + written * write_factor * PRICE["input_per_million"]
+        + usage["completion_tokens"] * PRICE["output_per_million"]
+    )
     assert item["usage"]["usd_micros"] == math.ceil(round(expected, 6))
 
 
 def test_a_cache_write_worst_case_is_inside_the_dollar_reservation(stack):
     key = stack.create_key(tenant="cache-bound", plan="usd-only")
-    marked = {"type": "text", "text": "A long system prompt about lighthouses. " * 40,
-              "cache_control": {"type": "ephemeral", "ttl": "1h"}}
-    body = {"model": "claude", "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
-            "max_tokens": 16}
+    marked = {
+        "type": "text",
+        "text": "A long system prompt about lighthouses. " * 40,
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+    body = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}],
+        "max_tokens": 16,
+    }
     response = post(stack, key["api_key"], body)
     assert response.status_code == 200, response.text
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])

@@ -34,8 +34,12 @@ def stack(tmp_path_factory):
 
 
 def post(stack, api_key, body, timeout=60):
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=timeout,
-                      headers={"authorization": f"Bearer {api_key}"})
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=timeout,
+        headers={"authorization": f"Bearer {api_key}"},
+    )
 
 
 def micro_usd(prompt, completion):
@@ -50,6 +54,7 @@ def away_from_minute_boundary():
 
 def burst(stack, api_keys, count):
     """``count`` simultaneous requests (max_tokens 100, replies of varying length), round-robin keys."""
+
     def one(i):
         body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 100, "mock_reply_tokens": 20 + (i * 7) % 81}
         return post(stack, api_keys[i % len(api_keys)], body)
@@ -84,21 +89,23 @@ def test_fifty_concurrent_requests_never_overshoot_usd_per_day(stack):
     reserved_each = micro_usd(tokens.chat_prompt_tokens(MESSAGES), 100)
     assert len(admitted) >= 1700 // reserved_each
     assert rejected and all(r.json()["error"]["code"] == "insufficient_quota" for r in rejected)
-    spent = sum(micro_usd(r.json()["usage"]["prompt_tokens"], r.json()["usage"]["completion_tokens"])
-                for r in admitted)
+    spent = sum(micro_usd(r.json()["usage"]["prompt_tokens"], r.json()["usage"]["completion_tokens"]) for r in admitted)
     assert spent <= 1700
     assert stack.quota_used(f"key#{key['key_id']}", "usd_per_day") == spent
 
 
 def test_a_tenant_record_is_one_window_shared_by_keys_on_three_plans(stack):
-    created = stack.invoke_keys({"action": "create_tenant", "tenant": "shared-tenant",
-                                 "limits": {"tokens_per_minute": 1000}})
+    created = stack.invoke_keys(
+        {"action": "create_tenant", "tenant": "shared-tenant", "limits": {"tokens_per_minute": 1000}}
+    )
     assert created["ok"], created
     # Three plans: a small one, a large one and one without any limit; none of them decides
     # what the tenant may spend.
-    keys = [stack.create_key(tenant="shared-tenant", consumer="a", plan="tpm-1000"),
-            stack.create_key(tenant="shared-tenant", consumer="b", plan="free"),
-            stack.create_key(tenant="shared-tenant", consumer="c", plan="no-limits")]
+    keys = [
+        stack.create_key(tenant="shared-tenant", consumer="a", plan="tpm-1000"),
+        stack.create_key(tenant="shared-tenant", consumer="b", plan="free"),
+        stack.create_key(tenant="shared-tenant", consumer="c", plan="no-limits"),
+    ]
     admitted, rejected = burst(stack, [k["api_key"] for k in keys], 51)
     reserved_each = tokens.chat_prompt_tokens(MESSAGES) + 100
     assert len(admitted) >= 1000 // reserved_each and rejected
@@ -113,8 +120,9 @@ def test_a_tenant_record_is_one_window_shared_by_keys_on_three_plans(stack):
 def test_a_tenant_without_a_record_gets_the_default_tenant_limits(tmp_path):
     overrides = {"plans": PLANS, "default_tenant_limits": {"requests_per_minute": 2}}
     with gateway_stack(tmp_path, overrides) as running:
-        keys = [running.create_key(tenant="no-record", consumer=c, plan=p)
-                for c, p in (("a", "free"), ("b", "no-limits"))]
+        keys = [
+            running.create_key(tenant="no-record", consumer=c, plan=p) for c, p in (("a", "free"), ("b", "no-limits"))
+        ]
         away_from_minute_boundary()
         body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 5}
         statuses = [post(running, keys[i % 2]["api_key"], body).status_code for i in range(3)]
@@ -137,13 +145,16 @@ def test_upstream_error_refunds_every_token(stack):
 
 def test_mid_stream_drop_charges_what_was_streamed(stack):
     key = stack.create_key(tenant="settle-drop")
-    response = post(stack, key["api_key"], {"model": "mock-drop", "messages": MESSAGES, "stream": True,
-                                            "max_tokens": 50})
+    response = post(
+        stack, key["api_key"], {"model": "mock-drop", "messages": MESSAGES, "stream": True, "max_tokens": 50}
+    )
     assert response.status_code == 200 and "upstream_stream_interrupted" in response.text
     wait_settled(stack, response)
     streamed = "".join(
         json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in response.text.splitlines() if line.startswith("data: {\"id\""))
+        for line in response.text.splitlines()
+        if line.startswith('data: {"id"')
+    )
     expected = tokens.chat_prompt_tokens(MESSAGES) + tokens.count_text(streamed)
     assert tokens.count_text(streamed) == 3
     assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == expected
@@ -151,11 +162,22 @@ def test_mid_stream_drop_charges_what_was_streamed(stack):
 
 def test_client_disconnect_settles_what_the_upstream_produced(stack):
     key = stack.create_key(tenant="settle-disconnect")
-    body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 400,
-            "mock_reply_tokens": 400, "mock_token_delay": 0.02}
+    body = {
+        "model": "mock-gpt",
+        "messages": MESSAGES,
+        "stream": True,
+        "max_tokens": 400,
+        "mock_reply_tokens": 400,
+        "mock_token_delay": 0.02,
+    }
     received = 0
-    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {key['api_key']}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 received += 1
@@ -171,8 +193,9 @@ def test_client_disconnect_settles_what_the_upstream_produced(stack):
 @pytest.mark.parametrize("stream", [False, True])
 def test_usage_is_counted_with_tiktoken_when_the_upstream_omits_it(stack, stream):
     key = stack.create_key(tenant=f"settle-omit-{stream}")
-    response = post(stack, key["api_key"], {"model": "mock-omit", "messages": MESSAGES, "stream": stream,
-                                            "max_tokens": 9})
+    response = post(
+        stack, key["api_key"], {"model": "mock-omit", "messages": MESSAGES, "stream": stream, "max_tokens": 9}
+    )
     assert response.status_code == 200
     if not stream:
         assert "usage" not in response.json()
@@ -191,8 +214,14 @@ def test_tiny_limit_gets_429_with_openai_headers_and_oversize_gets_400(stack):
     error = limited.json()["error"]
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "tokens"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
-    for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
-                 "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+    for name in (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+    ):
         assert name in limited.headers, name
     assert limited.headers["x-ratelimit-limit-tokens"] == "150"
     never = post(stack, key["api_key"], {**body, "max_tokens": 500})
@@ -208,8 +237,9 @@ def test_a_finished_stream_is_settled_before_its_response_completes(stack):
     key = stack.create_key(tenant="settle-in-time")
     ledger = DynamoQuotaLedger(boto3.client("dynamodb"))
     for _ in range(5):
-        response = post(stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True,
-                                                "max_tokens": 5})
+        response = post(
+            stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 5}
+        )
         assert response.text.rstrip().endswith("data: [DONE]")
         item = ledger.get_reservation(response.headers["x-quotagate-request-id"])
         assert item is not None and item["status"] == "settled"

@@ -40,8 +40,9 @@ def used(service, key):
 
 def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_the_rest(service):
     quota, ledger = service
-    reservation = quota.reserve("r-grow-" + type(ledger).__name__, "k-grow-" + type(ledger).__name__, "t", LIMITS,
-                                {}, 100, 300, 0.001)
+    reservation = quota.reserve(
+        "r-grow-" + type(ledger).__name__, "k-grow-" + type(ledger).__name__, "t", LIMITS, {}, 100, 300, 0.001
+    )
     key = reservation.charges[0].scope_id
     assert used(service, key) == 400
     assert quota.top_up(reservation, 500, 0.001) is True
@@ -52,8 +53,11 @@ def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_
     assert quota.top_up(reservation, 100, 0.001) is True  # exactly to the limit
     assert used(service, key) == 1000
     item = ledger.get_reservation(reservation.request_id)
-    assert item["topped_up"]["tokens"] == 600 if isinstance(ledger, InMemoryQuotaLedger) \
+    assert (
+        item["topped_up"]["tokens"] == 600
+        if isinstance(ledger, InMemoryQuotaLedger)
         else item["topped_up_tokens"] == 600
+    )
     assert quota.settle(reservation, 100, 650, 0.0005) is True
     assert used(service, key) == 750
     assert quota.top_up(reservation, 10, 0.0) is False  # a settled reservation never grows
@@ -62,8 +66,9 @@ def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_
 def test_racing_top_ups_never_pass_the_limit(service):
     quota, ledger = service
     suffix = type(ledger).__name__
-    reservations = [quota.reserve(f"r-race-{suffix}-{i}", f"k-race-{suffix}", "t", LIMITS, {}, 10, 10, 0.0)
-                    for i in range(20)]  # 400 of 1000 reserved
+    reservations = [
+        quota.reserve(f"r-race-{suffix}-{i}", f"k-race-{suffix}", "t", LIMITS, {}, 10, 10, 0.0) for i in range(20)
+    ]  # 400 of 1000 reserved
     with ThreadPoolExecutor(max_workers=20) as pool:
         granted = list(pool.map(lambda r: quota.top_up(r, 50, 0.0), reservations))
     assert sum(granted) == 12  # (1000 - 400) / 50

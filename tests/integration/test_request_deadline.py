@@ -20,10 +20,20 @@ def stack(tmp_path_factory):
 def test_a_stream_longer_than_the_request_limit_ends_with_an_error_event_and_is_settled(stack):
     key = stack.create_key(tenant="slow-stream")
     # A 10 s stream against a 3 s limit: room for a slow first byte on a loaded machine.
-    body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 100,
-            "mock_reply_tokens": 100, "mock_token_delay": 0.1}
-    response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=30,
-                          headers={"authorization": f"Bearer {key['api_key']}"})
+    body = {
+        "model": "mock-gpt",
+        "messages": MESSAGES,
+        "stream": True,
+        "max_tokens": 100,
+        "mock_reply_tokens": 100,
+        "mock_token_delay": 0.1,
+    }
+    response = httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+    )
     assert response.status_code == 200
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
     assert events[-1]["error"]["code"] == "deadline_exceeded"

@@ -15,26 +15,44 @@ PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
 CONFIG = {
     "providers": {
         "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
-        "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                      "read_timeout": 5},
-        "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1",
-                    "connect_timeout": 2, "read_timeout": 5},
+        "anthropic": {
+            "type": "anthropic",
+            "base_url": "${QG_MOCK_BASE_URL}/v1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
+        "bedrock": {
+            "type": "bedrock",
+            "base_url": "${QG_MOCK_BASE_URL}",
+            "region": "us-east-1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
     },
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": PRICE},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
         "via-bedrock": {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0", "price": PRICE},
         "drops": {"provider": "openai", "upstream_model": "mock-gpt@drop_after=3", "price": PRICE},
-        "fails-over": {"targets": [
-            {"provider": "openai", "upstream_model": "mock-gpt@status=503", "price": PRICE},
-            {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE}]},
+        "fails-over": {
+            "targets": [
+                {"provider": "openai", "upstream_model": "mock-gpt@status=503", "price": PRICE},
+                {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
+            ]
+        },
     },
-    "plans": {"metered": {"limits": {"tokens_per_minute": 1000000}, "models": "*", "default_max_tokens": 32},
-              "tiny": {"limits": {"tokens_per_minute": 40}, "models": "*", "default_max_tokens": 32}},
+    "plans": {
+        "metered": {"limits": {"tokens_per_minute": 1000000}, "models": "*", "default_max_tokens": 32},
+        "tiny": {"limits": {"tokens_per_minute": 40}, "models": "*", "default_max_tokens": 32},
+    },
     "default_plan": "metered",
 }
-WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +77,9 @@ def used(stack, key):
 def test_sdk_responses_create_on_every_provider_settles_exactly(stack, model):
     key = new_key(stack)
     client = client_for(stack, key)
-    raw = client.responses.with_raw_response.create(model=model, input="Name a river.", instructions="Be brief.",
-                                                    max_output_tokens=6)
+    raw = client.responses.with_raw_response.create(
+        model=model, input="Name a river.", instructions="Be brief.", max_output_tokens=6
+    )
     response = raw.parse()
     assert raw.headers["x-request-id"] and raw.headers["x-quotagate-target"]
     assert response.object == "response" and response.store is False
@@ -75,13 +94,22 @@ def test_sdk_responses_create_on_every_provider_settles_exactly(stack, model):
 def test_sdk_stream_has_typed_events_and_settles_exactly(stack, model):
     key = new_key(stack)
     client = client_for(stack, key)
-    events = list(client.responses.create(model=model, input="Tell me about rivers.", max_output_tokens=12,
-                                          stream=True))
+    events = list(
+        client.responses.create(model=model, input="Tell me about rivers.", max_output_tokens=12, stream=True)
+    )
     kinds = [e.type for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.incomplete"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1].response
@@ -95,24 +123,36 @@ def test_sdk_stream_has_typed_events_and_settles_exactly(stack, model):
 
 def test_a_function_tool_round_trip(stack):
     client = client_for(stack, new_key(stack))
-    first = client.responses.create(model="via-anthropic", input="What is the weather in Oslo?", tools=[WEATHER],
-                                    tool_choice={"type": "function", "name": "get_weather"})
+    first = client.responses.create(
+        model="via-anthropic",
+        input="What is the weather in Oslo?",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and "city" in json.loads(calls[0].arguments)
     second = client.responses.create(
-        model="via-anthropic", tools=[WEATHER],
-        input=[{"role": "user", "content": "What is the weather in Oslo?"},
-               *[item.model_dump(exclude_none=True) for item in first.output],
-               {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Rain, 7 degrees."}])
+        model="via-anthropic",
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": "What is the weather in Oslo?"},
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Rain, 7 degrees."},
+        ],
+    )
     assert second.status == "completed" and second.output_text
     assert [item.type for item in second.output] == ["message"]
 
 
 def test_a_stream_broken_after_the_first_byte_ends_with_response_failed(stack):
     key = new_key(stack)
-    with httpx.stream("POST", f"{stack.base_url}/v1/responses", timeout=30,
-                      headers={"authorization": f"Bearer {key['api_key']}"},
-                      json={"model": "drops", "input": "hi", "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/v1/responses",
+        timeout=30,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+        json={"model": "drops", "input": "hi", "stream": True},
+    ) as response:
         assert response.status_code == 200
         body = response.read().decode()
     events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
@@ -121,20 +161,24 @@ def test_a_stream_broken_after_the_first_byte_ends_with_response_failed(stack):
     assert "event: response.failed\n" in body
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": "via-openai", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"model": "via-openai", "input": "hi", "conversation": "conv_1"}, "conversation"),
-    ({"model": "via-openai", "input": "hi", "background": True}, "background"),
-    ({"model": "via-openai", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
-    ({"model": "via-openai", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"model": "via-openai"}, "input"),
-    ({"model": "via-openai", "input": "hi", "max_output_tokens": -1}, "max_output_tokens"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "via-openai", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "via-openai", "input": "hi", "conversation": "conv_1"}, "conversation"),
+        ({"model": "via-openai", "input": "hi", "background": True}, "background"),
+        ({"model": "via-openai", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"model": "via-openai", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"model": "via-openai"}, "input"),
+        ({"model": "via-openai", "input": "hi", "max_output_tokens": -1}, "max_output_tokens"),
+    ],
+)
 def test_invalid_or_stateful_requests_cost_nothing_and_reach_no_model(stack, body, param):
     key = new_key(stack)
     before = stack.mock.stats.snapshot()["chat_requests"]
-    response = httpx.post(f"{stack.base_url}/v1/responses", json=body, timeout=30,
-                          headers={"authorization": f"Bearer {key['api_key']}"})
+    response = httpx.post(
+        f"{stack.base_url}/v1/responses", json=body, timeout=30, headers={"authorization": f"Bearer {key['api_key']}"}
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["param"] == param

@@ -53,35 +53,71 @@ def routing_config(flaky_url: str) -> dict:
         },
         "models": {
             **TEST_CONFIG["models"],
-            "fo-500": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=500", "price": DEAR},
-                                   mock]},
-            "fo-slow": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@delay_first_byte=3",
-                                     "price": DEAR, "timeouts": {"first_byte": 0.5}}, mock]},
+            "fo-500": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=500", "price": DEAR}, mock]},
+            "fo-slow": {
+                "targets": [
+                    {
+                        "provider": "mock",
+                        "upstream_model": "mock-gpt@delay_first_byte=3",
+                        "price": DEAR,
+                        "timeouts": {"first_byte": 0.5},
+                    },
+                    mock,
+                ]
+            },
             "fo-refused": {"targets": [{"provider": "closed", "upstream_model": "mock-gpt", "price": DEAR}, mock]},
-            "fo-429": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=429&retry_after=5"},
-                                   mock]},
+            "fo-429": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=429&retry_after=5"}, mock]},
             "fo-bad-request": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=400"}, mock]},
-            "retry-429": {"targets": [{"provider": "flaky", "upstream_model": "mock-gpt", "price": CHEAP}],
-                          "deadline": 10},
+            "retry-429": {
+                "targets": [{"provider": "flaky", "upstream_model": "mock-gpt", "price": CHEAP}],
+                "deadline": 10,
+            },
             "retry-429-tight": {"targets": [{"provider": "flaky", "upstream_model": "mock-gpt"}], "deadline": 0.6},
-            "deadline-slow": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@delay_first_byte=5",
-                                           "timeouts": {"first_byte": 10}}, mock], "deadline": 1},
-            "idle-slow": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@token_delay=1.5",
-                                       "timeouts": {"idle": 0.5}}]},
-            "ab": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt", "weight": 50},
-                               {"provider": "mock", "upstream_model": "mock-gpt-mini", "weight": 50}]},
-            "ab-sticky": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt", "weight": 50},
-                                      {"provider": "mock", "upstream_model": "mock-gpt-mini", "weight": 50}],
-                          "sticky": True},
-            "pro-only": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt", "plans": ["pro"]}],
-                         "on_tier_mismatch": "refuse"},
-            "pro-or-ab": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt-mini", "plans": ["pro"]}],
-                          "on_tier_mismatch": "downgrade", "downgrade_to": "ab"},
+            "deadline-slow": {
+                "targets": [
+                    {
+                        "provider": "mock",
+                        "upstream_model": "mock-gpt@delay_first_byte=5",
+                        "timeouts": {"first_byte": 10},
+                    },
+                    mock,
+                ],
+                "deadline": 1,
+            },
+            "idle-slow": {
+                "targets": [
+                    {"provider": "mock", "upstream_model": "mock-gpt@token_delay=1.5", "timeouts": {"idle": 0.5}}
+                ]
+            },
+            "ab": {
+                "targets": [
+                    {"provider": "mock", "upstream_model": "mock-gpt", "weight": 50},
+                    {"provider": "mock", "upstream_model": "mock-gpt-mini", "weight": 50},
+                ]
+            },
+            "ab-sticky": {
+                "targets": [
+                    {"provider": "mock", "upstream_model": "mock-gpt", "weight": 50},
+                    {"provider": "mock", "upstream_model": "mock-gpt-mini", "weight": 50},
+                ],
+                "sticky": True,
+            },
+            "pro-only": {
+                "targets": [{"provider": "mock", "upstream_model": "mock-gpt", "plans": ["pro"]}],
+                "on_tier_mismatch": "refuse",
+            },
+            "pro-or-ab": {
+                "targets": [{"provider": "mock", "upstream_model": "mock-gpt-mini", "plans": ["pro"]}],
+                "on_tier_mismatch": "downgrade",
+                "downgrade_to": "ab",
+            },
         },
         "plans": {
             **TEST_CONFIG["plans"],
-            "free": {**TEST_CONFIG["plans"]["free"],
-                     "models": [*TEST_CONFIG["plans"]["free"]["models"], "fo-500", "ab", "pro-only", "pro-or-ab"]},
+            "free": {
+                **TEST_CONFIG["plans"]["free"],
+                "models": [*TEST_CONFIG["plans"]["free"]["models"], "fo-500", "ab", "pro-only", "pro-or-ab"],
+            },
         },
         "circuit_breaker": {"failure_threshold": 1000},  # breaker behaviour: test_routing_breaker.py
     }
@@ -89,8 +125,9 @@ def routing_config(flaky_url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, flaky):
-    with gateway_stack(tmp_path_factory.mktemp("routing"), routing_config(flaky[1]), keepalive_seconds=0.2,
-                       token_delay=0.002) as running:
+    with gateway_stack(
+        tmp_path_factory.mktemp("routing"), routing_config(flaky[1]), keepalive_seconds=0.2, token_delay=0.002
+    ) as running:
         clear_circuits()
         yield running
         clear_circuits()
@@ -102,8 +139,12 @@ def key(stack, request):
 
 
 def post(stack, api_key, body, timeout=30):
-    return httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=timeout,
-                      headers={"authorization": f"Bearer {api_key}"})
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        json=body,
+        timeout=timeout,
+        headers={"authorization": f"Bearer {api_key}"},
+    )
 
 
 def sse_data(text: str) -> list:
@@ -124,8 +165,9 @@ def recent_count(stack) -> int:
 
 
 def streamed_text(events) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or ""
-                   for c in events if isinstance(c, dict) and c.get("choices"))
+    return "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in events if isinstance(c, dict) and c.get("choices")
+    )
 
 
 # -- failover -------------------------------------------------------------------------------------
@@ -134,8 +176,7 @@ def streamed_text(events) -> str:
 def test_failover_before_the_first_byte_gives_a_complete_answer(stack, key, alias, stream):
     stack.mock.stats.reset()
     started = time.monotonic()
-    response = post(stack, key["api_key"], {"model": alias, "messages": MESSAGES, "max_tokens": 8,
-                                            "stream": stream})
+    response = post(stack, key["api_key"], {"model": alias, "messages": MESSAGES, "max_tokens": 8, "stream": stream})
     elapsed = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert response.headers["x-quotagate-target"] == "mock/mock-gpt"
@@ -181,8 +222,9 @@ def test_retry_after_is_honoured_within_the_budget(stack, key, flaky):
     for stream in (False, True):
         upstream.arm(1, status=429, retry_after="1")
         started = time.monotonic()
-        response = post(stack, key["api_key"], {"model": "retry-429", "messages": MESSAGES, "max_tokens": 4,
-                                                "stream": stream})
+        response = post(
+            stack, key["api_key"], {"model": "retry-429", "messages": MESSAGES, "max_tokens": 4, "stream": stream}
+        )
         elapsed = time.monotonic() - started
         assert response.status_code == 200, response.text
         assert upstream.hits == 2
@@ -221,8 +263,9 @@ def test_total_deadline_ends_the_wait(stack, key):
 
 
 def test_idle_timeout_after_the_first_byte_ends_the_stream_with_an_error_event(stack, key):
-    response = post(stack, key["api_key"], {"model": "idle-slow", "messages": MESSAGES, "stream": True,
-                                            "max_tokens": 4})
+    response = post(
+        stack, key["api_key"], {"model": "idle-slow", "messages": MESSAGES, "stream": True, "max_tokens": 4}
+    )
     assert response.status_code == 200
     events = sse_data(response.text)
     assert "[DONE]" not in events
@@ -247,8 +290,9 @@ def wait_settled(stack, key_id, limit, expected, timeout=5.0):
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("alias", ["fo-500", "fo-slow", "fo-refused"])
 def test_settlement_charges_the_serving_target_only(stack, alias, stream):
-    key = stack.create_key(tenant=f"settle-{alias}-{stream}", plan="pro",
-                           limits={"tokens_per_minute": 100000, "usd_per_day": 5})
+    key = stack.create_key(
+        tenant=f"settle-{alias}-{stream}", plan="pro", limits={"tokens_per_minute": 100000, "usd_per_day": 5}
+    )
     body = {"model": alias, "messages": MESSAGES, "max_tokens": 12, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -279,24 +323,36 @@ def test_the_reservation_uses_the_dearest_eligible_target(stack):
 
 # -- splits, stickiness, tiers, listing ---------------------------------------------------------------
 def test_ab_split_is_visible_in_the_target_header(stack, key):
-    seen = [post(stack, key["api_key"], {"model": "ab", "messages": MESSAGES, "max_tokens": 1})
-            .headers["x-quotagate-target"] for _ in range(24)]
+    seen = [
+        post(stack, key["api_key"], {"model": "ab", "messages": MESSAGES, "max_tokens": 1}).headers[
+            "x-quotagate-target"
+        ]
+        for _ in range(24)
+    ]
     assert set(seen) == {"mock/mock-gpt", "mock/mock-gpt-mini"}
 
 
 def test_sticky_consumer_keeps_its_target(stack):
     for consumer in ("alice", "bob", "carol"):
         key = stack.create_key(tenant="sticky", consumer=consumer, plan="pro")
-        seen = {post(stack, key["api_key"], {"model": "ab-sticky", "messages": MESSAGES, "max_tokens": 1})
-                .headers["x-quotagate-target"] for _ in range(6)}
+        seen = {
+            post(stack, key["api_key"], {"model": "ab-sticky", "messages": MESSAGES, "max_tokens": 1}).headers[
+                "x-quotagate-target"
+            ]
+            for _ in range(6)
+        }
         assert len(seen) == 1, (consumer, seen)
 
 
 def test_streaming_response_carries_the_target_header(stack):
     key = stack.create_key(tenant="stream-headers", plan="free")  # a plan with rate limits
-    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", timeout=30,
-                      json={"model": "ab", "messages": MESSAGES, "stream": True, "max_tokens": 2},
-                      headers={"authorization": f"Bearer {key['api_key']}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "ab", "messages": MESSAGES, "stream": True, "max_tokens": 2},
+        headers={"authorization": f"Bearer {key['api_key']}"},
+    ) as response:
         assert response.headers["x-quotagate-target"] in ("mock/mock-gpt", "mock/mock-gpt-mini")
         assert response.headers["x-quotagate-request-id"]
         assert response.headers["x-ratelimit-limit-requests"] == "1000"

@@ -27,16 +27,22 @@ BROKEN = "mock-gpt@status=503"
 def stack(tmp_path_factory, flaky):
     good = {"provider": "mock", "upstream_model": "mock-gpt"}
     overrides = {
-        "providers": {**TEST_CONFIG["providers"],
-                      "recovering-upstream": {"type": "openai", "base_url": f"{flaky[1]}/v1", "read_timeout": 5}},
+        "providers": {
+            **TEST_CONFIG["providers"],
+            "recovering-upstream": {"type": "openai", "base_url": f"{flaky[1]}/v1", "read_timeout": 5},
+        },
         "models": {
             **TEST_CONFIG["models"],
             "pair": {"targets": [{"provider": "mock", "upstream_model": BROKEN}, good]},
             "solo-broken": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=500&tokens=3"}]},
             "recovering": {"targets": [{"provider": "recovering-upstream", "upstream_model": "mock-gpt"}, good]},
         },
-        "circuit_breaker": {"failure_threshold": 3, "cooldown_seconds": COOLDOWN, "cache_seconds": 0.2,
-                            "probe_lease_seconds": 10},
+        "circuit_breaker": {
+            "failure_threshold": 3,
+            "cooldown_seconds": COOLDOWN,
+            "cache_seconds": 0.2,
+            "probe_lease_seconds": 10,
+        },
     }
     with gateway_stack(tmp_path_factory.mktemp("breaker"), overrides, token_delay=0.001) as running:
         clear_circuits()
@@ -59,8 +65,11 @@ def key(stack):
 
 
 def ask(client, key, model, stream=False):
-    return client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key['api_key']}"},
-                       json={"model": model, "messages": MESSAGES, "max_tokens": 2, "stream": stream})
+    return client.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key['api_key']}"},
+        json={"model": model, "messages": MESSAGES, "max_tokens": 2, "stream": stream},
+    )
 
 
 def broken_calls(stack) -> int:
@@ -68,8 +77,11 @@ def broken_calls(stack) -> int:
 
 
 def circuit_item(target: str) -> dict:
-    return boto3.client("dynamodb").get_item(TableName=tables.CIRCUIT.name(),
-                                             Key={"target": {"S": target}}).get("Item", {})
+    return (
+        boto3.client("dynamodb")
+        .get_item(TableName=tables.CIRCUIT.name(), Key={"target": {"S": target}})
+        .get("Item", {})
+    )
 
 
 def test_one_containers_discovery_protects_the_other(stack, gateways, key):

@@ -36,14 +36,18 @@ def store(client):
     return DynamoCircuitStore(client)
 
 
-@pytest.mark.parametrize("scenario", [
-    scenarios.test_opens_after_consecutive_failures_then_skips,
-    scenarios.test_a_success_resets_the_count,
-    scenarios.test_half_open_allows_exactly_one_probe_and_a_success_closes,
-    scenarios.test_failed_probe_reopens_for_another_cooldown,
-    scenarios.test_a_probe_that_never_reports_frees_its_lease,
-    scenarios.test_targets_are_independent,
-], ids=lambda f: f.__name__.removeprefix("test_"))
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        scenarios.test_opens_after_consecutive_failures_then_skips,
+        scenarios.test_a_success_resets_the_count,
+        scenarios.test_half_open_allows_exactly_one_probe_and_a_success_closes,
+        scenarios.test_failed_probe_reopens_for_another_cooldown,
+        scenarios.test_a_probe_that_never_reports_frees_its_lease,
+        scenarios.test_targets_are_independent,
+    ],
+    ids=lambda f: f.__name__.removeprefix("test_"),
+)
 def test_breaker_scenarios_over_dynamodb(store, scenario):
     scenario(store, scenarios.FakeClock())
 

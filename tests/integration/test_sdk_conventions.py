@@ -17,12 +17,18 @@ CONFIG = {
         **TEST_CONFIG["models"],
         "mock-dated": {"provider": "mock", "upstream_model": "mock-gpt", "price": PRICE, "created": 1721172741},
         # The free plan does not include this alias; it is served to free keys by downgrade.
-        "chat-premium": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@tokens=5", "price": PRICE}],
-                         "on_tier_mismatch": "downgrade", "downgrade_to": "mock-gpt"},
+        "chat-premium": {
+            "targets": [{"provider": "mock", "upstream_model": "mock-gpt@tokens=5", "price": PRICE}],
+            "on_tier_mismatch": "downgrade",
+            "downgrade_to": "mock-gpt",
+        },
     },
     "plans": {
-        "free": {"limits": {"requests_per_minute": 1000}, "default_max_tokens": 16,
-                 "models": ["mock-gpt", "mock-dated", "chat-premium"]},
+        "free": {
+            "limits": {"requests_per_minute": 1000},
+            "default_max_tokens": 16,
+            "models": ["mock-gpt", "mock-dated", "chat-premium"],
+        },
         "pro": {"limits": {}, "models": "*", "default_max_tokens": 16},
     },
 }
@@ -78,8 +84,13 @@ def test_models_lists_every_callable_name_with_a_created_time(stack, api_key):
     assert listing["mock-dated"]["created"] == 1721172741
     assert all(isinstance(m["created"], int) and m["created"] > 1_600_000_000 for m in listing.values())
     # What the listing promises is callable: the downgraded alias answers.
-    served = call(stack, "POST", "/v1/chat/completions", api_key,
-                  json={"model": "chat-premium", "messages": MESSAGES, "max_tokens": 2})
+    served = call(
+        stack,
+        "POST",
+        "/v1/chat/completions",
+        api_key,
+        json={"model": "chat-premium", "messages": MESSAGES, "max_tokens": 2},
+    )
     assert served.status_code == 200, served.text
 
 
@@ -103,17 +114,32 @@ def test_retrieve_needs_a_key(stack):
 
 
 def test_stream_chunks_carry_no_usage_field_unless_asked(stack, api_key):
-    response = call(stack, "POST", "/v1/chat/completions", api_key,
-                    json={"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 4})
+    response = call(
+        stack,
+        "POST",
+        "/v1/chat/completions",
+        api_key,
+        json={"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 4},
+    )
     assert response.status_code == 200
     chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
     assert chunks and all("usage" not in c for c in chunks), chunks[:2]
 
 
 def test_stream_chunks_keep_usage_when_asked(stack, api_key):
-    response = call(stack, "POST", "/v1/chat/completions", api_key,
-                    json={"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 4,
-                          "stream_options": {"include_usage": True}})
+    response = call(
+        stack,
+        "POST",
+        "/v1/chat/completions",
+        api_key,
+        json={
+            "model": "mock-gpt",
+            "messages": MESSAGES,
+            "stream": True,
+            "max_tokens": 4,
+            "stream_options": {"include_usage": True},
+        },
+    )
     chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert chunks[-1]["choices"] == []

@@ -33,9 +33,17 @@ def client(monkeypatch):
 
 
 def sqs_record(message_id: str, body: str) -> dict:
-    return {"messageId": message_id, "receiptHandle": message_id, "body": body, "attributes": {},
-            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:settlements", "awsRegion": "us-east-1"}
+    return {
+        "messageId": message_id,
+        "receiptHandle": message_id,
+        "body": body,
+        "attributes": {},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:settlements",
+        "awsRegion": "us-east-1",
+    }
 
 
 def test_the_consumer_applies_each_settlement_once_and_reports_only_bad_messages(client):
@@ -43,10 +51,16 @@ def test_the_consumer_applies_each_settlement_once_and_reports_only_bad_messages
 
     service = QuotaService(DynamoQuotaLedger(client))
     reservation = service.reserve("r1", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
-    pending = PendingSettlement("r1", tuple((c, 30 - c.amount) for c in reservation.charges),
-                                {"prompt_tokens": 10, "completion_tokens": 20})
-    event = {"Records": [sqs_record("m1", pending.to_json()), sqs_record("m2", pending.to_json()),
-                         sqs_record("m3", "not json")]}
+    pending = PendingSettlement(
+        "r1", tuple((c, 30 - c.amount) for c in reservation.charges), {"prompt_tokens": 10, "completion_tokens": 20}
+    )
+    event = {
+        "Records": [
+            sqs_record("m1", pending.to_json()),
+            sqs_record("m2", pending.to_json()),
+            sqs_record("m3", "not json"),
+        ]
+    }
     response = lambda_handler(event, FakeLambdaContext("settlements"))
     assert response == {"batchItemFailures": [{"itemIdentifier": "m3"}]}
     assert service.usage_of("key#k1", "tokens_per_month") == 30

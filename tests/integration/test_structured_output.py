@@ -17,28 +17,45 @@ PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
 CONFIG = {
     "providers": {
         "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
-        "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2,
-                      "read_timeout": 5},
-        "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1",
-                    "connect_timeout": 2, "read_timeout": 5},
+        "anthropic": {
+            "type": "anthropic",
+            "base_url": "${QG_MOCK_BASE_URL}/v1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
+        "bedrock": {
+            "type": "bedrock",
+            "base_url": "${QG_MOCK_BASE_URL}",
+            "region": "us-east-1",
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        },
     },
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": PRICE},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
         "via-bedrock": {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0", "price": PRICE},
         # An alias that fails over from Bedrock to Anthropic: the same request must fare the same on both.
-        "bedrock-then-claude": {"targets": [
-            {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0@status=503", "price": PRICE},
-            {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE}]},
+        "bedrock-then-claude": {
+            "targets": [
+                {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0@status=503", "price": PRICE},
+                {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
+            ]
+        },
     },
     "plans": {"metered": {"limits": {"tokens_per_minute": 1000000}, "models": "*", "default_max_tokens": 200}},
     "default_plan": "metered",
 }
 MODELS = ["via-openai", "via-anthropic", "via-bedrock"]
 MESSAGES = [{"role": "user", "content": "Who wrote the first program?"}]
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 class Person(pydantic.BaseModel):
@@ -90,8 +107,7 @@ def test_streamed_json_schema_is_content_chunks_that_parse(client, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_json_object_mode_answers_a_json_object_on_every_provider(client, model):
     # What instructor's JSON mode sends (instructor itself cannot be installed next to openai 3.x).
-    completion = client.chat.completions.create(model=model, messages=MESSAGES,
-                                                response_format={"type": "json_object"})
+    completion = client.chat.completions.create(model=model, messages=MESSAGES, response_format={"type": "json_object"})
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
     assert Loose.model_validate_json(completion.choices[0].message.content)
 
@@ -110,17 +126,26 @@ def test_a_forced_tool_call_comes_back_from_every_provider(client, model, stream
                 finish = choice.finish_reason or finish
     else:
         choice = client.chat.completions.create(**kwargs).choices[0]
-        name, arguments, finish = (choice.message.tool_calls[0].function.name,
-                                   choice.message.tool_calls[0].function.arguments, choice.finish_reason)
+        name, arguments, finish = (
+            choice.message.tool_calls[0].function.name,
+            choice.message.tool_calls[0].function.arguments,
+            choice.finish_reason,
+        )
     assert name == "get_weather" and "city" in json.loads(arguments) and finish == "tool_calls"
 
 
 def test_the_openai_mock_answers_in_text_after_a_tool_result(client):
     first = client.chat.completions.create(model="via-openai", messages=MESSAGES, tools=[WEATHER])
     call = first.choices[0].message.tool_calls[0]
-    second = client.chat.completions.create(model="via-openai", tools=[WEATHER], messages=[
-        *MESSAGES, first.choices[0].message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "Rain."}])
+    second = client.chat.completions.create(
+        model="via-openai",
+        tools=[WEATHER],
+        messages=[
+            *MESSAGES,
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Rain."},
+        ],
+    )
     assert second.choices[0].message.content and not second.choices[0].message.tool_calls
 
 
@@ -134,9 +159,12 @@ def test_temperature_above_one_is_served_by_every_provider(client, model):
 @pytest.mark.parametrize(("name", "value"), [("temperature", 2.5), ("top_p", 1.2), ("presence_penalty", -2.5)])
 def test_out_of_range_values_are_the_same_400_everywhere_and_reach_no_model(stack, key, model, name, value):
     before = stack.mock.stats.snapshot()["chat_requests"]
-    response = httpx.post(f"{stack.base_url}/v1/chat/completions", timeout=30,
-                          headers={"authorization": f"Bearer {key['api_key']}"},
-                          json={"model": model, "messages": MESSAGES, name: value})
+    response = httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        timeout=30,
+        headers={"authorization": f"Bearer {key['api_key']}"},
+        json={"model": model, "messages": MESSAGES, name: value},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_value" and response.json()["error"]["param"] == name
     assert stack.mock.stats.snapshot()["chat_requests"] == before
@@ -154,8 +182,11 @@ def test_structured_output_is_metered_and_settled_exactly(stack, model):
 
 def test_the_responses_api_text_format_works_on_a_forced_tool_provider(client):
     schema = Person.model_json_schema()
-    response = client.responses.create(model="via-bedrock", input="Who wrote the first program?",
-                                       text={"format": {"type": "json_schema", "name": "Person", "schema": schema}})
+    response = client.responses.create(
+        model="via-bedrock",
+        input="Who wrote the first program?",
+        text={"format": {"type": "json_schema", "name": "Person", "schema": schema}},
+    )
     assert Person.model_validate_json(response.output_text)
     parsed = client.responses.parse(model="via-anthropic", input="Who wrote the first program?", text_format=Person)
     assert isinstance(parsed.output_parsed, Person)
@@ -164,8 +195,11 @@ def test_the_responses_api_text_format_works_on_a_forced_tool_provider(client):
 def test_what_a_provider_cannot_express_is_the_same_error_on_anthropic_and_bedrock(stack, key):
     errors = {}
     for model in ("via-anthropic", "via-bedrock"):
-        response = httpx.post(f"{stack.base_url}/v1/chat/completions", timeout=30,
-                              headers={"authorization": f"Bearer {key['api_key']}"},
-                              json={"model": model, "messages": MESSAGES, "n": 2})
+        response = httpx.post(
+            f"{stack.base_url}/v1/chat/completions",
+            timeout=30,
+            headers={"authorization": f"Bearer {key['api_key']}"},
+            json={"model": model, "messages": MESSAGES, "n": 2},
+        )
         errors[model] = (response.status_code, response.json()["error"]["code"])
     assert errors["via-anthropic"] == errors["via-bedrock"] == (400, "unsupported_for_provider")

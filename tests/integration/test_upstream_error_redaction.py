@@ -24,15 +24,30 @@ SECRETS = (LEAKED_KEY, ANTHROPIC_KEY, GATEWAY_KEY, OPAQUE_TOKEN)
 
 # What the upstream answers, by the requested upstream model.
 FAULTS = {
-    "leak-401": (401, "invalid_request_error", "invalid_api_key",
-                 f"Incorrect API key provided: {LEAKED_KEY[:8]}***...{LEAKED_KEY[-4:]}. Full key {LEAKED_KEY}."),
-    "leak-400": (400, "invalid_request_error", "context_length_exceeded",
-                 f"This model's maximum context length is 8192 tokens (your key {GATEWAY_KEY}, "
-                 f"session {OPAQUE_TOKEN})."),
-    "leak-429": (429, "requests", "rate_limit_exceeded",
-                 f"Rate limit reached for organization org-abc on key {ANTHROPIC_KEY}."),
-    "leak-weird-code": (400, "invalid_request_error", f"bad key {LEAKED_KEY} here",
-                        "Key sk-live-1234567890abcdef1234."),
+    "leak-401": (
+        401,
+        "invalid_request_error",
+        "invalid_api_key",
+        f"Incorrect API key provided: {LEAKED_KEY[:8]}***...{LEAKED_KEY[-4:]}. Full key {LEAKED_KEY}.",
+    ),
+    "leak-400": (
+        400,
+        "invalid_request_error",
+        "context_length_exceeded",
+        f"This model's maximum context length is 8192 tokens (your key {GATEWAY_KEY}, session {OPAQUE_TOKEN}).",
+    ),
+    "leak-429": (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        f"Rate limit reached for organization org-abc on key {ANTHROPIC_KEY}.",
+    ),
+    "leak-weird-code": (
+        400,
+        "invalid_request_error",
+        f"bad key {LEAKED_KEY} here",
+        "Key sk-live-1234567890abcdef1234.",
+    ),
 }
 
 
@@ -54,8 +69,13 @@ class LeakyUpstream:
             body = {"type": "error", "error": {"type": error_type, "message": text}}
         else:
             body = {"error": {"message": text, "type": error_type, "param": None, "code": code}}
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"100")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"100")],
+            }
+        )
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
@@ -64,13 +84,17 @@ def stack(tmp_path_factory):
     from quotagate.mock import MockServer
 
     leaky = MockServer(app=LeakyUpstream()).start()  # type: ignore[arg-type]
-    models = {f"{kind}-{fault}": {"provider": f"leaky-{kind}", "upstream_model": fault}
-              for kind in ("openai", "anthropic") for fault in FAULTS}
+    models = {
+        f"{kind}-{fault}": {"provider": f"leaky-{kind}", "upstream_model": fault}
+        for kind in ("openai", "anthropic")
+        for fault in FAULTS
+    }
     overrides = {
-        "providers": {**TEST_CONFIG["providers"],
-                      "leaky-openai": {"type": "openai", "base_url": f"{leaky.base_url}/v1", "read_timeout": 5},
-                      "leaky-anthropic": {"type": "anthropic", "base_url": f"{leaky.base_url}/v1",
-                                          "read_timeout": 5}},
+        "providers": {
+            **TEST_CONFIG["providers"],
+            "leaky-openai": {"type": "openai", "base_url": f"{leaky.base_url}/v1", "read_timeout": 5},
+            "leaky-anthropic": {"type": "anthropic", "base_url": f"{leaky.base_url}/v1", "read_timeout": 5},
+        },
         "models": {**TEST_CONFIG["models"], **models},
         "circuit_breaker": {"failure_threshold": 1000, "cooldown_seconds": 1},
     }
@@ -96,10 +120,12 @@ def proxy_log(monkeypatch):
 
 
 def ask(stack, key, model, stream=False, path="chat/completions"):
-    body = ({"model": model, "input": "hi"} if path == "embeddings" else
-            {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": stream})
-    return httpx.post(f"{stack.base_url}/v1/{path}", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {key}"})
+    body = (
+        {"model": model, "input": "hi"}
+        if path == "embeddings"
+        else {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": stream}
+    )
+    return httpx.post(f"{stack.base_url}/v1/{path}", json=body, timeout=30, headers={"authorization": f"Bearer {key}"})
 
 
 def assert_no_secret(text: str) -> None:
@@ -111,14 +137,18 @@ def assert_no_secret(text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("fault, status, code", [
-    ("leak-401", 502, "invalid_api_key"),
-    ("leak-400", 400, "context_length_exceeded"),
-    ("leak-429", 429, "rate_limit_exceeded"),
-    ("leak-weird-code", 400, None),
-])
-def test_the_client_gets_provider_and_status_never_the_upstream_text(stack, key, proxy_log, kind, stream,
-                                                                      fault, status, code):
+@pytest.mark.parametrize(
+    "fault, status, code",
+    [
+        ("leak-401", 502, "invalid_api_key"),
+        ("leak-400", 400, "context_length_exceeded"),
+        ("leak-429", 429, "rate_limit_exceeded"),
+        ("leak-weird-code", 400, None),
+    ],
+)
+def test_the_client_gets_provider_and_status_never_the_upstream_text(
+    stack, key, proxy_log, kind, stream, fault, status, code
+):
     response = ask(stack, key, f"{kind}-{fault}", stream=stream)
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -27,29 +27,64 @@ T1, T2 = f"t1-{uuid.uuid4().hex[:8]}", f"t2-{uuid.uuid4().hex[:8]}"
 PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
 MODELS = {
     **TEST_CONFIG["models"],
-    "mock-failover": {"targets": [{"provider": "mock", "upstream_model": "mock-gpt@status=500", "price": PRICE},
-                                  {"provider": "mock", "upstream_model": "mock-gpt", "price": PRICE}]},
+    "mock-failover": {
+        "targets": [
+            {"provider": "mock", "upstream_model": "mock-gpt@status=500", "price": PRICE},
+            {"provider": "mock", "upstream_model": "mock-gpt", "price": PRICE},
+        ]
+    },
 }
-PLANS = {"metered": {"limits": {"tokens_per_day": 10_000_000, "usd_per_month": 1000}, "models": "*",
-                     "default_max_tokens": 64}}
+PLANS = {
+    "metered": {
+        "limits": {"tokens_per_day": 10_000_000, "usd_per_month": 1000},
+        "models": "*",
+        "default_max_tokens": 64,
+    }
+}
 # Requests of the run: (scenario, count), 200 in all.
-SCENARIOS = [("ok", 46), ("ok_stream", 38), ("failover", 28), ("upstream_500", 20), ("mid_stream_drop", 24),
-             ("tokenizer", 22), ("client_disconnect", 22)]
-EXPECTED_OUTCOME = {"ok": "ok", "ok_stream": "ok", "failover": "ok", "upstream_500": "upstream_error",
-                    "mid_stream_drop": "error_event", "tokenizer": "ok", "client_disconnect": "client_disconnect"}
-MODEL_OF = {"ok": "mock-gpt", "ok_stream": "mock-gpt", "failover": "mock-failover", "upstream_500": "mock-500",
-            "mid_stream_drop": "mock-drop", "tokenizer": "mock-omit", "client_disconnect": "mock-gpt"}
+SCENARIOS = [
+    ("ok", 46),
+    ("ok_stream", 38),
+    ("failover", 28),
+    ("upstream_500", 20),
+    ("mid_stream_drop", 24),
+    ("tokenizer", 22),
+    ("client_disconnect", 22),
+]
+EXPECTED_OUTCOME = {
+    "ok": "ok",
+    "ok_stream": "ok",
+    "failover": "ok",
+    "upstream_500": "upstream_error",
+    "mid_stream_drop": "error_event",
+    "tokenizer": "ok",
+    "client_disconnect": "client_disconnect",
+}
+MODEL_OF = {
+    "ok": "mock-gpt",
+    "ok_stream": "mock-gpt",
+    "failover": "mock-failover",
+    "upstream_500": "mock-500",
+    "mid_stream_drop": "mock-drop",
+    "tokenizer": "mock-omit",
+    "client_disconnect": "mock-gpt",
+}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    overrides = {"models": MODELS, "plans": {**TEST_CONFIG["plans"], **PLANS},
-                 "circuit_breaker": {"failure_threshold": 100_000, "cooldown_seconds": 1}}
+    overrides = {
+        "models": MODELS,
+        "plans": {**TEST_CONFIG["plans"], **PLANS},
+        "circuit_breaker": {"failure_threshold": 100_000, "cooldown_seconds": 1},
+    }
     with gateway_stack(tmp_path_factory.mktemp("usage"), overrides, token_delay=0.002) as stack:
         pipeline = stack.usage_pipeline()
         subscriber = BusSubscriber(boto3.client("events"), boto3.client("sqs"))
-        keys = [(tenant, stack.create_key(tenant, consumer, plan="metered"))
-                for tenant, consumer in ((T1, "alice"), (T1, "bob"), (T2, "carol"))]
+        keys = [
+            (tenant, stack.create_key(tenant, consumer, plan="metered"))
+            for tenant, consumer in ((T1, "alice"), (T1, "bob"), (T2, "carol"))
+        ]
         plan = [name for name, count in SCENARIOS for _ in range(count)]
         random.Random(7).shuffle(plan)
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -62,8 +97,11 @@ def run(tmp_path_factory):
 
 def send(stack, tenant_key, scenario, index):
     tenant, key = tenant_key
-    body = {"model": MODEL_OF[scenario], "mock_reply_tokens": 5 + index % 17,
-            "messages": [{"role": "user", "content": f"{PROMPT_MARKER} question {index}"}]}
+    body = {
+        "model": MODEL_OF[scenario],
+        "mock_reply_tokens": 5 + index % 17,
+        "messages": [{"role": "user", "content": f"{PROMPT_MARKER} question {index}"}],
+    }
     headers = {"authorization": f"Bearer {key['api_key']}"}
     url = f"{stack.base_url}/v1/chat/completions"
     seen_usage, text = None, ""
@@ -92,8 +130,15 @@ def send(stack, tenant_key, scenario, index):
         if status == 200:
             seen_usage = response.json().get("usage")
             text = response.json()["choices"][0]["message"]["content"]
-    return {"scenario": scenario, "tenant": tenant, "key_id": key["key_id"], "request_id": request_id,
-            "status": status, "seen_usage": seen_usage, "text": text}
+    return {
+        "scenario": scenario,
+        "tenant": tenant,
+        "key_id": key["key_id"],
+        "request_id": request_id,
+        "status": status,
+        "seen_usage": seen_usage,
+        "text": text,
+    }
 
 
 def test_each_settled_reservation_is_exactly_one_event_with_the_right_outcome(run):
@@ -110,7 +155,10 @@ def test_each_settled_reservation_is_exactly_one_event_with_the_right_outcome(ru
         detail = by_id[result["request_id"]]["detail"]
         assert detail["outcome"] == EXPECTED_OUTCOME[result["scenario"]], result["scenario"]
         assert (detail["tenant"], detail["key_id"], detail["model"]) == (
-            result["tenant"], result["key_id"], MODEL_OF[result["scenario"]])
+            result["tenant"],
+            result["key_id"],
+            MODEL_OF[result["scenario"]],
+        )
         assert detail["status"] == "settled"
         assert int(detail["http_status"]) == result["status"]
         if result["scenario"] == "failover":
@@ -149,8 +197,7 @@ def test_aggregates_equal_the_ledgers_settled_totals_at_every_granularity(run):
         assert result["item"]["usage"]["completion_tokens"] == record["completion_tokens"]
         assert result["item"]["usage"]["usd_micros"] == record["cost_usd_micros"]
     expected = expected_aggregates(records)
-    stored = {k: v for k, v in stored_aggregates(boto3.client("dynamodb")).items()
-              if k[0].split("#")[1] in (T1, T2)}
+    stored = {k: v for k, v in stored_aggregates(boto3.client("dynamodb")).items() if k[0].split("#")[1] in (T1, T2)}
     assert stored == expected
     # Two tenants, three keys, and more than three models, each at hour, day and month.
     pks = {pk for pk, _ in stored}
@@ -171,9 +218,13 @@ def test_redelivered_and_shuffled_events_change_no_total(run):
     events = subscriber.of_type(REQUEST_SETTLED) * 2
     random.Random(11).shuffle(events)
     for start in range(0, len(events), 10):
-        batch = [sqs_record({"MessageId": f"m{start + i}", "ReceiptHandle": "r", "Body": json.dumps(e)},
-                            "arn:aws:sqs:us-east-1:123456789012:quotagate-usage-rollup")
-                 for i, e in enumerate(events[start:start + 10])]
+        batch = [
+            sqs_record(
+                {"MessageId": f"m{start + i}", "ReceiptHandle": "r", "Body": json.dumps(e)},
+                "arn:aws:sqs:us-east-1:123456789012:quotagate-usage-rollup",
+            )
+            for i, e in enumerate(events[start : start + 10])
+        ]
         response = lambda_handler({"Records": batch}, FakeLambdaContext("rollup"))
         assert response == {"batchItemFailures": []}
     assert stored_aggregates(dynamodb) == before
@@ -195,8 +246,9 @@ def test_get_usage_returns_the_aggregates_per_tenant_key_consumer_and_model(run)
         assert result["totals"]["total_tokens"] == sum(r["total_tokens"] for r in mine)
         assert result["totals"]["usd_micros"] == sum(r["cost_usd_micros"] for r in mine)
         assert sum(p["requests"] for p in result["series"]) == len(mine)
-    alice = next(r["key_id"] for r in results
-                 if r["tenant"] == T1 and r["item"][RECORD_ATTRIBUTE]["consumer"] == "alice")
+    alice = next(
+        r["key_id"] for r in results if r["tenant"] == T1 and r["item"][RECORD_ATTRIBUTE]["consumer"] == "alice"
+    )
     by_key = ok(key_id=alice)["totals"]
     assert by_key["requests"] == sum(1 for r in mine if r["key_id"] == alice)
     assert ok(consumer="alice")["totals"] == by_key
@@ -209,10 +261,17 @@ def test_get_usage_returns_the_aggregates_per_tenant_key_consumer_and_model(run)
     assert sum(outcomes.values()) == len(mine) and outcomes.get("client_disconnect", 0) >= 1
 
 
-@pytest.mark.parametrize("fields", [
-    {"granularity": "week"}, {"key_id": "k", "model": "mock-gpt"}, {"by": "tenant"},
-    {"from": "2026-12-01", "to": "2026-11-01"}, {"from": "yesterday"}, {"granularity": "hour", "from": "2020-01-01"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"granularity": "week"},
+        {"key_id": "k", "model": "mock-gpt"},
+        {"by": "tenant"},
+        {"from": "2026-12-01", "to": "2026-11-01"},
+        {"from": "yesterday"},
+        {"granularity": "hour", "from": "2020-01-01"},
+    ],
+)
 def test_get_usage_refuses_bad_requests_like_the_other_actions(run, fields):
     stack = run[0]
     response = stack.invoke_keys({"action": "get_usage", "tenant": T1, **fields})
@@ -231,7 +290,22 @@ def test_cli_prints_a_readable_table_and_json(run, capsys):
     assert f"Usage of tenant {T1}" in table
     total_line = next(line for line in table.splitlines() if line.startswith("total"))
     assert f"{totals['requests']:,}" in total_line and f"{totals['total_tokens']:,}" in total_line
-    assert cli.main(["usage", "--tenant", T1, "--by", "model", "--granularity", "month", "--json",
-                     "--endpoint-url", stack.base_url]) == 0
+    assert (
+        cli.main(
+            [
+                "usage",
+                "--tenant",
+                T1,
+                "--by",
+                "model",
+                "--granularity",
+                "month",
+                "--json",
+                "--endpoint-url",
+                stack.base_url,
+            ]
+        )
+        == 0
+    )
     document = json.loads(capsys.readouterr().out)
     assert document["by"] == "model" and document["totals"] == totals

@@ -49,19 +49,51 @@ def aws(monkeypatch):
         stop()
 
 
-def detail(request_id: str, tenant: str = "acme", key_id: str = "k1", model: str = "mock-gpt",
-           prompt: int = 100, completion: int = 80, micros: int = 500, started_at: float | None = None,
-           budgets: dict | None = None) -> dict:
+def detail(
+    request_id: str,
+    tenant: str = "acme",
+    key_id: str = "k1",
+    model: str = "mock-gpt",
+    prompt: int = 100,
+    completion: int = 80,
+    micros: int = 500,
+    started_at: float | None = None,
+    budgets: dict | None = None,
+) -> dict:
     """A Request Settled detail as the pipe makes it."""
-    record = reservation_record(request_id=request_id, tenant=tenant, consumer="alice", key_id=key_id,
-                                auth_type="api_key", plan="free", requested_model=model, model=model,
-                                prompt_tokens=prompt, completion_tokens=256, cost_usd_micros=micros * 2,
-                                started_at=started_at or datetime.now(UTC).timestamp(), budgets=budgets)
-    record = settled_record(record, target="mock/mock-gpt", prompt_tokens=prompt, completion_tokens=completion,
-                            cost_usd_micros=micros, usage_source="provider", outcome="ok", http_status=200,
-                            time_to_first_byte_ms=10, duration_ms=20, failovers=0)
-    return {"schema_version": SCHEMA_VERSION, "status": "settled",
-            **{k: str(int(record[k])) if kind == "N" else str(record[k]) for k, kind in FIELDS.items()}}
+    record = reservation_record(
+        request_id=request_id,
+        tenant=tenant,
+        consumer="alice",
+        key_id=key_id,
+        auth_type="api_key",
+        plan="free",
+        requested_model=model,
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=256,
+        cost_usd_micros=micros * 2,
+        started_at=started_at or datetime.now(UTC).timestamp(),
+        budgets=budgets,
+    )
+    record = settled_record(
+        record,
+        target="mock/mock-gpt",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd_micros=micros,
+        usage_source="provider",
+        outcome="ok",
+        http_status=200,
+        time_to_first_byte_ms=10,
+        duration_ms=20,
+        failovers=0,
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "settled",
+        **{k: str(int(record[k])) if kind == "N" else str(record[k]) for k, kind in FIELDS.items()},
+    }
 
 
 def settled(request_id: str, **fields) -> SettledRequest:
@@ -84,15 +116,22 @@ def test_fifty_concurrent_settlements_crossing_80_percent_publish_exactly_one_ev
     for event in crossed:
         jsonschema.validate(event["detail"], schema)
         assert (event["detail"]["scope"], event["detail"]["key_id"], event["detail"]["limit"]) == (
-            "key", "k1", "tokens_per_day")
+            "key",
+            "k1",
+            "tokens_per_day",
+        )
         assert event["detail"]["used"] >= event["detail"]["budget"] * event["detail"]["threshold_percent"] // 100
     # Every one of them delivered again: nothing more.
     with ThreadPoolExecutor(max_workers=10) as pool:
         again = list(pool.map(lambda e: UsageRollup(client, publisher).apply(e), events))
     assert not any(a.applied for a in again)
     assert len(aws.of_type(BUDGET_THRESHOLD_CROSSED)) == 2
-    totals = stored_aggregates(client)[("tenant#acme#key#k1", next(
-        sk for pk, sk in stored_aggregates(client) if pk == "tenant#acme#key#k1" and sk.startswith("day#")))]
+    totals = stored_aggregates(client)[
+        (
+            "tenant#acme#key#k1",
+            next(sk for pk, sk in stored_aggregates(client) if pk == "tenant#acme#key#k1" and sk.startswith("day#")),
+        )
+    ]
     assert totals["total_tokens"] == 9_000 and totals["requests"] == 50
 
 
@@ -126,8 +165,11 @@ def test_period_close_twice_emits_one_event_per_tenant_and_period(aws):
     now = datetime(2026, 11, 1, 3, tzinfo=UTC).timestamp()
     first = closer.run(now=now)
     assert sorted((c.tenant, str(c.granularity), c.period) for c in first) == [
-        ("acme", "day", "2026-10-31"), ("acme", "month", "2026-10"),
-        ("globex", "day", "2026-10-31"), ("globex", "month", "2026-10")]
+        ("acme", "day", "2026-10-31"),
+        ("acme", "month", "2026-10"),
+        ("globex", "day", "2026-10-31"),
+        ("globex", "month", "2026-10"),
+    ]
     assert closer.run(now=now) == []  # a second run: nothing new
     assert PeriodCloser(client, publisher, grace_seconds=7200).run(now=now + 3600) == []
     closed = aws.of_type(USAGE_PERIOD_CLOSED)
@@ -138,8 +180,14 @@ def test_period_close_twice_emits_one_event_per_tenant_and_period(aws):
         jsonschema.validate(detail, schema)
     acme = by_key[("acme", "day")]
     assert (acme["requests"], acme["prompt_tokens"], acme["completion_tokens"], acme["usd_micros"]) == (4, 40, 20, 28)
-    assert acme["requests_by_outcome"] == {"ok": 4, "upstream_error": 0, "client_disconnect": 0, "timeout": 0,
-                                           "error_event": 0, "expired": 0}
+    assert acme["requests_by_outcome"] == {
+        "ok": 4,
+        "upstream_error": 0,
+        "client_disconnect": 0,
+        "timeout": 0,
+        "error_event": 0,
+        "expired": 0,
+    }
     assert (acme["period_start"], acme["period_end"]) == ("2026-10-31T00:00:00Z", "2026-11-01T00:00:00Z")
     assert by_key[("globex", "month")]["total_tokens"] == 9
 
@@ -151,15 +199,25 @@ def test_an_expired_reservation_becomes_a_request_settled_event_billed_at_its_re
     reset()
     client = boto3.client("dynamodb")
     service = QuotaService(DynamoQuotaLedger(client))
-    fields = {"tenant": "acme", "consumer": "alice", "key_id": "k9", "auth_type": "api_key", "plan": "free",
-              "requested_model": "mock-gpt", "model": "mock-gpt"}
-    service.reserve("abandoned", "k9", "acme", {"tokens_per_day": 10_000}, {}, 40, 200, 0.0012,
-                    usage_fields=fields)
+    fields = {
+        "tenant": "acme",
+        "consumer": "alice",
+        "key_id": "k9",
+        "auth_type": "api_key",
+        "plan": "free",
+        "requested_model": "mock-gpt",
+        "model": "mock-gpt",
+    }
+    service.reserve("abandoned", "k9", "acme", {"tokens_per_day": 10_000}, {}, 40, 200, 0.0012, usage_fields=fields)
     # What the reaper does to a reservation whose environment died: expired, charge kept.
-    client.update_item(TableName=tables.QUOTA.name(), Key={"pk": {"S": "req#abandoned"}, "sk": {"S": "reservation"}},
-                       UpdateExpression="SET #s = :expired", ConditionExpression="#s = :reserved",
-                       ExpressionAttributeNames={"#s": "status"},
-                       ExpressionAttributeValues={":expired": {"S": "expired"}, ":reserved": {"S": "reserved"}})
+    client.update_item(
+        TableName=tables.QUOTA.name(),
+        Key={"pk": {"S": "req#abandoned"}, "sk": {"S": "reservation"}},
+        UpdateExpression="SET #s = :expired",
+        ConditionExpression="#s = :reserved",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":expired": {"S": "expired"}, ":reserved": {"S": "reserved"}},
+    )
     pipeline = LocalUsagePipeline.from_boto(lambda_handler)
     pipeline.setup()
     pipeline.drain()
@@ -181,8 +239,10 @@ def test_an_invalid_event_fails_its_record_only(aws):
     reset()
     valid = {"source": "quotagate", "detail-type": "Request Settled", "detail": detail("fine")}
     invalid = {"source": "quotagate", "detail-type": "Request Settled", "detail": {"schema_version": "99"}}
-    records = [sqs_record({"MessageId": name, "ReceiptHandle": "r", "Body": json.dumps(body)}, "arn:aws:sqs:::q")
-               for name, body in (("ok", valid), ("bad", invalid))]
+    records = [
+        sqs_record({"MessageId": name, "ReceiptHandle": "r", "Body": json.dumps(body)}, "arn:aws:sqs:::q")
+        for name, body in (("ok", valid), ("bad", invalid))
+    ]
     response = lambda_handler({"Records": records}, FakeLambdaContext("rollup"))
     assert response == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
     assert any(pk == "tenant#acme" for pk, _ in stored_aggregates(boto3.client("dynamodb")))
@@ -195,8 +255,15 @@ def test_the_settlement_write_carries_the_completed_record(aws):
     client = boto3.client("dynamodb")
     ledger = DynamoQuotaLedger(client)
     service = QuotaService(ledger)
-    fields = {"tenant": "acme", "consumer": "alice", "key_id": "k1", "auth_type": "api_key", "plan": "free",
-              "requested_model": "mock-gpt", "model": "mock-gpt"}
+    fields = {
+        "tenant": "acme",
+        "consumer": "alice",
+        "key_id": "k1",
+        "auth_type": "api_key",
+        "plan": "free",
+        "requested_model": "mock-gpt",
+        "model": "mock-gpt",
+    }
     for limits in ({"tokens_per_day": 10_000}, {}):  # a transaction with window items, and a lone update
         rid = f"r-{len(limits)}"
         reservation = service.reserve(rid, "k1", "acme", limits, {}, 40, 200, 0.0012, usage_fields=fields)

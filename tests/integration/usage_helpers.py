@@ -31,8 +31,10 @@ class BusSubscriber:
                 return self.received
             for message in messages:
                 self.received.append(json.loads(message["Body"]))
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
 
     def of_type(self, detail_type: str) -> list[dict[str, Any]]:
         return [e for e in self.collect() if e["detail-type"] == detail_type]
@@ -48,8 +50,11 @@ def expected_aggregates(records: list[dict[str, Any]]) -> dict[tuple[str, str], 
         key = record["key_id"] or f"jwt:{record['subject']}"
         for granularity in Granularity:
             sk = f"{granularity}#{period_label(granularity, record['started_at_ms'] / 1000)}"
-            for pk in (f"tenant#{record['tenant']}", f"tenant#{record['tenant']}#key#{key}",
-                       f"tenant#{record['tenant']}#model#{record['model']}"):
+            for pk in (
+                f"tenant#{record['tenant']}",
+                f"tenant#{record['tenant']}#key#{key}",
+                f"tenant#{record['tenant']}#model#{record['model']}",
+            ):
                 counter = totals[(pk, sk)]
                 counter["requests"] += 1
                 counter["prompt_tokens"] += record["prompt_tokens"]
@@ -69,6 +74,8 @@ def stored_aggregates(dynamodb: Any) -> dict[tuple[str, str], dict[str, int]]:
             if not pk.startswith("tenant#"):
                 continue
             found[(pk, item["sk"]["S"])] = {
-                name: int(value["N"]) for name, value in item.items()
-                if "N" in value and (name in COUNTERS or name.startswith("outcome_"))}
+                name: int(value["N"])
+                for name, value in item.items()
+                if "N" in value and (name in COUNTERS or name.startswith("outcome_"))
+            }
     return found

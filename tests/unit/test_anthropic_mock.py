@@ -50,9 +50,7 @@ def sse(text: str) -> list[tuple[str, dict]]:
 def test_input_tokens_formula():
     assert conversation({"system": SYSTEM, "messages": MESSAGES}) == CONVERSATION
     assert conversation({"messages": MESSAGES}) == MESSAGES
-    assert input_tokens_of({"system": SYSTEM, "messages": MESSAGES}) == tokens.chat_prompt_tokens(
-        CONVERSATION
-    )
+    assert input_tokens_of({"system": SYSTEM, "messages": MESSAGES}) == tokens.chat_prompt_tokens(CONVERSATION)
 
 
 def test_non_stream_shape_and_usage(client, app):
@@ -145,9 +143,7 @@ def test_tool_choice_auto_text_then_tool_then_answer(client):
 
 
 def test_streamed_tool_use(client):
-    events = sse(
-        post(client, stream=True, tools=[TOOL], tool_choice={"type": "tool", "name": "get_weather"}).text
-    )
+    events = sse(post(client, stream=True, tools=[TOOL], tool_choice={"type": "tool", "name": "get_weather"}).text)
     start = next(data for name, data in events if name == "content_block_start")
     assert start["content_block"]["type"] == "tool_use" and start["content_block"]["input"] == {}
     pieces = [data["delta"]["partial_json"] for name, data in events if name == "content_block_delta"]
@@ -225,10 +221,7 @@ def test_injected_status(client, app, status, error_type, retry_after):
 def test_fault_sources(client):
     assert post(client, headers={"x-mock-fault": "status=503"}).status_code == 503
     assert post(client, mock_fault={"status": 429, "retry_after": 7}).headers["retry-after"] == "7"
-    assert (
-        post(client, mock_fault="code=overloaded_error&status=503").json()["error"]["type"]
-        == "overloaded_error"
-    )
+    assert post(client, mock_fault="code=overloaded_error&status=503").json()["error"]["type"] == "overloaded_error"
     assert post(client, mock_fault="nonsense=1").status_code == 400
 
 

@@ -203,9 +203,7 @@ def test_tools_and_tool_choice():
     }
     for openai_choice, anthropic_choice in expected.items():
         assert to_messages_request({**base, "tool_choice": openai_choice})["tool_choice"] == anthropic_choice
-    forced = to_messages_request(
-        {**base, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
-    )
+    forced = to_messages_request({**base, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
     assert forced["tool_choice"] == {"type": "tool", "name": "get_weather"}
     serial = to_messages_request({**base, "parallel_tool_calls": False})
     assert serial["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
@@ -289,9 +287,7 @@ def test_tool_results_come_first_in_a_merged_user_turn():
     [
         {
             "role": "assistant",
-            "tool_calls": [
-                {"id": "t", "type": "function", "function": {"name": "f", "arguments": "not json"}}
-            ],
+            "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "not json"}}],
         },
         {"role": "tool", "content": "no id"},
         {"role": "function", "name": "f", "content": "legacy"},
@@ -512,9 +508,7 @@ def test_output_tokens_use_the_latest_cumulative_count():
     translator = StreamTranslator("m", include_usage=True)
     _feed_all(translator, TEXT_STREAM[:-2])
     translator.feed({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 20}})
-    translator.feed(
-        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 30}}
-    )
+    translator.feed({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 30}})
     chunks = translator.feed({"type": "message_stop"})
     assert chunks[-1]["usage"]["completion_tokens"] == 30
 

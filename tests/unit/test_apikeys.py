@@ -14,7 +14,7 @@ def test_any_single_character_change_is_rejected_without_io():
         if plaintext[position] == "_":
             continue
         replacement = "b" if plaintext[position] != "b" else "c"
-        mutated = plaintext[:position] + replacement + plaintext[position + 1:]
+        mutated = plaintext[:position] + replacement + plaintext[position + 1 :]
         assert apikeys.parse_key(mutated) is None, position
 
 

@@ -193,7 +193,11 @@ def test_valid_key(auth, store):
     key = add_key(store)
     identity = auth.authenticate(key.plaintext)
     assert identity == Identity(
-        tenant="acme", consumer="svc-a", key_id=key.key_id, plan="pro", auth_type="api_key",
+        tenant="acme",
+        consumer="svc-a",
+        key_id=key.key_id,
+        plan="pro",
+        auth_type="api_key",
         secret_fingerprint=apikeys.secret_fingerprint(apikeys.hash_key(key.plaintext)),
     )
     assert store.gets == [key.key_id]
@@ -204,8 +208,7 @@ def test_secret_still_accepted_follows_rotation():
     new = apikeys.new_key(old.key_id)
     old_fp = apikeys.secret_fingerprint(apikeys.hash_key(old.plaintext))
     new_fp = apikeys.secret_fingerprint(apikeys.hash_key(new.plaintext))
-    record = make_record(new, previous_secret_hash=apikeys.hash_key(old.plaintext),
-                         previous_valid_until=NOW + 60)
+    record = make_record(new, previous_secret_hash=apikeys.hash_key(old.plaintext), previous_valid_until=NOW + 60)
     assert secret_still_accepted(record, new_fp, NOW + 3600)
     assert secret_still_accepted(record, old_fp, NOW + 59)
     assert not secret_still_accepted(record, old_fp, NOW + 60)
@@ -372,9 +375,7 @@ def test_constant_time_comparison_decides_for_existing_and_unknown_ids(auth, sto
         auth.authenticate(wrong.plaintext)
     compares_existing = len(spy.hash_compares)
     assert compares_existing >= 1
-    assert (existing_hash := apikeys.hash_key(existing.plaintext).encode()) in {
-        a for a, _ in spy.hash_compares
-    }
+    assert (existing_hash := apikeys.hash_key(existing.plaintext).encode()) in {a for a, _ in spy.hash_compares}
 
     spy.hash_compares.clear()
     with pytest.raises(AccessDenied):

@@ -21,12 +21,26 @@ BODY = {
     "system": [{"text": "You are terse."}],
     "messages": [{"role": "user", "content": [{"text": "What is a token bucket?"}]}],
 }
-TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]},
-                   "days": {"type": "integer"}},
-    "required": ["city", "unit"],
-}}}}]}
+TOOLS = {
+    "tools": [
+        {
+            "toolSpec": {
+                "name": "get_weather",
+                "inputSchema": {
+                    "json": {
+                        "type": "object",
+                        "properties": {
+                            "city": {"type": "string"},
+                            "unit": {"type": "string", "enum": ["c", "f"]},
+                            "days": {"type": "integer"},
+                        },
+                        "required": ["city", "unit"],
+                    }
+                },
+            }
+        }
+    ]
+}
 
 
 @pytest.fixture
@@ -64,12 +78,12 @@ def test_prompt_view_and_input_token_formula():
     body = {
         "system": [{"text": "A"}, {"text": "B"}],
         "messages": [
-            {"role": "user", "content": [{"text": "hi"},
-                                         {"image": {"format": "png", "source": {"bytes": "AA=="}}}]},
-            {"role": "assistant",
-             "content": [{"toolUse": {"toolUseId": "t", "name": "f", "input": {"x": 1}}}]},
-            {"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": [{"text": "ok"},
-                                                                                     {"json": {"v": 2}}]}}]},
+            {"role": "user", "content": [{"text": "hi"}, {"image": {"format": "png", "source": {"bytes": "AA=="}}}]},
+            {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t", "name": "f", "input": {"x": 1}}}]},
+            {
+                "role": "user",
+                "content": [{"toolResult": {"toolUseId": "t", "content": [{"text": "ok"}, {"json": {"v": 2}}]}}],
+            },
         ],
         "toolConfig": TOOLS,
     }
@@ -90,8 +104,11 @@ def test_text_plan_is_deterministic_and_counts_tokens():
     assert plan.text_pieces == pieces and plan.text == "".join(pieces)
     assert plan.output_tokens == tokens.count_text(plan.text) == SETTINGS.reply_tokens
     assert plan.stop_reason == "end_turn"
-    assert plan.usage() == {"inputTokens": tokens.chat_prompt_tokens(mb.prompt_view(BODY)),
-                            "outputTokens": 24, "totalTokens": plan.input_tokens + 24}
+    assert plan.usage() == {
+        "inputTokens": tokens.chat_prompt_tokens(mb.prompt_view(BODY)),
+        "outputTokens": 24,
+        "totalTokens": plan.input_tokens + 24,
+    }
 
 
 def test_max_tokens_and_stop_sequences():
@@ -99,18 +116,15 @@ def test_max_tokens_and_stop_sequences():
     assert (len(limited.text_pieces), limited.output_tokens, limited.stop_reason) == (5, 5, "max_tokens")
     full = mb.plan_converse(MODEL, BODY, SETTINGS, stream=False)
     stop = full.text_pieces[6]  # " word": cut before it
-    cut = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": [stop]}}, SETTINGS,
-                           stream=False)
+    cut = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": [stop]}}, SETTINGS, stream=False)
     assert cut.stop_reason == "stop_sequence"
     assert cut.text == full.text[: full.text.index(stop)]
     assert cut.output_tokens == full.text_pieces.index(stop) + 1
     # A stop sequence spanning two pieces cuts inside the first.
     span = full.text_pieces[2][-2:] + full.text_pieces[3][:2]
-    spanning = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": [span]}}, SETTINGS,
-                                stream=False)
+    spanning = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": [span]}}, SETTINGS, stream=False)
     assert spanning.text == full.text[: full.text.index(span)]
-    never = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": ["§§"]}}, SETTINGS,
-                             stream=False)
+    never = mb.plan_converse(MODEL, {**BODY, "inferenceConfig": {"stopSequences": ["§§"]}}, SETTINGS, stream=False)
     assert never.stop_reason == "end_turn"
 
 
@@ -129,37 +143,51 @@ def test_tool_plan():
     short = mb.plan_converse(MODEL, {**body, "inferenceConfig": {"maxTokens": 2}}, SETTINGS, stream=False)
     assert (short.tool_use, short.output_tokens, short.stop_reason) == (None, 2, "max_tokens")
     # After a tool result: a text answer.
-    answered = {**body, "messages": [
-        *BODY["messages"],
-        {"role": "assistant", "content": [{"toolUse": plan.tool_use}]},
-        {"role": "user", "content": [{"toolResult": {"toolUseId": plan.tool_use["toolUseId"],
-                                                     "content": [{"text": "sunny"}]}}]},
-    ]}
+    answered = {
+        **body,
+        "messages": [
+            *BODY["messages"],
+            {"role": "assistant", "content": [{"toolUse": plan.tool_use}]},
+            {
+                "role": "user",
+                "content": [{"toolResult": {"toolUseId": plan.tool_use["toolUseId"], "content": [{"text": "sunny"}]}}],
+            },
+        ],
+    }
     final = mb.plan_converse(MODEL, answered, SETTINGS, stream=False)
     assert final.tool_use is None and final.stop_reason == "end_turn"
 
 
 def test_tool_choice_picks_the_named_tool():
-    two = {"tools": [TOOLS["tools"][0], {"toolSpec": {"name": "noop", "inputSchema": {"json": {}}}}],
-           "toolChoice": {"tool": {"name": "noop"}}}
+    two = {
+        "tools": [TOOLS["tools"][0], {"toolSpec": {"name": "noop", "inputSchema": {"json": {}}}}],
+        "toolChoice": {"tool": {"name": "noop"}},
+    }
     plan = mb.plan_converse(MODEL, {**BODY, "toolConfig": two}, SETTINGS, stream=False)
     assert plan.tool_use["name"] == "noop" and plan.tool_use["input"] == {}
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    ({"messages": []}, "at least one message"),
-    ({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}, "start with a user message"),
-    ({"messages": [{"role": "user", "content": [{"text": "a"}]},
-                   {"role": "user", "content": [{"text": "b"}]}]}, "alternate"),
-    ({"messages": [{"role": "user", "content": [{"text": "  "}]}]}, "is blank"),
-    ({"messages": [{"role": "user", "content": []}]}, "at least one content block"),
-    ({"messages": [{"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": []}}]}]},
-     "toolConfig field must be defined"),
-    ({**BODY, "inferenceConfig": {"maxTokens": 0}}, "maxTokens"),
-    ({**BODY, "inferenceConfig": {"temperature": 1.5}}, "temperature"),
-    ({**BODY, "toolConfig": {"tools": []}}, "toolConfig.tools"),
-    ({**BODY, "toolConfig": {**TOOLS, "toolChoice": {"tool": {"name": "nope"}}}}, "toolChoice"),
-])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"messages": []}, "at least one message"),
+        ({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}, "start with a user message"),
+        (
+            {"messages": [{"role": "user", "content": [{"text": "a"}]}, {"role": "user", "content": [{"text": "b"}]}]},
+            "alternate",
+        ),
+        ({"messages": [{"role": "user", "content": [{"text": "  "}]}]}, "is blank"),
+        ({"messages": [{"role": "user", "content": []}]}, "at least one content block"),
+        (
+            {"messages": [{"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": []}}]}]},
+            "toolConfig field must be defined",
+        ),
+        ({**BODY, "inferenceConfig": {"maxTokens": 0}}, "maxTokens"),
+        ({**BODY, "inferenceConfig": {"temperature": 1.5}}, "temperature"),
+        ({**BODY, "toolConfig": {"tools": []}}, "toolConfig.tools"),
+        ({**BODY, "toolConfig": {**TOOLS, "toolChoice": {"tool": {"name": "nope"}}}}, "toolChoice"),
+    ],
+)
 def test_validation(body, fragment):
     with pytest.raises(mb.BedrockReject) as info:
         mb.plan_converse(MODEL, body, SETTINGS, stream=False)
@@ -169,23 +197,27 @@ def test_validation(body, fragment):
 
 def test_fault_sources_and_precedence():
     body = {**BODY, "mock_fault": "tokens=3"}
-    plan = mb.plan_converse(MODEL + "@tokens=9&token_delay=0.5", body, SETTINGS, stream=True,
-                            header_fault="tokens=5&omit_usage")
+    plan = mb.plan_converse(
+        MODEL + "@tokens=9&token_delay=0.5", body, SETTINGS, stream=True, header_fault="tokens=5&omit_usage"
+    )
     assert plan.model_id == MODEL
     assert len(plan.text_pieces) == 3 and plan.token_delay == 0.5 and plan.fault.omit_usage
     with pytest.raises(mb.BedrockReject):
         mb.plan_converse(MODEL + "@bogus=1", BODY, SETTINGS, stream=False)
 
 
-@pytest.mark.parametrize(("spec", "status", "error_type"), [
-    ("status=429", 429, "ThrottlingException"),
-    ("status=500", 500, "InternalServerException"),
-    ("status=503", 503, "ServiceUnavailableException"),
-    ("status=502", 502, "InternalServerException"),
-    ("status=400", 400, "ValidationException"),
-    ("status=403", 403, "AccessDeniedException"),
-    ("status=429&code=ModelNotReadyException", 429, "ModelNotReadyException"),
-])
+@pytest.mark.parametrize(
+    ("spec", "status", "error_type"),
+    [
+        ("status=429", 429, "ThrottlingException"),
+        ("status=500", 500, "InternalServerException"),
+        ("status=503", 503, "ServiceUnavailableException"),
+        ("status=502", 502, "InternalServerException"),
+        ("status=400", 400, "ValidationException"),
+        ("status=403", 403, "AccessDeniedException"),
+        ("status=429&code=ModelNotReadyException", 429, "ModelNotReadyException"),
+    ],
+)
 def test_injected_errors(spec, status, error_type):
     error = mb.injected_error(mb.parse_fault_spec(spec))
     assert (error.status, error.error_type) == (status, error_type)
@@ -217,8 +249,7 @@ def test_converse_stream_route(app, client):
     events = events_of(response.content)
     plan = mb.plan_converse(MODEL, BODY, SETTINGS, stream=True)
     names = [name for name, _ in events]
-    assert names == ["messageStart", *["contentBlockDelta"] * 24, "contentBlockStop", "messageStop",
-                     "metadata"]
+    assert names == ["messageStart", *["contentBlockDelta"] * 24, "contentBlockStop", "messageStop", "metadata"]
     assert "".join(p["delta"]["text"] for n, p in events if n == "contentBlockDelta") == plan.text
     assert events[-2][1] == {"stopReason": "end_turn"}
     assert events[-1][1]["usage"] == plan.usage()
@@ -229,10 +260,15 @@ def test_tool_stream_route(client):
     body = {**BODY, "toolConfig": TOOLS}
     events = events_of(client.post(path(MODEL, stream=True), json=body).content)
     starts = [p for n, p in events if n == "contentBlockStart"]
-    assert starts == [{"start": {"toolUse": {"toolUseId": starts[0]["start"]["toolUse"]["toolUseId"],
-                                             "name": "get_weather"}}, "contentBlockIndex": 1}]
-    fragments = [p["delta"]["toolUse"]["input"] for n, p in events
-                 if n == "contentBlockDelta" and "toolUse" in p["delta"]]
+    assert starts == [
+        {
+            "start": {"toolUse": {"toolUseId": starts[0]["start"]["toolUse"]["toolUseId"], "name": "get_weather"}},
+            "contentBlockIndex": 1,
+        }
+    ]
+    fragments = [
+        p["delta"]["toolUse"]["input"] for n, p in events if n == "contentBlockDelta" and "toolUse" in p["delta"]
+    ]
     assert json.loads("".join(fragments))["unit"] == "c"
     assert ("messageStop", {"stopReason": "tool_use"}) in events
 

@@ -76,19 +76,33 @@ def test_messages_system_merge_and_inference_config():
 
 
 def test_max_completion_tokens_wins_and_stop_lists():
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
-            "max_tokens": 99, "stop": ["a", "", "b"]}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "x"}],
+        "max_completion_tokens": 9,
+        "max_tokens": 99,
+        "stop": ["a", "", "b"],
+    }
     assert b.to_converse_request(body)["inferenceConfig"] == {"maxTokens": 9, "stopSequences": ["a", "b"]}
-    assert "inferenceConfig" not in b.to_converse_request({"model": MODEL, "messages": [{"role": "user",
-                                                                                         "content": "x"}]})
+    assert "inferenceConfig" not in b.to_converse_request(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    )
 
 
 def test_image_data_url_becomes_bytes():
     url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    body = {"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": url, "detail": "high"}},
-    ]}]}
+    body = {
+        "model": MODEL,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": url, "detail": "high"}},
+                ],
+            }
+        ],
+    }
     content = b.to_converse_request(body)["messages"][0]["content"]
     assert content == [{"text": "What is this?"}, {"image": {"format": "png", "source": {"bytes": PNG}}}]
     jpg = "data:image/jpg;base64," + base64.b64encode(b"jpeg").decode()
@@ -96,15 +110,20 @@ def test_image_data_url_becomes_bytes():
     assert b.to_converse_request(body)["messages"][0]["content"][1]["image"]["format"] == "jpeg"
 
 
-@pytest.mark.parametrize("url", [
-    "https://example.com/cat.png",
-    "data:image/png,notbase64",
-    "data:image/tiff;base64,AAAA",
-    "data:image/png;base64,!!!",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/cat.png",
+        "data:image/png,notbase64",
+        "data:image/tiff;base64,AAAA",
+        "data:image/png;base64,!!!",
+    ],
+)
 def test_unusable_images_are_400(url):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url",
-                                                                        "image_url": {"url": url}}]}]}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+    }
     with pytest.raises(UpstreamError) as info:
         b.to_converse_request(body)
     assert info.value.status == 400 and info.value.error_type == "invalid_request_error"
@@ -115,12 +134,22 @@ def test_tool_round_trip_translation():
         "model": MODEL,
         "messages": [
             {"role": "user", "content": "Weather in Paris and Rome?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather",
-                                                                  "arguments": '{"city":"Paris"}'}},
-                {"id": "call_2", "type": "function", "function": {"name": "get_weather",
-                                                                  "arguments": '{"city":"Rome"}'}},
-            ]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    },
+                    {
+                        "id": "call_2",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                    },
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
             {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "Rain"}]},
             {"role": "user", "content": "Thanks. Which is nicer?"},
@@ -131,31 +160,44 @@ def test_tool_round_trip_translation():
     request = b.to_converse_request(body)
     assert request["messages"] == [
         {"role": "user", "content": [{"text": "Weather in Paris and Rome?"}]},
-        {"role": "assistant", "content": [
-            {"toolUse": {"toolUseId": "call_1", "name": "get_weather", "input": {"city": "Paris"}}},
-            {"toolUse": {"toolUseId": "call_2", "name": "get_weather", "input": {"city": "Rome"}}},
-        ]},
-        {"role": "user", "content": [
-            {"toolResult": {"toolUseId": "call_1", "content": [{"text": "Sunny"}]}},
-            {"toolResult": {"toolUseId": "call_2", "content": [{"text": "Rain"}]}},
-            {"text": "Thanks. Which is nicer?"},
-        ]},
+        {
+            "role": "assistant",
+            "content": [
+                {"toolUse": {"toolUseId": "call_1", "name": "get_weather", "input": {"city": "Paris"}}},
+                {"toolUse": {"toolUseId": "call_2", "name": "get_weather", "input": {"city": "Rome"}}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"toolResult": {"toolUseId": "call_1", "content": [{"text": "Sunny"}]}},
+                {"toolResult": {"toolUseId": "call_2", "content": [{"text": "Rain"}]}},
+                {"text": "Thanks. Which is nicer?"},
+            ],
+        },
     ]
     assert request["toolConfig"] == {
-        "tools": [{"toolSpec": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "inputSchema": {"json": WEATHER_TOOL["function"]["parameters"]},
-        }}],
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "inputSchema": {"json": WEATHER_TOOL["function"]["parameters"]},
+                }
+            }
+        ],
         "toolChoice": {"auto": {}},
     }
 
 
-@pytest.mark.parametrize(("choice", "expected"), [
-    ("required", {"any": {}}),
-    ({"type": "function", "function": {"name": "get_weather"}}, {"tool": {"name": "get_weather"}}),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("required", {"any": {}}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"tool": {"name": "get_weather"}}),
+        (None, None),
+    ],
+)
 def test_tool_choice(choice, expected):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL]}
     if choice is not None:
@@ -165,37 +207,68 @@ def test_tool_choice(choice, expected):
 
 
 def test_tool_choice_none_and_synthetic_tools():
-    plain = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL],
-             "tool_choice": "none"}
+    plain = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "none",
+    }
     assert "toolConfig" not in b.to_converse_request(plain)
     history = [
         {"role": "user", "content": "x"},
-        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                              "function": {"name": "lookup", "arguments": ""}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": ""}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
     ]
     with_tools = b.to_converse_request({**plain, "messages": history})
-    assert with_tools["toolConfig"] == {"tools": [{"toolSpec": {
-        "name": "get_weather", "description": "Weather for a city",
-        "inputSchema": {"json": WEATHER_TOOL["function"]["parameters"]}}}]}
+    assert with_tools["toolConfig"] == {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "inputSchema": {"json": WEATHER_TOOL["function"]["parameters"]},
+                }
+            }
+        ]
+    }
     # No tools sent with a tool history: Bedrock needs a toolConfig, so one is made from the history.
     synthetic = b.to_converse_request({"model": MODEL, "messages": history})
-    assert synthetic["toolConfig"] == {"tools": [{"toolSpec": {
-        "name": "lookup", "inputSchema": {"json": {"type": "object", "properties": {}}}}}]}
+    assert synthetic["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "lookup", "inputSchema": {"json": {"type": "object", "properties": {}}}}}]
+    }
     assert synthetic["messages"][1]["content"][0]["toolUse"]["input"] == {}
 
 
-@pytest.mark.parametrize("body", [
-    {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2},
-    {"model": MODEL, "messages": [{"role": "system", "content": "only system"}]},
-    {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "code_interpreter"}]},
-    {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL],
-     "tool_choice": {"type": "function", "function": {"name": "other"}}},
-    {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]},
-    {"model": MODEL, "messages": [{"role": "tool", "content": "no id"}]},
-    {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2},
+        {"model": MODEL, "messages": [{"role": "system", "content": "only system"}]},
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "code_interpreter"}]},
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "other"}},
+        },
+        {
+            "model": MODEL,
+            "messages": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+                    ],
+                }
+            ],
+        },
+        {"model": MODEL, "messages": [{"role": "tool", "content": "no id"}]},
+        {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+    ],
+)
 def test_untranslatable_requests_are_400(body):
     with pytest.raises(UpstreamError) as info:
         b.to_converse_request(body)
@@ -217,44 +290,71 @@ def test_completion_text_and_usage():
     completion = b.to_chat_completion(response, MODEL)
     assert completion["id"] == "chatcmpl-abc123"
     assert completion["object"] == "chat.completion" and completion["model"] == MODEL
-    assert completion["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello there",
-                                                              "refusal": None},
-                                      "logprobs": None, "finish_reason": "stop"}]
+    assert completion["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
     assert completion["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
 
 
 def test_completion_tool_use():
     response = {
-        "output": {"message": {"role": "assistant", "content": [
-            {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}]}},
+        "output": {
+            "message": {
+                "role": "assistant",
+                "content": [{"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}],
+            }
+        },
         "stopReason": "tool_use",
         "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12},
     }
     choice = b.to_chat_completion(response, MODEL)["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] is None
-    assert choice["message"]["tool_calls"] == [{"id": "tooluse_1", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city":"Paris"}'}}]
+    assert choice["message"]["tool_calls"] == [
+        {"id": "tooluse_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    ]
 
 
-@pytest.mark.parametrize(("stop", "finish"), [
-    ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"),
-    ("content_filtered", "content_filter"), ("guardrail_intervened", "content_filter"),
-    ("model_context_window_exceeded", "length"), ("something_new", "stop"), (None, "stop"),
-])
+@pytest.mark.parametrize(
+    ("stop", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("content_filtered", "content_filter"),
+        ("guardrail_intervened", "content_filter"),
+        ("model_context_window_exceeded", "length"),
+        ("something_new", "stop"),
+        (None, "stop"),
+    ],
+)
 def test_finish_reasons(stop, finish):
     assert b.finish_reason(stop) == finish
 
 
 def test_usage_with_cache_tokens_and_missing_usage():
-    usage = {"inputTokens": 10, "outputTokens": 3, "totalTokens": 113, "cacheReadInputTokens": 80,
-             "cacheWriteInputTokens": 20}
-    assert b.openai_usage(usage) == {"prompt_tokens": 110, "completion_tokens": 3, "total_tokens": 113,
-                                     "prompt_tokens_details": {"cached_tokens": 80}}
+    usage = {
+        "inputTokens": 10,
+        "outputTokens": 3,
+        "totalTokens": 113,
+        "cacheReadInputTokens": 80,
+        "cacheWriteInputTokens": 20,
+    }
+    assert b.openai_usage(usage) == {
+        "prompt_tokens": 110,
+        "completion_tokens": 3,
+        "total_tokens": 113,
+        "prompt_tokens_details": {"cached_tokens": 80},
+    }
     assert b.openai_usage(None) is None
     assert b.openai_usage({"inputTokens": 1}) is None
-    response = {"output": {"message": {"role": "assistant", "content": [{"text": "x"}]}},
-                "stopReason": "end_turn"}
+    response = {"output": {"message": {"role": "assistant", "content": [{"text": "x"}]}}, "stopReason": "end_turn"}
     assert "usage" not in b.to_chat_completion(response, MODEL)
     with pytest.raises(UpstreamError):
         b.to_chat_completion({"stopReason": "end_turn"}, MODEL)
@@ -266,18 +366,25 @@ def stream_events():
         {"contentBlockDelta": {"delta": {"text": "Let me"}, "contentBlockIndex": 0}},
         {"contentBlockDelta": {"delta": {"text": " check."}, "contentBlockIndex": 0}},
         {"contentBlockStop": {"contentBlockIndex": 0}},
-        {"contentBlockStart": {"start": {"toolUse": {"toolUseId": "t1", "name": "get_weather"}},
-                               "contentBlockIndex": 1}},
+        {
+            "contentBlockStart": {
+                "start": {"toolUse": {"toolUseId": "t1", "name": "get_weather"}},
+                "contentBlockIndex": 1,
+            }
+        },
         {"contentBlockDelta": {"delta": {"toolUse": {"input": '{"city":'}}, "contentBlockIndex": 1}},
         {"contentBlockDelta": {"delta": {"toolUse": {"input": '"Paris"}'}}, "contentBlockIndex": 1}},
         {"contentBlockStop": {"contentBlockIndex": 1}},
-        {"contentBlockStart": {"start": {"toolUse": {"toolUseId": "t2", "name": "get_time"}},
-                               "contentBlockIndex": 2}},
+        {"contentBlockStart": {"start": {"toolUse": {"toolUseId": "t2", "name": "get_time"}}, "contentBlockIndex": 2}},
         {"contentBlockDelta": {"delta": {"toolUse": {"input": "{}"}}, "contentBlockIndex": 2}},
         {"contentBlockStop": {"contentBlockIndex": 2}},
         {"messageStop": {"stopReason": "tool_use"}},
-        {"metadata": {"usage": {"inputTokens": 20, "outputTokens": 9, "totalTokens": 29},
-                      "metrics": {"latencyMs": 100}}},
+        {
+            "metadata": {
+                "usage": {"inputTokens": 20, "outputTokens": 9, "totalTokens": 29},
+                "metrics": {"latencyMs": 100},
+            }
+        },
     ]
 
 
@@ -290,12 +397,18 @@ def test_stream_translation():
         {"role": "assistant", "content": ""},
         {"content": "Let me"},
         {"content": " check."},
-        {"tool_calls": [{"index": 0, "id": "t1", "type": "function",
-                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {"index": 0, "id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        },
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
-        {"tool_calls": [{"index": 1, "id": "t2", "type": "function",
-                         "function": {"name": "get_time", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {"index": 1, "id": "t2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+            ]
+        },
         {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
         {},
     ]
@@ -319,26 +432,33 @@ def test_stream_translation_without_usage_option():
 
 
 def client_error(code: str, status: int, headers: dict | None = None) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": f"{code} says no"},
-                        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}}},
-                       "ConverseStream")
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} says no"},
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
+        },
+        "ConverseStream",
+    )
 
 
-@pytest.mark.parametrize(("code", "http", "status", "retry"), [
-    ("ThrottlingException", 429, 429, 1.0),
-    ("ServiceQuotaExceededException", 400, 429, None),
-    ("ValidationException", 400, 400, None),
-    ("AccessDeniedException", 403, 502, None),
-    ("UnrecognizedClientException", 403, 502, None),
-    ("ResourceNotFoundException", 404, 502, None),
-    ("ServiceUnavailableException", 503, 503, None),
-    ("ModelNotReadyException", 429, 503, None),
-    ("InternalServerException", 500, 502, None),
-    ("ModelErrorException", 424, 502, None),
-    ("ModelTimeoutException", 408, 504, None),
-    ("SomethingNew", 500, 502, None),
-    ("SomethingNew", 409, 409, None),
-])
+@pytest.mark.parametrize(
+    ("code", "http", "status", "retry"),
+    [
+        ("ThrottlingException", 429, 429, 1.0),
+        ("ServiceQuotaExceededException", 400, 429, None),
+        ("ValidationException", 400, 400, None),
+        ("AccessDeniedException", 403, 502, None),
+        ("UnrecognizedClientException", 403, 502, None),
+        ("ResourceNotFoundException", 404, 502, None),
+        ("ServiceUnavailableException", 503, 503, None),
+        ("ModelNotReadyException", 429, 503, None),
+        ("InternalServerException", 500, 502, None),
+        ("ModelErrorException", 424, 502, None),
+        ("ModelTimeoutException", 408, 504, None),
+        ("SomethingNew", 500, 502, None),
+        ("SomethingNew", 409, 409, None),
+    ],
+)
 def test_client_error_mapping(code, http, status, retry):
     error = b.upstream_error(client_error(code, http), "bedrock")
     assert error.status == status
@@ -351,8 +471,7 @@ def test_client_error_mapping(code, http, status, retry):
 def test_throttling_retry_after_header_and_stream_exception_codes():
     error = b.upstream_error(client_error("ThrottlingException", 429, {"retry-after": "7"}), "bedrock")
     assert (error.status, error.retry_after, error.code) == (429, 7.0, "upstream_rate_limited")
-    in_stream = EventStreamError({"Error": {"Code": "throttlingException", "Message": "slow"}},
-                                 "ConverseStream")
+    in_stream = EventStreamError({"Error": {"Code": "throttlingException", "Message": "slow"}}, "ConverseStream")
     assert b.upstream_error(in_stream, "bedrock").status == 429
     interrupted = str(b.interrupted(in_stream, "bedrock"))
     assert "throttlingException" in interrupted and "slow" not in interrupted
@@ -426,8 +545,9 @@ class FakeStream:
 
 
 class FakeClient:
-    def __init__(self, stream: FakeStream | None = None, response: dict | None = None,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, stream: FakeStream | None = None, response: dict | None = None, error: Exception | None = None
+    ) -> None:
         self.stream, self.response, self.error = stream, response, error
         self.requests: list[dict] = []
 
@@ -444,8 +564,13 @@ class FakeClient:
         return {"stream": self.stream}
 
 
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10, "stream": True,
-        "stream_options": {"include_usage": True}}
+BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 10,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
 
 
 async def collect(provider: b.BedrockProvider, body: dict = BODY) -> list:
@@ -464,28 +589,34 @@ def test_stream_through_fake_client():
 
 
 def test_complete_through_fake_client():
-    response = {"output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
-                "stopReason": "max_tokens", "usage": {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3}}
+    response = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+        "stopReason": "max_tokens",
+        "usage": {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3},
+    }
     provider = b.BedrockProvider(PROVIDER, client_factory=lambda: FakeClient(response=response))
     completion = run(provider.complete({**BODY, "stream": False}))
     assert completion["choices"][0]["finish_reason"] == "length"
     assert completion["usage"]["completion_tokens"] == 2
-    failing = b.BedrockProvider(PROVIDER, client_factory=lambda: FakeClient(error=client_error(
-        "ThrottlingException", 429)))
+    failing = b.BedrockProvider(
+        PROVIDER, client_factory=lambda: FakeClient(error=client_error("ThrottlingException", 429))
+    )
     with pytest.raises(UpstreamError) as info:
         run(failing.complete(BODY))
     assert info.value.status == 429
 
 
 def test_error_before_first_event_is_upstream_error():
-    provider = b.BedrockProvider(PROVIDER, client_factory=lambda: FakeClient(error=client_error(
-        "ServiceUnavailableException", 503)))
+    provider = b.BedrockProvider(
+        PROVIDER, client_factory=lambda: FakeClient(error=client_error("ServiceUnavailableException", 503))
+    )
     with pytest.raises(UpstreamError) as info:
         run(collect(provider))
     assert info.value.status == 503
     # An exception event before any content is still "before the first event".
-    stream = FakeStream([], error=EventStreamError({"Error": {"Code": "throttlingException", "Message": "s"}},
-                                                   "ConverseStream"))
+    stream = FakeStream(
+        [], error=EventStreamError({"Error": {"Code": "throttlingException", "Message": "s"}}, "ConverseStream")
+    )
     provider = b.BedrockProvider(PROVIDER, client_factory=lambda: FakeClient(stream))
     with pytest.raises(UpstreamError) as info:
         run(collect(provider))
@@ -505,7 +636,10 @@ def test_error_after_first_event_is_stream_interrupted():
 
     seen = run(consume())
     assert [e.data["choices"][0]["delta"] for e in seen] == [
-        {"role": "assistant", "content": ""}, {"content": "Let me"}, {"content": " check."}]
+        {"role": "assistant", "content": ""},
+        {"content": "Let me"},
+        {"content": " check."},
+    ]
 
 
 def test_stream_ending_without_message_stop():
@@ -547,4 +681,4 @@ def test_payload_is_json_serialisable_for_sse():
     provider = b.BedrockProvider(PROVIDER, client_factory=lambda: client)
     for event in run(collect(provider)):
         if not event.done:
-            assert json.loads(event.raw[len(b"data: "):]) == event.data
+            assert json.loads(event.raw[len(b"data: ") :]) == event.data

@@ -188,5 +188,7 @@ def test_targets_are_independent(store, clock):
     b = breaker(store, clock)
     fail(b, 3)
     assert b.views([TARGET, "anthropic/claude"]) == {
-        TARGET: b.views([TARGET])[TARGET], "anthropic/claude": b.views(["anthropic/claude"])["anthropic/claude"]}
+        TARGET: b.views([TARGET])[TARGET],
+        "anthropic/claude": b.views(["anthropic/claude"])["anthropic/claude"],
+    }
     assert b.state("anthropic/claude") == CLOSED

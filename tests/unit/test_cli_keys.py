@@ -99,9 +99,7 @@ def test_update_can_clear_fields():
 
 
 def test_update_limits_and_models():
-    event = event_for(
-        "keys", "update", "abcdefghijkl", "--limits", '{"tokens_per_day": 5}', "--allowed-models", "a,b"
-    )
+    event = event_for("keys", "update", "abcdefghijkl", "--limits", '{"tokens_per_day": 5}', "--allowed-models", "a,b")
     assert event["limits"] == {"tokens_per_day": 5} and event["allowed_models"] == ["a", "b"]
 
 
@@ -270,9 +268,7 @@ def test_create_prints_the_result_with_the_key(lambda_stub, capsys):
 def test_a_refusal_goes_to_stderr_with_exit_1(lambda_stub, capsys):
     refusal = {"ok": False, "error": {"code": "unknown_plan", "message": "unknown plan 'gold'"}}
     lambda_stub.add_response("invoke", invoke_response(refusal))
-    code = cli.main(
-        ["keys", "create", "--tenant", "a", "--consumer", "c", "--plan", "gold", "--function-name", "f"]
-    )
+    code = cli.main(["keys", "create", "--tenant", "a", "--consumer", "c", "--plan", "gold", "--function-name", "f"])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert json.loads(err) == {"error": refusal["error"]}
@@ -324,9 +320,7 @@ def test_endpoint_url_uses_dummy_credentials_and_default_region_if_none_configur
 def test_endpoint_url_keeps_configured_credentials_and_region(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
-    args = parse(
-        "keys", "list", "--tenant", "a", "--endpoint-url", "http://127.0.0.1:9", "--region", "eu-west-1"
-    )
+    args = parse("keys", "list", "--tenant", "a", "--endpoint-url", "http://127.0.0.1:9", "--region", "eu-west-1")
     session, client_args = cli._session(args)
     assert client_args == {"endpoint_url": "http://127.0.0.1:9"}
     assert session.region_name == "eu-west-1"

@@ -15,16 +15,30 @@ from quotagate.logic import estimate
 from quotagate.logic.chat_request import parse_chat_request
 from quotagate.mock import billing
 
-CONFIG = parse_config({
-    "providers": {"oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"},
-                  "an": {"type": "anthropic", "base_url": "http://127.0.0.1:1/v1"},
-                  "br": {"type": "bedrock"}},
-    "models": {"m": {"targets": [{"provider": "oa", "upstream_model": "a"},
-                                 {"provider": "an", "upstream_model": "b", "max_output_tokens": 100,
-                                  "price": {"input_per_million": 3, "output_per_million": 15}},
-                                 {"provider": "br", "upstream_model": "c", "image_tokens": 3000}]}},
-    "plans": {"p": {"limits": {}, "default_max_tokens": 50}},
-})
+CONFIG = parse_config(
+    {
+        "providers": {
+            "oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"},
+            "an": {"type": "anthropic", "base_url": "http://127.0.0.1:1/v1"},
+            "br": {"type": "bedrock"},
+        },
+        "models": {
+            "m": {
+                "targets": [
+                    {"provider": "oa", "upstream_model": "a"},
+                    {
+                        "provider": "an",
+                        "upstream_model": "b",
+                        "max_output_tokens": 100,
+                        "price": {"input_per_million": 3, "output_per_million": 15},
+                    },
+                    {"provider": "br", "upstream_model": "c", "image_tokens": 3000},
+                ]
+            }
+        },
+        "plans": {"p": {"limits": {}, "default_max_tokens": 50}},
+    }
+)
 OA, AN, BR = CONFIG.models["m"].targets
 MESSAGES = [{"role": "user", "content": "Tell me about lighthouses."}]
 
@@ -48,10 +62,17 @@ def test_plain_text_is_counted_like_the_chat_format():
 
 
 def test_tools_functions_and_schemas_are_prompt_tokens_and_bound_the_mock_bill():
-    tools = [{"type": "function", "function": {"name": f"f{i}", "description": "Look things up " * 20,
-                                               "parameters": {"type": "object"}}} for i in range(5)]
-    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
-                                                                           "description": "word " * 50}}}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": f"f{i}", "description": "Look things up " * 20, "parameters": {"type": "object"}},
+        }
+        for i in range(5)
+    ]
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "description": "word " * 50}},
+    }
     for extra in ({"tools": tools}, {"functions": [t["function"] for t in tools]}, {"response_format": schema}):
         body = {"messages": MESSAGES, **extra}
         assert prompt(body) > prompt({"messages": MESSAGES}) + 50
@@ -63,8 +84,10 @@ def test_anthropic_tools_include_the_tool_system_prompt():
     assert prompt(body, AN) - prompt(body, OA) >= billing.ANTHROPIC_TOOL_SYSTEM_PROMPT
 
 
-@pytest.mark.parametrize(("detail", "target", "expected"), [
-    ("low", OA, 85), ("high", OA, 1445), (None, OA, 1445), ("low", AN, 1600), ("high", BR, 3000)])
+@pytest.mark.parametrize(
+    ("detail", "target", "expected"),
+    [("low", OA, 85), ("high", OA, 1445), (None, OA, 1445), ("low", AN, 1600), ("high", BR, 3000)],
+)
 def test_images_cost_their_worst_case_per_provider_and_detail(detail, target, expected):
     image = {"url": "https://example.com/a.png", **({"detail": detail} if detail else {})}
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": image}]}]}
@@ -76,12 +99,15 @@ def test_audio_is_bounded_by_its_duration_and_unreadable_audio_is_refused():
     body = {"messages": [{"role": "user", "content": [part]}]}
     assert estimate.measure(body).audio_tokens == 4 * estimate.AUDIO_TOKENS_PER_SECOND
     assert estimate.measure(body).audio_tokens >= billing.openai_prompt_tokens(body) - tokens.chat_prompt_tokens(
-        [{"role": "user", "content": ""}])
-    for bad in ({"data": "!!!", "format": "wav"}, {"data": wav(1), "format": "flac"},
-                {"data": base64.b64encode(b"not a wav").decode(), "format": "wav"}):
+        [{"role": "user", "content": ""}]
+    )
+    for bad in (
+        {"data": "!!!", "format": "wav"},
+        {"data": wav(1), "format": "flac"},
+        {"data": base64.b64encode(b"not a wav").decode(), "format": "wav"},
+    ):
         with pytest.raises(GatewayError) as error:
-            estimate.measure({"messages": [{"role": "user", "content": [{"type": "input_audio",
-                                                                         "input_audio": bad}]}]})
+            estimate.measure({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": bad}]}]})
         assert error.value.status == 400
 
 
@@ -101,24 +127,39 @@ def _request(**fields):
 
 def test_one_cap_the_smaller_of_both_fields_and_never_above_the_per_request_limit():
     cost = estimate.measure({"messages": MESSAGES})
-    plan = estimate.plan_output(CONFIG, _request(max_tokens=5000, max_completion_tokens=16), (OA, AN), cost,
-                                {"max_tokens_per_request": 64}, {}, 50)
+    plan = estimate.plan_output(
+        CONFIG,
+        _request(max_tokens=5000, max_completion_tokens=16),
+        (OA, AN),
+        cost,
+        {"max_tokens_per_request": 64},
+        {},
+        50,
+    )
     assert plan.caps == {OA.id: 16, AN.id: 16} and plan.output_reserve == 16
     with pytest.raises(GatewayError) as error:
-        estimate.plan_output(CONFIG, _request(max_completion_tokens=5000), (OA,), cost,
-                             {"max_tokens_per_request": 64}, {}, 50)
+        estimate.plan_output(
+            CONFIG, _request(max_completion_tokens=5000), (OA,), cost, {"max_tokens_per_request": 64}, {}, 50
+        )
     assert error.value.param == "max_completion_tokens" and "5000" in error.value.message
 
 
 def test_the_cap_field_follows_the_provider_and_the_target():
-    reasoning = parse_config({
-        "providers": {"oa": {"type": "openai", "base_url": "http://x/v1"},
-                      "old": {"type": "openai", "base_url": "http://x/v1", "max_output_field": "max_tokens"},
-                      "new": {"type": "openai", "base_url": "http://x/v1",
-                              "max_output_field": "max_completion_tokens"}},
-        "models": {"o": {"provider": "oa", "upstream_model": "o3", "reasoning": True},
-                   "a": {"provider": "old"}, "b": {"provider": "new"}},
-        "plans": {"p": {}}})
+    reasoning = parse_config(
+        {
+            "providers": {
+                "oa": {"type": "openai", "base_url": "http://x/v1"},
+                "old": {"type": "openai", "base_url": "http://x/v1", "max_output_field": "max_tokens"},
+                "new": {"type": "openai", "base_url": "http://x/v1", "max_output_field": "max_completion_tokens"},
+            },
+            "models": {
+                "o": {"provider": "oa", "upstream_model": "o3", "reasoning": True},
+                "a": {"provider": "old"},
+                "b": {"provider": "new"},
+            },
+            "plans": {"p": {}},
+        }
+    )
     fields = {name: reasoning.max_output_field(m.targets[0]) for name, m in reasoning.models.items()}
     assert fields == {"o": "max_completion_tokens", "a": "max_tokens", "b": "max_completion_tokens"}
 
@@ -131,8 +172,16 @@ def test_prompt_cache_prices_and_the_reservation_worst_case():
     assert price.cost_usd(100, 0, cache_read=50) == 50 + 5
     assert price.cost_usd(100, 0, cache_write=40) == 60 + 50
     assert price.cost_usd(100, 0, cache_write=40, cache_write_1h=40) == 60 + 80
-    cached = estimate.measure({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]})
+    cached = estimate.measure(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+                }
+            ]
+        }
+    )
     assert cached.has_cache_control
     plain = estimate.measure({"messages": MESSAGES})
     for cost in (cached, plain):

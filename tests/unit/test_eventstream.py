@@ -18,12 +18,14 @@ from quotagate.mock import eventstream as es
 # Published test vectors for the framing (AWS event-stream encoding, as also reproduced by
 # independent implementations): payload {"foo": "bar"} without headers, and with one string header.
 FOO_BAR = b'{"foo": "bar"}'
-VECTOR_NO_HEADERS = (
-    bytes([0, 0, 0, 30, 0, 0, 0, 0, 186, 242, 246, 138]) + FOO_BAR + bytes([174, 114, 88, 228])
-)
+VECTOR_NO_HEADERS = bytes([0, 0, 0, 30, 0, 0, 0, 0, 186, 242, 246, 138]) + FOO_BAR + bytes([174, 114, 88, 228])
 VECTOR_ONE_HEADER = (
-    bytes([0, 0, 0, 62, 0, 0, 0, 32, 64, 93, 249, 70, 12]) + b"content-type" + bytes([7, 0, 16])
-    + b"application/json" + FOO_BAR + bytes([111, 162, 191, 59])
+    bytes([0, 0, 0, 62, 0, 0, 0, 32, 64, 93, 249, 70, 12])
+    + b"content-type"
+    + bytes([7, 0, 16])
+    + b"application/json"
+    + FOO_BAR
+    + bytes([111, 162, 191, 59])
 )
 
 
@@ -76,8 +78,14 @@ def test_all_header_types_parse_in_botocore_and_back():
     frame = es.encode_message(headers, b"payload")
     (boto,) = botocore_messages(frame)
     assert boto.headers == {
-        "t": True, "f": False, "byte": -7, "short": 30_000, "int": 123_456, "long": 2**40,
-        "bytes": b"\x00\x01\xff", "str": "value",
+        "t": True,
+        "f": False,
+        "byte": -7,
+        "short": 30_000,
+        "int": 123_456,
+        "long": 2**40,
+        "bytes": b"\x00\x01\xff",
+        "str": "value",
         "time": int(when.timestamp() * 1000),  # botocore leaves timestamps as epoch milliseconds
         "uuid": ident.bytes,
     }
@@ -88,8 +96,9 @@ def test_all_header_types_parse_in_botocore_and_back():
 
 def test_many_messages_fed_byte_by_byte():
     frames = [es.encode_event("messageStart", {"role": "assistant"})]
-    frames += [es.encode_event("contentBlockDelta", {"delta": {"text": f" w{i}"}, "contentBlockIndex": 0})
-               for i in range(20)]
+    frames += [
+        es.encode_event("contentBlockDelta", {"delta": {"text": f" w{i}"}, "contentBlockIndex": 0}) for i in range(20)
+    ]
     frames.append(es.encode_message({":message-type": "event", ":event-type": "empty"}))  # empty payload
     data = b"".join(frames)
     boto = botocore_messages(data, chunk=1)
@@ -141,12 +150,10 @@ def test_botocore_event_stream_parses_converse_events():
     shape = model.operation_model("ConverseStream").output_shape.members["stream"]
     events = [
         ("messageStart", {"role": "assistant"}),
-        ("contentBlockStart", {"start": {"toolUse": {"toolUseId": "t1", "name": "f"}},
-                               "contentBlockIndex": 1}),
+        ("contentBlockStart", {"start": {"toolUse": {"toolUseId": "t1", "name": "f"}}, "contentBlockIndex": 1}),
         ("contentBlockDelta", {"delta": {"toolUse": {"input": '{"a":'}}, "contentBlockIndex": 1}),
         ("messageStop", {"stopReason": "tool_use"}),
-        ("metadata", {"usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
-                      "metrics": {"latencyMs": 12}}),
+        ("metadata", {"usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7}, "metrics": {"latencyMs": 12}}),
     ]
     data = b"".join(es.encode_event(name, payload) for name, payload in events)
 

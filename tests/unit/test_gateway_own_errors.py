@@ -18,8 +18,13 @@ class BuggyMidStream(FakeProvider):
 
     async def stream(self, body):
         self._step()
-        yield SSEEvent.from_chunk({"object": "chat.completion.chunk", "model": body["model"],
-                                   "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]})
+        yield SSEEvent.from_chunk(
+            {
+                "object": "chat.completion.chunk",
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+            }
+        )
         raise KeyError("a translation bug")
 
 
@@ -29,8 +34,14 @@ def serialisation_error() -> ValueError:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("error", [serialisation_error(), TypeError("adapter bug"),
-                                   UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        serialisation_error(),
+        TypeError("adapter bug"),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    ],
+)
 def test_an_exception_of_the_gateway_is_a_500_that_never_touches_the_breaker(stream, error):
     gateway, _, store = make({A: [error] * 5, B: []}, threshold=2)
     for _ in range(3):  # more than the failure threshold
@@ -55,8 +66,9 @@ def test_an_exception_of_the_gateway_mid_stream_ends_the_stream_without_blaming_
 
 
 def test_gateway_side_unavailability_fails_over_without_counting_against_the_target():
-    unavailable = GatewayError(503, "Credentials for provider 'p' are unavailable.", "api_error",
-                               "provider_credentials_unavailable")
+    unavailable = GatewayError(
+        503, "Credentials for provider 'p' are unavailable.", "api_error", "provider_credentials_unavailable"
+    )
     gateway, _, store = make({A: [unavailable] * 3, B: []}, threshold=2)
     for _ in range(3):
         response, _ = chat(gateway)
@@ -64,10 +76,13 @@ def test_gateway_side_unavailability_fails_over_without_counting_against_the_tar
     assert store.get_many([A]) == {}
 
 
-@pytest.mark.parametrize("error", [
-    UpstreamError(503, "Credentials for provider 'p' are unavailable.", code="provider_credentials_unavailable"),
-    UpstreamError(502, "Provider 'p' has no AWS region (set AWS_REGION).", code="provider_misconfigured"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamError(503, "Credentials for provider 'p' are unavailable.", code="provider_credentials_unavailable"),
+        UpstreamError(502, "Provider 'p' has no AWS region (set AWS_REGION).", code="provider_misconfigured"),
+    ],
+)
 def test_an_adapter_reporting_the_gateways_own_setup_fails_over_without_blame(error):
     # Bedrock's adapter reports missing AWS credentials or region as UpstreamErrors with these codes.
     gateway, _, store = make({A: [error] * 3, B: []}, threshold=2)

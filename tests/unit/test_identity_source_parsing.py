@@ -33,8 +33,16 @@ def test_parse(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    ["method.request.querystring.key", "context.identity.sourceIp", "stageVariables.k", "x-api-key,X-API-KEY",
-     "bad header", '["x"', [1], 7],
+    [
+        "method.request.querystring.key",
+        "context.identity.sourceIp",
+        "stageVariables.k",
+        "x-api-key,X-API-KEY",
+        "bad header",
+        '["x"',
+        [1],
+        7,
+    ],
 )
 def test_refused(value):
     with pytest.raises(IdentitySourceError):
@@ -43,8 +51,10 @@ def test_refused(value):
 
 def test_environment_round_trip(monkeypatch):
     names = ("x-api-key", "Authorization")
-    assert identity_source_expressions(names) == ["method.request.header.x-api-key",
-                                                  "method.request.header.Authorization"]
+    assert identity_source_expressions(names) == [
+        "method.request.header.x-api-key",
+        "method.request.header.Authorization",
+    ]
     monkeypatch.setenv(settings.IDENTITY_SOURCES, identity_source_environment(names)[settings.IDENTITY_SOURCES])
     assert configured_identity_sources() == names
     monkeypatch.delenv(settings.IDENTITY_SOURCES)
@@ -53,5 +63,6 @@ def test_environment_round_trip(monkeypatch):
 
 def test_missing_credential_message_names_headers_only():
     assert missing_credential_message(["Authorization"]) == (
-        "Missing or malformed API key. Send it as 'Authorization: Bearer <key>'.")
+        "Missing or malformed API key. Send it as 'Authorization: Bearer <key>'."
+    )
     assert "'x-api-key' header" in missing_credential_message(["x-api-key"])

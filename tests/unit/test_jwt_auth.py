@@ -108,7 +108,11 @@ def test_valid_rs256(verifier, rsa_key):
     exp = int(time.time()) + 600
     identity = verifier.verify(sign_rs256(rsa_key, exp=exp))
     assert identity == Identity(
-        tenant="acme", consumer="user-42", key_id="jwt:acme:user-42", plan="pro", auth_type="jwt",
+        tenant="acme",
+        consumer="user-42",
+        key_id="jwt:acme:user-42",
+        plan="pro",
+        auth_type="jwt",
         expires_at=exp + int(verifier.leeway),  # when the verifier itself would refuse it
     )
 
@@ -143,9 +147,7 @@ def test_default_plan_and_custom_claims(jwks, rsa_key):
         plan_claim="tier",
         default_plan="starter",
     )
-    identity = verifier.verify(
-        sign_rs256(rsa_key, **{"custom:org": "globex", "client_id": "app-7", "plan": None})
-    )
+    identity = verifier.verify(sign_rs256(rsa_key, **{"custom:org": "globex", "client_id": "app-7", "plan": None}))
     assert identity.tenant == "globex"
     assert identity.consumer == "app-7"
     assert identity.plan == "starter"

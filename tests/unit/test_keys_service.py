@@ -223,8 +223,18 @@ def test_dispatch_runs_every_action(service, clock):
     rotated = service.dispatch({"action": "rotate_key", "key_id": key_id, "grace_seconds": 60})
     assert rotated["rotation_grace_until"] == NOW + 60 and rotated["api_key"] != created["api_key"]
     assert service.dispatch({"action": "revoke_key", "key_id": key_id})["status"] == "revoked"
-    assert set(ACTIONS) == {"create_key", "list_keys", "get_key", "revoke_key", "rotate_key", "update_key",
-                            "create_tenant", "get_tenant", "update_tenant", "get_usage"}
+    assert set(ACTIONS) == {
+        "create_key",
+        "list_keys",
+        "get_key",
+        "revoke_key",
+        "rotate_key",
+        "update_key",
+        "create_tenant",
+        "get_tenant",
+        "update_tenant",
+        "get_usage",
+    }
     mutating = {"create_key", "revoke_key", "rotate_key", "update_key", "create_tenant", "update_tenant"}
     assert mutating == MUTATING_ACTIONS
 
@@ -629,12 +639,14 @@ def test_store_refuses_a_stale_version():
 
 
 def test_tenant_records_are_created_read_and_merged(service: KeysService, clock: FakeClock) -> None:
-    created = service.dispatch({"action": "create_tenant", "tenant": "acme",
-                                "limits": {"usd_per_month": 100, "tokens_per_day": 5000}})
+    created = service.dispatch(
+        {"action": "create_tenant", "tenant": "acme", "limits": {"usd_per_month": 100, "tokens_per_day": 5000}}
+    )
     assert created["limits"] == {"usd_per_month": 100, "tokens_per_day": 5000} and created["version"] == 1
     assert service.dispatch({"action": "get_tenant", "tenant": "acme"})["limits"] == created["limits"]
-    updated = service.dispatch({"action": "update_tenant", "tenant": "acme",
-                                "limits": {"tokens_per_day": None, "requests_per_minute": 60}})
+    updated = service.dispatch(
+        {"action": "update_tenant", "tenant": "acme", "limits": {"tokens_per_day": None, "requests_per_minute": 60}}
+    )
     assert updated["limits"] == {"usd_per_month": 100, "requests_per_minute": 60} and updated["version"] == 2
     cleared = service.dispatch({"action": "update_tenant", "tenant": "acme", "limits": None})
     assert cleared["limits"] == {}

@@ -39,9 +39,11 @@ class CountingAuthorizer:
         if value not in ("Bearer good", "Bearer bad"):
             raise Exception("Unauthorized")
         effect = "Allow" if value == "Bearer good" else "Deny"
-        return {"principalId": "p", "context": {"who": f"call-{self.calls}"},
-                "policyDocument": {"Statement": [{"Effect": effect, "Action": "execute-api:Invoke",
-                                                  "Resource": "*"}]}}
+        return {
+            "principalId": "p",
+            "context": {"who": f"call-{self.calls}"},
+            "policyDocument": {"Statement": [{"Effect": effect, "Action": "execute-api:Invoke", "Resource": "*"}]},
+        }
 
 
 async def echo_authorizer_context(request: Request) -> JSONResponse:
@@ -105,9 +107,11 @@ def test_unauthorized_is_401_and_a_ttl_of_zero_caches_nothing():
     assert authorizer.calls == 3
 
 
-@pytest.mark.parametrize("headers", [{"x-api-key": "anything"}, {"Authorization": "Basic eHl6"},
-                                     {"Authorization": "Bearer bad"}],
-                         ids=["missing identity source", "unauthorized", "denied"])
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-api-key": "anything"}, {"Authorization": "Basic eHl6"}, {"Authorization": "Bearer bad"}],
+    ids=["missing identity source", "unauthorized", "denied"],
+)
 def test_edge_401s_carry_a_request_id(edge, headers):
     # The openai SDK fills AuthenticationError.request_id from x-request-id; API Gateway's gateway
     # responses carry $context.requestId there (the stack maps it), and so does the emulator.

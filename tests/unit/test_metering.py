@@ -7,8 +7,11 @@ MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
 
 def chunk(content=None, usage=None, choices=True):
-    data = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]
-            if choices else [], "usage": usage}
+    data = {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": content}}] if choices else [],
+        "usage": usage,
+    }
     return SSEEvent.from_chunk(data)
 
 
@@ -43,7 +46,7 @@ def test_sse_parser_keeps_partial_events_and_accepts_crlf():
     assert [e.data for e in events] == [{"a": 1}, None, None]
     assert events[2].done
     assert bytes(buffer) == b'data: {"b"'
-    buffer.extend(b': 2}\n\n')
+    buffer.extend(b": 2}\n\n")
     assert parse_sse_events(buffer)[0].data == {"b": 2}
 
 

@@ -19,10 +19,16 @@ class ErrorMidStream(FakeProvider):
 
     async def stream(self, body):
         self._step()
-        yield SSEEvent.from_chunk({"object": "chat.completion.chunk", "model": body["model"],
-                                   "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]})
-        yield SSEEvent.from_chunk({"error": {"message": LEAK, "type": "invalid_request_error",
-                                             "param": None, "code": "invalid_api_key"}})
+        yield SSEEvent.from_chunk(
+            {
+                "object": "chat.completion.chunk",
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+            }
+        )
+        yield SSEEvent.from_chunk(
+            {"error": {"message": LEAK, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        )
 
 
 @pytest.mark.parametrize("stream", [True, False])

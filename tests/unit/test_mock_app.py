@@ -81,9 +81,7 @@ def test_reply_length_and_truncation(client):
     assert r["usage"]["completion_tokens"] == 0
     # tokens= in the fault spec, overridden by the body field
     assert chat(client, model="mock-gpt@tokens=3").json()["usage"]["completion_tokens"] == 3
-    assert (
-        chat(client, model="mock-gpt@tokens=3", mock_reply_tokens=2).json()["usage"]["completion_tokens"] == 2
-    )
+    assert chat(client, model="mock-gpt@tokens=3", mock_reply_tokens=2).json()["usage"]["completion_tokens"] == 2
 
 
 def test_stream_shape(client):
@@ -155,9 +153,7 @@ def test_insufficient_quota_and_retry_after(client):
 
 def test_fault_precedence(client):
     # model < header < body
-    r = chat(
-        client, model="mock-gpt@status=500", headers={"x-mock-fault": "status=502"}, mock_fault="status=503"
-    )
+    r = chat(client, model="mock-gpt@status=500", headers={"x-mock-fault": "status=502"}, mock_fault="status=503")
     assert r.status_code == 503
     r = chat(client, model="mock-gpt@status=500", headers={"x-mock-fault": "status=502"})
     assert r.status_code == 502
@@ -217,9 +213,7 @@ def test_bad_requests_are_openai_shaped_400s(client, app, body, param):
 
 
 def test_bad_json_and_bad_header(client):
-    r = client.post(
-        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
     assert client.post("/v1/chat/completions", json=[1, 2]).status_code == 400
     r = chat(client, headers={"x-mock-fault": "status=99"})

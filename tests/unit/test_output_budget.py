@@ -9,8 +9,12 @@ from quotagate.logic.output_budget import OutputBudget, delta_tokens
 
 
 def chunk(text, index=0):
-    return {"id": "c", "created": 1, "model": "m",
-            "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]}
+    return {
+        "id": "c",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+    }
 
 
 def run(coroutine):
@@ -80,15 +84,33 @@ def test_the_assembled_answer_merges_choices_tool_calls_and_marks_a_cut():
     answer.feed(chunk("lo"))
     answer.feed(chunk("Other", 1))
     answer.feed({"choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]})
-    answer.feed({"choices": [{"index": 0, "delta": {"tool_calls": [
-        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}]}}]})
+    answer.feed(
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": '{"a"'},
+                            }
+                        ]
+                    },
+                }
+            ]
+        }
+    )
     answer.feed({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]})
     answer.feed({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
     result = answer.result(cut=True)
     first, second = result["choices"]
     assert first["message"]["content"] == "Hello" and first["finish_reason"] == "length"
-    assert first["message"]["tool_calls"] == [{"id": "call_1", "type": "function",
-                                               "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert first["message"]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    ]
     assert second["message"]["content"] == "Other" and second["finish_reason"] == "stop"
     assert result["object"] == "chat.completion" and result["usage"]["total_tokens"] == 7
     assert result["system_fingerprint"] == "fp"

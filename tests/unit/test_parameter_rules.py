@@ -13,8 +13,11 @@ from quotagate.logic.chat_request import parse_chat_request
 from quotagate.providers import anthropic, bedrock
 
 MESSAGES = [{"role": "user", "content": "Who is it?"}]
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-          "required": ["name", "age"]}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "Person", "schema": PERSON, "strict": True}}
 
 
@@ -22,10 +25,17 @@ def chat(**fields):
     return parse_chat_request(json.dumps({"model": "m", "messages": MESSAGES, **fields}).encode())
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("temperature", 2.5), ("temperature", -0.1), ("top_p", 1.5), ("top_p", -1),
-    ("presence_penalty", 2.1), ("frequency_penalty", -3),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("temperature", 2.5),
+        ("temperature", -0.1),
+        ("top_p", 1.5),
+        ("top_p", -1),
+        ("presence_penalty", 2.1),
+        ("frequency_penalty", -3),
+    ],
+)
 def test_out_of_range_values_are_the_same_400_for_every_target(name, value):
     with pytest.raises(GatewayError) as caught:
         chat(**{name: value})
@@ -37,13 +47,16 @@ def test_values_at_the_ends_of_the_ranges_are_accepted(fields):
     assert chat(**fields).body[next(iter(fields))] == next(iter(fields.values()))
 
 
-@pytest.mark.parametrize(("response_format", "param"), [
-    ({"type": "xml"}, "response_format"),
-    ("json", "response_format"),
-    ({"type": "json_schema"}, "response_format.json_schema.name"),
-    ({"type": "json_schema", "json_schema": {"name": "a b"}}, "response_format.json_schema.name"),
-    ({"type": "json_schema", "json_schema": {"name": "P", "schema": []}}, "response_format.json_schema.schema"),
-])
+@pytest.mark.parametrize(
+    ("response_format", "param"),
+    [
+        ({"type": "xml"}, "response_format"),
+        ("json", "response_format"),
+        ({"type": "json_schema"}, "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "a b"}}, "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "P", "schema": []}}, "response_format.json_schema.schema"),
+    ],
+)
 def test_malformed_response_formats_are_400s(response_format, param):
     with pytest.raises(GatewayError) as caught:
         chat(response_format=response_format)
@@ -60,25 +73,31 @@ def test_anthropic_and_bedrock_map_temperature_alike(temperature):
 
 def test_anthropic_forces_a_tool_for_json_schema():
     request = anthropic.to_messages_request({"model": "m", "messages": MESSAGES, "response_format": SCHEMA_FORMAT})
-    assert request["tools"] == [{"name": "Person", "description": "Give the answer in this structure.",
-                                 "input_schema": PERSON}]
+    assert request["tools"] == [
+        {"name": "Person", "description": "Give the answer in this structure.", "input_schema": PERSON}
+    ]
     assert request["tool_choice"] == {"type": "tool", "name": "Person"}
 
 
 def test_anthropic_json_object_forces_an_object_tool_and_keeps_the_clients_tools_callable():
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    request = anthropic.to_messages_request({"model": "m", "messages": MESSAGES, "tools": tools,
-                                             "response_format": {"type": "json_object"}})
+    request = anthropic.to_messages_request(
+        {"model": "m", "messages": MESSAGES, "tools": tools, "response_format": {"type": "json_object"}}
+    )
     assert [t["name"] for t in request["tools"]] == ["lookup", "json_object"]
     assert request["tools"][1]["input_schema"] == {"type": "object"}
     assert request["tool_choice"] == {"type": "any"}  # a real tool call, or the structured answer
 
 
 def test_anthropic_answer_through_the_response_tool_is_the_message_content():
-    message = {"id": "msg_1", "type": "message", "model": "claude", "stop_reason": "tool_use",
-               "content": [{"type": "tool_use", "id": "toolu_1", "name": "Person",
-                            "input": {"name": "Ada", "age": 36}}],
-               "usage": {"input_tokens": 10, "output_tokens": 9}}
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "model": "claude",
+        "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "Person", "input": {"name": "Ada", "age": 36}}],
+        "usage": {"input_tokens": 10, "output_tokens": 9},
+    }
     completion = anthropic.to_chat_completion(message, response_tool="Person")
     reply = completion["choices"][0]
     assert json.loads(reply["message"]["content"]) == {"name": "Ada", "age": 36}
@@ -89,8 +108,11 @@ def test_anthropic_streamed_response_tool_arrives_as_content_chunks():
     translator = anthropic.StreamTranslator("claude", include_usage=False, response_tool="Person")
     events = [
         {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 5, "output_tokens": 1}}},
-        {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "tool_use", "id": "t", "name": "Person", "input": {}}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "t", "name": "Person", "input": {}},
+        },
         {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"name":'}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ' "Ada"}'}},
@@ -107,15 +129,30 @@ def test_anthropic_streamed_response_tool_arrives_as_content_chunks():
 def test_bedrock_forces_a_tool_for_json_schema():
     request = bedrock.to_converse_request({"model": "m", "messages": MESSAGES, "response_format": SCHEMA_FORMAT})
     assert request["toolConfig"] == {
-        "tools": [{"toolSpec": {"name": "Person", "description": "Give the answer in this structure.",
-                                "inputSchema": {"json": PERSON}}}],
-        "toolChoice": {"tool": {"name": "Person"}}}
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "Person",
+                    "description": "Give the answer in this structure.",
+                    "inputSchema": {"json": PERSON},
+                }
+            }
+        ],
+        "toolChoice": {"tool": {"name": "Person"}},
+    }
 
 
 def test_bedrock_answer_through_the_response_tool_is_the_message_content():
-    response = {"output": {"message": {"role": "assistant", "content": [
-        {"toolUse": {"toolUseId": "t", "name": "Person", "input": {"name": "Ada", "age": 36}}}]}},
-        "stopReason": "tool_use", "usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7}}
+    response = {
+        "output": {
+            "message": {
+                "role": "assistant",
+                "content": [{"toolUse": {"toolUseId": "t", "name": "Person", "input": {"name": "Ada", "age": 36}}}],
+            }
+        },
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
+    }
     reply = bedrock.to_chat_completion(response, "m", response_tool="Person")["choices"][0]
     assert json.loads(reply["message"]["content"]) == {"name": "Ada", "age": 36}
     assert "tool_calls" not in reply["message"] and reply["finish_reason"] == "stop"

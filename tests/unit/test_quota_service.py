@@ -46,9 +46,7 @@ def reserve(
     key_id="k1",
     tenant="acme",
 ):
-    return service.reserve(
-        request_id, key_id, tenant, key_limits or {}, tenant_limits or {}, prompt, max_output, usd
-    )
+    return service.reserve(request_id, key_id, tenant, key_limits or {}, tenant_limits or {}, prompt, max_output, usd)
 
 
 def used(service, pk, limit_name, at=None):
@@ -302,10 +300,7 @@ def test_settle_is_exactly_once(service, ledger):
 def test_concurrent_settles_of_one_reservation_apply_once(service):
     reservation = reserve(service, "a", {"tokens_per_minute": 1000})
     results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(service.settle(reservation, 1, 2, 0)))
-        for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(service.settle(reservation, 1, 2, 0))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

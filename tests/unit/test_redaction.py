@@ -35,12 +35,22 @@ def test_bearer_credentials_and_plain_text():
     assert len(redact("x" * 10_000)) == 500
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("context_length_exceeded", "context_length_exceeded"), ("invalid_request_error", "invalid_request_error"),
-    ("ValidationException", "ValidationException"), ("rate_limit_exceeded", "rate_limit_exceeded"),
-    ("bad key sk-abc here", None), ("sk-proj-abcd", None), ("x" * 65, None), (None, None), (42, None),
-    ("", None), ("a\nb", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("context_length_exceeded", "context_length_exceeded"),
+        ("invalid_request_error", "invalid_request_error"),
+        ("ValidationException", "ValidationException"),
+        ("rate_limit_exceeded", "rate_limit_exceeded"),
+        ("bad key sk-abc here", None),
+        ("sk-proj-abcd", None),
+        ("x" * 65, None),
+        (None, None),
+        (42, None),
+        ("", None),
+        ("a\nb", None),
+    ],
+)
 def test_short_identifier(value, expected):
     assert short_identifier(value) == expected
 
@@ -52,8 +62,13 @@ def test_bedrock_error_text_goes_to_the_log_redacted(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(logger.registered_handler, "stream", stream)
     secret = SECRETS[0]
-    error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": f"User with key {secret} denied"},
-                         "ResponseMetadata": {"HTTPStatusCode": 403, "HTTPHeaders": {}}}, "Converse")
+    error = ClientError(
+        {
+            "Error": {"Code": "AccessDeniedException", "Message": f"User with key {secret} denied"},
+            "ResponseMetadata": {"HTTPStatusCode": 403, "HTTPHeaders": {}},
+        },
+        "Converse",
+    )
     upstream = bedrock.upstream_error(error, "bedrock")
     assert upstream.message == "Upstream provider 'bedrock' returned AccessDeniedException (HTTP 403)."
     logged = stream.getvalue()

@@ -15,12 +15,19 @@ from quotagate.providers.base import DONE_EVENT, SSEEvent
 from quotagate.quota import InMemoryQuotaLedger, QuotaService, WindowUsage
 
 IDENTITY = Identity(tenant="acme", consumer="u1", key_id="jwt:acme:u1", plan="pro", auth_type="jwt")
-CONFIG = parse_config({
-    "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"}},
-    "models": {"m": {"provider": "p", "upstream_model": "m"}},
-    "plans": {"pro": {"models": "*", "default_max_tokens": 50,
-                      "limits": {"requests_per_minute": 10, "tokens_per_minute": 10_000}}},
-})
+CONFIG = parse_config(
+    {
+        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"}},
+        "models": {"m": {"provider": "p", "upstream_model": "m"}},
+        "plans": {
+            "pro": {
+                "models": "*",
+                "default_max_tokens": 50,
+                "limits": {"requests_per_minute": 10, "tokens_per_minute": 10_000},
+            }
+        },
+    }
+)
 
 
 class StoreLikeDynamo(InMemoryQuotaLedger):
@@ -49,15 +56,23 @@ class Provider:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         self.called.set()
-        return {"id": "x", "object": "chat.completion", "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        }
 
     async def stream(self, body: dict[str, Any]):
         self.called.set()
-        yield SSEEvent.from_chunk({"object": "chat.completion.chunk", "model": "m",
-                                   "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]})
+        yield SSEEvent.from_chunk(
+            {
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+            }
+        )
         yield DONE_EVENT
 
 

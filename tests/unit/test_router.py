@@ -14,52 +14,85 @@ from quotagate.logic import router as routing
 from quotagate.logic.router import Router, callable_models, resolve, sticky_point
 
 PROVIDERS = {
-    "openai": {"type": "openai", "base_url": "https://api.openai.com/v1",
-               "api_key_secret": "quotagate/providers/openai", "read_timeout": 90},
+    "openai": {
+        "type": "openai",
+        "base_url": "https://api.openai.com/v1",
+        "api_key_secret": "quotagate/providers/openai",
+        "read_timeout": 90,
+    },
     "anthropic": {"type": "anthropic", "base_url": "https://api.anthropic.com/v1"},
     "bedrock": {"type": "bedrock", "region": "eu-west-1"},
 }
 MODELS = {
-    "gpt-4o-mini": {"provider": "openai", "upstream_model": "gpt-4o-mini",
-                    "price": {"input_per_million": 0.15, "output_per_million": 0.6}},
+    "gpt-4o-mini": {
+        "provider": "openai",
+        "upstream_model": "gpt-4o-mini",
+        "price": {"input_per_million": 0.15, "output_per_million": 0.6},
+    },
     "chat-default": {
         "targets": [
-            {"provider": "openai", "upstream_model": "gpt-4o-mini", "weight": 90,
-             "price": {"input_per_million": 0.15, "output_per_million": 0.6},
-             "timeouts": {"connect": 2, "first_byte": 10, "idle": 30}},
-            {"provider": "anthropic", "upstream_model": "claude-haiku", "weight": 10,
-             "price": {"input_per_million": 1.0, "output_per_million": 5.0}},
+            {
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini",
+                "weight": 90,
+                "price": {"input_per_million": 0.15, "output_per_million": 0.6},
+                "timeouts": {"connect": 2, "first_byte": 10, "idle": 30},
+            },
+            {
+                "provider": "anthropic",
+                "upstream_model": "claude-haiku",
+                "weight": 10,
+                "price": {"input_per_million": 1.0, "output_per_million": 5.0},
+            },
             {"provider": "bedrock", "upstream_model": "amazon.nova-lite-v1:0"},
         ],
         "deadline": 60,
     },
     "chat-sticky": {
-        "targets": [{"provider": "openai", "upstream_model": "gpt-4o-mini", "weight": 50},
-                    {"provider": "anthropic", "upstream_model": "claude-haiku", "weight": 50}],
+        "targets": [
+            {"provider": "openai", "upstream_model": "gpt-4o-mini", "weight": 50},
+            {"provider": "anthropic", "upstream_model": "claude-haiku", "weight": 50},
+        ],
         "sticky": True,
     },
     "chat-pro": {
-        "targets": [{"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
-                    {"provider": "anthropic", "upstream_model": "claude-sonnet", "plans": ["pro"]}],
+        "targets": [
+            {"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
+            {"provider": "anthropic", "upstream_model": "claude-sonnet", "plans": ["pro"]},
+        ],
         "on_tier_mismatch": "refuse",
     },
     "chat-pro-or-default": {
         "targets": [{"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]}],
-        "on_tier_mismatch": "downgrade", "downgrade_to": "chat-default",
+        "on_tier_mismatch": "downgrade",
+        "downgrade_to": "chat-default",
     },
     "chat-mixed": {
-        "targets": [{"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
-                    {"provider": "openai", "upstream_model": "gpt-4o-mini"}],
+        "targets": [
+            {"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
+            {"provider": "openai", "upstream_model": "gpt-4o-mini"},
+        ],
         "on_tier_mismatch": "downgrade",
     },
     "chat-mixed-refuse": {
-        "targets": [{"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
-                    {"provider": "openai", "upstream_model": "gpt-4o-mini"}],
+        "targets": [
+            {"provider": "openai", "upstream_model": "gpt-4o", "plans": ["pro"]},
+            {"provider": "openai", "upstream_model": "gpt-4o-mini"},
+        ],
     },
 }
 PLANS = {
-    "free": {"models": ["gpt-4o-mini", "chat-default", "chat-sticky", "chat-pro", "chat-pro-or-default",
-                        "chat-mixed", "chat-mixed-refuse"]},
+    "free": {
+        "models": [
+            "gpt-4o-mini",
+            "chat-default",
+            "chat-sticky",
+            "chat-pro",
+            "chat-pro-or-default",
+            "chat-mixed",
+            "chat-mixed-refuse",
+        ]
+    },
     "starter": {"models": ["chat-default"]},
     "pro": {"models": "*"},
 }
@@ -114,8 +147,17 @@ def test_alias_form_with_weights_timeouts_and_provider_types():
         ({"x": {"provider": "openai", "on_tier_mismatch": "refuse", "downgrade_to": "x"}}, "downgrade"),
         ({"x": {"provider": "openai", "sticky": "yes"}}, "sticky"),
         ({"x": {"provider": "openai", "deadline": 0}}, "deadline"),
-        ({"x": {"targets": [{"provider": "openai", "upstream_model": "a"},
-                            {"provider": "openai", "upstream_model": "a"}]}}, "twice"),
+        (
+            {
+                "x": {
+                    "targets": [
+                        {"provider": "openai", "upstream_model": "a"},
+                        {"provider": "openai", "upstream_model": "a"},
+                    ]
+                }
+            },
+            "twice",
+        ),
     ],
 )
 def test_bad_routing_config_is_refused_with_the_field_named(models, message):
@@ -132,8 +174,9 @@ def test_provider_types_and_base_url_rules():
 
 
 def test_breaker_policy_config():
-    config = parse_config({"providers": PROVIDERS, "plans": {"f": {}},
-                           "circuit_breaker": {"failure_threshold": 3, "cooldown_seconds": 5}})
+    config = parse_config(
+        {"providers": PROVIDERS, "plans": {"f": {}}, "circuit_breaker": {"failure_threshold": 3, "cooldown_seconds": 5}}
+    )
     assert config.circuit_breaker.failure_threshold == 3 and config.circuit_breaker.cooldown_seconds == 5
     assert CONFIG.circuit_breaker.failure_threshold == 5 and CONFIG.circuit_breaker.cache_seconds == 2
     with pytest.raises(ConfigError, match="failure_threshold"):
@@ -176,12 +219,16 @@ def test_downgrade_to_another_alias():
 
 
 def test_downgrade_target_must_itself_be_allowed():
-    config = parse_config({
-        "providers": PROVIDERS,
-        "models": {"a": {"provider": "openai", "downgrade_to": "b"},
-                   "b": {"provider": "anthropic", "downgrade_to": "a"}},
-        "plans": {"none": {"models": []}},
-    })
+    config = parse_config(
+        {
+            "providers": PROVIDERS,
+            "models": {
+                "a": {"provider": "openai", "downgrade_to": "b"},
+                "b": {"provider": "anthropic", "downgrade_to": "a"},
+            },
+            "plans": {"none": {"models": []}},
+        }
+    )
     with pytest.raises(GatewayError) as refused:  # a loop of downgrades ends in a refusal
         resolve(config, "a", config.plans["none"])
     assert refused.value.code == "model_not_allowed"
@@ -256,7 +303,8 @@ def test_without_weights_the_first_target_is_primary():
     resolution = resolve(CONFIG, "chat-pro", plan("pro"))
     router = Router(random.Random(0))
     assert {tuple(ids(router.order(resolution, "c"))) for _ in range(50)} == {
-        ("openai/gpt-4o", "anthropic/claude-sonnet")}
+        ("openai/gpt-4o", "anthropic/claude-sonnet")
+    }
 
 
 def test_open_circuits_are_skipped_and_half_open_kept():

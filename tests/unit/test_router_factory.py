@@ -12,20 +12,39 @@ from quotagate.config import parse_config
 from quotagate.errors import GatewayError
 from quotagate.providers.factory import HttpProviderFactory
 
-CONFIG = parse_config({
-    "providers": {
-        "oa": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "quotagate/providers/oa",
-               "connect_timeout": 4, "read_timeout": 50},
-        "an": {"type": "anthropic", "base_url": "http://127.0.0.1:1/v1", "api_key_secret": "quotagate/providers/an"},
-        "br": {"type": "bedrock", "region": "eu-central-1"},
-    },
-    "models": {"m": {"targets": [
-        {"provider": "oa", "upstream_model": "gpt", "timeouts": {"connect": 1.5, "first_byte": 8, "idle": 20}},
-        {"provider": "an", "upstream_model": "claude"},
-        {"provider": "br", "upstream_model": "amazon.nova-lite-v1:0", "timeouts": {"first_byte": 30}},
-    ]}},
-    "plans": {"p": {}},
-})
+CONFIG = parse_config(
+    {
+        "providers": {
+            "oa": {
+                "type": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key_secret": "quotagate/providers/oa",
+                "connect_timeout": 4,
+                "read_timeout": 50,
+            },
+            "an": {
+                "type": "anthropic",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key_secret": "quotagate/providers/an",
+            },
+            "br": {"type": "bedrock", "region": "eu-central-1"},
+        },
+        "models": {
+            "m": {
+                "targets": [
+                    {
+                        "provider": "oa",
+                        "upstream_model": "gpt",
+                        "timeouts": {"connect": 1.5, "first_byte": 8, "idle": 20},
+                    },
+                    {"provider": "an", "upstream_model": "claude"},
+                    {"provider": "br", "upstream_model": "amazon.nova-lite-v1:0", "timeouts": {"first_byte": 30}},
+                ]
+            }
+        },
+        "plans": {"p": {}},
+    }
+)
 OA, AN, BR = CONFIG.models["m"].targets
 
 

@@ -25,23 +25,41 @@ A, B = "p/model-a", "p/model-b"
 
 
 def config(deadline: float | None = 10, threshold: int = 2, **alias: Any):
-    return parse_config({
-        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "read_timeout": 5}},
-        "models": {"alias": {"targets": [
-            {"provider": "p", "upstream_model": "model-a",
-             "price": {"input_per_million": 10, "output_per_million": 20}},
-            {"provider": "p", "upstream_model": "model-b",
-             "price": {"input_per_million": 1, "output_per_million": 2}},
-        ], **({"deadline": deadline} if deadline else {}), **alias}},
-        "plans": {"pro": {"models": "*", "default_max_tokens": 50}},
-        "circuit_breaker": {"failure_threshold": threshold, "cooldown_seconds": 30},
-    })
+    return parse_config(
+        {
+            "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "read_timeout": 5}},
+            "models": {
+                "alias": {
+                    "targets": [
+                        {
+                            "provider": "p",
+                            "upstream_model": "model-a",
+                            "price": {"input_per_million": 10, "output_per_million": 20},
+                        },
+                        {
+                            "provider": "p",
+                            "upstream_model": "model-b",
+                            "price": {"input_per_million": 1, "output_per_million": 2},
+                        },
+                    ],
+                    **({"deadline": deadline} if deadline else {}),
+                    **alias,
+                }
+            },
+            "plans": {"pro": {"models": "*", "default_max_tokens": 50}},
+            "circuit_breaker": {"failure_threshold": threshold, "cooldown_seconds": 30},
+        }
+    )
 
 
 def completion(model: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
 
 
 class FakeProvider:
@@ -70,13 +88,22 @@ class FakeProvider:
         if isinstance(step, Exception):
             raise step
         yield SSEEvent(b": upstream keep-alive\n\n")
-        chunk = {"object": "chat.completion.chunk", "model": body["model"],
-                 "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+        chunk = {
+            "object": "chat.completion.chunk",
+            "model": body["model"],
+            "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+        }
         yield SSEEvent.from_chunk(chunk)
         if step == "drop":
             raise StreamInterrupted("dropped")
-        yield SSEEvent.from_chunk({"object": "chat.completion.chunk", "model": body["model"], "choices": [],
-                                   "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}})
+        yield SSEEvent.from_chunk(
+            {
+                "object": "chat.completion.chunk",
+                "model": body["model"],
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8},
+            }
+        )
         yield DONE_EVENT
 
 
@@ -111,8 +138,7 @@ class FakeQuota:
         self.reserved_usd: list[float] = []
         self.settled: list[tuple[int, int, float]] = []
 
-    def reserve(self, request_id, key_id, tenant, key_limits, tenant_limits, prompt, max_output, reserve_usd,
-                **kwargs):
+    def reserve(self, request_id, key_id, tenant, key_limits, tenant_limits, prompt, max_output, reserve_usd, **kwargs):
         self.reserved_usd.append(reserve_usd)
         return FakeReservation()
 
@@ -121,15 +147,21 @@ class FakeQuota:
         return True
 
 
-def make(scripts: dict[str, list[Any]], deadline: float | None = 10, seed: int = 0, threshold: int = 2,
-         **alias: Any):
+def make(scripts: dict[str, list[Any]], deadline: float | None = 10, seed: int = 0, threshold: int = 2, **alias: Any):
     clock = FakeClock()
     cfg = config(deadline, threshold, **alias)
     store = InMemoryCircuitStore()
-    gateway = Gateway(lambda: cfg, key_records=None, quota=FakeQuota(), providers=FakeFactory(scripts, clock),
-                      router=Router(random.Random(seed)),
-                      breaker=CircuitBreaker(store, cfg.circuit_breaker, clock=lambda: clock.now),
-                      clock=clock, sleep=clock.sleep, max_retry_wait=20)
+    gateway = Gateway(
+        lambda: cfg,
+        key_records=None,
+        quota=FakeQuota(),
+        providers=FakeFactory(scripts, clock),
+        router=Router(random.Random(seed)),
+        breaker=CircuitBreaker(store, cfg.circuit_breaker, clock=lambda: clock.now),
+        clock=clock,
+        sleep=clock.sleep,
+        max_retry_wait=20,
+    )
     return gateway, clock, store
 
 
@@ -163,8 +195,15 @@ def test_server_error_fails_over_and_settles_with_the_serving_price():
     assert response.outcome.attempts == [f"{A}: 502 upstream_error"]
 
 
-@pytest.mark.parametrize("error", [UpstreamTimeout("slow"), UpstreamError(503, "x"), UpstreamError(429, "x"),
-                                   UpstreamError(502, "refused", code="upstream_unreachable")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamTimeout("slow"),
+        UpstreamError(503, "x"),
+        UpstreamError(429, "x"),
+        UpstreamError(502, "refused", code="upstream_unreachable"),
+    ],
+)
 def test_retryable_errors_move_on(error):
     gateway, _, _ = make({A: [error], B: []})
     assert chat(gateway)[0].target.id == B
@@ -211,8 +250,7 @@ def test_retry_after_longer_than_max_retry_wait_is_passed_on():
 
 
 def test_retry_rounds_are_bounded():
-    gateway, clock, _ = make({A: [rate_limited(0.5)] * 10, B: [rate_limited(0.5)] * 10}, deadline=None,
-                             threshold=100)
+    gateway, clock, _ = make({A: [rate_limited(0.5)] * 10, B: [rate_limited(0.5)] * 10}, deadline=None, threshold=100)
     with pytest.raises(GatewayError):
         chat(gateway)
     assert len(clock.sleeps) == 2
@@ -265,13 +303,20 @@ def test_stream_failure_after_the_first_byte_is_an_error_event_and_counts_agains
 
 
 def test_first_byte_timeout_fails_over_in_real_time():
-    cfg = parse_config({
-        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"}},
-        "models": {"alias": {"targets": [
-            {"provider": "p", "upstream_model": "model-a", "timeouts": {"first_byte": 0.05}},
-            {"provider": "p", "upstream_model": "model-b"}]}},
-        "plans": {"pro": {"models": "*"}},
-    })
+    cfg = parse_config(
+        {
+            "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:1/v1"}},
+            "models": {
+                "alias": {
+                    "targets": [
+                        {"provider": "p", "upstream_model": "model-a", "timeouts": {"first_byte": 0.05}},
+                        {"provider": "p", "upstream_model": "model-b"},
+                    ]
+                }
+            },
+            "plans": {"pro": {"models": "*"}},
+        }
+    )
     clock = FakeClock()
     factory = FakeFactory({A: [5.0], B: []}, clock)
     gateway = Gateway(lambda: cfg, None, FakeQuota(), factory, router=Router(random.Random(0)))

@@ -14,25 +14,58 @@ def nested(depth: int, inner: str = "1") -> str:
     return '{"a":' * depth + inner + "}" * depth
 
 
-@pytest.mark.parametrize("text", [
-    "NaN", "-NaN", "Infinity", "-Infinity", '{"t": NaN}', "[1, Infinity]",
-    "1e400", "-1e400", "1e301", str(MAX_ABS_INT + 1), str(-MAX_ABS_INT - 1), "1" + "0" * 400,
-    "0." + "1" * 200, "1" * 101,
-    '"\\ud800"', '"\\udfff"', '"a\\ud83d"', '"\\ude00\\ud83d"', '{"\\ud800": 1}', '[["\\udbff"]]',
-    "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), nested(MAX_DEPTH + 1), "[" * 100_000,
-    "{", '{"a": 1,}', "", "\ufeff{}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NaN",
+        "-NaN",
+        "Infinity",
+        "-Infinity",
+        '{"t": NaN}',
+        "[1, Infinity]",
+        "1e400",
+        "-1e400",
+        "1e301",
+        str(MAX_ABS_INT + 1),
+        str(-MAX_ABS_INT - 1),
+        "1" + "0" * 400,
+        "0." + "1" * 200,
+        "1" * 101,
+        '"\\ud800"',
+        '"\\udfff"',
+        '"a\\ud83d"',
+        '"\\ude00\\ud83d"',
+        '{"\\ud800": 1}',
+        '[["\\udbff"]]',
+        "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+        nested(MAX_DEPTH + 1),
+        "[" * 100_000,
+        "{",
+        '{"a": 1,}',
+        "",
+        "\ufeff{}",
+    ],
+)
 def test_refused(text):
     with pytest.raises(StrictJSONError) as refused:
         loads(text.encode("utf-8", "surrogatepass"))
     assert "\\ud8" not in refused.value.message.replace("\\ud800-\\udfff", "")  # never echoes the input
 
 
-@pytest.mark.parametrize("text, value", [
-    ("1e300", 1e300), ("-1e300", -1e300), (str(MAX_ABS_INT), MAX_ABS_INT), ("0.5", 0.5), ("1E-300", 1e-300),
-    ('"\\ud83d\\ude00"', "\U0001F600"), ('"\\u00e9\\u4e2d"', "é中"), ('"😀"', "😀"),
-    ('"\\\\ud800"', "\\ud800"),  # an escaped backslash, then plain text: not a surrogate
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1e300", 1e300),
+        ("-1e300", -1e300),
+        (str(MAX_ABS_INT), MAX_ABS_INT),
+        ("0.5", 0.5),
+        ("1E-300", 1e-300),
+        ('"\\ud83d\\ude00"', "\U0001f600"),
+        ('"\\u00e9\\u4e2d"', "é中"),
+        ('"😀"', "😀"),
+        ('"\\\\ud800"', "\\ud800"),  # an escaped backslash, then plain text: not a surrogate
+    ],
+)
 def test_accepted(text, value):
     assert loads(text.encode()) == value
 
@@ -51,10 +84,23 @@ def test_invalid_utf8_is_refused():
         loads(b'{"a": "\xff"}')
 
 
-@pytest.mark.parametrize("value", [
-    float("nan"), float("inf"), -float("inf"), 1e301, 10**400, -(2**64), "\ud800", {"\udc00": 1}, {1: "a"},
-    {"a": b"bytes"}, {"a": object()}, [[[[{"k": float("nan")}]]]],
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        1e301,
+        10**400,
+        -(2**64),
+        "\ud800",
+        {"\udc00": 1},
+        {1: "a"},
+        {"a": b"bytes"},
+        {"a": object()},
+        [[[[{"k": float("nan")}]]]],
+    ],
+)
 def test_check_value_refuses_what_loads_refuses(value):
     with pytest.raises(StrictJSONError):
         check_value(value)

@@ -14,24 +14,58 @@ from quotagate.usage.record import FIELDS, RECORD_ATTRIBUTE, reservation_record,
 
 
 def reservation_item(status: str, **record_fields) -> dict:
-    record = reservation_record(request_id="req-1", tenant="acme", consumer="alice", key_id="k1",
-                                auth_type="api_key", plan="free", requested_model="chat-default",
-                                model="chat-default", prompt_tokens=12, completion_tokens=64,
-                                cost_usd_micros=140, started_at=1_790_000_000.5,
-                                budgets={"budget_key_tokens_per_day": 1000})
+    record = reservation_record(
+        request_id="req-1",
+        tenant="acme",
+        consumer="alice",
+        key_id="k1",
+        auth_type="api_key",
+        plan="free",
+        requested_model="chat-default",
+        model="chat-default",
+        prompt_tokens=12,
+        completion_tokens=64,
+        cost_usd_micros=140,
+        started_at=1_790_000_000.5,
+        budgets={"budget_key_tokens_per_day": 1000},
+    )
     if status == "settled":
-        record = settled_record(record, target="mock/mock-gpt", prompt_tokens=10, completion_tokens=20,
-                                cost_usd_micros=50, usage_source="provider", outcome="ok", http_status=200,
-                                time_to_first_byte_ms=12.7, duration_ms=80.2, failovers=1)
+        record = settled_record(
+            record,
+            target="mock/mock-gpt",
+            prompt_tokens=10,
+            completion_tokens=20,
+            cost_usd_micros=50,
+            usage_source="provider",
+            outcome="ok",
+            http_status=200,
+            time_to_first_byte_ms=12.7,
+            duration_ms=80.2,
+            failovers=1,
+        )
     record.update(record_fields)
-    return {"pk": {"S": "req#req-1"}, "sk": {"S": "reservation"}, "status": {"S": status},
-            RECORD_ATTRIBUTE: to_attribute(record)}
+    return {
+        "pk": {"S": "req#req-1"},
+        "sk": {"S": "reservation"},
+        "status": {"S": status},
+        RECORD_ATTRIBUTE: to_attribute(record),
+    }
 
 
 def stream_record(event_name: str, image: dict) -> dict:
-    return {"eventID": "1", "eventName": event_name, "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
-            "dynamodb": {"Keys": {"pk": image["pk"], "sk": image["sk"]}, "NewImage": image,
-                         "StreamViewType": "NEW_IMAGE", "SequenceNumber": "1", "SizeBytes": 100}}
+    return {
+        "eventID": "1",
+        "eventName": event_name,
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "Keys": {"pk": image["pk"], "sk": image["sk"]},
+            "NewImage": image,
+            "StreamViewType": "NEW_IMAGE",
+            "SequenceNumber": "1",
+            "SizeBytes": 100,
+        },
+    }
 
 
 def test_filter_keeps_only_reservations_that_left_reserved():
@@ -41,8 +75,12 @@ def test_filter_keeps_only_reservations_that_left_reserved():
     assert not pipe.matches(pipe.FILTER_PATTERN, stream_record("INSERT", reservation_item("reserved")))
     assert not pipe.matches(pipe.FILTER_PATTERN, stream_record("MODIFY", reservation_item("reserved")))
     assert not pipe.matches(pipe.FILTER_PATTERN, stream_record("REMOVE", reservation_item("settled")))
-    window = {"pk": {"S": "key#k1"}, "sk": {"S": "tokens_per_day#2026-11-30T00:00:00Z"}, "used": {"N": "5"},
-              "status": {"S": "settled"}}
+    window = {
+        "pk": {"S": "key#k1"},
+        "sk": {"S": "tokens_per_day#2026-11-30T00:00:00Z"},
+        "used": {"N": "5"},
+        "status": {"S": "settled"},
+    }
     assert not pipe.matches(pipe.FILTER_PATTERN, stream_record("MODIFY", window))
 
 
@@ -57,8 +95,11 @@ def test_the_cdk_filter_is_the_same_pattern():
 def test_transform_makes_a_detail_that_validates_against_the_published_schema():
     entry = pipe.event_entry(stream_record("MODIFY", reservation_item("settled")))
     assert entry is not None
-    assert (entry["Source"], entry["DetailType"], entry["EventBusName"]) == ("quotagate", "Request Settled",
-                                                                            "quotagate")
+    assert (entry["Source"], entry["DetailType"], entry["EventBusName"]) == (
+        "quotagate",
+        "Request Settled",
+        "quotagate",
+    )
     detail = json.loads(entry["Detail"])
     jsonschema.validate(detail, load_schema(REQUEST_SETTLED))
     assert detail["schema_version"] == "1"

@@ -6,15 +6,31 @@ from quotagate.quota.ledger import InMemoryQuotaLedger
 from quotagate.quota.service import QuotaService
 from quotagate.usage.record import RECORD_ATTRIBUTE, Settlement, UsageOutcome, UsageSource
 
-FIELDS = {"tenant": "acme", "consumer": "alice", "key_id": "k1", "auth_type": "api_key", "plan": "free",
-          "requested_model": "chat-default", "model": "chat-default"}
+FIELDS = {
+    "tenant": "acme",
+    "consumer": "alice",
+    "key_id": "k1",
+    "auth_type": "api_key",
+    "plan": "free",
+    "requested_model": "chat-default",
+    "model": "chat-default",
+}
 
 
 def test_reservation_writes_the_record_with_reserved_amounts_and_budgets():
     ledger = InMemoryQuotaLedger()
     service = QuotaService(ledger, clock=lambda: 1_790_000_000.0)
-    service.reserve("r1", "k1", "acme", {"tokens_per_day": 1000, "usd_per_month": 2.5},
-                    {"tokens_per_month": 50_000}, 30, 100, 0.001, usage_fields=FIELDS)
+    service.reserve(
+        "r1",
+        "k1",
+        "acme",
+        {"tokens_per_day": 1000, "usd_per_month": 2.5},
+        {"tokens_per_month": 50_000},
+        30,
+        100,
+        0.001,
+        usage_fields=FIELDS,
+    )
     record = ledger.get_reservation("r1")[RECORD_ATTRIBUTE]
     assert ledger.calls == {"reserve": 1, "settle": 0}
     assert (record["prompt_tokens"], record["completion_tokens"], record["cost_usd_micros"]) == (30, 100, 1000)
@@ -29,8 +45,7 @@ def test_reservation_writes_the_record_with_reserved_amounts_and_budgets():
 def test_settlement_completes_the_record_in_the_same_call():
     ledger = InMemoryQuotaLedger()
     service = QuotaService(ledger)
-    reservation = service.reserve("r1", "k1", "acme", {"tokens_per_day": 1000}, {}, 30, 100, 0.001,
-                                  usage_fields=FIELDS)
+    reservation = service.reserve("r1", "k1", "acme", {"tokens_per_day": 1000}, {}, 30, 100, 0.001, usage_fields=FIELDS)
     settlement = Settlement(UsageOutcome.CLIENT_DISCONNECT, 200, UsageSource.TOKENIZER, "mock/mock-gpt", 15.5, 900.9, 2)
     assert service.settle(reservation, 25, 7, 0.00004, settlement=settlement)
     item = ledger.get_reservation("r1")

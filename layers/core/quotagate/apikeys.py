@@ -78,7 +78,7 @@ def parse_key(candidate: str) -> ParsedKey | None:
     match = _KEY_RE.match(candidate)
     if not match:
         return None
-    body = candidate[: -CHECKSUM_LENGTH]
+    body = candidate[:-CHECKSUM_LENGTH]
     if not hmac.compare_digest(_checksum(body), match.group(3)):
         return None
     return ParsedKey(match.group(1), candidate)

@@ -11,8 +11,13 @@ def config() -> Any:
     """The botocore Config every AWS client of the gateway uses (short timeouts, few retries)."""
     from botocore.config import Config
 
-    return Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3},
-                  tcp_keepalive=True, max_pool_connections=64)
+    return Config(
+        connect_timeout=2,
+        read_timeout=5,
+        retries={"mode": "standard", "max_attempts": 3},
+        tcp_keepalive=True,
+        max_pool_connections=64,
+    )
 
 
 # The quota ledger's DynamoDB client: one botocore attempt and short timeouts, so retries never nest
@@ -29,17 +34,25 @@ def quota_config(scale: float = 1.0) -> Any:
     """``scale``: ``settings.quota_time_scale()`` (1 in AWS)."""
     from botocore.config import Config
 
-    return Config(connect_timeout=QUOTA_CONNECT_TIMEOUT * scale, read_timeout=QUOTA_READ_TIMEOUT * scale,
-                  retries={"total_max_attempts": 1, "mode": "standard"}, tcp_keepalive=True,
-                  max_pool_connections=64)
+    return Config(
+        connect_timeout=QUOTA_CONNECT_TIMEOUT * scale,
+        read_timeout=QUOTA_READ_TIMEOUT * scale,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        tcp_keepalive=True,
+        max_pool_connections=64,
+    )
 
 
 @functools.cache
 def queue_config() -> Any:
     from botocore.config import Config
 
-    return Config(connect_timeout=QUEUE_CONNECT_TIMEOUT, read_timeout=QUEUE_READ_TIMEOUT,
-                  retries={"total_max_attempts": 2, "mode": "standard"}, tcp_keepalive=True)
+    return Config(
+        connect_timeout=QUEUE_CONNECT_TIMEOUT,
+        read_timeout=QUEUE_READ_TIMEOUT,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+        tcp_keepalive=True,
+    )
 
 
 def quota_client() -> Any:

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--expires-at", type=_expires_arg, help="epoch seconds or ISO-8601 date-time")
     create.add_argument("--allowed-models", type=_models_arg, help="comma-separated model names")
     create.add_argument("--metadata", type=_json_arg, help="JSON object")
-    create.add_argument("--limits", type=_json_arg, help='JSON object, e.g. \'{"tokens_per_day": 1000}\'')
+    create.add_argument("--limits", type=_json_arg, help="JSON object, e.g. '{\"tokens_per_day\": 1000}'")
 
     listing = actions.add_parser("list", parents=[common], help="list a tenant's keys")
     listing.add_argument("--tenant", required=True)
@@ -154,28 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--allowed-models", type=_models_arg, default=unset, help="comma-separated model names; '*': all"
     )
-    update.add_argument(
-        "--expires-at", type=_expires_arg, default=unset, help="epoch seconds, ISO-8601, or 'never'"
-    )
+    update.add_argument("--expires-at", type=_expires_arg, default=unset, help="epoch seconds, ISO-8601, or 'never'")
     update.add_argument("--status", choices=["active", "disabled"], default=unset)
     update.add_argument(
         "--limits", type=_json_arg, default=unset, help="JSON object merged into the overrides; null: none"
     )
     update.add_argument("--name", default=unset)
-    update.add_argument(
-        "--metadata", type=_json_arg, default=unset, help="JSON object (replaces); null: none"
-    )
+    update.add_argument("--metadata", type=_json_arg, default=unset, help="JSON object (replaces); null: none")
 
     cli_usage.add_parser(commands, common)
 
     tenants = commands.add_parser(
-        "tenants", help="manage tenant records (limits shared by a tenant's keys)",
+        "tenants",
+        help="manage tenant records (limits shared by a tenant's keys)",
         description="Manage tenant records: limits shared by every key and JWT of a tenant.",
     )
     tenant_actions = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
     tenant_create = tenant_actions.add_parser("create", parents=[common, mutating], help="create a tenant record")
     tenant_create.add_argument("tenant")
-    tenant_create.add_argument("--limits", type=_json_arg, help='JSON object, e.g. \'{"usd_per_month": 100}\'')
+    tenant_create.add_argument("--limits", type=_json_arg, help="JSON object, e.g. '{\"usd_per_month\": 100}'")
     tenant_get = tenant_actions.add_parser("get", parents=[common], help="show a tenant record")
     tenant_get.add_argument("tenant")
     tenant_update = tenant_actions.add_parser("update", parents=[common, mutating], help="change a tenant's limits")

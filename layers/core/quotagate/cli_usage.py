@@ -1,7 +1,7 @@
 """``quotagate usage``: a tenant's usage from the keys function's ``get_usage``, as a table.
 
-    quotagate usage --tenant T [--key K | --consumer C | --model M | --by model|key]
-                    [--granularity hour|day|month] [--from DATE] [--to DATE] [--json]
+quotagate usage --tenant T [--key K | --consumer C | --model M | --by model|key]
+                [--granularity hour|day|month] [--from DATE] [--to DATE] [--json]
 """
 
 from __future__ import annotations
@@ -9,13 +9,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-COLUMNS = (("requests", "requests"), ("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
-           ("total_tokens", "total"))
+COLUMNS = (
+    ("requests", "requests"),
+    ("prompt_tokens", "prompt"),
+    ("completion_tokens", "completion"),
+    ("total_tokens", "total"),
+)
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     usage = commands.add_parser(
-        "usage", parents=[common], help="show a tenant's usage (from the usage rollup)",
+        "usage",
+        parents=[common],
+        help="show a tenant's usage (from the usage rollup)",
         description="A tenant's usage per hour, day or month: requests, tokens, cost, outcomes.",
     )
     usage.add_argument("--tenant", required=True)
@@ -32,8 +38,14 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def event(args: argparse.Namespace) -> dict[str, Any]:
     built: dict[str, Any] = {"action": "get_usage", "tenant": args.tenant, "granularity": args.granularity}
-    for field, value in (("key_id", args.key_id), ("consumer", args.consumer), ("model", args.model),
-                         ("by", args.by), ("from", args.start), ("to", args.end)):
+    for field, value in (
+        ("key_id", args.key_id),
+        ("consumer", args.consumer),
+        ("model", args.model),
+        ("by", args.by),
+        ("from", args.start),
+        ("to", args.end),
+    ):
         if value is not None:
             built[field] = value
     return built
@@ -54,8 +66,12 @@ def table(result: dict[str, Any]) -> str:
     rows: list[list[str]] = []
 
     def add(point: dict[str, Any], label: str, group: str | None) -> None:
-        rows.append(([group or ""] if group_name else []) + [label] + [f"{int(point[name]):,}" for name, _ in COLUMNS]
-                    + [_dollars(int(point["usd_micros"])), _outcomes(point.get("requests_by_outcome") or {})])
+        rows.append(
+            ([group or ""] if group_name else [])
+            + [label]
+            + [f"{int(point[name]):,}" for name, _ in COLUMNS]
+            + [_dollars(int(point["usd_micros"])), _outcomes(point.get("requests_by_outcome") or {})]
+        )
 
     if group_name:
         for group in result.get("groups", []):
@@ -66,8 +82,9 @@ def table(result: dict[str, Any]) -> str:
             add(point, point["period"], None)
     add(result["totals"], "total", "" if group_name else None)
     scope = next((f"{k} {result[k]}" for k in ("key_id", "consumer", "model") if result.get(k)), "all keys and models")
-    title = (f"Usage of tenant {result['tenant']} ({scope}), per {result['granularity']}, "
-             f"{result['from']} to {result['to']}")
+    title = (
+        f"Usage of tenant {result['tenant']} ({scope}), per {result['granularity']}, {result['from']} to {result['to']}"
+    )
     widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers))]
     numeric = {i for i, h in enumerate(headers) if h in {t for _, t in COLUMNS} | {"cost"}}
 

@@ -82,15 +82,25 @@ class Price:
     input_per_million: float = 0.0
     output_per_million: float = 0.0
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cache_read: int = 0, cache_write: int = 0,
-                 cache_write_1h: int = 0) -> float:
+    def cost_usd(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cache_read: int = 0,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
+    ) -> float:
         """Dollars of a request. ``prompt_tokens`` includes the cached ones: of those, prompt-cache
         writes cost 1.25x the input price (5-minute cache) or 2x (``cache_write_1h``, the 1-hour
         cache) and reads 0.1x — Anthropic's prices."""
         cache_write_1h = min(cache_write_1h, cache_write)
         plain = max(0, prompt_tokens - cache_read - cache_write)
-        input_units = (plain + CACHE_WRITE_5M_FACTOR * (cache_write - cache_write_1h)
-                       + CACHE_WRITE_1H_FACTOR * cache_write_1h + CACHE_READ_FACTOR * cache_read)
+        input_units = (
+            plain
+            + CACHE_WRITE_5M_FACTOR * (cache_write - cache_write_1h)
+            + CACHE_WRITE_1H_FACTOR * cache_write_1h
+            + CACHE_READ_FACTOR * cache_read
+        )
         return (input_units * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
@@ -230,8 +240,7 @@ class GatewayConfig:
         provider = self.providers[target.provider]
         return Timeouts(
             connect=target.connect_timeout if target.connect_timeout is not None else provider.connect_timeout,
-            first_byte=target.first_byte_timeout if target.first_byte_timeout is not None
-            else provider.read_timeout,
+            first_byte=target.first_byte_timeout if target.first_byte_timeout is not None else provider.read_timeout,
             idle=target.idle_timeout if target.idle_timeout is not None else provider.read_timeout,
         )
 
@@ -259,8 +268,9 @@ def _known_keys(raw: dict[str, Any], where: str, known: tuple[str, ...]) -> None
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(known)})")
 
 
-def _number(raw: dict[str, Any], name: str, where: str, *, positive: bool = False,
-            default: float | None = None) -> float | None:
+def _number(
+    raw: dict[str, Any], name: str, where: str, *, positive: bool = False, default: float | None = None
+) -> float | None:
     value = raw.get(name)
     if value is None:
         return default
@@ -307,8 +317,7 @@ def _parse_provider(name: str, raw: Any) -> Provider:
     region = p.get("region") or None
     if region is not None and not isinstance(region, str):
         raise ConfigError(f"{where}.region must be a string")
-    factor = _number(p, "prompt_token_factor", where, positive=True,
-                     default=DEFAULT_PROMPT_TOKEN_FACTORS[kind]) or 1.0
+    factor = _number(p, "prompt_token_factor", where, positive=True, default=DEFAULT_PROMPT_TOKEN_FACTORS[kind]) or 1.0
     if factor < 1.0:
         raise ConfigError(f"{where}.prompt_token_factor must be at least 1")
     auth_header = p.get("auth_header", "authorization")
@@ -336,17 +345,30 @@ def _parse_price(raw: Any, where: str) -> Price:
         return Price()
     p = _object(raw, where)
     _known_keys(p, where, ("input_per_million", "output_per_million"))
-    return Price(input_per_million=_number(p, "input_per_million", where, default=0.0) or 0.0,
-                 output_per_million=_number(p, "output_per_million", where, default=0.0) or 0.0)
+    return Price(
+        input_per_million=_number(p, "input_per_million", where, default=0.0) or 0.0,
+        output_per_million=_number(p, "output_per_million", where, default=0.0) or 0.0,
+    )
 
 
-_TARGET_FIELDS = ("provider", "upstream_model", "price", "weight", "plans", "timeouts", "max_output_tokens",
-                  "max_output_field", "image_tokens", "reasoning")
+_TARGET_FIELDS = (
+    "provider",
+    "upstream_model",
+    "price",
+    "weight",
+    "plans",
+    "timeouts",
+    "max_output_tokens",
+    "max_output_field",
+    "image_tokens",
+    "reasoning",
+)
 _TIMEOUT_FIELDS = ("connect", "first_byte", "idle")
 
 
-def _parse_target(raw: Any, where: str, default_model: str, providers: dict[str, Provider],
-                  known: tuple[str, ...] = _TARGET_FIELDS) -> Target:
+def _parse_target(
+    raw: Any, where: str, default_model: str, providers: dict[str, Provider], known: tuple[str, ...] = _TARGET_FIELDS
+) -> Target:
     t = _object(raw, where)
     _known_keys(t, where, known)
     provider = t.get("provider")
@@ -390,8 +412,7 @@ def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
         raw_targets = m["targets"]
         if not isinstance(raw_targets, list) or not raw_targets:
             raise ConfigError(f"{where}.targets must be a non-empty list")
-        targets = tuple(_parse_target(t, f"{where}.targets[{i}]", name, providers)
-                        for i, t in enumerate(raw_targets))
+        targets = tuple(_parse_target(t, f"{where}.targets[{i}]", name, providers) for i, t in enumerate(raw_targets))
     else:
         # The simple form: one target, written inline.
         _known_keys(m, where, (*_TARGET_FIELDS, *_ALIAS_FIELDS[1:]))
@@ -412,8 +433,15 @@ def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
     created = m.get("created")
     if created is not None and (isinstance(created, bool) or not isinstance(created, int) or created < 0):
         raise ConfigError(f"{where}.created must be a Unix time in seconds")
-    return Model(name=name, targets=targets, on_tier_mismatch=policy, downgrade_to=downgrade_to,
-                 sticky=sticky, deadline=_number(m, "deadline", where, positive=True), created=created)
+    return Model(
+        name=name,
+        targets=targets,
+        on_tier_mismatch=policy,
+        downgrade_to=downgrade_to,
+        sticky=sticky,
+        deadline=_number(m, "deadline", where, positive=True),
+        created=created,
+    )
 
 
 def _parse_breaker(raw: Any) -> BreakerPolicy:
@@ -430,8 +458,10 @@ def _parse_breaker(raw: Any) -> BreakerPolicy:
         failure_threshold=threshold,
         cooldown_seconds=_number(b, "cooldown_seconds", where, positive=True, default=defaults.cooldown_seconds)
         or defaults.cooldown_seconds,
-        probe_lease_seconds=_number(b, "probe_lease_seconds", where, positive=True,
-                                    default=defaults.probe_lease_seconds) or defaults.probe_lease_seconds,
+        probe_lease_seconds=_number(
+            b, "probe_lease_seconds", where, positive=True, default=defaults.probe_lease_seconds
+        )
+        or defaults.probe_lease_seconds,
         cache_seconds=_number(b, "cache_seconds", where, default=defaults.cache_seconds) or 0.0,
     )
 
@@ -444,14 +474,17 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     for name, p in _object(raw.get("plans", {}), "plans").items():
         plan_models = p.get("models")
         if plan_models not in (None, "*") and (
-                not isinstance(plan_models, list) or not all(isinstance(x, str) for x in plan_models)):
-            raise ConfigError(f"plans.{name}.models must be \"*\" or a list of model names")
+            not isinstance(plan_models, list) or not all(isinstance(x, str) for x in plan_models)
+        ):
+            raise ConfigError(f'plans.{name}.models must be "*" or a list of model names')
         if "tenant_limits" in p:
             # A key's plan cannot decide what its whole tenant may spend (keys on different plans
             # would each bring their own tenant limit, and keys without one would not count).
-            raise ConfigError(f"plans.{name}.tenant_limits is no longer supported: tenant limits live on "
-                              "tenant records (keys API create_tenant/update_tenant); the config's "
-                              "default_tenant_limits apply to tenants without a record")
+            raise ConfigError(
+                f"plans.{name}.tenant_limits is no longer supported: tenant limits live on "
+                "tenant records (keys API create_tenant/update_tenant); the config's "
+                "default_tenant_limits apply to tenants without a record"
+            )
         plans[name] = Plan(
             name=name,
             limits=validate_limits(p.get("limits"), f"plans.{name}.limits"),
@@ -468,10 +501,14 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     default_plan = raw.get("default_plan", next(iter(plans), ""))
     if default_plan not in plans:
         raise ConfigError(f"default_plan '{default_plan}' is not a plan")
-    return GatewayConfig(plans=plans, models=models, providers=providers, default_plan=default_plan,
-                         circuit_breaker=_parse_breaker(raw.get("circuit_breaker")),
-                         default_tenant_limits=validate_limits(raw.get("default_tenant_limits"),
-                                                               "default_tenant_limits"))
+    return GatewayConfig(
+        plans=plans,
+        models=models,
+        providers=providers,
+        default_plan=default_plan,
+        circuit_breaker=_parse_breaker(raw.get("circuit_breaker")),
+        default_tenant_limits=validate_limits(raw.get("default_tenant_limits"), "default_tenant_limits"),
+    )
 
 
 def _load_raw() -> dict[str, Any]:
@@ -480,7 +517,7 @@ def _load_raw() -> dict[str, Any]:
         from quotagate import aws
 
         value = aws.ssm_provider().get(parameter, transform="json", max_age=_CACHE_SECONDS)
-        return dict(value)  # type: ignore[arg-type]
+        return dict(value)
     path = Path(settings.env(settings.CONFIG_FILE) or DEFAULT_CONFIG_FILE)
     return json.loads(path.read_text())
 

@@ -52,9 +52,12 @@ class Identity:
             expires_at = int(expires_at)
         elif expires_at is not None:
             return None  # present but unreadable: not a context this gateway's authorizer wrote
-        return cls(auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key",
-                   secret_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
-                   expires_at=expires_at, **fields)
+        return cls(
+            auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key",
+            secret_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+            expires_at=expires_at,
+            **fields,
+        )
 
 
 def jwt_key_id(tenant: str, subject: str) -> str:

@@ -268,8 +268,14 @@ class JwtVerifier:
         # When this verifier would refuse the token (exp plus the leeway): the proxy refuses it then
         # too, even while API Gateway still holds the Allow.
         expires_at = int(float(payload["exp"]) + self.leeway)
-        return Identity(tenant=tenant, consumer=consumer, key_id=jwt_key_id(tenant, subject), plan=plan,
-                        auth_type="jwt", expires_at=expires_at)
+        return Identity(
+            tenant=tenant,
+            consumer=consumer,
+            key_id=jwt_key_id(tenant, subject),
+            plan=plan,
+            auth_type="jwt",
+            expires_at=expires_at,
+        )
 
 
 def from_env() -> JwtVerifier | None:

@@ -111,15 +111,21 @@ def record_outcome(outcome: Outcome) -> None:
         while len(_recorded) > _RECENT:
             _recorded.popitem(last=False)
     try:
-        _emit_requests(outcome.status, outcome.model, outcome.target, outcome.identity.plan,
-                       "upstream" if outcome.status == 429 else None)
+        _emit_requests(
+            outcome.status,
+            outcome.model,
+            outcome.target,
+            outcome.identity.plan,
+            "upstream" if outcome.status == 429 else None,
+        )
         emf = _provider()
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
         emf.add_metric(name=Metric.TOKENS_IN, unit=unit(Metric.TOKENS_IN), value=prompt)
         emf.add_metric(name=Metric.TOKENS_OUT, unit=unit(Metric.TOKENS_OUT), value=completion)
-        emf.add_metric(name=Metric.COST_MICRO_USD, unit=unit(Metric.COST_MICRO_USD),
-                       value=math.ceil(outcome.cost_usd * 1_000_000))
+        emf.add_metric(
+            name=Metric.COST_MICRO_USD, unit=unit(Metric.COST_MICRO_USD), value=math.ceil(outcome.cost_usd * 1_000_000)
+        )
         for metric, value in (
             (Metric.TIME_TO_FIRST_BYTE, _ms(outcome.started, outcome.first_byte_at)),
             (Metric.DURATION, latency_ms),
@@ -128,8 +134,11 @@ def record_outcome(outcome: Outcome) -> None:
             if value is not None:
                 emf.add_metric(name=metric, unit=unit(metric), value=value)
         emf.add_metric(name=Metric.FAILOVERS, unit=unit(Metric.FAILOVERS), value=len(outcome.attempts))
-        emf.add_metric(name=Metric.SETTLEMENT_FAILURES, unit=unit(Metric.SETTLEMENT_FAILURES),
-                       value=1 if outcome.settlement_failed else 0)
+        emf.add_metric(
+            name=Metric.SETTLEMENT_FAILURES,
+            unit=unit(Metric.SETTLEMENT_FAILURES),
+            value=1 if outcome.settlement_failed else 0,
+        )
         overrun = outcome.overrun_tokens > 0 or outcome.cost_usd > outcome.reserved_usd > 0  # top-ups included
         emf.add_metric(name=Metric.OVERRUNS, unit=unit(Metric.OVERRUNS), value=1 if overrun else 0)
         emf.flush_metrics()

@@ -52,6 +52,5 @@ def clean_key(raw: str) -> str:
 
 def unset_key_message(provider: str) -> str:
     return (
-        f"Provider '{provider}' has no API key yet: the operator sets it with "
-        f"`quotagate providers set-key {provider}`."
+        f"Provider '{provider}' has no API key yet: the operator sets it with `quotagate providers set-key {provider}`."
     )

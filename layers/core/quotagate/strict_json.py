@@ -78,8 +78,9 @@ def _check_text(value: Any) -> None:
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise StrictJSONError("The JSON contains a lone surrogate (an unpaired \\ud800-\\udfff escape), "
-                              "which is not valid Unicode text.") from None
+        raise StrictJSONError(
+            "The JSON contains a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not valid Unicode text."
+        ) from None
 
 
 def loads(raw: bytes | str) -> Any:
@@ -94,8 +95,7 @@ def loads(raw: bytes | str) -> Any:
         text = raw
     _check_depth(text)
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int,
-                           parse_float=_parse_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int, parse_float=_parse_float)
     except StrictJSONError:
         raise
     except (ValueError, RecursionError):
@@ -134,8 +134,10 @@ def _check_scalar(item: Any) -> None:
         try:
             item.encode("utf-8")
         except UnicodeEncodeError:
-            raise StrictJSONError("The JSON contains a lone surrogate (an unpaired \\ud800-\\udfff escape), "
-                                  "which is not valid Unicode text.") from None
+            raise StrictJSONError(
+                "The JSON contains a lone surrogate (an unpaired \\ud800-\\udfff escape), "
+                "which is not valid Unicode text."
+            ) from None
     elif isinstance(item, int):
         if abs(item) > MAX_ABS_INT:
             raise StrictJSONError(f"An integer is out of range (at most {MAX_ABS_INT} in magnitude).")

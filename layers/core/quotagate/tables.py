@@ -45,9 +45,7 @@ KEYS = TableSpec(
 # ``reserved`` carries ``reserved_shard``/``reserved_at`` (settling or expiring it removes them), so
 # the reaper queries just the open ones, oldest first, and never scans. Shards spread the index's
 # writes over several partitions (one index partition absorbs about 1,000 writes/s).
-RESERVED_INDEX = Index(
-    "reserved", "reserved_shard", "reserved_at", sort_key_type="N", include=("charges",)
-)
+RESERVED_INDEX = Index("reserved", "reserved_shard", "reserved_at", sort_key_type="N", include=("charges",))
 QUOTA = TableSpec(
     logical_id="QuotaTable",
     env_var=settings.QUOTA_TABLE,

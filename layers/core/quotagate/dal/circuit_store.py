@@ -67,8 +67,9 @@ class CircuitStore(Protocol):
         """A success: closed, failures 0, lease released."""
         ...
 
-    def acquire_probe(self, target: str, now: float, lease_seconds: float,
-                      owner: str) -> tuple[bool, CircuitRecord | None]:
+    def acquire_probe(
+        self, target: str, now: float, lease_seconds: float, owner: str
+    ) -> tuple[bool, CircuitRecord | None]:
         """Take the half-open probe lease if the circuit is half-open and nobody holds a live lease.
         Returns (taken, the record as it is now when known)."""
         ...
@@ -99,8 +100,14 @@ class InMemoryCircuitStore:
         with self._lock:
             self.writes += 1
             record = self._items.get(target, CircuitRecord(target))
-            record = replace(record, state=OPEN, failures=record.failures + 1, open_until=now + cooldown,
-                             probe_until=0.0, probe_owner=None)
+            record = replace(
+                record,
+                state=OPEN,
+                failures=record.failures + 1,
+                open_until=now + cooldown,
+                probe_until=0.0,
+                probe_owner=None,
+            )
             self._items[target] = record
             return record
 
@@ -111,8 +118,9 @@ class InMemoryCircuitStore:
             self._items[target] = record
             return record
 
-    def acquire_probe(self, target: str, now: float, lease_seconds: float,
-                      owner: str) -> tuple[bool, CircuitRecord | None]:
+    def acquire_probe(
+        self, target: str, now: float, lease_seconds: float, owner: str
+    ) -> tuple[bool, CircuitRecord | None]:
         with self._lock:
             self.writes += 1
             record = self._items.get(target, CircuitRecord(target))
@@ -165,8 +173,7 @@ class DynamoCircuitStore:
         for _ in range(5):
             if not pending:
                 break
-            response = self._client.batch_get_item(
-                RequestItems={self._table: {"Keys": pending[:100]}})
+            response = self._client.batch_get_item(RequestItems={self._table: {"Keys": pending[:100]}})
             for item in response.get("Responses", {}).get(self._table, []):
                 record = _from_item(item)
                 records[record.target] = record
@@ -176,23 +183,32 @@ class DynamoCircuitStore:
 
     def add_failure(self, target: str, now: float, threshold: int, cooldown: float) -> CircuitRecord:
         response = self._client.update_item(
-            TableName=self._table, Key=self._key(target),
+            TableName=self._table,
+            Key=self._key(target),
             UpdateExpression="ADD failures :one SET expires_at = :expires",
             ExpressionAttributeValues={":one": {"N": "1"}, ":expires": self._expires(now)},
-            ReturnValues="ALL_NEW")
+            ReturnValues="ALL_NEW",
+        )
         record = _from_item(response["Attributes"])
         if record.state == OPEN or record.failures < threshold:
             return record
         try:
             response = self._client.update_item(
-                TableName=self._table, Key=self._key(target),
+                TableName=self._table,
+                Key=self._key(target),
                 UpdateExpression="SET #state = :open, open_until = :until, expires_at = :expires "
-                                 "REMOVE probe_until, probe_owner",
+                "REMOVE probe_until, probe_owner",
                 ConditionExpression="failures >= :threshold AND (attribute_not_exists(#state) OR #state <> :open)",
                 ExpressionAttributeNames=_NAMES,
-                ExpressionAttributeValues={":open": {"S": OPEN}, ":until": _num(now + cooldown),
-                                           ":threshold": {"N": str(threshold)}, ":expires": self._expires(now)},
-                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                ExpressionAttributeValues={
+                    ":open": {"S": OPEN},
+                    ":until": _num(now + cooldown),
+                    ":threshold": {"N": str(threshold)},
+                    ":expires": self._expires(now),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except self._client.exceptions.ConditionalCheckFailedException as error:
             # Someone else opened it first, or a success reset the count in between.
             item = error.response.get("Item")
@@ -201,39 +217,54 @@ class DynamoCircuitStore:
 
     def reopen(self, target: str, now: float, cooldown: float) -> CircuitRecord:
         response = self._client.update_item(
-            TableName=self._table, Key=self._key(target),
+            TableName=self._table,
+            Key=self._key(target),
             UpdateExpression="SET #state = :open, open_until = :until, expires_at = :expires "
-                             "ADD failures :one REMOVE probe_until, probe_owner",
+            "ADD failures :one REMOVE probe_until, probe_owner",
             ExpressionAttributeNames=_NAMES,
-            ExpressionAttributeValues={":open": {"S": OPEN}, ":until": _num(now + cooldown), ":one": {"N": "1"},
-                                       ":expires": self._expires(now)},
-            ReturnValues="ALL_NEW")
+            ExpressionAttributeValues={
+                ":open": {"S": OPEN},
+                ":until": _num(now + cooldown),
+                ":one": {"N": "1"},
+                ":expires": self._expires(now),
+            },
+            ReturnValues="ALL_NEW",
+        )
         return _from_item(response["Attributes"])
 
     def close(self, target: str, now: float) -> CircuitRecord:
         response = self._client.update_item(
-            TableName=self._table, Key=self._key(target),
+            TableName=self._table,
+            Key=self._key(target),
             UpdateExpression="SET #state = :closed, failures = :zero, expires_at = :expires "
-                             "REMOVE open_until, probe_until, probe_owner",
+            "REMOVE open_until, probe_until, probe_owner",
             ExpressionAttributeNames=_NAMES,
-            ExpressionAttributeValues={":closed": {"S": CLOSED}, ":zero": {"N": "0"},
-                                       ":expires": self._expires(now)},
-            ReturnValues="ALL_NEW")
+            ExpressionAttributeValues={":closed": {"S": CLOSED}, ":zero": {"N": "0"}, ":expires": self._expires(now)},
+            ReturnValues="ALL_NEW",
+        )
         return _from_item(response["Attributes"])
 
-    def acquire_probe(self, target: str, now: float, lease_seconds: float,
-                      owner: str) -> tuple[bool, CircuitRecord | None]:
+    def acquire_probe(
+        self, target: str, now: float, lease_seconds: float, owner: str
+    ) -> tuple[bool, CircuitRecord | None]:
         try:
             response = self._client.update_item(
-                TableName=self._table, Key=self._key(target),
+                TableName=self._table,
+                Key=self._key(target),
                 UpdateExpression="SET probe_until = :lease, probe_owner = :owner, expires_at = :expires",
                 ConditionExpression="#state = :open AND open_until <= :now "
-                                    "AND (attribute_not_exists(probe_until) OR probe_until <= :now)",
+                "AND (attribute_not_exists(probe_until) OR probe_until <= :now)",
                 ExpressionAttributeNames=_NAMES,
-                ExpressionAttributeValues={":open": {"S": OPEN}, ":now": _num(now),
-                                           ":lease": _num(now + lease_seconds), ":owner": {"S": owner},
-                                           ":expires": self._expires(now)},
-                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                ExpressionAttributeValues={
+                    ":open": {"S": OPEN},
+                    ":now": _num(now),
+                    ":lease": _num(now + lease_seconds),
+                    ":owner": {"S": owner},
+                    ":expires": self._expires(now),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except self._client.exceptions.ConditionalCheckFailedException as error:
             item = error.response.get("Item")
             return False, _from_item(item) if item else None

@@ -14,8 +14,9 @@ _MAX_ENTRIES = 10_000
 
 
 class CachedKeyRecords:
-    def __init__(self, store: KeyStore, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: KeyStore, ttl_seconds: float = DEFAULT_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._store = store
         self._ttl = ttl_seconds
         self._clock = clock

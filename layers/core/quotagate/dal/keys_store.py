@@ -138,9 +138,7 @@ class DynamoKeyStore:
 
         condition = "attribute_exists(key_id) AND #version = :expected"
         if expected_version == 0:  # records written before versions existed have no attribute
-            condition = (
-                "attribute_exists(key_id) AND (attribute_not_exists(#version) OR #version = :expected)"
-            )
+            condition = "attribute_exists(key_id) AND (attribute_not_exists(#version) OR #version = :expected)"
         try:
             self._table.put_item(
                 Item=_to_item(record),

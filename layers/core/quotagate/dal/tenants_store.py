@@ -161,8 +161,9 @@ class CachedTenantRecords:
     """The proxy's short cache of tenant records (like ``CachedKeyRecords``): one read per tenant
     per container per TTL, so a limit change reaches every container within seconds."""
 
-    def __init__(self, store: TenantStore, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: TenantStore, ttl_seconds: float = DEFAULT_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._store = store
         self._ttl = ttl_seconds
         self._clock = clock

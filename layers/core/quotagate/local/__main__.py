@@ -20,13 +20,15 @@ def _isolate_from_aws(endpoint_url: str) -> None:
     # Dummy credentials and moto's endpoint for every AWS SDK call made by this process.
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         os.environ.pop(name, None)
-    os.environ.update({
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint_url,
-    })
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint_url,
+        }
+    )
     # moto answers one request at a time, far slower than DynamoDB under a burst (settings.py).
     os.environ.setdefault("QG_QUOTA_TIME_SCALE", "10")
 
@@ -77,7 +79,7 @@ def _start_usage_pipeline() -> None:
     threading.Thread(target=close_periods, name="usage-period-close", daemon=True).start()
 
 
-def build_app(identity_sources: tuple[str, ...], cache_seconds: float):  # type: ignore[no-untyped-def]
+def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app
@@ -86,20 +88,25 @@ def build_app(identity_sources: tuple[str, ...], cache_seconds: float):  # type:
 
     # As the stack does: the authorizer and the proxy learn the emulated authorizer's identity sources.
     os.environ.update(identity_source_environment(identity_sources))
-    return LocalApiGateway(create_app(), authorizer, keys_handler, list(identity_sources), cache_seconds,
-                           KEYS_FUNCTION_NAMES)
+    return LocalApiGateway(
+        create_app(), authorizer, keys_handler, list(identity_sources), cache_seconds, KEYS_FUNCTION_NAMES
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quotagate.local", description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--token-delay", type=float, default=None,
-                        help="seconds per token streamed by the mock model server")
+    parser.add_argument(
+        "--token-delay", type=float, default=None, help="seconds per token streamed by the mock model server"
+    )
     parser.add_argument("--authorizer-cache-seconds", type=float, default=300.0)
-    parser.add_argument("--identity-sources", default="Authorization",
-                        help="comma-separated headers API Gateway requires before calling the authorizer "
-                             "(the only headers a key is read from; 'x-api-key' for the anthropic SDK)")
+    parser.add_argument(
+        "--identity-sources",
+        default="Authorization",
+        help="comma-separated headers API Gateway requires before calling the authorizer "
+        "(the only headers a key is read from; 'x-api-key' for the anthropic SDK)",
+    )
     parser.add_argument("--demo-plan", default="free")
     args = parser.parse_args(argv)
     from quotagate.identity_sources import IdentitySourceError, parse_identity_sources
@@ -146,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     from functions.keys.handler import lambda_handler as keys_handler
     from quotagate.local.apigateway import FakeLambdaContext
 
-    created = keys_handler({"action": "create_key", "tenant": "demo", "consumer": "demo-user",
-                            "plan": args.demo_plan, "name": "make dev demo key"}, FakeLambdaContext("keys"))
+    created = keys_handler(
+        {
+            "action": "create_key",
+            "tenant": "demo",
+            "consumer": "demo-user",
+            "plan": args.demo_plan,
+            "name": "make dev demo key",
+        },
+        FakeLambdaContext("keys"),
+    )
     if not created.get("ok"):
         print(f"could not create the demo key: {created}", file=sys.stderr)
         return 1
@@ -161,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Keys API (Lambda Invoke emulation): quotagate keys list --tenant demo --endpoint-url {base}")
     print(f"Usage (a few seconds after a request): quotagate usage --tenant demo --endpoint-url {base}")
     first_source = identity_sources[0]
-    key_header = ("Authorization: Bearer $OPENAI_API_KEY" if first_source.lower() == "authorization"
-                  else f"{first_source}: $OPENAI_API_KEY")  # the only header the key is read from
-    print(f"""Try: curl -N {base}/v1/chat/completions -H "{key_header}" \\
+    key_header = (
+        "Authorization: Bearer $OPENAI_API_KEY"
+        if first_source.lower() == "authorization"
+        else f"{first_source}: $OPENAI_API_KEY"
+    )  # the only header the key is read from
+    print(
+        f"""Try: curl -N {base}/v1/chat/completions -H "{key_header}" \\
   -H 'content-type: application/json' \\
   -d '{{"model": "mock-gpt", "stream": true, "messages": [{{"role": "user", "content": "hi"}}]}}'""",
-          flush=True)
+        flush=True,
+    )
 
     import uvicorn
 

@@ -127,10 +127,16 @@ class LocalApiGateway:
     """ASGI app on one port: ``/v1/*`` through the authorizer to the proxy, ``/health`` straight to
     the proxy (as the stack routes it), and Lambda's Invoke API for the keys function."""
 
-    def __init__(self, proxy_app: ASGIApp, authorizer: Callable[[dict[str, Any], Any], dict[str, Any]],
-                 keys_handler: Callable[[dict[str, Any], Any], Any], identity_sources: list[str],
-                 cache_seconds: float = 300.0, keys_function_names: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        proxy_app: ASGIApp,
+        authorizer: Callable[[dict[str, Any], Any], dict[str, Any]],
+        keys_handler: Callable[[dict[str, Any], Any], Any],
+        identity_sources: list[str],
+        cache_seconds: float = 300.0,
+        keys_function_names: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._proxy = proxy_app
         self._authorizer = authorizer
         self._keys_handler = keys_handler
@@ -172,8 +178,12 @@ class LocalApiGateway:
                 if str(error) == "Unauthorized":
                     await _respond_error(send, self._missing_credential, request_id)
                 else:  # an authorizer crash is a 500 in API Gateway, and not cached
-                    await _respond(send, 500, openai_error_body("Authorizer error.", "authorizer_error",
-                                                                "api_error"), extra=_request_id_header(request_id))
+                    await _respond(
+                        send,
+                        500,
+                        openai_error_body("Authorizer error.", "authorizer_error", "api_error"),
+                        extra=_request_id_header(request_id),
+                    )
                 return
             statements = response.get("policyDocument", {}).get("Statement", [])
             allowed = bool(statements) and all(s.get("Effect") == "Allow" for s in statements)
@@ -185,8 +195,9 @@ class LocalApiGateway:
         # Values in the authorizer context reach the integration as strings, plus principalId.
         authorizer = {k: str(v) if not isinstance(v, str) else v for k, v in result.context.items()}
         authorizer["principalId"] = result.principal_id or ""
-        await self._proxy(self._forward_scope(scope, {"requestId": request_id, "authorizer": authorizer}),
-                          receive, send)
+        await self._proxy(
+            self._forward_scope(scope, {"requestId": request_id, "authorizer": authorizer}), receive, send
+        )
 
     @staticmethod
     def _forward_scope(scope: Scope, context: dict[str, Any]) -> Scope:
@@ -262,7 +273,6 @@ def errors_in_protocol_shape(path: str, send: Send) -> Send:
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *(extra or [])]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

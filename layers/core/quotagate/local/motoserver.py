@@ -126,8 +126,8 @@ def _cheap_transaction_snapshots() -> None:
             if table is None:
                 continue
             key = op.get("Key") or {
-                name: op.get("Item", {}).get(name)
-                for name in (table.hash_key_attr, table.range_key_attr) if name}
+                name: op.get("Item", {}).get(name) for name in (table.hash_key_attr, table.range_key_attr) if name
+            }
             if all(isinstance(v, dict) for v in key.values()):
                 touched.setdefault(table.name, []).append(key)
         try:

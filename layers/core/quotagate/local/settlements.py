@@ -40,8 +40,9 @@ def start_worker(dynamodb: Any, sqs: Any, queue_url: str, interval_seconds: floa
     """Drain the queue and reap abandoned reservations in a daemon thread until the event is set."""
     stop = threading.Event()
     ledger = DynamoQuotaLedger(dynamodb)
-    reaper = ReservationReaper(dynamodb, max_request_seconds=max_request_seconds_from_env(),
-                               margin_seconds=margin_seconds_from_env())
+    reaper = ReservationReaper(
+        dynamodb, max_request_seconds=max_request_seconds_from_env(), margin_seconds=margin_seconds_from_env()
+    )
 
     def run() -> None:
         while not stop.wait(interval_seconds):

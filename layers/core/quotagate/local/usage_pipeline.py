@@ -50,8 +50,13 @@ class LocalUsagePipeline:
     def from_boto(cls, rollup_handler: Callable[[dict[str, Any], Any], dict[str, Any]]) -> LocalUsagePipeline:
         import boto3
 
-        return cls(boto3.client("dynamodb"), boto3.client("dynamodbstreams"), boto3.client("events"),
-                   boto3.client("sqs"), rollup_handler)
+        return cls(
+            boto3.client("dynamodb"),
+            boto3.client("dynamodbstreams"),
+            boto3.client("events"),
+            boto3.client("sqs"),
+            rollup_handler,
+        )
 
     # ---- resources -------------------------------------------------------------------------------
 
@@ -61,16 +66,20 @@ class LocalUsagePipeline:
             self.events.create_event_bus(Name=self.bus_name)
         dlq_url = self.sqs.create_queue(QueueName=ROLLUP_DLQ)["QueueUrl"]
         dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        self._queue_url = self.sqs.create_queue(QueueName=ROLLUP_QUEUE, Attributes={
-            "VisibilityTimeout": str(self.visibility_timeout),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}),
-        })["QueueUrl"]
-        self._queue_arn = self.sqs.get_queue_attributes(
-            QueueUrl=self._queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        self.events.put_rule(Name=ROLLUP_RULE, EventBusName=self.bus_name,
-                             EventPattern=json.dumps(ROLLUP_RULE_PATTERN))
-        self.events.put_targets(Rule=ROLLUP_RULE, EventBusName=self.bus_name,
-                                Targets=[{"Id": "rollup-queue", "Arn": self._queue_arn}])
+        self._queue_url = self.sqs.create_queue(
+            QueueName=ROLLUP_QUEUE,
+            Attributes={
+                "VisibilityTimeout": str(self.visibility_timeout),
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}),
+            },
+        )["QueueUrl"]
+        self._queue_arn = self.sqs.get_queue_attributes(QueueUrl=self._queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        self.events.put_rule(Name=ROLLUP_RULE, EventBusName=self.bus_name, EventPattern=json.dumps(ROLLUP_RULE_PATTERN))
+        self.events.put_targets(
+            Rule=ROLLUP_RULE, EventBusName=self.bus_name, Targets=[{"Id": "rollup-queue", "Arn": self._queue_arn}]
+        )
         self._open_stream()
 
     def _open_stream(self) -> None:
@@ -81,7 +90,9 @@ class LocalUsagePipeline:
         for shard in self.streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]:
             if shard["ShardId"] not in self._iterators:
                 self._iterators[shard["ShardId"]] = self.streams.get_shard_iterator(
-                    StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON",
+                    StreamArn=stream_arn,
+                    ShardId=shard["ShardId"],
+                    ShardIteratorType="TRIM_HORIZON",
                 )["ShardIterator"]
 
     # ---- one pass of each stage --------------------------------------------------------------
@@ -103,7 +114,7 @@ class LocalUsagePipeline:
             if iterator:
                 self._iterators[shard_id] = iterator
         for start in range(0, len(entries), 10):
-            batch = entries[start:start + 10]
+            batch = entries[start : start + 10]
             response = self.events.put_events(Entries=batch)
             if response.get("FailedEntryCount"):
                 raise RuntimeError(f"PutEvents failed: {response}")
@@ -115,8 +126,9 @@ class LocalUsagePipeline:
         many messages were received."""
         from quotagate.local.apigateway import FakeLambdaContext
 
-        received = self.sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=10,
-                                            AttributeNames=["All"], WaitTimeSeconds=0).get("Messages", [])
+        received = self.sqs.receive_message(
+            QueueUrl=self._queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+        ).get("Messages", [])
         if not received:
             return 0
         event = {"Records": [sqs_record(m, self._queue_arn) for m in received]}
@@ -124,14 +136,20 @@ class LocalUsagePipeline:
         failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
         done = [m for m in received if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):
-            self.sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start:start + 10])])
+            self.sqs.delete_message_batch(
+                QueueUrl=self._queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])
+                ],
+            )
         return len(received)
 
     def queued(self) -> int:
         """Messages in the rollup queue, visible or in flight (a failed one comes back)."""
-        attributes = self.sqs.get_queue_attributes(QueueUrl=self._queue_url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self._queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
         return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
     def drain(self, timeout: float = 30.0, quiet_passes: int = 2) -> None:
@@ -168,8 +186,13 @@ class LocalUsagePipeline:
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
     """An SQS message as a Lambda SQS event record."""
     return {
-        "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
-        "attributes": message.get("Attributes", {}), "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message.get("MD5OfBody", ""), "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
         "awsRegion": queue_arn.split(":")[3] if queue_arn.count(":") >= 5 else "us-east-1",
     }

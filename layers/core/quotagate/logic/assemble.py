@@ -85,14 +85,23 @@ class CompletionAssembler:
             finish = self._finish.get(index) or ("length" if cut else None)
             for call in message.get("tool_calls", []):
                 call["function"].setdefault("arguments", "")
-            choices.append({"index": index, "message": {**message, "refusal": message.get("refusal")},
-                            "logprobs": {"content": self._logprobs[index]} if index in self._logprobs else None,
-                            "finish_reason": finish})
+            choices.append(
+                {
+                    "index": index,
+                    "message": {**message, "refusal": message.get("refusal")},
+                    "logprobs": {"content": self._logprobs[index]} if index in self._logprobs else None,
+                    "finish_reason": finish,
+                }
+            )
             if index in self._stop_reason:
                 choices[-1]["stop_reason"] = self._stop_reason[index]
-        body: dict[str, Any] = {"id": self._head.get("id"), "object": "chat.completion",
-                                "created": self._head.get("created"),
-                                "model": self._head.get("model") or fallback_model, "choices": choices}
+        body: dict[str, Any] = {
+            "id": self._head.get("id"),
+            "object": "chat.completion",
+            "created": self._head.get("created"),
+            "model": self._head.get("model") or fallback_model,
+            "choices": choices,
+        }
         for key in ("service_tier", "system_fingerprint"):
             if key in self._head:
                 body[key] = self._head[key]

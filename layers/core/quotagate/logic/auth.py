@@ -94,9 +94,7 @@ class AuthUnavailable(Exception):
         self.reason = reason
 
     def gateway_error(self) -> GatewayError:
-        return upstream_error(
-            "Authentication is temporarily unavailable.", status=503, code="auth_unavailable"
-        )
+        return upstream_error("Authentication is temporarily unavailable.", status=503, code="auth_unavailable")
 
 
 def credential_from_headers(
@@ -162,8 +160,9 @@ class Authenticator:
         self._jwt_verifier = jwt_verifier
         self._clock = clock
 
-    def authenticate_headers(self, headers: Mapping[str, str | None] | None,
-                             identity_sources: Sequence[str], *, aws_signed: bool = False) -> Identity:
+    def authenticate_headers(
+        self, headers: Mapping[str, str | None] | None, identity_sources: Sequence[str], *, aws_signed: bool = False
+    ) -> Identity:
         """Authenticate the credential presented in the identity sources (see credential_from_headers)."""
         credential = credential_from_headers(headers, identity_sources, aws_signed=aws_signed)
         if credential is None:

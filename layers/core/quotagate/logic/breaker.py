@@ -52,9 +52,14 @@ class CircuitView:
 
 
 class CircuitBreaker:
-    def __init__(self, store: CircuitStore, policy: BreakerPolicy | Callable[[], BreakerPolicy] = BreakerPolicy(),
-                 clock: Callable[[], float] = time.time, owner: str | None = None,
-                 on_open: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: CircuitStore,
+        policy: BreakerPolicy | Callable[[], BreakerPolicy] = BreakerPolicy(),
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        on_open: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self._on_open = on_open or (lambda target: None)  # a metric: quotagate.observability
         self._policy = policy if callable(policy) else (lambda: policy)

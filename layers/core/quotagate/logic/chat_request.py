@@ -35,8 +35,9 @@ class ChatRequest:
     @property
     def cap_param(self) -> str:
         """The field the client's cap came from (for error messages)."""
-        if self.max_tokens is not None and (self.max_completion_tokens is None
-                                            or self.max_tokens < self.max_completion_tokens):
+        if self.max_tokens is not None and (
+            self.max_completion_tokens is None or self.max_tokens < self.max_completion_tokens
+        ):
             return "max_tokens"
         return "max_completion_tokens"
 
@@ -46,8 +47,9 @@ class ChatRequest:
 
 
 def body_too_large(limit: int) -> GatewayError:
-    return GatewayError(413, f"Request body is larger than {limit} bytes.", "invalid_request_error",
-                        "request_too_large")
+    return GatewayError(
+        413, f"Request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large"
+    )
 
 
 def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> int | None:
@@ -56,8 +58,7 @@ def _positive_int(body: dict[str, Any], name: str, upper: int | None = None) -> 
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper and value > upper):
         bound = f" and at most {upper}" if upper else ""
-        raise invalid_request(f"'{name}' must be an integer of at least 1{bound}.", param=name,
-                              code="invalid_value")
+        raise invalid_request(f"'{name}' must be an integer of at least 1{bound}.", param=name, code="invalid_value")
     return value
 
 
@@ -82,8 +83,9 @@ def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str
             del body[name]
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise invalid_request("'model' is required and must be a non-empty string.", param="model",
-                              code="invalid_value")
+        raise invalid_request(
+            "'model' is required and must be a non-empty string.", param="model", code="invalid_value"
+        )
     return body, model
 
 
@@ -99,15 +101,20 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
             raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_value")
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:  # a list or object is unhashable
-            raise invalid_request(f"'{where}.role' must be one of {sorted(_ROLES)}.", param=f"{where}.role",
-                                  code="invalid_value")
+            raise invalid_request(
+                f"'{where}.role' must be one of {sorted(_ROLES)}.", param=f"{where}.role", code="invalid_value"
+            )
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise invalid_request(f"'{where}.content' must be a string or an array of parts.",
-                                  param=f"{where}.content", code="invalid_value")
+            raise invalid_request(
+                f"'{where}.content' must be a string or an array of parts.",
+                param=f"{where}.content",
+                code="invalid_value",
+            )
         if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
-            raise invalid_request(f"'{where}.content' parts must be objects.", param=f"{where}.content",
-                                  code="invalid_value")
+            raise invalid_request(
+                f"'{where}.content' parts must be objects.", param=f"{where}.content", code="invalid_value"
+            )
 
     stream = body.get("stream", False)
     if stream is None:
@@ -119,8 +126,9 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
     if stream_options is not None and not isinstance(stream_options, dict):
         raise invalid_request("'stream_options' must be an object.", param="stream_options", code="invalid_value")
     if stream_options and not stream:
-        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options",
-                              code="invalid_value")
+        raise invalid_request(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options", code="invalid_value"
+        )
     wants_usage = bool(stream_options and stream_options.get("include_usage") is True)
 
     max_completion = _positive_int(body, "max_completion_tokens")

@@ -37,8 +37,9 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
     value = body.get("input")
     items: list[Any] = value if isinstance(value, list) else [value]
     if value is None or (isinstance(value, list) and not value) or len(items) > MAX_INPUTS:
-        raise invalid_request(f"'input' must be a string or a non-empty array of at most {MAX_INPUTS} items.",
-                              "input", "invalid_value")
+        raise invalid_request(
+            f"'input' must be a string or a non-empty array of at most {MAX_INPUTS} items.", "input", "invalid_value"
+        )
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return EmbeddingsRequest(body, model, [], len(value))  # one array of token ids
     texts, token_inputs = [], 0
@@ -48,8 +49,9 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
         elif isinstance(item, list) and item and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
             token_inputs += len(item)
         else:
-            raise invalid_request("Each 'input' item must be a non-empty string or an array of token ids.",
-                                  "input", "invalid_value")
+            raise invalid_request(
+                "Each 'input' item must be a non-empty string or an array of token ids.", "input", "invalid_value"
+            )
     for name in ("dimensions",):
         if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool) or body[name] < 1):
             raise invalid_request(f"'{name}' must be a positive integer.", name, "invalid_value")
@@ -58,8 +60,9 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
     return EmbeddingsRequest(body, model, texts, token_inputs)
 
 
-async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
-                         request_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+async def run_embeddings(
+    gateway: Gateway, identity: Identity, raw: bytes, request_id: str
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The response body and headers. Raises GatewayError for every error the client sees."""
     from quotagate.logic.gateway import Outcome, _AttemptFailed, _classify, _client_error, usage_fields
     from quotagate.logic.metering import Usage
@@ -73,22 +76,44 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
     providers = gateway._providers
     targets = [t for t in resolution.targets if hasattr(providers.for_target(t), "embed")]
     if not targets:
-        raise invalid_request(f"The model '{request.model}' does not support embeddings.", "model",
-                              "unsupported_for_model")
+        raise invalid_request(
+            f"The model '{request.model}' does not support embeddings.", "model", "unsupported_for_model"
+        )
     views = await to_thread.run_sync(gateway.breaker.views, [t.id for t in targets])
-    order = [t for t in gateway.router.order(resolution, f"{identity.tenant}/{identity.consumer}",
-                                             {t: v.state for t, v in views.items()}) if t in targets]
+    order = [
+        t
+        for t in gateway.router.order(
+            resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
+        )
+        if t in targets
+    ]
     if not order:
-        raise GatewayError(503, f"No upstream for the model '{request.model}' is available right now.",
-                           "api_error", "upstream_unavailable", headers={"retry-after": "1"})
+        raise GatewayError(
+            503,
+            f"No upstream for the model '{request.model}' is available right now.",
+            "api_error",
+            "upstream_unavailable",
+            headers={"retry-after": "1"},
+        )
     estimate = await to_thread.run_sync(
-        lambda: sum(tokens.upper_bound_text(t) for t in request.texts) + request.token_inputs)
+        lambda: sum(tokens.upper_bound_text(t) for t in request.texts) + request.token_inputs
+    )
     config = gateway._config()
     prompt_reserve = max(config.prompt_reservation(t, estimate) for t in targets)
     reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
-    reservation = await to_thread.run_sync(lambda: gateway._quota.reserve(
-        request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
-        prompt_reserve, 0, reserve_usd, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
+    reservation = await to_thread.run_sync(
+        lambda: gateway._quota.reserve(
+            request_id,
+            identity.key_id,
+            identity.tenant,
+            limits.key_limits,
+            limits.tenant_limits,
+            prompt_reserve,
+            0,
+            reserve_usd,
+            usage_fields=usage_fields(identity, request.model, resolution.model.name),
+        )
+    )
     remaining = gateway.start_remaining_read(reservation)  # overlaps the upstream call
     outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
     headers = {"x-quotagate-request-id": request_id}
@@ -97,7 +122,8 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
         last: UpstreamError | None = None
         for target in order:
             permit = gateway.breaker.allow_cached(target.id) or await to_thread.run_sync(
-                gateway.breaker.allow, target.id)
+                gateway.breaker.allow, target.id
+            )
             if permit is None:
                 continue
             body = {**request.body, "model": target.upstream_model}
@@ -106,9 +132,16 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
                 with anyio.fail_after(timeout):
                     data = await providers.for_target(target).embed(body)  # type: ignore[attr-defined]
             except (UpstreamError, TimeoutError) as caught:
-                failed = caught if isinstance(caught, UpstreamError) else UpstreamError(
-                    504, f"Upstream provider '{target.provider}' timed out.", error_type="timeout",
-                    code="upstream_timeout")
+                failed = (
+                    caught
+                    if isinstance(caught, UpstreamError)
+                    else UpstreamError(
+                        504,
+                        f"Upstream provider '{target.provider}' timed out.",
+                        error_type="timeout",
+                        code="upstream_timeout",
+                    )
+                )
                 verdict = _classify(failed)  # the same failover rule as chat completions
                 if not isinstance(verdict, _AttemptFailed):
                     raise _client_error(failed) from None
@@ -122,8 +155,9 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
             served = target
             break
         if served is None or data is None:
-            raise _client_error(last or UpstreamError(503, "No upstream is available right now.",
-                                                      code="upstream_unavailable"))
+            raise _client_error(
+                last or UpstreamError(503, "No upstream is available right now.", code="upstream_unavailable")
+            )
         outcome.target = served.id
         headers["x-quotagate-target"] = served.id
         await gateway.finish_remaining_read(remaining)
@@ -143,9 +177,15 @@ async def run_embeddings(gateway: Gateway, identity: Identity, raw: bytes,
             outcome.usage, outcome.status = usage, status
             try:
                 elapsed_ms = (gateway.clock() - started) * 1000
-                settlement = Settlement(outcome_for_status(status), status, source_of(usage.source),
-                                        served.id if served else None,
-                                        elapsed_ms if data is not None else None, elapsed_ms, outcome.failovers)
+                settlement = Settlement(
+                    outcome_for_status(status),
+                    status,
+                    source_of(usage.source),
+                    served.id if served else None,
+                    elapsed_ms if data is not None else None,
+                    elapsed_ms,
+                    outcome.failovers,
+                )
                 outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage, settlement)
             except Exception:  # the reservation stays charged: never an overshoot, and the answer stands
                 outcome.error = "settlement failed; the reservation stays charged"

@@ -34,8 +34,11 @@ from quotagate.errors import GatewayError, invalid_request
 OPENAI_IMAGE_TOKENS_LOW = 85
 OPENAI_IMAGE_TOKENS_HIGH = 85 + 170 * 8
 CLAUDE_IMAGE_TOKENS = 1_600
-DEFAULT_IMAGE_TOKENS = {"openai": OPENAI_IMAGE_TOKENS_HIGH, "anthropic": CLAUDE_IMAGE_TOKENS,
-                        "bedrock": CLAUDE_IMAGE_TOKENS}
+DEFAULT_IMAGE_TOKENS = {
+    "openai": OPENAI_IMAGE_TOKENS_HIGH,
+    "anthropic": CLAUDE_IMAGE_TOKENS,
+    "bedrock": CLAUDE_IMAGE_TOKENS,
+}
 # gpt-4o audio input bills about 10 tokens per second; a bound with room to spare.
 AUDIO_TOKENS_PER_SECOND = 25
 MP3_MIN_BYTES_PER_SECOND = 1_000  # 8 kbit/s, the lowest MP3 bitrate
@@ -55,8 +58,11 @@ def _json(value: Any) -> str:
 
 
 def _unbounded(message: str, param: str) -> GatewayError:
-    return invalid_request(f"{message} Its cost cannot be bounded before the request runs, so it is refused.",
-                           param=param, code=UNBOUNDED_CODE)
+    return invalid_request(
+        f"{message} Its cost cannot be bounded before the request runs, so it is refused.",
+        param=param,
+        code=UNBOUNDED_CODE,
+    )
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,10 @@ def wav_seconds(data: bytes) -> float | None:
         return None
     offset, byte_rate, data_size = 12, 0, None
     while offset + 8 <= len(data):
-        chunk_id, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
         body = offset + 8
         if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(data):
-            byte_rate = struct.unpack("<I", data[body + 8:body + 12])[0]
+            byte_rate = struct.unpack("<I", data[body + 8 : body + 12])[0]
         elif chunk_id == b"data":
             # A header may claim more data than was sent; the provider can only bill what it got.
             data_size = min(size, len(data) - body)
@@ -117,8 +123,9 @@ def _audio_tokens(part: dict[str, Any], where: str) -> int:
     try:
         data = base64.b64decode(str(audio.get("data") or ""), validate=True)
     except (binascii.Error, ValueError):
-        raise invalid_request(f"'{where}.input_audio.data' is not valid base64.", param=where,
-                              code="invalid_value") from None
+        raise invalid_request(
+            f"'{where}.input_audio.data' is not valid base64.", param=where, code="invalid_value"
+        ) from None
     if audio["format"] == "wav":
         seconds = wav_seconds(data)
         if seconds is None:
@@ -160,8 +167,9 @@ class _Counter:
         elif isinstance(content, list):
             for i, part in enumerate(content):
                 if not isinstance(part, dict):
-                    raise invalid_request(f"'{where}[{i}]' must be an object.", param=f"{where}[{i}]",
-                                          code="invalid_value")
+                    raise invalid_request(
+                        f"'{where}[{i}]' must be an object.", param=f"{where}[{i}]", code="invalid_value"
+                    )
                 self.part(part, f"{where}[{i}]")
         else:
             self.texts.append(_json(content))
@@ -204,9 +212,14 @@ def measure(body: dict[str, Any]) -> RequestCost:
         counter.texts.append(_json(response_format))
         counter.framing += SCHEMA_FRAMING_TOKENS
     text_tokens = counter.framing + sum(tokens.upper_bound_text(text) for text in counter.texts)
-    return RequestCost(text_tokens=text_tokens, images=tuple(counter.images), audio_tokens=counter.audio_tokens,
-                       # Anthropic and Bedrock get response_format as a forced tool (with its system prompt).
-                       has_tools=definitions > 0 or structured, has_cache_control=counter.cache_control)
+    return RequestCost(
+        text_tokens=text_tokens,
+        images=tuple(counter.images),
+        audio_tokens=counter.audio_tokens,
+        # Anthropic and Bedrock get response_format as a forced tool (with its system prompt).
+        has_tools=definitions > 0 or structured,
+        has_cache_control=counter.cache_control,
+    )
 
 
 PER_REQUEST_LIMIT = "max_tokens_per_request"
@@ -245,8 +258,15 @@ def per_request_limit(*limit_maps: dict[str, float]) -> int | None:
     return min(values) if values else None
 
 
-def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_limits: dict[str, float],
-                tenant_limits: dict[str, float], output_slice: int) -> OutputPlan:
+def plan_output(
+    config: Any,
+    request: Any,
+    targets: Any,
+    cost: RequestCost,
+    key_limits: dict[str, float],
+    tenant_limits: dict[str, float],
+    output_slice: int,
+) -> OutputPlan:
     """The one output cap per target and the reservation that bounds the request's bill.
 
     The client's cap (the smaller of ``max_tokens`` and ``max_completion_tokens``) is used as sent;
@@ -259,9 +279,13 @@ def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_
     client_cap = request.max_output_tokens
     if client_cap is not None and per_request is not None and client_cap > per_request:
         param = request.cap_param
-        raise GatewayError(400, f"'{param}' is {client_cap}, more than the {PER_REQUEST_LIMIT} limit of "
-                                f"{per_request} of this API key. Lower '{param}'.",
-                           code=TOO_LARGE_CODE, param=param)
+        raise GatewayError(
+            400,
+            f"'{param}' is {client_cap}, more than the {PER_REQUEST_LIMIT} limit of "
+            f"{per_request} of this API key. Lower '{param}'.",
+            code=TOO_LARGE_CODE,
+            param=param,
+        )
     choices = request.choices
     caps: dict[str, int] = {}
     prompts: dict[str, int] = {}
@@ -276,13 +300,24 @@ def plan_output(config: Any, request: Any, targets: Any, cost: RequestCost, key_
         prompts[target.id] = cost.prompt_tokens(config.providers[target.provider], target)
     output_slice = max(1, output_slice)
     metered = client_cap is None and not any(t.reasoning for t in targets)
-    ceilings = {t.id: math.ceil(caps[t.id] * config.providers[t.provider].prompt_token_factor - 1e-9) * choices
-                for t in targets}
+    ceilings = {
+        t.id: math.ceil(caps[t.id] * config.providers[t.provider].prompt_token_factor - 1e-9) * choices for t in targets
+    }
     needs = {t.id: min(ceilings[t.id], output_slice * choices) if metered else ceilings[t.id] for t in targets}
     largest_cap = max(caps.values()) * choices
     output_reserve = min(largest_cap, output_slice * choices) if metered else largest_cap
     total = max(prompts[t.id] + needs[t.id] for t in targets)
-    reserve_usd = max(t.price.cost_usd(prompts[t.id], needs[t.id])
-                      + cache_write_surcharge(config.providers[t.provider], t, cost, prompts[t.id]) for t in targets)
-    return OutputPlan(caps=caps, prompts=prompts, ceilings=ceilings, prompt_reserve=total - output_reserve,
-                      output_reserve=output_reserve, reserve_usd=reserve_usd, slice=output_slice)
+    reserve_usd = max(
+        t.price.cost_usd(prompts[t.id], needs[t.id])
+        + cache_write_surcharge(config.providers[t.provider], t, cost, prompts[t.id])
+        for t in targets
+    )
+    return OutputPlan(
+        caps=caps,
+        prompts=prompts,
+        ceilings=ceilings,
+        prompt_reserve=total - output_reserve,
+        output_reserve=output_reserve,
+        reserve_usd=reserve_usd,
+        slice=output_slice,
+    )

@@ -123,13 +123,31 @@ class Reservation(Protocol):
 
 
 class Quota(Protocol):
-    def reserve(self, request_id: str, key_id: str, tenant: str, key_limits: dict[str, float],
-                tenant_limits: dict[str, float], prompt_tokens_estimate: int, max_output_tokens: int,
-                reserve_usd: float, *, output_text: str | None = None,
-                output_param: str = "max_tokens", usage_fields: dict[str, str] | None = None) -> Any: ...
+    def reserve(
+        self,
+        request_id: str,
+        key_id: str,
+        tenant: str,
+        key_limits: dict[str, float],
+        tenant_limits: dict[str, float],
+        prompt_tokens_estimate: int,
+        max_output_tokens: int,
+        reserve_usd: float,
+        *,
+        output_text: str | None = None,
+        output_param: str = "max_tokens",
+        usage_fields: dict[str, str] | None = None,
+    ) -> Any: ...
 
-    def settle(self, reservation: Any, prompt_tokens: int, completion_tokens: int, actual_usd: float,
-               settlement: Settlement | None = None, cache_tokens: dict[str, int] | None = None) -> bool: ...
+    def settle(
+        self,
+        reservation: Any,
+        prompt_tokens: int,
+        completion_tokens: int,
+        actual_usd: float,
+        settlement: Settlement | None = None,
+        cache_tokens: dict[str, int] | None = None,
+    ) -> bool: ...
 
     def top_up(self, reservation: Any, extra_tokens: int, extra_usd: float) -> bool:
         """Grow an open reservation in the same windows; False when a window has no room."""
@@ -170,9 +188,15 @@ class Outcome:
 
 def usage_fields(identity: Identity, requested_model: str, model: str) -> dict[str, str]:
     """Who asked for what: the part of the usage record known before the upstream call."""
-    return {"tenant": identity.tenant, "consumer": identity.consumer, "key_id": identity.key_id,
-            "auth_type": identity.auth_type, "plan": identity.plan, "requested_model": requested_model,
-            "model": model}
+    return {
+        "tenant": identity.tenant,
+        "consumer": identity.consumer,
+        "key_id": identity.key_id,
+        "auth_type": identity.auth_type,
+        "plan": identity.plan,
+        "requested_model": requested_model,
+        "model": model,
+    }
 
 
 @dataclass
@@ -186,17 +210,24 @@ class Limits:
 
 
 class Gateway:
-    def __init__(self, config: Callable[[], GatewayConfig], key_records: KeyRecords, quota: Quota,
-                 providers: ProviderFactory, keepalive_seconds: float = 15.0,
-                 max_body_bytes: int = 4 * 1024 * 1024,
-                 on_finished: Callable[[Outcome], None] | None = None,
-                 router: routing.Router | None = None, breaker: CircuitBreaker | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS,
-                 tenant_records: TenantRecords | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        key_records: KeyRecords,
+        quota: Quota,
+        providers: ProviderFactory,
+        keepalive_seconds: float = 15.0,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        on_finished: Callable[[Outcome], None] | None = None,
+        router: routing.Router | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        max_request_seconds: float | None = DEFAULT_MAX_REQUEST_SECONDS,
+        tenant_records: TenantRecords | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._config = config
         self._key_records = key_records
         self._tenant_records = tenant_records
@@ -231,9 +262,12 @@ class Gateway:
             if record is not None and not secret_still_accepted(record, identity.secret_fingerprint, now):
                 # Our copy may predate a rotation the authorizer has already seen: read it again.
                 record = self._key_records.get_fresh(identity.key_id)
-            if record is None or record.status != "active" or (
-                    record.expires_at is not None and record.expires_at <= now) or (
-                    not secret_still_accepted(record, identity.secret_fingerprint, now)):
+            if (
+                record is None
+                or record.status != "active"
+                or (record.expires_at is not None and record.expires_at <= now)
+                or (not secret_still_accepted(record, identity.secret_fingerprint, now))
+            ):
                 raise authentication_error("This API key is no longer valid.")
             plan_name, key_limits, allowed = record.plan, record.limits, record.allowed_models
         plan = config.plan(plan_name)
@@ -246,8 +280,10 @@ class Gateway:
     def model_listing(self, limits: Limits) -> list[dict[str, Any]]:
         """The model objects of every name this plan and key may call (GET /v1/models)."""
         config = self._config()
-        return [_model_card(config, resolution)
-                for resolution in routing.callable_models(config, limits.plan, limits.allowed_models)]
+        return [
+            _model_card(config, resolution)
+            for resolution in routing.callable_models(config, limits.plan, limits.allowed_models)
+        ]
 
     def model_card(self, name: str, limits: Limits) -> dict[str, Any]:
         """One model object (GET /v1/models/{id}); 404 for a name this key may not call, so the
@@ -256,8 +292,9 @@ class Gateway:
         try:
             resolution = routing.resolve(config, name, limits.plan, limits.allowed_models)
         except GatewayError:
-            raise not_found(f"The model '{name}' does not exist or you do not have access to it.",
-                            "model_not_found", "model") from None
+            raise not_found(
+                f"The model '{name}' does not exist or you do not have access to it.", "model_not_found", "model"
+            ) from None
         return _model_card(config, resolution)
 
     def resolve(self, name: str, limits: Limits) -> routing.Resolution:
@@ -281,19 +318,31 @@ class Gateway:
         views = self.breaker.cached_views(target_ids)  # no I/O while this container's copy is fresh
         if views is None:
             views = await to_thread.run_sync(self.breaker.views, target_ids)
-        order = self.router.order(resolution, f"{identity.tenant}/{identity.consumer}",
-                                  {t: v.state for t, v in views.items()})
+        order = self.router.order(
+            resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
+        )
         if not order:
             # Every circuit is open: fail fast, before anything is reserved.
             reopen = min(v.open_until for v in views.values()) - self.breaker.now()
-            raise GatewayError(503, f"No upstream for the model '{request.model}' is available right now.",
-                               "api_error", "upstream_unavailable",
-                               headers={"retry-after": str(max(1, math.ceil(reopen)))})
+            raise GatewayError(
+                503,
+                f"No upstream for the model '{request.model}' is available right now.",
+                "api_error",
+                "upstream_unavailable",
+                headers={"retry-after": str(max(1, math.ceil(reopen)))},
+            )
 
         config = self._config()
         cost = await to_thread.run_sync(estimate.measure, request.body)
-        plan = estimate.plan_output(config, request, resolution.targets, cost, limits.key_limits,
-                                    limits.tenant_limits, limits.plan.default_max_tokens)
+        plan = estimate.plan_output(
+            config,
+            request,
+            resolution.targets,
+            cost,
+            limits.key_limits,
+            limits.tenant_limits,
+            limits.plan.default_max_tokens,
+        )
         per_choice = plan.output_reserve // request.choices
         if request.max_output_tokens is not None:
             output_param = request.cap_param
@@ -303,15 +352,32 @@ class Gateway:
             output_text = f"the default of {per_choice} output tokens"
         if request.choices > 1:
             output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
-        reservation = await to_thread.run_sync(lambda: self._quota.reserve(
-            request_id, identity.key_id, identity.tenant, limits.key_limits, limits.tenant_limits,
-            plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text=output_text,
-            output_param=output_param, usage_fields=usage_fields(identity, request.model, resolution.model.name)))
+        reservation = await to_thread.run_sync(
+            lambda: self._quota.reserve(
+                request_id,
+                identity.key_id,
+                identity.tenant,
+                limits.key_limits,
+                limits.tenant_limits,
+                plan.prompt_reserve,
+                plan.output_reserve,
+                plan.reserve_usd,
+                output_text=output_text,
+                output_param=output_param,
+                usage_fields=usage_fields(identity, request.model, resolution.model.name),
+            )
+        )
         # The remaining-quota read for the x-ratelimit-* headers overlaps the upstream call: the
         # reservation is the only store round trip before the first byte.
         remaining = self.start_remaining_read(reservation)
-        outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model,
-                          reserved_tokens=plan.prompt_reserve + plan.output_reserve, reserved_usd=plan.reserve_usd)
+        outcome = Outcome(
+            request_id,
+            identity,
+            resolution.model.name,
+            requested_model=request.model,
+            reserved_tokens=plan.prompt_reserve + plan.output_reserve,
+            reserved_usd=plan.reserve_usd,
+        )
         outcome.started = started
         response = ChatResponse(self, request, resolution, order, plan, reservation, outcome, deadline_at)
         try:
@@ -341,27 +407,37 @@ class Gateway:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await task
 
-    async def embeddings(self, identity: Identity, raw_body: bytes,
-                         request_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+    async def embeddings(
+        self, identity: Identity, raw_body: bytes, request_id: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         from quotagate.logic.embeddings import run_embeddings
 
         return await run_embeddings(self, identity, raw_body, request_id)
 
-    def _settle(self, reservation: Any, target: Target | None, usage: Usage,
-                settlement: Settlement | None = None) -> float:
+    def _settle(
+        self, reservation: Any, target: Target | None, usage: Usage, settlement: Settlement | None = None
+    ) -> float:
         if target is None:
             cost = 0.0
         elif self._config().providers[target.provider].type == "anthropic":
             # Prompt-cache writes and reads have their own prices (other providers: list price).
-            cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens,
-                                         usage.cache_creation_tokens, usage.cache_creation_1h_tokens)
+            cost = target.price.cost_usd(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cache_read_tokens,
+                usage.cache_creation_tokens,
+                usage.cache_creation_1h_tokens,
+            )
         else:
             cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens)
         extra: dict[str, Any] = {}
         if settlement is not None:
             extra["settlement"] = settlement
-        cache = {"cache_read_tokens": usage.cache_read_tokens, "cache_creation_tokens": usage.cache_creation_tokens,
-                 "cache_creation_1h_tokens": usage.cache_creation_1h_tokens}
+        cache = {
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_creation_tokens": usage.cache_creation_tokens,
+            "cache_creation_1h_tokens": usage.cache_creation_1h_tokens,
+        }
         if any(cache.values()):
             extra["cache_tokens"] = cache
         self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, **extra)
@@ -375,13 +451,17 @@ PROCESS_STARTED = int(time.time())
 def _model_card(config: GatewayConfig, resolution: routing.Resolution) -> dict[str, Any]:
     providers = {t.provider for t in resolution.targets}
     created = config.models[resolution.requested].created
-    return {"id": resolution.requested, "object": "model",
-            "created": created if created is not None else PROCESS_STARTED,
-            "owned_by": next(iter(providers)) if len(providers) == 1 else "quotagate"}
+    return {
+        "id": resolution.requested,
+        "object": "model",
+        "created": created if created is not None else PROCESS_STARTED,
+        "owned_by": next(iter(providers)) if len(providers) == 1 else "quotagate",
+    }
 
 
-def _upstream_body(request: ChatRequest, target: Target, plan: estimate.OutputPlan,
-                   config: GatewayConfig) -> dict[str, Any]:
+def _upstream_body(
+    request: ChatRequest, target: Target, plan: estimate.OutputPlan, config: GatewayConfig
+) -> dict[str, Any]:
     body = copy.copy(request.body)
     body["model"] = target.upstream_model
     # Exactly one output cap, in the field this target understands.
@@ -435,9 +515,17 @@ class ChatResponse:
     """One admitted request: its upstream call (with failover), its body for the client, and its
     settlement."""
 
-    def __init__(self, gateway: Gateway, request: ChatRequest, resolution: routing.Resolution,
-                 order: list[Target], plan: estimate.OutputPlan, reservation: Any, outcome: Outcome,
-                 deadline_at: float | None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: ChatRequest,
+        resolution: routing.Resolution,
+        order: list[Target],
+        plan: estimate.OutputPlan,
+        reservation: Any,
+        outcome: Outcome,
+        deadline_at: float | None,
+    ) -> None:
         self._gateway = gateway
         self.request = request
         self.resolution = resolution
@@ -481,11 +569,12 @@ class ChatResponse:
         return self._deadline_at - self._gateway.clock()
 
     def _deadline_error(self) -> GatewayError:
-        return GatewayError(504, "The request did not complete within the model's deadline.", "timeout",
-                            "deadline_exceeded")
+        return GatewayError(
+            504, "The request did not complete within the model's deadline.", "timeout", "deadline_exceeded"
+        )
 
     # -- the upstream call, with failover -----------------------------------------------------
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: C901 -- to split (issue 12)
         gateway = self._gateway
         breaker = gateway.breaker
         pending = list(self._order)
@@ -506,9 +595,14 @@ class ChatResponse:
                 except _AttemptFailed as failed:
                     last = failed.error
                     self.outcome.attempts.append(f"{target.id}: {failed.error.status} {failed.error.code}")
-                    _log_warning("upstream attempt failed", request_id=self.outcome.request_id,
-                                 model=self.resolution.model.name, target=target.id,
-                                 status=failed.error.status, code=failed.error.code)
+                    _log_warning(
+                        "upstream attempt failed",
+                        request_id=self.outcome.request_id,
+                        model=self.resolution.model.name,
+                        target=target.id,
+                        status=failed.error.status,
+                        code=failed.error.code,
+                    )
                     if failed.count_against_target:
                         await to_thread.run_sync(breaker.record_failure, permit)
                     if failed.error.retry_after is not None:
@@ -542,8 +636,9 @@ class ChatResponse:
                 factor = gateway._config().providers[target.provider].prompt_token_factor
                 # Everything reserved beyond this target's prompt is room for its output.
                 room = self._plan.prompt_reserve + self._plan.output_reserve - self._plan.prompts[target.id]
-                self._budget = OutputBudget(room, self._plan.ceilings[target.id],
-                                            self._plan.slice * self.request.choices, factor, self._top_up)
+                self._budget = OutputBudget(
+                    room, self._plan.ceilings[target.id], self._plan.slice * self.request.choices, factor, self._top_up
+                )
                 return
             # Nothing served. Wait for a Retry-After if it fits the budget, then try those again.
             if retry_at and rounds < MAX_RETRY_ROUNDS and self._remaining() > 0:
@@ -563,8 +658,13 @@ class ChatResponse:
                 self.outcome.error = "deadline exceeded"
                 raise self._deadline_error()
             self.outcome.error = "no target available"
-            raise GatewayError(503, f"No upstream for the model '{self.request.model}' is available right now.",
-                               "api_error", "upstream_unavailable", headers={"retry-after": "1"})
+            raise GatewayError(
+                503,
+                f"No upstream for the model '{self.request.model}' is available right now.",
+                "api_error",
+                "upstream_unavailable",
+                headers={"retry-after": "1"},
+            )
         self.outcome.error = last.message
         raise _client_error(last)
 
@@ -579,19 +679,27 @@ class ChatResponse:
         try:
             provider = gateway._providers.for_target(target)
         except GatewayError as error:  # the gateway's configuration, not the target's doing
-            raise _AttemptFailed(UpstreamError(error.status, error.message, code=error.code),
-                                 count_against_target=False) from None
+            raise _AttemptFailed(
+                UpstreamError(error.status, error.message, code=error.code), count_against_target=False
+            ) from None
         first_byte_by = gateway.clock() + budget
         if self.outcome.upstream_called_at is None:
             self.outcome.upstream_called_at = gateway.clock()
 
         def timed_out() -> _AttemptFailed:
             if cut_by_deadline:
-                err = UpstreamError(504, "The request did not complete within the model's deadline.",
-                                    error_type="timeout", code="deadline_exceeded")
+                err = UpstreamError(
+                    504,
+                    "The request did not complete within the model's deadline.",
+                    error_type="timeout",
+                    code="deadline_exceeded",
+                )
                 return _AttemptFailed(err)
-            return _AttemptFailed(UpstreamTimeout(
-                f"Upstream provider '{target.provider}' did not answer within {timeouts.first_byte:g}s."))
+            return _AttemptFailed(
+                UpstreamTimeout(
+                    f"Upstream provider '{target.provider}' did not answer within {timeouts.first_byte:g}s."
+                )
+            )
 
         events = provider.stream(body)
         try:
@@ -607,9 +715,13 @@ class ChatResponse:
             if isinstance(error, asyncio.TimeoutError):
                 raise timed_out() from None
             if isinstance(error, StopAsyncIteration):
-                raise _AttemptFailed(UpstreamError(
-                    502, f"Upstream provider '{target.provider}' closed the stream without sending anything.",
-                    code="upstream_error")) from None
+                raise _AttemptFailed(
+                    UpstreamError(
+                        502,
+                        f"Upstream provider '{target.provider}' closed the stream without sending anything.",
+                        code="upstream_error",
+                    )
+                ) from None
             if isinstance(error, StreamInterrupted):
                 raise _AttemptFailed(UpstreamError(502, str(error), code="upstream_stream_interrupted")) from None
             if isinstance(error, UpstreamError):
@@ -669,19 +781,36 @@ class ChatResponse:
         """The end of an answer the budget cannot pay for: ``length`` on every unfinished choice,
         the usage chunk if the client asked for usage, then ``[DONE]``."""
         data = self._first.data if self._first is not None and self._first.data else {}
-        head = {"id": data.get("id"), "object": "chat.completion.chunk", "created": data.get("created"),
-                "model": data.get("model")}
-        events = [SSEEvent.from_chunk({**head, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                                             "finish_reason": "length"}]})
-                  for i in self._answer.unfinished_choices() or [0]]
+        head = {
+            "id": data.get("id"),
+            "object": "chat.completion.chunk",
+            "created": data.get("created"),
+            "model": data.get("model"),
+        }
+        events = [
+            SSEEvent.from_chunk(
+                {**head, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "length"}]}
+            )
+            for i in self._answer.unfinished_choices() or [0]
+        ]
         if self.request.client_wants_usage:
             usage = self._meter.usage(True)
-            events.append(SSEEvent.from_chunk({**head, "choices": [], "usage": {
-                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens}}))
+            events.append(
+                SSEEvent.from_chunk(
+                    {
+                        **head,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": usage.prompt_tokens,
+                            "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens,
+                        },
+                    }
+                )
+            )
         return events
 
-    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:
+    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:  # noqa: C901 -- to split (issue 12)
         """Events to forward (metered, in order) and the gateway's own bytes (keep-alives, errors)."""
         assert self._events is not None and self._first is not None and self.target is not None
         assert self._budget is not None
@@ -708,8 +837,10 @@ class ChatResponse:
                         self.outcome.error = "upstream error event mid-stream"
                         self._stream_ended = UsageOutcome.ERROR_EVENT
                         await self._record_stream_failure()
-                        yield self._fail(f"Upstream provider '{self.target.provider}' reported an error while "
-                                         "streaming the answer.", "upstream_error")
+                        yield self._fail(
+                            f"Upstream provider '{self.target.provider}' reported an error while streaming the answer.",
+                            "upstream_error",
+                        )
                         return
                     if event.data is not None:
                         needed = delta_tokens(event.data)
@@ -735,15 +866,23 @@ class ChatResponse:
                     if self._remaining() <= 0:
                         self.outcome.error = "deadline exceeded"
                         self._stream_ended = UsageOutcome.TIMEOUT
-                        yield self._fail("The request did not complete within the model's deadline.",
-                                         "deadline_exceeded", "timeout", 504)
+                        yield self._fail(
+                            "The request did not complete within the model's deadline.",
+                            "deadline_exceeded",
+                            "timeout",
+                            504,
+                        )
                         return
                     if gateway.clock() - last_event_at >= idle:
                         self.outcome.error = "upstream idle timeout"
                         self._stream_ended = UsageOutcome.TIMEOUT
                         await self._record_stream_failure()
-                        yield self._fail(f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s.",
-                                         "upstream_timeout", "timeout", 504)
+                        yield self._fail(
+                            f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s.",
+                            "upstream_timeout",
+                            "timeout",
+                            504,
+                        )
                         return
                     yield KEEPALIVE
                     continue
@@ -761,8 +900,12 @@ class ChatResponse:
                 except Exception as error:  # an adapter bug must still end the stream visibly
                     # ...and it is the gateway's fault, not the target's: its circuit is not told.
                     self.outcome.error = f"{type(error).__name__} while streaming"
-                    _log_gateway_fault("gateway error while streaming", error, request_id=self.outcome.request_id,
-                                       target=self.target.id)
+                    _log_gateway_fault(
+                        "gateway error while streaming",
+                        error,
+                        request_id=self.outcome.request_id,
+                        target=self.target.id,
+                    )
                     self._stream_ended = UsageOutcome.ERROR_EVENT
                     yield self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
                     return
@@ -807,24 +950,33 @@ class ChatResponse:
                 # Settled at the truth all the same; a provider that bills past its cap, or a
                 # tokenizer the safety factor underestimates, shows up here.
                 self.outcome.overrun_tokens = usage.total_tokens - reserved
-                _log_warning("usage above the reservation", request_id=self.outcome.request_id,
-                             target=self.outcome.target, reserved_tokens=reserved,
-                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+                _log_warning(
+                    "usage above the reservation",
+                    request_id=self.outcome.request_id,
+                    target=self.outcome.target,
+                    reserved_tokens=reserved,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                )
             if client_status is not None:
                 self.outcome.status = client_status
             try:
                 self.outcome.cost_usd = await to_thread.run_sync(
-                    self._gateway._settle, self._reservation, self.target, usage, self._settlement(usage))
+                    self._gateway._settle, self._reservation, self.target, usage, self._settlement(usage)
+                )
             except Exception:
                 # The quota store failed (after its own retries): the reservation stays charged,
                 # which never lets a window overshoot. The client's answer is not thrown away.
                 self.outcome.error = "settlement failed; the reservation stays charged"
                 self.outcome.settlement_failed = True
-                _log_warning("settlement failed", request_id=self.outcome.request_id,
-                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+                _log_warning(
+                    "settlement failed",
+                    request_id=self.outcome.request_id,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                )
             self.outcome.finished_at = self._gateway.clock()
             self._gateway._on_finished(self.outcome)
-
 
     def _settlement(self, usage: Usage) -> Settlement:
         """How the request ended, for its usage record."""
@@ -840,10 +992,14 @@ class ChatResponse:
         started, first_byte_at = self.outcome.started, self.outcome.first_byte_at
         now = self._gateway.clock()
         return Settlement(
-            outcome=outcome, http_status=status, usage_source=source_of(usage.source),
+            outcome=outcome,
+            http_status=status,
+            usage_source=source_of(usage.source),
             target=self.target.id if self.target is not None else None,
             time_to_first_byte_ms=None if first_byte_at is None else (first_byte_at - started) * 1000,
-            duration_ms=(now - started) * 1000, failovers=self.outcome.failovers)
+            duration_ms=(now - started) * 1000,
+            failovers=self.outcome.failovers,
+        )
 
 
 def _classify(error: UpstreamError) -> Exception:
@@ -859,8 +1015,10 @@ def _classify_gateway_error(error: GatewayError) -> Exception:
     # e.g. the gateway's credentials for this provider are unavailable (503): another target may
     # serve, but the target itself did nothing wrong, so its circuit is not told.
     if error.status >= 500:
-        return _AttemptFailed(UpstreamError(error.status, error.message, error_type=error.type, code=error.code),
-                              count_against_target=False)
+        return _AttemptFailed(
+            UpstreamError(error.status, error.message, error_type=error.type, code=error.code),
+            count_against_target=False,
+        )
     return error
 
 

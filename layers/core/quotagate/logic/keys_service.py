@@ -137,15 +137,11 @@ ACTIONS: dict[str, _ActionSpec] = {
     "list_keys": _ActionSpec("list_keys", frozenset({"tenant"}), frozenset({"consumer"}), False),
     "get_key": _ActionSpec("get_key", frozenset({"key_id"}), frozenset({"tenant"}), False),
     "revoke_key": _ActionSpec("revoke_key", frozenset({"key_id"}), frozenset({"tenant"}), True),
-    "rotate_key": _ActionSpec(
-        "rotate_key", frozenset({"key_id"}), frozenset({"tenant", "grace_seconds"}), True
-    ),
+    "rotate_key": _ActionSpec("rotate_key", frozenset({"key_id"}), frozenset({"tenant", "grace_seconds"}), True),
     "update_key": _ActionSpec(
         "update_key",
         frozenset({"key_id"}),
-        frozenset(
-            {"tenant", "plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata"}
-        ),
+        frozenset({"tenant", "plan", "allowed_models", "expires_at", "status", "limits", "name", "metadata"}),
         True,
     ),
     "create_tenant": _ActionSpec("create_tenant", frozenset({"tenant"}), frozenset({"limits"}), True),
@@ -394,9 +390,7 @@ class KeysService:
         config = self._config_loader()
         if config.plan(plan) is None:
             shown = plan if len(plan) <= 64 else plan[:64] + "..."
-            raise KeysError(
-                "unknown_plan", f"unknown plan '{shown}' (known: {', '.join(sorted(config.plans))})", 400
-            )
+            raise KeysError("unknown_plan", f"unknown plan '{shown}' (known: {', '.join(sorted(config.plans))})", 400)
         return plan
 
     def _expires_at(self, value: Any) -> int | None:
@@ -620,8 +614,9 @@ class KeysService:
             # A consumer's usage: its gateway keys', and its JWT subject's (key id "jwt:<subject>").
             owned = [r.key_id for r in self._store.list_by_tenant(tenant) if r.consumer == consumer]
             keys = (*sorted(owned), f"jwt:{consumer}")
-        query = UsageQuery(tenant, granularity, start, end, key_id=key_id, keys=keys, consumer=consumer,
-                           model=model, by=by)
+        query = UsageQuery(
+            tenant, granularity, start, end, key_id=key_id, keys=keys, consumer=consumer, model=model, by=by
+        )
         return read_usage(self._usage, query)
 
     def _do_get_tenant(self, tenant: str) -> dict[str, Any]:
@@ -759,9 +754,7 @@ def _allowed_models(value: Any) -> list[str] | None:
             or len(model) > MAX_MODEL_NAME_LENGTH
             or not _printable(model)
         ):
-            raise invalid(
-                f"'allowed_models' entries must be model names of 1-{MAX_MODEL_NAME_LENGTH} characters"
-            )
+            raise invalid(f"'allowed_models' entries must be model names of 1-{MAX_MODEL_NAME_LENGTH} characters")
         if model not in models:
             models.append(model)
     return models
@@ -784,8 +777,10 @@ def _metadata(value: Any) -> dict[str, Any]:
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise invalid(f"'metadata' must be at most {MAX_METADATA_BYTES} bytes as JSON")
     if not all(storable_number(number) for number in _numbers_in(value)):
-        raise invalid(f"'metadata' numbers must be 0 or of a magnitude from {MIN_STORED_MAGNITUDE:.0e} "
-                      f"to {MAX_STORED_MAGNITUDE:.0e}")
+        raise invalid(
+            f"'metadata' numbers must be 0 or of a magnitude from {MIN_STORED_MAGNITUDE:.0e} "
+            f"to {MAX_STORED_MAGNITUDE:.0e}"
+        )
     # A copy through JSON: what is stored is exactly what was validated (no shared references).
     return json.loads(encoded)
 

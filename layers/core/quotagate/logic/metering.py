@@ -36,8 +36,13 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int, int, int] | None:
     if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
         details = usage.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
-        return (prompt, completion, _count(details.get("cached_tokens")),
-                _count(details.get("cache_creation_tokens")), _count(details.get("cache_creation_1h_tokens")))
+        return (
+            prompt,
+            completion,
+            _count(details.get("cached_tokens")),
+            _count(details.get("cache_creation_tokens")),
+            _count(details.get("cache_creation_1h_tokens")),
+        )
     return None
 
 

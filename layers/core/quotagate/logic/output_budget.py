@@ -52,8 +52,9 @@ class OutputBudget:
     ``ceiling`` is the most output the request may need (its cap, in counted tokens).
     """
 
-    def __init__(self, reserved: int, ceiling: int, step: int, factor: float,
-                 top_up: Callable[[int], Awaitable[bool]] | None) -> None:
+    def __init__(
+        self, reserved: int, ceiling: int, step: int, factor: float, top_up: Callable[[int], Awaitable[bool]] | None
+    ) -> None:
         self.reserved = reserved
         self.ceiling = max(ceiling, reserved)  # never reserve past the request's output cap
         self.step = max(step, MIN_TOP_UP)

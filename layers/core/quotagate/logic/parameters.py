@@ -39,8 +39,9 @@ def check_ranges(body: dict[str, Any]) -> None:
     for name, (low, high) in OPENAI_RANGES.items():
         value = body.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
-            raise invalid_request(f"'{name}' must be between {low:g} and {high:g} (got {value!r}).", param=name,
-                                  code="invalid_value")
+            raise invalid_request(
+                f"'{name}' must be between {low:g} and {high:g} (got {value!r}).", param=name, code="invalid_value"
+            )
 
 
 def check_response_format(body: dict[str, Any]) -> None:
@@ -49,17 +50,24 @@ def check_response_format(body: dict[str, Any]) -> None:
         return
     kinds = get_args(ResponseFormatType)
     if not isinstance(value, dict) or value.get("type") not in kinds:
-        raise invalid_request(f"'response_format.type' must be one of {list(kinds)}.", param="response_format",
-                              code="invalid_value")
+        raise invalid_request(
+            f"'response_format.type' must be one of {list(kinds)}.", param="response_format", code="invalid_value"
+        )
     if value["type"] != "json_schema":
         return
     spec = value.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not _SCHEMA_NAME.match(spec["name"]):
-        raise invalid_request("'response_format.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'.",
-                              param="response_format.json_schema.name", code="invalid_value")
+        raise invalid_request(
+            "'response_format.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'.",
+            param="response_format.json_schema.name",
+            code="invalid_value",
+        )
     if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
-        raise invalid_request("'response_format.json_schema.schema' must be a JSON schema object.",
-                              param="response_format.json_schema.schema", code="invalid_value")
+        raise invalid_request(
+            "'response_format.json_schema.schema' must be a JSON schema object.",
+            param="response_format.json_schema.schema",
+            code="invalid_value",
+        )
 
 
 def provider_temperature(value: float) -> float:
@@ -89,7 +97,8 @@ def response_tool(body: dict[str, Any]) -> ResponseTool | None:
         return None
     schema = spec.get("schema")
     description = spec.get("description")
-    return ResponseTool(spec["name"],
-                        description if isinstance(description, str) and description
-                        else "Give the answer in this structure.",
-                        dict(schema) if isinstance(schema, dict) else {"type": "object"})
+    return ResponseTool(
+        spec["name"],
+        description if isinstance(description, str) and description else "Give the answer in this structure.",
+        dict(schema) if isinstance(schema, dict) else {"type": "object"},
+    )

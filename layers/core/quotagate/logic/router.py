@@ -56,14 +56,14 @@ def _refusal(name: str, plan: Plan, allowed_models: Sequence[str] | None) -> Gat
     return permission_error(f"Your plan '{plan.name}' does not include the model '{name}'.", "model_not_allowed")
 
 
-def resolve(config: GatewayConfig, name: str, plan: Plan,
-            allowed_models: Sequence[str] | None = None) -> Resolution:
+def resolve(config: GatewayConfig, name: str, plan: Plan, allowed_models: Sequence[str] | None = None) -> Resolution:
     """The alias and targets that serve ``name`` for this plan and key. Raises 404 (unknown
     name) or 403 ``model_not_allowed`` (tier mismatch that is refused or cannot be downgraded)."""
     model = config.models.get(name)
     if model is None:
-        raise not_found(f"The model '{name}' does not exist or you do not have access to it.",
-                        "model_not_found", "model")
+        raise not_found(
+            f"The model '{name}' does not exist or you do not have access to it.", "model_not_found", "model"
+        )
     seen: set[str] = set()
     current = model
     while True:
@@ -82,8 +82,7 @@ def resolve(config: GatewayConfig, name: str, plan: Plan,
         raise _refusal(name, plan, allowed_models)
 
 
-def callable_models(config: GatewayConfig, plan: Plan,
-                    allowed_models: Sequence[str] | None = None) -> list[Resolution]:
+def callable_models(config: GatewayConfig, plan: Plan, allowed_models: Sequence[str] | None = None) -> list[Resolution]:
     """Every model name this plan and key may call (for /v1/models), with what serves it: fully
     included names, names downgraded to a subset of their targets, and names served by another
     alias through ``downgrade_to`` — a request for any listed name is answered."""
@@ -127,8 +126,7 @@ class Router:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def order(self, resolution: Resolution, consumer: str,
-              health: Mapping[str, str] | None = None) -> list[Target]:
+    def order(self, resolution: Resolution, consumer: str, health: Mapping[str, str] | None = None) -> list[Target]:
         """The targets to try, in order: the weighted (or sticky) pick first, then the others in
         configured order; targets whose circuit is open (per ``health``: target id -> state) are
         left out. Empty when every circuit is open."""

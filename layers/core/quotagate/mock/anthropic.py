@@ -126,8 +126,9 @@ def error_type_for(status: int) -> str:
 
 
 class _AnthropicReject(_Rejection):
-    def __init__(self, status: int, message: str, type_: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, type_: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -196,7 +197,7 @@ class _Block:
         if self.type == "text":
             return [{"type": "text_delta", "text": piece} for piece in self.pieces]
         raw = self.input_json
-        chunks = [raw[i: i + TOOL_JSON_CHUNK_CHARS] for i in range(0, len(raw), TOOL_JSON_CHUNK_CHARS)]
+        chunks = [raw[i : i + TOOL_JSON_CHUNK_CHARS] for i in range(0, len(raw), TOOL_JSON_CHUNK_CHARS)]
         # Anthropic starts a tool call's input with an empty partial_json.
         return [{"type": "input_json_delta", "partial_json": chunk} for chunk in ["", *chunks]]
 
@@ -279,7 +280,7 @@ def _validate_content(content: Any, where: str) -> None:
             raise _bad(f"{where}.{i}: text content blocks must be non-empty")
 
 
-def _validate(body: dict[str, Any]) -> None:
+def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12)
     """The request checks Anthropic makes that matter here (400 ``invalid_request_error``)."""
     model = body.get("model")
     if not isinstance(model, str) or not split_model(model)[0].strip():
@@ -301,8 +302,7 @@ def _validate(body: dict[str, Any]) -> None:
         _validate_content(system, "system")
     stop_sequences = body.get("stop_sequences")
     if stop_sequences is not None and (
-        not isinstance(stop_sequences, list)
-        or not all(isinstance(s, str) and s.strip() for s in stop_sequences)
+        not isinstance(stop_sequences, list) or not all(isinstance(s, str) and s.strip() for s in stop_sequences)
     ):
         raise _bad("stop_sequences: each stop sequence must be a string containing non-whitespace")
     stream = body.get("stream")
@@ -325,8 +325,7 @@ def _validate(body: dict[str, Any]) -> None:
                 raise _bad(f"tool_choice: tool {tool_choice.get('name')!r} not found in tools")
     for name in ("temperature", "top_p"):
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not 0 <= value <= 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
             raise _bad(f"{name}: Input should be a number from 0 to 1")
 
 
@@ -370,13 +369,16 @@ def _tool_input(schema: dict[str, Any], digest: bytes) -> dict[str, Any]:
     properties = schema.get("properties")
     if not isinstance(properties, dict):
         return {}
-    return {name: _value_for(prop, digest[i % len(digest)])
-            for i, (name, prop) in enumerate(properties.items())}
+    return {name: _value_for(prop, digest[i % len(digest)]) for i, (name, prop) in enumerate(properties.items())}
 
 
 def _tool_block(tool: dict[str, Any], digest: bytes) -> _Block:
-    return _Block("tool_use", tool_id=f"toolu_mock{uuid.uuid4().hex[:20]}", name=tool["name"],
-                  input=_tool_input(tool.get("input_schema") or {}, digest))
+    return _Block(
+        "tool_use",
+        tool_id=f"toolu_mock{uuid.uuid4().hex[:20]}",
+        name=tool["name"],
+        input=_tool_input(tool.get("input_schema") or {}, digest),
+    )
 
 
 def _cut_at_stop_sequence(pieces: list[str], stop_sequences: list[str]) -> tuple[list[str], str] | None:

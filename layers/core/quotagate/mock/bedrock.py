@@ -113,8 +113,7 @@ ERROR_TYPES: dict[int, str] = {
 }
 _ERROR_MESSAGES: dict[str, str] = {
     "ValidationException": "Invalid request (injected by the mock).",
-    "AccessDeniedException": "You don't have access to the model with the specified model ID "
-                             "(injected by the mock).",
+    "AccessDeniedException": "You don't have access to the model with the specified model ID (injected by the mock).",
     "ResourceNotFoundException": "The model does not exist (injected by the mock).",
     "ModelTimeoutException": "The model timed out (injected by the mock).",
     "ModelErrorException": "The model failed to process the request (injected by the mock).",
@@ -131,8 +130,7 @@ _MEDIA_BLOCKS = ("image", "document", "video", "audio")
 class BedrockReject(_Rejection):
     """A Bedrock-shaped error response: ``x-amzn-ErrorType`` header and ``{"message": ...}``."""
 
-    def __init__(self, status: int, error_type: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.error_type, self.message = status, error_type, message
         self.headers = headers or {}
@@ -155,7 +153,8 @@ def injected_error(fault: FaultSpec) -> BedrockReject:
     assert fault.status is not None
     status = fault.status
     error_type = fault.code or ERROR_TYPES.get(
-        status, "InternalServerException" if status >= 500 else "ValidationException")
+        status, "InternalServerException" if status >= 500 else "ValidationException"
+    )
     message = _ERROR_MESSAGES.get(error_type, f"Error {status} (injected by the mock).")
     headers = {}
     if fault.retry_after is not None:
@@ -198,8 +197,7 @@ def prompt_view(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The request as OpenAI-style chat messages (what is counted and what picks the reply)."""
     view: list[dict[str, Any]] = []
     system = body.get("system") or []
-    system_text = "\n".join(
-        str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+    system_text = "\n".join(str(b["text"]) for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
     if system_text:
         view.append({"role": "system", "content": system_text})
     for message in body.get("messages") or []:
@@ -239,7 +237,8 @@ def _example_value(schema: Any, word: str) -> Any:
         item = _example_value(schema["items"], word)
         return [item] if item is not None else []
     return {"string": word, "integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}.get(
-        kind if isinstance(kind, str) else "", None)
+        kind if isinstance(kind, str) else "", None
+    )
 
 
 def example_input(schema: Any, words: list[str]) -> dict[str, Any]:
@@ -306,7 +305,7 @@ class ConversePlan:
         return blocks
 
 
-def _validate(body: dict[str, Any]) -> None:
+def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12)
     """The checks Bedrock makes that a translating client can get wrong."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -322,16 +321,22 @@ def _validate(body: dict[str, Any]) -> None:
             if not isinstance(block, dict) or len(block) != 1:
                 raise _invalid(f"messages.{i}.content.{j}: a content block must have exactly one member.")
             if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
-                raise _invalid(f"The text field in the ContentBlock object at messages.{i}.content.{j} "
-                               "is blank. Add text to the text field, and try again.")
+                raise _invalid(
+                    f"The text field in the ContentBlock object at messages.{i}.content.{j} "
+                    "is blank. Add text to the text field, and try again."
+                )
             if "toolUse" in block or "toolResult" in block:
                 uses_tools = True
         if i == 0 and message["role"] != "user":
-            raise _invalid("A conversation must start with a user message. "
-                           "Try again with a conversation that starts with a user message.")
+            raise _invalid(
+                "A conversation must start with a user message. "
+                "Try again with a conversation that starts with a user message."
+            )
         if i > 0 and message["role"] == messages[i - 1].get("role"):
-            raise _invalid("A conversation must alternate between user and assistant roles. Make sure the "
-                           "conversation alternates between user and assistant roles and try again.")
+            raise _invalid(
+                "A conversation must alternate between user and assistant roles. Make sure the "
+                "conversation alternates between user and assistant roles and try again."
+            )
     system = body.get("system")
     if system is not None and (not isinstance(system, list) or not all(isinstance(b, dict) for b in system)):
         raise _invalid("system: must be a list of system content blocks.")
@@ -347,8 +352,7 @@ def _validate(body: dict[str, Any]) -> None:
             if value is not None and (not _is_number(value) or not 0 <= value <= 1):
                 raise _invalid(f"inferenceConfig.{name}: must be a number from 0 to 1.")
         stops = config.get("stopSequences")
-        if stops is not None and (
-                not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
+        if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
             raise _invalid("inferenceConfig.stopSequences: must be a list of non-empty strings.")
     tool_config = body.get("toolConfig")
     if tool_config is not None:
@@ -358,8 +362,13 @@ def _validate(body: dict[str, Any]) -> None:
         names = []
         for k, tool in enumerate(tools):
             spec = tool.get("toolSpec") if isinstance(tool, dict) else None
-            if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]
-                    or not isinstance(spec.get("inputSchema"), dict) or "json" not in spec["inputSchema"]):
+            if (
+                not isinstance(spec, dict)
+                or not isinstance(spec.get("name"), str)
+                or not spec["name"]
+                or not isinstance(spec.get("inputSchema"), dict)
+                or "json" not in spec["inputSchema"]
+            ):
                 raise _invalid(f"toolConfig.tools.{k}: a toolSpec needs a name and an inputSchema.json.")
             names.append(spec["name"])
         choice = tool_config.get("toolChoice")
@@ -370,8 +379,7 @@ def _validate(body: dict[str, Any]) -> None:
             if "tool" in choice and (not isinstance(named, dict) or named.get("name") not in names):
                 raise _invalid("toolConfig.toolChoice.tool.name: must name one of the tools.")
     elif uses_tools:
-        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult "
-                       "content blocks.")
+        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
 
 
 def _parse_fault(source: Any, where: str) -> FaultSpec:
@@ -392,8 +400,9 @@ def _stop_cut(pieces: list[str], stops: list[str]) -> tuple[list[str], int] | No
     return None
 
 
-def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *, stream: bool,
-                  header_fault: str | None = None) -> ConversePlan:
+def plan_converse(
+    model_id: str, body: dict[str, Any], settings: MockSettings, *, stream: bool, header_fault: str | None = None
+) -> ConversePlan:
     """Validate a Converse request and decide the reply. Raises :class:`BedrockReject`."""
     base_model, model_fault = split_model(model_id)
     if not base_model:
@@ -422,7 +431,7 @@ def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *
         wanted = choice.get("tool", {}).get("name") if isinstance(choice.get("tool"), dict) else None
         spec = next((t for t in tools if t.get("name") == wanted), tools[0])
         preface = pieces[: min(TOOL_PREFACE_TOKENS, len(pieces))]
-        words = [p.strip() for p in pieces[len(preface):] or pieces]
+        words = [p.strip() for p in pieces[len(preface) :] or pieces]
         tool_input = example_input((spec.get("inputSchema") or {}).get("json"), words)
         input_json = json.dumps(tool_input, separators=(",", ":"), ensure_ascii=False)
         needed = len(preface) + tokens.count_text(input_json)
@@ -431,10 +440,12 @@ def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *
             return ConversePlan(base_model, stream, prompt, kept, len(kept), "max_tokens", token_delay, fault)
         digest = hashlib.sha256(vocab.messages_digest(view) + b"tool").hexdigest()
         tool_use = {"toolUseId": f"tooluse_{digest[:22]}", "name": spec["name"], "input": tool_input}
-        fragments = [input_json[i: i + TOOL_INPUT_FRAGMENT_CHARS]
-                     for i in range(0, len(input_json), TOOL_INPUT_FRAGMENT_CHARS)]
-        return ConversePlan(base_model, stream, prompt, preface, needed, "tool_use", token_delay, fault,
-                            tool_use, fragments)
+        fragments = [
+            input_json[i : i + TOOL_INPUT_FRAGMENT_CHARS] for i in range(0, len(input_json), TOOL_INPUT_FRAGMENT_CHARS)
+        ]
+        return ConversePlan(
+            base_model, stream, prompt, preface, needed, "tool_use", token_delay, fault, tool_use, fragments
+        )
 
     stop_reason = "end_turn"
     if limit is not None and limit < len(pieces):
@@ -444,8 +455,9 @@ def plan_converse(model_id: str, body: dict[str, Any], settings: MockSettings, *
     if cut is not None:
         pieces, generated = cut
         stop_reason = "stop_sequence"
-    return ConversePlan(base_model, stream, prompt, [p for p in pieces if p], generated, stop_reason,
-                        token_delay, fault)
+    return ConversePlan(
+        base_model, stream, prompt, [p for p in pieces if p], generated, stop_reason, token_delay, fault
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +473,7 @@ def _model_id(request: Request, suffix: str) -> str:
         path = bytes(raw).decode("latin-1").split("?", 1)[0]
         prefix = "/model/"
         if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
-            return unquote(path[len(prefix): -len(suffix)])
+            return unquote(path[len(prefix) : -len(suffix)])
     return str(request.path_params.get("model_id", ""))
 
 
@@ -522,8 +534,9 @@ class _ConverseStream(_PlanStream[ConversePlan]):
                 if drop_after is not None and sent >= drop_after:
                     raise self._cut(sent)
                 await asyncio.sleep(plan.token_delay)
-                yield encode_event("contentBlockDelta",
-                                   {"delta": {"toolUse": {"input": fragment}}, "contentBlockIndex": index})
+                yield encode_event(
+                    "contentBlockDelta", {"delta": {"toolUse": {"input": fragment}}, "contentBlockIndex": index}
+                )
                 sent += 1
             yield encode_event("contentBlockStop", {"contentBlockIndex": index})
         if drop_after is not None:
@@ -548,8 +561,9 @@ class _ConverseExchange(_Exchange[ConversePlan]):
         model_id = _model_id(self.request, "/converse-stream" if stream else "/converse")
         body = await _read_json(self.request)
         self.record(body, model_id, stream, api="bedrock.converse-stream" if stream else "bedrock.converse")
-        return plan_converse(model_id, body, self.settings, stream=stream,
-                             header_fault=self.request.headers.get(FAULT_HEADER))
+        return plan_converse(
+            model_id, body, self.settings, stream=stream, header_fault=self.request.headers.get(FAULT_HEADER)
+        )
 
     def headers(self) -> dict[str, str]:
         return {"x-amzn-RequestId": str(uuid.uuid4())}

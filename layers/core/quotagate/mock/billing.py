@@ -45,10 +45,10 @@ def wav_seconds(data: bytes) -> float | None:
         return None
     offset, byte_rate, data_size = 12, None, None
     while offset + 8 <= len(data):
-        chunk_id, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
         body = offset + 8
         if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(data):
-            byte_rate = struct.unpack("<I", data[body + 8:body + 12])[0]
+            byte_rate = struct.unpack("<I", data[body + 8 : body + 12])[0]
         elif chunk_id == b"data":
             data_size = min(size, len(data) - body)
             break

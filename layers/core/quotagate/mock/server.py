@@ -405,7 +405,7 @@ def _reply_pace(
     return length, token_delay
 
 
-def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Plan:
+def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Plan:  # noqa: C901 -- to split (issue 12)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _Reject(400, "you must provide a model parameter", param="model")
@@ -444,9 +444,13 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Pl
             raise _Reject(400, f"'{name}' must be a positive integer.", param=name)
         if fault.cap_field == "max_completion_tokens" and name == "max_tokens":
             # What OpenAI's reasoning models answer.
-            raise _Reject(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                          "Use 'max_completion_tokens' instead.", param="max_tokens",
-                          code="unsupported_parameter")
+            raise _Reject(
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                param="max_tokens",
+                code="unsupported_parameter",
+            )
         if limit is None and fault.cap_field in (None, "any", name):
             limit = value
     length, token_delay = _reply_pace(
@@ -545,8 +549,13 @@ def _reply_message(plan: _Plan) -> dict[str, Any]:
         "annotations": [],
     }
     if plan.tool_call is not None:
-        message["tool_calls"] = [{"id": plan.tool_call["id"], "type": "function", "function": {
-            "name": plan.tool_call["name"], "arguments": "".join(plan.tool_pieces)}}]
+        message["tool_calls"] = [
+            {
+                "id": plan.tool_call["id"],
+                "type": "function",
+                "function": {"name": plan.tool_call["name"], "arguments": "".join(plan.tool_pieces)},
+            }
+        ]
     return message
 
 
@@ -657,8 +666,18 @@ class _ChatStream(_PlanStream[_Plan]):
             await asyncio.sleep(plan.token_delay)
             yield event({"content": piece})
         if plan.tool_call is not None and drop_after is None:
-            yield event({"tool_calls": [{"index": 0, "id": plan.tool_call["id"], "type": "function",
-                                         "function": {"name": plan.tool_call["name"], "arguments": ""}}]})
+            yield event(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": plan.tool_call["id"],
+                            "type": "function",
+                            "function": {"name": plan.tool_call["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
             for piece in plan.tool_pieces:
                 await asyncio.sleep(plan.token_delay)
                 yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})

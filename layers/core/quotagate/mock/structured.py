@@ -37,7 +37,7 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return target if isinstance(target, dict) else {}
 
 
-def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = None, depth: int = 0) -> Any:
+def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = None, depth: int = 0) -> Any:  # noqa: C901 -- to split (issue 12)
     """A deterministic value that ``schema`` accepts."""
     if not isinstance(schema, dict):
         return vocab.WORDS[seed % len(vocab.WORDS)]
@@ -66,8 +66,9 @@ def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = N
         return {"object": {}, "array": []}.get(kind)
     if kind == "object":
         properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        return {name: value_for_schema(prop, seed + i, root, depth + 1)
-                for i, (name, prop) in enumerate(properties.items())}
+        return {
+            name: value_for_schema(prop, seed + i, root, depth + 1) for i, (name, prop) in enumerate(properties.items())
+        }
     if kind == "array":
         count = max(1, schema.get("minItems") if isinstance(schema.get("minItems"), int) else 1)
         return [value_for_schema(schema.get("items"), seed + i, root, depth + 1) for i in range(count)]
@@ -82,13 +83,17 @@ def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = N
         return seed % 2 == 0
     if kind == "null":
         return None
-    formats = {"date": "2026-01-15", "date-time": "2026-01-15T10:30:00Z", "email": "ada@example.com",
-               "uri": "https://example.com/"}
+    formats = {
+        "date": "2026-01-15",
+        "date-time": "2026-01-15T10:30:00Z",
+        "email": "ada@example.com",
+        "uri": "https://example.com/",
+    }
     return formats.get(schema.get("format"), vocab.WORDS[seed % len(vocab.WORDS)])
 
 
 def json_pieces(text: str) -> list[str]:
-    return [text[i:i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)]
+    return [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)]
 
 
 def _after_tool_result(messages: list[dict[str, Any]]) -> bool:
@@ -97,9 +102,11 @@ def _after_tool_result(messages: list[dict[str, Any]]) -> bool:
 
 def chosen_function(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The function (``{"name", "parameters"}``) the reply calls, or None for a text reply."""
-    functions = [t["function"] for t in body.get("tools") or []
-                 if isinstance(t, dict) and isinstance(t.get("function"), dict)
-                 and isinstance(t["function"].get("name"), str)]
+    functions = [
+        t["function"]
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+    ]
     choice = body.get("tool_choice")
     if not functions or choice == "none":
         return None

@@ -65,8 +65,17 @@ VERSION_HEADER = "anthropic-version"
 # The anthropic SDK reads this header into ``_request_id``.
 REQUEST_ID_HEADER = "request-id"
 
-ErrorType = Literal["invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-                    "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error"]
+ErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
 Role = Literal["user", "assistant"]
 
@@ -96,12 +105,34 @@ STOP_REASONS: dict[str, StopReason] = {
     "content_filter": "refusal",
 }
 
-_MESSAGE_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
-                             "top_p", "top_k", "metadata", "tools", "tool_choice", "thinking", "service_tier",
-                             "cache_control", "output_config", "speed", "inference_geo", "diagnostics", "container",
-                             *PASSTHROUGH_FIELDS})
-_COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control",
-                                  "output_config", "speed"})
+_MESSAGE_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "cache_control",
+        "output_config",
+        "speed",
+        "inference_geo",
+        "diagnostics",
+        "container",
+        *PASSTHROUGH_FIELDS,
+    }
+)
+_COUNT_TOKENS_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "output_config", "speed"}
+)
 _BLOCK_FIELDS: dict[str, frozenset[str]] = {
     "text": frozenset({"type", "text", "cache_control", "citations"}),
     "image": frozenset({"type", "source", "cache_control"}),
@@ -189,10 +220,16 @@ def _check_cache_control(block: dict[str, Any], where: str) -> None:
     marker = block.get("cache_control")
     if marker is None:
         return
-    if not isinstance(marker, dict) or marker.get("type") != "ephemeral" \
-            or marker.get("ttl", "5m") not in ("5m", "1h") or set(marker) - {"type", "ttl"}:
-        raise _bad(f"{where}.cache_control" if where else "cache_control",
-                   "must be {\"type\": \"ephemeral\"} with an optional ttl of 5m or 1h")
+    if (
+        not isinstance(marker, dict)
+        or marker.get("type") != "ephemeral"
+        or marker.get("ttl", "5m") not in ("5m", "1h")
+        or set(marker) - {"type", "ttl"}
+    ):
+        raise _bad(
+            f"{where}.cache_control" if where else "cache_control",
+            'must be {"type": "ephemeral"} with an optional ttl of 5m or 1h',
+        )
 
 
 def _source(block: dict[str, Any], where: str, media_types: tuple[str, ...]) -> dict[str, Any]:
@@ -243,7 +280,7 @@ def _tool_result_content(content: Any, where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:
+def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:  # noqa: C901 -- to split (issue 12)
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise _bad(where, "each content block must be an object with a type")
     kind = block["type"]
@@ -305,8 +342,9 @@ def _validate_messages(messages: Any) -> list[tuple[str, list[dict[str, Any]]]]:
         else:
             raise _bad(f"{where}.content", "Input should be a valid string or list of content blocks")
         if not blocks and not final_assistant:
-            raise _bad(where, "all messages must have non-empty content except for the optional final "
-                       "assistant message")
+            raise _bad(
+                where, "all messages must have non-empty content except for the optional final assistant message"
+            )
         turns.append((role, blocks))
     return turns
 
@@ -340,8 +378,11 @@ def _validate_tools(tools: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict):
             raise _bad(where, "Input should be an object")
         if tool.get("type", "custom") != "custom":
-            raise _bad(f"{where}.type", f"server tool {tool.get('type')!r} is not supported by this gateway; "
-                       "define client tools with name and input_schema")
+            raise _bad(
+                f"{where}.type",
+                f"server tool {tool.get('type')!r} is not supported by this gateway; "
+                "define client tools with name and input_schema",
+            )
         _check_fields(tool, _TOOL_FIELDS, where)
         _check_cache_control(tool, where)
         if not isinstance(tool.get("name"), str) or not _TOOL_NAME.match(tool["name"]):
@@ -353,7 +394,7 @@ def _validate_tools(tools: Any) -> list[dict[str, Any]]:
             raise _bad(f"{where}.description", "Input should be a valid string")
         schema = tool.get("input_schema")
         if not isinstance(schema, dict) or schema.get("type") != "object":
-            raise _bad(f"{where}.input_schema", "must be a JSON schema object with \"type\": \"object\"")
+            raise _bad(f"{where}.input_schema", 'must be a JSON schema object with "type": "object"')
     return tools
 
 
@@ -422,8 +463,9 @@ def _validate_sampling(body: dict[str, Any]) -> None:
     if body.get("diagnostics") is not None and not isinstance(body["diagnostics"], dict):
         raise _bad("diagnostics", "Input should be an object")
     if body.get("container") is not None:
-        raise _bad("container", "server-side containers are not supported: this gateway keeps no state "
-                   "between requests")
+        raise _bad(
+            "container", "server-side containers are not supported: this gateway keeps no state between requests"
+        )
     _check_cache_control(body, "")
 
 
@@ -439,9 +481,12 @@ def _response_format(output_config: Any) -> dict[str, Any] | None:
     output_format = output_config.get("format")
     if output_format is None:
         return None
-    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema" \
-            or not isinstance(output_format.get("schema"), dict):
-        raise _bad("output_config.format", "must be {\"type\": \"json_schema\", \"schema\": {...}}")
+    if (
+        not isinstance(output_format, dict)
+        or output_format.get("type") != "json_schema"
+        or not isinstance(output_format.get("schema"), dict)
+    ):
+        raise _bad("output_config.format", 'must be {"type": "json_schema", "schema": {...}}')
     _check_fields(output_format, frozenset({"type", "schema"}), "output_config.format")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": output_format["schema"]}}
 
@@ -468,8 +513,13 @@ def _user_part(block: dict[str, Any]) -> dict[str, Any]:
     source = block["source"]  # a document
     if source["type"] == "text":
         return {"type": "text", "text": source["data"]}
-    return {"type": "file", "file": {"filename": f"{block.get('title') or 'document'}.pdf",
-                                     "file_data": f"data:application/pdf;base64,{source['data']}"}}
+    return {
+        "type": "file",
+        "file": {
+            "filename": f"{block.get('title') or 'document'}.pdf",
+            "file_data": f"data:application/pdf;base64,{source['data']}",
+        },
+    }
 
 
 def _tool_message(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -485,10 +535,18 @@ def _tool_message(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str,
 
 def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     text = "".join(b["text"] for b in blocks if b["type"] == "text")
-    calls = [{"id": b["id"], "type": "function",
-              "function": {"name": b["name"], "arguments": json.dumps(b["input"], separators=(",", ":"),
-                                                                      ensure_ascii=False)}}
-             for b in blocks if b["type"] == "tool_use"]
+    calls = [
+        {
+            "id": b["id"],
+            "type": "function",
+            "function": {
+                "name": b["name"],
+                "arguments": json.dumps(b["input"], separators=(",", ":"), ensure_ascii=False),
+            },
+        }
+        for b in blocks
+        if b["type"] == "tool_use"
+    ]
     if not text and not calls:
         return None  # only thinking blocks (not forwarded), or an empty final prefill
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
@@ -525,13 +583,25 @@ def _chat_messages(system: str, turns: list[tuple[str, list[dict[str, Any]]]]) -
 def _chat_tools(tools: list[dict[str, Any]], choice: dict[str, Any] | None) -> dict[str, Any]:
     if not tools:
         return {}  # a tool_choice without tools means nothing to an OpenAI-compatible API
-    fields: dict[str, Any] = {"tools": [
-        {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
-                                          "parameters": t["input_schema"]}} for t in tools]}
+    fields: dict[str, Any] = {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t["input_schema"],
+                },
+            }
+            for t in tools
+        ]
+    }
     if choice is not None:
         kind = choice["type"]
         fields["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {
-            "type": "function", "function": {"name": choice.get("name")}}
+            "type": "function",
+            "function": {"name": choice.get("name")},
+        }
         if choice.get("disable_parallel_tool_use") and kind != "none":
             fields["parallel_tool_calls"] = False
     return fields
@@ -614,8 +684,12 @@ def stop_reason(finish_reason: Any, matched: Any, stop_sequences: tuple[str, ...
 
 def usage_of(usage: Usage | None) -> dict[str, int]:
     prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
-    return {"input_tokens": prompt, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-            "output_tokens": completion}
+    return {
+        "input_tokens": prompt,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": completion,
+    }
 
 
 def tool_input(arguments: Any) -> dict[str, Any]:
@@ -627,8 +701,9 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def to_message(completion: dict[str, Any], usage: Usage | None, stop_sequences: tuple[str, ...],
-               model: str) -> dict[str, Any]:
+def to_message(
+    completion: dict[str, Any], usage: Usage | None, stop_sequences: tuple[str, ...], model: str
+) -> dict[str, Any]:
     """The Anthropic ``message`` of an OpenAI chat completion, with the settled ``usage``."""
     choices = completion.get("choices") or [{}]
     choice = _obj(choices[0])
@@ -639,8 +714,14 @@ def to_message(completion: dict[str, Any], usage: Usage | None, stop_sequences: 
     for call in reply.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
-            content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
-                            "name": function.get("name") or "", "input": tool_input(function.get("arguments"))})
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": function.get("name") or "",
+                    "input": tool_input(function.get("arguments")),
+                }
+            )
     reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), stop_sequences)
     upstream_id = completion.get("id")
     return {
@@ -661,8 +742,13 @@ def to_message(completion: dict[str, Any], usage: Usage | None, stop_sequences: 
 
 
 def sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + json.dumps(
-        event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return (
+        b"event: "
+        + event["type"].encode()
+        + b"\ndata: "
+        + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        + b"\n\n"
+    )
 
 
 PING = sse({"type": "ping"})
@@ -688,9 +774,21 @@ class MessageEvents:
     _matched: Any = None
 
     def start(self) -> bytes:
-        return sse({"type": "message_start", "message": {
-            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": usage_of(None)}})
+        return sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": self.id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": usage_of(None),
+                },
+            }
+        )
 
     def _close(self) -> list[bytes]:
         if self._open is None:
@@ -716,8 +814,15 @@ class MessageEvents:
                 if self._open is None or self._open.kind != "text":
                     events += self._begin("text", {"type": "text", "text": ""})
                 assert self._open is not None
-                events.append(sse({"type": "content_block_delta", "index": self._open.index,
-                                   "delta": {"type": "text_delta", "text": text}}))
+                events.append(
+                    sse(
+                        {
+                            "type": "content_block_delta",
+                            "index": self._open.index,
+                            "delta": {"type": "text_delta", "text": text},
+                        }
+                    )
+                )
             for call in delta.get("tool_calls") or []:
                 events += self._tool_call(call)
             if choice.get("finish_reason"):
@@ -732,30 +837,48 @@ class MessageEvents:
         events: list[bytes] = []
         if position not in self._tool_blocks:
             call_id = call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}"
-            events += self._begin("tool_use", {"type": "tool_use", "id": call_id,
-                                               "name": function.get("name") or "", "input": {}})
+            events += self._begin(
+                "tool_use", {"type": "tool_use", "id": call_id, "name": function.get("name") or "", "input": {}}
+            )
             assert self._open is not None
             self._tool_blocks[position] = self._open.index
         piece = function.get("arguments")
         if isinstance(piece, str) and piece:
-            events.append(sse({"type": "content_block_delta", "index": self._tool_blocks[position],
-                               "delta": {"type": "input_json_delta", "partial_json": piece}}))
+            events.append(
+                sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": self._tool_blocks[position],
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    }
+                )
+            )
         return events
 
     def finish(self, usage: Usage | None) -> list[bytes]:
         """The closing events: the open block's stop, message_delta (final usage), message_stop."""
         reason, sequence = stop_reason(self._finish, self._matched, self.stop_sequences)
-        return [*self._close(),
-                sse({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                     "usage": usage_of(usage)}),
-                sse({"type": "message_stop"})]
+        return [
+            *self._close(),
+            sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "usage": usage_of(usage),
+                }
+            ),
+            sse({"type": "message_stop"}),
+        ]
 
 
 def error_event(error: Any) -> bytes:
     """An ``event: error`` for an OpenAI-style error event of the gateway's stream."""
     error = error if isinstance(error, dict) else {}
-    kind: ErrorType = "timeout_error" if error.get("type") == "timeout" else (
-        "overloaded_error" if error.get("code") == "upstream_overloaded" else "api_error")
+    kind: ErrorType = (
+        "timeout_error"
+        if error.get("type") == "timeout"
+        else ("overloaded_error" if error.get("code") == "upstream_overloaded" else "api_error")
+    )
     return sse({"type": "error", "error": {"type": kind, "message": str(error.get("message") or "stream error")}})
 
 
@@ -778,8 +901,9 @@ class MessagesReply:
     async def message(self) -> dict[str, Any]:
         """The non-streamed answer, after settlement (its ``usage`` is what was settled)."""
         await self.chat.finish(200)
-        return to_message(self.chat.json or {}, self.chat.outcome.usage, self.request.stop_sequences,
-                          self.chat.outcome.model)
+        return to_message(
+            self.chat.json or {}, self.chat.outcome.usage, self.request.stop_sequences, self.chat.outcome.model
+        )
 
     async def finish(self, client_status: int | None = None) -> None:
         await self.chat.finish(client_status)

@@ -50,16 +50,38 @@ _MESSAGE_ROLES: frozenset[str] = frozenset(get_args(MessageRole))
 _TOOL_CHOICE_MODES: frozenset[str] = frozenset({"auto", "none", "required"})
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Accepted, and without effect on a stateless gateway that calls chat completion upstreams.
-_IGNORED: frozenset[str] = frozenset({"include", "prompt_cache_key", "service_tier", "truncation",
-                                      "stream_options", "store"})
+_IGNORED: frozenset[str] = frozenset(
+    {"include", "prompt_cache_key", "service_tier", "truncation", "stream_options", "store"}
+)
 # Test fields of the built-in mock model server, passed through as the chat endpoint passes them.
 _MOCK_FIELDS: tuple[str, ...] = ("mock_fault", "mock_reply_tokens", "mock_token_delay")
-_KNOWN: frozenset[str] = frozenset({
-    "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "max_output_tokens",
-    "temperature", "top_p", "text", "stream", "metadata", "user", "safety_identifier", "reasoning",
-    "previous_response_id", "conversation", "prompt", "background", "max_tool_calls", "top_logprobs",
-    *_IGNORED, *_MOCK_FIELDS,
-})
+_KNOWN: frozenset[str] = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "text",
+        "stream",
+        "metadata",
+        "user",
+        "safety_identifier",
+        "reasoning",
+        "previous_response_id",
+        "conversation",
+        "prompt",
+        "background",
+        "max_tool_calls",
+        "top_logprobs",
+        *_IGNORED,
+        *_MOCK_FIELDS,
+    }
+)
 STATELESS_PARAMETERS: tuple[str, ...] = ("previous_response_id", "conversation", "prompt")
 
 
@@ -72,8 +94,12 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> GatewayError:
 
 
 def _stateless(param: str) -> GatewayError:
-    return _bad(f"'{param}' needs state stored on the server, and this gateway stores nothing: send the "
-                "whole conversation in 'input' instead.", param, "unsupported_parameter")
+    return _bad(
+        f"'{param}' needs state stored on the server, and this gateway stores nothing: send the "
+        "whole conversation in 'input' instead.",
+        param,
+        "unsupported_parameter",
+    )
 
 
 @dataclass
@@ -143,8 +169,9 @@ def _content_parts(content: Any, where: str, role: str) -> list[dict[str, Any]]:
         elif kind == "input_file" and role == "user":
             parts.append(_file_part(part, here))
         else:
-            raise _bad(f"Content part type {kind!r} is not supported in a {role} message ('{here}.type').",
-                       f"{here}.type")
+            raise _bad(
+                f"Content part type {kind!r} is not supported in a {role} message ('{here}.type').", f"{here}.type"
+            )
     return parts
 
 
@@ -205,8 +232,11 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
             call = _function_call(item, where)
             last = messages[-1] if messages else None
             # Calls made in one turn (and the text before them) are one assistant chat message.
-            if last is not None and last["role"] == "assistant" and (
-                    last.get("tool_calls") or (i > 0 and value[i - 1].get("type", "message") == "message")):
+            if (
+                last is not None
+                and last["role"] == "assistant"
+                and (last.get("tool_calls") or (i > 0 and value[i - 1].get("type", "message") == "message"))
+            ):
                 last.setdefault("tool_calls", []).append(call)
                 if not last.get("content"):
                     last["content"] = None
@@ -219,8 +249,11 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         elif kind == "item_reference":
             raise _stateless(where)
         else:
-            raise _bad(f"Input items of type {kind!r} are not supported ('{where}.type').", f"{where}.type",
-                       "unsupported_parameter")
+            raise _bad(
+                f"Input items of type {kind!r} are not supported ('{where}.type').",
+                f"{where}.type",
+                "unsupported_parameter",
+            )
     if not any(m["role"] != "system" and m["role"] != "developer" for m in messages):
         raise _bad("'input' must hold at least one user, assistant or tool item.", "input")
     return messages
@@ -235,8 +268,11 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict):
             raise _bad(f"'{where}' must be an object.", where)
         if tool.get("type") != "function":
-            raise _bad(f"Only function tools are supported ('{where}.type' is {tool.get('type')!r}).",
-                       f"{where}.type", "unsupported_parameter")
+            raise _bad(
+                f"Only function tools are supported ('{where}.type' is {tool.get('type')!r}).",
+                f"{where}.type",
+                "unsupported_parameter",
+            )
         name = tool.get("name")
         if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
             raise _bad(f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-'.", f"{where}.name")
@@ -267,11 +303,14 @@ def _tool_choice(value: Any, tool_names: set[str]) -> Any:
         if not isinstance(name, str) or name not in tool_names:
             raise _bad("'tool_choice.name' must name one of the function tools in 'tools'.", "tool_choice.name")
         return {"type": "function", "function": {"name": name}}
-    raise _bad("'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}.",
-               "tool_choice", "unsupported_parameter" if isinstance(value, dict) else "invalid_value")
+    raise _bad(
+        "'tool_choice' must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}.",
+        "tool_choice",
+        "unsupported_parameter" if isinstance(value, dict) else "invalid_value",
+    )
 
 
-def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:  # noqa: C901 -- to split (issue 12)
     """(chat ``response_format`` or None, the ``text`` echoed in the response)."""
     if text is None:
         return None, {"format": {"type": "text"}}
@@ -328,8 +367,12 @@ def _check_stateless(body: dict[str, Any]) -> None:
             raise _stateless(name)
     background = body.get("background")
     if background is True:
-        raise _bad("'background' needs responses stored on the server, and this gateway stores nothing: "
-                   "omit it or set it to false.", "background", "unsupported_parameter")
+        raise _bad(
+            "'background' needs responses stored on the server, and this gateway stores nothing: "
+            "omit it or set it to false.",
+            "background",
+            "unsupported_parameter",
+        )
     if background is not None and not isinstance(background, bool):
         raise _bad("'background' must be a boolean.", "background")
     store = body.get("store")
@@ -340,7 +383,7 @@ def _check_stateless(body: dict[str, Any]) -> None:
             raise _bad(f"'{name}' is not supported by this gateway.", name, "unsupported_parameter")
 
 
-def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
+def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # noqa: C901 -- to split (issue 12)
     """Validate a Responses request body and translate it into a chat completion request (pure)."""
     body, model = parse_model_request(raw, max_bytes)
     unknown = sorted(set(body) - _KNOWN)
@@ -390,11 +433,17 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
         chat["response_format"] = response_format
 
     metadata = body.get("metadata")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-            for k, v in metadata.items())):
-        raise _bad("'metadata' must be an object of at most 16 string values (keys up to 64 characters, "
-                   "values up to 512).", "metadata")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(metadata) > 16
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()
+        )
+    ):
+        raise _bad(
+            "'metadata' must be an object of at most 16 string values (keys up to 64 characters, values up to 512).",
+            "metadata",
+        )
     echo["metadata"] = metadata or {}
     user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
     if user is not None:
@@ -407,8 +456,7 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
         effort = reasoning.get("effort")
         if effort is not None:
             if effort not in ("none", "minimal", "low", "medium", "high", "xhigh"):
-                raise _bad("'reasoning.effort' must be none, minimal, low, medium, high or xhigh.",
-                           "reasoning.effort")
+                raise _bad("'reasoning.effort' must be none, minimal, low, medium, high or xhigh.", "reasoning.effort")
             chat["reasoning_effort"] = effort
     echo["reasoning"] = {"effort": (reasoning or {}).get("effort"), "summary": None}
     for name in _MOCK_FIELDS:
@@ -430,8 +478,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def responses_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                    reasoning_tokens: int = 0) -> dict[str, Any]:
+def responses_usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
         "input_tokens_details": {"cached_tokens": cached_tokens},
@@ -454,8 +503,11 @@ def usage_of(chat_usage: Any, settled: Any = None) -> dict[str, Any] | None:
     reasoning = _detail(chat_usage, "completion_tokens_details", "reasoning_tokens")
     if settled is not None:
         return responses_usage(settled.prompt_tokens, settled.completion_tokens, cached, reasoning)
-    if isinstance(chat_usage, dict) and isinstance(chat_usage.get("prompt_tokens"), int) \
-            and isinstance(chat_usage.get("completion_tokens"), int):
+    if (
+        isinstance(chat_usage, dict)
+        and isinstance(chat_usage.get("prompt_tokens"), int)
+        and isinstance(chat_usage.get("completion_tokens"), int)
+    ):
         return responses_usage(chat_usage["prompt_tokens"], chat_usage["completion_tokens"], cached, reasoning)
     return None
 
@@ -478,10 +530,17 @@ def message_item(item_id: str, text: str, status: str = "completed", refusal: st
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
-def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
-                       status: str = "completed") -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
-            "status": status}
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
 
 
 def response_skeleton(request: ResponsesRequest, response_id: str, created_at: int, model: str) -> dict[str, Any]:
@@ -517,16 +576,20 @@ def response_skeleton(request: ResponsesRequest, response_id: str, created_at: i
     }
 
 
-def response_object(request: ResponsesRequest, completion: dict[str, Any], settled: Any = None,
-                    response_id: str | None = None) -> dict[str, Any]:
+def response_object(
+    request: ResponsesRequest, completion: dict[str, Any], settled: Any = None, response_id: str | None = None
+) -> dict[str, Any]:
     """The ``response`` object of a (non-streamed) chat completion."""
     choices = completion.get("choices") or [{}]
     choice = _dict(choices[0])
     message = _dict(choice.get("message"))
     created = completion.get("created")
-    response = response_skeleton(request, response_id or new_id("resp"),
-                                 created if isinstance(created, int) else int(time.time()),
-                                 str(completion.get("model") or request.model))
+    response = response_skeleton(
+        request,
+        response_id or new_id("resp"),
+        created if isinstance(created, int) else int(time.time()),
+        str(completion.get("model") or request.model),
+    )
     output: list[dict[str, Any]] = []
     content = message.get("content")
     text = content if isinstance(content, str) else ""
@@ -536,11 +599,18 @@ def response_object(request: ResponsesRequest, completion: dict[str, Any], settl
         output.append(message_item(new_id("msg"), text, refusal=refusal))
     for call in tool_calls:
         function = _dict(call.get("function"))
-        output.append(function_call_item(new_id("fc"), str(call.get("id") or new_id("call")),
-                                         str(function.get("name") or ""), str(function.get("arguments") or "")))
+        output.append(
+            function_call_item(
+                new_id("fc"),
+                str(call.get("id") or new_id("call")),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
+        )
     status, incomplete = status_of(choice.get("finish_reason"))
-    response.update(status=status, incomplete_details=incomplete, output=output,
-                    usage=usage_of(completion.get("usage"), settled))
+    response.update(
+        status=status, incomplete_details=incomplete, output=output, usage=usage_of(completion.get("usage"), settled)
+    )
     return response
 
 
@@ -550,8 +620,9 @@ def response_object(request: ResponsesRequest, completion: dict[str, Any], settl
 
 
 def sse(event: dict[str, Any]) -> bytes:
-    return (f"event: {event['type']}\n".encode() + b"data: "
-            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+    return (
+        f"event: {event['type']}\n".encode() + b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    )
 
 
 @dataclass
@@ -564,12 +635,16 @@ class ResponsesStreamTranslator:
     """Turns the chat chunks of one streamed completion into Responses events (pure). Every event
     carries a ``sequence_number``, counted from 0."""
 
-    def __init__(self, request: ResponsesRequest, response_id: str | None = None,
-                 created_at: int | None = None) -> None:
+    def __init__(
+        self, request: ResponsesRequest, response_id: str | None = None, created_at: int | None = None
+    ) -> None:
         self.request = request
-        self.response = response_skeleton(request, response_id or new_id("resp"),
-                                           created_at if created_at is not None else int(time.time()),
-                                           request.model)
+        self.response = response_skeleton(
+            request,
+            response_id or new_id("resp"),
+            created_at if created_at is not None else int(time.time()),
+            request.model,
+        )
         self._sequence = 0
         self._output: list[dict[str, Any]] = []
         self._text_index: int | None = None  # output index of the open message item
@@ -589,8 +664,10 @@ class ResponsesStreamTranslator:
         return json.loads(json.dumps(self.response))  # a copy: later events must not change it
 
     def start(self) -> list[dict[str, Any]]:
-        return [self._event("response.created", response=self._snapshot()),
-                self._event("response.in_progress", response=self._snapshot())]
+        return [
+            self._event("response.created", response=self._snapshot()),
+            self._event("response.in_progress", response=self._snapshot()),
+        ]
 
     # -- items
     def _open_text(self) -> list[dict[str, Any]]:
@@ -599,9 +676,16 @@ class ResponsesStreamTranslator:
         item["content"] = []
         self._output.append(item)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        return [self._event("response.output_item.added", output_index=self._text_index, item=dict(item)),
-                self._event("response.content_part.added", item_id=item["id"], output_index=self._text_index,
-                            content_index=0, part=part)]
+        return [
+            self._event("response.output_item.added", output_index=self._text_index, item=dict(item)),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=self._text_index,
+                content_index=0,
+                part=part,
+            ),
+        ]
 
     def _close_text(self) -> list[dict[str, Any]]:
         if self._text_index is None:
@@ -612,11 +696,20 @@ class ResponsesStreamTranslator:
         item = self._output[index]
         item.update(message_item(item["id"], text))
         part = item["content"][0]
-        return [self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                            text=text, logprobs=[]),
-                self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                            part=part),
-                self._event("response.output_item.done", output_index=index, item=item)]
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+            ),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
 
     def _close_calls(self) -> list[dict[str, Any]]:
         events = []
@@ -624,8 +717,15 @@ class ResponsesStreamTranslator:
             call = self._calls[position]
             arguments = "".join(self._arguments.get(position, []))
             call.item.update(arguments=arguments, status="completed")
-            events.append(self._event("response.function_call_arguments.done", item_id=call.item["id"],
-                                      output_index=call.output_index, name=call.item["name"], arguments=arguments))
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=call.item["id"],
+                    output_index=call.output_index,
+                    name=call.item["name"],
+                    arguments=arguments,
+                )
+            )
             events.append(self._event("response.output_item.done", output_index=call.output_index, item=call.item))
         self._calls = {}
         return events
@@ -637,20 +737,32 @@ class ResponsesStreamTranslator:
         function = _dict(delta.get("function"))
         if position not in self._calls:
             events += self._close_text()
-            item = function_call_item(new_id("fc"), str(delta.get("id") or new_id("call")),
-                                      str(function.get("name") or ""), "", status="in_progress")
+            item = function_call_item(
+                new_id("fc"),
+                str(delta.get("id") or new_id("call")),
+                str(function.get("name") or ""),
+                "",
+                status="in_progress",
+            )
             self._calls[position] = _OpenCall(len(self._output), item)
             self._output.append(item)
-            events.append(self._event("response.output_item.added", output_index=len(self._output) - 1,
-                                      item=dict(item)))
+            events.append(
+                self._event("response.output_item.added", output_index=len(self._output) - 1, item=dict(item))
+            )
         call = self._calls[position]
         if function.get("name") and not call.item["name"]:
             call.item["name"] = function["name"]
         piece = function.get("arguments")
         if isinstance(piece, str) and piece:
             self._arguments.setdefault(position, []).append(piece)
-            events.append(self._event("response.function_call_arguments.delta", item_id=call.item["id"],
-                                      output_index=call.output_index, delta=piece))
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=call.item["id"],
+                    output_index=call.output_index,
+                    delta=piece,
+                )
+            )
         return events
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
@@ -670,8 +782,16 @@ class ResponsesStreamTranslator:
                     events += self._open_text()
                 self._text.append(text)
                 item_id = self._output[self._text_index]["id"]  # type: ignore[index]
-                events.append(self._event("response.output_text.delta", item_id=item_id,
-                                          output_index=self._text_index, content_index=0, delta=text, logprobs=[]))
+                events.append(
+                    self._event(
+                        "response.output_text.delta",
+                        item_id=item_id,
+                        output_index=self._text_index,
+                        content_index=0,
+                        delta=text,
+                        logprobs=[],
+                    )
+                )
             for call in delta.get("tool_calls") or []:
                 if isinstance(call, dict):
                     events += self._tool_call_delta(call)
@@ -685,8 +805,9 @@ class ResponsesStreamTranslator:
         if not self._output:  # an empty answer is still one (empty) message
             events += self._open_text() + self._close_text()
         status, incomplete = status_of(self.finish_reason)
-        self.response.update(status=status, incomplete_details=incomplete, output=self._output,
-                             usage=usage_of(self.chat_usage, settled))
+        self.response.update(
+            status=status, incomplete_details=incomplete, output=self._output, usage=usage_of(self.chat_usage, settled)
+        )
         self.ended = True
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return [*events, self._event(kind, response=self._snapshot())]
@@ -697,8 +818,10 @@ class ResponsesStreamTranslator:
         message = str(error.get("message") or "The upstream stream failed.")
         self.response.update(status="failed", output=self._output, error={"code": code, "message": message})
         self.ended = True
-        return [self._event("error", code=code, message=message, param=None),
-                self._event("response.failed", response=self._snapshot())]
+        return [
+            self._event("error", code=code, message=message, param=None),
+            self._event("response.failed", response=self._snapshot()),
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,8 +833,9 @@ def _responses_error(error: GatewayError) -> GatewayError:
     """Errors of the chat pipeline named in the caller's terms (the output cap is max_output_tokens)."""
     if error.param in ("max_tokens", "max_completion_tokens"):
         error.param = "max_output_tokens"
-    error.message = error.message.replace("max_completion_tokens", "max_output_tokens") \
-        .replace("max_tokens", "max_output_tokens")
+    error.message = error.message.replace("max_completion_tokens", "max_output_tokens").replace(
+        "max_tokens", "max_output_tokens"
+    )
     return error
 
 
@@ -745,8 +869,9 @@ class ResponsesStream:
                 if translator.ended:
                     return
         if not translator.ended:  # the chat body always ends with [DONE] or an error event
-            for failed in translator.fail({"code": "upstream_stream_interrupted",
-                                           "message": "The upstream provider ended the stream early."}):
+            for failed in translator.fail(
+                {"code": "upstream_stream_interrupted", "message": "The upstream provider ended the stream early."}
+            ):
                 yield sse(failed)
 
     async def _translate(self, event: SSEEvent) -> list[bytes]:

@@ -180,8 +180,7 @@ def _content_blocks(content: Any, where: str, allow_media: bool) -> list[dict[st
         elif kind == "file" and allow_media:
             blocks.append(_file_block(part, here))
         else:
-            raise TranslationError(f"Content part type {kind!r} at '{here}' is not supported by this model.",
-                                   here)
+            raise TranslationError(f"Content part type {kind!r} at '{here}' is not supported by this model.", here)
     return blocks
 
 
@@ -248,8 +247,9 @@ def _messages(messages: list[Any]) -> tuple[str | None, list[dict[str, Any]]]:
         elif role == "assistant":
             anthropic_role = "assistant"
             if message.get("function_call"):
-                raise TranslationError(f"'{where}.function_call' (legacy functions) is not supported; "
-                                       "use tool_calls.", where)
+                raise TranslationError(
+                    f"'{where}.function_call' (legacy functions) is not supported; use tool_calls.", where
+                )
             blocks = _content_blocks(message.get("content"), f"{where}.content", allow_media=False)
             if message.get("tool_calls"):
                 blocks += _tool_use_blocks(message["tool_calls"], f"{where}.tool_calls")
@@ -278,8 +278,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type", "function") != "function" \
-                or not isinstance(function.get("name"), str):
+        if (
+            not isinstance(function, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)
+        ):
             raise TranslationError(f"'tools[{i}]' must be a function tool with a name.", f"tools[{i}]")
         schema = function.get("parameters")
         schema = dict(schema) if isinstance(schema, dict) else {"properties": {}}
@@ -307,8 +310,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
             raise TranslationError("'tool_choice.function.name' must be a string.", "tool_choice")
         converted = {"type": "tool", "name": name}
     else:
-        raise TranslationError("'tool_choice' must be 'auto', 'none', 'required' or a function.",
-                               "tool_choice")
+        raise TranslationError("'tool_choice' must be 'auto', 'none', 'required' or a function.", "tool_choice")
     if parallel is False:
         converted = {**(converted or {"type": "auto"}), "disable_parallel_tool_use": True}
     return converted
@@ -387,8 +389,9 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _openai_usage(input_tokens: int, cache_read: int, cache_creation: int,
-                  output_tokens: int, cache_creation_1h: int = 0) -> dict[str, Any]:
+def _openai_usage(
+    input_tokens: int, cache_read: int, cache_creation: int, output_tokens: int, cache_creation_1h: int = 0
+) -> dict[str, Any]:
     prompt = input_tokens + cache_read + cache_creation
     details: dict[str, int] = {"cached_tokens": cache_read}
     if cache_creation:
@@ -415,13 +418,18 @@ def usage_from(usage: Any) -> dict[str, Any] | None:
     input_tokens, output_tokens = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
     if input_tokens is None or output_tokens is None:
         return None
-    return _openai_usage(input_tokens, _count(usage.get("cache_read_input_tokens")) or 0,
-                         _count(usage.get("cache_creation_input_tokens")) or 0, output_tokens,
-                         _cache_1h(usage) or 0)
+    return _openai_usage(
+        input_tokens,
+        _count(usage.get("cache_read_input_tokens")) or 0,
+        _count(usage.get("cache_creation_input_tokens")) or 0,
+        output_tokens,
+        _cache_1h(usage) or 0,
+    )
 
 
-def to_chat_completion(message: dict[str, Any], model: str | None = None,
-                       created: int | None = None, response_tool: str | None = None) -> dict[str, Any]:
+def to_chat_completion(
+    message: dict[str, Any], model: str | None = None, created: int | None = None, response_tool: str | None = None
+) -> dict[str, Any]:
     """The OpenAI ``chat.completion`` of an Anthropic ``message`` (pure). A call of
     ``response_tool`` (structured output) is the message content."""
     texts: list[str] = []
@@ -435,11 +443,13 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
         elif block.get("type") == "tool_use" and response_tool is not None and block.get("name") == response_tool:
             structured = arguments_json(block.get("input"))
         elif block.get("type") == "tool_use":
-            tool_calls.append({
-                "id": block.get("id") or f"call_{len(tool_calls)}",
-                "type": "function",
-                "function": {"name": block.get("name") or "", "arguments": arguments_json(block.get("input"))},
-            })
+            tool_calls.append(
+                {
+                    "id": block.get("id") or f"call_{len(tool_calls)}",
+                    "type": "function",
+                    "function": {"name": block.get("name") or "", "arguments": arguments_json(block.get("input"))},
+                }
+            )
     if structured is not None:
         texts = [structured]  # the structured answer, without the text the model put before it
     reply: dict[str, Any] = {
@@ -457,12 +467,14 @@ def to_chat_completion(message: dict[str, Any], model: str | None = None,
         "object": "chat.completion",
         "created": created if created is not None else int(time.time()),
         "model": message.get("model") or model,
-        "choices": [{
-            "index": 0,
-            "message": reply,
-            "logprobs": None,
-            "finish_reason": reason,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+        ],
     }
     _name_stop_sequence(completion["choices"][0], message.get("stop_reason"), message.get("stop_sequence"))
     usage = usage_from(message.get("usage"))
@@ -486,8 +498,9 @@ def _name_stop_sequence(choice: dict[str, Any], stop_reason: Any, stop_sequence:
 class StreamTranslator(ChunkBuilder):
     """Turns Anthropic stream events, one at a time, into OpenAI chunks (pure)."""
 
-    def __init__(self, model: str | None, include_usage: bool, created: int | None = None,
-                 response_tool: str | None = None) -> None:
+    def __init__(
+        self, model: str | None, include_usage: bool, created: int | None = None, response_tool: str | None = None
+    ) -> None:
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
         self.response_tool = response_tool  # its input is streamed as content (structured output)
         self._structured_blocks: set[int] = set()
@@ -523,8 +536,7 @@ class StreamTranslator(ChunkBuilder):
         """The usage the upstream reported (input from message_start, output from message_delta)."""
         if self._input is None or self._output is None:
             return None
-        return _openai_usage(self._input, self._cache_read, self._cache_creation, self._output,
-                             self._cache_creation_1h)
+        return _openai_usage(self._input, self._cache_read, self._cache_creation, self._output, self._cache_creation_1h)
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The OpenAI chunks for one Anthropic event. Raises AnthropicStreamError for ``error``."""
@@ -563,15 +575,20 @@ class StreamTranslator(ChunkBuilder):
             return chunks
         if kind == "error":
             error = _obj(event.get("error"))
-            raise AnthropicStreamError(str(error.get("type") or "api_error"),
-                                       str(error.get("message") or "stream error"))
+            raise AnthropicStreamError(
+                str(error.get("type") or "api_error"), str(error.get("message") or "stream error")
+            )
         return []  # ping, content_block_stop, and event types added later
 
     def _block_start(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         block = _obj(event.get("content_block"))
         index = event.get("index")
-        if block.get("type") == "tool_use" and isinstance(index, int) and self.response_tool is not None \
-                and block.get("name") == self.response_tool:
+        if (
+            block.get("type") == "tool_use"
+            and isinstance(index, int)
+            and self.response_tool is not None
+            and block.get("name") == self.response_tool
+        ):
             self._structured_blocks.add(index)
             initial = block.get("input")
             return [self._chunk({"content": arguments_json(initial)})] if initial else []
@@ -583,12 +600,15 @@ class StreamTranslator(ChunkBuilder):
                 "index": position,
                 "id": block.get("id") or f"call_{position}",
                 "type": "function",
-                "function": {"name": block.get("name") or "",
-                             "arguments": arguments_json(initial) if initial else ""},
+                "function": {"name": block.get("name") or "", "arguments": arguments_json(initial) if initial else ""},
             }
             return [self._chunk({"tool_calls": [call]})]
-        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"] \
-                and self.response_tool is None:
+        if (
+            block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+            and block["text"]
+            and self.response_tool is None
+        ):
             return [self._chunk({"content": block["text"]})]
         return []
 
@@ -638,8 +658,9 @@ class AnthropicProvider(HTTPProvider):
         try:
             return to_messages_request(body)
         except TranslationError as error:
-            raise UpstreamError(400, str(error), error_type="invalid_request_error",
-                                code="unsupported_for_provider") from None
+            raise UpstreamError(
+                400, str(error), error_type="invalid_request_error", code="unsupported_for_provider"
+            ) from None
 
     async def _raise_for_status(self, response: httpx.Response) -> None:
         try:
@@ -661,8 +682,11 @@ class AnthropicProvider(HTTPProvider):
         if started:
             return StreamInterrupted(message)
         status = _STREAM_ERROR_STATUS.get(error.error_type, 502)
-        code = "upstream_overloaded" if error.error_type == "overloaded_error" else (
-            "upstream_rate_limited" if status == 429 else "upstream_error")
+        code = (
+            "upstream_overloaded"
+            if error.error_type == "overloaded_error"
+            else ("upstream_rate_limited" if status == 429 else "upstream_error")
+        )
         return UpstreamError(status, message, code=code)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
@@ -696,12 +720,14 @@ class AnthropicProvider(HTTPProvider):
                 raise StreamInterrupted(f"Upstream provider '{self._name}' went silent.") from None
             except httpx.HTTPError:
                 if not started:
-                    raise UpstreamError(502, f"Upstream provider '{self._name}' dropped the stream.",
-                                        code="upstream_unreachable") from None
+                    raise UpstreamError(
+                        502, f"Upstream provider '{self._name}' dropped the stream.", code="upstream_unreachable"
+                    ) from None
                 raise StreamInterrupted(f"Upstream provider '{self._name}' dropped the stream.") from None
             if not started:
-                raise UpstreamError(502, f"Upstream provider '{self._name}' closed the stream without "
-                                    "sending anything.")
+                raise UpstreamError(
+                    502, f"Upstream provider '{self._name}' closed the stream without sending anything."
+                )
             raise StreamInterrupted(f"Upstream provider '{self._name}' ended the stream before message_stop.")
         finally:
             await response.aclose()

@@ -27,8 +27,14 @@ DONE_EVENT = SSEEvent(b"data: [DONE]\n\n", None, True)
 class UpstreamError(Exception):
     """The upstream refused or failed before anything was sent to the client."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None,
-                 error_type: str = "api_error", code: str | None = "upstream_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        error_type: str = "api_error",
+        code: str | None = "upstream_error",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -112,10 +112,10 @@ def _unsupported(message: str) -> UpstreamError:
 def _image_block(url: Any, where: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.startswith("data:"):
         raise _unsupported(f"'{where}': Bedrock models take images only as base64 data: URLs.")
-    header, sep, data = url[len("data:"):].partition(",")
+    header, sep, data = url[len("data:") :].partition(",")
     media, *params = header.split(";")
     media = media.strip().lower()
-    image_format = _IMAGE_FORMATS.get(media[len("image/"):]) if media.startswith("image/") else None
+    image_format = _IMAGE_FORMATS.get(media[len("image/") :]) if media.startswith("image/") else None
     if not sep or "base64" not in (p.strip().lower() for p in params):
         raise _bad_request(f"'{where}': an image data: URL must be base64-encoded.")
     if image_format is None:
@@ -186,18 +186,26 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not call.get("id"):
             raise _bad_request(f"'{call_where}' needs an id and a function name.")
-        blocks.append({"toolUse": {
-            "toolUseId": str(call["id"]),
-            "name": function["name"],
-            "input": _tool_arguments(function.get("arguments"), f"{call_where}.function.arguments"),
-        }})
+        blocks.append(
+            {
+                "toolUse": {
+                    "toolUseId": str(call["id"]),
+                    "name": function["name"],
+                    "input": _tool_arguments(function.get("arguments"), f"{call_where}.function.arguments"),
+                }
+            }
+        )
     legacy = message.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("name"), str):
-        blocks.append({"toolUse": {
-            "toolUseId": _legacy_function_id(legacy["name"]),
-            "name": legacy["name"],
-            "input": _tool_arguments(legacy.get("arguments"), f"{where}.function_call.arguments"),
-        }})
+        blocks.append(
+            {
+                "toolUse": {
+                    "toolUseId": _legacy_function_id(legacy["name"]),
+                    "name": legacy["name"],
+                    "input": _tool_arguments(legacy.get("arguments"), f"{where}.function_call.arguments"),
+                }
+            }
+        )
     return blocks
 
 
@@ -263,7 +271,7 @@ def _tool_names_in(messages: list[dict[str, Any]]) -> tuple[bool, list[str]]:
     return uses_tools, names
 
 
-def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:  # noqa: C901 -- to split (issue 12)
     """OpenAI ``tools``/``tool_choice`` -> Converse ``toolConfig`` (or None for no tools)."""
     tools = body.get("tools") or []
     if not isinstance(tools, list):
@@ -271,8 +279,7 @@ def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     specs: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
-                or not isinstance(function, dict):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function, dict):
             raise _unsupported(f"'tools[{i}]': only function tools are supported.")
         name = function.get("name")
         if not isinstance(name, str) or not name:
@@ -314,18 +321,19 @@ def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     return config
 
 
-def _synthetic_tools(uses_tools: bool, used_names: list[str],
-                     specs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _synthetic_tools(uses_tools: bool, used_names: list[str], specs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A toolConfig for a history that holds tool blocks but came without (usable) tools: Bedrock
     rejects tool blocks without one. The synthetic specs accept any object input."""
     if specs and uses_tools:
         return {"tools": specs}
     if not uses_tools or not used_names:
         return None
-    return {"tools": [
-        {"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object", "properties": {}}}}}
-        for name in used_names
-    ]}
+    return {
+        "tools": [
+            {"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object", "properties": {}}}}}
+            for name in used_names
+        ]
+    }
 
 
 def _number(body: dict[str, Any], name: str) -> float | None:
@@ -387,8 +395,9 @@ def _with_response_tool(body: dict[str, Any], config: dict[str, Any] | None, too
     specs = list((config or {}).get("tools") or [])
     if any(spec["toolSpec"]["name"] == tool.name for spec in specs):
         raise _unsupported(f"'response_format' is named '{tool.name}', like one of the tools.")
-    specs.append({"toolSpec": {"name": tool.name, "description": tool.description,
-                               "inputSchema": {"json": tool.schema}}})
+    specs.append(
+        {"toolSpec": {"name": tool.name, "description": tool.description, "inputSchema": {"json": tool.schema}}}
+    )
     choice = (config or {}).get("toolChoice")
     if choice is not None and "tool" in choice:
         return {"tools": specs, "toolChoice": choice}  # a named function stays forced
@@ -450,19 +459,27 @@ def to_chat_completion(response: dict[str, Any], model: str, response_tool: str 
             continue
         if isinstance(block.get("text"), str):
             texts.append(block["text"])
-        elif isinstance(block.get("toolUse"), dict) and response_tool is not None \
-                and block["toolUse"].get("name") == response_tool:
+        elif (
+            isinstance(block.get("toolUse"), dict)
+            and response_tool is not None
+            and block["toolUse"].get("name") == response_tool
+        ):
             structured = arguments_json(block["toolUse"].get("input"))
         elif isinstance(block.get("toolUse"), dict):
             tool = block["toolUse"]
-            tool_calls.append({
-                "id": str(tool.get("toolUseId") or f"call_{uuid.uuid4().hex[:24]}"),
-                "type": "function",
-                "function": {"name": str(tool.get("name", "")), "arguments": arguments_json(tool.get("input"))},
-            })
+            tool_calls.append(
+                {
+                    "id": str(tool.get("toolUseId") or f"call_{uuid.uuid4().hex[:24]}"),
+                    "type": "function",
+                    "function": {"name": str(tool.get("name", "")), "arguments": arguments_json(tool.get("input"))},
+                }
+            )
     content = structured if structured is not None else "".join(texts)
-    reply: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None,
-                             "refusal": None}
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": content if content or not tool_calls else None,
+        "refusal": None,
+    }
     reason = finish_reason(response.get("stopReason"))
     if reason == "tool_calls" and not tool_calls:
         reason = "stop"  # only the structured answer was "called"
@@ -485,8 +502,9 @@ def to_chat_completion(response: dict[str, Any], model: str, response_tool: str 
 class StreamTranslator(ChunkBuilder):
     """ConverseStream events -> OpenAI ``chat.completion.chunk`` dicts."""
 
-    def __init__(self, model: str, include_usage: bool, completion_id: str | None = None,
-                 response_tool: str | None = None) -> None:
+    def __init__(
+        self, model: str, include_usage: bool, completion_id: str | None = None, response_tool: str | None = None
+    ) -> None:
         self.model = model
         self.response_tool = response_tool  # its input is streamed as content (structured output)
         self._structured_blocks: set[int] = set()
@@ -522,8 +540,12 @@ class StreamTranslator(ChunkBuilder):
                 self._structured_blocks.add(int(body.get("contentBlockIndex", 0)))
                 return self._role()
             index, _ = self._tool_index(int(body.get("contentBlockIndex", 0)))
-            start: dict[str, Any] = {"index": index, "id": str(tool.get("toolUseId", "")), "type": "function",
-                    "function": {"name": str(tool.get("name", "")), "arguments": ""}}
+            start: dict[str, Any] = {
+                "index": index,
+                "id": str(tool.get("toolUseId", "")),
+                "type": "function",
+                "function": {"name": str(tool.get("name", "")), "arguments": ""},
+            }
             return [*self._role(), self._chunk({"tool_calls": [start]})]
         if "contentBlockDelta" in event:
             body = event["contentBlockDelta"] or {}
@@ -534,8 +556,11 @@ class StreamTranslator(ChunkBuilder):
             if isinstance(text, str):
                 return [*self._role(), self._chunk({"content": text})] if text else []
             tool = delta.get("toolUse")
-            if isinstance(tool, dict) and isinstance(tool.get("input"), str) \
-                    and int(body.get("contentBlockIndex", 0)) in self._structured_blocks:
+            if (
+                isinstance(tool, dict)
+                and isinstance(tool.get("input"), str)
+                and int(body.get("contentBlockIndex", 0)) in self._structured_blocks
+            ):
                 return [*self._role(), self._chunk({"content": tool["input"]})] if tool["input"] else []
             if isinstance(tool, dict) and isinstance(tool.get("input"), str):
                 index, new = self._tool_index(int(body.get("contentBlockIndex", 0)))
@@ -592,8 +617,7 @@ def _client_error(exc: Any, name: str) -> UpstreamError:
             retry = DEFAULT_THROTTLE_RETRY_AFTER
         return UpstreamError(429, message, retry, code="upstream_rate_limited")
     if lower == "validationexception":
-        return UpstreamError(400, message, error_type="invalid_request_error",
-                             code="upstream_invalid_request")
+        return UpstreamError(400, message, error_type="invalid_request_error", code="upstream_invalid_request")
     if lower in _UNAVAILABLE:
         return UpstreamError(503, message, _retry_after(headers), code="upstream_unavailable")
     if lower == "modeltimeoutexception":
@@ -629,21 +653,24 @@ def upstream_error(exc: BaseException, name: str) -> UpstreamError:
     if _is_timeout(exc):
         return UpstreamTimeout(f"Upstream provider '{name}' timed out.")
     if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError | bex.CredentialRetrievalError):
-        return UpstreamError(503, f"Credentials for provider '{name}' are unavailable.",
-                             code="provider_credentials_unavailable")
+        return UpstreamError(
+            503, f"Credentials for provider '{name}' are unavailable.", code="provider_credentials_unavailable"
+        )
     if isinstance(exc, bex.NoRegionError):
-        return UpstreamError(502, f"Provider '{name}' has no AWS region (set AWS_REGION).",
-                             code="provider_misconfigured")
+        return UpstreamError(
+            502, f"Provider '{name}' has no AWS region (set AWS_REGION).", code="provider_misconfigured"
+        )
     if isinstance(exc, bex.ParamValidationError):
-        return _bad_request(f"The request cannot be sent to provider '{name}': "
-                            f"{str(exc)[:MAX_MESSAGE_DETAIL]}", code="upstream_invalid_request")
+        return _bad_request(
+            f"The request cannot be sent to provider '{name}': {str(exc)[:MAX_MESSAGE_DETAIL]}",
+            code="upstream_invalid_request",
+        )
     if isinstance(exc, bex.ConnectionError | bex.HTTPClientError | OSError):
         return UpstreamError(502, f"Upstream provider '{name}' is unreachable.", code="upstream_unreachable")
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, Urllib3Error):
-        return UpstreamError(502, f"Upstream provider '{name}' closed the connection.",
-                             code="upstream_unreachable")
+        return UpstreamError(502, f"Upstream provider '{name}' closed the connection.", code="upstream_unreachable")
     return UpstreamError(502, f"Upstream provider '{name}' failed ({type(exc).__name__}).")
 
 
@@ -678,8 +705,9 @@ def default_client(provider: Provider) -> Any:
     """A shared bedrock-runtime client for this provider's region, endpoint and timeouts."""
     region = provider_region(provider)
     if not region:
-        raise UpstreamError(502, f"Provider '{provider.name}' has no AWS region (set AWS_REGION).",
-                            code="provider_misconfigured")
+        raise UpstreamError(
+            502, f"Provider '{provider.name}' has no AWS region (set AWS_REGION).", code="provider_misconfigured"
+        )
     key = (region, provider.base_url or None, provider.connect_timeout, provider.read_timeout)
     with _clients_lock:
         client = _clients.get(key)
@@ -696,7 +724,8 @@ def default_client(provider: Provider) -> Any:
             )
             # A session per client: boto3's default session is not thread-safe.
             client = boto3.session.Session().client(
-                SERVICE_NAME, region_name=region, endpoint_url=provider.base_url or None, config=config)
+                SERVICE_NAME, region_name=region, endpoint_url=provider.base_url or None, config=config
+            )
             _clients[key] = client
     return client
 
@@ -818,8 +847,9 @@ class BedrockProvider:
         tool = response_tool(body)
         translator = StreamTranslator(str(body["model"]), include_usage, response_tool=tool.name if tool else None)
         pump = _Pump(asyncio.get_running_loop())
-        worker = threading.Thread(target=self._pump_stream, args=(request, pump),
-                                  name=f"bedrock-stream-{self.name}", daemon=True)
+        worker = threading.Thread(
+            target=self._pump_stream, args=(request, pump), name=f"bedrock-stream-{self.name}", daemon=True
+        )
         worker.start()
         started = False
         try:
@@ -838,8 +868,7 @@ class BedrockProvider:
             if not translator.finished:
                 if started:
                     raise StreamInterrupted(f"Upstream provider '{self.name}' ended the stream early.")
-                raise UpstreamError(
-                    502, f"Upstream provider '{self.name}' closed the stream without a reply.")
+                raise UpstreamError(502, f"Upstream provider '{self.name}' closed the stream without a reply.")
             yield DONE_EVENT
         finally:
             pump.cancel()

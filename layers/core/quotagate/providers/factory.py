@@ -39,9 +39,13 @@ def secret_from_secrets_manager(name: str) -> str:
 
 
 class HttpProviderFactory:
-    def __init__(self, config: Callable[[], GatewayConfig], http: httpx.AsyncClient,
-                 secrets: Callable[[str], str] = secret_from_secrets_manager,
-                 bedrock_client_factory: Callable[[Provider], Callable[[], Any]] | None = None) -> None:
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        http: httpx.AsyncClient,
+        secrets: Callable[[str], str] = secret_from_secrets_manager,
+        bedrock_client_factory: Callable[[Provider], Callable[[], Any]] | None = None,
+    ) -> None:
         self._config = config
         self._http = http
         self._secrets = secrets
@@ -58,11 +62,16 @@ class HttpProviderFactory:
             try:
                 key = await to_thread.run_sync(self._secrets, name)
             except Exception:
-                raise GatewayError(503, f"Credentials for provider '{provider.name}' are unavailable.",
-                                   "api_error", "provider_credentials_unavailable") from None
+                raise GatewayError(
+                    503,
+                    f"Credentials for provider '{provider.name}' are unavailable.",
+                    "api_error",
+                    "provider_credentials_unavailable",
+                ) from None
             if is_placeholder(key):  # the stack's placeholder: the operator has not set the key yet
-                raise GatewayError(503, unset_key_message(provider.name), "api_error",
-                                   "provider_credentials_unavailable")
+                raise GatewayError(
+                    503, unset_key_message(provider.name), "api_error", "provider_credentials_unavailable"
+                )
             return key
 
         return api_key
@@ -71,8 +80,9 @@ class HttpProviderFactory:
         config = self._config()
         provider = config.providers[target.provider]
         timeouts = config.timeouts_for(target)
-        effective = replace(provider, connect_timeout=timeouts.connect,
-                            read_timeout=max(timeouts.first_byte, timeouts.idle))
+        effective = replace(
+            provider, connect_timeout=timeouts.connect, read_timeout=max(timeouts.first_byte, timeouts.idle)
+        )
         if provider.type == "openai":
             return OpenAICompatibleProvider(effective, self._http, self._api_key(provider))
         if provider.type == "anthropic":
@@ -81,8 +91,9 @@ class HttpProviderFactory:
             return AnthropicProvider(effective, self._http, self._api_key(provider))
         if provider.type == "bedrock":
             return self._bedrock(effective)
-        raise GatewayError(500, f"Provider type '{provider.type}' is not supported.", "api_error",
-                           "unsupported_provider")
+        raise GatewayError(
+            500, f"Provider type '{provider.type}' is not supported.", "api_error", "unsupported_provider"
+        )
 
     def for_model(self, model: Model) -> ChatProvider:
         """The adapter of a model's first target (callers that do not route)."""

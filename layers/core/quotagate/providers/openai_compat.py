@@ -89,8 +89,11 @@ def parse_sse_events(buffer: bytearray) -> list[SSEEvent]:
             data = json.loads(payload)
         except ValueError:
             data = None
-        events.append(SSEEvent(raw if raw.endswith(b"\n\n") else raw.replace(b"\r\n", b"\n"),
-                               data if isinstance(data, dict) else None))
+        events.append(
+            SSEEvent(
+                raw if raw.endswith(b"\n\n") else raw.replace(b"\r\n", b"\n"), data if isinstance(data, dict) else None
+            )
+        )
 
 
 def arguments_json(value: Any) -> str:
@@ -120,16 +123,23 @@ class ChunkBuilder:
 
     def _usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
         """The last chunk of a stream with ``stream_options.include_usage``."""
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": usage}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
 
 
 class HTTPProvider:
     """What the HTTP providers share: ``POST {base_url}{path}`` with the provider's headers and
     timeouts, and the mapping of transport failures and error statuses to :class:`UpstreamError`."""
 
-    def __init__(self, provider: Provider, http: httpx.AsyncClient,
-                 api_key: Callable[[], Awaitable[str | None]]) -> None:
+    def __init__(
+        self, provider: Provider, http: httpx.AsyncClient, api_key: Callable[[], Awaitable[str | None]]
+    ) -> None:
         self._provider = provider
         self._http = http
         self._api_key = api_key
@@ -147,18 +157,24 @@ class HTTPProvider:
     async def _send(self, body: dict[str, Any], path: str, accept: str = "application/json") -> httpx.Response:
         """The response, streamed: its body is not read yet (close it)."""
         request = self._http.build_request(
-            "POST", f"{self._provider.base_url}{path}", json=body,
-            headers=await self._headers(accept), timeout=timeouts(self._provider))
+            "POST",
+            f"{self._provider.base_url}{path}",
+            json=body,
+            headers=await self._headers(accept),
+            timeout=timeouts(self._provider),
+        )
         try:
             return await self._http.send(request, stream=True)
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
         except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._name}' is unreachable.",
-                                code="upstream_unreachable") from None
+            raise UpstreamError(
+                502, f"Upstream provider '{self._name}' is unreachable.", code="upstream_unreachable"
+            ) from None
 
-    async def _post_json(self, body: dict[str, Any], path: str,
-                         valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    async def _post_json(
+        self, body: dict[str, Any], path: str, valid: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
         """The JSON object the provider answers; an invalid response (not ``valid``) is a 502."""
         response = await self._send(body, path)
         try:
@@ -167,8 +183,9 @@ class HTTPProvider:
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"Upstream provider '{self._name}' timed out.") from None
         except httpx.HTTPError:
-            raise UpstreamError(502, f"Upstream provider '{self._name}' closed the connection.",
-                                code="upstream_unreachable") from None
+            raise UpstreamError(
+                502, f"Upstream provider '{self._name}' closed the connection.", code="upstream_unreachable"
+            ) from None
         finally:
             await response.aclose()
         try:

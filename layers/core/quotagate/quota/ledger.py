@@ -73,6 +73,8 @@ def reserved_shard(request_id: str) -> str:
     import zlib
 
     return f"r{zlib.crc32(request_id.encode()) % RESERVED_SHARDS}"
+
+
 # Cancellation reason codes (and error codes) worth retrying: contention, not a verdict.
 _RETRYABLE_REASONS = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
 _RETRYABLE_ERRORS = frozenset(
@@ -131,9 +133,7 @@ class QuotaExceeded(Exception):
         self.used = used
         self.shortfalls: tuple[WindowUsage, ...] = tuple(shortfalls) or (WindowUsage(charge, used),)
         self.observed: tuple[WindowUsage, ...] = tuple(observed) or self.shortfalls
-        super().__init__(
-            f"{charge.pk} {charge.sk}: used {used}, limit {charge.limit}, requested {charge.amount}"
-        )
+        super().__init__(f"{charge.pk} {charge.sk}: used {used}, limit {charge.limit}, requested {charge.amount}")
 
 
 class LedgerBusy(Exception):
@@ -479,7 +479,7 @@ class DynamoQuotaLedger:
         if record is not None:
             # The usage record rides on the reservation's own write: no extra call.
             actions[-1]["Put"]["Item"][RECORD_ATTRIBUTE] = to_attribute(record)
-        return self._attempts(  # type: ignore[no-any-return]
+        return self._attempts(
             lambda: self._reserve_once(request_id, charges, actions, token),
             self.reserve_attempts,
             self.reserve_seconds,

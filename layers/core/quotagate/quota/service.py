@@ -57,9 +57,7 @@ def _amount_text(unit: str, value: int | None) -> str:
     return f"{value} {unit}"
 
 
-def ratelimit_headers(
-    usages: Sequence[WindowUsage], now: float, prefer: Sequence[WindowUsage] = ()
-) -> dict[str, str]:
+def ratelimit_headers(usages: Sequence[WindowUsage], now: float, prefer: Sequence[WindowUsage] = ()) -> dict[str, str]:
     """OpenAI-style ``x-ratelimit-*`` headers for the requests and tokens limits that exist.
 
     Per unit, the reported window is the tightest (least remaining; a window whose ``used`` is
@@ -276,13 +274,15 @@ class QuotaService:
                 cost_usd_micros=usd_to_micros_ceil(reserve_usd),
                 started_at=now,
                 budgets=budgets,
-                **usage_fields,  # type: ignore[arg-type]
+                **usage_fields,
             )
         if not charges and record is None:  # no limits and no usage record: nothing to store
             return Reservation(request_id, (), (), now, self._clock)
         try:
-            usages = self._ledger.reserve(request_id, charges, record) if record else self._ledger.reserve(
-                request_id, charges
+            usages = (
+                self._ledger.reserve(request_id, charges, record)
+                if record
+                else self._ledger.reserve(request_id, charges)
             )
         except QuotaExceeded as exceeded:
             raise self._rejected(exceeded, charges, now) from None
@@ -358,8 +358,7 @@ class QuotaService:
             # come back in the same 100 ms (never before the window resets).
             retry_after += self._rng.randint(0, RETRY_JITTER_SECONDS)
             message = (
-                f"Rate limit reached for {who} on {charge.limit_name}: {detail}. "
-                f"Please try again in {retry_after}s."
+                f"Rate limit reached for {who} on {charge.limit_name}: {detail}. Please try again in {retry_after}s."
             )
         else:
             code = "insufficient_quota"
@@ -461,8 +460,9 @@ class QuotaService:
         if grown:
             added = {c.item_key: n for c, n in increases}
             with reservation._lock:
-                reservation.charges = tuple(replace(c, amount=c.amount + added.get(c.item_key, 0))
-                                            for c in reservation.charges)
+                reservation.charges = tuple(
+                    replace(c, amount=c.amount + added.get(c.item_key, 0)) for c in reservation.charges
+                )
         return grown
 
     # ---- reads -----------------------------------------------------------------------------------

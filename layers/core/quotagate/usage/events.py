@@ -92,12 +92,20 @@ class SettledRequest:
         if status not in ("settled", "expired"):
             raise InvalidEvent(f"unknown status {status!r}")
         return cls(
-            request_id=values["request_id"], status=str(status), tenant=values["tenant"],
-            consumer=values["consumer"], key_id=values["key_id"], subject=values["subject"],
-            model=values["model"], target=values["target"], prompt_tokens=values["prompt_tokens"],
+            request_id=values["request_id"],
+            status=str(status),
+            tenant=values["tenant"],
+            consumer=values["consumer"],
+            key_id=values["key_id"],
+            subject=values["subject"],
+            model=values["model"],
+            target=values["target"],
+            prompt_tokens=values["prompt_tokens"],
             completion_tokens=values["completion_tokens"],
             total_tokens=values["prompt_tokens"] + values["completion_tokens"],
-            cost_usd_micros=values["cost_usd_micros"], usage_source=source, outcome=outcome,
+            cost_usd_micros=values["cost_usd_micros"],
+            usage_source=source,
+            outcome=outcome,
             started_at_ms=values["started_at_ms"],
             budgets={budget_field(s, n): values[budget_field(s, n)] for s, n in BUDGET_LIMITS},
         )
@@ -122,9 +130,16 @@ class EventBridgePublisher:
         self.source = source
 
     def publish(self, detail_type: str, detail: Mapping[str, Any]) -> None:
-        response = self._client.put_events(Entries=[{
-            "Source": self.source, "DetailType": detail_type, "Detail": json.dumps(detail),
-            "EventBusName": self.bus_name}])
+        response = self._client.put_events(
+            Entries=[
+                {
+                    "Source": self.source,
+                    "DetailType": detail_type,
+                    "Detail": json.dumps(detail),
+                    "EventBusName": self.bus_name,
+                }
+            ]
+        )
         if response.get("FailedEntryCount"):
             entry = (response.get("Entries") or [{}])[0]
             raise PublishFailed(f"{detail_type} not accepted: {entry.get('ErrorCode')} {entry.get('ErrorMessage')}")

@@ -49,8 +49,15 @@ def _iso(moment: datetime) -> str:
 
 
 class PeriodCloser:
-    def __init__(self, client: Any, publisher: EventPublisher, table_name: str | None = None, *,
-                 grace_seconds: float = DEFAULT_GRACE_SECONDS, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        publisher: EventPublisher,
+        table_name: str | None = None,
+        *,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._client = client
         self._publisher = publisher
         self.table_name = table_name or tables.USAGE.name()
@@ -81,8 +88,10 @@ class PeriodCloser:
     def _tenant_aggregates(self, granularity: Granularity, label: str) -> Iterator[dict[str, Any]]:
         index = tables.USAGE.indexes[0].name
         kwargs: dict[str, Any] = {
-            "TableName": self.table_name, "IndexName": index,
-            "KeyConditionExpression": "#p = :p", "ExpressionAttributeNames": {"#p": "period"},
+            "TableName": self.table_name,
+            "IndexName": index,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": "period"},
             "ExpressionAttributeValues": {":p": {"S": f"{granularity}#{label}"}},
         }
         while True:
@@ -99,25 +108,37 @@ class PeriodCloser:
         key = {"pk": {"S": closed_pk(tenant)}, "sk": {"S": f"{granularity}#{label}"}}
         # The final totals: a strongly consistent read of the tenant's aggregate (the index is
         # eventually consistent).
-        fresh = self._client.get_item(TableName=self.table_name, ConsistentRead=True,
-                                      Key={"pk": item["pk"], "sk": item["sk"]}).get("Item") or item
+        fresh = (
+            self._client.get_item(
+                TableName=self.table_name, ConsistentRead=True, Key={"pk": item["pk"], "sk": item["sk"]}
+            ).get("Item")
+            or item
+        )
         totals = {name: int(fresh.get(name, {}).get("N", "0")) for name in COUNTERS}
         outcomes = {str(o): int(fresh.get(f"outcome_{o}", {}).get("N", "0")) for o in UsageOutcome}
         try:
             self._client.put_item(
                 TableName=self.table_name,
-                Item={**key, "closed_at": {"N": str(int(self._clock()))},
-                      "expires_at": {"N": str(int(self._clock()) + CLOSE_MARKER_RETENTION_SECONDS)}},
-                ConditionExpression="attribute_not_exists(pk)")
+                Item={
+                    **key,
+                    "closed_at": {"N": str(int(self._clock()))},
+                    "expires_at": {"N": str(int(self._clock()) + CLOSE_MARKER_RETENTION_SECONDS)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return None  # closed by an earlier run
             raise
         detail = {
-            "schema_version": SCHEMA_VERSION, "tenant": tenant, "granularity": str(granularity), "period": label,
+            "schema_version": SCHEMA_VERSION,
+            "tenant": tenant,
+            "granularity": str(granularity),
+            "period": label,
             "period_start": _iso(period_start(granularity, label)),
             "period_end": _iso(period_end(granularity, label)),
-            **totals, "requests_by_outcome": outcomes,
+            **totals,
+            "requests_by_outcome": outcomes,
         }
         try:
             self._publisher.publish(USAGE_PERIOD_CLOSED, detail)

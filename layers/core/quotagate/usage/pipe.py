@@ -124,5 +124,9 @@ def event_entry(record: Mapping[str, Any], bus_name: str = BUS_NAME) -> dict[str
     if not matches(FILTER_PATTERN, record):
         return None
     detail = transform(input_template(), record)
-    return {"Source": EVENT_SOURCE, "DetailType": REQUEST_SETTLED, "Detail": json.dumps(detail),
-            "EventBusName": bus_name}
+    return {
+        "Source": EVENT_SOURCE,
+        "DetailType": REQUEST_SETTLED,
+        "Detail": json.dumps(detail),
+        "EventBusName": bus_name,
+    }

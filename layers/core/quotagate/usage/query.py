@@ -56,8 +56,11 @@ class DynamoUsageReader:
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
-            "ExpressionAttributeValues": {":pk": {"S": pk}, ":a": {"S": aggregate_sk(granularity, start)},
-                                          ":b": {"S": aggregate_sk(granularity, end)}},
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":a": {"S": aggregate_sk(granularity, start)},
+                ":b": {"S": aggregate_sk(granularity, end)},
+            },
         }
         found: list[dict[str, Any]] = []
         while True:
@@ -129,8 +132,11 @@ def period_range(granularity: Granularity, start: str | None, end: str | None, n
     from quotagate.usage.periods import parse_label
 
     last = parse_label(granularity, end) if end else period_label(granularity, now)
-    first = parse_label(granularity, start) if start else period_label(
-        granularity, period_start(granularity, last).timestamp() - DEFAULT_SPAN[granularity] + 1)
+    first = (
+        parse_label(granularity, start)
+        if start
+        else period_label(granularity, period_start(granularity, last).timestamp() - DEFAULT_SPAN[granularity] + 1)
+    )
     if first > last:
         raise ValueError("'from' is after 'to'")
     count = _count(granularity, first, last)

@@ -216,6 +216,16 @@ def refunded(reserved: Mapping[str, Any] | None) -> dict[str, Any] | None:
     was lost, so the gateway refunded it and answered 503): nothing used, nothing billed."""
     if reserved is None:
         return None
-    return settled_record(reserved, target=None, prompt_tokens=0, completion_tokens=0, cost_usd_micros=0,
-                          usage_source=UsageSource.TOKENIZER, outcome=UsageOutcome.UPSTREAM_ERROR,
-                          http_status=503, time_to_first_byte_ms=None, duration_ms=0, failovers=0)
+    return settled_record(
+        reserved,
+        target=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_usd_micros=0,
+        usage_source=UsageSource.TOKENIZER,
+        outcome=UsageOutcome.UPSTREAM_ERROR,
+        http_status=503,
+        time_to_first_byte_ms=None,
+        duration_ms=0,
+        failovers=0,
+    )

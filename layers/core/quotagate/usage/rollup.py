@@ -38,9 +38,15 @@ MARKER_RETENTION_SECONDS = 35 * 86_400
 MARKER_SK = "applied"
 THRESHOLDS_ATTRIBUTE = "thresholds_emitted"
 _RETRYABLE = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
-_RETRYABLE_ERRORS = frozenset({"TransactionConflictException", "TransactionInProgressException",
-                               "ProvisionedThroughputExceededException", "ThrottlingException",
-                               "RequestLimitExceeded"})
+_RETRYABLE_ERRORS = frozenset(
+    {
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+    }
+)
 # limit name -> (aggregate attribute, granularity)
 _BUDGET_WINDOWS = {
     "tokens_per_day": ("total_tokens", Granularity.DAY),
@@ -101,9 +107,17 @@ def _n(value: int) -> dict[str, str]:
 
 
 class UsageRollup:
-    def __init__(self, client: Any, publisher: EventPublisher, table_name: str | None = None, *,
-                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, max_attempts: int = 6,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: Any,
+        publisher: EventPublisher,
+        table_name: str | None = None,
+        *,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        max_attempts: int = 6,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self._publisher = publisher
         self.table_name = table_name or tables.USAGE.name()
@@ -122,34 +136,79 @@ class UsageRollup:
     def actions(self, event: SettledRequest) -> list[dict[str, Any]]:
         """The transaction of one event: its marker, then the nine increments."""
         started = event.started_at_ms / 1000
-        actions: list[dict[str, Any]] = [{
-            "Put": {
-                "TableName": self.table_name,
-                "Item": {"pk": _s(marker_pk(event.request_id)), "sk": _s(MARKER_SK), "tenant": _s(event.tenant),
-                         "expires_at": _n(int(self._clock()) + MARKER_RETENTION_SECONDS)},
-                "ConditionExpression": "attribute_not_exists(pk)",
+        actions: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": {
+                        "pk": _s(marker_pk(event.request_id)),
+                        "sk": _s(MARKER_SK),
+                        "tenant": _s(event.tenant),
+                        "expires_at": _n(int(self._clock()) + MARKER_RETENTION_SECONDS),
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
             }
-        }]
+        ]
         for granularity in Granularity:
             label = period_label(granularity, started)
             sk = aggregate_sk(granularity, label)
-            actions.append(self._increment(event, tenant_pk(event.tenant), sk, granularity, label,
-                                           {"scope": "tenant", "period": sk}, sets=True))
-            actions.append(self._increment(event, key_pk(event.tenant, event.key), sk, granularity, label,
-                                           {"scope": "key", "key_id": event.key, "consumer": event.consumer}))
-            actions.append(self._increment(event, model_pk(event.tenant, event.model), sk, granularity, label,
-                                           {"scope": "model", "model": event.model}))
+            actions.append(
+                self._increment(
+                    event, tenant_pk(event.tenant), sk, granularity, label, {"scope": "tenant", "period": sk}, sets=True
+                )
+            )
+            actions.append(
+                self._increment(
+                    event,
+                    key_pk(event.tenant, event.key),
+                    sk,
+                    granularity,
+                    label,
+                    {"scope": "key", "key_id": event.key, "consumer": event.consumer},
+                )
+            )
+            actions.append(
+                self._increment(
+                    event,
+                    model_pk(event.tenant, event.model),
+                    sk,
+                    granularity,
+                    label,
+                    {"scope": "model", "model": event.model},
+                )
+            )
         return actions
 
-    def _increment(self, event: SettledRequest, pk: str, sk: str, granularity: Granularity, label: str,
-                   attributes: Mapping[str, str], sets: bool = False) -> dict[str, Any]:
-        values: dict[str, Any] = {":one": _n(1), ":p": _n(event.prompt_tokens), ":c": _n(event.completion_tokens),
-                                  ":t": _n(event.total_tokens), ":u": _n(event.cost_usd_micros),
-                                  ":tenant": _s(event.tenant), ":g": _s(granularity), ":label": _s(label)}
-        names = {"#oc": f"outcome_{event.outcome}", "#tenant": "tenant", "#g": "granularity",
-                 "#label": "period_label"}
-        adds = ["requests :one", "prompt_tokens :p", "completion_tokens :c", "total_tokens :t", "usd_micros :u",
-                "#oc :one"]
+    def _increment(
+        self,
+        event: SettledRequest,
+        pk: str,
+        sk: str,
+        granularity: Granularity,
+        label: str,
+        attributes: Mapping[str, str],
+        sets: bool = False,
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            ":one": _n(1),
+            ":p": _n(event.prompt_tokens),
+            ":c": _n(event.completion_tokens),
+            ":t": _n(event.total_tokens),
+            ":u": _n(event.cost_usd_micros),
+            ":tenant": _s(event.tenant),
+            ":g": _s(granularity),
+            ":label": _s(label),
+        }
+        names = {"#oc": f"outcome_{event.outcome}", "#tenant": "tenant", "#g": "granularity", "#label": "period_label"}
+        adds = [
+            "requests :one",
+            "prompt_tokens :p",
+            "completion_tokens :c",
+            "total_tokens :t",
+            "usd_micros :u",
+            "#oc :one",
+        ]
         sets_expr = ["#tenant = :tenant", "#g = :g", "#label = :label"]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
@@ -159,13 +218,15 @@ class UsageRollup:
             names.update({"#keys": "keys", "#models": "models"})
             values.update({":keys": {"SS": [event.key]}, ":models": {"SS": [event.model]}})
             adds += ["#keys :keys", "#models :models"]
-        return {"Update": {
-            "TableName": self.table_name,
-            "Key": {"pk": _s(pk), "sk": _s(sk)},
-            "UpdateExpression": "ADD " + ", ".join(adds) + " SET " + ", ".join(sets_expr),
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-        }}
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": {"pk": _s(pk), "sk": _s(sk)},
+                "UpdateExpression": "ADD " + ", ".join(adds) + " SET " + ", ".join(sets_expr),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
 
     def _apply_once_with_retries(self, event: SettledRequest) -> bool:
         from botocore.exceptions import ClientError
@@ -207,8 +268,14 @@ class UsageRollup:
         if not wanted:
             return 0
         keys = {(w[4], aggregate_sk(w[5], w[6])) for w in wanted}
-        response = self._client.batch_get_item(RequestItems={self.table_name: {
-            "Keys": [{"pk": _s(pk), "sk": _s(sk)} for pk, sk in sorted(keys)], "ConsistentRead": True}})
+        response = self._client.batch_get_item(
+            RequestItems={
+                self.table_name: {
+                    "Keys": [{"pk": _s(pk), "sk": _s(sk)} for pk, sk in sorted(keys)],
+                    "ConsistentRead": True,
+                }
+            }
+        )
         items = {(i["pk"]["S"], i["sk"]["S"]): i for i in response.get("Responses", {}).get(self.table_name, [])}
         published = 0
         for scope, limit, attribute, budget, pk, granularity, label in wanted:
@@ -226,29 +293,42 @@ class UsageRollup:
                 key = {"pk": _s(pk), "sk": _s(sk)}
                 try:
                     self._client.update_item(
-                        TableName=self.table_name, Key=key, UpdateExpression="ADD #t :claim",
+                        TableName=self.table_name,
+                        Key=key,
+                        UpdateExpression="ADD #t :claim",
                         ConditionExpression="attribute_not_exists(#t) OR NOT contains(#t, :one)",
                         ExpressionAttributeNames={"#t": THRESHOLDS_ATTRIBUTE},
-                        ExpressionAttributeValues={":claim": {"SS": [claim]}, ":one": _s(claim)})
+                        ExpressionAttributeValues={":claim": {"SS": [claim]}, ":one": _s(claim)},
+                    )
                 except ClientError as error:
                     if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                         continue  # someone else claimed (and publishes) it
                     raise
                 detail = {
-                    "schema_version": SCHEMA_VERSION, "tenant": event.tenant, "scope": scope,
-                    "key_id": event.key if scope == "key" else "", "limit": limit,
+                    "schema_version": SCHEMA_VERSION,
+                    "tenant": event.tenant,
+                    "scope": scope,
+                    "key_id": event.key if scope == "key" else "",
+                    "limit": limit,
                     "unit": "usd_micros" if attribute == "usd_micros" else "tokens",
-                    "window": str(granularity), "period": label, "threshold_percent": percent,
-                    "budget": budget, "used": used, "request_id": event.request_id,
+                    "window": str(granularity),
+                    "period": label,
+                    "threshold_percent": percent,
+                    "budget": budget,
+                    "used": used,
+                    "request_id": event.request_id,
                 }
                 try:
                     self._publisher.publish(BUDGET_THRESHOLD_CROSSED, detail)
                 except Exception:
                     # Withdraw the claim so that the retried message publishes it.
                     self._client.update_item(
-                        TableName=self.table_name, Key=key, UpdateExpression="DELETE #t :claim",
+                        TableName=self.table_name,
+                        Key=key,
+                        UpdateExpression="DELETE #t :claim",
                         ExpressionAttributeNames={"#t": THRESHOLDS_ATTRIBUTE},
-                        ExpressionAttributeValues={":claim": {"SS": [claim]}})
+                        ExpressionAttributeValues={":claim": {"SS": [claim]}},
+                    )
                     raise
                 published += 1
         return published
