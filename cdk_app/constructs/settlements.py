@@ -15,16 +15,15 @@ table; the proxy may only send to the queue.
 from __future__ import annotations
 
 from aws_cdk import Duration
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
-from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app import paths
+from cdk_app.constructs import queues
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import GatewayFunction
 from cdk_app.constructs.layers import SharedLayers
@@ -50,21 +49,9 @@ class SettlementRecovery(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         quota = data.quota
-        self.dead_letters = sqs.Queue(
-            self,
-            "DeadLetters",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        self.queue = sqs.Queue(
-            self,
-            "Queue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(4),
-            visibility_timeout=Duration.seconds(CONSUMER_TIMEOUT.to_seconds() * 6),
-            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=MAX_RECEIVES, queue=self.dead_letters),
+        self.dead_letters = queues.encrypted_queue(self, "DeadLetters")
+        self.queue = queues.work_queue(
+            self, "Queue", dead_letters=self.dead_letters, max_receives=MAX_RECEIVES, consumer_timeout=CONSUMER_TIMEOUT
         )
 
         self.consumer = GatewayFunction(
@@ -124,16 +111,12 @@ class SettlementRecovery(Construct):
             targets=[targets.LambdaFunction(self.reaper.function, retry_attempts=2)],
         )
 
-        self.dead_letter_alarm = cloudwatch.Alarm(
+        self.dead_letter_alarm = queues.dead_letter_alarm(
             self,
             "DeadLettersAlarm",
-            alarm_description="Settlements that could not be applied after every retry (reservations "
+            self.dead_letters,
+            "Settlements that could not be applied after every retry (reservations "
             "stay charged until the reaper expires them)",
-            metric=self.dead_letters.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
 
     def connect_proxy(self, function: lambda_.Function) -> None:

@@ -6,16 +6,15 @@ definition local mode applies."""
 from __future__ import annotations
 
 from aws_cdk import Duration
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_pipes as pipes
-from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_app import nag, paths
+from cdk_app.constructs import queues
 from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import GatewayFunction
 from cdk_app.constructs.layers import SharedLayers
@@ -49,7 +48,7 @@ class UsagePipeline(Construct):
         self.bus = events.EventBus(self, "Bus", event_bus_name=pipe.BUS_NAME)
 
         # ---- the pipe: stream → bus -------------------------------------------------------------
-        self.pipe_dlq = self._queue("PipeDeadLetterQueue", retention_period=Duration.days(14))
+        self.pipe_dlq = queues.encrypted_queue(self, "PipeDeadLetterQueue")
         nag.acknowledge(self.pipe_dlq, "AwsSolutions-SQS3", DLQ_REASON)
         quota = data.quota
         assert quota.table_stream_arn is not None
@@ -107,12 +106,13 @@ class UsagePipeline(Construct):
         self.pipe.node.add_dependency(self.pipe_role)
 
         # ---- rule → queue → rollup ----------------------------------------------------------------
-        self.rollup_dlq = self._queue("RollupDeadLetterQueue", retention_period=Duration.days(14))
-        self.rollup_queue = self._queue(
+        self.rollup_dlq = queues.encrypted_queue(self, "RollupDeadLetterQueue")
+        self.rollup_queue = queues.work_queue(
+            self,
             "RollupQueue",
-            retention_period=Duration.days(4),
-            visibility_timeout=Duration.seconds(ROLLUP_TIMEOUT.to_seconds() * 6),
-            dead_letter_queue=sqs.DeadLetterQueue(queue=self.rollup_dlq, max_receive_count=MAX_RECEIVES),
+            dead_letters=self.rollup_dlq,
+            max_receives=MAX_RECEIVES,
+            consumer_timeout=ROLLUP_TIMEOUT,
         )
         self.rule = events.Rule(
             self,
@@ -181,19 +181,9 @@ class UsagePipeline(Construct):
         # ---- alarms ---------------------------------------------------------------------------------
         # The rollup queue's dead-letter queue is alarmed by Observability.watch_stack (every queue's
         # DLQ is); the pipe's is not a queue's DLQ, so it gets its own (which notifies the same topic).
-        self.pipe_dlq_alarm = cloudwatch.Alarm(
+        self.pipe_dlq_alarm = queues.dead_letter_alarm(
             self,
             "PipeDeadLetterQueueDepth",
-            metric=self.pipe_dlq.metric_approximate_number_of_messages_visible(
-                period=Duration.minutes(5), statistic="Maximum"
-            ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description="Stream batches the usage pipe could not deliver to the bus (Request Settled "
-            "events missing)",
+            self.pipe_dlq,
+            "Stream batches the usage pipe could not deliver to the bus (Request Settled events missing)",
         )
-
-    def _queue(self, construct_id: str, **kwargs: object) -> sqs.Queue:
-        return sqs.Queue(self, construct_id, enforce_ssl=True, encryption=sqs.QueueEncryption.SQS_MANAGED, **kwargs)  # type: ignore[arg-type]
