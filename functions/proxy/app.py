@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from quotagate import settings
+from quotagate.auth_types import AuthType
 from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
@@ -205,7 +206,7 @@ def create_app(services_factory: Callable[[], Services] = default_services) -> R
     async def identify(request: Request) -> Identity:
         context = request_context(request)
         identity = Identity.from_context(context.get("authorizer"))
-        if identity is not None and (identity.auth_type != "api_key" or identity.secret_fingerprint):
+        if identity is not None and (identity.auth_type != AuthType.API_KEY or identity.secret_fingerprint):
             return identity
         # Function URL path: no authorizer ran, so validate the credential with the same core code.
         # The same for an Allow cached by an authorizer that predates secret fingerprints: without

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from quotagate.auth_types import AuthType
+
+AUTH_TYPES = frozenset(AuthType)
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -12,7 +16,7 @@ class Identity:
     consumer: str
     key_id: str  # gateway key id, or jwt_key_id(tenant, sub) for IdP tokens
     plan: str
-    auth_type: str = "api_key"  # "api_key" | "jwt"
+    auth_type: AuthType = AuthType.API_KEY
     # Gateway keys: apikeys.secret_fingerprint of the secret the authorizer checked (current or the
     # previous one in its rotation grace), so the proxy can refuse it once it has been rotated out.
     secret_fingerprint: str | None = None
@@ -45,7 +49,9 @@ class Identity:
             if not isinstance(value, str) or not value:
                 return None
             fields[name] = value
-        auth_type = context.get("auth_type")
+        auth_type = context.get("auth_type") or AuthType.API_KEY
+        if not isinstance(auth_type, str) or auth_type not in AUTH_TYPES:
+            return None  # not a context this gateway's authorizer wrote
         fingerprint = context.get("secret_fingerprint")
         expires_at = context.get("expires_at")
         if isinstance(expires_at, int | str) and not isinstance(expires_at, bool) and str(expires_at).isdigit():
@@ -53,7 +59,7 @@ class Identity:
         elif expires_at is not None:
             return None  # present but unreadable: not a context this gateway's authorizer wrote
         return cls(
-            auth_type=auth_type if isinstance(auth_type, str) and auth_type else "api_key",
+            auth_type=AuthType(auth_type),
             secret_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
             expires_at=expires_at,
             **fields,

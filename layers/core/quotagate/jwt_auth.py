@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from quotagate import settings
+from quotagate.auth_types import AuthType
 from quotagate.identity import Identity, jwt_key_id
 from quotagate.logic.auth import AccessDenied, AuthUnavailable
 
@@ -273,7 +274,7 @@ class JwtVerifier:
             consumer=consumer,
             key_id=jwt_key_id(tenant, subject),
             plan=plan,
-            auth_type="jwt",
+            auth_type=AuthType.JWT,
             expires_at=expires_at,
         )
 

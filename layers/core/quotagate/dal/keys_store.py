@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from quotagate import tables
+from quotagate.auth_types import KeyStatus
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class KeyRecord:
     plan: str
     secret_hash: str
     created_at: int
-    status: str = "active"  # "active" | "revoked" | "disabled"
+    status: KeyStatus = KeyStatus.ACTIVE
     name: str | None = None
     expires_at: int | None = None  # epoch seconds
     allowed_models: list[str] | None = None
@@ -93,7 +94,10 @@ def _from_item(item: dict[str, Any]) -> KeyRecord:
         return value
 
     known = {f for f in KeyRecord.__dataclass_fields__}
-    return KeyRecord(**{k: convert(v) for k, v in item.items() if k in known})
+    fields = {k: convert(v) for k, v in item.items() if k in known}
+    if "status" in fields:
+        fields["status"] = KeyStatus(fields["status"])
+    return KeyRecord(**fields)
 
 
 class DynamoKeyStore:

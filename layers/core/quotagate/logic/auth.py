@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from quotagate import apikeys
+from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.dal.keys_store import KeyRecord, KeyStore
 from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
 from quotagate.errors import GatewayError, upstream_error
@@ -205,7 +206,7 @@ class Authenticator:
         if not matches_current and not (matches_previous and _in_grace(record, now)):
             reason = "rotated_key_grace_expired" if matches_previous else "invalid_secret"
             raise AccessDenied(reason, parsed.key_id)
-        if record.status != "active":
+        if record.status != KeyStatus.ACTIVE:
             raise AccessDenied(f"key_{record.status}", parsed.key_id)
         if record.expires_at is not None and now >= record.expires_at:
             raise AccessDenied("key_expired", parsed.key_id)
@@ -216,7 +217,7 @@ class Authenticator:
             consumer=record.consumer,
             key_id=record.key_id,
             plan=record.plan,
-            auth_type="api_key",
+            auth_type=AuthType.API_KEY,
             secret_fingerprint=apikeys.secret_fingerprint(checked_hash),
         )
 

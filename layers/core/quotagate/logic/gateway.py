@@ -42,6 +42,7 @@ import anyio
 from anyio import to_thread
 
 from quotagate import redaction, settings
+from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.dal.keys_store import KeyRecord
@@ -256,7 +257,7 @@ class Gateway:
         plan_name, key_limits, allowed = identity.plan, None, None
         if identity.expires_at is not None and identity.expires_at <= self.wall_clock():
             raise authentication_error("This token has expired.")  # an Allow cached past the token's exp
-        if identity.auth_type == "api_key":
+        if identity.auth_type == AuthType.API_KEY:
             now = self.wall_clock()
             record = self._key_records.get(identity.key_id)
             if record is not None and not secret_still_accepted(record, identity.secret_fingerprint, now):
@@ -264,7 +265,7 @@ class Gateway:
                 record = self._key_records.get_fresh(identity.key_id)
             if (
                 record is None
-                or record.status != "active"
+                or record.status != KeyStatus.ACTIVE
                 or (record.expires_at is not None and record.expires_at <= now)
                 or (not secret_still_accepted(record, identity.secret_fingerprint, now))
             ):

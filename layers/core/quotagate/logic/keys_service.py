@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec
 
 from quotagate import apikeys, strict_json
+from quotagate.auth_types import KeyStatus
 from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
 from quotagate.dal.keys_store import (
     KeyAlreadyExists,
@@ -51,9 +52,9 @@ from quotagate.key_derivation import KeySecretSource
 from quotagate.usage.periods import Granularity
 from quotagate.usage.query import DynamoUsageReader, GroupBy, UsageQuery, UsageReader, period_range, read_usage
 
-STATUS_ACTIVE = "active"
-STATUS_DISABLED = "disabled"
-STATUS_REVOKED = "revoked"
+STATUS_ACTIVE = KeyStatus.ACTIVE
+STATUS_DISABLED = KeyStatus.DISABLED
+STATUS_REVOKED = KeyStatus.REVOKED
 SETTABLE_STATUSES = (STATUS_ACTIVE, STATUS_DISABLED)
 
 DEFAULT_GRACE_SECONDS = 3600
@@ -313,7 +314,7 @@ class KeysService:
                 raise invalid("use the revoke_key action to revoke a key")
             if not isinstance(status, str) or status not in SETTABLE_STATUSES:
                 raise invalid(f"'status' must be one of: {', '.join(SETTABLE_STATUSES)}")
-            changes["status"] = status
+            changes["status"] = KeyStatus(status)
         if limits is not UNSET:
             # None removes every override; an object is merged (its null values remove one override).
             if limits is not None and not isinstance(limits, Mapping):

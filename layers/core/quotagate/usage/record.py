@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from quotagate.auth_types import AuthType
+
 RECORD_ATTRIBUTE = "usage_record"
 
 
@@ -34,11 +36,6 @@ class UsageSource(StrEnum):
     PROVIDER = "provider"  # the provider's own usage report
     TOKENIZER = "tokenizer"  # counted with tiktoken from what was sent and received
     RESERVATION = "reservation"  # unknown: the reserved (upper-bound) amounts are billed
-
-
-class AuthType(StrEnum):
-    API_KEY = "api_key"
-    JWT = "jwt"
 
 
 # Budgets the rollup checks for threshold events: (scope, limit name). 0 means "no such budget".
