@@ -17,7 +17,7 @@ from botocore.config import Config
 from quotagate import tables
 from quotagate.errors import GatewayError
 from quotagate.local.motoserver import reset_moto_server, start_moto_server
-from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation
+from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation, ReservationRequest
 from quotagate.quota.service import RETRY_JITTER_SECONDS
 
 pytestmark = pytest.mark.timeout(30)
@@ -127,7 +127,9 @@ def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(servic
     limits = {"tokens_per_minute": 1000}
     results = run_at_once(
         50,
-        lambda i: service.reserve(f"tok-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.0),
+        lambda i: service.reserve(
+            ReservationRequest(f"tok-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.0)
+        ),
     )
     admitted, rejected = split(results)
     assert len(admitted) == 1000 // 100
@@ -149,7 +151,9 @@ def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids):
     results = run_at_once(
         60,
         lambda i: service.reserve(
-            f"rnd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, sizes[i][0], sizes[i][1], 0.0
+            ReservationRequest(
+                f"rnd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, sizes[i][0], sizes[i][1], 0.0
+            )
         ),
     )
     admitted, rejected = split(results)
@@ -170,7 +174,9 @@ def test_concurrent_usd_reservations_never_overshoot_and_settle_exactly(service,
     limits = {"usd_per_day": 1.0, "tokens_per_minute": 1_000_000}
     results = run_at_once(
         50,
-        lambda i: service.reserve(f"usd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.05),
+        lambda i: service.reserve(
+            ReservationRequest(f"usd-{ids['key']}-{i}", ids["key"], ids["tenant"], limits, {}, 40, 60, 0.05)
+        ),
     )
     admitted, rejected = split(results)
     assert len(admitted) == 20 and len(rejected) == 30
@@ -191,7 +197,9 @@ def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids):
 
     def job(i):
         key = ids["key"] if i % 2 == 0 else ids["key2"]
-        return service.reserve(f"ten-{ids['tenant']}-{i}", key, ids["tenant"], key_limits, tenant_limits, 40, 60, 0)
+        return service.reserve(
+            ReservationRequest(f"ten-{ids['tenant']}-{i}", key, ids["tenant"], key_limits, tenant_limits, 40, 60, 0)
+        )
 
     results = run_at_once(50, job)
     admitted, rejected = split(results)
@@ -224,13 +232,17 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
     }
     tenant_limits = {"tokens_per_month": 100_000, "usd_per_month": 5}
     first = service.reserve(
-        "multi-1-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 400, 500, 0.1
+        ReservationRequest("multi-1-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 400, 500, 0.1)
     )
     snapshot = {c.item_key: ledger.get_used(c.pk, c.sk) for c in first.charges}
     assert set(snapshot.values()) == {1, 900, 100_000}
 
     with pytest.raises(GatewayError) as err:
-        service.reserve("multi-2-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 100, 100, 0.1)
+        service.reserve(
+            ReservationRequest(
+                "multi-2-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 100, 100, 0.1
+            )
+        )
     error = err.value
     assert error.status == 429 and error.code == "insufficient_quota" and "tokens_per_day" in error.message
     # The short window's used value came back with the failed transaction (ALL_OLD), no extra read.
@@ -248,7 +260,9 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
 def test_second_settle_is_a_no_op(service, ledger, ids):
     limits = {"tokens_per_minute": 1000}
     tenant_limits = {"usd_per_day": 1}
-    reservation = service.reserve("twice-" + ids["key"], ids["key"], ids["tenant"], limits, tenant_limits, 40, 60, 0.01)
+    reservation = service.reserve(
+        ReservationRequest("twice-" + ids["key"], ids["key"], ids["tenant"], limits, tenant_limits, 40, 60, 0.01)
+    )
     assert reservation.headers()["x-ratelimit-remaining-tokens"] == "900"  # snapshot after the commit
     assert service.settle(reservation, 10, 20, 0.003) is True
     assert service.settle(reservation, 99, 99, 0.5) is False
@@ -264,7 +278,7 @@ def test_second_settle_is_a_no_op(service, ledger, ids):
 
 def test_concurrent_settles_of_one_request_apply_once(service, ids):
     reservation = service.reserve(
-        "race-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0
+        ReservationRequest("race-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0)
     )
     copies = [
         Reservation(reservation.request_id, reservation.charges, reservation.usages, reservation.reserved_at)
@@ -278,7 +292,7 @@ def test_concurrent_settles_of_one_request_apply_once(service, ids):
 def test_settle_after_the_window_rolled_over_hits_the_reserved_window(service, clock, ids):
     reserved_at = clock.now
     reservation = service.reserve(
-        "roll-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0
+        ReservationRequest("roll-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0)
     )
     clock.now += 90
     assert service.settle(reservation, 7, 3, 0)

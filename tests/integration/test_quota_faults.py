@@ -18,7 +18,7 @@ from moto import mock_aws
 
 from quotagate import aws, tables
 from quotagate.errors import GatewayError
-from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaService, ReservationStatus
+from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import InMemorySettlementQueue
 
 T0 = 1_800_000_030.0
@@ -116,7 +116,7 @@ def setup(real_client, clock, fault, queue=None):
 
 
 def reserve(service, request_id="r1"):
-    return service.reserve(request_id, "k1", "acme", KEY_LIMITS, {}, 40, 60, 0.0)
+    return service.reserve(ReservationRequest(request_id, "k1", "acme", KEY_LIMITS, {}, 40, 60, 0.0))
 
 
 def tokens_used(service):

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from quotagate import tables
-from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationStatus
+from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.reaper import ReservationReaper
 
 T0 = 1_800_000_030.0
@@ -54,11 +54,11 @@ def test_the_reaper_expires_an_abandoned_reservation_and_leaves_a_fresh_one(clie
     clock = Clock()
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
-    abandoned = service.reserve("abandoned", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
-    settled = service.reserve("settled", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
+    abandoned = service.reserve(ReservationRequest("abandoned", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
+    settled = service.reserve(ReservationRequest("settled", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     service.settle(settled, 10, 10, 0.0)
     clock.now = T0 + MAX_REQUEST + MARGIN - 5
-    fresh = service.reserve("fresh", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
+    fresh = service.reserve(ReservationRequest("fresh", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     assert service.usage_of("key#k1", "tokens_per_month") == 100 + 20 + 100
 
     clock.now = T0 + MAX_REQUEST + MARGIN + 1
@@ -86,7 +86,7 @@ def test_only_open_reservations_are_in_the_reaper_index(client):
     clock = Clock()
     service = QuotaService(DynamoQuotaLedger(client, clock=clock), clock=clock)
     for i in range(5):
-        reservation = service.reserve(f"r{i}", "k1", "acme", LIMITS, {}, 1, 1, 0.0)
+        reservation = service.reserve(ReservationRequest(f"r{i}", "k1", "acme", LIMITS, {}, 1, 1, 0.0))
         if i % 2 == 0:
             service.settle(reservation, 1, 1, 0.0)
     index = tables.RESERVED_INDEX
@@ -109,10 +109,10 @@ def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
     limits = {"max_concurrent_requests": 1, "tokens_per_month": 100_000}
-    service.reserve("crashed", "k1", "acme", limits, {}, 40, 60, 0.0)  # its environment dies
+    service.reserve(ReservationRequest("crashed", "k1", "acme", limits, {}, 40, 60, 0.0))  # its environment dies
     clock.now = T0 + 60
     with pytest.raises(GatewayError) as refused:
-        service.reserve("blocked", "k1", "acme", limits, {}, 40, 60, 0.0)
+        service.reserve(ReservationRequest("blocked", "k1", "acme", limits, {}, 40, 60, 0.0))
     assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
 
     clock.now = T0 + MAX_REQUEST + MARGIN + 1
@@ -120,7 +120,7 @@ def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client
     assert reaper.reap().expired == 1
     assert service.usage_of("key#k1", "max_concurrent_requests") == 0  # the slot is back
     assert service.usage_of("key#k1", "tokens_per_month", at=T0) == 100  # the charge is kept
-    admitted = service.reserve("next", "k1", "acme", limits, {}, 40, 60, 0.0)
+    admitted = service.reserve(ReservationRequest("next", "k1", "acme", limits, {}, 40, 60, 0.0))
     assert service.usage_of("key#k1", "max_concurrent_requests") == 1
     service.settle(admitted, 10, 10, 0.0)
     assert service.usage_of("key#k1", "max_concurrent_requests") == 0

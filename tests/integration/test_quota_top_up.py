@@ -10,7 +10,7 @@ import pytest
 
 from quotagate import tables
 from quotagate.local.motoserver import start_moto_server
-from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService
+from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService, ReservationRequest
 from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,7 +41,9 @@ def used(service, key):
 def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_the_rest(service):
     quota, ledger = service
     reservation = quota.reserve(
-        "r-grow-" + type(ledger).__name__, "k-grow-" + type(ledger).__name__, "t", LIMITS, {}, 100, 300, 0.001
+        ReservationRequest(
+            "r-grow-" + type(ledger).__name__, "k-grow-" + type(ledger).__name__, "t", LIMITS, {}, 100, 300, 0.001
+        )
     )
     key = reservation.charges[0].scope_id
     assert used(service, key) == 400
@@ -67,7 +69,8 @@ def test_racing_top_ups_never_pass_the_limit(service):
     quota, ledger = service
     suffix = type(ledger).__name__
     reservations = [
-        quota.reserve(f"r-race-{suffix}-{i}", f"k-race-{suffix}", "t", LIMITS, {}, 10, 10, 0.0) for i in range(20)
+        quota.reserve(ReservationRequest(f"r-race-{suffix}-{i}", f"k-race-{suffix}", "t", LIMITS, {}, 10, 10, 0.0))
+        for i in range(20)
     ]  # 400 of 1000 reserved
     with ThreadPoolExecutor(max_workers=20) as pool:
         granted = list(pool.map(lambda r: quota.top_up(r, 50, 0.0), reservations))

@@ -10,7 +10,7 @@ from moto import mock_aws
 
 from quotagate import tables
 from quotagate.local.apigateway import FakeLambdaContext
-from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationStatus
+from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import PendingSettlement
 
 LIMITS = {"tokens_per_month": 100_000}
@@ -50,7 +50,7 @@ def test_the_consumer_applies_each_settlement_once_and_reports_only_bad_messages
     from functions.settlements.handler import lambda_handler
 
     service = QuotaService(DynamoQuotaLedger(client))
-    reservation = service.reserve("r1", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
+    reservation = service.reserve(ReservationRequest("r1", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     pending = PendingSettlement(
         "r1", tuple((c, 30 - c.amount) for c in reservation.charges), {"prompt_tokens": 10, "completion_tokens": 20}
     )
@@ -74,8 +74,8 @@ def test_the_reaper_function_expires_abandoned_reservations(client, monkeypatch)
     monkeypatch.setenv("QG_REAPER_MARGIN_SECONDS", "30")
     old = time.time() - 100
     ledger = DynamoQuotaLedger(client, clock=lambda: old)
-    QuotaService(ledger, clock=lambda: old).reserve("old", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
-    QuotaService(DynamoQuotaLedger(client)).reserve("new", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
+    QuotaService(ledger, clock=lambda: old).reserve(ReservationRequest("old", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
+    QuotaService(DynamoQuotaLedger(client)).reserve(ReservationRequest("new", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     assert lambda_handler({}, FakeLambdaContext("reaper")) == {"expired": 1, "skipped": 0}
     assert ledger.get_reservation("old")["status"] == ReservationStatus.EXPIRED
     assert ledger.get_reservation("new")["status"] == ReservationStatus.RESERVED
@@ -89,7 +89,7 @@ def test_local_mode_drains_the_sqs_retry_queue_once(client):
     queue_url = create_queue(sqs)
     ledger = DynamoQuotaLedger(client)
     service = QuotaService(ledger)
-    reservation = service.reserve("r1", "k1", "acme", LIMITS, {}, 40, 60, 0.0)
+    reservation = service.reserve(ReservationRequest("r1", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     pending = PendingSettlement("r1", tuple((c, 30 - c.amount) for c in reservation.charges), {})
     queue = SqsSettlementQueue(sqs, queue_url)
     queue.put(pending)

@@ -14,6 +14,7 @@ import pytest
 
 from quotagate import tables
 from quotagate.local.motoserver import reset_moto_server, start_moto_server
+from quotagate.quota import ReservationRequest
 from quotagate.quota.ledger import DynamoQuotaLedger
 from quotagate.quota.service import QuotaService
 from quotagate.usage.events import (
@@ -208,7 +209,11 @@ def test_an_expired_reservation_becomes_a_request_settled_event_billed_at_its_re
         "requested_model": "mock-gpt",
         "model": "mock-gpt",
     }
-    service.reserve("abandoned", "k9", "acme", {"tokens_per_day": 10_000}, {}, 40, 200, 0.0012, usage_fields=fields)
+    service.reserve(
+        ReservationRequest(
+            "abandoned", "k9", "acme", {"tokens_per_day": 10_000}, {}, 40, 200, 0.0012, usage_fields=fields
+        )
+    )
     # What the reaper does to a reservation whose environment died: expired, charge kept.
     client.update_item(
         TableName=tables.QUOTA.name(),
@@ -266,7 +271,9 @@ def test_the_settlement_write_carries_the_completed_record(aws):
     }
     for limits in ({"tokens_per_day": 10_000}, {}):  # a transaction with window items, and a lone update
         rid = f"r-{len(limits)}"
-        reservation = service.reserve(rid, "k1", "acme", limits, {}, 40, 200, 0.0012, usage_fields=fields)
+        reservation = service.reserve(
+            ReservationRequest(rid, "k1", "acme", limits, {}, 40, 200, 0.0012, usage_fields=fields)
+        )
         settlement = Settlement(UsageOutcome.ERROR_EVENT, 200, UsageSource.TOKENIZER, "mock/mock-gpt", 12.0, 99.0, 1)
         assert service.settle(reservation, 30, 7, 0.00005, settlement=settlement)
         item = ledger.get_reservation(rid)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from quotagate.errors import GatewayError
-from quotagate.quota import InMemoryQuotaLedger, LedgerBusy, QuotaService
+from quotagate.quota import InMemoryQuotaLedger, LedgerBusy, QuotaService, ReservationRequest
 
 T0 = datetime(2026, 11, 17, 10, 5, 30, tzinfo=UTC).timestamp()  # 30 s into a minute
 
@@ -46,7 +46,9 @@ def reserve(
     key_id="k1",
     tenant="acme",
 ):
-    return service.reserve(request_id, key_id, tenant, key_limits or {}, tenant_limits or {}, prompt, max_output, usd)
+    return service.reserve(
+        ReservationRequest(request_id, key_id, tenant, key_limits or {}, tenant_limits or {}, prompt, max_output, usd)
+    )
 
 
 def used(service, pk, limit_name, at=None):
@@ -58,19 +60,22 @@ def used(service, pk, limit_name, at=None):
 
 def test_one_charge_per_limit_per_scope(service):
     charges = service.plan_windows(
-        "k1",
-        "acme",
-        {
-            "requests_per_minute": 10,
-            "tokens_per_minute": 1000,
-            "tokens_per_day": 10_000,
-            "usd_per_day": 1,
-            "max_tokens_per_request": 100,
-        },
-        {"tokens_per_month": 1_000_000, "usd_per_month": 10},
-        40,
-        60,
-        0.0123451,
+        ReservationRequest(
+            "r1",
+            "k1",
+            "acme",
+            {
+                "requests_per_minute": 10,
+                "tokens_per_minute": 1000,
+                "tokens_per_day": 10_000,
+                "usd_per_day": 1,
+                "max_tokens_per_request": 100,
+            },
+            {"tokens_per_month": 1_000_000, "usd_per_month": 10},
+            40,
+            60,
+            0.0123451,
+        )
     )
     got = {(c.pk, c.limit_name): c.amount for c in charges}
     assert got == {

@@ -19,6 +19,7 @@ from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.gateway import Gateway
 from quotagate.logic.router import Router
 from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.quota import Reservation, ReservationRequest
 
 IDENTITY = Identity(tenant="acme", consumer="u1", key_id="jwt:u1", plan="pro", auth_type="jwt")
 A, B = "p/model-a", "p/model-b"
@@ -128,23 +129,24 @@ class FakeFactory:
         return self.providers[target.id]
 
 
-class FakeReservation:
-    def headers(self) -> dict[str, str]:
-        return {}
-
-
 class FakeQuota:
     def __init__(self) -> None:
         self.reserved_usd: list[float] = []
         self.settled: list[tuple[int, int, float]] = []
 
-    def reserve(self, request_id, key_id, tenant, key_limits, tenant_limits, prompt, max_output, reserve_usd, **kwargs):
-        self.reserved_usd.append(reserve_usd)
-        return FakeReservation()
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        self.reserved_usd.append(request.reserve_usd)
+        return Reservation(request.request_id, (), (), 0.0)
 
     def settle(self, reservation, prompt_tokens, completion_tokens, actual_usd, settlement=None) -> bool:
         self.settled.append((prompt_tokens, completion_tokens, actual_usd))
         return True
+
+    def top_up(self, reservation: Reservation, extra_tokens: int, extra_usd: float) -> bool:
+        return True
+
+    def read_remaining(self, reservation: Reservation) -> None:
+        pass
 
 
 def make(scripts: dict[str, list[Any]], deadline: float | None = 10, seed: int = 0, threshold: int = 2, **alias: Any):

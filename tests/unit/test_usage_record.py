@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quotagate.quota import ReservationRequest
 from quotagate.quota.ledger import InMemoryQuotaLedger
 from quotagate.quota.service import QuotaService
 from quotagate.usage.record import RECORD_ATTRIBUTE, Settlement, UsageOutcome, UsageSource
@@ -21,15 +22,17 @@ def test_reservation_writes_the_record_with_reserved_amounts_and_budgets():
     ledger = InMemoryQuotaLedger()
     service = QuotaService(ledger, clock=lambda: 1_790_000_000.0)
     service.reserve(
-        "r1",
-        "k1",
-        "acme",
-        {"tokens_per_day": 1000, "usd_per_month": 2.5},
-        {"tokens_per_month": 50_000},
-        30,
-        100,
-        0.001,
-        usage_fields=FIELDS,
+        ReservationRequest(
+            "r1",
+            "k1",
+            "acme",
+            {"tokens_per_day": 1000, "usd_per_month": 2.5},
+            {"tokens_per_month": 50_000},
+            30,
+            100,
+            0.001,
+            usage_fields=FIELDS,
+        )
     )
     record = ledger.get_reservation("r1")[RECORD_ATTRIBUTE]
     assert ledger.calls == {"reserve": 1, "settle": 0}
@@ -45,7 +48,9 @@ def test_reservation_writes_the_record_with_reserved_amounts_and_budgets():
 def test_settlement_completes_the_record_in_the_same_call():
     ledger = InMemoryQuotaLedger()
     service = QuotaService(ledger)
-    reservation = service.reserve("r1", "k1", "acme", {"tokens_per_day": 1000}, {}, 30, 100, 0.001, usage_fields=FIELDS)
+    reservation = service.reserve(
+        ReservationRequest("r1", "k1", "acme", {"tokens_per_day": 1000}, {}, 30, 100, 0.001, usage_fields=FIELDS)
+    )
     settlement = Settlement(UsageOutcome.CLIENT_DISCONNECT, 200, UsageSource.TOKENIZER, "mock/mock-gpt", 15.5, 900.9, 2)
     assert service.settle(reservation, 25, 7, 0.00004, settlement=settlement)
     item = ledger.get_reservation("r1")
@@ -64,7 +69,7 @@ def test_a_key_without_limits_still_leaves_a_usage_record():
     # Billing must see every request, not only those of keys with limits.
     ledger = InMemoryQuotaLedger()
     service = QuotaService(ledger)
-    reservation = service.reserve("r2", "k1", "acme", {}, {}, 30, 100, 0.001, usage_fields=FIELDS)
+    reservation = service.reserve(ReservationRequest("r2", "k1", "acme", {}, {}, 30, 100, 0.001, usage_fields=FIELDS))
     service.settle(reservation, 3, 4, 0.0)
     item = ledger.get_reservation("r2")
     assert item["status"] == "settled"
@@ -74,6 +79,8 @@ def test_a_key_without_limits_still_leaves_a_usage_record():
 def test_jwt_callers_are_recorded_by_subject():
     ledger = InMemoryQuotaLedger()
     fields = {**FIELDS, "key_id": "jwt:acme:user-7", "auth_type": "jwt"}
-    QuotaService(ledger).reserve("r3", "jwt:acme:user-7", "acme", {}, {}, 1, 1, 0.0, usage_fields=fields)
+    QuotaService(ledger).reserve(
+        ReservationRequest("r3", "jwt:acme:user-7", "acme", {}, {}, 1, 1, 0.0, usage_fields=fields)
+    )
     record = ledger.get_reservation("r3")[RECORD_ATTRIBUTE]
     assert (record["key_id"], record["subject"], record["auth_type"]) == ("", "user-7", "jwt")

@@ -15,7 +15,8 @@ from anyio import to_thread
 from quotagate import tokens
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic.chat_request import parse_model_request
-from quotagate.providers.base import UpstreamError
+from quotagate.providers.base import EmbeddingsProvider, UpstreamError
+from quotagate.quota.reservation import ReservationRequest
 
 if TYPE_CHECKING:
     from quotagate.identity import Identity
@@ -74,7 +75,8 @@ async def run_embeddings(
     limits = await to_thread.run_sync(gateway.limits_for, identity)
     resolution = gateway.resolve(request.model, limits)
     providers = gateway._providers
-    targets = [t for t in resolution.targets if hasattr(providers.for_target(t), "embed")]
+    embedders = {t.id: p for t in resolution.targets if isinstance(p := providers.for_target(t), EmbeddingsProvider)}
+    targets = [t for t in resolution.targets if t.id in embedders]
     if not targets:
         raise invalid_request(
             f"The model '{request.model}' does not support embeddings.", "model", "unsupported_for_model"
@@ -103,15 +105,17 @@ async def run_embeddings(
     reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
     reservation = await to_thread.run_sync(
         lambda: gateway._quota.reserve(
-            request_id,
-            identity.key_id,
-            identity.tenant,
-            limits.key_limits,
-            limits.tenant_limits,
-            prompt_reserve,
-            0,
-            reserve_usd,
-            usage_fields=usage_fields(identity, request.model, resolution.model.name),
+            ReservationRequest(
+                request_id,
+                identity.key_id,
+                identity.tenant,
+                limits.key_limits,
+                limits.tenant_limits,
+                prompt_reserve,
+                0,
+                reserve_usd,
+                usage_fields=usage_fields(identity, request.model, resolution.model.name),
+            )
         )
     )
     remaining = gateway.start_remaining_read(reservation)  # overlaps the upstream call
@@ -130,7 +134,7 @@ async def run_embeddings(
             timeout = gateway._config().timeouts_for(target).first_byte
             try:
                 with anyio.fail_after(timeout):
-                    data = await providers.for_target(target).embed(body)  # type: ignore[attr-defined]
+                    data = await embedders[target.id].embed(body)
             except (UpstreamError, TimeoutError) as caught:
                 failed = (
                     caught

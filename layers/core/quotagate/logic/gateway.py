@@ -65,6 +65,7 @@ from quotagate.providers.base import (
     UpstreamError,
     UpstreamTimeout,
 )
+from quotagate.quota.reservation import Reservation, ReservationRequest
 from quotagate.usage.record import Settlement, UsageOutcome, outcome_for_status, source_of
 
 KEEPALIVE = b": ping\n\n"
@@ -119,30 +120,12 @@ class TenantRecords(Protocol):
     def get(self, tenant: str) -> TenantRecord | None: ...
 
 
-class Reservation(Protocol):
-    def headers(self) -> dict[str, str]: ...
-
-
 class Quota(Protocol):
-    def reserve(
-        self,
-        request_id: str,
-        key_id: str,
-        tenant: str,
-        key_limits: dict[str, float],
-        tenant_limits: dict[str, float],
-        prompt_tokens_estimate: int,
-        max_output_tokens: int,
-        reserve_usd: float,
-        *,
-        output_text: str | None = None,
-        output_param: str = "max_tokens",
-        usage_fields: dict[str, str] | None = None,
-    ) -> Any: ...
+    def reserve(self, request: ReservationRequest) -> Reservation: ...
 
     def settle(
         self,
-        reservation: Any,
+        reservation: Reservation,
         prompt_tokens: int,
         completion_tokens: int,
         actual_usd: float,
@@ -150,8 +133,12 @@ class Quota(Protocol):
         cache_tokens: dict[str, int] | None = None,
     ) -> bool: ...
 
-    def top_up(self, reservation: Any, extra_tokens: int, extra_usd: float) -> bool:
+    def top_up(self, reservation: Reservation, extra_tokens: int, extra_usd: float) -> bool:
         """Grow an open reservation in the same windows; False when a window has no room."""
+        ...
+
+    def read_remaining(self, reservation: Reservation) -> None:
+        """Fill in the ``used`` of the reservation's windows (for ``x-ratelimit-remaining-*``)."""
         ...
 
 
@@ -355,17 +342,19 @@ class Gateway:
             output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
         reservation = await to_thread.run_sync(
             lambda: self._quota.reserve(
-                request_id,
-                identity.key_id,
-                identity.tenant,
-                limits.key_limits,
-                limits.tenant_limits,
-                plan.prompt_reserve,
-                plan.output_reserve,
-                plan.reserve_usd,
-                output_text=output_text,
-                output_param=output_param,
-                usage_fields=usage_fields(identity, request.model, resolution.model.name),
+                ReservationRequest(
+                    request_id,
+                    identity.key_id,
+                    identity.tenant,
+                    limits.key_limits,
+                    limits.tenant_limits,
+                    plan.prompt_reserve,
+                    plan.output_reserve,
+                    plan.reserve_usd,
+                    output_text=output_text,
+                    output_param=output_param,
+                    usage_fields=usage_fields(identity, request.model, resolution.model.name),
+                )
             )
         )
         # The remaining-quota read for the x-ratelimit-* headers overlaps the upstream call: the
@@ -394,11 +383,8 @@ class Gateway:
         await self.finish_remaining_read(remaining)  # done long ago, unless the store is slow
         return response
 
-    def start_remaining_read(self, reservation: Any) -> asyncio.Future[None] | None:
-        read = getattr(self._quota, "read_remaining", None)
-        if read is None:
-            return None
-        return asyncio.ensure_future(to_thread.run_sync(read, reservation))
+    def start_remaining_read(self, reservation: Reservation) -> asyncio.Future[None]:
+        return asyncio.ensure_future(to_thread.run_sync(self._quota.read_remaining, reservation))
 
     @staticmethod
     async def finish_remaining_read(task: asyncio.Future[None] | None) -> None:
@@ -416,7 +402,7 @@ class Gateway:
         return await run_embeddings(self, identity, raw_body, request_id)
 
     def _settle(
-        self, reservation: Any, target: Target | None, usage: Usage, settlement: Settlement | None = None
+        self, reservation: Reservation, target: Target | None, usage: Usage, settlement: Settlement | None = None
     ) -> float:
         if target is None:
             cost = 0.0
@@ -523,7 +509,7 @@ class ChatResponse:
         resolution: routing.Resolution,
         order: list[Target],
         plan: estimate.OutputPlan,
-        reservation: Any,
+        reservation: Reservation,
         outcome: Outcome,
         deadline_at: float | None,
     ) -> None:
@@ -552,7 +538,7 @@ class ChatResponse:
 
     @property
     def headers(self) -> dict[str, str]:
-        headers = dict(self._reservation.headers()) if hasattr(self._reservation, "headers") else {}
+        headers = self._reservation.headers()
         headers["x-quotagate-request-id"] = self.outcome.request_id
         headers["x-quotagate-model"] = self.resolution.model.name
         if self.target is not None:

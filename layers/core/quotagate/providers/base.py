@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -58,4 +58,13 @@ class ChatProvider(Protocol):
     def stream(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
         """Events of a streamed completion. Raises UpstreamError before the first event,
         StreamInterrupted after it. Closing the iterator cancels the upstream call."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingsProvider(Protocol):
+    """A provider that also serves ``POST /v1/embeddings`` (checked with ``isinstance``)."""
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The OpenAI embeddings response for ``body``. Raises UpstreamError."""
         ...

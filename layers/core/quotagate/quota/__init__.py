@@ -1,7 +1,7 @@
 """Exact token / request / dollar quotas: reserve before the model is called, settle after.
 
-``windows`` is the pure arithmetic, ``ledger`` the storage (DynamoDB or in memory), ``service``
-the logic the proxy calls.
+``windows`` is the pure arithmetic, ``ledger`` the storage (DynamoDB or in memory), ``reservation``
+the values of the quota protocol, ``service`` the logic the proxy calls.
 """
 
 from quotagate.quota.ledger import (
@@ -15,7 +15,8 @@ from quotagate.quota.ledger import (
     ReservationStatus,
     WindowUsage,
 )
-from quotagate.quota.service import QuotaService, Reservation, ratelimit_headers
+from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
+from quotagate.quota.service import QuotaService
 from quotagate.quota.windows import WindowCharge, format_duration, scope_pk
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "QuotaService",
     "Reservation",
     "ReservationExists",
+    "ReservationRequest",
     "ReservationStatus",
     "WindowCharge",
     "WindowUsage",

@@ -18,21 +18,19 @@ compensation the ledger cannot write goes to the durable ``settlement_queue`` (w
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 from quotagate.errors import GatewayError
 from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
+from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
     CONCURRENCY_LIMIT,
     PER_REQUEST_LIMIT,
     WINDOW_LIMITS,
     WindowCharge,
-    format_duration,
     iso_utc,
     make_charge,
     retry_after_seconds,
@@ -57,63 +55,6 @@ def _amount_text(unit: str, value: int | None) -> str:
     return f"{value} {unit}"
 
 
-def ratelimit_headers(usages: Sequence[WindowUsage], now: float, prefer: Sequence[WindowUsage] = ()) -> dict[str, str]:
-    """OpenAI-style ``x-ratelimit-*`` headers for the requests and tokens limits that exist.
-
-    Per unit, the reported window is the tightest (least remaining; a window whose ``used`` is
-    unknown counts as having its whole limit left) among the key's windows, or the tenant's when
-    the key has none; windows in ``prefer`` (the short ones of a 429) take precedence.
-    ``x-ratelimit-remaining-*`` is omitted when the ledger did not learn ``used``. On a 429 it is
-    exact for the short window; for a window that was not short it is a lower bound (the amount
-    this request asked of it), because a cancelled transaction returns only the failed items.
-    """
-    headers: dict[str, str] = {}
-    for unit in ("requests", "tokens"):
-        candidates = [u for u in prefer if u.charge.unit == unit]
-        if not candidates:
-            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "key"]
-        if not candidates:
-            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "tenant"]
-        if not candidates:
-            continue
-        best = min(
-            candidates,
-            key=lambda u: (u.remaining if u.remaining is not None else u.charge.limit, -u.charge.window_end),
-        )
-        headers[f"x-ratelimit-limit-{unit}"] = str(best.charge.limit)
-        if best.remaining is not None:
-            headers[f"x-ratelimit-remaining-{unit}"] = str(best.remaining)
-        headers[f"x-ratelimit-reset-{unit}"] = format_duration(best.charge.window_end - now)
-    return headers
-
-
-@dataclass
-class Reservation:
-    """What was reserved for one request; settle it exactly once with QuotaService.settle."""
-
-    request_id: str
-    charges: tuple[WindowCharge, ...]
-    usages: tuple[WindowUsage, ...]  # used after the reservation, per charge (None: unknown)
-    reserved_at: float
-    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
-    settled: bool = False
-    # The usage record written with the reservation (None: the caller asked for none).
-    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
-
-    def headers(self, now: float | None = None) -> dict[str, str]:
-        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (only for limits that exist).
-
-        Remaining values are a snapshot taken just after this reservation committed (they include
-        it); resets count down to the end of the reported fixed window.
-        """
-        return ratelimit_headers(self.usages, self.clock() if now is None else now)
-
-    def reserved(self, unit: str) -> int:
-        """The largest amount reserved in any window of a unit (tokens, requests, usd micros)."""
-        return max((c.amount for c in self.charges if c.unit == unit), default=0)
-
-
 class QuotaService:
     def __init__(
         self,
@@ -130,35 +71,24 @@ class QuotaService:
 
     # ---- planning (pure) -------------------------------------------------------------------------
 
-    def plan_windows(
-        self,
-        key_id: str,
-        tenant: str,
-        key_limits: Mapping[str, float | None],
-        tenant_limits: Mapping[str, float | None],
-        prompt_tokens_estimate: int,
-        max_output_tokens: int,
-        reserve_usd: float,
-        now: float | None = None,
-        *,
-        output_text: str | None = None,
-        output_param: str = "max_tokens",
-    ) -> list[WindowCharge]:
+    def plan_windows(self, request: ReservationRequest, now: float | None = None) -> list[WindowCharge]:
         """One charge per configured window limit per scope. Raises GatewayError when the request
-        alone can never fit (400, or 429 ``insufficient_quota`` for a limit of 0).
-
-        ``output_text`` describes how the client's request adds up to ``max_output_tokens`` (for
-        example ``n=4 x max_tokens=100 = 400 output tokens``), so a 400 names what was sent."""
+        alone can never fit (400, or 429 ``insufficient_quota`` for a limit of 0)."""
+        prompt_tokens_estimate, max_output_tokens = request.prompt_tokens_estimate, request.max_output_tokens
+        output_param = request.output_param
         if prompt_tokens_estimate < 0 or max_output_tokens < 0:
             raise ValueError("token counts must be non-negative")
         now = self._clock() if now is None else now
         tokens = int(prompt_tokens_estimate) + int(max_output_tokens)
-        usd_micros = usd_to_micros_ceil(reserve_usd)
-        scopes = [("key", key_id, key_limits or {}), ("tenant", tenant, tenant_limits or {})]
+        usd_micros = usd_to_micros_ceil(request.reserve_usd)
+        scopes = [
+            ("key", request.key_id, request.key_limits or {}),
+            ("tenant", request.tenant, request.tenant_limits or {}),
+        ]
         for scope, _, limits in scopes:
             cap = limits.get(PER_REQUEST_LIMIT)
             if cap is not None and max_output_tokens > cap:
-                sent = output_text or f"{output_param} is {max_output_tokens}"
+                sent = request.output_text or f"{output_param} is {max_output_tokens}"
                 raise GatewayError(
                     400,
                     f"The request asks for {sent}, more than {_SCOPE_WORDS[scope]}'s "
@@ -221,25 +151,10 @@ class QuotaService:
 
     # ---- reserve / settle ------------------------------------------------------------------------
 
-    def reserve(
-        self,
-        request_id: str,
-        key_id: str,
-        tenant: str,
-        key_limits: Mapping[str, float | None],
-        tenant_limits: Mapping[str, float | None],
-        prompt_tokens_estimate: int,
-        max_output_tokens: int,
-        reserve_usd: float,
-        *,
-        output_text: str | None = None,
-        output_param: str = "max_tokens",
-        usage_fields: Mapping[str, str] | None = None,
-    ) -> Reservation:
+    def reserve(self, request: ReservationRequest) -> Reservation:
         """Reserve the request's worst case in every window, all or nothing.
 
-        With ``usage_fields`` (who asked for what: tenant, consumer, key_id, auth_type, plan,
-        requested_model, model), the reservation item also carries the usage record that becomes
+        With ``request.usage_fields``, the reservation item also carries the usage record that becomes
         a ``Request Settled`` event — even for a key without limits, so that billing sees every
         request (its only store writes are then that record's put and settlement).
 
@@ -248,20 +163,10 @@ class QuotaService:
         is short), each with ``retry-after`` and ``x-ratelimit-*`` headers.
         """
         now = self._clock()
-        charges = self.plan_windows(
-            key_id,
-            tenant,
-            key_limits,
-            tenant_limits,
-            prompt_tokens_estimate,
-            max_output_tokens,
-            reserve_usd,
-            now=now,
-            output_text=output_text,
-            output_param=output_param,
-        )
+        charges = self.plan_windows(request, now=now)
+        request_id = request.request_id
         record = None
-        if usage_fields is not None:
+        if request.usage_fields is not None:
             budgets = {
                 usage_record.budget_field(c.scope, c.limit_name): c.limit
                 for c in charges
@@ -269,12 +174,12 @@ class QuotaService:
             }
             record = usage_record.reservation_record(
                 request_id=request_id,
-                prompt_tokens=int(prompt_tokens_estimate),
-                completion_tokens=int(max_output_tokens),
-                cost_usd_micros=usd_to_micros_ceil(reserve_usd),
+                prompt_tokens=int(request.prompt_tokens_estimate),
+                completion_tokens=int(request.max_output_tokens),
+                cost_usd_micros=usd_to_micros_ceil(request.reserve_usd),
                 started_at=now,
                 budgets=budgets,
-                **usage_fields,
+                **request.usage_fields,
             )
         if not charges and record is None:  # no limits and no usage record: nothing to store
             return Reservation(request_id, (), (), now, self._clock)
@@ -419,7 +324,7 @@ class QuotaService:
                 duration_ms=settlement.duration_ms,
                 failovers=settlement.failovers,
             )
-        with reservation._lock:
+        with reservation.lock:
             if reservation.settled:
                 return False
             if not reservation.charges and record is None:
@@ -448,7 +353,7 @@ class QuotaService:
         room, the store is unsure, or the reservation is settled) and nothing changed here."""
         amounts = {"tokens": int(extra_tokens), "usd": usd_to_micros_ceil(extra_usd)}
         increases = [(c, amounts[c.unit]) for c in reservation.charges if amounts.get(c.unit)]
-        with reservation._lock:
+        with reservation.lock:
             if reservation.settled:
                 return False
         if not increases:
@@ -459,7 +364,7 @@ class QuotaService:
             return False  # if it did commit, the window keeps the extra charge: the safe side
         if grown:
             added = {c.item_key: n for c, n in increases}
-            with reservation._lock:
+            with reservation.lock:
                 reservation.charges = tuple(
                     replace(c, amount=c.amount + added.get(c.item_key, 0)) for c in reservation.charges
                 )

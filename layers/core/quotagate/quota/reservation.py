@@ -1,0 +1,96 @@
+"""The values the quota protocol passes around: what a request asks for (:class:`ReservationRequest`)
+and what was reserved for it (:class:`Reservation`), with its ``x-ratelimit-*`` headers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quotagate.quota.ledger import WindowUsage
+from quotagate.quota.windows import WindowCharge, format_duration
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    """What one request asks of its key's and its tenant's windows (``QuotaService.reserve``).
+
+    ``prompt_tokens_estimate + max_output_tokens`` tokens, one request and ``reserve_usd`` dollars
+    are reserved in every configured window: together they bound what the provider can bill.
+    """
+
+    request_id: str
+    key_id: str
+    tenant: str
+    key_limits: Mapping[str, float | None]
+    tenant_limits: Mapping[str, float | None]
+    prompt_tokens_estimate: int  # an upper bound of the prompt's tokens
+    max_output_tokens: int  # the most output tokens the request can produce (all choices)
+    reserve_usd: float  # the worst-case cost of the request
+    # How the client's request adds up to ``max_output_tokens`` (e.g. ``n=4 x max_tokens=100 = 400
+    # output tokens``) and the parameter that sets it, so a 400 names what was sent.
+    output_text: str | None = None
+    output_param: str = "max_tokens"
+    # Who asked for what (tenant, consumer, key_id, auth_type, plan, requested_model, model): with
+    # it, the reservation item carries the usage record billing sees.
+    usage_fields: Mapping[str, str] | None = None
+
+
+def ratelimit_headers(usages: Sequence[WindowUsage], now: float, prefer: Sequence[WindowUsage] = ()) -> dict[str, str]:
+    """OpenAI-style ``x-ratelimit-*`` headers for the requests and tokens limits that exist.
+
+    Per unit, the reported window is the tightest (least remaining; a window whose ``used`` is
+    unknown counts as having its whole limit left) among the key's windows, or the tenant's when
+    the key has none; windows in ``prefer`` (the short ones of a 429) take precedence.
+    ``x-ratelimit-remaining-*`` is omitted when the ledger did not learn ``used``. On a 429 it is
+    exact for the short window; for a window that was not short it is a lower bound (the amount
+    this request asked of it), because a cancelled transaction returns only the failed items.
+    """
+    headers: dict[str, str] = {}
+    for unit in ("requests", "tokens"):
+        candidates = [u for u in prefer if u.charge.unit == unit]
+        if not candidates:
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "key"]
+        if not candidates:
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "tenant"]
+        if not candidates:
+            continue
+        best = min(
+            candidates,
+            key=lambda u: (u.remaining if u.remaining is not None else u.charge.limit, -u.charge.window_end),
+        )
+        headers[f"x-ratelimit-limit-{unit}"] = str(best.charge.limit)
+        if best.remaining is not None:
+            headers[f"x-ratelimit-remaining-{unit}"] = str(best.remaining)
+        headers[f"x-ratelimit-reset-{unit}"] = format_duration(best.charge.window_end - now)
+    return headers
+
+
+@dataclass
+class Reservation:
+    """What was reserved for one request; settle it exactly once with QuotaService.settle."""
+
+    request_id: str
+    charges: tuple[WindowCharge, ...]
+    usages: tuple[WindowUsage, ...]  # used after the reservation, per charge (None: unknown)
+    reserved_at: float
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    settled: bool = False
+    # The usage record written with the reservation (None: the caller asked for none).
+    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # Held by QuotaService while it settles or grows the reservation (settled exactly once).
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def headers(self, now: float | None = None) -> dict[str, str]:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (only for limits that exist).
+
+        Remaining values are a snapshot taken just after this reservation committed (they include
+        it); resets count down to the end of the reported fixed window.
+        """
+        return ratelimit_headers(self.usages, self.clock() if now is None else now)
+
+    def reserved(self, unit: str) -> int:
+        """The largest amount reserved in any window of a unit (tokens, requests, usd micros)."""
+        return max((c.amount for c in self.charges if c.unit == unit), default=0)
