@@ -106,10 +106,33 @@ def test_streamed_json_schema_is_content_chunks_that_parse(client, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_json_object_mode_answers_a_json_object_on_every_provider(client, model):
-    # What instructor's JSON mode sends (instructor itself cannot be installed next to openai 3.x).
     completion = client.chat.completions.create(model=model, messages=MESSAGES, response_format={"type": "json_object"})
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
     assert Loose.model_validate_json(completion.choices[0].message.content)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_object_mode_follows_the_schema_the_prompt_describes(client, model, stream):
+    # What instructor's JSON mode sends: json_object, and the schema written into the system message.
+    messages = [
+        {
+            "role": "system",
+            "content": f"Answer with JSON matching this json_schema:\n{json.dumps(Person.model_json_schema())}",
+        },
+        *MESSAGES,
+    ]
+    kwargs = {"model": model, "messages": messages, "response_format": {"type": "json_object"}}
+    if stream:
+        text = "".join(
+            choice.delta.content or ""
+            for chunk in client.chat.completions.create(**kwargs, stream=True)
+            for choice in chunk.choices
+        )
+    else:
+        text = client.chat.completions.create(**kwargs).choices[0].message.content
+    person = Person.model_validate_json(text)
+    assert person.name and person.languages
 
 
 @pytest.mark.parametrize("model", MODELS)

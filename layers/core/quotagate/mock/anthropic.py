@@ -38,7 +38,9 @@ the reply is one ``tool_use`` block (of tool N, or of the first tool); with ``{"
 (the default when tools are given) the reply is the text reply followed by a ``tool_use`` of the
 first tool -- unless the last user turn carries a ``tool_result``, in which case it is text only,
 like a model that got its answer; ``{"type": "none"}`` is text only. The tool input is made
-deterministically from the tool's ``input_schema`` properties. If ``max_tokens`` leaves no room for
+deterministically from the tool's ``input_schema`` properties (an input schema without properties,
+such as the gateway's ``json_object`` tool, gets the object the prompt describes, if it describes
+one: :func:`quotagate.mock.structured.described_object`). If ``max_tokens`` leaves no room for
 the tool call, the call is left out and the stop reason is ``max_tokens``.
 
 Faults: the same specs and sources as the OpenAI endpoint (:mod:`quotagate.mock.faults`: the model
@@ -67,7 +69,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
-from quotagate.mock import billing, vocab
+from quotagate.mock import billing, structured, vocab
 from quotagate.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
 from quotagate.mock.server import (
     MockSettings,
@@ -372,12 +374,15 @@ def _tool_input(schema: dict[str, Any], digest: bytes) -> dict[str, Any]:
     return {name: _value_for(prop, digest[i % len(digest)]) for i, (name, prop) in enumerate(properties.items())}
 
 
-def _tool_block(tool: dict[str, Any], digest: bytes) -> _Block:
+def _tool_block(tool: dict[str, Any], digest: bytes, convo: list[dict[str, Any]]) -> _Block:
+    schema = tool.get("input_schema") or {}
+    # An open object (the gateway's json_object tool): filled as the prompt describes, like a model.
+    described = None if schema.get("properties") else structured.described_object(convo)
     return _Block(
         "tool_use",
         tool_id=f"toolu_mock{uuid.uuid4().hex[:20]}",
         name=tool["name"],
-        input=_tool_input(tool.get("input_schema") or {}, digest),
+        input=described if described is not None else _tool_input(schema, digest),
     )
 
 
@@ -428,7 +433,7 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
         if pieces:
             blocks.append(_Block("text", pieces))
     if tool is not None:
-        block = _tool_block(tool, digest)
+        block = _tool_block(tool, digest, convo)
         if sum(b.output_tokens for b in blocks) + block.output_tokens <= limit:
             blocks.append(block)
             stop_reason = "tool_use"

@@ -32,7 +32,9 @@ its compact sorted JSON). Then::
 the mock "calls" a tool: the one named by ``toolChoice.tool`` or else the first one, after a short
 text preface (:data:`TOOL_PREFACE_TOKENS` pieces), with an input made from the tool's JSON schema
 (required properties, or all: strings get a reply word or the first enum value, integers 42,
-numbers 1.5, booleans true, arrays of one such item, objects {}), and ``stopReason`` ``tool_use``. If
+numbers 1.5, booleans true, arrays of one such item, objects {}; a schema without properties, such
+as the gateway's ``json_object`` tool, gets the object the prompt describes, if it describes one:
+:func:`quotagate.mock.structured.described_object`), and ``stopReason`` ``tool_use``. If
 ``maxTokens`` is too small for the whole call, only the (truncated) preface is returned with
 ``max_tokens``. After a ``toolResult`` the mock answers with text.
 
@@ -74,7 +76,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from quotagate import tokens
-from quotagate.mock import billing, vocab
+from quotagate.mock import billing, structured, vocab
 from quotagate.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from quotagate.mock.eventstream import encode_event
 from quotagate.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
@@ -432,7 +434,10 @@ def plan_converse(
         spec = next((t for t in tools if t.get("name") == wanted), tools[0])
         preface = pieces[: min(TOOL_PREFACE_TOKENS, len(pieces))]
         words = [p.strip() for p in pieces[len(preface) :] or pieces]
-        tool_input = example_input((spec.get("inputSchema") or {}).get("json"), words)
+        schema = (spec.get("inputSchema") or {}).get("json")
+        # An open object (the gateway's json_object tool): filled as the prompt describes, like a model.
+        described = None if isinstance(schema, dict) and schema.get("properties") else structured.described_object(view)
+        tool_input = described if described is not None else example_input(schema, words)
         input_json = json.dumps(tool_input, separators=(",", ":"), ensure_ascii=False)
         needed = len(preface) + tokens.count_text(input_json)
         if limit is not None and limit < needed:

@@ -6,7 +6,12 @@
   that got its answer. ``tool_choice: "none"`` answers in text. The arguments are made from the
   function's ``parameters`` schema (:func:`value_for_schema`).
 - **response_format.** ``json_schema``: the reply is a JSON value made from the schema;
-  ``json_object``: a JSON object ``{"answer": <the text reply>}``.
+  ``json_object``: like a model in JSON mode, an object of the schema the prompt describes
+  (:func:`described_object`: instructor's JSON mode writes the schema into the system message),
+  else ``{"answer": <the text reply>}``.
+- **JSON mode on the other dialects.** The Anthropic and Bedrock mocks answer a tool whose input
+  schema names no properties (the forced tool the gateway sends for ``json_object``) with the same
+  :func:`described_object`, so JSON mode gives the described fields on every provider type.
 
 Values are deterministic (a seed from the conversation) and valid for the common JSON-schema
 keywords: ``type`` (also as a list), ``properties`` (every one, as strict mode wants), ``items``,
@@ -18,13 +23,17 @@ completion token.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any, Final
 
 from quotagate.mock import vocab
 
 PIECE_CHARS: Final = 4
 MAX_DEPTH: Final = 8  # recursive schemas stop here (with null, or an empty object/array)
+MAX_SCHEMA_ATTEMPTS: Final = 64  # "{" positions tried per prompt text when looking for a schema
 
 
 def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -118,13 +127,70 @@ def chosen_function(body: dict[str, Any], messages: list[dict[str, Any]]) -> dic
     return None if _after_tool_result(messages) else functions[0]
 
 
+def _texts(content: Any, depth: int = 0) -> Iterator[str]:
+    """The text of a message's content: a string, or parts/blocks with ``text`` (and ``content``,
+    as tool results nest it), in order."""
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list) and depth < MAX_DEPTH:
+        for part in content:
+            yield from _texts(part, depth + 1)
+    elif isinstance(content, dict) and depth < MAX_DEPTH:
+        yield from _texts(content.get("text"), depth + 1)
+        yield from _texts(content.get("content"), depth + 1)
+
+
+def _object_at(text: str, start: int) -> Any:
+    """The JSON value, or else the Python dict literal (``f"{Model.model_json_schema()}"``), that
+    starts at ``text[start]`` (None if neither does)."""
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except (ValueError, RecursionError):
+        pass
+    depth = 0
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            try:
+                return ast.literal_eval(text[start : end + 1])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return None
+    return None
+
+
+def described_schema(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first object schema (a ``{...}`` with ``properties``) the prompt writes out."""
+    for text in (t for message in messages if isinstance(message, dict) for t in _texts(message.get("content"))):
+        start = text.find("{")
+        for _ in range(MAX_SCHEMA_ATTEMPTS):
+            if start == -1:
+                break
+            found = _object_at(text, start)
+            if isinstance(found, dict) and isinstance(found.get("properties"), dict) and found["properties"]:
+                return found
+            start = text.find("{", start + 1)
+    return None
+
+
+def described_object(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a model in JSON mode answers when the prompt describes the object's schema: a value of
+    that schema (None: the prompt describes none). Shared by every dialect of the mock."""
+    schema = described_schema(messages)
+    if schema is None:
+        return None
+    seed = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).digest()[0]
+    value = value_for_schema(schema, seed)
+    return value if isinstance(value, dict) else None
+
+
 def structured_text(body: dict[str, Any], messages: list[dict[str, Any]], text_pieces: list[str]) -> str | None:
     """The JSON reply ``response_format`` asks for (None: a plain text reply)."""
     response_format = body.get("response_format")
     if not isinstance(response_format, dict):
         return None
     if response_format.get("type") == "json_object":
-        return json.dumps({"answer": "".join(text_pieces).strip()})
+        described = described_object(messages)
+        return json.dumps(described if described is not None else {"answer": "".join(text_pieces).strip()})
     spec = response_format.get("json_schema")
     if response_format.get("type") == "json_schema" and isinstance(spec, dict):
         seed = vocab.messages_digest(messages)[0]
