@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from quotagate import tables
-from quotagate.dal.circuit_store import OPEN, DynamoCircuitStore
+from quotagate.dal.circuit_store import CircuitState, DynamoCircuitStore
 from tests.unit import test_breaker as scenarios
 
 TARGET = scenarios.TARGET
@@ -55,7 +55,7 @@ def test_breaker_scenarios_over_dynamodb(store, scenario):
 def test_items_expire_and_a_missing_item_is_closed(store, client):
     assert store.get_many([TARGET]) == {}
     record = store.add_failure(TARGET, 1_800_000_000.0, 5, 30)
-    assert record.failures == 1 and record.state != OPEN
+    assert record.failures == 1 and record.state != CircuitState.OPEN
     item = client.get_item(TableName=tables.CIRCUIT.name(), Key={"target": {"S": TARGET}})["Item"]
     assert int(item["expires_at"]["N"]) > 1_800_000_000
     ttl = client.describe_time_to_live(TableName=tables.CIRCUIT.name())["TimeToLiveDescription"]
@@ -71,9 +71,9 @@ def test_concurrent_failures_open_the_circuit_once(store):
     with ThreadPoolExecutor(max_workers=20) as pool:
         records = list(pool.map(one, range(20)))
     final = store.get_many([TARGET])[TARGET]
-    assert final.state == OPEN and final.failures == 20
+    assert final.state == CircuitState.OPEN and final.failures == 20
     # Opened exactly once: the cool-down was not pushed back by later failures.
-    assert {r.open_until for r in records if r.state == OPEN} == {final.open_until}
+    assert {r.open_until for r in records if r.state == CircuitState.OPEN} == {final.open_until}
 
 
 def test_exactly_one_container_takes_the_probe(store):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from quotagate.logic.breaker import CLOSED
+from quotagate.logic.breaker import CircuitState
 from quotagate.providers.base import SSEEvent
 from tests.unit.test_router_failover import A, B, FakeProvider, chat, make
 
@@ -48,5 +48,5 @@ def test_an_upstream_error_event_mid_stream_never_reaches_the_client(stream, cap
             chat(gateway)
         assert "sk-proj" not in failed.value.message and failed.value.code == "upstream_error"
     circuit = store.get_many([A]).get(A)
-    assert circuit is not None and (circuit.failures >= 1 or circuit.state != CLOSED), circuit
+    assert circuit is not None and (circuit.failures >= 1 or circuit.state != CircuitState.CLOSED), circuit
     assert "sk-proj-****" not in capsys.readouterr().out

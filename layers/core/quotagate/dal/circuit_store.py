@@ -20,33 +20,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from quotagate import tables
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"  # requests go through
+    OPEN = "open"  # the router skips the target until ``open_until``
+    HALF_OPEN = "half_open"  # never stored: an open circuit whose cool-down is over (one probe)
+
+
 ITEM_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
 class CircuitRecord:
     target: str
-    state: str = CLOSED  # as stored: closed | open
+    state: CircuitState = CircuitState.CLOSED  # as stored: closed or open
     failures: int = 0
     open_until: float = 0.0
     probe_until: float = 0.0
     probe_owner: str | None = None
 
-    def view(self, now: float) -> str:
-        """closed | open | half_open (open, cool-down over: one probe may go through)."""
-        if self.state != OPEN:
-            return CLOSED
-        return OPEN if now < self.open_until else HALF_OPEN
+    def view(self, now: float) -> CircuitState:
+        """The state now: an open circuit whose cool-down is over is half-open."""
+        if self.state != CircuitState.OPEN:
+            return CircuitState.CLOSED
+        return CircuitState.OPEN if now < self.open_until else CircuitState.HALF_OPEN
 
     def probe_free(self, now: float) -> bool:
-        return self.view(now) == HALF_OPEN and self.probe_until <= now
+        return self.view(now) == CircuitState.HALF_OPEN and self.probe_until <= now
 
 
 class CircuitStore(Protocol):
@@ -91,8 +96,10 @@ class InMemoryCircuitStore:
             self.writes += 1
             record = self._items.get(target, CircuitRecord(target))
             record = replace(record, failures=record.failures + 1)
-            if record.state != OPEN and record.failures >= threshold:
-                record = replace(record, state=OPEN, open_until=now + cooldown, probe_until=0.0, probe_owner=None)
+            if record.state != CircuitState.OPEN and record.failures >= threshold:
+                record = replace(
+                    record, state=CircuitState.OPEN, open_until=now + cooldown, probe_until=0.0, probe_owner=None
+                )
             self._items[target] = record
             return record
 
@@ -102,7 +109,7 @@ class InMemoryCircuitStore:
             record = self._items.get(target, CircuitRecord(target))
             record = replace(
                 record,
-                state=OPEN,
+                state=CircuitState.OPEN,
                 failures=record.failures + 1,
                 open_until=now + cooldown,
                 probe_until=0.0,
@@ -143,7 +150,7 @@ def _from_item(item: dict[str, Any]) -> CircuitRecord:
 
     return CircuitRecord(
         target=item["target"]["S"],
-        state=item.get("state", {}).get("S", CLOSED),
+        state=CircuitState(item.get("state", {}).get("S", CircuitState.CLOSED)),
         failures=int(number("failures")),
         open_until=number("open_until"),
         probe_until=number("probe_until"),
@@ -190,7 +197,7 @@ class DynamoCircuitStore:
             ReturnValues="ALL_NEW",
         )
         record = _from_item(response["Attributes"])
-        if record.state == OPEN or record.failures < threshold:
+        if record.state == CircuitState.OPEN or record.failures < threshold:
             return record
         try:
             response = self._client.update_item(
@@ -201,7 +208,7 @@ class DynamoCircuitStore:
                 ConditionExpression="failures >= :threshold AND (attribute_not_exists(#state) OR #state <> :open)",
                 ExpressionAttributeNames=_NAMES,
                 ExpressionAttributeValues={
-                    ":open": {"S": OPEN},
+                    ":open": {"S": CircuitState.OPEN},
                     ":until": _num(now + cooldown),
                     ":threshold": {"N": str(threshold)},
                     ":expires": self._expires(now),
@@ -223,7 +230,7 @@ class DynamoCircuitStore:
             "ADD failures :one REMOVE probe_until, probe_owner",
             ExpressionAttributeNames=_NAMES,
             ExpressionAttributeValues={
-                ":open": {"S": OPEN},
+                ":open": {"S": CircuitState.OPEN},
                 ":until": _num(now + cooldown),
                 ":one": {"N": "1"},
                 ":expires": self._expires(now),
@@ -239,7 +246,11 @@ class DynamoCircuitStore:
             UpdateExpression="SET #state = :closed, failures = :zero, expires_at = :expires "
             "REMOVE open_until, probe_until, probe_owner",
             ExpressionAttributeNames=_NAMES,
-            ExpressionAttributeValues={":closed": {"S": CLOSED}, ":zero": {"N": "0"}, ":expires": self._expires(now)},
+            ExpressionAttributeValues={
+                ":closed": {"S": CircuitState.CLOSED},
+                ":zero": {"N": "0"},
+                ":expires": self._expires(now),
+            },
             ReturnValues="ALL_NEW",
         )
         return _from_item(response["Attributes"])
@@ -256,7 +267,7 @@ class DynamoCircuitStore:
                 "AND (attribute_not_exists(probe_until) OR probe_until <= :now)",
                 ExpressionAttributeNames=_NAMES,
                 ExpressionAttributeValues={
-                    ":open": {"S": OPEN},
+                    ":open": {"S": CircuitState.OPEN},
                     ":now": _num(now),
                     ":lease": _num(now + lease_seconds),
                     ":owner": {"S": owner},

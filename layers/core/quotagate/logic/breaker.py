@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from quotagate.config import BreakerPolicy
-from quotagate.dal.circuit_store import CLOSED, HALF_OPEN, OPEN, CircuitRecord, CircuitStore
+from quotagate.dal.circuit_store import CircuitRecord, CircuitState, CircuitStore
 
 logger = logging.getLogger("quotagate.breaker")
 
@@ -47,7 +47,7 @@ class Permit:
 
 @dataclass(frozen=True)
 class CircuitView:
-    state: str  # closed | open | half_open
+    state: CircuitState
     open_until: float = 0.0
 
 
@@ -121,7 +121,7 @@ class CircuitBreaker:
     def allow_cached(self, target: str) -> Permit | None:
         """A Permit when this container's fresh copy says closed (no I/O); None means: ask ``allow``."""
         record = self._fresh(target)
-        if record is not None and record.view(self._clock()) == CLOSED:
+        if record is not None and record.view(self._clock()) == CircuitState.CLOSED:
             return Permit(target)
         return None
 
@@ -129,9 +129,9 @@ class CircuitBreaker:
         """Whether ``record_success`` would write (else it can be skipped, with no I/O)."""
         entry = self._cache.get(permit.target)
         record = entry[1] if entry else None
-        return permit.probe or (record is not None and (record.failures > 0 or record.state != CLOSED))
+        return permit.probe or (record is not None and (record.failures > 0 or record.state != CircuitState.CLOSED))
 
-    def state(self, target: str) -> str:
+    def state(self, target: str) -> CircuitState:
         return self.views([target])[target].state
 
     def _remember(self, record: CircuitRecord | None) -> None:
@@ -146,9 +146,9 @@ class CircuitBreaker:
         record = self._records([target])[target]
         now = self._clock()
         view = record.view(now)
-        if view == CLOSED:
+        if view == CircuitState.CLOSED:
             return Permit(target)
-        if view == OPEN or not record.probe_free(now):
+        if view == CircuitState.OPEN or not record.probe_free(now):
             return None
         policy = self.policy
         try:
@@ -172,7 +172,7 @@ class CircuitBreaker:
             return  # nothing to reset: no write
         try:
             self._remember(self._store.close(target, self._clock()))
-            if permit.probe or (record is not None and record.state == OPEN):
+            if permit.probe or (record is not None and record.state == CircuitState.OPEN):
                 logger.info("circuit closed: %s", target)
         except Exception as error:
             logger.warning("could not record a success of %s: %s", target, type(error).__name__)
@@ -188,7 +188,10 @@ class CircuitBreaker:
                 self._on_open(target)
             else:
                 record = self._store.add_failure(target, now, policy.failure_threshold, policy.cooldown_seconds)
-                if record.state == OPEN and abs(record.open_until - (now + policy.cooldown_seconds)) < 0.01:
+                if (
+                    record.state == CircuitState.OPEN
+                    and abs(record.open_until - (now + policy.cooldown_seconds)) < 0.01
+                ):
                     logger.warning("circuit opened after %d consecutive failures: %s", record.failures, target)
                     self._on_open(target)
         except Exception as error:
@@ -197,4 +200,4 @@ class CircuitBreaker:
         self._remember(record)
 
 
-__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker", "CircuitView", "Permit"]
+__all__ = ["CircuitBreaker", "CircuitState", "CircuitView", "Permit"]

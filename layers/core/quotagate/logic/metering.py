@@ -4,17 +4,20 @@ otherwise counted with tiktoken from what was actually sent and received."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from quotagate import tokens
 from quotagate.providers.base import SSEEvent
+
+# Where the numbers came from: the provider's own usage report, or tiktoken over the text.
+MeteredSource = Literal["provider", "counted"]
 
 
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int  # every input token, cached ones included
     completion_tokens: int
-    source: str  # "provider" | "counted"
+    source: MeteredSource
     cache_read_tokens: int = 0  # of prompt_tokens: read from a prompt cache
     cache_creation_tokens: int = 0  # of prompt_tokens: written to a prompt cache
     cache_creation_1h_tokens: int = 0  # of cache_creation_tokens: into the 1-hour cache

@@ -30,9 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from quotagate.config import GatewayConfig, Model, Plan, Target
+from quotagate.dal.circuit_store import CircuitState
 from quotagate.errors import GatewayError, not_found, permission_error
-
-OPEN = "open"
 
 
 @dataclass(frozen=True)
@@ -126,13 +125,15 @@ class Router:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def order(self, resolution: Resolution, consumer: str, health: Mapping[str, str] | None = None) -> list[Target]:
+    def order(
+        self, resolution: Resolution, consumer: str, health: Mapping[str, CircuitState] | None = None
+    ) -> list[Target]:
         """The targets to try, in order: the weighted (or sticky) pick first, then the others in
         configured order; targets whose circuit is open (per ``health``: target id -> state) are
         left out. Empty when every circuit is open."""
         health = health or {}
         targets = resolution.targets
-        available = [t for t in targets if health.get(t.id) != OPEN]
+        available = [t for t in targets if health.get(t.id) != CircuitState.OPEN]
         if not available:
             return []
         point = sticky_point(consumer, resolution.model.name) if resolution.model.sticky else self._rng.random()

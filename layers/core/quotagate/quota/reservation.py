@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quotagate.quota.ledger import WindowUsage
-from quotagate.quota.windows import WindowCharge, format_duration
+from quotagate.quota.windows import WindowCharge, WindowScope, WindowUnit, format_duration
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ def ratelimit_headers(usages: Sequence[WindowUsage], now: float, prefer: Sequenc
     this request asked of it), because a cancelled transaction returns only the failed items.
     """
     headers: dict[str, str] = {}
-    for unit in ("requests", "tokens"):
+    for unit in (WindowUnit.REQUESTS, WindowUnit.TOKENS):
         candidates = [u for u in prefer if u.charge.unit == unit]
         if not candidates:
-            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "key"]
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == WindowScope.KEY]
         if not candidates:
-            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == "tenant"]
+            candidates = [u for u in usages if u.charge.unit == unit and u.charge.scope == WindowScope.TENANT]
         if not candidates:
             continue
         best = min(
@@ -91,6 +91,6 @@ class Reservation:
         """
         return ratelimit_headers(self.usages, self.clock() if now is None else now)
 
-    def reserved(self, unit: str) -> int:
+    def reserved(self, unit: WindowUnit) -> int:
         """The largest amount reserved in any window of a unit (tokens, requests, usd micros)."""
         return max((c.amount for c in self.charges if c.unit == unit), default=0)

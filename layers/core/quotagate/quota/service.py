@@ -31,6 +31,8 @@ from quotagate.quota.windows import (
     PER_REQUEST_LIMIT,
     WINDOW_LIMITS,
     WindowCharge,
+    WindowScope,
+    WindowUnit,
     iso_utc,
     make_charge,
     retry_after_seconds,
@@ -43,13 +45,13 @@ from quotagate.usage import record as usage_record
 TOO_LARGE_CODE = "request_too_large_for_limit"
 # A per-minute 429's retry-after is the reset plus 0..this many seconds, drawn per response.
 RETRY_JITTER_SECONDS = 4
-_SCOPE_WORDS = {"key": "this API key", "tenant": "this tenant"}
+SCOPE_WORDS = {WindowScope.KEY: "this API key", WindowScope.TENANT: "this tenant"}
 
 
-def _amount_text(unit: str, value: int | None) -> str:
+def _amount_text(unit: WindowUnit, value: int | None) -> str:
     if value is None:
         return "unknown"
-    if unit == "usd":
+    if unit == WindowUnit.USD:
         dollars = value / 1_000_000
         return f"${dollars:.2f}" if value % 10_000 == 0 else f"${dollars:.6f}".rstrip("0")
     return f"{value} {unit}"
@@ -82,8 +84,8 @@ class QuotaService:
         tokens = int(prompt_tokens_estimate) + int(max_output_tokens)
         usd_micros = usd_to_micros_ceil(request.reserve_usd)
         scopes = [
-            ("key", request.key_id, request.key_limits or {}),
-            ("tenant", request.tenant, request.tenant_limits or {}),
+            (WindowScope.KEY, request.key_id, request.key_limits or {}),
+            (WindowScope.TENANT, request.tenant, request.tenant_limits or {}),
         ]
         for scope, _, limits in scopes:
             cap = limits.get(PER_REQUEST_LIMIT)
@@ -91,7 +93,7 @@ class QuotaService:
                 sent = request.output_text or f"{output_param} is {max_output_tokens}"
                 raise GatewayError(
                     400,
-                    f"The request asks for {sent}, more than {_SCOPE_WORDS[scope]}'s "
+                    f"The request asks for {sent}, more than {SCOPE_WORDS[scope]}'s "
                     f"{PER_REQUEST_LIMIT} limit of {int(cap)}. Lower {output_param}.",
                     code=TOO_LARGE_CODE,
                     param=output_param,
@@ -104,7 +106,12 @@ class QuotaService:
                     continue
                 if not scope_id:
                     raise ValueError(f"{scope} limits given without a {scope} id")
-                amount = {"requests": 1, "tokens": tokens, "usd": usd_micros, "concurrent": 1}[unit]
+                amount = {
+                    WindowUnit.REQUESTS: 1,
+                    WindowUnit.TOKENS: tokens,
+                    WindowUnit.USD: usd_micros,
+                    WindowUnit.CONCURRENT: 1,
+                }[unit]
                 charge = make_charge(scope, scope_id, name, value, amount, now)
                 if charge.amount > charge.limit:
                     raise self._too_large(charge, int(prompt_tokens_estimate), int(max_output_tokens))
@@ -113,7 +120,7 @@ class QuotaService:
 
     @staticmethod
     def _too_large(charge: WindowCharge, prompt: int, max_output: int) -> GatewayError:
-        who = _SCOPE_WORDS[charge.scope]
+        who = SCOPE_WORDS[charge.scope]
         limit_text = _amount_text(charge.unit, charge.limit)
         if charge.limit == 0:
             # No request can ever pass: a budget of zero, not something a retry fixes.
@@ -124,7 +131,7 @@ class QuotaService:
                 code="insufficient_quota",
                 headers={"x-should-retry": "false"},
             )
-        if charge.unit == "tokens" and prompt > charge.limit:
+        if charge.unit == WindowUnit.TOKENS and prompt > charge.limit:
             return GatewayError(
                 400,
                 f"The prompt (about {prompt} tokens) is larger than {who}'s {charge.limit_name} "
@@ -132,7 +139,7 @@ class QuotaService:
                 code=TOO_LARGE_CODE,
                 param="messages",
             )
-        if charge.unit == "tokens":
+        if charge.unit == WindowUnit.TOKENS:
             return GatewayError(
                 400,
                 f"This request may use {prompt} prompt + {max_output} output = {charge.amount} tokens, "
@@ -143,7 +150,7 @@ class QuotaService:
             )
         return GatewayError(
             400,
-            f"This request may cost up to {_amount_text('usd', charge.amount)}, more than {who}'s "
+            f"This request may cost up to {_amount_text(WindowUnit.USD, charge.amount)}, more than {who}'s "
             f"{charge.limit_name} budget of {limit_text}. Lower max_tokens.",
             code=TOO_LARGE_CODE,
             param="max_tokens",
@@ -237,20 +244,20 @@ class QuotaService:
         # (a full concurrency counter frees up when any request ends: it binds only on its own).
         binding = max(
             exceeded.shortfalls,
-            key=lambda u: now if u.charge.unit == "concurrent" else u.charge.window_end,
+            key=lambda u: now if u.charge.unit == WindowUnit.CONCURRENT else u.charge.window_end,
         )
         charge = binding.charge
-        if charge.unit == "concurrent":
+        if charge.unit == WindowUnit.CONCURRENT:
             return GatewayError(
                 429,
-                f"Too many concurrent requests for {_SCOPE_WORDS[charge.scope]}: {binding.used} in flight, "
+                f"Too many concurrent requests for {SCOPE_WORDS[charge.scope]}: {binding.used} in flight, "
                 f"the limit ({CONCURRENCY_LIMIT}) is {charge.limit}. Retry when one has finished.",
                 type="requests",
                 code="rate_limit_exceeded",
                 headers={"retry-after": "1"},
             )
         retry_after = retry_after_seconds(charge.window_end, now)
-        who = _SCOPE_WORDS[charge.scope]
+        who = SCOPE_WORDS[charge.scope]
         unit = charge.unit
         detail = (
             f"limit {_amount_text(unit, charge.limit)}, used {_amount_text(unit, binding.used)}, "
@@ -301,7 +308,12 @@ class QuotaService:
         tokens = int(prompt_tokens) + int(completion_tokens)
         usd_micros = usd_to_micros_ceil(actual_usd)
         # A concurrency slot is given back: 0 in flight once the request has ended.
-        actual = {"requests": None, "tokens": tokens, "usd": usd_micros, "concurrent": 0}
+        actual = {
+            WindowUnit.REQUESTS: None,
+            WindowUnit.TOKENS: tokens,
+            WindowUnit.USD: usd_micros,
+            WindowUnit.CONCURRENT: 0,
+        }
         adjustments = []
         for charge in reservation.charges:
             value = actual[charge.unit]
@@ -351,7 +363,7 @@ class QuotaService:
         """Grow an open reservation by ``extra_tokens`` and ``extra_usd`` in the very windows it
         reserved (guard ``used <= limit - n``), all or nothing. False: refused (a window has no
         room, the store is unsure, or the reservation is settled) and nothing changed here."""
-        amounts = {"tokens": int(extra_tokens), "usd": usd_to_micros_ceil(extra_usd)}
+        amounts = {WindowUnit.TOKENS: int(extra_tokens), WindowUnit.USD: usd_to_micros_ceil(extra_usd)}
         increases = [(c, amounts[c.unit]) for c in reservation.charges if amounts.get(c.unit)]
         with reservation.lock:
             if reservation.settled:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from quotagate.quota.ledger import QuotaLedger
-from quotagate.quota.windows import WindowCharge
+from quotagate.quota.windows import WindowCharge, WindowScope
 
 MESSAGE_VERSION = 1
 SettlementKind = Literal["settle", "compensate"]
@@ -55,7 +55,10 @@ class PendingSettlement:
             raise ValueError(f"unknown settlement kind {kind!r}")
         return cls(
             request_id=str(data["request_id"]),
-            adjustments=tuple((WindowCharge(**a["charge"]), int(a["delta"])) for a in data["adjustments"]),
+            adjustments=tuple(
+                (WindowCharge(**{**a["charge"], "scope": WindowScope(a["charge"]["scope"])}), int(a["delta"]))
+                for a in data["adjustments"]
+            ),
             usage={str(k): int(v) for k, v in data.get("usage", {}).items()},
             kind=kind,
             record=data.get("record"),

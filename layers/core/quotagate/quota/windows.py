@@ -14,25 +14,51 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from enum import StrEnum
+
+
+class WindowScope(StrEnum):
+    """Whose limits a window counts against."""
+
+    KEY = "key"  # one API key (or one JWT subject)
+    TENANT = "tenant"  # all of a tenant's keys together
+
+
+class WindowUnit(StrEnum):
+    """What a window counts (always integers)."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"  # prompt + output tokens
+    USD = "usd"  # micro-dollars
+    CONCURRENT = "concurrent"  # requests in flight
+
+
+class WindowPeriod(StrEnum):
+    """The fixed UTC window a limit counts in."""
+
+    MINUTE = "minute"
+    DAY = "day"
+    MONTH = "month"
+    EVER = "ever"  # no window: the concurrency counter
+
 
 # Window limits (everything in config.LIMIT_NAMES except the per-request cap).
-WINDOW_LIMITS: dict[str, tuple[str, str]] = {
-    # limit name: (unit, period)
-    "requests_per_minute": ("requests", "minute"),
-    "tokens_per_minute": ("tokens", "minute"),
-    "tokens_per_day": ("tokens", "day"),
-    "tokens_per_month": ("tokens", "month"),
-    "usd_per_day": ("usd", "day"),
-    "usd_per_month": ("usd", "month"),
+WINDOW_LIMITS: dict[str, tuple[WindowUnit, WindowPeriod]] = {
+    "requests_per_minute": (WindowUnit.REQUESTS, WindowPeriod.MINUTE),
+    "tokens_per_minute": (WindowUnit.TOKENS, WindowPeriod.MINUTE),
+    "tokens_per_day": (WindowUnit.TOKENS, WindowPeriod.DAY),
+    "tokens_per_month": (WindowUnit.TOKENS, WindowPeriod.MONTH),
+    "usd_per_day": (WindowUnit.USD, WindowPeriod.DAY),
+    "usd_per_month": (WindowUnit.USD, WindowPeriod.MONTH),
     # Requests in flight: one counter item (no window), +1 at reservation, -1 at settlement (or
     # when the reaper expires the reservation of an environment that died).
-    "max_concurrent_requests": ("concurrent", "ever"),
+    "max_concurrent_requests": (WindowUnit.CONCURRENT, WindowPeriod.EVER),
 }
 PER_REQUEST_LIMIT = "max_tokens_per_request"
 CONCURRENCY_LIMIT = "max_concurrent_requests"
 # Per-minute windows and concurrency are rate limits (retrying later helps); day/month windows
 # are budgets.
-RATE_PERIODS = frozenset({"minute", "ever"})
+RATE_PERIODS = frozenset({WindowPeriod.MINUTE, WindowPeriod.EVER})
 # The "window" of the concurrency counter: all of time (its item outlives any request).
 FOREVER = 2**32
 # Window items outlive their window by this much (TTL is clean-up only; settlement of a request
@@ -58,23 +84,23 @@ def usd_to_micros_floor(usd: float) -> int:
 def limit_units(limit_name: str, value: float) -> int:
     """A configured limit in ledger units (rounded down)."""
     unit, _ = WINDOW_LIMITS[limit_name]
-    if unit == "usd":
+    if unit == WindowUnit.USD:
         return usd_to_micros_floor(value)
     return math.floor(value)
 
 
-def window_bounds(period: str, now: float) -> tuple[int, int]:
+def window_bounds(period: WindowPeriod, now: float) -> tuple[int, int]:
     """[start, end) of the fixed UTC window containing ``now``, as epoch seconds."""
     t = math.floor(now)
-    if period == "minute":
+    if period == WindowPeriod.MINUTE:
         start = t - t % 60
         return start, start + 60
-    if period == "day":
+    if period == WindowPeriod.DAY:
         start = t - t % 86_400
         return start, start + 86_400
-    if period == "ever":
+    if period == WindowPeriod.EVER:
         return 0, FOREVER
-    if period == "month":
+    if period == WindowPeriod.MONTH:
         moment = datetime.fromtimestamp(t, UTC)
         first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
         following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
@@ -86,10 +112,13 @@ def iso_utc(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def scope_pk(scope: str, scope_id: str) -> str:
-    if scope not in ("key", "tenant"):
+def scope_pk(scope: WindowScope, scope_id: str) -> str:
+    if scope not in SCOPES:
         raise ValueError(f"scope must be 'key' or 'tenant', got {scope!r}")
     return f"{scope}#{scope_id}"
+
+
+SCOPES = frozenset(WindowScope)
 
 
 def window_sk(limit_name: str, window_start: int) -> str:
@@ -102,7 +131,7 @@ def window_sk(limit_name: str, window_start: int) -> str:
 class WindowCharge:
     """An amount to reserve in one window item of one scope (a key or a tenant)."""
 
-    scope: str  # "key" | "tenant"
+    scope: WindowScope
     scope_id: str
     limit_name: str  # one of WINDOW_LIMITS
     window_start: int  # epoch seconds, UTC
@@ -123,11 +152,11 @@ class WindowCharge:
         return self.pk, self.sk
 
     @property
-    def unit(self) -> str:
+    def unit(self) -> WindowUnit:
         return WINDOW_LIMITS[self.limit_name][0]
 
     @property
-    def period(self) -> str:
+    def period(self) -> WindowPeriod:
         return WINDOW_LIMITS[self.limit_name][1]
 
     @property
@@ -145,7 +174,7 @@ class WindowCharge:
 
 
 def make_charge(
-    scope: str, scope_id: str, limit_name: str, limit_value: float, amount: int, now: float
+    scope: WindowScope, scope_id: str, limit_name: str, limit_value: float, amount: int, now: float
 ) -> WindowCharge:
     """The charge of ``amount`` units in the window of ``limit_name`` that contains ``now``."""
     _, period = WINDOW_LIMITS[limit_name]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from quotagate.usage.pipe import BUS_NAME, EVENT_SOURCE, REQUEST_SETTLED, SCHEMA_VERSION
+from quotagate.quota.ledger import ReservationStatus
+from quotagate.usage.pipe import BUS_NAME, EVENT_SOURCE, PUBLISHED_STATUSES, REQUEST_SETTLED, SCHEMA_VERSION
 from quotagate.usage.record import BUDGET_LIMITS, FIELDS, UsageOutcome, UsageSource, budget_field
 
 BUDGET_THRESHOLD_CROSSED = "Budget Threshold Crossed"
@@ -39,7 +40,7 @@ class SettledRequest:
     """A ``Request Settled`` detail, parsed (integers as ints)."""
 
     request_id: str
-    status: str
+    status: ReservationStatus  # settled or expired
     tenant: str
     consumer: str
     key_id: str
@@ -89,11 +90,11 @@ class SettledRequest:
             if values[name] < 0:
                 raise InvalidEvent(f"{name} is negative")
         status = detail.get("status")
-        if status not in ("settled", "expired"):
+        if not isinstance(status, str) or status not in PUBLISHED_STATUSES:
             raise InvalidEvent(f"unknown status {status!r}")
         return cls(
             request_id=values["request_id"],
-            status=str(status),
+            status=ReservationStatus(status),
             tenant=values["tenant"],
             consumer=values["consumer"],
             key_id=values["key_id"],

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from quotagate.quota.ledger import RESERVATION_SK
+from quotagate.quota.ledger import RESERVATION_SK, ReservationStatus
 from quotagate.usage.record import FIELDS, RECORD_ATTRIBUTE
 
 BUS_NAME = "quotagate"
@@ -28,7 +28,7 @@ SCHEMA_VERSION = "1"
 # The rule that feeds the rollup queue (the stack's rule and local mode's).
 ROLLUP_RULE_PATTERN: dict[str, list[str]] = {"source": [EVENT_SOURCE], "detail-type": [REQUEST_SETTLED]}
 # Reservation states the pipe publishes: settled by the proxy, or closed by the reaper.
-PUBLISHED_STATUSES = ("settled", "expired")
+PUBLISHED_STATUSES = (ReservationStatus.SETTLED, ReservationStatus.EXPIRED)
 
 # A reservation item that was modified and is now settled or expired. The stream is NEW_IMAGE and
 # a reservation leaves ``reserved`` exactly once (both writes are conditional on ``reserved``), so

@@ -204,7 +204,7 @@ def outcome_for_status(status: int) -> UsageOutcome:
 
 
 def source_of(metered_source: str) -> UsageSource:
-    """The metering module's ``Usage.source`` ("provider" | "counted") as a usage source."""
+    """The metering module's ``Usage.source`` (``MeteredSource``) as a usage source."""
     return UsageSource.PROVIDER if metered_source == "provider" else UsageSource.TOKENIZER
 
 
