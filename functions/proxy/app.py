@@ -3,14 +3,16 @@ HTTP into calls on quotagate.logic.gateway and shapes the responses."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -21,7 +23,7 @@ from quotagate.auth_types import AuthType
 from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
-from quotagate.logic.gateway import DEFAULT_MAX_REQUEST_SECONDS, ChatResponse, Gateway
+from quotagate.logic.gateway import ChatResponse, Gateway, Limits
 from quotagate.protocols.openai_responses import ResponsesStream, create_response
 
 if TYPE_CHECKING:
@@ -87,8 +89,8 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
         breaker=CircuitBreaker(
             DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker, on_open=record_breaker_open
         ),
-        keepalive_seconds=float(os.environ.get("QG_KEEPALIVE_SECONDS", "15")),
-        max_request_seconds=float(os.environ.get("QG_MAX_REQUEST_SECONDS", DEFAULT_MAX_REQUEST_SECONDS)),
+        keepalive_seconds=settings.keepalive_seconds(),
+        max_request_seconds=settings.max_request_seconds(),
         max_body_bytes=int(settings.env(settings.MAX_BODY_BYTES) or DEFAULT_MAX_BODY_BYTES),
         on_finished=record_outcome,
         wall_clock=clock or time.time,
@@ -195,188 +197,245 @@ class SettlingStreamingResponse(StreamingResponse):
             await self._chat.finish(200)  # a no-op when already settled
 
 
-def create_app(services_factory: Callable[[], Services] = default_services) -> RequestIdMiddleware:  # noqa: C901 -- to split (issue 12)
-    services: list[Services] = []
+# ---------------------------------------------------------------------------------------------
+# Services, in Starlette's lifespan state
+# ---------------------------------------------------------------------------------------------
 
-    def get_services() -> Services:
-        if not services:
-            services.append(services_factory())
-        return services[0]
 
-    async def identify(request: Request) -> Identity:
-        context = request_context(request)
-        identity = Identity.from_context(context.get("authorizer"))
-        if identity is not None and (identity.auth_type != AuthType.API_KEY or identity.secret_fingerprint):
-            return identity
-        # Function URL path: no authorizer ran, so validate the credential with the same core code.
-        # The same for an Allow cached by an authorizer that predates secret fingerprints: without
-        # one, a rotation could not revoke the secret it was given for.
-        from anyio import to_thread
+class LazyServices:
+    """The services of one app, built on first use: the proxy's init (and /health, the Lambda Web
+    Adapter's readiness check) stays small; the first real request builds them."""
 
-        from quotagate.logic.auth import AccessDenied, AuthUnavailable, MissingCredential
+    def __init__(self, factory: Callable[[], Services]) -> None:
+        self._factory = factory
+        self._services: Services | None = None
 
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            return await to_thread.run_sync(get_services().authenticate, headers)
-        except (MissingCredential, AccessDenied, AuthUnavailable) as error:
-            raise error.gateway_error() from None
+    def get(self) -> Services:
+        if self._services is None:
+            self._services = self._factory()
+        return self._services
 
-    async def read_body(request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+
+@asynccontextmanager
+async def services_lifespan(factory: Callable[[], Services], app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    """The app's lifespan: its state (copied into every request's ``request.state``) holds the services."""
+    yield {"services": LazyServices(factory)}
+
+
+def services_of(request: Request) -> Services:
+    lazy: LazyServices | None = getattr(request.state, "services", None)
+    if lazy is None:  # a server that runs no lifespan (uvicorn --lifespan off): a deployment bug
+        raise RuntimeError("The proxy app's lifespan did not run: serve it with lifespan events on.")
+    return lazy.get()
+
+
+def gateway_of(request: Request) -> Gateway:
+    return services_of(request).gateway
+
+
+# ---------------------------------------------------------------------------------------------
+# Request helpers
+# ---------------------------------------------------------------------------------------------
+
+
+async def identify(request: Request) -> Identity:
+    context = request_context(request)
+    identity = Identity.from_context(context.get("authorizer"))
+    if identity is not None and (identity.auth_type != AuthType.API_KEY or identity.secret_fingerprint):
+        return identity
+    # Function URL path: no authorizer ran, so validate the credential with the same core code.
+    # The same for an Allow cached by an authorizer that predates secret fingerprints: without
+    # one, a rotation could not revoke the secret it was given for.
+    from anyio import to_thread
+
+    from quotagate.logic.auth import AccessDenied, AuthUnavailable, MissingCredential
+
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        return await to_thread.run_sync(services_of(request).authenticate, headers)
+    except (MissingCredential, AccessDenied, AuthUnavailable) as error:
+        raise error.gateway_error() from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
             raise body_too_large(limit)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise body_too_large(limit)
-        return bytes(body)
+    return bytes(body)
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
 
-    async def list_models(request: Request) -> Response:
-        from anyio import to_thread
+async def admitted_request(request: Request) -> tuple[Gateway, Identity, bytes, str]:
+    """What every model endpoint starts with: the caller, the gateway, the body (bounded), the id."""
+    identity = await identify(request)
+    gateway = gateway_of(request)
+    raw = await read_body(request, gateway.max_body_bytes)
+    return gateway, identity, raw, request_id_of(request)
 
-        identity = await identify(request)
-        gateway = get_services().gateway
-        limits = await to_thread.run_sync(gateway.limits_for, identity)
-        # The names and aliases this key's plan (and the key's allowed_models) may call.
-        return JSONResponse({"object": "list", "data": gateway.model_listing(limits)})
 
-    async def retrieve_model(request: Request) -> Response:
-        from anyio import to_thread
+async def limits_of(request: Request) -> tuple[Gateway, Limits]:
+    from anyio import to_thread
 
-        identity = await identify(request)
-        gateway = get_services().gateway
-        limits = await to_thread.run_sync(gateway.limits_for, identity)
-        return JSONResponse(gateway.model_card(request.path_params["model"], limits))
+    identity = await identify(request)
+    gateway = gateway_of(request)
+    return gateway, await to_thread.run_sync(gateway.limits_for, identity)
 
-    async def chat_completions(request: Request) -> Response:
-        identity = await identify(request)
-        gateway = get_services().gateway
-        request_id = request_id_of(request)
-        raw = await read_body(request, gateway.max_body_bytes)
-        chat = await gateway.chat(identity, raw, request_id)
-        if chat.request.stream:
-            return SettlingStreamingResponse(chat)
-        try:
-            return JSONResponse(chat.json, headers=chat.headers)
-        finally:
-            await chat.finish(200)
 
-    async def responses(request: Request) -> Response:
-        identity = await identify(request)
-        gateway = get_services().gateway
-        raw = await read_body(request, gateway.max_body_bytes)
-        result = await create_response(gateway, identity, raw, request_id_of(request))
-        if result.stream is not None:
-            return SettlingStreamingResponse(result.stream)
-        return JSONResponse(result.json, headers=result.headers)
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+# ---------------------------------------------------------------------------------------------
 
-    async def embeddings(request: Request) -> Response:
-        identity = await identify(request)
-        gateway = get_services().gateway
-        request_id = request_id_of(request)
-        raw = await read_body(request, gateway.max_body_bytes)
-        body, headers = await gateway.embeddings(identity, raw, request_id)
-        return JSONResponse(body, headers=headers)
 
-    async def messages(request: Request) -> Response:
-        from quotagate.protocols import anthropic_messages
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
-        identity = await identify(request)
-        gateway = get_services().gateway
-        raw = await read_body(request, gateway.max_body_bytes)
-        reply = await anthropic_messages.create_message(gateway, identity, raw, request_id_of(request))
-        if reply.request.stream:
-            return SettlingStreamingResponse(reply)
-        try:
-            return JSONResponse(await reply.message(), headers=reply.headers)
-        finally:
-            await reply.finish(200)
 
-    async def count_message_tokens(request: Request) -> Response:
-        from quotagate.protocols import anthropic_messages
+async def list_models(request: Request) -> Response:
+    # The names and aliases this key's plan (and the key's allowed_models) may call.
+    gateway, limits = await limits_of(request)
+    return JSONResponse({"object": "list", "data": gateway.model_listing(limits)})
 
-        identity = await identify(request)
-        gateway = get_services().gateway
-        raw = await read_body(request, gateway.max_body_bytes)
-        return JSONResponse(await anthropic_messages.count_tokens(gateway, identity, raw))
 
-    async def unknown_route(request: Request) -> Response:
-        raise not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
+async def retrieve_model(request: Request) -> Response:
+    gateway, limits = await limits_of(request)
+    return JSONResponse(gateway.model_card(request.path_params["model"], limits))
 
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        from quotagate.observability import record_rejection
 
-        record_rejection(exc, request_id_of(request))  # skipped if the request already has an outcome
-        return error_response(exc, protocol_path=request.url.path)
+async def chat_completions(request: Request) -> Response:
+    gateway, identity, raw, request_id = await admitted_request(request)
+    chat = await gateway.chat(identity, raw, request_id)
+    if chat.request.stream:
+        return SettlingStreamingResponse(chat)
+    try:
+        return JSONResponse(chat.json, headers=chat.headers)
+    finally:
+        await chat.finish(200)
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        from quotagate.observability import logger
 
-        logger.exception("unhandled error")
+async def responses(request: Request) -> Response:
+    gateway, identity, raw, request_id = await admitted_request(request)
+    result = await create_response(gateway, identity, raw, request_id)
+    if result.stream is not None:
+        return SettlingStreamingResponse(result.stream)
+    return JSONResponse(result.json, headers=result.headers)
+
+
+async def embeddings(request: Request) -> Response:
+    gateway, identity, raw, request_id = await admitted_request(request)
+    body, headers = await gateway.embeddings(identity, raw, request_id)
+    return JSONResponse(body, headers=headers)
+
+
+async def messages(request: Request) -> Response:
+    from quotagate.protocols import anthropic_messages
+
+    gateway, identity, raw, request_id = await admitted_request(request)
+    reply = await anthropic_messages.create_message(gateway, identity, raw, request_id)
+    if reply.request.stream:
+        return SettlingStreamingResponse(reply)
+    try:
+        return JSONResponse(await reply.message(), headers=reply.headers)
+    finally:
+        await reply.finish(200)
+
+
+async def count_message_tokens(request: Request) -> Response:
+    from quotagate.protocols import anthropic_messages
+
+    gateway, identity, raw, _ = await admitted_request(request)
+    return JSONResponse(await anthropic_messages.count_tokens(gateway, identity, raw))
+
+
+async def unknown_route(request: Request) -> Response:
+    raise not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+async def on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    from quotagate.observability import record_rejection
+
+    record_rejection(exc, request_id_of(request))  # skipped if the request already has an outcome
+    return error_response(exc, protocol_path=request.url.path)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    from quotagate.observability import logger
+
+    logger.exception("unhandled error")
+    return error_response(
+        GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
+        protocol_path=request.url.path,
+    )
+
+
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client hung up before its body was complete: a client event, not a gateway error.
+    # Nothing was reserved yet; the answer below goes nowhere.
+    from quotagate.observability import logger
+
+    logger.info(
+        "client disconnected before sending its whole request body",
+        extra={"path": request.url.path, "request_id": request_id_of(request)},
+    )
+    return error_response(
+        invalid_request("The client disconnected before sending the whole request body.", code="client_disconnected")
+    )
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
         return error_response(
-            GatewayError(500, "The gateway had an internal error.", "api_error", "internal_error"),
+            GatewayError(
+                405,
+                f"Method {request.method} not allowed on {request.url.path}.",
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
             protocol_path=request.url.path,
         )
+    return error_response(
+        not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"),
+        protocol_path=request.url.path,
+    )
 
-    async def on_client_disconnect(request: Request, exc: Exception) -> Response:
-        # The client hung up before its body was complete: a client event, not a gateway error.
-        # Nothing was reserved yet; the answer below goes nowhere.
-        from quotagate.observability import logger
 
-        logger.info(
-            "client disconnected before sending its whole request body",
-            extra={"path": request.url.path, "request_id": request_id_of(request)},
-        )
-        return error_response(
-            invalid_request(
-                "The client disconnected before sending the whole request body.", code="client_disconnected"
-            )
-        )
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
+    Route("/v1/messages", messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
+    Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+]
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        if status == 405:
-            return error_response(
-                GatewayError(
-                    405,
-                    f"Method {request.method} not allowed on {request.url.path}.",
-                    "invalid_request_error",
-                    "method_not_allowed",
-                ),
-                protocol_path=request.url.path,
-            )
-        return error_response(
-            not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"),
-            protocol_path=request.url.path,
-        )
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    GatewayError: on_gateway_error,
+    HTTPException: on_http_error,
+    ClientDisconnect: on_client_disconnect,
+    Exception: on_unexpected,
+}
 
-    from starlette.exceptions import HTTPException
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
-        Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
-        Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
-    ]
+def create_app(services_factory: Callable[[], Services] = default_services) -> RequestIdMiddleware:
+    """The proxy app; ``services_factory`` builds its services (tests inject fakes)."""
     return RequestIdMiddleware(
         Starlette(
-            routes=routes,
-            exception_handlers={
-                GatewayError: on_gateway_error,
-                HTTPException: on_http_error,
-                ClientDisconnect: on_client_disconnect,
-                Exception: on_unexpected,
-            },
+            routes=ROUTES,
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=functools.partial(services_lifespan, services_factory),
         )
     )
 

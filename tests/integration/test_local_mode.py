@@ -66,6 +66,25 @@ class FakeGateway:
         raise AssertionError("the body never arrived")
 
 
+async def serve_one(app, scope, receive, send) -> None:
+    """What an ASGI server does around one request: the app's lifespan (its state is copied into
+    the request's scope), the request, then shutdown."""
+    to_app: asyncio.Queue = asyncio.Queue()
+    from_app: asyncio.Queue = asyncio.Queue()
+    state: dict = {}
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}, to_app.get, from_app.put)
+    )
+    await to_app.put({"type": "lifespan.startup"})
+    assert (await from_app.get())["type"] == "lifespan.startup.complete"
+    try:
+        await app({**scope, "state": dict(state)}, receive, send)
+    finally:
+        await to_app.put({"type": "lifespan.shutdown"})
+        await from_app.get()
+        await lifespan
+
+
 def hang_up_mid_body(path: str) -> tuple[list[dict], BaseException | None]:
     from functions.proxy.app import Services, create_app
 
@@ -102,7 +121,7 @@ def hang_up_mid_body(path: str) -> tuple[list[dict], BaseException | None]:
         sent.append(message)
 
     try:
-        asyncio.run(app(scope, receive, send))
+        asyncio.run(serve_one(app, scope, receive, send))
     except BaseException as error:  # what the ASGI server would log as "Exception in ASGI application"
         return sent, error
     return sent, None

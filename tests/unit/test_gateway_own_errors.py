@@ -51,14 +51,14 @@ def test_an_exception_of_the_gateway_is_a_500_that_never_touches_the_breaker(str
         assert failed.value.code == "internal_error" and failed.value.type == "api_error"
         assert "model-a" not in failed.value.message and "'p'" not in failed.value.message
     assert store.get_many([A, B]) == {}
-    assert gateway._providers.providers[A].calls == 3
-    assert gateway._providers.providers[B].calls == 0  # the same bug would hit the next target
-    assert gateway._quota.settled == [(0, 0, 0.0)] * 3  # nothing produced, nothing charged
+    assert gateway.providers.providers[A].calls == 3
+    assert gateway.providers.providers[B].calls == 0  # the same bug would hit the next target
+    assert gateway.quota.settled == [(0, 0, 0.0)] * 3  # nothing produced, nothing charged
 
 
 def test_an_exception_of_the_gateway_mid_stream_ends_the_stream_without_blaming_the_target():
     gateway, _, store = make({A: [], B: []})
-    gateway._providers.providers[A] = BuggyMidStream(A, [], gateway.clock)
+    gateway.providers.providers[A] = BuggyMidStream(A, [], gateway.clock)
     response, raw = chat(gateway, stream=True)
     assert response.target.id == A
     assert b'"internal_error"' in raw and b"[DONE]" not in raw

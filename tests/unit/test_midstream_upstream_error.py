@@ -34,7 +34,7 @@ class ErrorMidStream(FakeProvider):
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_upstream_error_event_mid_stream_never_reaches_the_client(stream, capsys):
     gateway, _, store = make({A: [], B: []})
-    gateway._providers.providers[A] = ErrorMidStream(A, [], gateway.clock)
+    gateway.providers.providers[A] = ErrorMidStream(A, [], gateway.clock)
     if stream:
         response, raw = chat(gateway, stream=True)
         assert response.target.id == A

@@ -191,8 +191,8 @@ def test_server_error_fails_over_and_settles_with_the_serving_price():
     assert response.headers["x-quotagate-target"] == B
     assert response.json["model"] == "model-b"
     # Reserved at the dearer target's price; settled at the serving one's.
-    assert gateway._quota.reserved_usd[0] > (7 * 10) / 1e6
-    assert gateway._quota.settled == [(7, 1, (7 * 1 + 1 * 2) / 1e6)]
+    assert gateway.quota.reserved_usd[0] > (7 * 10) / 1e6
+    assert gateway.quota.settled == [(7, 1, (7 * 1 + 1 * 2) / 1e6)]
     assert store.get_many([A])[A].failures == 1
     assert response.outcome.attempts == [f"{A}: 502 upstream_error"]
 
@@ -216,8 +216,8 @@ def test_client_errors_are_returned_without_failover():
     with pytest.raises(GatewayError) as refused:
         chat(gateway)
     assert refused.value.status == 400
-    assert gateway._providers.providers[B].calls == 0
-    assert gateway._quota.settled == [(0, 0, 0.0)]  # nothing produced, nothing charged
+    assert gateway.providers.providers[B].calls == 0
+    assert gateway.quota.settled == [(0, 0, 0.0)]  # nothing produced, nothing charged
     assert store.get_many([A]) == {}
 
 
@@ -241,7 +241,7 @@ def test_retry_after_past_the_deadline_is_not_waited_for():
         chat(gateway)
     assert clock.sleeps == []
     assert limited.value.status == 429 and limited.value.headers["retry-after"] == "9"
-    assert gateway._quota.settled == [(0, 0, 0.0)]
+    assert gateway.quota.settled == [(0, 0, 0.0)]
 
 
 def test_retry_after_longer_than_max_retry_wait_is_passed_on():
@@ -256,7 +256,7 @@ def test_retry_rounds_are_bounded():
     with pytest.raises(GatewayError):
         chat(gateway)
     assert len(clock.sleeps) == 2
-    assert gateway._providers.providers[A].calls == 3
+    assert gateway.providers.providers[A].calls == 3
 
 
 def test_retries_stop_when_the_breaker_opens():
@@ -264,7 +264,7 @@ def test_retries_stop_when_the_breaker_opens():
     with pytest.raises(GatewayError) as limited:
         chat(gateway)
     assert limited.value.status == 429
-    assert gateway._providers.providers[A].calls == 2  # the third round finds both circuits open
+    assert gateway.providers.providers[A].calls == 2  # the third round finds both circuits open
 
 
 def test_breaker_opens_and_the_target_is_skipped_before_anything_is_called():
@@ -274,7 +274,7 @@ def test_breaker_opens_and_the_target_is_skipped_before_anything_is_called():
     assert store.get_many([A])[A].state == "open"
     response, _ = chat(gateway)
     assert response.target.id == B
-    assert gateway._providers.providers[A].calls == 2
+    assert gateway.providers.providers[A].calls == 2
 
 
 def test_every_circuit_open_is_503_without_reservation():
@@ -284,7 +284,7 @@ def test_every_circuit_open_is_503_without_reservation():
     with pytest.raises(GatewayError) as unavailable:
         chat(gateway)
     assert unavailable.value.status == 503 and unavailable.value.code == "upstream_unavailable"
-    assert gateway._quota.reserved_usd == []
+    assert gateway.quota.reserved_usd == []
 
 
 def test_stream_fails_over_before_the_first_data_event_and_skips_upstream_comments():
@@ -292,7 +292,7 @@ def test_stream_fails_over_before_the_first_data_event_and_skips_upstream_commen
     response, raw = chat(gateway, stream=True)
     assert response.target.id == B
     assert b"upstream keep-alive" not in raw and raw.endswith(b"data: [DONE]\n\n")
-    assert gateway._quota.settled == [(7, 1, (7 * 1 + 1 * 2) / 1e6)]
+    assert gateway.quota.settled == [(7, 1, (7 * 1 + 1 * 2) / 1e6)]
 
 
 def test_stream_failure_after_the_first_byte_is_an_error_event_and_counts_against_the_target():
@@ -300,7 +300,7 @@ def test_stream_failure_after_the_first_byte_is_an_error_event_and_counts_agains
     response, raw = chat(gateway, stream=True)
     assert response.target.id == A
     assert b'"upstream_stream_interrupted"' in raw and b"[DONE]" not in raw
-    assert gateway._providers.providers[B].calls == 0
+    assert gateway.providers.providers[B].calls == 0
     assert store.get_many([A])[A].failures == 1
 
 
@@ -335,7 +335,7 @@ class BrokenSettlementQuota(FakeQuota):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_failed_settlement_keeps_the_answer_and_the_reservation(stream):
     gateway, _, _ = make({A: [], B: []})
-    gateway._quota = BrokenSettlementQuota()
+    gateway.quota = BrokenSettlementQuota()
     response, raw = chat(gateway, stream=stream)
     if stream:
         assert raw.rstrip().endswith(b"data: [DONE]")

@@ -38,6 +38,9 @@ QUOTA_TIME_SCALE = "QG_QUOTA_TIME_SCALE"
 # reaper treats a reservation older than this plus a margin as abandoned.
 MAX_REQUEST_SECONDS = "QG_MAX_REQUEST_SECONDS"
 DEFAULT_MAX_REQUEST_SECONDS = 870.0
+# Seconds between the proxy's keep-alive comments while an upstream stream is silent.
+KEEPALIVE_SECONDS = "QG_KEEPALIVE_SECONDS"
+DEFAULT_KEEPALIVE_SECONDS = 15.0
 REAPER_MARGIN_SECONDS = "QG_REAPER_MARGIN_SECONDS"
 # "1": forward clients' ``mock_*`` body fields to the upstream (the integration tests' harness
 # only; the mock model server reads them). Unset everywhere else, make dev included.
@@ -58,6 +61,16 @@ def quota_time_scale() -> float:
     except ValueError:
         return 1.0
     return min(max(scale, 1.0), 100.0) if scale == scale else 1.0
+
+
+def max_request_seconds() -> float:
+    """``QG_MAX_REQUEST_SECONDS``: the longest a proxied request may take (default 870 s)."""
+    return float(env(MAX_REQUEST_SECONDS) or DEFAULT_MAX_REQUEST_SECONDS)
+
+
+def keepalive_seconds() -> float:
+    """``QG_KEEPALIVE_SECONDS``: the proxy's keep-alive interval on a silent stream (default 15 s)."""
+    return float(env(KEEPALIVE_SECONDS) or DEFAULT_KEEPALIVE_SECONDS)
 
 
 def forward_mock_controls() -> bool:

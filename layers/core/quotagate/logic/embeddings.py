@@ -9,17 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from anyio import to_thread
 
 from quotagate import tokens
 from quotagate.errors import GatewayError, invalid_request
+from quotagate.logic.admission import ReservationSize
 from quotagate.logic.chat_request import parse_model_request
-from quotagate.providers.base import EmbeddingsProvider, UpstreamError
-from quotagate.quota.reservation import ReservationRequest
+from quotagate.logic.failover import provider_for
+from quotagate.logic.metering import Usage
+from quotagate.providers.base import EmbeddingsProvider
+from quotagate.usage.record import outcome_for_status
 
 if TYPE_CHECKING:
+    from quotagate.config import Target
     from quotagate.identity import Identity
+    from quotagate.logic.failover import Served
     from quotagate.logic.gateway import Gateway
 
 MAX_INPUTS = 2048
@@ -64,133 +68,61 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
 async def run_embeddings(
     gateway: Gateway, identity: Identity, raw: bytes, request_id: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The response body and headers. Raises GatewayError for every error the client sees."""
-    from quotagate.logic.gateway import Outcome, _AttemptFailed, _classify, _client_error, usage_fields
-    from quotagate.logic.metering import Usage
-    from quotagate.usage.record import Settlement, outcome_for_status, source_of
-
+    """The response body and headers. Raises GatewayError for every error the client sees.
+    Admission, failover, the deadline and settlement are the chat path's (:mod:`quotagate.logic.admission`,
+    :mod:`quotagate.logic.failover`); what is embeddings' own is the call and its usage."""
     started = gateway.clock()
-
     request = parse_embeddings_request(raw, gateway.max_body_bytes)
-    limits = await to_thread.run_sync(gateway.limits_for, identity)
-    resolution = gateway.resolve(request.model, limits)
-    providers = gateway._providers
-    embedders = {t.id: p for t in resolution.targets if isinstance(p := providers.for_target(t), EmbeddingsProvider)}
-    targets = [t for t in resolution.targets if t.id in embedders]
-    if not targets:
-        raise invalid_request(
-            f"The model '{request.model}' does not support embeddings.", "model", "unsupported_for_model"
-        )
-    views = await to_thread.run_sync(gateway.breaker.views, [t.id for t in targets])
-    order = [
-        t
-        for t in gateway.router.order(
-            resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
-        )
-        if t in targets
-    ]
-    if not order:
-        raise GatewayError(
-            503,
-            f"No upstream for the model '{request.model}' is available right now.",
-            "api_error",
-            "upstream_unavailable",
-            headers={"retry-after": "1"},
-        )
-    estimate = await to_thread.run_sync(
+    route = await gateway.admission.route(
+        identity, request.model, request_id, started, usable=lambda t: can_embed(gateway, t), capability="embeddings"
+    )
+    counted = await to_thread.run_sync(
         lambda: sum(tokens.upper_bound_text(t) for t in request.texts) + request.token_inputs
     )
-    config = gateway._config()
-    prompt_reserve = max(config.prompt_reservation(t, estimate) for t in targets)
-    reserve_usd = max(t.price.cost_usd(config.prompt_reservation(t, estimate), 0) for t in targets)
-    reservation = await to_thread.run_sync(
-        lambda: gateway._quota.reserve(
-            ReservationRequest(
-                request_id,
-                identity.key_id,
-                identity.tenant,
-                limits.key_limits,
-                limits.tenant_limits,
-                prompt_reserve,
-                0,
-                reserve_usd,
-                usage_fields=usage_fields(identity, request.model, resolution.model.name),
-            )
-        )
+    config = gateway.config
+    size = ReservationSize(
+        prompt_tokens=max(config.prompt_reservation(t, counted) for t in route.targets),
+        output_tokens=0,
+        usd=max(t.price.cost_usd(config.prompt_reservation(t, counted), 0) for t in route.targets),
     )
-    remaining = gateway.start_remaining_read(reservation)  # overlaps the upstream call
-    outcome = Outcome(request_id, identity, resolution.model.name, requested_model=request.model)
-    headers = {"x-quotagate-request-id": request_id}
-    served, data, status = None, None, 200
+    admitted = await gateway.admission.reserve(route, size)
+    failover = admitted.failover()
+
+    async def attempt(target: Target) -> dict[str, Any]:
+        provider = provider_for(gateway.providers, target)
+        assert isinstance(provider, EmbeddingsProvider)  # only such targets were routed
+        return await failover.within_first_byte(
+            target, provider.embed({**request.body, "model": target.upstream_model})
+        )
+
+    served: Served[dict[str, Any]] | None = None
+    status = 200
     try:
-        last: UpstreamError | None = None
-        for target in order:
-            permit = gateway.breaker.allow_cached(target.id) or await to_thread.run_sync(
-                gateway.breaker.allow, target.id
-            )
-            if permit is None:
-                continue
-            body = {**request.body, "model": target.upstream_model}
-            timeout = gateway._config().timeouts_for(target).first_byte
-            try:
-                with anyio.fail_after(timeout):
-                    data = await embedders[target.id].embed(body)
-            except (UpstreamError, TimeoutError) as caught:
-                failed = (
-                    caught
-                    if isinstance(caught, UpstreamError)
-                    else UpstreamError(
-                        504,
-                        f"Upstream provider '{target.provider}' timed out.",
-                        error_type="timeout",
-                        code="upstream_timeout",
-                    )
-                )
-                verdict = _classify(failed)  # the same failover rule as chat completions
-                if not isinstance(verdict, _AttemptFailed):
-                    raise _client_error(failed) from None
-                last = failed
-                outcome.attempts.append(f"{target.id}: {failed.status} {failed.code}")
-                if verdict.count_against_target:
-                    await to_thread.run_sync(gateway.breaker.record_failure, permit)
-                continue
-            if gateway.breaker.success_needs_write(permit):
-                await to_thread.run_sync(gateway.breaker.record_success, permit)
-            served = target
-            break
-        if served is None or data is None:
-            raise _client_error(
-                last or UpstreamError(503, "No upstream is available right now.", code="upstream_unavailable")
-            )
-        outcome.target = served.id
-        headers["x-quotagate-target"] = served.id
-        await gateway.finish_remaining_read(remaining)
-        return data, {**reservation.headers(), **headers}
+        served = await failover.run(route.order, attempt)
+        admitted.outcome.first_byte_at = gateway.clock()
+        admitted.outcome.target = served.target.id
+        await admitted.remaining_read_done()
+        return served.result, admitted.headers(served.target)
     except GatewayError as error:
         status = error.status
-        await gateway.finish_remaining_read(remaining)
-        error.headers = {**reservation.headers(), **headers, **error.headers}
+        await admitted.remaining_read_done()
+        error.headers = {**admitted.headers(), **error.headers}
         raise
     finally:
-        with anyio.CancelScope(shield=True):
-            reported = (data or {}).get("usage") or {}
-            prompt = reported.get("prompt_tokens")
-            if not isinstance(prompt, int) or prompt < 0:
-                prompt = estimate if served else 0
-            usage = Usage(prompt, 0, "provider" if isinstance(reported.get("prompt_tokens"), int) else "counted")
-            outcome.usage, outcome.status = usage, status
-            try:
-                elapsed_ms = (gateway.clock() - started) * 1000
-                settlement = Settlement(
-                    outcome_for_status(status),
-                    status,
-                    source_of(usage.source),
-                    served.id if served else None,
-                    elapsed_ms if data is not None else None,
-                    elapsed_ms,
-                    outcome.failovers,
-                )
-                outcome.cost_usd = await to_thread.run_sync(gateway._settle, reservation, served, usage, settlement)
-            except Exception:  # the reservation stays charged: never an overshoot, and the answer stands
-                outcome.error = "settlement failed; the reservation stays charged"
-            gateway._on_finished(outcome)
+        usage = embeddings_usage(served.result if served else None, counted)
+        await admitted.settle(served.target if served else None, usage, outcome_for_status(status), status)
+
+
+def can_embed(gateway: Gateway, target: Target) -> bool:
+    return isinstance(gateway.providers.for_target(target), EmbeddingsProvider)
+
+
+def embeddings_usage(answer: dict[str, Any] | None, counted: int) -> Usage:
+    """The provider's ``usage.prompt_tokens``, else the gateway's count; nothing when no target served."""
+    if answer is None:
+        return Usage(0, 0, "counted")
+    reported = answer.get("usage") or {}
+    prompt = reported.get("prompt_tokens") if isinstance(reported, dict) else None
+    if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
+        return Usage(prompt, 0, "provider")
+    return Usage(counted, 0, "counted")

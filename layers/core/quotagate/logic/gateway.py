@@ -1,6 +1,8 @@
 """The request path of the proxy, free of any web framework:
 validate → authorize the model and route it → reserve quota → call upstream (with failover) →
-meter → settle (exactly once).
+meter → settle (exactly once). Admission and settlement are :mod:`quotagate.logic.admission`, the
+failover loop is :mod:`quotagate.logic.failover`: every endpoint (chat completions here, embeddings,
+the Responses and Messages protocols) runs through those same units.
 
 Routing (see :mod:`quotagate.logic.router`): the requested name resolves to an alias and the
 targets this plan may use; the router orders them (weighted or sticky pick, then failover order,
@@ -31,12 +33,10 @@ import asyncio
 import contextlib
 import copy
 import json
-import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 from anyio import to_thread
@@ -51,55 +51,28 @@ from quotagate.errors import GatewayError, authentication_error, not_found, perm
 from quotagate.identity import Identity
 from quotagate.logic import estimate
 from quotagate.logic import router as routing
+from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
 from quotagate.logic.assemble import CompletionAssembler
 from quotagate.logic.auth import secret_still_accepted
 from quotagate.logic.breaker import CircuitBreaker, Permit
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
+from quotagate.logic.failover import (
+    DEADLINE_MESSAGE,
+    DEFAULT_MAX_RETRY_WAIT,
+    INTERNAL_ERROR_MESSAGE,
+    Failover,
+    log_gateway_fault,
+    log_warning,
+    provider_for,
+)
 from quotagate.logic.metering import Meter, Usage
 from quotagate.logic.output_budget import OutputBudget, delta_tokens
-from quotagate.providers.base import (
-    DONE_EVENT,
-    ChatProvider,
-    SSEEvent,
-    StreamInterrupted,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent, StreamInterrupted
 from quotagate.quota.reservation import Reservation, ReservationRequest
-from quotagate.usage.record import Settlement, UsageOutcome, outcome_for_status, source_of
+from quotagate.usage.record import Settlement, UsageOutcome, outcome_for_status
 
 KEEPALIVE = b": ping\n\n"
 TARGET_HEADER = "x-quotagate-target"
-MAX_RETRY_ROUNDS = 2  # Retry-After waits per request, once every target has failed
-DEFAULT_MAX_RETRY_WAIT = 20.0  # seconds; longer Retry-After hints are passed on to the client
-# A target that cannot express the request (features the provider lacks): try the next one.
-UNSUPPORTED_CODES = frozenset({"unsupported_for_provider", "unsupported_for_model"})
-# The gateway's own setup for a provider (its credentials, its region): try the next target, but
-# the target did nothing wrong, so its circuit is not told.
-GATEWAY_SIDE_CODES = frozenset({"provider_credentials_unavailable", "provider_misconfigured"})
-
-T = TypeVar("T")
-
-
-def _log_warning(message: str, **fields: Any) -> None:
-    """A structured warning through the proxy's Powertools logger (imported on first use)."""
-    try:
-        from quotagate.observability import logger
-    except ImportError:  # pragma: no cover - Powertools is a runtime dependency
-        logging.getLogger("quotagate.gateway").warning("%s %s", message, fields)
-        return
-    logger.warning(message, extra=fields)
-
-
-def _log_gateway_fault(message: str, error: BaseException, **fields: Any) -> None:
-    """An error of the gateway's own code, with its traceback (it is our bug, not the target's)."""
-    try:
-        from quotagate.observability import logger
-    except ImportError:  # pragma: no cover - Powertools is a runtime dependency
-        logging.getLogger("quotagate.gateway").error("%s %s", message, fields, exc_info=error)
-        return
-    logger.error(message, exc_info=error, extra={**fields, "error_type": type(error).__name__})
-
 
 # The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
 # little earlier, so settlement always runs inside the invocation.
@@ -219,11 +192,11 @@ class Gateway:
         self._config = config
         self._key_records = key_records
         self._tenant_records = tenant_records
-        self._quota = quota
-        self._providers = providers
+        self.quota = quota
+        self.providers = providers
         self.keepalive_seconds = keepalive_seconds
         self.max_body_bytes = max_body_bytes
-        self._on_finished = on_finished or (lambda outcome: None)
+        self.on_finished = on_finished or (lambda outcome: None)
         self.router = router or routing.Router()
         # Without a shared store, circuits are per process (tests, tools).
         self.breaker = breaker or CircuitBreaker(InMemoryCircuitStore(), lambda: self._config().circuit_breaker)
@@ -232,6 +205,7 @@ class Gateway:
         self.max_retry_wait = max_retry_wait
         self.max_request_seconds = max_request_seconds
         self.wall_clock = wall_clock  # epoch seconds: key expiry and rotation grace
+        self.admission = Admission(self)  # identity -> limits -> route -> reserve, for every endpoint
 
     @property
     def config(self) -> GatewayConfig:
@@ -295,37 +269,35 @@ class Gateway:
         client must see as an error status."""
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes)
-        limits = await to_thread.run_sync(self.limits_for, identity)
-        resolution = self.resolve(request.model, limits)
-        # The alias's deadline, capped so that the gateway always ends a request — and settles its
-        # quota — before the Lambda timeout would kill it mid-stream and strand the reservation.
-        limits_in_force = [d for d in (resolution.model.deadline, self.max_request_seconds) if d is not None]
-        deadline_at = started + min(limits_in_force) if limits_in_force else None
+        route = await self.admission.route(identity, request.model, request_id, started)
+        plan, size = await self._chat_reservation(request, route)
+        admitted = await self.admission.reserve(route, size)
+        response = ChatResponse(self, request, admitted, plan)
+        try:
+            await response.start()
+            if not request.stream:
+                await response.collect()
+        except BaseException as error:
+            await admitted.remaining_read_done()
+            await response.finish(error.status if isinstance(error, GatewayError) else 500)
+            if isinstance(error, GatewayError):
+                error.headers = {**response.headers, **error.headers}
+            raise
+        await admitted.remaining_read_done()
+        return response
 
-        target_ids = [t.id for t in resolution.targets]
-        views = self.breaker.cached_views(target_ids)  # no I/O while this container's copy is fresh
-        if views is None:
-            views = await to_thread.run_sync(self.breaker.views, target_ids)
-        order = self.router.order(
-            resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
-        )
-        if not order:
-            # Every circuit is open: fail fast, before anything is reserved.
-            reopen = min(v.open_until for v in views.values()) - self.breaker.now()
-            raise GatewayError(
-                503,
-                f"No upstream for the model '{request.model}' is available right now.",
-                "api_error",
-                "upstream_unavailable",
-                headers={"retry-after": str(max(1, math.ceil(reopen)))},
-            )
-
+    async def _chat_reservation(
+        self, request: ChatRequest, route: Route
+    ) -> tuple[estimate.OutputPlan, ReservationSize]:
+        """The output plan of a chat request and what it reserves: its prompt on the dearest
+        target and room for its output (the 429 explains the output part in the client's terms)."""
         config = self._config()
+        limits = route.limits
         cost = await to_thread.run_sync(estimate.measure, request.body)
         plan = estimate.plan_output(
             config,
             request,
-            resolution.targets,
+            route.resolution.targets,
             cost,
             limits.key_limits,
             limits.tenant_limits,
@@ -340,51 +312,11 @@ class Gateway:
             output_text = f"the default of {per_choice} output tokens"
         if request.choices > 1:
             output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
-        reservation = await to_thread.run_sync(
-            lambda: self._quota.reserve(
-                ReservationRequest(
-                    request_id,
-                    identity.key_id,
-                    identity.tenant,
-                    limits.key_limits,
-                    limits.tenant_limits,
-                    plan.prompt_reserve,
-                    plan.output_reserve,
-                    plan.reserve_usd,
-                    output_text=output_text,
-                    output_param=output_param,
-                    usage_fields=usage_fields(identity, request.model, resolution.model.name),
-                )
-            )
-        )
-        # The remaining-quota read for the x-ratelimit-* headers overlaps the upstream call: the
-        # reservation is the only store round trip before the first byte.
-        remaining = self.start_remaining_read(reservation)
-        outcome = Outcome(
-            request_id,
-            identity,
-            resolution.model.name,
-            requested_model=request.model,
-            reserved_tokens=plan.prompt_reserve + plan.output_reserve,
-            reserved_usd=plan.reserve_usd,
-        )
-        outcome.started = started
-        response = ChatResponse(self, request, resolution, order, plan, reservation, outcome, deadline_at)
-        try:
-            await response.start()
-            if not request.stream:
-                await response.collect()
-        except BaseException as error:
-            await self.finish_remaining_read(remaining)
-            await response.finish(error.status if isinstance(error, GatewayError) else 500)
-            if isinstance(error, GatewayError):
-                error.headers = {**response.headers, **error.headers}
-            raise
-        await self.finish_remaining_read(remaining)  # done long ago, unless the store is slow
-        return response
+        size = ReservationSize(plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text, output_param)
+        return plan, size
 
     def start_remaining_read(self, reservation: Reservation) -> asyncio.Future[None]:
-        return asyncio.ensure_future(to_thread.run_sync(self._quota.read_remaining, reservation))
+        return asyncio.ensure_future(to_thread.run_sync(self.quota.read_remaining, reservation))
 
     @staticmethod
     async def finish_remaining_read(task: asyncio.Future[None] | None) -> None:
@@ -401,9 +333,10 @@ class Gateway:
 
         return await run_embeddings(self, identity, raw_body, request_id)
 
-    def _settle(
+    def settle(
         self, reservation: Reservation, target: Target | None, usage: Usage, settlement: Settlement | None = None
     ) -> float:
+        """Settle a reservation at ``target``'s price (blocking: the quota store); the cost."""
         if target is None:
             cost = 0.0
         elif self._config().providers[target.provider].type == "anthropic":
@@ -427,7 +360,7 @@ class Gateway:
         }
         if any(cache.values()):
             extra["cache_tokens"] = cache
-        self._quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, **extra)
+        self.quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, **extra)
         return cost
 
 
@@ -462,65 +395,17 @@ def _upstream_body(
     return body
 
 
-class _GatewayFault(Exception):
-    """The gateway's own code failed during an attempt (serialising the body, an adapter or a
-    translation bug): the target did nothing wrong, so its circuit gets no verdict."""
-
-
-INTERNAL_ERROR_MESSAGE = "The gateway had an internal error."
-
-
-class _AttemptFailed(Exception):
-    """A target failed before anything reached the client: try the next one."""
-
-    def __init__(self, error: UpstreamError, count_against_target: bool = True) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.count_against_target = count_against_target
-
-
-async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
-    """``awaitable`` within ``timeout`` seconds, else asyncio.TimeoutError. The awaitable runs as
-    its own task and is cancelled (edge-triggered) so its clean-up can still await."""
-    task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.0))
-    except BaseException:
-        task.cancel()
-        with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-            await task
-        raise
-    if not done:
-        task.cancel()
-        with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-            await task
-        raise TimeoutError
-    return task.result()
-
-
 class ChatResponse:
-    """One admitted request: its upstream call (with failover), its body for the client, and its
-    settlement."""
+    """One admitted chat request: its upstream call (with failover), its body for the client, and
+    its settlement."""
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        request: ChatRequest,
-        resolution: routing.Resolution,
-        order: list[Target],
-        plan: estimate.OutputPlan,
-        reservation: Reservation,
-        outcome: Outcome,
-        deadline_at: float | None,
-    ) -> None:
+    def __init__(self, gateway: Gateway, request: ChatRequest, admitted: Admitted, plan: estimate.OutputPlan) -> None:
         self._gateway = gateway
         self.request = request
-        self.resolution = resolution
-        self._order = order
+        self.admitted = admitted
+        self.resolution = admitted.route.resolution
         self._plan = plan
-        self._reservation = reservation
-        self.outcome = outcome
-        self._deadline_at = deadline_at
+        self.outcome = admitted.outcome
         self._meter = Meter(request.messages)
         self._upstream_started = False
         self._finished = False
@@ -535,193 +420,61 @@ class ChatResponse:
         # For the usage record: how a stream ended.
         self._stream_ended: UsageOutcome | None = None  # set when the stream ended with an error event
         self._body_completed = False
+        self._pending: asyncio.Future[SSEEvent] | None = None  # the next upstream event, awaited
+        self._last_event_at = 0.0
+        self._failover: Failover | None = None
 
     @property
     def headers(self) -> dict[str, str]:
-        headers = self._reservation.headers()
-        headers["x-quotagate-request-id"] = self.outcome.request_id
-        headers["x-quotagate-model"] = self.resolution.model.name
-        if self.target is not None:
-            headers[TARGET_HEADER] = self.target.id
-        return headers
+        return self.admitted.headers(self.target)
 
     @property
     def json(self) -> dict[str, Any] | None:
         return self._json
 
-    # -- time --------------------------------------------------------------------------------
-    def _remaining(self) -> float:
-        if self._deadline_at is None:
-            return math.inf
-        return self._deadline_at - self._gateway.clock()
+    def _failover_loop(self) -> Failover:
+        assert self._failover is not None
+        return self._failover
 
-    def _deadline_error(self) -> GatewayError:
-        return GatewayError(
-            504, "The request did not complete within the model's deadline.", "timeout", "deadline_exceeded"
-        )
+    def _remaining(self) -> float:
+        return self.admitted.deadline.remaining()
 
     # -- the upstream call, with failover -----------------------------------------------------
-    async def start(self) -> None:  # noqa: C901 -- to split (issue 12)
-        gateway = self._gateway
-        breaker = gateway.breaker
-        pending = list(self._order)
-        retry_at: dict[str, float] = {}  # target id -> when its Retry-After allows another try
-        last: UpstreamError | None = None
-        rounds = 0
-        while True:
-            for target in pending:
-                if self._remaining() <= 0:
-                    last = None
-                    break
-                permit = breaker.allow_cached(target.id) or await to_thread.run_sync(breaker.allow, target.id)
-                if permit is None:
-                    self.outcome.attempts.append(f"{target.id}: skipped (circuit open)")
-                    continue
-                try:
-                    await self._attempt(target)
-                except _AttemptFailed as failed:
-                    last = failed.error
-                    self.outcome.attempts.append(f"{target.id}: {failed.error.status} {failed.error.code}")
-                    _log_warning(
-                        "upstream attempt failed",
-                        request_id=self.outcome.request_id,
-                        model=self.resolution.model.name,
-                        target=target.id,
-                        status=failed.error.status,
-                        code=failed.error.code,
-                    )
-                    if failed.count_against_target:
-                        await to_thread.run_sync(breaker.record_failure, permit)
-                    if failed.error.retry_after is not None:
-                        retry_at[target.id] = gateway.clock() + failed.error.retry_after
-                    continue
-                except UpstreamError as error:
-                    # The target answered: the request itself is at fault, another target would agree.
-                    if breaker.success_needs_write(permit):
-                        await to_thread.run_sync(breaker.record_success, permit)
-                    self.outcome.error = error.message
-                    raise _client_error(error) from None
-                except _GatewayFault:
-                    # Our bug, not the target's: no verdict on its circuit (a probe's lease simply
-                    # expires), no failover (the next target would meet the same bug), a logged 500.
-                    self.outcome.error = "gateway internal error"
-                    raise GatewayError(500, INTERNAL_ERROR_MESSAGE, "api_error", "internal_error") from None
-                except BaseException:
-                    # Cancelled (the client left) or an unexpected error: a probe that cannot report
-                    # a verdict re-opens the circuit for a cool-down rather than hold its lease.
-                    if permit.probe:
-                        with anyio.CancelScope(shield=True):
-                            await to_thread.run_sync(breaker.record_failure, permit)
-                    raise
-                if breaker.success_needs_write(permit):
-                    await to_thread.run_sync(breaker.record_success, permit)
-                self._permit = Permit(target.id)  # later (mid-stream) failures are plain failures
-                self.target = target
-                # If the provider reports no usage, the prompt is charged at its (upper bound) estimate.
-                self._meter.prompt_estimate = self._plan.prompts[target.id]
-                self.outcome.target = target.id
-                factor = gateway._config().providers[target.provider].prompt_token_factor
-                # Everything reserved beyond this target's prompt is room for its output.
-                room = self._plan.prompt_reserve + self._plan.output_reserve - self._plan.prompts[target.id]
-                self._budget = OutputBudget(
-                    room, self._plan.ceilings[target.id], self._plan.slice * self.request.choices, factor, self._top_up
-                )
-                return
-            # Nothing served. Wait for a Retry-After if it fits the budget, then try those again.
-            if retry_at and rounds < MAX_RETRY_ROUNDS and self._remaining() > 0:
-                soonest = min(retry_at.values())
-                wait = max(0.0, soonest - gateway.clock())
-                if wait <= gateway.max_retry_wait and wait < self._remaining():
-                    rounds += 1
-                    await gateway.sleep(wait)
-                    now = gateway.clock()
-                    pending = [t for t in self._order if retry_at.get(t.id, math.inf) <= now]
-                    for t in pending:
-                        retry_at.pop(t.id, None)
-                    continue
-            break
-        if last is None:
-            if self._remaining() <= 0:
-                self.outcome.error = "deadline exceeded"
-                raise self._deadline_error()
-            self.outcome.error = "no target available"
-            raise GatewayError(
-                503,
-                f"No upstream for the model '{self.request.model}' is available right now.",
-                "api_error",
-                "upstream_unavailable",
-                headers={"retry-after": "1"},
-            )
-        self.outcome.error = last.message
-        raise _client_error(last)
-
-    async def _attempt(self, target: Target) -> None:
-        """Call one target up to its first byte. Raises _AttemptFailed (try the next target),
-        UpstreamError (a client error), or returns with the response committed to this target."""
-        gateway = self._gateway
-        timeouts = gateway._config().timeouts_for(target)
-        budget = min(timeouts.first_byte, self._remaining())
-        cut_by_deadline = self._remaining() < timeouts.first_byte
-        body = _upstream_body(self.request, target, self._plan, gateway._config())
-        try:
-            provider = gateway._providers.for_target(target)
-        except GatewayError as error:  # the gateway's configuration, not the target's doing
-            raise _AttemptFailed(
-                UpstreamError(error.status, error.message, code=error.code), count_against_target=False
-            ) from None
-        first_byte_by = gateway.clock() + budget
-        if self.outcome.upstream_called_at is None:
-            self.outcome.upstream_called_at = gateway.clock()
-
-        def timed_out() -> _AttemptFailed:
-            if cut_by_deadline:
-                err = UpstreamError(
-                    504,
-                    "The request did not complete within the model's deadline.",
-                    error_type="timeout",
-                    code="deadline_exceeded",
-                )
-                return _AttemptFailed(err)
-            return _AttemptFailed(
-                UpstreamTimeout(
-                    f"Upstream provider '{target.provider}' did not answer within {timeouts.first_byte:g}s."
-                )
-            )
-
-        events = provider.stream(body)
-        try:
-            while True:
-                # Comments (upstream keep-alives) before the first data event are dropped: until a
-                # data event arrives nothing has been sent, and the target can still be replaced.
-                event = await _bounded(events.__anext__(), first_byte_by - gateway.clock())
-                if event.data is not None or event.done:
-                    break
-        except BaseException as error:
-            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-                await events.aclose()  # type: ignore[attr-defined]
-            if isinstance(error, asyncio.TimeoutError):
-                raise timed_out() from None
-            if isinstance(error, StopAsyncIteration):
-                raise _AttemptFailed(
-                    UpstreamError(
-                        502,
-                        f"Upstream provider '{target.provider}' closed the stream without sending anything.",
-                        code="upstream_error",
-                    )
-                ) from None
-            if isinstance(error, StreamInterrupted):
-                raise _AttemptFailed(UpstreamError(502, str(error), code="upstream_stream_interrupted")) from None
-            if isinstance(error, UpstreamError):
-                raise _classify(error) from None
-            if isinstance(error, GatewayError):
-                raise _classify_gateway_error(error) from None
-            if isinstance(error, Exception):
-                raise _unexpected(target, error) from None
-            raise
-        self._events = events
-        self._first = event
+    async def start(self) -> None:
+        """Try the targets in order (:class:`quotagate.logic.failover.Failover`) until one sends its
+        first data event; the response is then committed to that target."""
+        self._failover = self.admitted.failover()
+        served = await self._failover.run(self.admitted.route.order, self._attempt)
+        target = served.target
+        self._events, self._first = served.result
         self._upstream_started = True
-        self.outcome.first_byte_at = gateway.clock()
+        self.outcome.first_byte_at = self._gateway.clock()
+        self._permit = Permit(target.id)  # later (mid-stream) failures are plain failures
+        self.target = target
+        # If the provider reports no usage, the prompt is charged at its (upper bound) estimate.
+        self._meter.prompt_estimate = self._plan.prompts[target.id]
+        self.outcome.target = target.id
+        factor = self._gateway.config.providers[target.provider].prompt_token_factor
+        # Everything reserved beyond this target's prompt is room for its output.
+        plan = self._plan
+        room = plan.prompt_reserve + plan.output_reserve - plan.prompts[target.id]
+        self._budget = OutputBudget(
+            room, plan.ceilings[target.id], plan.slice * self.request.choices, factor, self._top_up
+        )
+
+    async def _attempt(self, target: Target) -> tuple[AsyncIterator[SSEEvent], SSEEvent]:
+        """Call one target up to its first data event (the stream and that event). Raises what
+        :meth:`Failover.within_first_byte` raises."""
+        gateway = self._gateway
+        body = _upstream_body(self.request, target, self._plan, gateway.config)
+        events = provider_for(gateway.providers, target).stream(body)
+        try:
+            first = await self._failover_loop().within_first_byte(target, _first_data_event(events))
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await events.aclose()
+            raise
+        return events, first
 
     # -- the streamed body ----------------------------------------------------------------------
     async def body(self) -> AsyncIterator[bytes]:
@@ -754,7 +507,7 @@ class ChatResponse:
         extra_usd = self.target.price.cost_usd(0, tokens)
         grown = False
         with anyio.CancelScope(shield=True):  # a write in flight must land (or fail) before settlement
-            grown = await to_thread.run_sync(self._gateway._quota.top_up, self._reservation, tokens, extra_usd)
+            grown = await to_thread.run_sync(self._gateway.quota.top_up, self.admitted.reservation, tokens, extra_usd)
         if grown:
             self.outcome.reserved_tokens += tokens
             self.outcome.reserved_usd += extra_usd
@@ -795,121 +548,119 @@ class ChatResponse:
                     }
                 )
             )
-        return events
+        return [*events, DONE_EVENT]
 
-    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:  # noqa: C901 -- to split (issue 12)
+    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:
         """Events to forward (metered, in order) and the gateway's own bytes (keep-alives, errors)."""
-        assert self._events is not None and self._first is not None and self.target is not None
-        assert self._budget is not None
-        gateway = self._gateway
-        idle = gateway._config().timeouts_for(self.target).idle
-        wants_usage = self.request.client_wants_usage
-        budget = self._budget
-        events = self._events
-        pending: asyncio.Task[SSEEvent] | None = None
+        assert self._events is not None and self._first is not None
         event: SSEEvent | None = self._first
-        finished_cleanly = False
-        last_event_at = gateway.clock()
+        self._last_event_at = self._gateway.clock()
         try:
             while True:
                 if event is not None:
-                    if event.done:
-                        finished_cleanly = True
-                        yield event
-                        break
-                    if event.data is not None and "error" in event.data:
-                        # The upstream's own error event: its text is for the operator's log, never
-                        # for the client (like an upstream error body before the first byte).
-                        redaction.log_upstream_error(self.target.provider, "stream", event.data.get("error"))
-                        self.outcome.error = "upstream error event mid-stream"
-                        self._stream_ended = UsageOutcome.ERROR_EVENT
-                        await self._record_stream_failure()
-                        yield self._fail(
-                            f"Upstream provider '{self.target.provider}' reported an error while streaming the answer.",
-                            "upstream_error",
-                        )
+                    items, stop = await self._consume(event)
+                    for item in items:
+                        yield item
+                    if stop:
                         return
-                    if event.data is not None:
-                        needed = delta_tokens(event.data)
-                        if needed and not await budget.admit(needed):
-                            # The budget is spent (or the cap reached): stop the upstream, end cleanly.
-                            self.outcome.cut_by_budget = True
-                            for cut in self._cut_events():
-                                yield cut
-                            yield DONE_EVENT
-                            finished_cleanly = True
-                            break
-                        self._answer.feed(event.data)
-                    if self._meter.observe_chunk(event, wants_usage):
-                        yield event
-                    event = None
-                if pending is None:
-                    pending = asyncio.ensure_future(events.__anext__())
-                now = gateway.clock()
-                idle_left = last_event_at + idle - now
-                wait = min(gateway.keepalive_seconds, idle_left, self._remaining())
-                done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.0))
-                if not done:
-                    if self._remaining() <= 0:
-                        self.outcome.error = "deadline exceeded"
-                        self._stream_ended = UsageOutcome.TIMEOUT
-                        yield self._fail(
-                            "The request did not complete within the model's deadline.",
-                            "deadline_exceeded",
-                            "timeout",
-                            504,
-                        )
-                        return
-                    if gateway.clock() - last_event_at >= idle:
-                        self.outcome.error = "upstream idle timeout"
-                        self._stream_ended = UsageOutcome.TIMEOUT
-                        await self._record_stream_failure()
-                        yield self._fail(
-                            f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s.",
-                            "upstream_timeout",
-                            "timeout",
-                            504,
-                        )
-                        return
-                    yield KEEPALIVE
-                    continue
-                task, pending = pending, None
-                try:
-                    event = task.result()
-                except StopAsyncIteration:
-                    break
-                except StreamInterrupted as error:
-                    self.outcome.error = str(error)
-                    self._stream_ended = UsageOutcome.ERROR_EVENT
-                    await self._record_stream_failure()
-                    yield self._fail(str(error), "upstream_stream_interrupted")
+                event, items, stop = await self._next_event(self._events)
+                for item in items:
+                    yield item
+                if stop:
                     return
-                except Exception as error:  # an adapter bug must still end the stream visibly
-                    # ...and it is the gateway's fault, not the target's: its circuit is not told.
-                    self.outcome.error = f"{type(error).__name__} while streaming"
-                    _log_gateway_fault(
-                        "gateway error while streaming",
-                        error,
-                        request_id=self.outcome.request_id,
-                        target=self.target.id,
-                    )
-                    self._stream_ended = UsageOutcome.ERROR_EVENT
-                    yield self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
-                    return
-                last_event_at = gateway.clock()
-            if not finished_cleanly:
-                self.outcome.error = "upstream stream ended without [DONE]"
-                self._stream_ended = UsageOutcome.ERROR_EVENT
-                await self._record_stream_failure()
-                yield self._fail("The upstream provider ended the stream early.", "upstream_stream_interrupted")
         finally:
             with anyio.CancelScope(shield=True):
+                pending, self._pending = self._pending, None
                 if pending is not None:
                     pending.cancel()
                     with contextlib.suppress(BaseException):
                         await pending
                 with contextlib.suppress(BaseException):
-                    await events.aclose()  # type: ignore[attr-defined]
+                    await self._events.aclose()  # type: ignore[attr-defined]
+
+    async def _consume(self, event: SSEEvent) -> tuple[list[SSEEvent | bytes], bool]:
+        """One upstream event: what to forward, and whether the stream ends with it."""
+        assert self.target is not None and self._budget is not None
+        if event.done:
+            return [event], True
+        data = event.data
+        if data is not None and "error" in data:
+            # The upstream's own error event: its text is for the operator's log, never for the
+            # client (like an upstream error body before the first byte).
+            redaction.log_upstream_error(self.target.provider, "stream", data.get("error"))
+            message = f"Upstream provider '{self.target.provider}' reported an error while streaming the answer."
+            return [await self._stream_failed("upstream error event mid-stream", message, "upstream_error")], True
+        if data is not None:
+            needed = delta_tokens(data)
+            if needed and not await self._budget.admit(needed):
+                # The budget is spent (or the cap reached): stop the upstream, end cleanly.
+                self.outcome.cut_by_budget = True
+                return list(self._cut_events()), True
+            self._answer.feed(data)
+        return ([event] if self._meter.observe_chunk(event, self.request.client_wants_usage) else []), False
+
+    async def _next_event(
+        self, events: AsyncIterator[SSEEvent]
+    ) -> tuple[SSEEvent | None, list[SSEEvent | bytes], bool]:
+        """The next upstream event within the keep-alive interval, the idle timeout and the deadline:
+        (the event or None, bytes to send meanwhile, whether the stream ends)."""
+        gateway = self._gateway
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(events.__anext__())
+        idle = self._idle_timeout()
+        wait = min(gateway.keepalive_seconds, self._last_event_at + idle - gateway.clock(), self._remaining())
+        done, _ = await asyncio.wait({self._pending}, timeout=max(wait, 0.0))
+        if not done:
+            items, stop = await self._silence(idle)
+            return None, items, stop
+        task, self._pending = self._pending, None
+        try:
+            event = task.result()
+        except StopAsyncIteration:
+            ended = "upstream stream ended without [DONE]"
+            return None, [await self._stream_failed(ended, "The upstream provider ended the stream early.")], True
+        except StreamInterrupted as error:
+            return None, [await self._stream_failed(str(error), str(error))], True
+        except Exception as error:  # an adapter bug must still end the stream visibly
+            return None, [self._gateway_fault(error)], True
+        self._last_event_at = gateway.clock()
+        return event, [], False
+
+    def _idle_timeout(self) -> float:
+        assert self.target is not None
+        return self._gateway.config.timeouts_for(self.target).idle
+
+    async def _silence(self, idle: float) -> tuple[list[SSEEvent | bytes], bool]:
+        """The upstream said nothing for a while: a keep-alive, or the end (deadline, idle timeout)."""
+        assert self.target is not None
+        if self._remaining() <= 0:
+            self.outcome.error = "deadline exceeded"
+            self._stream_ended = UsageOutcome.TIMEOUT
+            return [self._fail(DEADLINE_MESSAGE, "deadline_exceeded", "timeout", 504)], True
+        if self._gateway.clock() - self._last_event_at >= idle:
+            message = f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s."
+            self._stream_ended = UsageOutcome.TIMEOUT
+            self.outcome.error = "upstream idle timeout"
+            await self._record_stream_failure()
+            return [self._fail(message, "upstream_timeout", "timeout", 504)], True
+        return [KEEPALIVE], False
+
+    async def _stream_failed(self, error: str, message: str, code: str = "upstream_stream_interrupted") -> bytes:
+        """The target failed after its first byte: its circuit hears it, the client gets an error event."""
+        self.outcome.error = error
+        self._stream_ended = UsageOutcome.ERROR_EVENT
+        await self._record_stream_failure()
+        return self._fail(message, code)
+
+    def _gateway_fault(self, error: Exception) -> bytes:
+        # ...the gateway's fault, not the target's: its circuit is not told.
+        assert self.target is not None
+        self.outcome.error = f"{type(error).__name__} while streaming"
+        log_gateway_fault(
+            "gateway error while streaming", error, request_id=self.outcome.request_id, target=self.target.id
+        )
+        self._stream_ended = UsageOutcome.ERROR_EVENT
+        return self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
 
     async def _record_stream_failure(self) -> None:
         if self._permit is not None:
@@ -931,94 +682,43 @@ class ChatResponse:
                 await self._budget.close()
                 self.outcome.top_ups = self._budget.top_ups
             usage = self._meter.usage(self._upstream_started)
-            self.outcome.usage = usage
-            reserved = self.outcome.reserved_tokens
-            if reserved and usage.total_tokens > reserved:
-                # Settled at the truth all the same; a provider that bills past its cap, or a
-                # tokenizer the safety factor underestimates, shows up here.
-                self.outcome.overrun_tokens = usage.total_tokens - reserved
-                _log_warning(
-                    "usage above the reservation",
-                    request_id=self.outcome.request_id,
-                    target=self.outcome.target,
-                    reserved_tokens=reserved,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                )
-            if client_status is not None:
-                self.outcome.status = client_status
-            try:
-                self.outcome.cost_usd = await to_thread.run_sync(
-                    self._gateway._settle, self._reservation, self.target, usage, self._settlement(usage)
-                )
-            except Exception:
-                # The quota store failed (after its own retries): the reservation stays charged,
-                # which never lets a window overshoot. The client's answer is not thrown away.
-                self.outcome.error = "settlement failed; the reservation stays charged"
-                self.outcome.settlement_failed = True
-                _log_warning(
-                    "settlement failed",
-                    request_id=self.outcome.request_id,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                )
-            self.outcome.finished_at = self._gateway.clock()
-            self._gateway._on_finished(self.outcome)
+            self._note_overrun(usage)
+            status = client_status if client_status is not None else self.outcome.status
+            await self.admitted.settle(self.target, usage, self._ended(status), status)
 
-    def _settlement(self, usage: Usage) -> Settlement:
+    def _note_overrun(self, usage: Usage) -> None:
+        reserved = self.outcome.reserved_tokens
+        if reserved and usage.total_tokens > reserved:
+            # Settled at the truth all the same; a provider that bills past its cap, or a
+            # tokenizer the safety factor underestimates, shows up here.
+            self.outcome.overrun_tokens = usage.total_tokens - reserved
+            log_warning(
+                "usage above the reservation",
+                request_id=self.outcome.request_id,
+                target=self.outcome.target,
+                reserved_tokens=reserved,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+
+    def _ended(self, status: int) -> UsageOutcome:
         """How the request ended, for its usage record."""
-        status = self.outcome.status
         if status >= 400 or self._json is not None or not self.request.stream:
-            outcome = outcome_for_status(status)
-        elif self._stream_ended is not None:
-            outcome = self._stream_ended
-        elif not self._body_completed:
-            outcome = UsageOutcome.CLIENT_DISCONNECT
-        else:
-            outcome = UsageOutcome.OK
-        started, first_byte_at = self.outcome.started, self.outcome.first_byte_at
-        now = self._gateway.clock()
-        return Settlement(
-            outcome=outcome,
-            http_status=status,
-            usage_source=source_of(usage.source),
-            target=self.target.id if self.target is not None else None,
-            time_to_first_byte_ms=None if first_byte_at is None else (first_byte_at - started) * 1000,
-            duration_ms=(now - started) * 1000,
-            failovers=self.outcome.failovers,
-        )
+            return outcome_for_status(status)
+        if self._stream_ended is not None:
+            return self._stream_ended
+        if not self._body_completed:
+            return UsageOutcome.CLIENT_DISCONNECT
+        return UsageOutcome.OK
 
 
-def _classify(error: UpstreamError) -> Exception:
-    """Before the first byte: which upstream errors move on to the next target."""
-    if error.code in UNSUPPORTED_CODES or error.code in GATEWAY_SIDE_CODES:
-        return _AttemptFailed(error, count_against_target=False)
-    if error.status >= 500 or error.status in (408, 429):
-        return _AttemptFailed(error)
-    return error  # a client error: returned as it is
-
-
-def _classify_gateway_error(error: GatewayError) -> Exception:
-    # e.g. the gateway's credentials for this provider are unavailable (503): another target may
-    # serve, but the target itself did nothing wrong, so its circuit is not told.
-    if error.status >= 500:
-        return _AttemptFailed(
-            UpstreamError(error.status, error.message, error_type=error.type, code=error.code),
-            count_against_target=False,
-        )
-    return error
-
-
-def _unexpected(target: Target, error: Exception) -> _GatewayFault:
-    """An exception that is not an upstream failure (adapters turn those into UpstreamError): the
-    gateway's own code failed, e.g. a body httpx cannot serialise."""
-    _log_gateway_fault("gateway error while calling an upstream", error, target=target.id)
-    return _GatewayFault()
-
-
-def _client_error(error: UpstreamError) -> GatewayError:
-    headers = {"retry-after": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else {}
-    return GatewayError(error.status, error.message, error.error_type, error.code, headers=headers)
+async def _first_data_event(events: AsyncIterator[SSEEvent]) -> SSEEvent:
+    """Comments (upstream keep-alives) before the first data event are dropped: until a data event
+    arrives nothing has been sent, and the target can still be replaced."""
+    while True:
+        event = await events.__anext__()
+        if event.data is not None or event.done:
+            return event
 
 
 def _for_client(event: SSEEvent, client_wants_usage: bool) -> bytes:

@@ -986,7 +986,8 @@ class MockServer:
             port=self.port,
             log_config=None,  # leave the host process's logging alone
             access_log=False,
-            lifespan="off",
+            # "auto": an app with a lifespan (the proxy app keeps its services in lifespan state) gets it.
+            lifespan="auto",
             ws="none",
             timeout_graceful_shutdown=1,
         )

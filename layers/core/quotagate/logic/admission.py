@@ -1,0 +1,224 @@
+"""Admission, the part of the request path every endpoint shares before its upstream call:
+identity → limits → resolve → circuit state → order → reserve. And the end every endpoint shares:
+settlement, exactly once, with the outcome's metrics.
+
+An endpoint parses its body, then asks :meth:`Admission.route` for the targets it may try (in the
+router's order, open circuits left out, its own capability filter applied), sizes its reservation
+(chat: prompt and output plan; embeddings: the input's tokens) and calls :meth:`Admission.reserve`.
+The :class:`Admitted` request it gets back carries the outcome, the deadline, the failover loop
+(:mod:`quotagate.logic.failover`) and the settlement.
+
+The request's clock starts when the endpoint received it (``started``), not after the reservation:
+the latency metrics and the usage record's durations include the gateway's own work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio import to_thread
+
+from quotagate.errors import invalid_request
+from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
+from quotagate.quota.reservation import Reservation, ReservationRequest
+from quotagate.usage.record import Settlement, UsageOutcome, source_of
+
+if TYPE_CHECKING:
+    from quotagate.config import Target
+    from quotagate.identity import Identity
+    from quotagate.logic import router as routing
+    from quotagate.logic.gateway import Gateway, Limits, Outcome
+    from quotagate.logic.metering import Usage
+
+
+@dataclass
+class Route:
+    """Who asked for which model, what they may spend, and the targets to try, in order."""
+
+    identity: Identity
+    request_id: str
+    requested_model: str
+    limits: Limits
+    resolution: routing.Resolution
+    targets: list[Target]  # the alias's targets the endpoint can use (the reservation covers them all)
+    order: list[Target]  # those to try, in the router's order, open circuits left out
+    started: float
+    deadline: Deadline
+
+
+@dataclass(frozen=True)
+class ReservationSize:
+    """What one request reserves: an upper bound of what any of its targets can bill."""
+
+    prompt_tokens: int
+    output_tokens: int
+    usd: float
+    output_text: str | None = None  # how the output reservation is explained in a 429
+    output_param: str = "max_tokens"
+
+
+class Admission:
+    """Admits requests through one gateway's services (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def route(
+        self,
+        identity: Identity,
+        requested_model: str,
+        request_id: str,
+        started: float,
+        usable: Callable[[Target], bool] | None = None,
+        capability: str = "this request",
+    ) -> Route:
+        """Limits, resolution and order. ``usable`` keeps the targets the endpoint can call (an
+        alias with none is a 400 naming ``capability``). Every circuit open: 503, nothing reserved."""
+        gateway = self.gateway
+        limits = await to_thread.run_sync(gateway.limits_for, identity)
+        resolution = gateway.resolve(requested_model, limits)
+        targets = [t for t in resolution.targets if usable is None or usable(t)]
+        if not targets:
+            raise invalid_request(
+                f"The model '{requested_model}' does not support {capability}.", "model", "unsupported_for_model"
+            )
+        ids = [t.id for t in targets]
+        views = gateway.breaker.cached_views(ids)  # no I/O while this container's copy is fresh
+        if views is None:
+            views = await to_thread.run_sync(gateway.breaker.views, ids)
+        ranked = gateway.router.order(
+            resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
+        )
+        order = ranked if usable is None else [t for t in ranked if t in targets]
+        if not order:
+            # Every circuit is open: fail fast, before anything is reserved.
+            reopen = min(v.open_until for v in views.values()) - gateway.breaker.now()
+            raise unavailable(requested_model, reopen)
+        deadline = Deadline.starting(gateway.clock, started, resolution.model.deadline, gateway.max_request_seconds)
+        return Route(identity, request_id, requested_model, limits, resolution, targets, order, started, deadline)
+
+    async def reserve(self, route: Route, request: ReservationSize) -> Admitted:
+        """Reserve the quota (GatewayError 429 when a window has no room) and start the
+        remaining-quota read for the ``x-ratelimit-*`` headers, which overlaps the upstream call:
+        the reservation is the only store round trip before the first byte."""
+        from quotagate.logic.gateway import Outcome, usage_fields
+
+        gateway = self.gateway
+        identity = route.identity
+        reservation = await to_thread.run_sync(
+            lambda: gateway.quota.reserve(
+                ReservationRequest(
+                    route.request_id,
+                    identity.key_id,
+                    identity.tenant,
+                    route.limits.key_limits,
+                    route.limits.tenant_limits,
+                    request.prompt_tokens,
+                    request.output_tokens,
+                    request.usd,
+                    output_text=request.output_text,
+                    output_param=request.output_param,
+                    usage_fields=usage_fields(identity, route.requested_model, route.resolution.model.name),
+                )
+            )
+        )
+        outcome = Outcome(
+            route.request_id,
+            identity,
+            route.resolution.model.name,
+            started=route.started,
+            requested_model=route.requested_model,
+            reserved_tokens=request.prompt_tokens + request.output_tokens,
+            reserved_usd=request.usd,
+        )
+        return Admitted(gateway, route, reservation, outcome, gateway.start_remaining_read(reservation))
+
+
+class Admitted:
+    """A reserved request: its outcome, its failover loop, and its settlement (exactly once)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        route: Route,
+        reservation: Reservation,
+        outcome: Outcome,
+        remaining_read: asyncio.Future[None] | None,
+    ) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.reservation = reservation
+        self.outcome = outcome
+        self._remaining_read = remaining_read
+        self.settled = False
+
+    @property
+    def deadline(self) -> Deadline:
+        return self.route.deadline
+
+    def headers(self, target: Target | None = None) -> dict[str, str]:
+        """The reservation's ``x-ratelimit-*`` headers and the gateway's own."""
+        headers = self.reservation.headers()
+        headers["x-quotagate-request-id"] = self.outcome.request_id
+        headers["x-quotagate-model"] = self.route.resolution.model.name
+        if target is not None:
+            headers["x-quotagate-target"] = target.id
+        return headers
+
+    def failover(self) -> Failover:
+        gateway = self.gateway
+        return Failover(
+            gateway.breaker,
+            gateway.config.timeouts_for,
+            self.deadline,
+            self.outcome,
+            gateway.sleep,
+            gateway.max_retry_wait,
+        )
+
+    async def remaining_read_done(self) -> None:
+        """Wait for the remaining-quota read (done long ago, unless the store is slow); a failure
+        only loses header values."""
+        task, self._remaining_read = self._remaining_read, None
+        if task is None:
+            return
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await task
+
+    async def settle(self, target: Target | None, usage: Usage, ended: UsageOutcome, status: int) -> None:
+        """Settle at the actual usage of the target that served (nothing when none did), record the
+        outcome. Exactly once; survives cancellation; a failing quota store leaves the reservation
+        charged (never an overshoot) and the client's answer stands."""
+        if self.settled:
+            return
+        self.settled = True
+        outcome, gateway = self.outcome, self.gateway
+        with anyio.CancelScope(shield=True):
+            outcome.usage, outcome.status = usage, status
+            first_byte_at, now = outcome.first_byte_at, gateway.clock()
+            settlement = Settlement(
+                outcome=ended,
+                http_status=status,
+                usage_source=source_of(usage.source),
+                target=target.id if target is not None else None,
+                time_to_first_byte_ms=None if first_byte_at is None else (first_byte_at - outcome.started) * 1000,
+                duration_ms=(now - outcome.started) * 1000,
+                failovers=outcome.failovers,
+            )
+            try:
+                outcome.cost_usd = await to_thread.run_sync(gateway.settle, self.reservation, target, usage, settlement)
+            except Exception:
+                outcome.error = "settlement failed; the reservation stays charged"
+                outcome.settlement_failed = True
+                log_warning(
+                    "settlement failed",
+                    request_id=outcome.request_id,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                )
+            outcome.finished_at = gateway.clock()
+            gateway.on_finished(outcome)
