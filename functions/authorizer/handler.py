@@ -28,7 +28,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from quotagate.identity_sources import configured_identity_sources
-from quotagate.logic.auth import AccessDenied, Authenticator, AuthUnavailable, MissingCredential
+from quotagate.logic.auth import Authenticator
+from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
 logger = Logger(service="quotagate-authorizer")
 

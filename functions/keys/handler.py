@@ -28,12 +28,12 @@ from aws_lambda_powertools import Logger
 
 from quotagate import key_derivation
 from quotagate.key_derivation import KeySecretSource
+from quotagate.logic.exceptions import KeysError
 from quotagate.logic.keys_service import (
     ACTIONS,
     KEY_ISSUING_ACTIONS,
     MUTATING_ACTIONS,
     Command,
-    KeysError,
     KeysService,
 )
 

@@ -248,7 +248,7 @@ async def identify(request: Request) -> Identity:
     # one, a rotation could not revoke the secret it was given for.
     from anyio import to_thread
 
-    from quotagate.logic.auth import AccessDenied, AuthUnavailable, MissingCredential
+    from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:

@@ -18,7 +18,7 @@ from moto import mock_aws
 from functions.authorizer import handler
 from quotagate import apikeys, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore, KeyRecord
-from quotagate.logic.auth import AuthUnavailable
+from quotagate.logic.exceptions import AuthUnavailable
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

@@ -9,15 +9,8 @@ import pytest
 from quotagate import apikeys
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.identity import Identity
-from quotagate.logic.auth import (
-    AccessDenied,
-    Authenticator,
-    AuthUnavailable,
-    MissingCredential,
-    credential_from_headers,
-    looks_like_jwt,
-    secret_still_accepted,
-)
+from quotagate.logic.auth import Authenticator, credential_from_headers, looks_like_jwt, secret_still_accepted
+from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
 NOW = 1_800_000_000
 

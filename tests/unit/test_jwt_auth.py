@@ -21,7 +21,8 @@ from quotagate import settings
 from quotagate.dal.keys_store import InMemoryKeyStore
 from quotagate.identity import Identity
 from quotagate.jwt_auth import JwtConfigurationError, JwtVerifier, from_env
-from quotagate.logic.auth import AccessDenied, Authenticator, AuthUnavailable
+from quotagate.logic.auth import Authenticator
+from quotagate.logic.exceptions import AccessDenied, AuthUnavailable
 
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "quotagate-api"

@@ -12,12 +12,12 @@ import pytest
 from quotagate import apikeys
 from quotagate.config import parse_config
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord, KeyVersionConflict
+from quotagate.logic.exceptions import KeysError
 from quotagate.logic.keys_service import (
     ACTIONS,
     DEFAULT_GRACE_SECONDS,
     MAX_GRACE_SECONDS,
     MUTATING_ACTIONS,
-    KeysError,
     KeysService,
 )
 

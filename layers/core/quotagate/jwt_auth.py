@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from quotagate import settings
 from quotagate.auth_types import AuthType
 from quotagate.identity import Identity, jwt_key_id
-from quotagate.logic.auth import AccessDenied, AuthUnavailable
+from quotagate.logic.exceptions import AccessDenied, AuthUnavailable
 
 if TYPE_CHECKING:
     from jwt import PyJWK

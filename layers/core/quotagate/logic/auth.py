@@ -15,7 +15,8 @@ both enforce exactly the same rules.
     id learns nothing about that key's state.
   - tokens shaped like a JWT (three base64url segments) go to the configured ``JwtVerifier``.
 
-Outcomes: an :class:`Identity`; :class:`MissingCredential` (HTTP 401: nothing presented);
+Outcomes (the exceptions are in :mod:`quotagate.logic.exceptions`): an :class:`Identity`;
+:class:`MissingCredential` (HTTP 401: nothing presented);
 :class:`AccessDenied` (HTTP 401 ``invalid_api_key``: presented but not acceptable; ``reason`` is for
 logs only);
 :class:`AuthUnavailable` (a dependency failed: the key store or the IdP's JWKS endpoint — a 5xx,
@@ -33,10 +34,8 @@ from typing import TYPE_CHECKING
 from quotagate import apikeys
 from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.dal.keys_store import KeyRecord, KeyStore
-from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
-from quotagate.errors import GatewayError, upstream_error
 from quotagate.identity import Identity
-from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES
+from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
 if TYPE_CHECKING:
     from quotagate.jwt_auth import JwtVerifier
@@ -52,50 +51,6 @@ _NOT_A_TOKEN = re.compile(r"[\s,]")
 # Stands in for a stored hash when there is none, so that the constant-time comparison always runs.
 # It is the hash of a value that can never be a key, so it can never match.
 _DUMMY_HASH = apikeys.hash_key("quotagate:no-such-key")
-
-
-class MissingCredential(Exception):
-    """No well-formed credential in the identity sources (HTTP 401)."""
-
-    def __init__(self, identity_sources: Sequence[str] = DEFAULT_IDENTITY_SOURCES) -> None:
-        super().__init__("missing credential")
-        self.identity_sources = tuple(identity_sources)
-
-    def gateway_error(self) -> GatewayError:
-        return _as_gateway_error(missing_credential(self.identity_sources))
-
-
-def _as_gateway_error(error: EdgeError) -> GatewayError:
-    return GatewayError(error.status, error.message, error.type, error.code)
-
-
-class AccessDenied(Exception):
-    """A credential was presented but is not acceptable (HTTP 401, like API Gateway's answer to the
-    authorizer's Deny: see quotagate.edge_errors).
-
-    ``reason`` is a short machine-readable code for logs and metrics; ``key_id`` (never secret) is set
-    when the credential named a key. Neither is meant for the client: the client sees one generic
-    message, whatever the reason.
-    """
-
-    def __init__(self, reason: str, key_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.key_id = key_id
-
-    def gateway_error(self) -> GatewayError:
-        return _as_gateway_error(INVALID_CREDENTIAL)
-
-
-class AuthUnavailable(Exception):
-    """A dependency needed to decide failed (key store, JWKS endpoint): not the caller's fault."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def gateway_error(self) -> GatewayError:
-        return upstream_error("Authentication is temporarily unavailable.", status=503, code="auth_unavailable")
 
 
 def credential_from_headers(

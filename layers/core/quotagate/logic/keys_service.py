@@ -49,6 +49,7 @@ from quotagate.dal.tenants_store import (
     TenantVersionConflict,
 )
 from quotagate.key_derivation import KeySecretSource
+from quotagate.logic.exceptions import KeysError
 from quotagate.usage.periods import Granularity
 from quotagate.usage.query import DynamoUsageReader, GroupBy, UsageQuery, UsageReader, period_range, read_usage
 
@@ -73,23 +74,6 @@ _MAX_EPOCH = 32503680000
 _IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}$")
 _CREATE_ATTEMPTS = 3  # key id collisions (60 random bits) are practically impossible; retry anyway
 _UPDATE_ATTEMPTS = 5  # re-reads after a concurrent change
-
-
-class KeysError(Exception):
-    """A request the keys API refuses. ``code`` is stable and machine-readable; ``message`` is safe
-    to show to the caller (never contains a key or a hash)."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-    def __repr__(self) -> str:
-        return f"KeysError({self.code!r}, {self.message!r}, {self.status})"
 
 
 def invalid(message: str) -> KeysError:
