@@ -135,7 +135,8 @@ class Admission:
             reserved_tokens=request.prompt_tokens + request.output_tokens,
             reserved_usd=request.usd,
         )
-        return Admitted(gateway, route, reservation, outcome, gateway.start_remaining_read(reservation))
+        remaining_read = asyncio.ensure_future(to_thread.run_sync(gateway.quota.read_remaining, reservation))
+        return Admitted(gateway, route, reservation, outcome, remaining_read)
 
 
 class Admitted:

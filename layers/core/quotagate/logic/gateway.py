@@ -30,7 +30,6 @@ included.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import time
@@ -38,10 +37,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anyio
 from anyio import to_thread
 
-from quotagate import redaction, settings
+from quotagate import settings
 from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
@@ -54,22 +52,15 @@ from quotagate.logic import router as routing
 from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
 from quotagate.logic.assemble import CompletionAssembler
 from quotagate.logic.auth import secret_still_accepted
-from quotagate.logic.breaker import CircuitBreaker, Permit
+from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.chat_request import ChatRequest, parse_chat_request
-from quotagate.logic.failover import (
-    DEADLINE_MESSAGE,
-    DEFAULT_MAX_RETRY_WAIT,
-    INTERNAL_ERROR_MESSAGE,
-    Failover,
-    log_gateway_fault,
-    log_warning,
-    provider_for,
-)
+from quotagate.logic.exchange import Exchange, UpstreamTranslator
+from quotagate.logic.failover import DEFAULT_MAX_RETRY_WAIT
 from quotagate.logic.metering import Meter, Usage
-from quotagate.logic.output_budget import OutputBudget, delta_tokens
-from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent, StreamInterrupted
+from quotagate.logic.output_budget import delta_tokens
+from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent
 from quotagate.quota.reservation import Reservation, ReservationRequest
-from quotagate.usage.record import Settlement, UsageOutcome, outcome_for_status
+from quotagate.usage.record import Settlement
 
 KEEPALIVE = b": ping\n\n"
 TARGET_HEADER = "x-quotagate-target"
@@ -263,16 +254,23 @@ class Gateway:
         return routing.resolve(self._config(), name, limits.plan, limits.allowed_models)
 
     # -- chat completions --------------------------------------------------------------------
-    async def chat(self, identity: Identity, raw_body: bytes, request_id: str) -> ChatResponse:
+    async def chat(
+        self, identity: Identity, raw_body: bytes, request_id: str, translate: Translate | None = None
+    ) -> ChatResponse:
         """Validate, route, reserve and start the upstream call (failing over as needed). Raises
         GatewayError (nothing reserved, or the reservation already settled) for anything the
-        client must see as an error status."""
+        client must see as an error status.
+
+        ``translate`` builds the request's translator (default :class:`ChatTranslator`): an
+        endpoint whose clients speak another protocol sends the chat body here for validation and
+        the reservation, and chooses per target what is sent and how the stream is read."""
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes)
         route = await self.admission.route(identity, request.model, request_id, started)
         plan, size = await self._chat_reservation(request, route)
+        translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
         admitted = await self.admission.reserve(route, size)
-        response = ChatResponse(self, request, admitted, plan)
+        response = ChatResponse(self, request, admitted, plan, translator)
         try:
             await response.start()
             if not request.stream:
@@ -314,17 +312,6 @@ class Gateway:
             output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
         size = ReservationSize(plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text, output_param)
         return plan, size
-
-    def start_remaining_read(self, reservation: Reservation) -> asyncio.Future[None]:
-        return asyncio.ensure_future(to_thread.run_sync(self.quota.read_remaining, reservation))
-
-    @staticmethod
-    async def finish_remaining_read(task: asyncio.Future[None] | None) -> None:
-        """Wait for the read started by ``start_remaining_read``; a failure only loses header values."""
-        if task is None:
-            return
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await task
 
     async def embeddings(
         self, identity: Identity, raw_body: bytes, request_id: str
@@ -395,330 +382,112 @@ def _upstream_body(
     return body
 
 
-class ChatResponse:
-    """One admitted chat request: its upstream call (with failover), its body for the client, and
-    its settlement."""
+class ChatTranslator:
+    """Chat completions' translator: every target gets the OpenAI chat body (its model, its output
+    cap, always streamed with usage) and is read as OpenAI chunks, forwarded as they are."""
 
-    def __init__(self, gateway: Gateway, request: ChatRequest, admitted: Admitted, plan: estimate.OutputPlan) -> None:
-        self._gateway = gateway
+    def __init__(self, request: ChatRequest, plan: estimate.OutputPlan, config: GatewayConfig) -> None:
         self.request = request
-        self.admitted = admitted
-        self.resolution = admitted.route.resolution
-        self._plan = plan
-        self.outcome = admitted.outcome
+        self.plan = plan
+        self.config = config
+
+    def open(self, target: Target, provider: ChatProvider) -> AsyncIterator[SSEEvent]:
+        return provider.stream(_upstream_body(self.request, target, self.plan, self.config))
+
+    def dialect(self, target: Target) -> ChatStreamDialect:
+        return ChatStreamDialect(self.request, self.plan.prompts[target.id], target.upstream_model)
+
+
+class ChatStreamDialect:
+    """OpenAI chat chunks in, OpenAI chat chunks out (see :class:`quotagate.logic.exchange.StreamDialect`)."""
+
+    keepalive = KEEPALIVE
+
+    def __init__(self, request: ChatRequest, prompt_estimate: int, upstream_model: str) -> None:
+        self.client_wants_usage = request.client_wants_usage
+        self._upstream_model = upstream_model
         self._meter = Meter(request.messages)
-        self._upstream_started = False
-        self._finished = False
-        self._json: dict[str, Any] | None = None
-        self._events: AsyncIterator[SSEEvent] | None = None
-        self._first: SSEEvent | None = None
-        self._budget: OutputBudget | None = None
-        self._answer = CompletionAssembler()
-        self._stream_error: GatewayError | None = None  # how a stream ended badly (for JSON clients)
-        self.target: Target | None = None  # the target that served
-        self._permit: Permit | None = None
-        # For the usage record: how a stream ended.
-        self._stream_ended: UsageOutcome | None = None  # set when the stream ended with an error event
-        self._body_completed = False
-        self._pending: asyncio.Future[SSEEvent] | None = None  # the next upstream event, awaited
-        self._last_event_at = 0.0
-        self._failover: Failover | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.admitted.headers(self.target)
-
-    @property
-    def json(self) -> dict[str, Any] | None:
-        return self._json
-
-    def _failover_loop(self) -> Failover:
-        assert self._failover is not None
-        return self._failover
-
-    def _remaining(self) -> float:
-        return self.admitted.deadline.remaining()
-
-    # -- the upstream call, with failover -----------------------------------------------------
-    async def start(self) -> None:
-        """Try the targets in order (:class:`quotagate.logic.failover.Failover`) until one sends its
-        first data event; the response is then committed to that target."""
-        self._failover = self.admitted.failover()
-        served = await self._failover.run(self.admitted.route.order, self._attempt)
-        target = served.target
-        self._events, self._first = served.result
-        self._upstream_started = True
-        self.outcome.first_byte_at = self._gateway.clock()
-        self._permit = Permit(target.id)  # later (mid-stream) failures are plain failures
-        self.target = target
         # If the provider reports no usage, the prompt is charged at its (upper bound) estimate.
-        self._meter.prompt_estimate = self._plan.prompts[target.id]
-        self.outcome.target = target.id
-        factor = self._gateway.config.providers[target.provider].prompt_token_factor
-        # Everything reserved beyond this target's prompt is room for its output.
-        plan = self._plan
-        room = plan.prompt_reserve + plan.output_reserve - plan.prompts[target.id]
-        self._budget = OutputBudget(
-            room, plan.ceilings[target.id], plan.slice * self.request.choices, factor, self._top_up
-        )
+        self._meter.prompt_estimate = prompt_estimate
+        self._answer = CompletionAssembler()
+        self._head: dict[str, Any] = {}  # the first data event: the id/created/model of a cut's chunks
 
-    async def _attempt(self, target: Target) -> tuple[AsyncIterator[SSEEvent], SSEEvent]:
-        """Call one target up to its first data event (the stream and that event). Raises what
-        :meth:`Failover.within_first_byte` raises."""
-        gateway = self._gateway
-        body = _upstream_body(self.request, target, self._plan, gateway.config)
-        events = provider_for(gateway.providers, target).stream(body)
-        try:
-            first = await self._failover_loop().within_first_byte(target, _first_data_event(events))
-        except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-                await events.aclose()
-            raise
-        return events, first
+    def commits(self, event: SSEEvent) -> bool:
+        if event.data is not None and not self._head:
+            self._head = event.data
+        return event.data is not None or event.done
 
-    # -- the streamed body ----------------------------------------------------------------------
-    async def body(self) -> AsyncIterator[bytes]:
-        """The SSE bytes for the client (see :meth:`_stream_body`); notes whether the client took
-        all of them (if not, it disconnected)."""
-        async for chunk in self._stream_body():
-            yield chunk
-        self._body_completed = True
+    def is_end(self, event: SSEEvent) -> bool:
+        return event.done
 
-    async def _stream_body(self) -> AsyncIterator[bytes]:
-        """The SSE bytes for the client, chunk by chunk, with keep-alive comments while the upstream
-        is silent. Any upstream failure after the first byte ends the stream with an error event;
-        an answer the budget cannot pay for ends with ``finish_reason: "length"``."""
-        wants_usage = self.request.client_wants_usage
-        async for item in self._items():
-            yield _for_client(item, wants_usage) if isinstance(item, SSEEvent) else item
+    def is_upstream_error(self, event: SSEEvent) -> bool:
+        return event.data is not None and "error" in event.data
 
-    async def collect(self) -> None:
-        """For a client that asked for JSON: read the whole (metered) stream and assemble the answer.
-        Raises GatewayError if the stream failed (the tokens it produced are still settled)."""
-        async for _ in self._items():
-            pass
-        if self._stream_error is not None:
-            raise self._stream_error
-        assert self.target is not None
-        self._json = self._answer.result(cut=self.outcome.cut_by_budget, fallback_model=self.target.upstream_model)
+    def output_tokens(self, event: SSEEvent) -> int:
+        return delta_tokens(event.data) if event.data is not None else 0
 
-    async def _top_up(self, tokens: int) -> bool:
-        assert self.target is not None
-        extra_usd = self.target.price.cost_usd(0, tokens)
-        grown = False
-        with anyio.CancelScope(shield=True):  # a write in flight must land (or fail) before settlement
-            grown = await to_thread.run_sync(self._gateway.quota.top_up, self.admitted.reservation, tokens, extra_usd)
-        if grown:
-            self.outcome.reserved_tokens += tokens
-            self.outcome.reserved_usd += extra_usd
-        return bool(grown)
+    def accept(self, event: SSEEvent) -> list[SSEEvent | bytes]:
+        if event.data is not None:
+            self._answer.feed(event.data)
+        return [event] if self._meter.observe_chunk(event, self.client_wants_usage) else []
 
-    def _fail(self, message: str, code: str, error_type: str = "api_error", status: int = 502) -> bytes:
-        self._stream_error = GatewayError(status, message, error_type, code)
+    def client_bytes(self, event: SSEEvent) -> bytes:
+        return _for_client(event, self.client_wants_usage)
+
+    def error_event(self, message: str, code: str, error_type: str) -> bytes:
         return _error_event(message, code, error_type)
 
-    def _cut_events(self) -> list[SSEEvent]:
+    def usage(self) -> Usage:
+        return self._meter.usage(True)
+
+    def answer(self, cut: bool) -> dict[str, Any]:
+        return self._answer.result(cut=cut, fallback_model=self._upstream_model)
+
+    def cut(self) -> list[SSEEvent | bytes]:
         """The end of an answer the budget cannot pay for: ``length`` on every unfinished choice,
         the usage chunk if the client asked for usage, then ``[DONE]``."""
-        data = self._first.data if self._first is not None and self._first.data else {}
+        data = self._head
         head = {
             "id": data.get("id"),
             "object": "chat.completion.chunk",
             "created": data.get("created"),
             "model": data.get("model"),
         }
-        events = [
+        events: list[SSEEvent | bytes] = [
             SSEEvent.from_chunk(
                 {**head, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "length"}]}
             )
             for i in self._answer.unfinished_choices() or [0]
         ]
-        if self.request.client_wants_usage:
+        if self.client_wants_usage:
             usage = self._meter.usage(True)
-            events.append(
-                SSEEvent.from_chunk(
-                    {
-                        **head,
-                        "choices": [],
-                        "usage": {
-                            "prompt_tokens": usage.prompt_tokens,
-                            "completion_tokens": usage.completion_tokens,
-                            "total_tokens": usage.total_tokens,
-                        },
-                    }
-                )
-            )
+            numbers = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+            events.append(SSEEvent.from_chunk({**head, "choices": [], "usage": numbers}))
         return [*events, DONE_EVENT]
 
-    async def _items(self) -> AsyncIterator[SSEEvent | bytes]:
-        """Events to forward (metered, in order) and the gateway's own bytes (keep-alives, errors)."""
-        assert self._events is not None and self._first is not None
-        event: SSEEvent | None = self._first
-        self._last_event_at = self._gateway.clock()
-        try:
-            while True:
-                if event is not None:
-                    items, stop = await self._consume(event)
-                    for item in items:
-                        yield item
-                    if stop:
-                        return
-                event, items, stop = await self._next_event(self._events)
-                for item in items:
-                    yield item
-                if stop:
-                    return
-        finally:
-            with anyio.CancelScope(shield=True):
-                pending, self._pending = self._pending, None
-                if pending is not None:
-                    pending.cancel()
-                    with contextlib.suppress(BaseException):
-                        await pending
-                with contextlib.suppress(BaseException):
-                    await self._events.aclose()  # type: ignore[attr-defined]
 
-    async def _consume(self, event: SSEEvent) -> tuple[list[SSEEvent | bytes], bool]:
-        """One upstream event: what to forward, and whether the stream ends with it."""
-        assert self.target is not None and self._budget is not None
-        if event.done:
-            return [event], True
-        data = event.data
-        if data is not None and "error" in data:
-            # The upstream's own error event: its text is for the operator's log, never for the
-            # client (like an upstream error body before the first byte).
-            redaction.log_upstream_error(self.target.provider, "stream", data.get("error"))
-            message = f"Upstream provider '{self.target.provider}' reported an error while streaming the answer."
-            return [await self._stream_failed("upstream error event mid-stream", message, "upstream_error")], True
-        if data is not None:
-            needed = delta_tokens(data)
-            if needed and not await self._budget.admit(needed):
-                # The budget is spent (or the cap reached): stop the upstream, end cleanly.
-                self.outcome.cut_by_budget = True
-                return list(self._cut_events()), True
-            self._answer.feed(data)
-        return ([event] if self._meter.observe_chunk(event, self.request.client_wants_usage) else []), False
+class ChatResponse(Exchange):
+    """One admitted chat request (:class:`quotagate.logic.exchange.Exchange`), with its request."""
 
-    async def _next_event(
-        self, events: AsyncIterator[SSEEvent]
-    ) -> tuple[SSEEvent | None, list[SSEEvent | bytes], bool]:
-        """The next upstream event within the keep-alive interval, the idle timeout and the deadline:
-        (the event or None, bytes to send meanwhile, whether the stream ends)."""
-        gateway = self._gateway
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(events.__anext__())
-        idle = self._idle_timeout()
-        wait = min(gateway.keepalive_seconds, self._last_event_at + idle - gateway.clock(), self._remaining())
-        done, _ = await asyncio.wait({self._pending}, timeout=max(wait, 0.0))
-        if not done:
-            items, stop = await self._silence(idle)
-            return None, items, stop
-        task, self._pending = self._pending, None
-        try:
-            event = task.result()
-        except StopAsyncIteration:
-            ended = "upstream stream ended without [DONE]"
-            return None, [await self._stream_failed(ended, "The upstream provider ended the stream early.")], True
-        except StreamInterrupted as error:
-            return None, [await self._stream_failed(str(error), str(error))], True
-        except Exception as error:  # an adapter bug must still end the stream visibly
-            return None, [self._gateway_fault(error)], True
-        self._last_event_at = gateway.clock()
-        return event, [], False
-
-    def _idle_timeout(self) -> float:
-        assert self.target is not None
-        return self._gateway.config.timeouts_for(self.target).idle
-
-    async def _silence(self, idle: float) -> tuple[list[SSEEvent | bytes], bool]:
-        """The upstream said nothing for a while: a keep-alive, or the end (deadline, idle timeout)."""
-        assert self.target is not None
-        if self._remaining() <= 0:
-            self.outcome.error = "deadline exceeded"
-            self._stream_ended = UsageOutcome.TIMEOUT
-            return [self._fail(DEADLINE_MESSAGE, "deadline_exceeded", "timeout", 504)], True
-        if self._gateway.clock() - self._last_event_at >= idle:
-            message = f"Upstream provider '{self.target.provider}' sent nothing for {idle:g}s."
-            self._stream_ended = UsageOutcome.TIMEOUT
-            self.outcome.error = "upstream idle timeout"
-            await self._record_stream_failure()
-            return [self._fail(message, "upstream_timeout", "timeout", 504)], True
-        return [KEEPALIVE], False
-
-    async def _stream_failed(self, error: str, message: str, code: str = "upstream_stream_interrupted") -> bytes:
-        """The target failed after its first byte: its circuit hears it, the client gets an error event."""
-        self.outcome.error = error
-        self._stream_ended = UsageOutcome.ERROR_EVENT
-        await self._record_stream_failure()
-        return self._fail(message, code)
-
-    def _gateway_fault(self, error: Exception) -> bytes:
-        # ...the gateway's fault, not the target's: its circuit is not told.
-        assert self.target is not None
-        self.outcome.error = f"{type(error).__name__} while streaming"
-        log_gateway_fault(
-            "gateway error while streaming", error, request_id=self.outcome.request_id, target=self.target.id
-        )
-        self._stream_ended = UsageOutcome.ERROR_EVENT
-        return self._fail(INTERNAL_ERROR_MESSAGE, "internal_error", status=500)
-
-    async def _record_stream_failure(self) -> None:
-        if self._permit is not None:
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(self._gateway.breaker.record_failure, self._permit)
-
-    # -- settlement -------------------------------------------------------------------------------
-    async def finish(self, client_status: int | None = None) -> None:
-        """Settle the reservation with the actual usage of the target that served (nothing for
-        targets that failed before producing output). Exactly once; survives cancellation."""
-        if self._finished:
-            return
-        self._finished = True
-        with anyio.CancelScope(shield=True):
-            if self._events is not None:
-                with contextlib.suppress(BaseException):
-                    await self._events.aclose()  # type: ignore[attr-defined]
-            if self._budget is not None:
-                await self._budget.close()
-                self.outcome.top_ups = self._budget.top_ups
-            usage = self._meter.usage(self._upstream_started)
-            self._note_overrun(usage)
-            status = client_status if client_status is not None else self.outcome.status
-            await self.admitted.settle(self.target, usage, self._ended(status), status)
-
-    def _note_overrun(self, usage: Usage) -> None:
-        reserved = self.outcome.reserved_tokens
-        if reserved and usage.total_tokens > reserved:
-            # Settled at the truth all the same; a provider that bills past its cap, or a
-            # tokenizer the safety factor underestimates, shows up here.
-            self.outcome.overrun_tokens = usage.total_tokens - reserved
-            log_warning(
-                "usage above the reservation",
-                request_id=self.outcome.request_id,
-                target=self.outcome.target,
-                reserved_tokens=reserved,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-            )
-
-    def _ended(self, status: int) -> UsageOutcome:
-        """How the request ended, for its usage record."""
-        if status >= 400 or self._json is not None or not self.request.stream:
-            return outcome_for_status(status)
-        if self._stream_ended is not None:
-            return self._stream_ended
-        if not self._body_completed:
-            return UsageOutcome.CLIENT_DISCONNECT
-        return UsageOutcome.OK
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: ChatRequest,
+        admitted: Admitted,
+        plan: estimate.OutputPlan,
+        translator: UpstreamTranslator,
+    ) -> None:
+        super().__init__(gateway, admitted, translator, plan, request.stream, request.choices)
+        self.request = request
 
 
-async def _first_data_event(events: AsyncIterator[SSEEvent]) -> SSEEvent:
-    """Comments (upstream keep-alives) before the first data event are dropped: until a data event
-    arrives nothing has been sent, and the target can still be replaced."""
-    while True:
-        event = await events.__anext__()
-        if event.data is not None or event.done:
-            return event
+# What builds one request's translator from its (validated) chat request, its output plan and the
+# configuration: ChatTranslator, or an endpoint's own.
+Translate = Callable[[ChatRequest, estimate.OutputPlan, GatewayConfig], UpstreamTranslator]
 
 
 def _for_client(event: SSEEvent, client_wants_usage: bool) -> bytes:
