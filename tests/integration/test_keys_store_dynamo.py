@@ -9,7 +9,8 @@ import pytest
 from moto import mock_aws
 
 from quotagate import settings, tables
-from quotagate.dal.keys_store import DynamoKeyStore, KeyNotFound, KeyRecord, KeyVersionConflict
+from quotagate.dal.exceptions import KeyNotFound, KeyVersionConflict
+from quotagate.dal.keys_store import DynamoKeyStore, KeyRecord
 
 RECORD = KeyRecord(
     key_id="abcdefghijkl",
@@ -51,24 +52,3 @@ def test_replace_if_version_of_a_missing_key(store):
     with pytest.raises(KeyNotFound):
         store.replace_if_version(replace(RECORD, version=2), expected_version=1)
     assert store.get(RECORD.key_id) is None
-
-
-def test_records_written_before_versions_count_as_version_zero(store):
-    table = boto3.resource("dynamodb", region_name="us-east-1").Table(tables.KEYS.name())
-    table.put_item(
-        Item={
-            "key_id": RECORD.key_id,
-            "tenant": "acme",
-            "consumer": "c",
-            "plan": "free",
-            "secret_hash": "0" * 64,
-            "created_at": 1,
-            "status": "active",
-        }
-    )
-    legacy = store.get(RECORD.key_id)
-    assert legacy.version == 0
-    store.replace_if_version(replace(legacy, plan="pro", version=1), expected_version=0)
-    with pytest.raises(KeyVersionConflict):
-        store.replace_if_version(replace(legacy, plan="free", version=1), expected_version=0)
-    assert store.get(RECORD.key_id).plan == "pro"

@@ -11,7 +11,8 @@ import pytest
 
 from quotagate import apikeys
 from quotagate.config import parse_config
-from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord, KeyVersionConflict
+from quotagate.dal.exceptions import KeyVersionConflict
+from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.logic.exceptions import KeysError
 from quotagate.logic.keys_service import (
     ACTIONS,

@@ -219,7 +219,7 @@ def test_contended_ledger_is_a_retryable_429(clock):
 
 
 def test_store_down_for_reserve_and_its_compensation_is_a_503_not_a_500(clock):
-    from quotagate.quota.ledger import LedgerUnavailable
+    from quotagate.quota import LedgerUnavailable
 
     warnings = []
 

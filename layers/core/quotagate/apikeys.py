@@ -84,10 +84,6 @@ def parse_key(candidate: str) -> ParsedKey | None:
     return ParsedKey(match.group(1), candidate)
 
 
-def looks_like_key(candidate: str) -> bool:
-    return candidate.startswith(PREFIX)
-
-
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from quotagate import tables
 from quotagate.auth_types import KeyStatus
+from quotagate.dal.exceptions import KeyAlreadyExists, KeyNotFound, KeyVersionConflict
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class KeyRecord:
     previous_valid_until: int | None = None  # ...keeps working until then
     updated_at: int | None = None
     # Incremented by every change made through ``replace_if_version`` (optimistic concurrency, so a
-    # concurrent update can never undo a revocation). Records written before it existed count as 0.
+    # concurrent update can never undo a revocation). A created key starts at 1.
     version: int = 0
 
     def public_view(self) -> dict[str, Any]:
@@ -41,24 +42,10 @@ class KeyRecord:
         return view
 
 
-class KeyAlreadyExists(Exception):
-    pass
-
-
-class KeyNotFound(Exception):
-    pass
-
-
-class KeyVersionConflict(Exception):
-    """The record changed since it was read (``replace_if_version``): read it again and retry."""
-
-
 class KeyStore(Protocol):
     def get(self, key_id: str) -> KeyRecord | None: ...
 
     def put_new(self, record: KeyRecord) -> None: ...
-
-    def replace(self, record: KeyRecord) -> None: ...
 
     def list_by_tenant(self, tenant: str) -> list[KeyRecord]: ...
 
@@ -127,26 +114,13 @@ class DynamoKeyStore:
                 raise KeyAlreadyExists(record.key_id) from error
             raise
 
-    def replace(self, record: KeyRecord) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._table.put_item(Item=_to_item(record), ConditionExpression="attribute_exists(key_id)")
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise KeyNotFound(record.key_id) from error
-            raise
-
     def replace_if_version(self, record: KeyRecord, expected_version: int) -> None:
         from botocore.exceptions import ClientError
 
-        condition = "attribute_exists(key_id) AND #version = :expected"
-        if expected_version == 0:  # records written before versions existed have no attribute
-            condition = "attribute_exists(key_id) AND (attribute_not_exists(#version) OR #version = :expected)"
         try:
             self._table.put_item(
                 Item=_to_item(record),
-                ConditionExpression=condition,
+                ConditionExpression="attribute_exists(key_id) AND #version = :expected",
                 ExpressionAttributeNames={"#version": "version"},
                 ExpressionAttributeValues={":expected": expected_version},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -189,12 +163,6 @@ class InMemoryKeyStore:
             if record.key_id in self._items:
                 raise KeyAlreadyExists(record.key_id)
             self._items[record.key_id] = record
-
-    def replace(self, record: KeyRecord) -> None:
-        with self._lock:
-            if record.key_id not in self._items:
-                raise KeyNotFound(record.key_id)
-            self._items[record.key_id] = replace(record)
 
     def replace_if_version(self, record: KeyRecord, expected_version: int) -> None:
         with self._lock:

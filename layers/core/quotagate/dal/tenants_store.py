@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
+from quotagate.dal.exceptions import TenantAlreadyExists, TenantNotFound, TenantVersionConflict
+
 TENANT_ITEM_PREFIX = "tenant#"
 RECORD_TYPE = "tenant"
 
@@ -34,18 +36,6 @@ class TenantRecord:
             "updated_at": self.updated_at,
             "version": self.version,
         }
-
-
-class TenantAlreadyExists(Exception):
-    pass
-
-
-class TenantNotFound(Exception):
-    pass
-
-
-class TenantVersionConflict(Exception):
-    pass
 
 
 class TenantStore(Protocol):

@@ -34,20 +34,16 @@ from typing import Any, Concatenate, ParamSpec
 from quotagate import apikeys, strict_json
 from quotagate.auth_types import KeyStatus
 from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
-from quotagate.dal.keys_store import (
+from quotagate.dal.exceptions import (
     KeyAlreadyExists,
     KeyNotFound,
-    KeyRecord,
-    KeyStore,
     KeyVersionConflict,
-)
-from quotagate.dal.tenants_store import (
     TenantAlreadyExists,
     TenantNotFound,
-    TenantRecord,
-    TenantStore,
     TenantVersionConflict,
 )
+from quotagate.dal.keys_store import KeyRecord, KeyStore
+from quotagate.dal.tenants_store import TenantRecord, TenantStore
 from quotagate.key_derivation import KeySecretSource
 from quotagate.logic.exceptions import KeysError
 from quotagate.usage.periods import Granularity

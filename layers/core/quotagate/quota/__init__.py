@@ -4,20 +4,11 @@
 the values of the quota protocol, ``service`` the logic the proxy calls.
 """
 
-from quotagate.quota.ledger import (
-    DynamoQuotaLedger,
-    InMemoryQuotaLedger,
-    LedgerBusy,
-    LedgerUnavailable,
-    QuotaExceeded,
-    QuotaLedger,
-    ReservationExists,
-    ReservationStatus,
-    WindowUsage,
-)
+from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
+from quotagate.quota.ledger import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaLedger, ReservationStatus
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.service import QuotaService
-from quotagate.quota.windows import WindowCharge, format_duration, scope_pk
+from quotagate.quota.windows import WindowCharge, WindowUsage, format_duration, scope_pk
 
 __all__ = [
     "DynamoQuotaLedger",

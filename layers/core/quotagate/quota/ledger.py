@@ -41,12 +41,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from quotagate import settings, tables
-from quotagate.quota.windows import WindowCharge
+from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
+from quotagate.quota.windows import WindowCharge, WindowUsage
 from quotagate.usage.record import RECORD_ATTRIBUTE, to_attribute
 
 
@@ -95,63 +95,6 @@ DEFAULT_RESERVE_SECONDS = 2.0
 DEFAULT_SETTLE_SECONDS = 5.0
 DEFAULT_RESERVE_ATTEMPTS = 5
 DEFAULT_SETTLE_ATTEMPTS = 8
-
-
-@dataclass(frozen=True)
-class WindowUsage:
-    """A window's ``used`` as seen by a ledger call (``None``: not known without another read).
-
-    ``exact`` is False when ``used`` is only an upper bound (so ``remaining`` is a lower bound):
-    a window that passed its condition in a cancelled transaction had ``used <= limit - amount``.
-    """
-
-    charge: WindowCharge
-    used: int | None
-    exact: bool = True
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.used is None else max(0, self.charge.limit - self.used)
-
-
-class QuotaExceeded(Exception):
-    """A reservation did not fit: nothing was reserved in any window.
-
-    ``charge``/``used`` describe the first window that was short (``used`` is its current value,
-    ``None`` if unknown); ``shortfalls`` lists every window reported short; ``observed`` has what
-    the call learned about every window (short ones exact, the others as bounds), for headers.
-    """
-
-    def __init__(
-        self,
-        charge: WindowCharge,
-        used: int | None,
-        shortfalls: Sequence[WindowUsage] = (),
-        observed: Sequence[WindowUsage] = (),
-    ):
-        self.charge = charge
-        self.used = used
-        self.shortfalls: tuple[WindowUsage, ...] = tuple(shortfalls) or (WindowUsage(charge, used),)
-        self.observed: tuple[WindowUsage, ...] = tuple(observed) or self.shortfalls
-        super().__init__(f"{charge.pk} {charge.sk}: used {used}, limit {charge.limit}, requested {charge.amount}")
-
-
-class LedgerBusy(Exception):
-    """The ledger stayed contended (transaction conflicts, throttling) through every retry."""
-
-    outcome_unknown = False
-
-
-class LedgerUnavailable(LedgerBusy):
-    """The store failed (timeouts, connection errors, 5xx) through every retry, and at least one
-    attempt may have been applied without us learning it: settle the request id (zero usage for a
-    reservation) to be sure, or hand the settlement to the durable retry path."""
-
-    outcome_unknown = True
-
-
-class ReservationExists(Exception):
-    """A reservation with this request id exists and was not made by this call."""
 
 
 class QuotaLedger(Protocol):

@@ -9,8 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from quotagate.quota.ledger import WindowUsage
-from quotagate.quota.windows import WindowCharge, WindowScope, WindowUnit, format_duration
+from quotagate.quota.windows import WindowCharge, WindowScope, WindowUnit, WindowUsage, format_duration
 
 
 @dataclass(frozen=True)

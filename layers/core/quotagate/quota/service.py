@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from quotagate.errors import GatewayError
-from quotagate.quota.ledger import LedgerBusy, QuotaExceeded, QuotaLedger, WindowUsage
+from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded
+from quotagate.quota.ledger import QuotaLedger
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
@@ -33,6 +34,7 @@ from quotagate.quota.windows import (
     WindowCharge,
     WindowScope,
     WindowUnit,
+    WindowUsage,
     iso_utc,
     make_charge,
     retry_after_seconds,
@@ -207,14 +209,14 @@ class QuotaService:
                     # Neither applied nor queued: the reaper closes the reservation if it committed.
                     self._warn("compensating settlement failed", request_id=request_id, error=str(failed))
                 raise GatewayError(
-                    503,
+                    busy.status,
                     "The quota store did not answer in time; nothing was charged. Please retry shortly.",
                     type="api_error",
                     code="quota_store_unavailable",
                     headers={"retry-after": "1"},
                 ) from None
             raise GatewayError(
-                429,
+                busy.status,
                 "Too many concurrent requests against this quota; please retry shortly.",
                 type="requests",
                 code="rate_limit_exceeded",
@@ -249,7 +251,7 @@ class QuotaService:
         charge = binding.charge
         if charge.unit == WindowUnit.CONCURRENT:
             return GatewayError(
-                429,
+                exceeded.status,
                 f"Too many concurrent requests for {SCOPE_WORDS[charge.scope]}: {binding.used} in flight, "
                 f"the limit ({CONCURRENCY_LIMIT}) is {charge.limit}. Retry when one has finished.",
                 type="requests",
@@ -286,7 +288,7 @@ class QuotaService:
         usages = [known.get(c.item_key, WindowUsage(c, None)) for c in charges if c.period == charge.period]
         prefer = [binding, *(u for u in exceeded.shortfalls if u.charge.period == charge.period)]
         headers.update(ratelimit_headers(usages, now, prefer=prefer))
-        return GatewayError(429, message, type=charge.unit, code=code, headers=headers)
+        return GatewayError(exceeded.status, message, type=charge.unit, code=code, headers=headers)
 
     def settle(
         self,

@@ -211,3 +211,20 @@ def format_duration(seconds: float) -> str:
 def retry_after_seconds(window_end: int, now: float) -> int:
     """Whole seconds until the window resets (at least 1), for ``retry-after``."""
     return max(1, math.ceil(window_end - now))
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """A window's ``used`` as seen by a ledger call (``None``: not known without another read).
+
+    ``exact`` is False when ``used`` is only an upper bound (so ``remaining`` is a lower bound):
+    a window that passed its condition in a cancelled transaction had ``used <= limit - amount``.
+    """
+
+    charge: WindowCharge
+    used: int | None
+    exact: bool = True
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.used is None else max(0, self.charge.limit - self.used)
