@@ -11,7 +11,7 @@ from quotagate.errors import GatewayError
 from quotagate.logic.admission import ReservationSize
 from quotagate.logic.metering import Usage
 from quotagate.usage.record import UsageOutcome
-from tests.unit.test_router_failover import A, B, IDENTITY, make
+from tests.unit.test_router_failover import IDENTITY, A, B, make
 
 
 def route(gateway, **kwargs):
