@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 
 from quotagate.providers.anthropic import (
-    AnthropicStreamError,
     StreamTranslator,
-    TranslationError,
     finish_reason,
     to_chat_completion,
     to_messages_request,
     usage_from,
 )
+from quotagate.providers.exceptions import AnthropicStreamError, TranslationError
 
 # --------------------------------------------------------------------------------------------
 # OpenAI request -> Messages request

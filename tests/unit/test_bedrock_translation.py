@@ -21,7 +21,7 @@ from botocore.exceptions import (
 
 from quotagate.config import Provider
 from quotagate.providers import bedrock as b
-from quotagate.providers.base import StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from tests.helpers import stop_stream_early
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"

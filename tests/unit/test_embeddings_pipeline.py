@@ -18,7 +18,7 @@ from quotagate.errors import GatewayError
 from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.gateway import Gateway, Outcome
 from quotagate.logic.router import Router
-from quotagate.providers.base import UpstreamError
+from quotagate.providers.exceptions import UpstreamError
 from tests.unit.test_router_failover import IDENTITY, A, B, FakeClock, FakeQuota, config
 
 

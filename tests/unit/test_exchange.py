@@ -10,7 +10,8 @@ from typing import Any
 
 from quotagate.logic.gateway import ChatTranslator
 from quotagate.logic.metering import Usage
-from quotagate.providers.base import SSEEvent, UpstreamError
+from quotagate.providers.base import SSEEvent
+from quotagate.providers.exceptions import UpstreamError
 from tests.unit.test_router_failover import IDENTITY, A, B, make
 
 NATIVE_DONE = SSEEvent(b'event: stop\ndata: {"type": "stop"}\n\n', {"type": "stop"})

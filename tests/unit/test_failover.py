@@ -16,7 +16,7 @@ from quotagate.identity import Identity
 from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.failover import AttemptFailed, Deadline, Failover, GatewayFault
 from quotagate.logic.gateway import Outcome
-from quotagate.providers.base import UpstreamError
+from quotagate.providers.exceptions import UpstreamError
 from tests.unit.test_router_failover import FakeClock
 
 CONFIG = parse_config(

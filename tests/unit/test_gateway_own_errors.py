@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from quotagate.errors import GatewayError
-from quotagate.providers.base import SSEEvent, UpstreamError
+from quotagate.providers.base import SSEEvent
+from quotagate.providers.exceptions import UpstreamError
 from tests.unit.test_router_failover import A, B, FakeProvider, chat, make
 
 

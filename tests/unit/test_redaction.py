@@ -78,7 +78,8 @@ def test_bedrock_error_text_goes_to_the_log_redacted(monkeypatch):
 def test_anthropic_stream_error_keeps_the_type_not_the_text(monkeypatch):
     from quotagate.config import Provider
     from quotagate.observability import logger
-    from quotagate.providers.anthropic import AnthropicProvider, AnthropicStreamError
+    from quotagate.providers.anthropic import AnthropicProvider
+    from quotagate.providers.exceptions import AnthropicStreamError
 
     stream = io.StringIO()
     monkeypatch.setattr(logger.registered_handler, "stream", stream)

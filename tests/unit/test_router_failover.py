@@ -18,7 +18,8 @@ from quotagate.identity import Identity
 from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.gateway import Gateway
 from quotagate.logic.router import Router
-from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.base import DONE_EVENT, SSEEvent
+from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.quota import Reservation, ReservationRequest
 
 IDENTITY = Identity(tenant="acme", consumer="u1", key_id="jwt:u1", plan="pro", auth_type="jwt")

@@ -39,7 +39,8 @@ from quotagate.logic.failover import (
 )
 from quotagate.logic.metering import Usage
 from quotagate.logic.output_budget import OutputBudget
-from quotagate.providers.base import SSEEvent, StreamInterrupted
+from quotagate.providers.base import SSEEvent
+from quotagate.providers.exceptions import StreamInterrupted
 from quotagate.usage.record import UsageOutcome, outcome_for_status
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ import anyio
 from anyio import to_thread
 
 from quotagate.errors import GatewayError
-from quotagate.providers.base import StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from quotagate.config import Target, Timeouts

@@ -57,10 +57,11 @@ from typing import Any
 import httpx
 
 from quotagate.logic.parameters import ResponseTool, provider_temperature, response_tool
-from quotagate.providers.base import (
-    DONE_EVENT,
-    SSEEvent,
+from quotagate.providers.base import DONE_EVENT, SSEEvent
+from quotagate.providers.exceptions import (
+    AnthropicStreamError,
     StreamInterrupted,
+    TranslationError,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -90,23 +91,6 @@ _STREAM_ERROR_STATUS: dict[str, int] = {
     "request_too_large": 413,
     "invalid_request_error": 400,
 }
-
-
-class TranslationError(ValueError):
-    """An OpenAI request that cannot be expressed as an Anthropic Messages request."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class AnthropicStreamError(Exception):
-    """An ``error`` event in a Messages stream."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +643,7 @@ class AnthropicProvider(HTTPProvider):
             return to_messages_request(body)
         except TranslationError as error:
             raise UpstreamError(
-                400, str(error), error_type="invalid_request_error", code="unsupported_for_provider"
+                error.status, str(error), error_type="invalid_request_error", code="unsupported_for_provider"
             ) from None
 
     async def _raise_for_status(self, response: httpx.Response) -> None:

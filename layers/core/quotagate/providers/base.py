@@ -24,34 +24,6 @@ class SSEEvent:
 DONE_EVENT = SSEEvent(b"data: [DONE]\n\n", None, True)
 
 
-class UpstreamError(Exception):
-    """The upstream refused or failed before anything was sent to the client."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        retry_after: float | None = None,
-        error_type: str = "api_error",
-        code: str | None = "upstream_error",
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-        self.error_type = error_type
-        self.code = code
-
-
-class UpstreamTimeout(UpstreamError):
-    def __init__(self, message: str) -> None:
-        super().__init__(504, message, error_type="timeout", code="upstream_timeout")
-
-
-class StreamInterrupted(Exception):
-    """The upstream stream broke after it had started (connection drop, idle timeout)."""
-
-
 class ChatProvider(Protocol):
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]: ...
 

@@ -61,7 +61,8 @@ from anyio import to_thread
 
 from quotagate.config import Provider
 from quotagate.logic.parameters import ResponseTool, provider_temperature, response_tool
-from quotagate.providers.base import DONE_EVENT, SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.base import DONE_EVENT, SSEEvent
+from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
 from quotagate.redaction import log_upstream_error, short_identifier
 

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from quotagate.config import Provider
-from quotagate.providers.base import SSEEvent, StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate.providers.base import SSEEvent
+from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.redaction import log_upstream_error, short_identifier
 
 MAX_ERROR_BODY = 4096
