@@ -2,13 +2,13 @@
 
 * ``ANY /v1/{proxy+}``: Lambda REQUEST authorizer, then the proxy (response streaming, 15 min).
 * ``GET /health``: the proxy's liveness answer, without authorizer.
-* Every error API Gateway produces itself is OpenAI-shaped JSON (gateway responses).
+* Every error API Gateway produces itself is JSON both the openai and the anthropic SDK read
+  (gateway responses, from quotagate.edge_errors).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
@@ -49,58 +49,6 @@ ACCESS_LOG_FIELDS = {
     "errorMessage": "$context.error.message",
     "xrayTraceId": "$context.xrayTraceId",
 }
-
-# API Gateway's own error messages, JSON-quoted by API Gateway.
-_GATEWAY_MESSAGE = "$context.error.messageString"
-
-
-def openai_error_body(message: str | None, error_type: str, code: str | None) -> str:
-    """An OpenAI error object; ``message=None`` uses API Gateway's own message."""
-    body = json.dumps(
-        {"error": {"message": "__MESSAGE__", "type": error_type, "param": None, "code": code}},
-        separators=(",", ":"),
-    )
-    return body.replace('"__MESSAGE__"', _GATEWAY_MESSAGE if message is None else json.dumps(message))
-
-
-# response type -> (status code or None to keep API Gateway's, message, OpenAI type, OpenAI code);
-# UNAUTHORIZED and ACCESS_DENIED come from quotagate.edge_errors (see gateway_responses).
-GATEWAY_RESPONSES: dict[str, tuple[str | None, str | None, str, str | None]] = {
-    # A REST API answers an unknown path or method with this (403 by default): it is a 404.
-    "MISSING_AUTHENTICATION_TOKEN": (
-        "404",
-        "Unknown request URL or method.",
-        "invalid_request_error",
-        "unknown_url",
-    ),
-    "THROTTLED": (
-        "429",
-        "Too many requests to the gateway. Retry after a short wait.",
-        "requests",
-        "rate_limit_exceeded",
-    ),
-    "REQUEST_TOO_LARGE": (
-        "413",
-        "The request body is too large.",
-        "invalid_request_error",
-        "request_too_large",
-    ),
-    "DEFAULT_4XX": (None, None, "invalid_request_error", None),
-    "DEFAULT_5XX": (None, None, "api_error", None),
-}
-
-
-def gateway_responses(identity_sources: Sequence[str]) -> dict[str, tuple[str | None, str | None, str, str | None]]:
-    """Every gateway response; the two authentication ones from the definition the local emulator
-    and the proxy share. ACCESS_DENIED (the authorizer's Deny: a wrong, unknown, revoked or expired
-    key) is a 401, which the openai SDK raises as AuthenticationError."""
-    unauthorized = edge_errors.missing_credential(parse_identity_sources(identity_sources))
-    denied = edge_errors.INVALID_CREDENTIAL
-    return {
-        "UNAUTHORIZED": (str(unauthorized.status), unauthorized.message, unauthorized.type, unauthorized.code),
-        "ACCESS_DENIED": (str(denied.status), denied.message, denied.type, denied.code),
-        **GATEWAY_RESPONSES,
-    }
 
 
 class GatewayApi(Construct):
@@ -169,13 +117,15 @@ class GatewayApi(Construct):
             authorization_type=apigw.AuthorizationType.CUSTOM,
         )
         self.health_method = self.api.root.add_resource("health").add_method("GET", integration)
-        for name, (status, message, error_type, code) in gateway_responses(options.identity_sources).items():
+        # One body both SDKs read, whatever the path (see quotagate.edge_errors).
+        identity_sources = parse_identity_sources(options.identity_sources)
+        for name, response in edge_errors.gateway_responses(identity_sources).items():
             self.api.add_gateway_response(
                 f"{name.title().replace('_', '')}Response",
                 type=apigw.ResponseType.of(name),
-                status_code=status,
-                templates={"application/json": openai_error_body(message, error_type, code)},
-                response_headers={edge_errors.REQUEST_ID_HEADER: "context.requestId"},
+                status_code=None if response.status is None else str(response.status),
+                templates={"application/json": response.template()},
+                response_headers={header: "context.requestId" for header in edge_errors.REQUEST_ID_HEADERS},
             )
         self._acknowledge()
 

@@ -12,6 +12,7 @@ import json
 
 import anthropic
 import boto3
+import openai
 import pytest
 
 from tests.e2e.local_gateway import running_local_gateway
@@ -122,9 +123,23 @@ def test_the_sdk_sends_its_key_as_a_bearer_token():
     assert client.auth_headers == {"Authorization": "Bearer qg_example"}
 
 
-def test_a_wrong_key_is_an_anthropic_authentication_error(gateway):
-    client = anthropic.Anthropic(base_url=gateway["base"], api_key="qg_" + "0" * 40, max_retries=0)
-    with pytest.raises((anthropic.AuthenticationError, anthropic.PermissionDeniedError)) as caught:
+@pytest.mark.parametrize("key", ["qg_" + "0" * 40, "not-a-key"])  # refused (ACCESS_DENIED), malformed
+def test_a_wrong_key_is_an_anthropic_authentication_error(gateway, key):
+    # The edge answers this (API Gateway deployed, its emulator here), the same bytes on every path.
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key=key, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
         client.messages.create(model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.body["type"] == "error"
-    assert caught.value.body["error"]["type"] in ("authentication_error", "permission_error")
+    error = caught.value
+    assert error.type == "authentication_error"
+    assert error.api_message and "API key" in error.api_message
+    assert error.request_id  # from the request-id header
+
+
+@pytest.mark.parametrize("key", ["qg_" + "0" * 40, "not-a-key"])
+def test_the_same_wrong_key_is_still_the_openai_sdks_authentication_error(gateway, key):
+    client = openai.OpenAI(base_url=f"{gateway['base']}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.models.list()
+    assert caught.value.code == "invalid_api_key"
+    assert "API key" in caught.value.body["message"]
+    assert caught.value.request_id

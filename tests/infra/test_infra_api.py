@@ -116,17 +116,21 @@ def test_stage_traces_logs_json_and_throttles(synthesized):
 @pytest.mark.parametrize(
     ("response_type", "status", "error_type", "code"),
     [
-        ("UNAUTHORIZED", "401", "invalid_request_error", "invalid_api_key"),
+        ("UNAUTHORIZED", "401", "authentication_error", "invalid_api_key"),
         # The authorizer's Deny: a wrong, unknown, revoked or expired key (the openai SDK's
         # AuthenticationError needs a 401); 403 stays for the proxy's "authenticated but not allowed".
-        ("ACCESS_DENIED", "401", "invalid_request_error", "invalid_api_key"),
-        ("MISSING_AUTHENTICATION_TOKEN", "404", "invalid_request_error", "unknown_url"),
-        ("THROTTLED", "429", "requests", "rate_limit_exceeded"),
+        ("ACCESS_DENIED", "401", "authentication_error", "invalid_api_key"),
+        ("MISSING_AUTHENTICATION_TOKEN", "404", "not_found_error", "unknown_url"),
+        ("THROTTLED", "429", "rate_limit_error", "rate_limit_exceeded"),
+        ("REQUEST_TOO_LARGE", "413", "request_too_large", "request_too_large"),
+        ("AUTHORIZER_FAILURE", "500", "api_error", "authorizer_error"),
         ("DEFAULT_4XX", None, "invalid_request_error", None),
         ("DEFAULT_5XX", None, "api_error", None),
     ],
 )
-def test_gateway_errors_are_openai_shaped(synthesized, response_type, status, error_type, code):
+def test_gateway_errors_are_read_by_both_sdks(synthesized, response_type, status, error_type, code):
+    """Gateway responses cannot vary by path: one body that is Anthropic's error shape (``type``
+    ``error``, ``error.type``, ``error.message``) and carries OpenAI's ``code`` and ``param``."""
     responses = [
         r["Properties"]
         for r in synthesized.of_type("AWS::ApiGateway::GatewayResponse").values()
@@ -138,7 +142,7 @@ def test_gateway_errors_are_openai_shaped(synthesized, response_type, status, er
     template_text = response["ResponseTemplates"]["application/json"]
     # API Gateway substitutes its own (already JSON-quoted) message here.
     body = json.loads(template_text.replace("$context.error.messageString", '"substituted"'))
-    assert set(body) == {"error"}
+    assert body["type"] == "error" and set(body) == {"type", "error"}
     assert body["error"]["type"] == error_type
     assert body["error"]["code"] == code
     assert body["error"]["param"] is None
@@ -164,6 +168,7 @@ def test_every_gateway_response_carries_the_request_id(synthesized):
     assert responses
     for response in responses:
         parameters = response["Properties"].get("ResponseParameters", {})
-        assert parameters.get("gatewayresponse.header.x-request-id") == "context.requestId", response["Properties"][
-            "ResponseType"
-        ]
+        for header in ("x-request-id", "request-id"):  # the openai SDK's, the anthropic SDK's
+            assert parameters.get(f"gatewayresponse.header.{header}") == "context.requestId", response["Properties"][
+                "ResponseType"
+            ]

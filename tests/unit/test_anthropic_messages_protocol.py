@@ -12,7 +12,6 @@ from quotagate.logic.metering import Usage
 from quotagate.protocols.anthropic_messages import (
     MessageEvents,
     error_body,
-    error_body_from_openai,
     parse_count_tokens_request,
     parse_messages_request,
     to_message,
@@ -304,25 +303,3 @@ def test_a_stop_sequence_named_by_the_target_is_reported_at_the_end_of_the_strea
     stream.feed(chunk(finish="stop", stop_reason="END"))
     delta = events_of(stream.finish(None))[1]
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
-
-
-@pytest.mark.parametrize(
-    "status, kind",
-    [
-        (401, "authentication_error"),
-        (403, "permission_error"),
-        (404, "not_found_error"),
-        (413, "request_too_large"),
-        (429, "rate_limit_error"),
-        (502, "api_error"),
-        (503, "overloaded_error"),
-    ],
-)
-def test_errors_answered_before_the_proxy_are_reshaped(status, kind):
-    openai_shaped = json.dumps({"error": {"message": "no", "type": "x", "param": None, "code": "c"}}).encode()
-    assert json.loads(error_body_from_openai(status, openai_shaped)) == {
-        "type": "error",
-        "error": {"type": kind, "message": "no"},
-    }
-    already = json.dumps({"type": "error", "error": {"type": "api_error", "message": "m"}}).encode()
-    assert error_body_from_openai(status, already) == already

@@ -17,19 +17,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from quotagate.edge_errors import INVALID_CREDENTIAL, REQUEST_ID_HEADER, EdgeError, missing_credential
+from quotagate.edge_errors import (
+    AUTHORIZER_FAILURE,
+    INVALID_CREDENTIAL,
+    REQUEST_ID_HEADERS,
+    UNKNOWN_URL,
+    EdgeError,
+    missing_credential,
+)
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 API_ID = "local"
 STAGE = "prod"
 _INVOKE_RE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
-
-
-def openai_error_body(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
 
 
 @dataclass
@@ -157,9 +160,9 @@ class LocalApiGateway:
         elif path == "/health":
             await self._proxy(self._forward_scope(scope, {"requestId": str(uuid.uuid4())}), receive, send)
         elif path.startswith("/v1/") or path == "/v1":
-            await self._authorize_and_forward(scope, receive, errors_in_protocol_shape(path, send))
+            await self._authorize_and_forward(scope, receive, send)
         else:
-            await _respond(send, 404, openai_error_body(f"Unknown request URL: {path}.", "unknown_url"))
+            await _respond_error(send, UNKNOWN_URL, str(uuid.uuid4()))
 
     async def _authorize_and_forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
@@ -177,13 +180,8 @@ class LocalApiGateway:
             except Exception as error:
                 if str(error) == "Unauthorized":
                     await _respond_error(send, self._missing_credential, request_id)
-                else:  # an authorizer crash is a 500 in API Gateway, and not cached
-                    await _respond(
-                        send,
-                        500,
-                        openai_error_body("Authorizer error.", "authorizer_error", "api_error"),
-                        extra=_request_id_header(request_id),
-                    )
+                else:  # an authorizer crash is API Gateway's AUTHORIZER_FAILURE, and not cached
+                    await _respond_error(send, AUTHORIZER_FAILURE, request_id)
                 return
             statements = response.get("policyDocument", {}).get("Statement", [])
             allowed = bool(statements) and all(s.get("Effect") == "Allow" for s in statements)
@@ -235,41 +233,10 @@ class LocalApiGateway:
         await _respond(send, 200, body, extra=[(b"x-amz-executed-version", b"$LATEST"), *extra])
 
 
-def _request_id_header(request_id: str) -> list[tuple[bytes, bytes]]:
-    # As the stack's gateway responses map it: the openai SDK reads an error's request id from it.
-    return [(REQUEST_ID_HEADER.encode(), request_id.encode())]
-
-
 async def _respond_error(send: Send, error: EdgeError, request_id: str) -> None:
-    await _respond(send, error.status, json.dumps(error.body()).encode(), extra=_request_id_header(request_id))
-
-
-def errors_in_protocol_shape(path: str, send: Send) -> Send:
-    """On the Anthropic Messages paths, errors the emulator answers itself (missing or refused
-    credentials) come in Anthropic's error shape (deployed, API Gateway's gateway responses cannot
-    vary by path). Bodies already in that shape (the proxy's own errors) pass unchanged."""
-    from quotagate.protocols.anthropic_messages import error_body_from_openai, is_messages_path
-
-    if not is_messages_path(path):
-        return send
-    held: list[Message] = []
-
-    async def reshaping(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            held.append(message)  # until the body shows whether it needs reshaping
-            return
-        if held and message["type"] == "http.response.body" and not message.get("more_body"):
-            start = held.pop()
-            body = error_body_from_openai(start["status"], message.get("body", b""))
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({**message, "body": body})
-            return
-        if held:
-            await send(held.pop())
-        await send(message)
-
-    return reshaping
+    """As the stack's gateway responses answer: the shared body, the request id in both SDKs' headers."""
+    request_id_headers = [(name.encode(), request_id.encode()) for name in REQUEST_ID_HEADERS]
+    await _respond(send, error.status, json.dumps(error.body()).encode(), extra=request_id_headers)
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -172,19 +172,6 @@ def error_body(error: GatewayError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type_for(error.status), "message": error.message}}
 
 
-def error_body_from_openai(status: int, raw: bytes) -> bytes:
-    """An OpenAI-shaped error body in Anthropic's shape (for errors answered before the proxy, such
-    as a refused credential); any other body unchanged."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return raw
-    if not isinstance(body, dict) or body.get("type") == "error" or not isinstance(body.get("error"), dict):
-        return raw
-    message = body["error"].get("message")
-    return json.dumps({"type": "error", "error": {"type": error_type_for(status), "message": str(message)}}).encode()
-
-
 def _bad(where: str, problem: str) -> GatewayError:
     return invalid_request(f"{where}: {problem}", param=where, code="invalid_value")
 
