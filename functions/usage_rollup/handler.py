@@ -13,7 +13,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from quotagate.usage.events import InvalidEvent, SettledRequest
+from quotagate.usage.events import SettledRequest
+from quotagate.usage.exceptions import InvalidEvent
 from quotagate.usage.pipe import EVENT_SOURCE, REQUEST_SETTLED
 
 logger = Logger(service="quotagate-usage_rollup")

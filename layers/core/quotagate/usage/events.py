@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from quotagate.quota.ledger import ReservationStatus
+from quotagate.usage.exceptions import InvalidEvent, PublishFailed
 from quotagate.usage.pipe import BUS_NAME, EVENT_SOURCE, PUBLISHED_STATUSES, REQUEST_SETTLED, SCHEMA_VERSION
 from quotagate.usage.record import BUDGET_LIMITS, FIELDS, UsageOutcome, UsageSource, budget_field
 
@@ -29,10 +30,6 @@ SCHEMA_FILES = {
 
 def load_schema(detail_type: str) -> dict[str, Any]:
     return dict(json.loads(SCHEMA_FILES[detail_type].read_text()))
-
-
-class InvalidEvent(ValueError):
-    """A detail that is not a ``Request Settled`` of a known schema version."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +113,6 @@ class EventPublisher(Protocol):
     def publish(self, detail_type: str, detail: Mapping[str, Any]) -> None:
         """Put one event on the bus; raises if it was not accepted."""
         ...
-
-
-class PublishFailed(Exception):
-    pass
 
 
 class EventBridgePublisher:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from quotagate.quota.ledger import RESERVATION_SK, ReservationStatus
+from quotagate.usage.exceptions import TemplatePathMissing
 from quotagate.usage.record import FIELDS, RECORD_ATTRIBUTE
 
 BUS_NAME = "quotagate"
@@ -96,10 +97,6 @@ def _matches_value(option: Any, value: Any) -> bool:
 
 
 _PLACEHOLDER = re.compile(r"<\$\.([A-Za-z0-9_.\-]+)>")
-
-
-class TemplatePathMissing(ValueError):
-    """A template placeholder names a path the stream record does not have."""
 
 
 def transform(template: str, record: Mapping[str, Any]) -> dict[str, Any]:

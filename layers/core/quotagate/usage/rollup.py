@@ -28,6 +28,7 @@ from typing import Any
 
 from quotagate import tables
 from quotagate.usage.events import BUDGET_THRESHOLD_CROSSED, EventPublisher, SettledRequest
+from quotagate.usage.exceptions import RollupBusy
 from quotagate.usage.periods import Granularity, period_label
 from quotagate.usage.pipe import SCHEMA_VERSION
 from quotagate.usage.record import BUDGET_LIMITS, budget_field
@@ -85,10 +86,6 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
     if not values or any(not (0 < v <= 10) or not math.isfinite(v) for v in values):
         raise ValueError(f"budget thresholds must be fractions in (0, 10]: {text!r}")
     return values
-
-
-class RollupBusy(Exception):
-    """The usage table stayed contended through every retry (the message is retried later)."""
 
 
 @dataclass(frozen=True)
