@@ -11,7 +11,7 @@ import pytest
 from quotagate import tables
 from quotagate.local.motoserver import start_moto_server
 from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService, ReservationRequest
-from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb
+from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb, reserved
 
 pytestmark = pytest.mark.timeout(60)
 LIMITS = {"tokens_per_day": 1000, "usd_per_day": 1.0, "requests_per_minute": 100}
@@ -49,7 +49,7 @@ def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_
     assert used(service, key) == 400
     assert quota.top_up(reservation, 500, 0.001) is True
     assert used(service, key) == 900
-    assert reservation.reserved("tokens") == 900
+    assert reserved(reservation, "tokens") == 900
     assert quota.top_up(reservation, 200, 0.001) is False  # 900 + 200 > 1000: refused, nothing changed
     assert used(service, key) == 900
     assert quota.top_up(reservation, 100, 0.001) is True  # exactly to the limit

@@ -71,9 +71,9 @@ def fail(b: CircuitBreaker, times: int = 1) -> None:
 def test_opens_after_consecutive_failures_then_skips(store, clock):
     b = breaker(store, clock)
     fail(b, 2)
-    assert b.state(TARGET) == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
     fail(b, 1)
-    assert b.state(TARGET) == CircuitState.OPEN
+    assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
     assert b.allow(TARGET) is None
     view = b.views([TARGET])[TARGET]
     assert view.open_until == pytest.approx(clock.now + 30)
@@ -84,9 +84,9 @@ def test_a_success_resets_the_count(store, clock):
     fail(b, 2)
     b.record_success(b.allow(TARGET))
     fail(b, 2)
-    assert b.state(TARGET) == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
     fail(b, 1)
-    assert b.state(TARGET) == CircuitState.OPEN
+    assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
 
 
 def test_half_open_allows_exactly_one_probe_and_a_success_closes(store, clock):
@@ -95,13 +95,13 @@ def test_half_open_allows_exactly_one_probe_and_a_success_closes(store, clock):
     clock.advance(29.9)
     assert a.allow(TARGET) is None
     clock.advance(0.2)
-    assert a.state(TARGET) == CircuitState.HALF_OPEN
+    assert a.views([TARGET])[TARGET].state == CircuitState.HALF_OPEN
     probe = a.allow(TARGET)
     assert probe == Permit(TARGET, probe=True)
     assert a.allow(TARGET) is None  # same container, second request
     assert other.allow(TARGET) is None  # another container
     a.record_success(probe)
-    assert a.state(TARGET) == CircuitState.CLOSED
+    assert a.views([TARGET])[TARGET].state == CircuitState.CLOSED
     assert a.allow(TARGET) == Permit(TARGET)
     clock.advance(2.1)  # the other container's cache expires: it sees the circuit closed
     assert other.allow(TARGET) == Permit(TARGET)
@@ -114,16 +114,16 @@ def test_failed_probe_reopens_for_another_cooldown(store, clock):
     probe = b.allow(TARGET)
     assert probe is not None and probe.probe
     b.record_failure(probe)
-    assert b.state(TARGET) == CircuitState.OPEN
+    assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
     clock.advance(29)
     assert b.allow(TARGET) is None
     clock.advance(2)
     second = b.allow(TARGET)
     assert second is not None and second.probe
     b.record_success(second)
-    assert b.state(TARGET) == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
     fail(b, 2)  # the count restarted from zero
-    assert b.state(TARGET) == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
 
 
 def test_a_probe_that_never_reports_frees_its_lease(store, clock):
@@ -169,7 +169,7 @@ def test_store_errors_fail_open(store, clock):
     store.fail = True
     assert b.allow(TARGET) == Permit(TARGET)
     b.record_failure(Permit(TARGET))  # swallowed
-    assert b.state(TARGET) == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
     store.fail = False
     fail(b, 3)
     clock.advance(31)
@@ -181,7 +181,7 @@ def test_policy_may_come_from_the_live_configuration(store, clock):
     policies = [BreakerPolicy(failure_threshold=1)]
     b = CircuitBreaker(store, lambda: policies[0], clock=clock)
     fail(b, 1)
-    assert b.state(TARGET) == CircuitState.OPEN
+    assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
 
 
 def test_targets_are_independent(store, clock):
@@ -191,4 +191,4 @@ def test_targets_are_independent(store, clock):
         TARGET: b.views([TARGET])[TARGET],
         "anthropic/claude": b.views(["anthropic/claude"])["anthropic/claude"],
     }
-    assert b.state("anthropic/claude") == CircuitState.CLOSED
+    assert b.views(["anthropic/claude"])["anthropic/claude"].state == CircuitState.CLOSED

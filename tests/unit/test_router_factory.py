@@ -68,7 +68,6 @@ def test_adapter_by_provider_type_with_the_target_timeouts():
     assert isinstance(bedrock, BedrockProvider)
     assert bedrock._provider.region == "eu-central-1" and bedrock._provider.read_timeout == 120
     assert f.for_target(BR) is bedrock, "one Bedrock adapter (and boto3 client) per provider settings"
-    assert isinstance(f.for_model(CONFIG.models["m"]), OpenAICompatibleProvider)
 
 
 def test_provider_keys_come_from_secrets_and_never_appear_in_errors():

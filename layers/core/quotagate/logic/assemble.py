@@ -71,9 +71,6 @@ class CompletionAssembler:
                 if isinstance(function_call.get(key), str):
                     merged[key] += function_call[key]
 
-    def seen_choices(self) -> list[int]:
-        return sorted(self._choices)
-
     def unfinished_choices(self) -> list[int]:
         return [index for index in sorted(self._choices) if not self._finish.get(index)]
 

@@ -131,9 +131,6 @@ class CircuitBreaker:
         record = entry[1] if entry else None
         return permit.probe or (record is not None and (record.failures > 0 or record.state != CircuitState.CLOSED))
 
-    def state(self, target: str) -> CircuitState:
-        return self.views([target])[target].state
-
     def _remember(self, record: CircuitRecord | None) -> None:
         if record is not None:
             with self._lock:

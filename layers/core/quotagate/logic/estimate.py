@@ -25,7 +25,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from quotagate import tokens
 from quotagate.config import Provider, Target
@@ -65,9 +65,13 @@ def _unbounded(message: str, param: str) -> GatewayError:
     )
 
 
+# OpenAI's image ``detail``; anything else (or none) is billed as ``auto``.
+ImageDetail = Literal["low", "high", "auto"]
+
+
 @dataclass(frozen=True)
 class Image:
-    detail: str  # "low" | "high" | "auto"
+    detail: ImageDetail
 
 
 @dataclass(frozen=True)

@@ -76,13 +76,6 @@ class Meter:
         is_usage_chunk = reported is not None and not data.get("choices")
         return client_wants_usage or not is_usage_chunk
 
-    def observe_response(self, data: dict[str, Any]) -> None:
-        self._reported = _usage_numbers(data.get("usage")) or self._reported
-        for choice in data.get("choices") or []:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if isinstance(message, dict):
-                self._collect(message)
-
     def _collect(self, part: dict[str, Any]) -> None:
         content = part.get("content")
         if isinstance(content, str):

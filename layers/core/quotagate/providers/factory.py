@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from anyio import to_thread
 
-from quotagate.config import GatewayConfig, Model, Provider, Target
+from quotagate.config import GatewayConfig, Provider, Target
 from quotagate.errors import GatewayError
 from quotagate.provider_secrets import is_placeholder, unset_key_message
 from quotagate.providers.base import ChatProvider
@@ -94,10 +94,6 @@ class HttpProviderFactory:
         raise GatewayError(
             500, f"Provider type '{provider.type}' is not supported.", "api_error", "unsupported_provider"
         )
-
-    def for_model(self, model: Model) -> ChatProvider:
-        """The adapter of a model's first target (callers that do not route)."""
-        return self.for_target(model.targets[0])
 
     def _bedrock(self, provider: Provider) -> ChatProvider:
         with self._lock:

@@ -89,7 +89,3 @@ class Reservation:
         it); resets count down to the end of the reported fixed window.
         """
         return ratelimit_headers(self.usages, self.clock() if now is None else now)
-
-    def reserved(self, unit: WindowUnit) -> int:
-        """The largest amount reserved in any window of a unit (tokens, requests, usd micros)."""
-        return max((c.amount for c in self.charges if c.unit == unit), default=0)
