@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 dev: install
-	$(PY) -m quotagate.local --port $(PORT)
+	$(PY) -m quotagate_tools.local --port $(PORT)
 
 test: install
 	$(PY) -m pytest
@@ -27,7 +27,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy layers/core functions cdk_app
+	$(VENV)/bin/mypy layers/core tools functions cdk_app
 
 synth: install
 	$(PY) -m cdk_app.app

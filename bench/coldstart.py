@@ -1,6 +1,6 @@
 """Cold start and memory of the local gateway, and of the proxy app alone.
 
-1. ``python -m quotagate.local`` (what ``make dev`` runs) as a process: time from process start to
+1. ``python -m quotagate_tools.local`` (what ``make dev`` runs) as a process: time from process start to
    the first answered chat completion, and its peak resident memory (VmHWM) after N requests.
 2. The proxy app alone under uvicorn, as the Lambda Web Adapter starts it: time from process start
    to a ready ``/health`` (the adapter's readiness check), and its peak memory.
@@ -59,7 +59,7 @@ def local_gateway(requests: int) -> tuple[float, float]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0"],
+        [sys.executable, "-m", "quotagate_tools.local", "--port", str(port), "--token-delay", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -110,16 +110,16 @@ def aws_and_model_for_proxy() -> tuple[dict[str, str], str]:
 
     from functions.keys.handler import lambda_handler
     from quotagate import tables
-    from quotagate.local.apigateway import FakeLambdaContext
-    from quotagate.local.motoserver import start_moto_server
-    from quotagate.mock import MockServer, MockSettings
+    from quotagate_tools.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.motoserver import start_moto_server
+    from quotagate_tools.mock import MockServer, MockSettings
 
     moto_url, _ = start_moto_server()
     mock = MockServer(MockSettings(token_delay=0)).start()
     env = {
         "AWS_ENDPOINT_URL": moto_url,
         "QG_MOCK_BASE_URL": mock.base_url.rstrip("/"),
-        "QG_CONFIG_FILE": str(ROOT / "layers/core/quotagate/local/dev_config.json"),
+        "QG_CONFIG_FILE": str(ROOT / "tools/quotagate_tools/local/dev_config.json"),
     }
     os.environ.update(env)
     tables.create_all(boto3.client("dynamodb"))

@@ -1,6 +1,6 @@
 """Latency the gateway adds per request, and the AWS calls it makes per request.
 
-1. Latency: ``python -m quotagate.local`` runs as its own process (mock token delay 0). The same
+1. Latency: ``python -m quotagate_tools.local`` runs as its own process (mock token delay 0). The same
    request is sent N times straight to its mock model server, N times through the gateway with a
    key on plan ``pro`` (API Gateway emulator + real authorizer with its cache + proxy + quota
    reserve/settle in moto + the mock) and N times with a key on a plan without limits (the same
@@ -50,7 +50,17 @@ def timed(client: httpx.Client, url: str, body: dict, headers: dict) -> float:
 
 def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", "0", "--demo-plan", "pro"],
+        [
+            sys.executable,
+            "-m",
+            "quotagate_tools.local",
+            "--port",
+            str(port),
+            "--token-delay",
+            "0",
+            "--demo-plan",
+            "pro",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -133,9 +143,9 @@ def count_aws_calls(requests: int) -> None:
     import boto3
 
     from quotagate import tables
-    from quotagate.local.__main__ import DEV_CONFIG, build_app
-    from quotagate.local.motoserver import start_moto_server
-    from quotagate.mock import MockServer, MockSettings, run_in_thread
+    from quotagate_tools.local.__main__ import DEV_CONFIG, build_app
+    from quotagate_tools.local.motoserver import start_moto_server
+    from quotagate_tools.mock import MockServer, MockSettings, run_in_thread
 
     calls: collections.Counter[str] = collections.Counter()
     spent: collections.defaultdict[str, float] = collections.defaultdict(float)
@@ -168,7 +178,7 @@ def count_aws_calls(requests: int) -> None:
     )
     tables.create_all(boto3.client("dynamodb"))
     from functions.keys.handler import lambda_handler
-    from quotagate.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.apigateway import FakeLambdaContext
 
     key = lambda_handler(
         {"action": "create_key", "tenant": "bench", "consumer": "b", "plan": "bench"}, FakeLambdaContext("keys")

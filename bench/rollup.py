@@ -86,7 +86,7 @@ def main() -> None:
     )
     import boto3
 
-    from quotagate.local.motoserver import start_moto_server
+    from quotagate_tools.local.motoserver import start_moto_server
 
     moto_url, stop_moto = start_moto_server()
     os.environ["AWS_ENDPOINT_URL"] = moto_url
@@ -106,8 +106,8 @@ def main() -> None:
     boto3.DEFAULT_SESSION.events.register("before-parameter-build.dynamodb", before)  # type: ignore[union-attr]
     from functions.usage_rollup.handler import lambda_handler
     from quotagate import tables
-    from quotagate.local.apigateway import FakeLambdaContext
-    from quotagate.local.usage_pipeline import sqs_record
+    from quotagate_tools.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.usage_pipeline import sqs_record
 
     tables.create_all(boto3.client("dynamodb"))
     boto3.client("events").create_event_bus(Name="quotagate")

@@ -11,8 +11,9 @@ because it always succeeds, never starts the (dummy) Docker image.
   layer's asset hash is the hash of that built directory's content (:func:`deps_content_hash`), so
   a rebuild that produced other bytes uploads a new layer version. The AWS SDK that
   aws-xray-sdk drags in (botocore) is removed again: the Lambda runtime provides it.
-* core layer: a copy of ``layers/core/quotagate`` without the dev-only ``local`` and ``mock``
-  subpackages and without byte-code caches.
+* core layer: a copy of ``layers/core/quotagate`` without byte-code caches. The directory holds only
+  what the functions run; the developer tools (local gateway, mock server, CLI) live in
+  ``tools/quotagate_tools``, outside the layer.
 
 Each layer's asset hash is computed here (custom hash) from exactly what goes into it, so an
 unchanged layer keeps its hash and CDK skips re-bundling when the asset is already staged.
@@ -43,8 +44,6 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_
 # Distributions the Lambda Python runtime already ships (boto3 and the SDK under it). aws-xray-sdk
 # depends on botocore, so pip installs it; shipping a second, larger copy would only cost cold start.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
-# Dev-only subpackages of quotagate: the local gateway emulator and the mock model server.
-CORE_EXCLUDED_SUBPACKAGES = ("local", "mock")
 CORE_PACKAGE = "quotagate"
 # Bump when the recipe below changes in a way the hashed inputs do not capture.
 RECIPE_VERSION = "2"
@@ -205,24 +204,16 @@ def deps_content_hash(
     return value
 
 
-def _core_ignore(source: Path) -> Callable[[str, list[str]], set[str]]:
-    top = source.resolve()
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        ignored = {n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))}
-        if Path(directory).resolve() == top:
-            ignored |= {n for n in names if n in CORE_EXCLUDED_SUBPACKAGES}
-        return ignored
-
-    return ignore
+def _byte_code(directory: str, names: list[str]) -> set[str]:
+    """``shutil.copytree`` ignore function: byte-code caches, which the build host's Python wrote."""
+    return {n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))}
 
 
 def core_files(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> Iterator[Path]:
     """Files of the core package that go into the layer (relative to ``source``), sorted."""
     found: list[Path] = []
-    ignore = _core_ignore(source)
     for directory, dirnames, filenames in os.walk(source):
-        ignored = ignore(directory, [*dirnames, *filenames])
+        ignored = _byte_code(directory, [*dirnames, *filenames])
         dirnames[:] = sorted(d for d in dirnames if d not in ignored)
         found += [Path(directory, f).relative_to(source) for f in filenames if f not in ignored]
     return iter(sorted(found))
@@ -237,7 +228,7 @@ def core_hash(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> str:
 
 
 def build_core(output_dir: Path, source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> None:
-    shutil.copytree(source, output_dir / "python" / CORE_PACKAGE, ignore=_core_ignore(source), dirs_exist_ok=True)
+    shutil.copytree(source, output_dir / "python" / CORE_PACKAGE, ignore=_byte_code, dirs_exist_ok=True)
 
 
 def build_deps_into(output_dir: Path) -> None:

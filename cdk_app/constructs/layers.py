@@ -16,7 +16,7 @@ from cdk_app import bundling, paths
 from cdk_app.constructs.function import ARCHITECTURE, RUNTIME
 
 DEPS_DESCRIPTION = "Quotagate third-party runtime dependencies (layers/requirements.lock), arm64 cp313"
-CORE_DESCRIPTION = "Quotagate core library (quotagate package, without the local and mock dev tools)"
+CORE_DESCRIPTION = "Quotagate core library (the quotagate package)"
 
 
 class SharedLayers(Construct):

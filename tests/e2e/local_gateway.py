@@ -1,4 +1,4 @@
-"""``python -m quotagate.local`` (what ``make dev`` runs) as a separate process, for end-to-end tests
+"""``python -m quotagate_tools.local`` (what ``make dev`` runs) as a separate process, for end-to-end tests
 that need its base URL and the URL of its local DynamoDB (moto), to read the quota back."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def running_local_gateway(
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra_env or {})
     process = subprocess.Popen(
-        [sys.executable, "-m", "quotagate.local", "--port", str(port), "--token-delay", str(token_delay)],
+        [sys.executable, "-m", "quotagate_tools.local", "--port", str(port), "--token-delay", str(token_delay)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

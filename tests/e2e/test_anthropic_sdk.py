@@ -1,5 +1,5 @@
 """End to end: the real ``anthropic`` SDK, changed only in its base URL, against
-``python -m quotagate.local`` (what ``make dev`` runs, as a separate process) on Anthropic,
+``python -m quotagate_tools.local`` (what ``make dev`` runs, as a separate process) on Anthropic,
 OpenAI-compatible and Bedrock targets of the mock model server, with the quota counters in the table
 equal to the usage the SDK reported.
 

@@ -1,4 +1,4 @@
-"""End to end: ``python -m quotagate.local`` (what ``make dev`` runs) as a separate process, keys
+"""End to end: ``python -m quotagate_tools.local`` (what ``make dev`` runs) as a separate process, keys
 created through the CLI, and the ``openai`` SDK as the client."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End to end: the openai SDK's Responses API (``client.responses.create``, streamed and not, with a
-function tool round trip) against ``python -m quotagate.local`` started as a process, with the quota
+function tool round trip) against ``python -m quotagate_tools.local`` started as a process, with the quota
 read back from the local DynamoDB (moto) to show it was settled exactly."""
 
 from __future__ import annotations

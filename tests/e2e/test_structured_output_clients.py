@@ -1,6 +1,6 @@
 """End to end: structured output from real client libraries on every provider type of the dev
 configuration (``mock-gpt``: OpenAI-compatible, native ``response_format``; ``mock-claude`` and
-``mock-bedrock``: a forced tool call), through ``python -m quotagate.local`` started as a process.
+``mock-bedrock``: a forced tool call), through ``python -m quotagate_tools.local`` started as a process.
 
 langchain-openai's ``with_structured_output`` (its default method, ``json_schema``) over chat
 completions and over the Responses API; the openai SDK's ``chat.completions.parse``; and JSON mode

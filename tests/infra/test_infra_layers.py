@@ -77,31 +77,42 @@ def test_core_layer_is_the_quotagate_package_without_dev_tools(core_dir):
     assert (package / "__init__.py").is_file()
     assert (package / "tables.py").is_file()
     assert (package / "default_config.json").is_file()
+    # The developer tools live in tools/quotagate_tools, not in the layer's source directory.
     assert not (package / "local").exists()
     assert not (package / "mock").exists()
+    assert not list(package.glob("cli*.py"))
     assert not list(core_dir.rglob("__pycache__"))
     assert not list(core_dir.rglob("*.pyc"))
     assert sorted(p.name for p in core_dir.iterdir()) == ["quotagate"]
 
 
-def test_core_layer_never_imports_the_dev_only_packages(core_dir):
-    """The layer ships without ``local`` and ``mock``: an import of them, even a lazy one inside a
-    function, would be an ImportError in Lambda."""
+def _imported_top_levels(path: Path) -> set[str]:
     import ast
 
-    offending = []
-    for path in (core_dir / "quotagate").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            )
-            offending += [
-                f"{path.name}: {n}"
-                for n in names
-                if n.split(".")[:2] in (["quotagate", "mock"], ["quotagate", "local"])
-            ]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_core_layer_imports_nothing_outside_itself(core_dir, deps_dir):
+    """Every import in the layer, even a lazy one inside a function, is the standard library, the
+    deps layer, the SDK the runtime ships, or the layer itself: anything else (the dev tools in
+    quotagate_tools, functions/, cdk_app/) would be an ImportError in Lambda."""
+    import sys
+
+    shipped = {p.name for p in deps_dir.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    shipped |= {p.name.split(".")[0] for p in deps_dir.glob("*.py")}
+    shipped |= {p.name.split(".")[0] for p in deps_dir.glob("*.so")}
+    allowed = set(sys.stdlib_module_names) | shipped | set(bundling.RUNTIME_PROVIDED) | {"quotagate", "__future__"}
+    offending = sorted(
+        f"{path.relative_to(core_dir)}: {name}"
+        for path in (core_dir / "quotagate").rglob("*.py")
+        for name in _imported_top_levels(path) - allowed
+    )
     assert offending == []
 
 
@@ -174,17 +185,23 @@ def test_failed_deps_build_leaves_no_cache_entry(tmp_path):
     assert list(cache.iterdir()) == []
 
 
-def test_core_hash_follows_content_and_ignores_excluded_parts(tmp_path):
+def test_core_hash_follows_content_and_ignores_byte_code(tmp_path):
     source = tmp_path / "quotagate"
-    (source / "local").mkdir(parents=True)
+    (source / "sub").mkdir(parents=True)
     (source / "__init__.py").write_text("x = 1\n")
     baseline = bundling.core_hash(source)
-    (source / "local" / "server.py").write_text("dev only\n")
     (source / "__pycache__").mkdir()
     (source / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (source / "sub" / "stale.pyc").write_bytes(b"\0")
     assert bundling.core_hash(source) == baseline
     (source / "__init__.py").write_text("x = 2\n")
-    assert bundling.core_hash(source) != baseline
+    changed = bundling.core_hash(source)
+    assert changed != baseline
+    (source / "sub" / "module.py").write_text("y = 1\n")  # a new subpackage file is part of the layer
+    assert bundling.core_hash(source) != changed
     out = tmp_path / "out"
     bundling.build_core(out, source)
-    assert sorted(p.name for p in (out / "python" / "quotagate").iterdir()) == ["__init__.py"]
+    assert sorted(p.relative_to(out / "python" / "quotagate").as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "__init__.py",
+        "sub/module.py",
+    ]

@@ -54,7 +54,7 @@ class FlakyUpstream:
 @pytest.fixture(scope="module")
 def flaky():
     """A :class:`FlakyUpstream` served on loopback, and its base URL."""
-    from quotagate.mock import MockServer, MockSettings, create_app
+    from quotagate_tools.mock import MockServer, MockSettings, create_app
 
     upstream = FlakyUpstream(create_app(MockSettings(token_delay=0.001)))
     server = MockServer(app=upstream).start()  # type: ignore[arg-type]

@@ -73,8 +73,8 @@ class FakeClock:
 class GatewayStack:
     base_url: str
     moto_url: str
-    mock: Any  # quotagate.mock.MockServer
-    gateway: Any  # quotagate.local.apigateway.LocalApiGateway (its ``cache`` is API Gateway's)
+    mock: Any  # quotagate_tools.mock.MockServer
+    gateway: Any  # quotagate_tools.local.apigateway.LocalApiGateway (its ``cache`` is API Gateway's)
     _usage: Any = None
 
     def usage_pipeline(self) -> Any:
@@ -82,7 +82,7 @@ class GatewayStack:
         set up on first use; call ``.drain()`` to run it until nothing moves."""
         if self._usage is None:
             from functions.usage_rollup.handler import lambda_handler as rollup
-            from quotagate.local.usage_pipeline import LocalUsagePipeline
+            from quotagate_tools.local.usage_pipeline import LocalUsagePipeline
 
             self._usage = LocalUsagePipeline.from_boto(rollup)
             self._usage.setup()
@@ -90,7 +90,7 @@ class GatewayStack:
 
     def invoke_keys(self, payload: dict[str, Any]) -> dict[str, Any]:
         from functions.keys.handler import lambda_handler
-        from quotagate.local.apigateway import FakeLambdaContext
+        from quotagate_tools.local.apigateway import FakeLambdaContext
 
         return lambda_handler(payload, FakeLambdaContext("keys"))
 
@@ -152,9 +152,9 @@ def gateway_stack(
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app, default_services
     from quotagate.identity_sources import identity_source_environment
-    from quotagate.local.apigateway import LocalApiGateway
-    from quotagate.local.motoserver import start_moto_server
-    from quotagate.mock import MockServer, MockSettings, run_in_thread
+    from quotagate_tools.local.apigateway import LocalApiGateway
+    from quotagate_tools.local.motoserver import start_moto_server
+    from quotagate_tools.mock import MockServer, MockSettings, run_in_thread
 
     saved = dict(os.environ)
     moto_url, stop_moto = start_moto_server()

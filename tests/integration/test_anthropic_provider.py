@@ -12,11 +12,11 @@ import pytest
 
 from quotagate import tokens
 from quotagate.config import Provider
-from quotagate.mock import MockServer, MockSettings, reply_pieces, reply_text
-from quotagate.mock.anthropic import input_tokens_of
 from quotagate.providers.anthropic import AnthropicProvider, to_messages_request
 from quotagate.providers.base import SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate_tools.mock import MockServer, MockSettings, reply_pieces, reply_text
+from quotagate_tools.mock.anthropic import input_tokens_of
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,12 +16,12 @@ import pytest
 from botocore.config import Config
 
 from quotagate.config import Provider
-from quotagate.mock import MockServer, MockSettings
-from quotagate.mock import bedrock as mb
-from quotagate.mock.eventstream import EventStreamDecoder
 from quotagate.providers.base import SSEEvent
 from quotagate.providers.bedrock import BedrockProvider, to_converse_request
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
+from quotagate_tools.mock import MockServer, MockSettings
+from quotagate_tools.mock import bedrock as mb
+from quotagate_tools.mock.eventstream import EventStreamDecoder
 from tests.helpers import stop_stream_early
 
 pytestmark = pytest.mark.timeout(60)

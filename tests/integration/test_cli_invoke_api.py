@@ -18,7 +18,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from functions.keys import handler
-from quotagate import apikeys, cli, config, key_derivation, settings, tables
+from quotagate import apikeys, config, key_derivation, settings, tables
+from quotagate_tools import cli
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
@@ -204,14 +205,14 @@ def test_works_without_configured_credentials_or_region(endpoint, capsys, monkey
 def test_the_console_script_in_a_subprocess(endpoint, moto_url):
     env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": moto_url}
     completed = subprocess.run(
-        [sys.executable, "-m", "quotagate.cli", "keys", "create", "--tenant", "acme", "--consumer", "c",
+        [sys.executable, "-m", "quotagate_tools.cli", "keys", "create", "--tenant", "acme", "--consumer", "c",
          "--plan", "pro", "--endpoint-url", endpoint],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     assert "api_key" in json.loads(completed.stdout)
     failed = subprocess.run(
-        [sys.executable, "-m", "quotagate.cli", "keys", "create", "--tenant", "acme", "--consumer", "c",
+        [sys.executable, "-m", "quotagate_tools.cli", "keys", "create", "--tenant", "acme", "--consumer", "c",
          "--plan", "nope", "--endpoint-url", endpoint],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip

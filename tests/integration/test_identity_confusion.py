@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from quotagate.local.apigateway import AuthorizerCache
+from quotagate_tools.local.apigateway import AuthorizerCache
 from tests.integration.gateway_stack import GatewayStack, gateway_stack
 
 CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}

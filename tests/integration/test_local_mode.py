@@ -44,7 +44,7 @@ def shared_secret_config(tmp_path, monkeypatch):
 
 
 def test_two_providers_sharing_one_secret_start(shared_secret_config):
-    from quotagate.local.__main__ import provider_secrets_from_env
+    from quotagate_tools.local.__main__ import provider_secrets_from_env
 
     with mock_aws():
         provider_secrets_from_env()

@@ -2,8 +2,8 @@ import boto3
 import pytest
 
 from quotagate import tables
-from quotagate.local.motoserver import start_moto_server
-from quotagate.local.ttl import sweep_expired
+from quotagate_tools.local.motoserver import start_moto_server
+from quotagate_tools.local.ttl import sweep_expired
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import openai
 import pytest
 
 from quotagate import tokens
-from quotagate.mock import MockServer, MockSettings
+from quotagate_tools.mock import MockServer, MockSettings
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from quotagate import tokens
-from quotagate.mock import MockServer, MockSettings, create_app, reply_text, run_in_thread
+from quotagate_tools.mock import MockServer, MockSettings, create_app, reply_text, run_in_thread
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,7 +143,7 @@ def test_command_line():
         [
             sys.executable,
             "-m",
-            "quotagate.mock",
+            "quotagate_tools.mock",
             "--port",
             "0",
             "--token-delay",

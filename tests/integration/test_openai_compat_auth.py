@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 from quotagate.config import parse_config
-from quotagate.mock import MockServer, MockSettings
 from quotagate.providers.openai_compat import OpenAICompatibleProvider
+from quotagate_tools.mock import MockServer, MockSettings
 
 
 @pytest.fixture(scope="module")

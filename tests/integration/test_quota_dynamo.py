@@ -16,9 +16,9 @@ from botocore.config import Config
 
 from quotagate import tables
 from quotagate.errors import GatewayError
-from quotagate.local.motoserver import reset_moto_server, start_moto_server
 from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation, ReservationRequest
 from quotagate.quota.service import RETRY_JITTER_SECONDS
+from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
 
 
 def reserved(reservation: Reservation, unit: str) -> int:

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quotagate import tables
-from quotagate.local.motoserver import start_moto_server
 from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService, ReservationRequest
+from quotagate_tools.local.motoserver import start_moto_server
 from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb, reserved
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ TARGET = scenarios.TARGET
 
 @pytest.fixture(scope="module")
 def client():
-    from quotagate.local.motoserver import start_moto_server
+    from quotagate_tools.local.motoserver import start_moto_server
 
     url, stop = start_moto_server()
     try:

@@ -9,9 +9,9 @@ import pytest
 from moto import mock_aws
 
 from quotagate import tables
-from quotagate.local.apigateway import FakeLambdaContext
 from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import PendingSettlement
+from quotagate_tools.local.apigateway import FakeLambdaContext
 
 LIMITS = {"tokens_per_month": 100_000}
 
@@ -82,8 +82,8 @@ def test_the_reaper_function_expires_abandoned_reservations(client, monkeypatch)
 
 
 def test_local_mode_drains_the_sqs_retry_queue_once(client):
-    from quotagate.local.settlements import create_queue, drain_queue
     from quotagate.quota.settlements import SqsSettlementQueue
+    from quotagate_tools.local.settlements import create_queue, drain_queue
 
     sqs = boto3.client("sqs")
     queue_url = create_queue(sqs)

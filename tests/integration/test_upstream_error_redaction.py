@@ -81,7 +81,7 @@ class LeakyUpstream:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from quotagate.mock import MockServer
+    from quotagate_tools.mock import MockServer
 
     leaky = MockServer(app=LeakyUpstream()).start()  # type: ignore[arg-type]
     models = {

@@ -209,8 +209,8 @@ def test_aggregates_equal_the_ledgers_settled_totals_at_every_granularity(run):
 
 def test_redelivered_and_shuffled_events_change_no_total(run):
     from functions.usage_rollup.handler import lambda_handler
-    from quotagate.local.apigateway import FakeLambdaContext
-    from quotagate.local.usage_pipeline import sqs_record
+    from quotagate_tools.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.usage_pipeline import sqs_record
 
     _, subscriber, _, _ = run
     dynamodb = boto3.client("dynamodb")
@@ -281,7 +281,7 @@ def test_get_usage_refuses_bad_requests_like_the_other_actions(run, fields):
 
 
 def test_cli_prints_a_readable_table_and_json(run, capsys):
-    from quotagate import cli
+    from quotagate_tools import cli
 
     stack = run[0]
     totals = stack.invoke_keys({"action": "get_usage", "tenant": T1})["result"]["totals"]

@@ -13,7 +13,6 @@ import jsonschema
 import pytest
 
 from quotagate import tables
-from quotagate.local.motoserver import reset_moto_server, start_moto_server
 from quotagate.quota import ReservationRequest
 from quotagate.quota.ledger import DynamoQuotaLedger
 from quotagate.quota.service import QuotaService
@@ -31,6 +30,7 @@ from quotagate.usage.period_close import PeriodCloser
 from quotagate.usage.pipe import SCHEMA_VERSION
 from quotagate.usage.record import FIELDS, reservation_record, settled_record
 from quotagate.usage.rollup import UsageRollup
+from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
 from tests.integration.usage_helpers import BusSubscriber, stored_aggregates
 
 pytestmark = pytest.mark.timeout(240)
@@ -195,7 +195,7 @@ def test_period_close_twice_emits_one_event_per_tenant_and_period(aws):
 
 def test_an_expired_reservation_becomes_a_request_settled_event_billed_at_its_reservation(aws):
     from functions.usage_rollup.handler import lambda_handler, reset
-    from quotagate.local.usage_pipeline import LocalUsagePipeline
+    from quotagate_tools.local.usage_pipeline import LocalUsagePipeline
 
     reset()
     client = boto3.client("dynamodb")
@@ -238,8 +238,8 @@ def test_an_expired_reservation_becomes_a_request_settled_event_billed_at_its_re
 
 def test_an_invalid_event_fails_its_record_only(aws):
     from functions.usage_rollup.handler import lambda_handler, reset
-    from quotagate.local.apigateway import FakeLambdaContext
-    from quotagate.local.usage_pipeline import sqs_record
+    from quotagate_tools.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.usage_pipeline import sqs_record
 
     reset()
     valid = {"source": "quotagate", "detail-type": "Request Settled", "detail": detail("fine")}

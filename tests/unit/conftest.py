@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from quotagate.mock import MockSettings, create_app
+from quotagate_tools.mock import MockSettings, create_app
 
 
 @pytest.fixture

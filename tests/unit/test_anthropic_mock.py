@@ -8,8 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from quotagate import tokens
-from quotagate.mock import MockSettings, StreamCut, create_app, reply_pieces, reply_text
-from quotagate.mock.anthropic import conversation, input_tokens_of
+from quotagate_tools.mock import MockSettings, StreamCut, create_app, reply_pieces, reply_text
+from quotagate_tools.mock.anthropic import conversation, input_tokens_of
 
 HEADERS = {"anthropic-version": "2023-06-01"}
 SYSTEM = "You are terse."

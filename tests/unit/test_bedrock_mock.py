@@ -11,9 +11,9 @@ from botocore.eventstream import EventStreamBuffer
 from starlette.testclient import TestClient
 
 from quotagate import tokens
-from quotagate.mock import MockSettings, create_app, vocab
-from quotagate.mock import bedrock as mb
-from quotagate.mock.eventstream import CONTENT_TYPE
+from quotagate_tools.mock import MockSettings, create_app, vocab
+from quotagate_tools.mock import bedrock as mb
+from quotagate_tools.mock.eventstream import CONTENT_TYPE
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 SETTINGS = MockSettings(token_delay=0)

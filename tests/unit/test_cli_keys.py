@@ -13,7 +13,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from quotagate import cli
+from quotagate_tools import cli
 
 
 def parse(*argv: str) -> Any:

@@ -13,7 +13,7 @@ from quotagate.config import parse_config
 from quotagate.errors import GatewayError
 from quotagate.logic import estimate
 from quotagate.logic.chat_request import parse_chat_request
-from quotagate.mock import billing
+from quotagate_tools.mock import billing
 
 CONFIG = parse_config(
     {

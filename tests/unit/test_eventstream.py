@@ -13,7 +13,7 @@ from botocore.exceptions import EventStreamError
 from botocore.model import ServiceModel
 from botocore.parsers import EventStreamJSONParser
 
-from quotagate.mock import eventstream as es
+from quotagate_tools.mock import eventstream as es
 
 # Published test vectors for the framing (AWS event-stream encoding, as also reproduced by
 # independent implementations): payload {"foo": "bar"} without headers, and with one string header.

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from quotagate.edge_errors import INVALID_CREDENTIAL
-from quotagate.local.apigateway import LocalApiGateway
+from quotagate_tools.local.apigateway import LocalApiGateway
 
 
 class Clock:

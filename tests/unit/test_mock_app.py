@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from quotagate import tokens
-from quotagate.mock import MockSettings, StreamCut, create_app, reply_text
+from quotagate_tools.mock import MockSettings, StreamCut, create_app, reply_text
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quotagate.mock.faults import FAULT_KEYS, FaultSpec, FaultSpecError, parse_fault_spec, split_model
+from quotagate_tools.mock.faults import FAULT_KEYS, FaultSpec, FaultSpecError, parse_fault_spec, split_model
 
 
 def test_empty_specs():

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from quotagate import tokens
-from quotagate.mock import vocab
+from quotagate_tools.mock import vocab
 
 
 def test_vocabulary_verifies():

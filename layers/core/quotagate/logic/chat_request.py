@@ -10,7 +10,7 @@ from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-# Body fields the built-in mock model server reads (quotagate.mock); dropped from clients' bodies.
+# Body fields the built-in mock model server reads (quotagate_tools.mock); dropped from clients' bodies.
 MOCK_CONTROL_PREFIX = "mock_"
 MAX_CHOICES = 8
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}

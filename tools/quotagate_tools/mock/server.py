@@ -3,14 +3,14 @@
 ``create_app(settings)`` builds a Starlette app serving
 
 - ``POST /v1/chat/completions`` (stream and non-stream, OpenAI shapes, real cl100k usage numbers;
-  tool calls and ``response_format`` as :mod:`quotagate.mock.structured` describes),
+  tool calls and ``response_format`` as :mod:`quotagate_tools.mock.structured` describes),
 - ``GET /v1/models`` and ``GET /v1/models/{id}``,
 - ``GET /mock/stats``, ``POST /mock/stats/reset``, ``GET /mock/requests`` (recent request bodies,
   credentials redacted), ``GET /health``.
 
 The same counters are in-process on ``app.state.stats`` (a :class:`MockStats`).
 ``run_in_thread`` / :class:`MockServer` serve an app with uvicorn on loopback in a background
-thread. Faults are described in :mod:`quotagate.mock.faults`; replies in :mod:`quotagate.mock.vocab`.
+thread. Faults are described in :mod:`quotagate_tools.mock.faults`; replies in :mod:`quotagate_tools.mock.vocab`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from quotagate import tokens
-from quotagate.mock import billing, structured, vocab
-from quotagate.mock.faults import (
+from quotagate_tools.mock import billing, structured, vocab
+from quotagate_tools.mock.faults import (
     FAULT_BODY_FIELD,
     FAULT_HEADER,
     MAX_TOKENS,
@@ -49,7 +49,7 @@ from quotagate.mock.faults import (
     split_model,
 )
 
-logger = logging.getLogger("quotagate.mock")
+logger = logging.getLogger("quotagate_tools.mock")
 
 DEFAULT_MODELS: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini")
 DEFAULT_TOKEN_DELAY = 0.02
@@ -896,13 +896,13 @@ def create_app(settings: MockSettings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.stats = MockStats(settings.recent_requests)
-    from quotagate.mock.anthropic import anthropic_routes  # here: it imports this module
+    from quotagate_tools.mock.anthropic import anthropic_routes  # here: it imports this module
 
     app.router.routes.extend(anthropic_routes())  # POST /v1/messages (Anthropic Messages API)
-    from quotagate.mock.bedrock import bedrock_routes  # here: it imports this module
+    from quotagate_tools.mock.bedrock import bedrock_routes  # here: it imports this module
 
     app.router.routes.extend(bedrock_routes())  # POST /model/{id}/converse[-stream] (Bedrock Runtime)
-    from quotagate.mock.embeddings import embeddings_routes  # here: it imports this module
+    from quotagate_tools.mock.embeddings import embeddings_routes  # here: it imports this module
 
     app.router.routes.extend(embeddings_routes())  # POST /v1/embeddings (OpenAI)
     return app

@@ -1,4 +1,4 @@
-"""``python -m quotagate.local`` (what ``make dev`` runs): the whole gateway on loopback.
+"""``python -m quotagate_tools.local`` (what ``make dev`` runs): the whole gateway on loopback.
 
 moto (served one request at a time, like DynamoDB's per-item atomicity) stands in for AWS, the
 mock model server is the default upstream, and an API Gateway emulator runs the real authorizer
@@ -62,8 +62,8 @@ def _start_usage_pipeline() -> None:
 
     from functions.usage_period_close.handler import lambda_handler as period_close
     from functions.usage_rollup.handler import lambda_handler as rollup
-    from quotagate.local.apigateway import FakeLambdaContext
-    from quotagate.local.usage_pipeline import LocalUsagePipeline
+    from quotagate_tools.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.usage_pipeline import LocalUsagePipeline
 
     pipeline = LocalUsagePipeline.from_boto(rollup)
     pipeline.setup()
@@ -84,7 +84,7 @@ def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app
     from quotagate.identity_sources import identity_source_environment
-    from quotagate.local.apigateway import LocalApiGateway
+    from quotagate_tools.local.apigateway import LocalApiGateway
 
     # As the stack does: the authorizer and the proxy learn the emulated authorizer's identity sources.
     os.environ.update(identity_source_environment(identity_sources))
@@ -94,7 +94,7 @@ def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quotagate.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m quotagate_tools.local", description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     if not identity_sources:
         parser.error("--identity-sources needs a header: the key is read only from identity sources")
 
-    from quotagate.local.motoserver import start_moto_server
+    from quotagate_tools.local.motoserver import start_moto_server
 
     moto_url, _stop_moto = start_moto_server()
     _isolate_from_aws(moto_url)
 
-    from quotagate.mock.server import MockSettings, run_in_thread
+    from quotagate_tools.mock.server import MockSettings, run_in_thread
 
     mock_settings = MockSettings() if args.token_delay is None else MockSettings(token_delay=args.token_delay)
     mock_url, _stop_mock = run_in_thread(mock_settings)
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     from quotagate import key_derivation, settings, tables
-    from quotagate.local import settlements
-    from quotagate.local.ttl import start_sweeper
+    from quotagate_tools.local import settlements
+    from quotagate_tools.local.ttl import start_sweeper
 
     tables.create_all(boto3.client("dynamodb"))
     key_derivation.create_local_secret(boto3.client("secretsmanager"))
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     _start_usage_pipeline()
 
     from functions.keys.handler import lambda_handler as keys_handler
-    from quotagate.local.apigateway import FakeLambdaContext
+    from quotagate_tools.local.apigateway import FakeLambdaContext
 
     created = keys_handler(
         {

@@ -12,7 +12,7 @@ from quotagate.quota.reaper import ReservationReaper, margin_seconds_from_env, m
 from quotagate.quota.settlements import PendingSettlement
 
 QUEUE_NAME = "quotagate-settlements"
-log = logging.getLogger("quotagate.local.settlements")
+log = logging.getLogger("quotagate_tools.local.settlements")
 
 
 def create_queue(sqs: Any) -> str:

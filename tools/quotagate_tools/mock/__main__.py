@@ -1,4 +1,4 @@
-"""``python -m quotagate.mock --port N [--token-delay SECONDS] ...``: run the mock model server alone."""
+"""``python -m quotagate_tools.mock --port N [--token-delay SECONDS] ...``: run the mock model server alone."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from quotagate.mock.faults import FaultSpecError, parse_fault_spec
-from quotagate.mock.server import (
+from quotagate_tools.mock.faults import FaultSpecError, parse_fault_spec
+from quotagate_tools.mock.server import (
     DEFAULT_MODELS,
     DEFAULT_REPLY_TOKENS,
     DEFAULT_TOKEN_DELAY,
@@ -18,7 +18,7 @@ from quotagate.mock.server import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m quotagate.mock", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m quotagate_tools.mock", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8090, help="port (0 = a free port; default 8090)")
     parser.add_argument(
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    mock_logger = logging.getLogger("quotagate.mock")
+    mock_logger = logging.getLogger("quotagate_tools.mock")
     if not mock_logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))

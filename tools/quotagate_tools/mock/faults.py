@@ -25,7 +25,7 @@ Keys:
 ``tokens=N``            reply length in tokens (before ``max_tokens`` truncation).
 ``real_billing=1``      bill the prompt like the real providers: tool/function definitions,
                         ``response_format`` schemas, images and audio are prompt tokens (see
-                        :mod:`quotagate.mock.billing`), not only the text of the messages.
+                        :mod:`quotagate_tools.mock.billing`), not only the text of the messages.
 ``cap_field=F``         which output cap the mock honours: ``any`` (default: ``max_completion_tokens``,
                         else ``max_tokens``), ``max_tokens`` (an older OpenAI-compatible server that
                         ignores ``max_completion_tokens``), ``max_completion_tokens`` (an OpenAI reasoning

@@ -1,6 +1,6 @@
 """Anthropic Messages API on the mock model server.
 
-``anthropic_routes()`` returns the routes that :func:`quotagate.mock.server.create_app` mounts:
+``anthropic_routes()`` returns the routes that :func:`quotagate_tools.mock.server.create_app` mounts:
 
 - ``POST /v1/messages`` (and ``/messages``): non-stream and ``"stream": true`` SSE with the event
   sequence Anthropic sends (``message_start``, ``content_block_start``, ``ping``,
@@ -15,7 +15,7 @@ missing or unknown one is a 400); when ``MockSettings.api_key`` is set, ``x-api-
 Anthropic API keys). Errors are Anthropic-shaped:
 ``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}``.
 
-Replies are the deterministic vocabulary replies of :mod:`quotagate.mock.vocab`, seeded by the
+Replies are the deterministic vocabulary replies of :mod:`quotagate_tools.mock.vocab`, seeded by the
 "conversation" = ``[{"role": "system", "content": system}]`` (when a system prompt is given)
 followed by the request's ``messages`` as sent. Usage numbers:
 
@@ -40,16 +40,16 @@ first tool -- unless the last user turn carries a ``tool_result``, in which case
 like a model that got its answer; ``{"type": "none"}`` is text only. The tool input is made
 deterministically from the tool's ``input_schema`` properties (an input schema without properties,
 such as the gateway's ``json_object`` tool, gets the object the prompt describes, if it describes
-one: :func:`quotagate.mock.structured.described_object`). If ``max_tokens`` leaves no room for
+one: :func:`quotagate_tools.mock.structured.described_object`). If ``max_tokens`` leaves no room for
 the tool call, the call is left out and the stop reason is ``max_tokens``.
 
-Faults: the same specs and sources as the OpenAI endpoint (:mod:`quotagate.mock.faults`: the model
+Faults: the same specs and sources as the OpenAI endpoint (:mod:`quotagate_tools.mock.faults`: the model
 suffix ``@...``, the ``x-mock-fault`` header, the ``mock_fault`` body field, plus
 ``mock_reply_tokens`` / ``mock_token_delay``). ``status=N`` answers an Anthropic-shaped error
 (``code=S`` overrides the error ``type``; 429/503/529 carry ``retry-after``); ``drop_after=N`` cuts
 the stream after ``message_start``, the first ``content_block_start``, ``ping`` and N deltas;
 ``omit_usage`` leaves the ``usage`` objects out of ``message_start``, ``message_delta`` and the
-non-stream body. The shared :class:`~quotagate.mock.server.MockStats` counters are updated exactly
+non-stream body. The shared :class:`~quotagate_tools.mock.server.MockStats` counters are updated exactly
 as for chat completions (``chat_requests`` counts POSTs to ``/v1/messages``).
 """
 
@@ -69,9 +69,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
-from quotagate.mock import billing, structured, vocab
-from quotagate.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
-from quotagate.mock.server import (
+from quotagate_tools.mock import billing, structured, vocab
+from quotagate_tools.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
+from quotagate_tools.mock.server import (
     MockSettings,
     StreamCut,
     _dumps,
@@ -86,7 +86,7 @@ from quotagate.mock.server import (
     _Ticket,
 )
 
-logger = logging.getLogger("quotagate.mock")
+logger = logging.getLogger("quotagate_tools.mock")
 
 ANTHROPIC_VERSIONS: tuple[str, ...] = ("2023-06-01", "2023-01-01")
 VERSION_HEADER = "anthropic-version"

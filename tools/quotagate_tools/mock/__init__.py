@@ -1,11 +1,11 @@
 """Mock OpenAI-compatible model server (deterministic, streaming, real usage, injectable faults).
 
-See :mod:`quotagate.mock.server` for the app and the threaded runner, :mod:`quotagate.mock.faults`
-for the fault spec syntax and :mod:`quotagate.mock.vocab` for how replies are made.
+See :mod:`quotagate_tools.mock.server` for the app and the threaded runner, :mod:`quotagate_tools.mock.faults`
+for the fault spec syntax and :mod:`quotagate_tools.mock.vocab` for how replies are made.
 """
 
-from quotagate.mock.faults import FaultSpec, FaultSpecError, parse_fault_spec, split_model
-from quotagate.mock.server import (
+from quotagate_tools.mock.faults import FaultSpec, FaultSpecError, parse_fault_spec, split_model
+from quotagate_tools.mock.server import (
     DEFAULT_MODELS,
     MockServer,
     MockSettings,
@@ -14,7 +14,7 @@ from quotagate.mock.server import (
     create_app,
     run_in_thread,
 )
-from quotagate.mock.vocab import reply_pieces, reply_text
+from quotagate_tools.mock.vocab import reply_pieces, reply_text
 
 __all__ = [
     "DEFAULT_MODELS",

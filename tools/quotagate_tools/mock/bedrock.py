@@ -11,7 +11,7 @@ model id in the path: ``anthropic.claude-3-haiku-20240307-v1:0`` arrives as ``..
 id is read from the raw path). Requests are not authenticated (SigV4 is not checked).
 
 Replies are deterministic, like the OpenAI routes': the *prompt view* of a request (below) picks
-the words through :func:`quotagate.mock.vocab.reply_pieces`, one cl100k token per piece.
+the words through :func:`quotagate_tools.mock.vocab.reply_pieces`, one cl100k token per piece.
 
 **Prompt view and token counts.** The request is seen as OpenAI-style chat messages: one
 ``system`` message holding the system text blocks joined by newlines (if any), then one message per
@@ -34,7 +34,7 @@ text preface (:data:`TOOL_PREFACE_TOKENS` pieces), with an input made from the t
 (required properties, or all: strings get a reply word or the first enum value, integers 42,
 numbers 1.5, booleans true, arrays of one such item, objects {}; a schema without properties, such
 as the gateway's ``json_object`` tool, gets the object the prompt describes, if it describes one:
-:func:`quotagate.mock.structured.described_object`), and ``stopReason`` ``tool_use``. If
+:func:`quotagate_tools.mock.structured.described_object`), and ``stopReason`` ``tool_use``. If
 ``maxTokens`` is too small for the whole call, only the (truncated) preface is returned with
 ``max_tokens``. After a ``toolResult`` the mock answers with text.
 
@@ -53,7 +53,7 @@ deltas (non-stream: half a body); ``omit_usage`` drops the ``metadata`` event an
 of the Converse response; ``token_delay``; ``tokens``. ``mock_reply_tokens`` / ``mock_token_delay``
 body fields work as on the OpenAI routes (boto3 cannot send body extras; raw HTTP clients can).
 
-Statistics go to the app's shared :class:`~quotagate.mock.server.MockStats` (``chat_requests``,
+Statistics go to the app's shared :class:`~quotagate_tools.mock.server.MockStats` (``chat_requests``,
 ``completed``, ``streams_cut``, ``client_disconnects``, ``error_responses``, ``in_flight``,
 ``prompt_tokens``/``completion_tokens``).
 """
@@ -76,11 +76,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from quotagate import tokens
-from quotagate.mock import billing, structured, vocab
-from quotagate.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
-from quotagate.mock.eventstream import encode_event
-from quotagate.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
-from quotagate.mock.server import (
+from quotagate_tools.mock import billing, structured, vocab
+from quotagate_tools.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
+from quotagate_tools.mock.eventstream import encode_event
+from quotagate_tools.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
+from quotagate_tools.mock.server import (
     MockSettings,
     StreamCut,
     _dumps,
@@ -94,7 +94,7 @@ from quotagate.mock.server import (
     _Ticket,
 )
 
-logger = logging.getLogger("quotagate.mock")
+logger = logging.getLogger("quotagate_tools.mock")
 
 CONVERSE_PATH = "/model/{model_id:path}/converse"
 CONVERSE_STREAM_PATH = "/model/{model_id:path}/converse-stream"

@@ -35,7 +35,7 @@ import sys
 import uuid
 from typing import Any
 
-from quotagate import cli_providers, cli_usage
+from quotagate_tools import cli_providers, cli_usage
 
 FUNCTION_ENV = "QUOTAGATE_KEYS_FUNCTION"
 DEFAULT_STACK = "Quotagate"

@@ -29,7 +29,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, Final
 
-from quotagate.mock import vocab
+from quotagate_tools.mock import vocab
 
 PIECE_CHARS: Final = 4
 MAX_DEPTH: Final = 8  # recursive schemas stop here (with null, or an empty object/array)

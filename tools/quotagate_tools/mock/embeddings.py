@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
-from quotagate.mock.faults import FAULT_HEADER, split_model
-from quotagate.mock.server import (
+from quotagate_tools.mock.faults import FAULT_HEADER, split_model
+from quotagate_tools.mock.server import (
     MockSettings,
     MockStats,
     _check_auth,

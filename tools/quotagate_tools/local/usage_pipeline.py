@@ -27,7 +27,7 @@ ROLLUP_QUEUE = "quotagate-usage-rollup"
 ROLLUP_DLQ = "quotagate-usage-rollup-dlq"
 ROLLUP_RULE = "quotagate-request-settled-to-rollup"
 MAX_RECEIVES = 5
-log = logging.getLogger("quotagate.local.usage")
+log = logging.getLogger("quotagate_tools.local.usage")
 
 
 @dataclass
@@ -124,7 +124,7 @@ class LocalUsagePipeline:
     def pump_queue(self) -> int:
         """Rollup queue → rollup handler (what a Lambda event-source mapping does). Returns how
         many messages were received."""
-        from quotagate.local.apigateway import FakeLambdaContext
+        from quotagate_tools.local.apigateway import FakeLambdaContext
 
         received = self.sqs.receive_message(
             QueueUrl=self._queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
