@@ -12,11 +12,12 @@ import httpx
 import pytest
 from moto import mock_aws
 
-from quotagate import aws, cli
+from quotagate import aws
 from quotagate.config import parse_config
 from quotagate.errors import GatewayError
 from quotagate.provider_secrets import PLACEHOLDER_TEMPLATE
 from quotagate.providers.factory import HttpProviderFactory, secret_from_secrets_manager
+from quotagate_tools import cli
 
 CONFIG = parse_config(
     {
