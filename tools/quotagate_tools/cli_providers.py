@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from quotagate.config import DEFAULT_CONFIG_FILE
 from quotagate.provider_secrets import ProviderKeyError, clean_key
-
-DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.json")
 
 
 class ProvidersCliError(Exception):
