@@ -186,7 +186,7 @@ def test_breaker_policy_config():
 # -- tiers ----------------------------------------------------------------------------------------
 def test_plan_that_includes_the_alias_gets_every_target():
     resolution = resolve(CONFIG, "chat-pro", plan("pro"))
-    assert resolution.model.name == "chat-pro" and not resolution.downgraded
+    assert resolution.model.name == "chat-pro" and resolution.targets == resolution.model.targets
     assert ids(resolution.targets) == ["openai/gpt-4o", "anthropic/claude-sonnet"]
 
 
@@ -203,7 +203,7 @@ def test_refuse_is_a_clear_403():
 
 def test_downgrade_to_the_targets_the_plan_allows():
     resolution = resolve(CONFIG, "chat-mixed", plan("free"))
-    assert resolution.model.name == "chat-mixed" and resolution.downgraded
+    assert resolution.model.name == "chat-mixed" and len(resolution.targets) < len(resolution.model.targets)
     assert ids(resolution.targets) == ["openai/gpt-4o-mini"]
     assert ids(resolve(CONFIG, "chat-mixed", plan("pro")).targets) == ["openai/gpt-4o", "openai/gpt-4o-mini"]
 
@@ -211,7 +211,7 @@ def test_downgrade_to_the_targets_the_plan_allows():
 def test_downgrade_to_another_alias():
     resolution = resolve(CONFIG, "chat-pro-or-default", plan("free"))
     assert resolution.requested == "chat-pro-or-default"
-    assert resolution.model.name == "chat-default" and resolution.downgraded
+    assert resolution.model.name == "chat-default" != resolution.requested
     assert ids(resolution.targets)[0] == "openai/gpt-4o-mini"
     # The plan does not even list the alias: downgrade still applies.
     assert resolve(CONFIG, "chat-pro-or-default", plan("starter")).model.name == "chat-default"

@@ -40,10 +40,6 @@ class Resolution:
     model: Model  # the alias that serves it (differs from requested after a downgrade_to)
     targets: tuple[Target, ...]  # the targets this plan may use, in configured order
 
-    @property
-    def downgraded(self) -> bool:
-        return self.model.name != self.requested or len(self.targets) < len(self.model.targets)
-
 
 def _included(name: str, plan: Plan, allowed_models: Sequence[str] | None) -> bool:
     return plan.includes(name) and (allowed_models is None or name in allowed_models)
