@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from quotagate.auth_types import AuthType
 
@@ -38,10 +38,14 @@ class UsageSource(StrEnum):
     RESERVATION = "reservation"  # unknown: the reserved (upper-bound) amounts are billed
 
 
+# Whose budget: the quota windows' scopes (``quota.windows.WindowScope``, which this module cannot
+# import: the quota package imports it).
+BudgetScope = Literal["key", "tenant"]
+BUDGET_SCOPES: tuple[BudgetScope, ...] = ("key", "tenant")
 # Budgets the rollup checks for threshold events: (scope, limit name). 0 means "no such budget".
-BUDGET_LIMITS: tuple[tuple[str, str], ...] = tuple(
+BUDGET_LIMITS: tuple[tuple[BudgetScope, str], ...] = tuple(
     (scope, name)
-    for scope in ("key", "tenant")
+    for scope in BUDGET_SCOPES
     for name in ("tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month")
 )
 

@@ -31,7 +31,7 @@ from quotagate.usage.events import BUDGET_THRESHOLD_CROSSED, EventPublisher, Set
 from quotagate.usage.exceptions import RollupBusy
 from quotagate.usage.periods import Granularity, period_label
 from quotagate.usage.pipe import SCHEMA_VERSION
-from quotagate.usage.record import BUDGET_LIMITS, budget_field
+from quotagate.usage.record import BUDGET_LIMITS, BudgetScope, budget_field
 
 DEFAULT_THRESHOLDS = (0.5, 0.8, 1.0)
 # Markers outlive every redelivery: SQS keeps a message at most 14 days.
@@ -253,7 +253,7 @@ class UsageRollup:
         from botocore.exceptions import ClientError
 
         started = event.started_at_ms / 1000
-        wanted: list[tuple[str, str, str, int, str, Granularity, str]] = []  # per budget
+        wanted: list[tuple[BudgetScope, str, str, int, str, Granularity, str]] = []  # per budget
         for scope, limit in BUDGET_LIMITS:
             budget = event.budgets.get(budget_field(scope, limit), 0)
             if budget <= 0:
