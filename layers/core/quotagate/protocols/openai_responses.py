@@ -310,7 +310,7 @@ def _tool_choice(value: Any, tool_names: set[str]) -> Any:
     )
 
 
-def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:  # noqa: C901 -- to split (issue 12)
+def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(chat ``response_format`` or None, the ``text`` echoed in the response)."""
     if text is None:
         return None, {"format": {"type": "text"}}
@@ -325,15 +325,20 @@ def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         if text["verbosity"] not in ("low", "medium", "high"):
             raise _bad("'text.verbosity' must be 'low', 'medium' or 'high'.", "text.verbosity")
         echo["verbosity"] = text["verbosity"]
+    return _chat_response_format(fmt), echo
+
+
+def _chat_response_format(fmt: Any) -> dict[str, Any] | None:
+    """``text.format`` as the chat ``response_format`` (None for plain text)."""
     if fmt is None:
-        return None, echo
+        return None
     if not isinstance(fmt, dict):
         raise _bad("'text.format' must be an object.", "text.format")
     kind = fmt.get("type")
     if kind == "text":
-        return None, echo
+        return None
     if kind == "json_object":
-        return {"type": "json_object"}, echo
+        return {"type": "json_object"}
     if kind != "json_schema":
         raise _bad("'text.format.type' must be 'text', 'json_object' or 'json_schema'.", "text.format.type")
     name = fmt.get("name")
@@ -349,7 +354,7 @@ def _response_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         if not isinstance(fmt["strict"], bool):
             raise _bad("'text.format.strict' must be a boolean.", "text.format.strict")
         json_schema["strict"] = fmt["strict"]
-    return {"type": "json_schema", "json_schema": json_schema}, echo
+    return {"type": "json_schema", "json_schema": json_schema}
 
 
 def _optional_number(body: dict[str, Any], name: str) -> float | None:
@@ -383,7 +388,7 @@ def _check_stateless(body: dict[str, Any]) -> None:
             raise _bad(f"'{name}' is not supported by this gateway.", name, "unsupported_parameter")
 
 
-def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # noqa: C901 -- to split (issue 12)
+def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
     """Validate a Responses request body and translate it into a chat completion request (pure)."""
     body, model = parse_model_request(raw, max_bytes)
     unknown = sorted(set(body) - _KNOWN)
@@ -400,7 +405,24 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # 
         messages.insert(0, {"role": "system", "content": _text(instructions, "instructions")})
     chat: dict[str, Any] = {"model": model, "messages": messages}
     echo: dict[str, Any] = {"instructions": instructions}
+    _translate_tools(body, chat, echo)
+    _translate_sampling(body, chat, echo)
+    response_format, echo["text"] = _response_format(body.get("text"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    _translate_caller_fields(body, chat, echo)
+    for name in _MOCK_FIELDS:
+        if name in body:
+            chat[name] = body[name]
+    if stream:
+        # The gateway removes the usage chunk again unless the client asked for it: we do.
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return ResponsesRequest(model=model, stream=bool(stream), chat_body=chat, echo=echo)
 
+
+def _translate_tools(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` into ``chat``; what the response echoes."""
     if body.get("tools") is not None:
         chat["tools"] = _tools(body["tools"])
     echo["tools"] = body.get("tools") or []
@@ -416,6 +438,9 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # 
             chat["parallel_tool_calls"] = parallel
     echo["parallel_tool_calls"] = parallel if parallel is not None else True
 
+
+def _translate_sampling(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:
+    """``max_output_tokens``, ``temperature``, ``top_p`` and ``reasoning`` into ``chat``."""
     max_output = body.get("max_output_tokens")
     if max_output is not None:
         if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1:
@@ -427,28 +452,6 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # 
         if number is not None:
             chat[name] = number
         echo[name] = number if number is not None else 1.0
-
-    response_format, echo["text"] = _response_format(body.get("text"))
-    if response_format is not None:
-        chat["response_format"] = response_format
-
-    metadata = body.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(metadata) > 16
-        or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()
-        )
-    ):
-        raise _bad(
-            "'metadata' must be an object of at most 16 string values (keys up to 64 characters, values up to 512).",
-            "metadata",
-        )
-    echo["metadata"] = metadata or {}
-    user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
-    if user is not None:
-        chat["user"] = _text(user, "user" if body.get("user") is not None else "safety_identifier")
-    echo["user"] = body.get("user")
     reasoning = body.get("reasoning")
     if reasoning is not None:
         if not isinstance(reasoning, dict):
@@ -459,14 +462,31 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:  # 
                 raise _bad("'reasoning.effort' must be none, minimal, low, medium, high or xhigh.", "reasoning.effort")
             chat["reasoning_effort"] = effort
     echo["reasoning"] = {"effort": (reasoning or {}).get("effort"), "summary": None}
-    for name in _MOCK_FIELDS:
-        if name in body:
-            chat[name] = body[name]
-    if stream:
-        # The gateway removes the usage chunk again unless the client asked for it: we do.
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    return ResponsesRequest(model=model, stream=bool(stream), chat_body=chat, echo=echo)
+
+
+def _translate_caller_fields(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:
+    """``metadata`` (echoed only) and ``user`` / ``safety_identifier``."""
+    metadata = body.get("metadata")
+    if metadata is not None and not _valid_metadata(metadata):
+        raise _bad(
+            "'metadata' must be an object of at most 16 string values (keys up to 64 characters, values up to 512).",
+            "metadata",
+        )
+    echo["metadata"] = metadata or {}
+    user = body.get("user") if body.get("user") is not None else body.get("safety_identifier")
+    if user is not None:
+        chat["user"] = _text(user, "user" if body.get("user") is not None else "safety_identifier")
+    echo["user"] = body.get("user")
+
+
+def _valid_metadata(metadata: Any) -> bool:
+    return (
+        isinstance(metadata, dict)
+        and len(metadata) <= 16
+        and all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
