@@ -53,8 +53,7 @@ def new_key(gateway) -> dict:
 
 def tokens_used(gateway, key) -> int:
     """The key's daily token counter in the gateway's quota table (moto, read over HTTP)."""
-    from quotagate.quota.ledger import DynamoQuotaLedger
-    from quotagate.quota.service import QuotaService
+    from tests.quota_table import QuotaTable
 
     client = boto3.client(
         "dynamodb",
@@ -63,7 +62,7 @@ def tokens_used(gateway, key) -> int:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    return QuotaService(DynamoQuotaLedger(client)).usage_of(f"key#{key['key_id']}", "tokens_per_day")
+    return QuotaTable(client).usage_of(f"key#{key['key_id']}", "tokens_per_day")
 
 
 def total(*messages) -> int:

@@ -14,9 +14,8 @@ import boto3
 import openai
 import pytest
 
-from quotagate.quota.ledger import DynamoQuotaLedger
-from quotagate.quota.service import QuotaService
 from tests.e2e.local_gateway import running_local_gateway
+from tests.quota_table import QuotaTable
 
 pytestmark = pytest.mark.e2e
 WEATHER = {
@@ -66,7 +65,7 @@ def tokens_charged(gateway, key) -> int:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    return QuotaService(DynamoQuotaLedger(dynamodb)).usage_of(f"key#{key['key_id']}", "tokens_per_day")
+    return QuotaTable(dynamodb).usage_of(f"key#{key['key_id']}", "tokens_per_day")
 
 
 def assert_charged(gateway, key, total_tokens: int) -> None:

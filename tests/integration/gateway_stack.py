@@ -104,12 +104,12 @@ class GatewayStack:
     def wait_settled(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
         """The settled reservation of a request. A stream is settled after its last byte has been
         sent, so a client can read the counters a moment before the settlement lands."""
-        from quotagate.quota.ledger import DynamoQuotaLedger
+        from tests.quota_table import QuotaTable
 
-        ledger = DynamoQuotaLedger(boto3.client("dynamodb"))
+        table = QuotaTable(boto3.client("dynamodb"))
         deadline = time.monotonic() + timeout
         while True:
-            item = ledger.get_reservation(request_id)
+            item = table.get_reservation(request_id)
             if item and item.get("status") == "settled":
                 return item
             if time.monotonic() > deadline:
@@ -117,10 +117,9 @@ class GatewayStack:
             time.sleep(0.02)
 
     def quota_used(self, scope_pk: str, limit_name: str) -> int:
-        from quotagate.quota.ledger import DynamoQuotaLedger
-        from quotagate.quota.service import QuotaService
+        from tests.quota_table import QuotaTable
 
-        return QuotaService(DynamoQuotaLedger(boto3.client("dynamodb"))).usage_of(scope_pk, limit_name)
+        return QuotaTable(boto3.client("dynamodb")).usage_of(scope_pk, limit_name)
 
 
 def _reset_handler_singletons() -> None:

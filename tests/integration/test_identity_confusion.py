@@ -82,10 +82,9 @@ def billed_requests(stack: GatewayStack, keys: dict[str, str]) -> dict[str, int]
     if not hasattr(stack, "quota_reader"):
         import boto3
 
-        from quotagate.quota.ledger import DynamoQuotaLedger
-        from quotagate.quota.service import QuotaService
+        from tests.quota_table import QuotaTable
 
-        stack.quota_reader = QuotaService(DynamoQuotaLedger(boto3.client("dynamodb")))  # type: ignore[attr-defined]
+        stack.quota_reader = QuotaTable(boto3.client("dynamodb"))  # type: ignore[attr-defined]
     reader = stack.quota_reader  # type: ignore[attr-defined]
     return {name: reader.usage_of(f"key#{key_id(key)}", "tokens_per_month") for name, key in keys.items()}
 

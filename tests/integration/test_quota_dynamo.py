@@ -19,6 +19,7 @@ from quotagate.errors import GatewayError
 from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation, ReservationRequest
 from quotagate.quota.service import RETRY_JITTER_SECONDS
 from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
+from tests.quota_table import QuotaTable
 
 
 def reserved(reservation: Reservation, unit: str) -> int:
@@ -81,6 +82,11 @@ def service(ledger, clock):
 
 
 @pytest.fixture
+def table(dynamodb, clock):
+    return QuotaTable(dynamodb, clock)
+
+
+@pytest.fixture
 def ids():
     suffix = uuid.uuid4().hex[:8]
     return {"key": f"key-{suffix}", "key2": f"key2-{suffix}", "tenant": f"tenant-{suffix}"}
@@ -129,7 +135,7 @@ def settle_all_randomly(service, admitted, rng, usd=False):
 # ---- (i) tokens -----------------------------------------------------------------------------------
 
 
-def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(service, ledger, ids):
+def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(service, ids, table):
     limits = {"tokens_per_minute": 1000}
     results = run_at_once(
         50,
@@ -142,15 +148,15 @@ def test_concurrent_token_reservations_never_overshoot_and_settle_exactly(servic
     assert len(rejected) == 40
     assert {(e.code, e.type) for e in rejected} == {("rate_limit_exceeded", "tokens")}
     assert all(1 <= int(e.headers["retry-after"]) <= 30 + RETRY_JITTER_SECONDS for e in rejected)
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 1000
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 1000
 
     tokens, _ = settle_all_randomly(service, admitted, random.Random(1))
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == tokens
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == tokens
     for reservation in admitted:
-        assert ledger.get_reservation(reservation.request_id)["status"] == "settled"
+        assert table.get_reservation(reservation.request_id)["status"] == "settled"
 
 
-def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids):
+def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids, table):
     rng = random.Random(2)
     sizes = [(rng.randint(0, 100), rng.randint(1, 100)) for _ in range(60)]
     limits = {"tokens_per_minute": 1000, "requests_per_minute": 1000}
@@ -165,9 +171,9 @@ def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids):
     admitted, rejected = split(results)
     assert rejected, "the test should saturate the window"
     total_reserved = sum(reserved(r, "tokens") for r in admitted)
-    used = service.usage_of(f"key#{ids['key']}", "tokens_per_minute")
+    used = table.usage_of(f"key#{ids['key']}", "tokens_per_minute")
     assert used == total_reserved <= 1000
-    assert service.usage_of(f"key#{ids['key']}", "requests_per_minute") == len(admitted)
+    assert table.usage_of(f"key#{ids['key']}", "requests_per_minute") == len(admitted)
     # Every rejected request really did not fit in what was left.
     smallest_rejected = min(sizes[i][0] + sizes[i][1] for i, r in enumerate(results) if isinstance(r, GatewayError))
     assert used + smallest_rejected > 1000
@@ -176,7 +182,7 @@ def test_concurrent_random_sizes_fill_at_most_the_limit(service, ids):
 # ---- (ii) dollars ---------------------------------------------------------------------------------
 
 
-def test_concurrent_usd_reservations_never_overshoot_and_settle_exactly(service, ids):
+def test_concurrent_usd_reservations_never_overshoot_and_settle_exactly(service, ids, table):
     limits = {"usd_per_day": 1.0, "tokens_per_minute": 1_000_000}
     results = run_at_once(
         50,
@@ -187,17 +193,17 @@ def test_concurrent_usd_reservations_never_overshoot_and_settle_exactly(service,
     admitted, rejected = split(results)
     assert len(admitted) == 20 and len(rejected) == 30
     assert {(e.code, e.type) for e in rejected} == {("insufficient_quota", "usd")}
-    assert service.usage_of(f"key#{ids['key']}", "usd_per_day") == 1_000_000
+    assert table.usage_of(f"key#{ids['key']}", "usd_per_day") == 1_000_000
 
     tokens, micros = settle_all_randomly(service, admitted, random.Random(3), usd=True)
-    assert service.usage_of(f"key#{ids['key']}", "usd_per_day") == micros
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == tokens
+    assert table.usage_of(f"key#{ids['key']}", "usd_per_day") == micros
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == tokens
 
 
 # ---- (iii) a tenant limit shared by two keys ------------------------------------------------------
 
 
-def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids):
+def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids, table):
     key_limits = {"tokens_per_minute": 800}
     tenant_limits = {"tokens_per_minute": 1000}
 
@@ -210,8 +216,8 @@ def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids):
     results = run_at_once(50, job)
     admitted, rejected = split(results)
     assert len(admitted) == 10 and len(rejected) == 40
-    assert service.usage_of(f"tenant#{ids['tenant']}", "tokens_per_minute") == 1000
-    per_key = {k: service.usage_of(f"key#{ids[k]}", "tokens_per_minute") for k in ("key", "key2")}
+    assert table.usage_of(f"tenant#{ids['tenant']}", "tokens_per_minute") == 1000
+    per_key = {k: table.usage_of(f"key#{ids[k]}", "tokens_per_minute") for k in ("key", "key2")}
     assert sum(per_key.values()) == 1000 and max(per_key.values()) <= 800
 
     rng = random.Random(4)
@@ -221,15 +227,15 @@ def test_tenant_limit_is_shared_exactly_by_two_keys(service, ids):
         key = reservation.charges[0].scope_id
         actual[key] = actual.get(key, 0) + prompt + completion
         assert service.settle(reservation, prompt, completion, 0)
-    assert service.usage_of(f"tenant#{ids['tenant']}", "tokens_per_minute") == sum(actual.values())
+    assert table.usage_of(f"tenant#{ids['tenant']}", "tokens_per_minute") == sum(actual.values())
     for name in ("key", "key2"):
-        assert service.usage_of(f"key#{ids[name]}", "tokens_per_minute") == actual.get(ids[name], 0)
+        assert table.usage_of(f"key#{ids[name]}", "tokens_per_minute") == actual.get(ids[name], 0)
 
 
 # ---- (iv) all or nothing across windows -----------------------------------------------------------
 
 
-def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, ids):
+def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ids, table):
     key_limits = {
         "requests_per_minute": 10,
         "tokens_per_minute": 10_000,
@@ -240,7 +246,7 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
     first = service.reserve(
         ReservationRequest("multi-1-" + ids["key"], ids["key"], ids["tenant"], key_limits, tenant_limits, 400, 500, 0.1)
     )
-    snapshot = {c.item_key: ledger.get_used(c.pk, c.sk) for c in first.charges}
+    snapshot = {c.item_key: table.get_used(c.pk, c.sk) for c in first.charges}
     assert set(snapshot.values()) == {1, 900, 100_000}
 
     with pytest.raises(GatewayError) as err:
@@ -256,14 +262,14 @@ def test_a_short_window_keeps_no_partial_reservation_anywhere(service, ledger, i
     assert error.headers["x-ratelimit-remaining-tokens"] == "100"
     # The headers describe the day window that refused, not the minute windows that did not.
     assert not any(name.endswith("-requests") for name in error.headers)
-    assert {c.item_key: ledger.get_used(c.pk, c.sk) for c in first.charges} == snapshot
-    assert ledger.get_reservation("multi-2-" + ids["key"]) is None
+    assert {c.item_key: table.get_used(c.pk, c.sk) for c in first.charges} == snapshot
+    assert table.get_reservation("multi-2-" + ids["key"]) is None
 
 
 # ---- (v) exactly-once settlement ------------------------------------------------------------------
 
 
-def test_second_settle_is_a_no_op(service, ledger, ids):
+def test_second_settle_is_a_no_op(service, ids, table):
     limits = {"tokens_per_minute": 1000}
     tenant_limits = {"usd_per_day": 1}
     reservation = service.reserve(
@@ -275,14 +281,14 @@ def test_second_settle_is_a_no_op(service, ledger, ids):
     # A fresh copy (say, another code path) reaches DynamoDB and is refused there.
     again = Reservation(reservation.request_id, reservation.charges, reservation.usages, reservation.reserved_at)
     assert service.settle(again, 99, 99, 0.5) is False
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 30
-    assert service.usage_of(f"tenant#{ids['tenant']}", "usd_per_day") == 3000
-    record = ledger.get_reservation(reservation.request_id)
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 30
+    assert table.usage_of(f"tenant#{ids['tenant']}", "usd_per_day") == 3000
+    record = table.get_reservation(reservation.request_id)
     assert record["status"] == "settled"
     assert record["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "usd_micros": 3000}
 
 
-def test_concurrent_settles_of_one_request_apply_once(service, ids):
+def test_concurrent_settles_of_one_request_apply_once(service, ids, table):
     reservation = service.reserve(
         ReservationRequest("race-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0)
     )
@@ -292,18 +298,18 @@ def test_concurrent_settles_of_one_request_apply_once(service, ids):
     ]
     results = run_at_once(10, lambda i: service.settle(copies[i], 5, 5, 0))
     assert sorted(results) == [False] * 9 + [True]
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 10
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 10
 
 
-def test_settle_after_the_window_rolled_over_hits_the_reserved_window(service, clock, ids):
+def test_settle_after_the_window_rolled_over_hits_the_reserved_window(service, clock, ids, table):
     reserved_at = clock.now
     reservation = service.reserve(
         ReservationRequest("roll-" + ids["key"], ids["key"], ids["tenant"], {"tokens_per_minute": 1000}, {}, 40, 60, 0)
     )
     clock.now += 90
     assert service.settle(reservation, 7, 3, 0)
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute", at=reserved_at) == 10
-    assert service.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 0
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute", at=reserved_at) == 10
+    assert table.usage_of(f"key#{ids['key']}", "tokens_per_minute") == 0
 
 
 def test_moto_server_stop_is_idempotent():

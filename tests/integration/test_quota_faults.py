@@ -20,6 +20,7 @@ from quotagate import aws, tables
 from quotagate.errors import GatewayError
 from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import InMemorySettlementQueue
+from tests.quota_table import QuotaTable
 
 T0 = 1_800_000_030.0
 KEY_LIMITS = {"tokens_per_day": 1000, "requests_per_minute": 10}
@@ -111,7 +112,7 @@ def setup(real_client, clock, fault, queue=None):
     faulty = FaultyClient(real_client, clock, fault)
     ledger = DynamoQuotaLedger(faulty, clock=clock, sleep=clock.sleep)
     service = QuotaService(ledger, clock=clock, settlement_queue=queue)
-    truth = DynamoQuotaLedger(real_client, clock=clock)
+    truth = QuotaTable(real_client, clock)  # the table as it is, read past the faults
     return faulty, ledger, service, truth
 
 
@@ -119,8 +120,8 @@ def reserve(service, request_id="r1"):
     return service.reserve(ReservationRequest(request_id, "k1", "acme", KEY_LIMITS, {}, 40, 60, 0.0))
 
 
-def tokens_used(service):
-    return service.usage_of("key#k1", "tokens_per_day")
+def tokens_used(truth):
+    return truth.usage_of("key#k1", "tokens_per_day")
 
 
 def is_reserve(operation, request):
@@ -145,7 +146,7 @@ def test_a_throttled_table_refuses_within_two_seconds_and_a_few_calls(real_clien
     assert clock.now - T0 <= 2.0
     assert len(faulty.calls) <= 5
     assert len(clock.sleeps) == len(faulty.calls) - 1  # no sleep after the last attempt
-    assert truth.get_reservation("r1") is None and tokens_used(service) == 0
+    assert truth.get_reservation("r1") is None and tokens_used(truth) == 0
 
 
 def test_the_quota_client_makes_one_botocore_attempt_with_short_timeouts():
@@ -161,9 +162,9 @@ def test_a_reservation_whose_answer_was_lost_is_retried_with_the_same_token(real
     assert len(transactions) == 2
     assert transactions[0]["ClientRequestToken"] == transactions[1]["ClientRequestToken"]
     assert transactions[0] == transactions[1]  # idempotent: the very same request
-    assert tokens_used(service) == 100  # charged once
+    assert tokens_used(truth) == 100  # charged once
     assert service.settle(reservation, 10, 20, 0.0) is True
-    assert tokens_used(service) == 30
+    assert tokens_used(truth) == 30
     assert truth.get_reservation("r1")["status"] == ReservationStatus.SETTLED
 
 
@@ -186,7 +187,7 @@ def test_an_unknown_reserve_outcome_is_compensated_before_the_client_hears(real_
         assert record["status"] == ReservationStatus.SETTLED  # released by the compensating settle
     else:
         assert record is None
-    assert tokens_used(service) == 0
+    assert tokens_used(truth) == 0
     assert clock.now - T0 <= 2.0 + aws.QUOTA_READ_TIMEOUT + aws.QUOTA_CONNECT_TIMEOUT
 
 
@@ -202,11 +203,11 @@ def test_when_even_the_compensation_fails_it_is_queued_and_applied_once(real_cli
     _faulty, ledger, service, truth = setup(real_client, clock, fault, queue)
     with pytest.raises(GatewayError):
         reserve(service)
-    assert tokens_used(service) == 100  # committed, not yet compensated
+    assert tokens_used(truth) == 100  # committed, not yet compensated
     assert len(queue.messages) == 1
     broken["on"] = False
     assert queue.drain(ledger) == 1
-    assert tokens_used(service) == 0
+    assert tokens_used(truth) == 0
     assert truth.get_reservation("r1")["status"] == ReservationStatus.SETTLED
 
 
@@ -219,12 +220,12 @@ def test_a_duplicate_delivery_of_a_queued_settlement_applies_once(real_client, c
     reservation = reserve(service)
     broken["on"] = True
     assert service.settle(reservation, 10, 20, 0.0) is True  # accepted by the queue
-    assert tokens_used(service) == 100
+    assert tokens_used(truth) == 100
     broken["on"] = False
     (message,) = queue.messages
     queue.messages.append(message)  # SQS delivers at least once
     assert queue.drain(ledger) == 2
-    assert tokens_used(service) == 30
+    assert tokens_used(truth) == 30
     assert truth.get_reservation("r1")["usage"]["completion_tokens"] == 20
 
 
@@ -244,7 +245,7 @@ def test_a_settlement_whose_answer_was_lost_reports_success(real_client, clock):
     reservation = reserve(service)
     lose_next_settle["on"] = True
     assert service.settle(reservation, 10, 20, 0.0) is True  # not a failure: it did commit
-    assert tokens_used(service) == 30  # applied once
+    assert tokens_used(truth) == 30  # applied once
     assert truth.get_reservation("r1")["status"] == ReservationStatus.SETTLED
 
 
@@ -265,18 +266,18 @@ def test_a_throttled_settlement_is_bounded_then_queued(real_client, clock):
     assert truth.get_reservation("r1")["status"] == ReservationStatus.RESERVED
     broken["on"] = False
     queue.drain(ledger)
-    assert tokens_used(service) == 30
+    assert tokens_used(truth) == 30
     assert truth.get_reservation("r1")["status"] == ReservationStatus.SETTLED
 
 
 def test_without_a_queue_a_failed_settlement_raises_and_keeps_the_charge(real_client, clock):
     broken = {"on": False}
-    _faulty, _, service, _truth = setup(real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None)
+    _faulty, _, service, truth = setup(real_client, clock, lambda op, n, req: internal(op) if broken["on"] else None)
     reservation = reserve(service)
     broken["on"] = True
     with pytest.raises(LedgerBusy):
         service.settle(reservation, 10, 20, 0.0)
-    assert tokens_used(service) == 100  # the safe side: never under-counted
+    assert tokens_used(truth) == 100  # the safe side: never under-counted
 
 
 def test_without_a_queue_a_failed_compensation_is_still_a_clean_503(real_client, clock):

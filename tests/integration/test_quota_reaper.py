@@ -12,6 +12,7 @@ from moto import mock_aws
 from quotagate import tables
 from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.reaper import ReservationReaper
+from tests.quota_table import QuotaTable
 
 T0 = 1_800_000_030.0
 MAX_REQUEST = 870.0
@@ -54,12 +55,13 @@ def test_the_reaper_expires_an_abandoned_reservation_and_leaves_a_fresh_one(clie
     clock = Clock()
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
+    table = QuotaTable(client, clock)
     abandoned = service.reserve(ReservationRequest("abandoned", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     settled = service.reserve(ReservationRequest("settled", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     service.settle(settled, 10, 10, 0.0)
     clock.now = T0 + MAX_REQUEST + MARGIN - 5
     fresh = service.reserve(ReservationRequest("fresh", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
-    assert service.usage_of("key#k1", "tokens_per_month") == 100 + 20 + 100
+    assert table.usage_of("key#k1", "tokens_per_month") == 100 + 20 + 100
 
     clock.now = T0 + MAX_REQUEST + MARGIN + 1
     recording = Recording(client)
@@ -67,17 +69,17 @@ def test_the_reaper_expires_an_abandoned_reservation_and_leaves_a_fresh_one(clie
     result = reaper.reap()
 
     assert result.expired == 1
-    assert ledger.get_reservation("abandoned")["status"] == ReservationStatus.EXPIRED
-    assert ledger.get_reservation("fresh")["status"] == ReservationStatus.RESERVED
-    assert ledger.get_reservation("settled")["status"] == ReservationStatus.SETTLED
+    assert table.get_reservation("abandoned")["status"] == ReservationStatus.EXPIRED
+    assert table.get_reservation("fresh")["status"] == ReservationStatus.RESERVED
+    assert table.get_reservation("settled")["status"] == ReservationStatus.SETTLED
     # The charge is kept: the provider may have billed the whole reservation.
-    assert service.usage_of("key#k1", "tokens_per_month") == 220
+    assert table.usage_of("key#k1", "tokens_per_month") == 220
     assert "scan" not in recording.operations and set(recording.operations) <= {"query", "update_item"}
 
     # A late settlement of the expired reservation changes nothing; the fresh one settles normally.
     assert service.settle(abandoned, 1, 1, 0.0) is False
     assert service.settle(fresh, 5, 5, 0.0) is True
-    assert service.usage_of("key#k1", "tokens_per_month") == 100 + 20 + 10
+    assert table.usage_of("key#k1", "tokens_per_month") == 100 + 20 + 10
     # Nothing is left for the next run.
     assert reaper.reap().expired == 0
 
@@ -108,6 +110,7 @@ def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client
     clock = Clock()
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
+    table = QuotaTable(client, clock)
     limits = {"max_concurrent_requests": 1, "tokens_per_month": 100_000}
     service.reserve(ReservationRequest("crashed", "k1", "acme", limits, {}, 40, 60, 0.0))  # its environment dies
     clock.now = T0 + 60
@@ -118,9 +121,9 @@ def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client
     clock.now = T0 + MAX_REQUEST + MARGIN + 1
     reaper = ReservationReaper(client, max_request_seconds=MAX_REQUEST, margin_seconds=MARGIN, clock=clock)
     assert reaper.reap().expired == 1
-    assert service.usage_of("key#k1", "max_concurrent_requests") == 0  # the slot is back
-    assert service.usage_of("key#k1", "tokens_per_month", at=T0) == 100  # the charge is kept
+    assert table.usage_of("key#k1", "max_concurrent_requests") == 0  # the slot is back
+    assert table.usage_of("key#k1", "tokens_per_month", at=T0) == 100  # the charge is kept
     admitted = service.reserve(ReservationRequest("next", "k1", "acme", limits, {}, 40, 60, 0.0))
-    assert service.usage_of("key#k1", "max_concurrent_requests") == 1
+    assert table.usage_of("key#k1", "max_concurrent_requests") == 1
     service.settle(admitted, 10, 10, 0.0)
-    assert service.usage_of("key#k1", "max_concurrent_requests") == 0
+    assert table.usage_of("key#k1", "max_concurrent_requests") == 0

@@ -232,16 +232,16 @@ def test_tiny_limit_gets_429_with_openai_headers_and_oversize_gets_400(stack):
 def test_a_finished_stream_is_settled_before_its_response_completes(stack):
     """Under the Lambda Web Adapter the invocation ends with the response: settlement must not be
     left for after it. So by the time the client has the whole response, the ledger is settled."""
-    from quotagate.quota.ledger import DynamoQuotaLedger
+    from tests.quota_table import QuotaTable
 
     key = stack.create_key(tenant="settle-in-time")
-    ledger = DynamoQuotaLedger(boto3.client("dynamodb"))
+    table = QuotaTable(boto3.client("dynamodb"))
     for _ in range(5):
         response = post(
             stack, key["api_key"], {"model": "mock-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 5}
         )
         assert response.text.rstrip().endswith("data: [DONE]")
-        item = ledger.get_reservation(response.headers["x-quotagate-request-id"])
+        item = table.get_reservation(response.headers["x-quotagate-request-id"])
         assert item is not None and item["status"] == "settled"
 
 

@@ -12,34 +12,38 @@ from quotagate import tables
 from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService, ReservationRequest
 from quotagate_tools.local.motoserver import start_moto_server
 from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb, reserved
+from tests.quota_table import QuotaTable
 
 pytestmark = pytest.mark.timeout(60)
 LIMITS = {"tokens_per_day": 1000, "usd_per_day": 1.0, "requests_per_minute": 100}
 
 
 @pytest.fixture(scope="module")
-def dynamo_ledger():
+def dynamo_ledger_and_client():
     endpoint, stop = start_moto_server()
     try:
         client = moto_dynamodb(endpoint)
         tables.create_all(client)
-        yield DynamoQuotaLedger(client, clock=FakeClock())
+        yield DynamoQuotaLedger(client, clock=FakeClock()), client
     finally:
         stop()
 
 
 @pytest.fixture(params=["dynamodb", "memory"])
-def service(request, dynamo_ledger):
-    ledger = dynamo_ledger if request.param == "dynamodb" else InMemoryQuotaLedger()
-    return QuotaService(ledger, clock=FakeClock(T0)), ledger
+def service(request, dynamo_ledger_and_client):
+    """(service, ledger, what the store holds)."""
+    ledger, client = dynamo_ledger_and_client
+    if request.param == "memory":
+        ledger = client = InMemoryQuotaLedger()
+    return QuotaService(ledger, clock=FakeClock(T0)), ledger, QuotaTable(client, FakeClock(T0))
 
 
 def used(service, key):
-    return service[0].usage_of(f"key#{key}", "tokens_per_day")
+    return service[2].usage_of(f"key#{key}", "tokens_per_day")
 
 
 def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_the_rest(service):
-    quota, ledger = service
+    quota, ledger, table = service
     reservation = quota.reserve(
         ReservationRequest(
             "r-grow-" + type(ledger).__name__, "k-grow-" + type(ledger).__name__, "t", LIMITS, {}, 100, 300, 0.001
@@ -54,7 +58,7 @@ def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_
     assert used(service, key) == 900
     assert quota.top_up(reservation, 100, 0.001) is True  # exactly to the limit
     assert used(service, key) == 1000
-    item = ledger.get_reservation(reservation.request_id)
+    item = table.get_reservation(reservation.request_id)
     assert (
         item["topped_up"]["tokens"] == 600
         if isinstance(ledger, InMemoryQuotaLedger)
@@ -66,7 +70,7 @@ def test_a_top_up_grows_the_same_windows_until_the_limit_and_settlement_refunds_
 
 
 def test_racing_top_ups_never_pass_the_limit(service):
-    quota, ledger = service
+    quota, ledger, _ = service
     suffix = type(ledger).__name__
     reservations = [
         quota.reserve(ReservationRequest(f"r-race-{suffix}-{i}", f"k-race-{suffix}", "t", LIMITS, {}, 10, 10, 0.0))

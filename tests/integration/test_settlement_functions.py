@@ -12,6 +12,7 @@ from quotagate import tables
 from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import PendingSettlement
 from quotagate_tools.local.apigateway import FakeLambdaContext
+from tests.quota_table import QuotaTable
 
 LIMITS = {"tokens_per_month": 100_000}
 
@@ -63,8 +64,8 @@ def test_the_consumer_applies_each_settlement_once_and_reports_only_bad_messages
     }
     response = lambda_handler(event, FakeLambdaContext("settlements"))
     assert response == {"batchItemFailures": [{"itemIdentifier": "m3"}]}
-    assert service.usage_of("key#k1", "tokens_per_month") == 30
-    assert DynamoQuotaLedger(client).get_reservation("r1")["status"] == ReservationStatus.SETTLED
+    assert QuotaTable(client).usage_of("key#k1", "tokens_per_month") == 30
+    assert QuotaTable(client).get_reservation("r1")["status"] == ReservationStatus.SETTLED
 
 
 def test_the_reaper_function_expires_abandoned_reservations(client, monkeypatch):
@@ -77,8 +78,8 @@ def test_the_reaper_function_expires_abandoned_reservations(client, monkeypatch)
     QuotaService(ledger, clock=lambda: old).reserve(ReservationRequest("old", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     QuotaService(DynamoQuotaLedger(client)).reserve(ReservationRequest("new", "k1", "acme", LIMITS, {}, 40, 60, 0.0))
     assert lambda_handler({}, FakeLambdaContext("reaper")) == {"expired": 1, "skipped": 0}
-    assert ledger.get_reservation("old")["status"] == ReservationStatus.EXPIRED
-    assert ledger.get_reservation("new")["status"] == ReservationStatus.RESERVED
+    assert QuotaTable(client).get_reservation("old")["status"] == ReservationStatus.EXPIRED
+    assert QuotaTable(client).get_reservation("new")["status"] == ReservationStatus.RESERVED
 
 
 def test_local_mode_drains_the_sqs_retry_queue_once(client):
@@ -95,5 +96,5 @@ def test_local_mode_drains_the_sqs_retry_queue_once(client):
     queue.put(pending)
     queue.put(pending)  # delivered twice
     assert drain_queue(sqs, queue_url, ledger) == 2
-    assert service.usage_of("key#k1", "tokens_per_month") == 30
+    assert QuotaTable(client).usage_of("key#k1", "tokens_per_month") == 30
     assert drain_queue(sqs, queue_url, ledger) == 0

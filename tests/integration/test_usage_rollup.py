@@ -32,6 +32,7 @@ from quotagate.usage.record import FIELDS, reservation_record, settled_record
 from quotagate.usage.rollup import UsageRollup
 from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
 from tests.integration.usage_helpers import BusSubscriber, stored_aggregates
+from tests.quota_table import QuotaTable
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -276,7 +277,7 @@ def test_the_settlement_write_carries_the_completed_record(aws):
         )
         settlement = Settlement(UsageOutcome.ERROR_EVENT, 200, UsageSource.TOKENIZER, "mock/mock-gpt", 12.0, 99.0, 1)
         assert service.settle(reservation, 30, 7, 0.00005, settlement=settlement)
-        item = ledger.get_reservation(rid)
+        item = QuotaTable(client).get_reservation(rid)
         assert item["status"] == "settled"
         record = item["usage_record"]
         assert (record["prompt_tokens"], record["completion_tokens"], record["cost_usd_micros"]) == (30, 7, 50)

@@ -8,6 +8,7 @@ import pytest
 
 from quotagate.errors import GatewayError
 from quotagate.quota import InMemoryQuotaLedger, LedgerBusy, QuotaService, ReservationRequest
+from tests.quota_table import QuotaTable
 
 T0 = datetime(2026, 11, 17, 10, 5, 30, tzinfo=UTC).timestamp()  # 30 s into a minute
 
@@ -51,8 +52,13 @@ def reserve(
     )
 
 
-def used(service, pk, limit_name, at=None):
-    return service.usage_of(pk, limit_name, at)
+@pytest.fixture
+def table(ledger, clock):
+    return QuotaTable(ledger, clock)
+
+
+def used(table, pk, limit_name, at=None):
+    return table.usage_of(pk, limit_name, at)
 
 
 # ---- charges --------------------------------------------------------------------------------------
@@ -138,7 +144,7 @@ def test_zero_limit_is_a_non_retryable_429(service):
 # ---- 429 ------------------------------------------------------------------------------------------
 
 
-def test_minute_window_429_is_rate_limit_with_retry_after(service, clock):
+def test_minute_window_429_is_rate_limit_with_retry_after(service, clock, table):
     limits = {"tokens_per_minute": 1000, "requests_per_minute": 100}
     for i in range(10):
         reserve(service, f"r{i}", key_limits=limits)
@@ -159,11 +165,11 @@ def test_minute_window_429_is_rate_limit_with_retry_after(service, clock):
     assert error.headers["x-ratelimit-reset-requests"] == "30s"
     assert error.body()["error"]["code"] == "rate_limit_exceeded"
     # Nothing was kept by the rejected request, in any window.
-    assert used(service, "key#k1", "requests_per_minute") == 10
+    assert used(table, "key#k1", "requests_per_minute") == 10
     # The next minute is a new window.
     clock.now += 30
     reserve(service, "r11", key_limits=limits)
-    assert used(service, "key#k1", "tokens_per_minute") == 100
+    assert used(table, "key#k1", "tokens_per_minute") == 100
 
 
 def test_requests_window_429_has_type_requests(service):
@@ -195,16 +201,16 @@ def test_when_minute_and_day_are_both_short_the_day_decides(service):
     assert err.value.code == "insufficient_quota" and "tokens_per_day" in err.value.message
 
 
-def test_one_short_window_keeps_no_partial_reservation(service):
+def test_one_short_window_keeps_no_partial_reservation(service, table):
     key_limits = {"requests_per_minute": 10, "tokens_per_minute": 10_000, "tokens_per_day": 1000}
     tenant_limits = {"usd_per_month": 5}
     reserve(service, "a", key_limits, tenant_limits, prompt=400, max_output=500, usd=0.1)
     with pytest.raises(GatewayError):
         reserve(service, "b", key_limits, tenant_limits, prompt=100, max_output=100, usd=0.1)
-    assert used(service, "key#k1", "requests_per_minute") == 1
-    assert used(service, "key#k1", "tokens_per_minute") == 900
-    assert used(service, "key#k1", "tokens_per_day") == 900
-    assert used(service, "tenant#acme", "usd_per_month") == 100_000
+    assert used(table, "key#k1", "requests_per_minute") == 1
+    assert used(table, "key#k1", "tokens_per_minute") == 900
+    assert used(table, "key#k1", "tokens_per_day") == 900
+    assert used(table, "tenant#acme", "usd_per_month") == 100_000
 
 
 def test_contended_ledger_is_a_retryable_429(clock):
@@ -271,19 +277,19 @@ def test_headers_fall_back_to_tenant_and_exist_only_for_configured_limits(servic
 # ---- settlement -----------------------------------------------------------------------------------
 
 
-def test_settle_refunds_and_charges_actual(service):
+def test_settle_refunds_and_charges_actual(service, table):
     limits = {"requests_per_minute": 10, "tokens_per_minute": 1000}
     tenant_limits = {"usd_per_day": 1}
     first = reserve(service, "a", limits, tenant_limits, prompt=40, max_output=60, usd=0.05)
     second = reserve(service, "b", limits, tenant_limits, prompt=40, max_output=60, usd=0.05)
     assert service.settle(first, 30, 10, 0.0123454)  # refund
     assert service.settle(second, 50, 60, 0.06)  # the prompt estimate was low: charge the excess
-    assert used(service, "key#k1", "requests_per_minute") == 2
-    assert used(service, "key#k1", "tokens_per_minute") == 40 + 110
-    assert used(service, "tenant#acme", "usd_per_day") == 12346 + 60_000
+    assert used(table, "key#k1", "requests_per_minute") == 2
+    assert used(table, "key#k1", "tokens_per_minute") == 40 + 110
+    assert used(table, "tenant#acme", "usd_per_day") == 12346 + 60_000
 
 
-def test_settle_is_exactly_once(service, ledger):
+def test_settle_is_exactly_once(service, ledger, table):
     limits = {"tokens_per_minute": 1000}
     reservation = reserve(service, "a", limits)
     assert service.settle(reservation, 10, 10, 0) is True
@@ -294,7 +300,7 @@ def test_settle_is_exactly_once(service, ledger):
 
     copy = replace(reservation, settled=False)
     assert service.settle(copy, 1, 1, 0) is False
-    assert used(service, "key#k1", "tokens_per_minute") == 20
+    assert used(table, "key#k1", "tokens_per_minute") == 20
     assert ledger.get_reservation("a")["usage"] == {
         "prompt_tokens": 10,
         "completion_tokens": 10,
@@ -302,7 +308,7 @@ def test_settle_is_exactly_once(service, ledger):
     }
 
 
-def test_concurrent_settles_of_one_reservation_apply_once(service):
+def test_concurrent_settles_of_one_reservation_apply_once(service, table):
     reservation = reserve(service, "a", {"tokens_per_minute": 1000})
     results = []
     threads = [threading.Thread(target=lambda: results.append(service.settle(reservation, 1, 2, 0))) for _ in range(8)]
@@ -311,18 +317,18 @@ def test_concurrent_settles_of_one_reservation_apply_once(service):
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
-    assert used(service, "key#k1", "tokens_per_minute") == 3
+    assert used(table, "key#k1", "tokens_per_minute") == 3
 
 
-def test_settle_after_rollover_hits_the_reserved_window(service, clock):
+def test_settle_after_rollover_hits_the_reserved_window(service, clock, table):
     limits = {"tokens_per_minute": 1000, "tokens_per_day": 5000}
     reserved_at = clock.now
     reservation = reserve(service, "a", limits)
     clock.now += 120  # two minutes later (e.g. a long stream)
     assert service.settle(reservation, 10, 5, 0)
-    assert used(service, "key#k1", "tokens_per_minute", at=reserved_at) == 15
-    assert used(service, "key#k1", "tokens_per_minute") == 0  # the current window is untouched
-    assert used(service, "key#k1", "tokens_per_day") == 15
+    assert used(table, "key#k1", "tokens_per_minute", at=reserved_at) == 15
+    assert used(table, "key#k1", "tokens_per_minute") == 0  # the current window is untouched
+    assert used(table, "key#k1", "tokens_per_day") == 15
 
 
 def test_settle_rejects_negative_usage(service):
@@ -340,19 +346,19 @@ def test_no_limits_means_no_ledger_calls(service, ledger):
     assert ledger.calls == {"reserve": 0, "settle": 0}
 
 
-def test_request_id_reuse_is_refused(service):
+def test_request_id_reuse_is_refused(service, table):
     from quotagate.quota import ReservationExists
 
     reserve(service, "a", {"tokens_per_minute": 1000})
     with pytest.raises(ReservationExists):
         reserve(service, "a", {"tokens_per_minute": 1000})
-    assert used(service, "key#k1", "tokens_per_minute") == 100
+    assert used(table, "key#k1", "tokens_per_minute") == 100
 
 
 # ---- the overshoot-proof property -----------------------------------------------------------------
 
 
-def test_random_sequences_never_overshoot_and_admit_exactly_what_fits(service, clock):
+def test_random_sequences_never_overshoot_and_admit_exactly_what_fits(service, clock, table):
     rng = random.Random(7)
     limits = {"tokens_per_minute": 5000, "requests_per_minute": 40}
     tenant_limits = {"usd_per_day": 0.2}
@@ -380,11 +386,11 @@ def test_random_sequences_never_overshoot_and_admit_exactly_what_fits(service, c
             service.settle(reservation, actual_prompt, actual_out, actual_usd)
             expected_tokens += actual_prompt + actual_out - prompt - max_output
             expected_micros += round(actual_usd * 1e6) - round(usd * 1e6)
-        assert used(service, "key#k1", "tokens_per_minute") == expected_tokens <= 5000
-        assert used(service, "tenant#acme", "usd_per_day") == expected_micros <= 200_000
+        assert used(table, "key#k1", "tokens_per_minute") == expected_tokens <= 5000
+        assert used(table, "tenant#acme", "usd_per_day") == expected_micros <= 200_000
 
 
-def test_threads_on_the_in_memory_ledger_admit_exactly_the_limit(service):
+def test_threads_on_the_in_memory_ledger_admit_exactly_the_limit(service, table):
     admitted, rejected = [], []
     barrier = threading.Barrier(40)
 
@@ -401,7 +407,7 @@ def test_threads_on_the_in_memory_ledger_admit_exactly_the_limit(service):
     for thread in threads:
         thread.join()
     assert len(admitted) == 10 and rejected == [429] * 30
-    assert used(service, "key#k1", "tokens_per_minute") == 1000
+    assert used(table, "key#k1", "tokens_per_minute") == 1000
 
 
 # ---- 429 headers: the refusing window, no retry for budgets, jittered retry-after --------------------

@@ -121,15 +121,9 @@ class QuotaLedger(Protocol):
         (a window lacks room, or the reservation is settled). Raises LedgerBusy when unsure."""
         ...
 
-    def get_used(self, pk: str, sk: str) -> int:
-        """Current ``used`` of a window item (0 if absent). For tests, the CLI, diagnostics."""
-        ...
-
     def read_used(self, charges: Sequence[WindowCharge]) -> list[int | None]:
         """``used`` of each charge's window item now (None: unknown), best effort, for headers."""
         ...
-
-    def get_reservation(self, request_id: str) -> dict[str, Any] | None: ...
 
 
 def check_charges(charges: Sequence[WindowCharge]) -> list[WindowCharge]:
@@ -277,6 +271,7 @@ class InMemoryQuotaLedger:
                 totals[unit] = totals.get(unit, 0) + n
             return True
 
+    # Inspection of the fake (tests read what a DynamoDB table would hold; see tests/quota_table.py).
     def get_used(self, pk: str, sk: str) -> int:
         with self._lock:
             return self._used.get((pk, sk), 0)
@@ -723,25 +718,6 @@ class DynamoQuotaLedger:
 
     # ---- reads -----------------------------------------------------------------------------------
 
-    def get_used(self, pk: str, sk: str) -> int:
-        item = self._client.get_item(
-            TableName=self.table_name, Key={"pk": _s(pk), "sk": _s(sk)}, ConsistentRead=True
-        ).get("Item")
-        return _int_attr(item, "used") or 0
-
-    def get_reservation(self, request_id: str) -> dict[str, Any] | None:
-        from boto3.dynamodb.types import TypeDeserializer
-
-        item = self._client.get_item(
-            TableName=self.table_name,
-            Key={"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
-            ConsistentRead=True,
-        ).get("Item")
-        if not item:
-            return None
-        deserializer = TypeDeserializer()
-        return {name: _plain(deserializer.deserialize(value)) for name, value in item.items()}
-
     @staticmethod
     def _backoff_delay(attempt: int) -> float:
         return random.uniform(0, min(0.25, 0.02 * 2**attempt))
@@ -761,15 +737,3 @@ def _charge_to_attr(charge: WindowCharge) -> dict[str, Any]:
 
 def _adjustment_to_attr(charge: WindowCharge, delta: int) -> dict[str, Any]:
     return {"M": {"pk": _s(charge.pk), "sk": _s(charge.sk), "delta": _n(delta)}}
-
-
-def _plain(value: Any) -> Any:
-    from decimal import Decimal
-
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

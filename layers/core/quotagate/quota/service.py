@@ -39,8 +39,6 @@ from quotagate.quota.windows import (
     make_charge,
     retry_after_seconds,
     usd_to_micros_ceil,
-    window_bounds,
-    window_sk,
 )
 from quotagate.usage import record as usage_record
 
@@ -395,10 +393,3 @@ class QuotaService:
         charges = reservation.charges  # one snapshot: a top-up may replace the tuple meanwhile
         used = self._ledger.read_used(charges)
         reservation.usages = tuple(WindowUsage(c, u) for c, u in zip(charges, used, strict=True))
-
-    def usage_of(self, pk: str, limit_name: str, at: float | None = None) -> int:
-        """``used`` of the window of ``limit_name`` containing ``at`` (default: now) for a scope
-        pk such as ``key#<key_id>`` or ``tenant#<tenant>``."""
-        _, period = WINDOW_LIMITS[limit_name]
-        start, _ = window_bounds(period, self._clock() if at is None else at)
-        return self._ledger.get_used(pk, window_sk(limit_name, start))
