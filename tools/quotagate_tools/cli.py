@@ -36,6 +36,7 @@ import uuid
 from typing import Any
 
 from quotagate_tools import cli_providers, cli_usage
+from quotagate_tools.cli_errors import CliError
 
 FUNCTION_ENV = "QUOTAGATE_KEYS_FUNCTION"
 DEFAULT_STACK = "Quotagate"
@@ -43,13 +44,6 @@ STACK_OUTPUT = "KeysFunctionName"
 LOCAL_FUNCTION_NAME = "quotagate-keys"  # what the local gateway's Invoke API serves
 DEFAULT_LOCAL_REGION = "us-east-1"
 _DUMMY_CREDENTIALS = {"aws_access_key_id": "quotagate-local", "aws_secret_access_key": "quotagate-local"}
-
-
-class CliError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # ------------------------------------------------------------------------------------------ parsing

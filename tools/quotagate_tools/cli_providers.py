@@ -17,13 +17,7 @@ from typing import Any
 
 from quotagate.config import DEFAULT_CONFIG_FILE
 from quotagate.provider_secrets import ProviderKeyError, clean_key
-
-
-class ProvidersCliError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+from quotagate_tools.cli_errors import CliError
 
 
 def add_parser(commands: Any) -> None:
@@ -54,13 +48,13 @@ def secret_name(args: argparse.Namespace) -> str:
     try:
         config = parse_config(json.loads(Path(args.config_file).read_text()))
     except (OSError, ValueError, ConfigError) as error:
-        raise ProvidersCliError("bad_config", f"cannot read {args.config_file}: {error}") from error
+        raise CliError("bad_config", f"cannot read {args.config_file}: {error}") from error
     provider = config.providers.get(args.provider)
     if provider is None:
         known = ", ".join(sorted(config.providers))
-        raise ProvidersCliError("unknown_provider", f"unknown provider '{args.provider}' (known: {known})")
+        raise CliError("unknown_provider", f"unknown provider '{args.provider}' (known: {known})")
     if not provider.api_key_secret:
-        raise ProvidersCliError(
+        raise CliError(
             "no_secret", f"provider '{args.provider}' uses no API key (no api_key_secret in the configuration)"
         )
     return provider.api_key_secret
@@ -75,7 +69,7 @@ def set_key(args: argparse.Namespace, stdin: Any) -> dict[str, str]:
     try:
         key = clean_key(stdin.read())
     except ProviderKeyError as error:
-        raise ProvidersCliError("bad_key", str(error)) from None
+        raise CliError("bad_key", str(error)) from None
     client_args: dict[str, Any] = {"config": Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3})}
     if args.endpoint_url:
         client_args["endpoint_url"] = args.endpoint_url
@@ -87,22 +81,22 @@ def set_key(args: argparse.Namespace, stdin: Any) -> dict[str, str]:
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code == "ResourceNotFoundException":
-            raise ProvidersCliError(
+            raise CliError(
                 "secret_not_found",
                 f"secret '{name}' does not exist: deploy the stack first (it creates one secret per "
                 "configured provider), or name another with --secret-name",
             ) from None
         # The error's own message may quote the request: only its code is shown.
-        raise ProvidersCliError("put_failed", f"writing secret '{name}' failed ({code or 'error'})") from None
+        raise CliError("put_failed", f"writing secret '{name}' failed ({code or 'error'})") from None
     except BotoCoreError as error:
-        raise ProvidersCliError("put_failed", f"writing secret '{name}' failed ({type(error).__name__})") from None
+        raise CliError("put_failed", f"writing secret '{name}' failed ({type(error).__name__})") from None
     return {"provider": args.provider, "secret": name, "status": "set"}
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         result = set_key(args, sys.stdin)
-    except ProvidersCliError as error:
+    except CliError as error:
         print(json.dumps({"error": {"code": error.code, "message": error.message}}), file=sys.stderr)
         return 1
     print(json.dumps(result))

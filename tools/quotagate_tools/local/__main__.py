@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     moto_url, _stop_moto = start_moto_server()
     _isolate_from_aws(moto_url)
 
-    from quotagate_tools.mock.server import MockSettings, run_in_thread
+    from quotagate_tools.mock.server import run_in_thread
+    from quotagate_tools.mock.settings import MockSettings
 
     mock_settings = MockSettings() if args.token_delay is None else MockSettings(token_delay=args.token_delay)
     mock_url, _stop_mock = run_in_thread(mock_settings)

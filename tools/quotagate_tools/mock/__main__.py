@@ -7,14 +7,8 @@ import logging
 import sys
 
 from quotagate_tools.mock.faults import FaultSpecError, parse_fault_spec
-from quotagate_tools.mock.server import (
-    DEFAULT_MODELS,
-    DEFAULT_REPLY_TOKENS,
-    DEFAULT_TOKEN_DELAY,
-    MockSettings,
-    bind_socket,
-    create_app,
-)
+from quotagate_tools.mock.server import bind_socket, create_app
+from quotagate_tools.mock.settings import DEFAULT_MODELS, DEFAULT_REPLY_TOKENS, DEFAULT_TOKEN_DELAY, MockSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,7 @@ suffix ``@...``, the ``x-mock-fault`` header, the ``mock_fault`` body field, plu
 (``code=S`` overrides the error ``type``; 429/503/529 carry ``retry-after``); ``drop_after=N`` cuts
 the stream after ``message_start``, the first ``content_block_start``, ``ping`` and N deltas;
 ``omit_usage`` leaves the ``usage`` objects out of ``message_start``, ``message_delta`` and the
-non-stream body. The shared :class:`~quotagate_tools.mock.server.MockStats` counters are updated exactly
+non-stream body. The shared :class:`~quotagate_tools.mock.stats.MockStats` counters are updated exactly
 as for chat completions (``chat_requests`` counts POSTs to ``/v1/messages``).
 """
 
@@ -70,21 +70,12 @@ from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
 from quotagate_tools.mock import billing, structured, vocab
+from quotagate_tools.mock.exchange import Exchange, PlanStream, Rejection, StreamCut, json_bytes
 from quotagate_tools.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
-from quotagate_tools.mock.server import (
-    MockSettings,
-    StreamCut,
-    _dumps,
-    _Exchange,
-    _is_int,
-    _PlanStream,
-    _read_json,
-    _Reject,
-    _Rejection,
-    _reply_pace,
-    _request_fault,
-    _Ticket,
-)
+from quotagate_tools.mock.openai_errors import OpenAIError, read_json
+from quotagate_tools.mock.request_options import is_int, reply_pace, request_fault
+from quotagate_tools.mock.settings import MockSettings
+from quotagate_tools.mock.stats import Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 
@@ -127,7 +118,7 @@ def error_type_for(status: int) -> str:
     return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
-class _AnthropicReject(_Rejection):
+class _AnthropicReject(Rejection):
     def __init__(
         self, status: int, message: str, type_: str | None = None, headers: dict[str, str] | None = None
     ) -> None:
@@ -138,7 +129,7 @@ class _AnthropicReject(_Rejection):
         self.headers = headers or {}
 
     @classmethod
-    def from_reject(cls, rejection: _Reject) -> _AnthropicReject:
+    def from_reject(cls, rejection: OpenAIError) -> _AnthropicReject:
         return cls(rejection.status, rejection.message, headers=rejection.headers)
 
     def response(self) -> JSONResponse:
@@ -282,16 +273,27 @@ def _validate_content(content: Any, where: str) -> None:
             raise _bad(f"{where}.{i}: text content blocks must be non-empty")
 
 
-def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12)
+def _validate(body: dict[str, Any]) -> None:
     """The request checks Anthropic makes that matter here (400 ``invalid_request_error``)."""
+    _validate_model(body)
+    _validate_messages(body)
+    _validate_options(body)
+    _validate_tools(body)
+    _validate_sampling(body)
+
+
+def _validate_model(body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not split_model(model)[0].strip():
         raise _bad("model: Field required")
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise _bad("max_tokens: Field required")
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise _bad("max_tokens: Input should be a positive integer")
+
+
+def _validate_messages(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages: at least one message is required")
@@ -302,6 +304,10 @@ def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12
     system = body.get("system")
     if system is not None:
         _validate_content(system, "system")
+
+
+def _validate_options(body: dict[str, Any]) -> None:
+    """stop_sequences and stream."""
     stop_sequences = body.get("stop_sequences")
     if stop_sequences is not None and (
         not isinstance(stop_sequences, list) or not all(isinstance(s, str) and s.strip() for s in stop_sequences)
@@ -310,6 +316,16 @@ def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("stream: Input should be a valid boolean")
+
+
+def _validate_sampling(body: dict[str, Any]) -> None:
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise _bad(f"{name}: Input should be a number from 0 to 1")
+
+
+def _validate_tools(body: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or not all(
@@ -325,16 +341,12 @@ def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12
             names = [t["name"] for t in tools or []]
             if tool_choice.get("name") not in names:
                 raise _bad(f"tool_choice: tool {tool_choice.get('name')!r} not found in tools")
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
-            raise _bad(f"{name}: Input should be a number from 0 to 1")
 
 
 def _fault(request: Request, body: dict[str, Any], settings: MockSettings) -> FaultSpec:
     try:
-        return _request_fault(settings, split_model(body["model"])[1], request.headers.get(FAULT_HEADER), body)
-    except _Reject as rejection:
+        return request_fault(settings, split_model(body["model"])[1], request.headers.get(FAULT_HEADER), body)
+    except OpenAIError as rejection:
         raise _AnthropicReject.from_reject(rejection) from None
 
 
@@ -403,7 +415,7 @@ def _cut_at_stop_sequence(pieces: list[str], stop_sequences: list[str]) -> tuple
 def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _MessagesPlan:
     _validate(body)
     fault = _fault(request, body, settings)
-    length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _bad(f"{field}: {problem}"))
+    length, token_delay = reply_pace(body, settings, fault, lambda field, problem: _bad(f"{field}: {problem}"))
     limit: int = MAX_TOKENS if fault.cap_field == "none" else body["max_tokens"]
     convo = conversation(body)
     messages: list[dict[str, Any]] = body["messages"]
@@ -483,10 +495,10 @@ def _message_body(plan: _MessagesPlan) -> dict[str, Any]:
 
 
 def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event) + b"\n\n"
+    return b"event: " + event["type"].encode() + b"\ndata: " + json_bytes(event) + b"\n\n"
 
 
-class _MessagesStream(_PlanStream[_MessagesPlan]):
+class _MessagesStream(PlanStream[_MessagesPlan]):
     """Anthropic SSE events."""
 
     async def _events(self) -> AsyncIterator[bytes]:
@@ -550,12 +562,12 @@ async def _read_body(request: Request, settings: MockSettings) -> dict[str, Any]
     """The JSON body of a request with valid Anthropic headers."""
     _check_headers(request, settings)
     try:
-        return await _read_json(request)
-    except _Reject as rejection:
+        return await read_json(request)
+    except OpenAIError as rejection:
         raise _AnthropicReject.from_reject(rejection) from None
 
 
-class _MessagesExchange(_Exchange[_MessagesPlan]):
+class _MessagesExchange(Exchange[_MessagesPlan]):
     rejection = _AnthropicReject
 
     async def prepare(self) -> _MessagesPlan:
@@ -571,11 +583,11 @@ class _MessagesExchange(_Exchange[_MessagesPlan]):
         injected.headers.update(headers)
         return injected.response()
 
-    def stream(self, plan: _MessagesPlan, ticket: _Ticket, headers: dict[str, str]) -> Response:
+    def stream(self, plan: _MessagesPlan, ticket: Ticket, headers: dict[str, str]) -> Response:
         return _MessagesStream(plan, ticket, {**headers, "cache-control": "no-cache"})
 
     def body(self, plan: _MessagesPlan, *, cut: bool) -> bytes:
-        return _dumps(_message_body(plan))
+        return json_bytes(_message_body(plan))
 
 
 async def messages(request: Request) -> Response:

@@ -53,7 +53,7 @@ deltas (non-stream: half a body); ``omit_usage`` drops the ``metadata`` event an
 of the Converse response; ``token_delay``; ``tokens``. ``mock_reply_tokens`` / ``mock_token_delay``
 body fields work as on the OpenAI routes (boto3 cannot send body extras; raw HTTP clients can).
 
-Statistics go to the app's shared :class:`~quotagate_tools.mock.server.MockStats` (``chat_requests``,
+Statistics go to the app's shared :class:`~quotagate_tools.mock.stats.MockStats` (``chat_requests``,
 ``completed``, ``streams_cut``, ``client_disconnects``, ``error_responses``, ``in_flight``,
 ``prompt_tokens``/``completion_tokens``).
 """
@@ -79,20 +79,11 @@ from quotagate import tokens
 from quotagate_tools.mock import billing, structured, vocab
 from quotagate_tools.mock.eventstream import CONTENT_TYPE as EVENTSTREAM_CONTENT_TYPE
 from quotagate_tools.mock.eventstream import encode_event
+from quotagate_tools.mock.exchange import Exchange, PlanStream, Rejection, StreamCut, json_bytes
 from quotagate_tools.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
-from quotagate_tools.mock.server import (
-    MockSettings,
-    StreamCut,
-    _dumps,
-    _Exchange,
-    _is_int,
-    _is_number,
-    _PlanStream,
-    _Rejection,
-    _reply_pace,
-    _request_fault,
-    _Ticket,
-)
+from quotagate_tools.mock.request_options import is_int, is_number, reply_pace, request_fault
+from quotagate_tools.mock.settings import MockSettings
+from quotagate_tools.mock.stats import Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 
@@ -129,7 +120,7 @@ _CHOICES = ("auto", "any", "tool")
 _MEDIA_BLOCKS = ("image", "document", "video", "audio")
 
 
-class BedrockReject(_Rejection):
+class BedrockReject(Rejection):
     """A Bedrock-shaped error response: ``x-amzn-ErrorType`` header and ``{"message": ...}``."""
 
     def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
@@ -307,8 +298,22 @@ class ConversePlan:
         return blocks
 
 
-def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12)
+def _validate(body: dict[str, Any]) -> None:
     """The checks Bedrock makes that a translating client can get wrong."""
+    uses_tools = _validate_messages(body)
+    system = body.get("system")
+    if system is not None and (not isinstance(system, list) or not all(isinstance(b, dict) for b in system)):
+        raise _invalid("system: must be a list of system content blocks.")
+    _validate_inference_config(body.get("inferenceConfig"))
+    tool_config = body.get("toolConfig")
+    if tool_config is not None:
+        _validate_tool_config(tool_config)
+    elif uses_tools:
+        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+
+
+def _validate_messages(body: dict[str, Any]) -> bool:
+    """Check the messages; True if they carry toolUse or toolResult blocks."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("The messages field is required and must contain at least one message.")
@@ -316,19 +321,7 @@ def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             raise _invalid(f"messages.{i}.role: the role must be user or assistant.")
-        content = message.get("content")
-        if not isinstance(content, list) or not content:
-            raise _invalid(f"messages.{i}.content: a message must contain at least one content block.")
-        for j, block in enumerate(content):
-            if not isinstance(block, dict) or len(block) != 1:
-                raise _invalid(f"messages.{i}.content.{j}: a content block must have exactly one member.")
-            if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
-                raise _invalid(
-                    f"The text field in the ContentBlock object at messages.{i}.content.{j} "
-                    "is blank. Add text to the text field, and try again."
-                )
-            if "toolUse" in block or "toolResult" in block:
-                uses_tools = True
+        uses_tools = _validate_blocks(message.get("content"), i) or uses_tools
         if i == 0 and message["role"] != "user":
             raise _invalid(
                 "A conversation must start with a user message. "
@@ -339,49 +332,67 @@ def _validate(body: dict[str, Any]) -> None:  # noqa: C901 -- to split (issue 12
                 "A conversation must alternate between user and assistant roles. Make sure the "
                 "conversation alternates between user and assistant roles and try again."
             )
-    system = body.get("system")
-    if system is not None and (not isinstance(system, list) or not all(isinstance(b, dict) for b in system)):
-        raise _invalid("system: must be a list of system content blocks.")
-    config = body.get("inferenceConfig")
-    if config is not None:
-        if not isinstance(config, dict):
-            raise _invalid("inferenceConfig: must be an object.")
-        max_tokens = config.get("maxTokens")
-        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-            raise _invalid("inferenceConfig.maxTokens: must be an integer of at least 1.")
-        for name in ("temperature", "topP"):
-            value = config.get(name)
-            if value is not None and (not _is_number(value) or not 0 <= value <= 1):
-                raise _invalid(f"inferenceConfig.{name}: must be a number from 0 to 1.")
-        stops = config.get("stopSequences")
-        if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
-            raise _invalid("inferenceConfig.stopSequences: must be a list of non-empty strings.")
-    tool_config = body.get("toolConfig")
-    if tool_config is not None:
-        tools = tool_config.get("tools") if isinstance(tool_config, dict) else None
-        if not isinstance(tool_config, dict) or not isinstance(tools, list) or not tools:
-            raise _invalid("toolConfig.tools: must be a non-empty list.")
-        names = []
-        for k, tool in enumerate(tools):
-            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
-            if (
-                not isinstance(spec, dict)
-                or not isinstance(spec.get("name"), str)
-                or not spec["name"]
-                or not isinstance(spec.get("inputSchema"), dict)
-                or "json" not in spec["inputSchema"]
-            ):
-                raise _invalid(f"toolConfig.tools.{k}: a toolSpec needs a name and an inputSchema.json.")
-            names.append(spec["name"])
-        choice = tool_config.get("toolChoice")
-        if choice is not None:
-            if not isinstance(choice, dict) or len(choice) != 1 or next(iter(choice)) not in _CHOICES:
-                raise _invalid("toolConfig.toolChoice: must be one of auto, any or tool.")
-            named = choice.get("tool")
-            if "tool" in choice and (not isinstance(named, dict) or named.get("name") not in names):
-                raise _invalid("toolConfig.toolChoice.tool.name: must name one of the tools.")
-    elif uses_tools:
-        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    return uses_tools
+
+
+def _validate_blocks(content: Any, i: int) -> bool:
+    """Check message ``i``'s content blocks; True if one is a toolUse or toolResult."""
+    if not isinstance(content, list) or not content:
+        raise _invalid(f"messages.{i}.content: a message must contain at least one content block.")
+    uses_tools = False
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or len(block) != 1:
+            raise _invalid(f"messages.{i}.content.{j}: a content block must have exactly one member.")
+        if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
+            raise _invalid(
+                f"The text field in the ContentBlock object at messages.{i}.content.{j} "
+                "is blank. Add text to the text field, and try again."
+            )
+        if "toolUse" in block or "toolResult" in block:
+            uses_tools = True
+    return uses_tools
+
+
+def _validate_inference_config(config: Any) -> None:
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise _invalid("inferenceConfig: must be an object.")
+    max_tokens = config.get("maxTokens")
+    if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 1):
+        raise _invalid("inferenceConfig.maxTokens: must be an integer of at least 1.")
+    for name in ("temperature", "topP"):
+        value = config.get(name)
+        if value is not None and (not is_number(value) or not 0 <= value <= 1):
+            raise _invalid(f"inferenceConfig.{name}: must be a number from 0 to 1.")
+    stops = config.get("stopSequences")
+    if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
+        raise _invalid("inferenceConfig.stopSequences: must be a list of non-empty strings.")
+
+
+def _validate_tool_config(tool_config: Any) -> None:
+    tools = tool_config.get("tools") if isinstance(tool_config, dict) else None
+    if not isinstance(tool_config, dict) or not isinstance(tools, list) or not tools:
+        raise _invalid("toolConfig.tools: must be a non-empty list.")
+    names = []
+    for k, tool in enumerate(tools):
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("name"), str)
+            or not spec["name"]
+            or not isinstance(spec.get("inputSchema"), dict)
+            or "json" not in spec["inputSchema"]
+        ):
+            raise _invalid(f"toolConfig.tools.{k}: a toolSpec needs a name and an inputSchema.json.")
+        names.append(spec["name"])
+    choice = tool_config.get("toolChoice")
+    if choice is not None:
+        if not isinstance(choice, dict) or len(choice) != 1 or next(iter(choice)) not in _CHOICES:
+            raise _invalid("toolConfig.toolChoice: must be one of auto, any or tool.")
+        named = choice.get("tool")
+        if "tool" in choice and (not isinstance(named, dict) or named.get("name") not in names):
+            raise _invalid("toolConfig.toolChoice.tool.name: must name one of the tools.")
 
 
 def _parse_fault(source: Any, where: str) -> FaultSpec:
@@ -409,14 +420,14 @@ def plan_converse(
     base_model, model_fault = split_model(model_id)
     if not base_model:
         raise _invalid("The provided model identifier is invalid.")
-    fault = _request_fault(settings, model_fault, header_fault, body, _parse_fault, "modelId")
+    fault = request_fault(settings, model_fault, header_fault, body, _parse_fault, "modelId")
     if fault.status is not None:
         # An injected error does not depend on the body being valid (like the real service's
         # throttling, which comes before validation).
         return ConversePlan(base_model, stream, 0, [], 0, "end_turn", settings.token_delay, fault)
     _validate(body)
 
-    length, token_delay = _reply_pace(body, settings, fault, lambda field, problem: _invalid(f"{field}: {problem}."))
+    length, token_delay = reply_pace(body, settings, fault, lambda field, problem: _invalid(f"{field}: {problem}."))
 
     config = body.get("inferenceConfig") or {}
     limit = None if fault.cap_field == "none" else config.get("maxTokens")
@@ -504,12 +515,12 @@ def converse_response(plan: ConversePlan, latency_ms: int = 0) -> dict[str, Any]
     return body
 
 
-class _ConverseStream(_PlanStream[ConversePlan]):
+class _ConverseStream(PlanStream[ConversePlan]):
     """ConverseStream events, one event-stream frame each."""
 
     media_type = EVENTSTREAM_CONTENT_TYPE
 
-    def __init__(self, plan: ConversePlan, ticket: _Ticket, headers: dict[str, str]) -> None:
+    def __init__(self, plan: ConversePlan, ticket: Ticket, headers: dict[str, str]) -> None:
         self._started = time.monotonic()
         super().__init__(plan, ticket, headers)
 
@@ -553,7 +564,7 @@ class _ConverseStream(_PlanStream[ConversePlan]):
         self._outcome = "completed"
 
 
-class _ConverseExchange(_Exchange[ConversePlan]):
+class _ConverseExchange(Exchange[ConversePlan]):
     rejection = BedrockReject
 
     def __init__(self, request: Request, stream: bool) -> None:
@@ -576,12 +587,12 @@ class _ConverseExchange(_Exchange[ConversePlan]):
     def injected(self, fault: FaultSpec, headers: dict[str, str]) -> Response:
         return injected_error(fault).response()  # with a request id of its own
 
-    def stream(self, plan: ConversePlan, ticket: _Ticket, headers: dict[str, str]) -> Response:
+    def stream(self, plan: ConversePlan, ticket: Ticket, headers: dict[str, str]) -> Response:
         return _ConverseStream(plan, ticket, headers)
 
     def body(self, plan: ConversePlan, *, cut: bool) -> bytes:
         latency = 0 if cut else int((time.monotonic() - self.started) * 1000)
-        return _dumps(converse_response(plan, latency))
+        return json_bytes(converse_response(plan, latency))
 
 
 async def converse(request: Request) -> Response:

@@ -40,7 +40,10 @@ def _json(value: Any) -> str:
 
 
 def wav_seconds(data: bytes) -> float | None:
-    """Duration of RIFF/WAVE bytes from the ``fmt`` byte rate and the ``data`` chunk size."""
+    """Duration of RIFF/WAVE bytes from the ``fmt`` byte rate and the ``data`` chunk size.
+
+    Written again on purpose (quotagate.logic.estimate has its own): the mock is the provider the
+    gateway's estimate is checked against, so it must not share the estimate's parsing."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     offset, byte_rate, data_size = 12, None, None

@@ -19,17 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from quotagate import tokens
+from quotagate_tools.mock.exchange import sleep_or_disconnect
 from quotagate_tools.mock.faults import FAULT_HEADER, split_model
-from quotagate_tools.mock.server import (
-    MockSettings,
-    MockStats,
-    _check_auth,
-    _injected_error,
-    _read_json,
-    _Reject,
-    _request_fault,
-    _sleep_or_disconnect,
-)
+from quotagate_tools.mock.openai_errors import OpenAIError, check_auth, injected_error, read_json
+from quotagate_tools.mock.request_options import request_fault
+from quotagate_tools.mock.settings import MockSettings
+from quotagate_tools.mock.stats import MockStats
 
 DEFAULT_DIMENSIONS = 16
 MAX_DIMENSIONS = 4096
@@ -48,7 +43,7 @@ def vector(text: str, dimensions: int) -> list[float]:
 
 
 def _inputs(value: Any) -> list[tuple[str, int]]:
-    """(text used for the vector, token count) per input; raises _Reject on a bad shape."""
+    """(text used for the vector, token count) per input; raises OpenAIError on a bad shape."""
     if isinstance(value, str):
         return [(value, tokens.count_text(value))]
     if isinstance(value, list) and value:
@@ -61,9 +56,9 @@ def _inputs(value: Any) -> list[tuple[str, int]]:
             elif isinstance(item, list) and item and all(isinstance(v, int) for v in item):
                 out.append((str(item), len(item)))
             else:
-                raise _Reject(400, "'input' items must be strings or arrays of token ids.", param="input")
+                raise OpenAIError(400, "'input' items must be strings or arrays of token ids.", param="input")
         return out
-    raise _Reject(400, "'input' must be a non-empty string or array.", param="input")
+    raise OpenAIError(400, "'input' must be a non-empty string or array.", param="input")
 
 
 async def embeddings(request: Request) -> Response:
@@ -71,27 +66,27 @@ async def embeddings(request: Request) -> Response:
     stats: MockStats = request.app.state.stats
     ticket = stats.begin()
     try:
-        _check_auth(request, settings)
-        body = await _read_json(request)
-        stats._record({"model": body.get("model"), "endpoint": "embeddings", "body": body})
+        check_auth(request, settings)
+        body = await read_json(request)
+        stats.record({"model": body.get("model"), "endpoint": "embeddings", "body": body})
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _Reject(400, "'model' is required.", param="model")
+            raise OpenAIError(400, "'model' is required.", param="model")
         base_model, model_fault = split_model(model)
-        fault = _request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
+        fault = request_fault(settings, model_fault, request.headers.get(FAULT_HEADER), body)
         inputs = _inputs(body.get("input"))
         dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:
-            raise _Reject(400, f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}.", param="dimensions")
+            raise OpenAIError(400, f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}.", param="dimensions")
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
-            raise _Reject(400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
-        if fault.delay_first_byte and await _sleep_or_disconnect(request, fault.delay_first_byte):
+            raise OpenAIError(400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+        if fault.delay_first_byte and await sleep_or_disconnect(request, fault.delay_first_byte):
             ticket.finish("disconnect")
             return Response(status_code=499)
         if fault.status is not None:
-            raise _injected_error(fault)
-    except _Reject as rejection:
+            raise injected_error(fault)
+    except OpenAIError as rejection:
         ticket.finish("error")
         return rejection.response()
     data = []

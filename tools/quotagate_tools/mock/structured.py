@@ -46,7 +46,7 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return target if isinstance(target, dict) else {}
 
 
-def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = None, depth: int = 0) -> Any:  # noqa: C901 -- to split (issue 12)
+def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = None, depth: int = 0) -> Any:
     """A deterministic value that ``schema`` accepts."""
     if not isinstance(schema, dict):
         return vocab.WORDS[seed % len(vocab.WORDS)]
@@ -56,21 +56,15 @@ def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = N
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][seed % len(schema["enum"])]
-    for key in ("anyOf", "oneOf"):
-        branches = schema.get(key)
-        if isinstance(branches, list) and branches:
-            usable = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")] or branches
-            return value_for_schema(usable[0], seed, root, depth + 1)
+    branch = _first_branch(schema)
+    if branch is not None:
+        return value_for_schema(branch, seed, root, depth + 1)
     if isinstance(schema.get("allOf"), list) and schema["allOf"]:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged.update(_resolve(part, root) if isinstance(part, dict) else {})
         return value_for_schema({**merged, **{k: v for k, v in schema.items() if k != "allOf"}}, seed, root, depth)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    kind = _kind(schema)
     if depth >= MAX_DEPTH:
         return {"object": {}, "array": []}.get(kind)
     if kind == "object":
@@ -81,6 +75,30 @@ def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = N
     if kind == "array":
         count = max(1, schema.get("minItems") if isinstance(schema.get("minItems"), int) else 1)
         return [value_for_schema(schema.get("items"), seed + i, root, depth + 1) for i in range(count)]
+    return _scalar(kind, schema, seed)
+
+
+def _first_branch(schema: dict[str, Any]) -> Any:
+    """The first non-null branch of an ``anyOf`` / ``oneOf`` (None without one)."""
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            usable = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")] or branches
+            return usable[0]
+    return None
+
+
+def _kind(schema: dict[str, Any]) -> Any:
+    """The schema's type (the first non-null one of a list; guessed from its keywords when absent)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    return kind
+
+
+def _scalar(kind: Any, schema: dict[str, Any], seed: int) -> Any:
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
         high = schema.get("maximum", schema.get("exclusiveMaximum"))
@@ -92,7 +110,7 @@ def value_for_schema(schema: Any, seed: int = 0, root: dict[str, Any] | None = N
         return seed % 2 == 0
     if kind == "null":
         return None
-    formats = {
+    formats: dict[Any, str] = {
         "date": "2026-01-15",
         "date-time": "2026-01-15T10:30:00Z",
         "email": "ada@example.com",
