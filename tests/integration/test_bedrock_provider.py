@@ -204,6 +204,8 @@ def test_stream_text_and_usage(provider, stats):
         "completion_tokens": plan.output_tokens,
         "total_tokens": plan.input_tokens + plan.output_tokens,
     }
+    # The server counts a stream once its last frame is out: a moment after the client has read it.
+    assert stats.wait_for(lambda counts: counts["in_flight"] == 0)
     snapshot = stats.snapshot()
     assert (snapshot["prompt_tokens"], snapshot["completion_tokens"]) == (
         usage["prompt_tokens"],
