@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 
 from quotagate import config, key_derivation, tables
+from tests.helpers import FakeClock
 
 TEST_CONFIG = {
     "default_plan": "free",
@@ -53,20 +54,6 @@ TEST_CONFIG = {
         "pro": {"limits": {}, "models": "*", "default_max_tokens": 64},
     },
 }
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when a test says so (starts at the real time, so records
-    written with the real clock, such as a rotation's grace deadline, compare sensibly)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

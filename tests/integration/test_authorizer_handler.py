@@ -19,6 +19,7 @@ from functions.authorizer import handler
 from quotagate import apikeys, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore, KeyRecord
 from quotagate.logic.exceptions import AuthUnavailable
+from tests.helpers import FakeLambdaContext
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -29,13 +30,8 @@ ISSUER = "https://idp.example.com/"
 AUDIENCE = "quotagate-api"
 
 
-class LambdaContext:
-    function_name = "quotagate-authorizer"
-    memory_limit_in_mb = 256
-    invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:quotagate-authorizer"
-
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
+def context() -> FakeLambdaContext:
+    return FakeLambdaContext("quotagate-authorizer")
 
 
 def request_event(
@@ -172,7 +168,7 @@ def statement(response: dict) -> dict:
 )
 def test_missing_credential_raises_unauthorized(aws, headers):
     with pytest.raises(Exception, match=r"^Unauthorized$") as info:
-        handler.lambda_handler(request_event(headers), LambdaContext())
+        handler.lambda_handler(request_event(headers), context())
     assert type(info.value) is Exception
     assert str(info.value) == "Unauthorized"
 
@@ -182,7 +178,7 @@ def test_null_headers_raise_unauthorized(aws):
     event["headers"] = None
     event["multiValueHeaders"] = None
     with pytest.raises(Exception, match=r"^Unauthorized$"):
-        handler.lambda_handler(event, LambdaContext())
+        handler.lambda_handler(event, context())
 
 
 @pytest.mark.parametrize(
@@ -204,7 +200,7 @@ def test_only_identity_sources_carry_the_credential(aws, monkeypatch, sources, h
     key = issue(aws)
     event = request_event({name: value.format(key=key.plaintext) for name, value in headers.items()})
     with pytest.raises(Exception, match=r"^Unauthorized$"):
-        handler.lambda_handler(event, LambdaContext())
+        handler.lambda_handler(event, context())
 
 
 @pytest.mark.parametrize(
@@ -219,7 +215,7 @@ def test_the_identity_source_decides(aws, monkeypatch, sources, headers):
     monkeypatch.setenv(settings.IDENTITY_SOURCES, sources)
     key = issue(aws)
     event = request_event({name: value.format(key=key.plaintext) for name, value in headers.items()})
-    response = handler.lambda_handler(event, LambdaContext())
+    response = handler.lambda_handler(event, context())
     assert statement(response)["Effect"] == "Allow"
     assert response["context"]["key_id"] == key.key_id
 
@@ -230,7 +226,7 @@ def test_the_identity_source_decides(aws, monkeypatch, sources, headers):
 @pytest.mark.parametrize("status", ["revoked", "disabled"])
 def test_inactive_key_gets_deny_for_whole_api(aws, status):
     key = issue(aws, status=status)
-    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext())
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), context())
     assert statement(response) == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": WILDCARD}
     assert "context" not in response
 
@@ -245,7 +241,7 @@ def test_inactive_key_gets_deny_for_whole_api(aws, status):
     ],
 )
 def test_bad_credentials_get_deny(aws, x_api_key, credential):
-    response = handler.lambda_handler(request_event({"x-api-key": credential}), LambdaContext())
+    response = handler.lambda_handler(request_event({"x-api-key": credential}), context())
     assert statement(response)["Effect"] == "Deny"
     assert statement(response)["Resource"] == WILDCARD
 
@@ -255,7 +251,7 @@ def test_expired_key_and_wrong_secret_get_deny(aws):
     valid = issue(aws)
     wrong = apikeys.new_key(valid.key_id)
     for credential in (expired.plaintext, wrong.plaintext):
-        response = handler.lambda_handler(request_event({"Authorization": f"Bearer {credential}"}), LambdaContext())
+        response = handler.lambda_handler(request_event({"Authorization": f"Bearer {credential}"}), context())
         assert statement(response)["Effect"] == "Deny"
 
 
@@ -266,7 +262,7 @@ def test_two_different_credentials_are_not_silently_resolved(aws, x_api_key):
         multi={"x-api-key": [first.plaintext, second.plaintext]},
     )
     with pytest.raises(Exception, match=r"^Unauthorized$"):  # two values are not one credential
-        handler.lambda_handler(event, LambdaContext())
+        handler.lambda_handler(event, context())
 
 
 # --- allow --------------------------------------------------------------------------------------
@@ -274,7 +270,7 @@ def test_two_different_credentials_are_not_silently_resolved(aws, x_api_key):
 
 def test_valid_key_allows_whole_api_with_string_context(aws):
     key = issue(aws)
-    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), LambdaContext())
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {key.plaintext}"}), context())
     assert response["principalId"] == key.key_id
     assert statement(response) == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": WILDCARD}
     assert response["context"] == {
@@ -302,7 +298,7 @@ def test_valid_key_allows_whole_api_with_string_context(aws):
 def test_header_names_are_case_insensitive(aws, monkeypatch, name, template):
     monkeypatch.setenv(settings.IDENTITY_SOURCES, "Authorization" if "{}" != template else "x-api-key")
     key = issue(aws)
-    response = handler.lambda_handler(request_event({name: template.format(key.plaintext)}), LambdaContext())
+    response = handler.lambda_handler(request_event({name: template.format(key.plaintext)}), context())
     assert statement(response)["Effect"] == "Allow"
 
 
@@ -311,7 +307,7 @@ def test_multi_value_headers_only(aws, x_api_key):
     event = request_event()
     event["headers"] = None
     event["multiValueHeaders"]["x-api-key"] = [key.plaintext]
-    assert statement(handler.lambda_handler(event, LambdaContext()))["Effect"] == "Allow"
+    assert statement(handler.lambda_handler(event, context()))["Effect"] == "Allow"
 
 
 def test_same_policy_for_every_route(aws):
@@ -319,7 +315,7 @@ def test_same_policy_for_every_route(aws):
     key = issue(aws)
     headers = {"Authorization": f"Bearer {key.plaintext}"}
     resources = {
-        statement(handler.lambda_handler(request_event(headers, method, path), LambdaContext()))["Resource"]
+        statement(handler.lambda_handler(request_event(headers, method, path), context()))["Resource"]
         for method, path in (
             ("POST", "/v1/chat/completions"),
             ("GET", "/v1/models"),
@@ -346,7 +342,7 @@ def test_rotated_key_within_grace_is_allowed(aws, x_api_key):
         )
     )
     for credential in (old.plaintext, new.plaintext):
-        response = handler.lambda_handler(request_event({"x-api-key": credential}), LambdaContext())
+        response = handler.lambda_handler(request_event({"x-api-key": credential}), context())
         assert statement(response)["Effect"] == "Allow"
 
 
@@ -365,7 +361,7 @@ def test_jwt_from_the_idp_is_allowed(aws, rsa_key):
         algorithm="RS256",
         headers={"kid": "idp-1"},
     )
-    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {token}"}), LambdaContext())
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {token}"}), context())
     assert statement(response) == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": WILDCARD}
     assert response["context"] == {
         "tenant": "globex",
@@ -385,7 +381,7 @@ def test_jwt_without_tenant_gets_deny(aws, rsa_key):
         algorithm="RS256",
         headers={"kid": "idp-1"},
     )
-    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {token}"}), LambdaContext())
+    response = handler.lambda_handler(request_event({"Authorization": f"Bearer {token}"}), context())
     assert statement(response)["Effect"] == "Deny"
 
 
@@ -396,7 +392,7 @@ def test_store_failure_is_an_error_not_a_cached_deny(aws, x_api_key):
     key = issue(aws)
     boto3.client("dynamodb", region_name=REGION).delete_table(TableName=tables.KEYS.name())
     with pytest.raises(AuthUnavailable):
-        handler.lambda_handler(request_event({"x-api-key": key.plaintext}), LambdaContext())
+        handler.lambda_handler(request_event({"x-api-key": key.plaintext}), context())
 
 
 def test_credentials_never_logged(aws, monkeypatch, rsa_key):
@@ -422,7 +418,7 @@ def _exercise_every_path(aws, rsa_key, stream: io.StringIO) -> None:
     )
     credentials = [valid.plaintext, revoked.plaintext, wrong.plaintext, token]
     for credential in credentials:
-        handler.lambda_handler(request_event({"Authorization": f"Bearer {credential}"}), LambdaContext())
+        handler.lambda_handler(request_event({"Authorization": f"Bearer {credential}"}), context())
     logged = stream.getvalue()
     assert "access allowed" in logged
     assert valid.key_id in logged  # key ids are logged ...
@@ -447,5 +443,5 @@ def test_api_wide_resource():
 def test_store_and_verifier_are_created_lazily(aws, x_api_key):
     handler.reset()
     assert handler._authenticator is None
-    handler.lambda_handler(copy.deepcopy(request_event({"x-api-key": "garbage"})), LambdaContext())
+    handler.lambda_handler(copy.deepcopy(request_event({"x-api-key": "garbage"})), context())
     assert handler._authenticator is not None

@@ -20,17 +20,9 @@ from moto.server import ThreadedMotoServer
 from functions.keys import handler
 from quotagate import apikeys, config, key_derivation, settings, tables
 from quotagate_tools import cli
+from tests.helpers import FakeLambdaContext
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
-
-
-class FakeContext:
-    def __init__(self, function_name: str) -> None:
-        self.function_name = function_name
-        self.aws_request_id = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 class InvokeApi(BaseHTTPRequestHandler):
@@ -48,7 +40,7 @@ class InvokeApi(BaseHTTPRequestHandler):
         authorization = self.headers.get("authorization", "")
         type(self).calls.append({"function": name, "authorization": authorization, "event": json.loads(body)})
         try:
-            result = handler.lambda_handler(json.loads(body or b"{}"), FakeContext(name))
+            result = handler.lambda_handler(json.loads(body or b"{}"), FakeLambdaContext(name))
             self._send(200, result, {"x-amz-executed-version": "$LATEST"})
         except Exception as error:  # what Lambda reports for an unhandled function error
             self._send(

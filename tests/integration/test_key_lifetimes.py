@@ -5,6 +5,7 @@ cache (15 s), on a fake clock: the times the README states are the times these t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +13,8 @@ import openai
 import pytest
 
 from quotagate.dal.key_cache import DEFAULT_TTL_SECONDS as KEY_RECORD_CACHE_SECONDS
-from tests.integration.gateway_stack import FakeClock, GatewayStack, gateway_stack
+from tests.helpers import FakeClock
+from tests.integration.gateway_stack import GatewayStack, gateway_stack
 
 AUTHORIZER_CACHE_SECONDS = 300
 CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
@@ -20,7 +22,8 @@ CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "con
 
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
-    return FakeClock()
+    # Starts at the real time: records written with the real clock (a rotation's grace deadline) compare sensibly.
+    return FakeClock(time.time())
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,9 @@ from moto import mock_aws
 from functions.keys import handler
 from quotagate import apikeys, config, key_derivation, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore
+from tests.helpers import FakeLambdaContext
 
-
-class FakeContext:
-    function_name = "quotagate-keys"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:quotagate-keys"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-CTX = FakeContext()
+CTX = FakeLambdaContext("quotagate-keys")
 
 
 @pytest.fixture

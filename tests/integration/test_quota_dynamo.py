@@ -19,6 +19,7 @@ from quotagate.errors import GatewayError
 from quotagate.quota import DynamoQuotaLedger, QuotaService, Reservation, ReservationRequest
 from quotagate.quota.service import RETRY_JITTER_SECONDS
 from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
+from tests.helpers import FakeClock
 from tests.quota_table import QuotaTable
 
 
@@ -30,14 +31,6 @@ def reserved(reservation: Reservation, unit: str) -> int:
 pytestmark = pytest.mark.timeout(30)
 
 T0 = datetime(2026, 11, 17, 10, 5, 30, tzinfo=UTC).timestamp()
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def moto_dynamodb(endpoint: str, **options: Any) -> Any:
@@ -68,7 +61,7 @@ def dynamodb():
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

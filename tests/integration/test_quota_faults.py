@@ -20,23 +20,11 @@ from quotagate import aws, tables
 from quotagate.errors import GatewayError
 from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.settlements import InMemorySettlementQueue
+from tests.helpers import FakeClock
 from tests.quota_table import QuotaTable
 
 T0 = 1_800_000_030.0
 KEY_LIMITS = {"tokens_per_day": 1000, "requests_per_minute": 10}
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = T0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def throttled(operation: str) -> ClientError:
@@ -57,7 +45,7 @@ class FaultyClient:
     """Forwards to the real client; ``fault(operation, call_number, request)`` returns None (pass),
     ``"lost"`` (perform the call, then time out), or an exception to raise without calling."""
 
-    def __init__(self, real: Any, clock: FakeTime, fault: Callable[[str, int, dict], Any]) -> None:
+    def __init__(self, real: Any, clock: FakeClock, fault: Callable[[str, int, dict], Any]) -> None:
         self.real = real
         self.clock = clock
         self.fault = fault
@@ -105,7 +93,7 @@ def real_client(monkeypatch):
 
 @pytest.fixture
 def clock():
-    return FakeTime()
+    return FakeClock(T0)
 
 
 def setup(real_client, clock, fault, queue=None):

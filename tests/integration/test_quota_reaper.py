@@ -12,20 +12,13 @@ from moto import mock_aws
 from quotagate import tables
 from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest, ReservationStatus
 from quotagate.quota.reaper import ReservationReaper
+from tests.helpers import FakeClock
 from tests.quota_table import QuotaTable
 
 T0 = 1_800_000_030.0
 MAX_REQUEST = 870.0
 MARGIN = 600.0
 LIMITS = {"tokens_per_month": 100_000}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recording:
@@ -52,7 +45,7 @@ def client(monkeypatch):
 
 
 def test_the_reaper_expires_an_abandoned_reservation_and_leaves_a_fresh_one(client):
-    clock = Clock()
+    clock = FakeClock(T0)
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
     table = QuotaTable(client, clock)
@@ -85,7 +78,7 @@ def test_the_reaper_expires_an_abandoned_reservation_and_leaves_a_fresh_one(clie
 
 
 def test_only_open_reservations_are_in_the_reaper_index(client):
-    clock = Clock()
+    clock = FakeClock(T0)
     service = QuotaService(DynamoQuotaLedger(client, clock=clock), clock=clock)
     for i in range(5):
         reservation = service.reserve(ReservationRequest(f"r{i}", "k1", "acme", LIMITS, {}, 1, 1, 0.0))
@@ -107,7 +100,7 @@ def test_only_open_reservations_are_in_the_reaper_index(client):
 def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client):
     from quotagate.errors import GatewayError
 
-    clock = Clock()
+    clock = FakeClock(T0)
     ledger = DynamoQuotaLedger(client, clock=clock)
     service = QuotaService(ledger, clock=clock)
     table = QuotaTable(client, clock)

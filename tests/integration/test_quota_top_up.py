@@ -11,7 +11,8 @@ import pytest
 from quotagate import tables
 from quotagate.quota import DynamoQuotaLedger, InMemoryQuotaLedger, QuotaService, ReservationRequest
 from quotagate_tools.local.motoserver import start_moto_server
-from tests.integration.test_quota_dynamo import T0, FakeClock, moto_dynamodb, reserved
+from tests.helpers import FakeClock
+from tests.integration.test_quota_dynamo import T0, moto_dynamodb, reserved
 from tests.quota_table import QuotaTable
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,7 +25,7 @@ def dynamo_ledger_and_client():
     try:
         client = moto_dynamodb(endpoint)
         tables.create_all(client)
-        yield DynamoQuotaLedger(client, clock=FakeClock()), client
+        yield DynamoQuotaLedger(client, clock=FakeClock(T0)), client
     finally:
         stop()
 

@@ -11,6 +11,7 @@ import pytest
 
 from quotagate import tables
 from quotagate.dal.circuit_store import CircuitState, DynamoCircuitStore
+from tests.helpers import FakeClock
 from tests.unit import test_breaker as scenarios
 
 TARGET = scenarios.TARGET
@@ -49,7 +50,7 @@ def store(client):
     ids=lambda f: f.__name__.removeprefix("test_"),
 )
 def test_breaker_scenarios_over_dynamodb(store, scenario):
-    scenario(store, scenarios.FakeClock())
+    scenario(store, FakeClock())
 
 
 def test_items_expire_and_a_missing_item_is_closed(store, client):

@@ -11,16 +11,9 @@ from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.identity import Identity
 from quotagate.logic.auth import Authenticator, credential_from_headers, looks_like_jwt, secret_still_accepted
 from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
+from tests.helpers import FakeClock
 
 NOW = 1_800_000_000
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingStore(InMemoryKeyStore):
@@ -66,12 +59,12 @@ def store() -> CountingStore:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(NOW)
 
 
 @pytest.fixture
-def auth(store: CountingStore, clock: Clock) -> Authenticator:
+def auth(store: CountingStore, clock: FakeClock) -> Authenticator:
     return Authenticator(store, None, clock=clock)
 
 

@@ -8,20 +8,10 @@ import pytest
 from quotagate.config import BreakerPolicy
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.logic.breaker import CircuitBreaker, CircuitState, Permit
+from tests.helpers import FakeClock
 
 TARGET = "openai/gpt-4o-mini"
 POLICY = BreakerPolicy(failure_threshold=3, cooldown_seconds=30, probe_lease_seconds=10, cache_seconds=2)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingStore(InMemoryCircuitStore):

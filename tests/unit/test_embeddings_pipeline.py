@@ -19,7 +19,8 @@ from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.gateway import Gateway, Outcome
 from quotagate.logic.router import Router
 from quotagate.providers.exceptions import UpstreamError
-from tests.unit.test_router_failover import IDENTITY, A, B, FakeClock, FakeQuota, config
+from tests.helpers import FakeClock
+from tests.unit.test_router_failover import IDENTITY, A, B, FakeQuota, config
 
 
 def embedding(model: str) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def make(
         router=Router(random.Random(0)),
         breaker=CountingBreaker(InMemoryCircuitStore(), cfg.circuit_breaker, clock=lambda: clock.now),
         clock=time.monotonic if real_time else clock,
-        sleep=asyncio.sleep if real_time else clock.sleep,
+        sleep=asyncio.sleep if real_time else clock.async_sleep,
         max_retry_wait=20,
         max_request_seconds=max_request_seconds,
         on_finished=outcomes.append,

@@ -17,7 +17,7 @@ from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.failover import AttemptFailed, Deadline, Failover, GatewayFault
 from quotagate.logic.gateway import Outcome
 from quotagate.providers.exceptions import UpstreamError
-from tests.unit.test_router_failover import FakeClock
+from tests.helpers import FakeClock
 
 CONFIG = parse_config(
     {
@@ -36,7 +36,7 @@ def failover(clock: FakeClock, deadline_in: float | None = None) -> tuple[Failov
     breaker = CircuitBreaker(store, CONFIG.circuit_breaker, clock=clock)
     outcome = Outcome("r", Identity("t", "c", "k", "pro", "jwt"), "alias", requested_model="alias")
     deadline = Deadline(clock, None if deadline_in is None else clock.now + deadline_in)
-    return Failover(breaker, CONFIG.timeouts_for, deadline, outcome, clock.sleep, max_retry_wait=20), store
+    return Failover(breaker, CONFIG.timeouts_for, deadline, outcome, clock.async_sleep, max_retry_wait=20), store
 
 
 def scripted(script: dict[str, list[Any]]):

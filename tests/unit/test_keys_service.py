@@ -21,19 +21,9 @@ from quotagate.logic.keys_service import (
     MUTATING_ACTIONS,
     KeysService,
 )
+from tests.helpers import FakeClock
 
 NOW = 1_800_000_000  # 2027-01-15
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 CONFIG = parse_config(
@@ -51,7 +41,7 @@ CONFIG = parse_config(
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture

@@ -17,14 +17,7 @@ from starlette.routing import Route
 
 from quotagate.edge_errors import INVALID_CREDENTIAL
 from quotagate_tools.local.apigateway import LocalApiGateway
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 class CountingAuthorizer:
@@ -61,8 +54,8 @@ def run(gateway: LocalApiGateway, headers: dict[str, str]) -> httpx.Response:
 
 
 @pytest.fixture
-def edge() -> tuple[LocalApiGateway, CountingAuthorizer, Clock]:
-    authorizer, clock = CountingAuthorizer(), Clock()
+def edge() -> tuple[LocalApiGateway, CountingAuthorizer, FakeClock]:
+    authorizer, clock = CountingAuthorizer(), FakeClock(1000.0)
     proxy = Starlette(routes=[Route("/v1/models", echo_authorizer_context)])
     return LocalApiGateway(proxy, authorizer, lambda e, c: {}, ["Authorization"], 300, clock=clock), authorizer, clock
 

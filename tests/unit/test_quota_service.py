@@ -8,22 +8,15 @@ import pytest
 
 from quotagate.errors import GatewayError
 from quotagate.quota import InMemoryQuotaLedger, LedgerBusy, QuotaService, ReservationRequest
+from tests.helpers import FakeClock
 from tests.quota_table import QuotaTable
 
 T0 = datetime(2026, 11, 17, 10, 5, 30, tzinfo=UTC).timestamp()  # 30 s into a minute
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

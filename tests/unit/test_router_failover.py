@@ -21,6 +21,7 @@ from quotagate.logic.router import Router
 from quotagate.providers.base import DONE_EVENT, SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.quota import Reservation, ReservationRequest
+from tests.helpers import FakeClock
 
 IDENTITY = Identity(tenant="acme", consumer="u1", key_id="jwt:u1", plan="pro", auth_type="jwt")
 A, B = "p/model-a", "p/model-b"
@@ -109,19 +110,6 @@ class FakeProvider:
         yield DONE_EVENT
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 class FakeFactory:
     def __init__(self, scripts: dict[str, list[Any]], clock: FakeClock) -> None:
         self.providers = {t: FakeProvider(t, s, clock) for t, s in scripts.items()}
@@ -162,7 +150,7 @@ def make(scripts: dict[str, list[Any]], deadline: float | None = 10, seed: int =
         router=Router(random.Random(seed)),
         breaker=CircuitBreaker(store, cfg.circuit_breaker, clock=lambda: clock.now),
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.async_sleep,
         max_retry_wait=20,
     )
     return gateway, clock, store
