@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii prints a banner on Node 20 (end of life for it since 2026-10-30); it still works.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install dev test lint synth lock bench clean
+.PHONY: install dev test unit integration infra e2e lint synth lock bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ dev: install
 
 test: install
 	$(PY) -m pytest
+
+# One test folder each (make test runs them all).
+unit: install
+	$(PY) -m pytest tests/unit
+
+integration: install
+	$(PY) -m pytest tests/integration
+
+infra: install
+	$(PY) -m pytest tests/infra
+
+e2e: install
+	$(PY) -m pytest tests/e2e
 
 lint: install
 	$(VENV)/bin/ruff format --check .
