@@ -8,6 +8,7 @@ from typing import Any
 from quotagate import settings, strict_json
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
+from quotagate.logic.tool_turns import check_tool_turns
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Body fields the built-in mock model server reads (quotagate_tools.mock); dropped from clients' bodies.
@@ -115,6 +116,8 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
             raise invalid_request(
                 f"'{where}.content' parts must be objects.", param=f"{where}.content", code="invalid_value"
             )
+
+    check_tool_turns(messages)
 
     stream = body.get("stream", False)
     if stream is None:

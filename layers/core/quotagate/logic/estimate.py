@@ -100,6 +100,20 @@ class RequestCost:
         return DEFAULT_IMAGE_TOKENS[provider.type]
 
 
+def check_image_data(url: Any, where: str) -> None:
+    """400 for inline image data that is not base64: every provider refuses it, after the call."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return
+    header, _, data = url.partition(",")
+    if header.endswith(";base64"):
+        try:
+            base64.b64decode(data, validate=True)
+        except ValueError:
+            raise invalid_request(
+                f"'{where}' is not valid base64 image data.", param=where, code="invalid_value"
+            ) from None
+
+
 def wav_seconds(data: bytes) -> float | None:
     """Duration of RIFF/WAVE bytes: the ``data`` chunk's size over the ``fmt`` chunk's byte rate."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -156,6 +170,7 @@ class _Counter:
             self.texts.append(value if isinstance(value, str) else _json(value))
         elif kind == "image_url":
             image = part.get("image_url")
+            check_image_data(image.get("url") if isinstance(image, dict) else None, f"{where}.image_url.url")
             detail = image.get("detail") if isinstance(image, dict) else None
             self.images.append(Image(detail if detail in ("low", "high") else "auto"))
         elif kind == "input_audio":
