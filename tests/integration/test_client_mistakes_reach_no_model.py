@@ -132,3 +132,20 @@ def test_valid_image_data_still_passes(stack, key):
     image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
     body = {"model": "via-openai", "messages": [{"role": "user", "content": [image]}]}
     assert post(stack, key, "/v1/chat/completions", body).status_code == 200
+
+
+NOTHING_TO_ANSWER = {
+    "an empty user message": [{"role": "user", "content": ""}],
+    "an empty content array": [{"role": "user", "content": []}],
+    "a system message alone": [{"role": "system", "content": "You are terse."}],
+}
+
+
+@pytest.mark.parametrize("model", ["via-anthropic", "via-bedrock"])
+@pytest.mark.parametrize("case", NOTHING_TO_ANSWER)
+def test_nothing_to_answer_is_unsupported_on_claude_and_bedrock_before_calling(stack, key, untouched, model, case):
+    # OpenAI-compatible targets answer these; Anthropic and Bedrock need a non-empty user or
+    # assistant turn: the same code on both, so an alias skips to a target that can serve it.
+    response = post(stack, key, "/v1/chat/completions", {"model": model, "messages": NOTHING_TO_ANSWER[case]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "unsupported_for_provider"

@@ -248,6 +248,8 @@ def _messages(messages: list[Any]) -> tuple[str | None, list[dict[str, Any]]]:
             turns[-1][1].extend(blocks)
         else:
             turns.append((anthropic_role, blocks))
+    if not turns:  # Anthropic answers only a non-empty user or assistant turn
+        raise TranslationError("The conversation has no user or assistant content.", "messages")
     out = []
     for role, blocks in turns:
         if role == "user":  # tool results must open the user turn that answers a tool_use

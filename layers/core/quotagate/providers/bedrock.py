@@ -254,8 +254,8 @@ def convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str
             add("user", [_tool_result(legacy_id, message.get("content"), where)])
         else:
             raise _bad_request(f"'{where}.role' {role!r} is not supported.")
-    if not out:
-        raise _bad_request("The conversation has no user or assistant content.")
+    if not out:  # as on Anthropic targets: a provider limit, so an alias tries its next target
+        raise _unsupported("The conversation has no user or assistant content.")
     if out[0]["role"] != "user":  # Bedrock's own rule; other providers take an assistant opening
         raise _unsupported("Bedrock models need the conversation to start with a user message.")
     return system, out
