@@ -3,9 +3,10 @@ configuration (``mock-gpt``: OpenAI-compatible, native ``response_format``; ``mo
 ``mock-bedrock``: a forced tool call), through ``python -m quotagate_tools.local`` started as a process.
 
 langchain-openai's ``with_structured_output`` (its default method, ``json_schema``) over chat
-completions and over the Responses API; the openai SDK's ``chat.completions.parse``; and JSON mode
-(``response_format: json_object``, what instructor's JSON mode sends — instructor itself cannot be
-installed next to openai 3.x: it pins ``jiter<0.15``, openai 3.57 needs ``jiter>=0.16``)."""
+completions and over the Responses API; the openai SDK's ``chat.completions.parse``; JSON mode
+(``response_format: json_object`` with the schema described in the prompt); instructor in its JSON,
+TOOLS and JSON_SCHEMA modes over the openai SDK (instructor pins ``jiter<0.15``: openai 3.3.0 is the
+newest 3.x that installs beside it), and in TOOLS mode over the anthropic SDK (``/v1/messages``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
 import instructor
 import openai
 import pydantic
@@ -93,5 +95,19 @@ def test_instructor_returns_the_object(gateway, model, mode):
         response_model=Person,
         messages=[{"role": "user", "content": "Who wrote the first program?"}],
         max_retries=0,  # one attempt: no re-ask hides a reply that does not fit
+    )
+    assert isinstance(person, Person) and person.name and person.languages
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_instructor_over_the_anthropic_sdk_returns_the_object(gateway, model):
+    # instructor's TOOLS mode on the anthropic SDK: a forced tool_use on /v1/messages, whatever the target.
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key=gateway["api_key"], max_retries=0)
+    person = instructor.from_anthropic(client, mode=instructor.Mode.TOOLS).messages.create(
+        model=model,
+        max_tokens=200,
+        response_model=Person,
+        messages=[{"role": "user", "content": "Who wrote the first program?"}],
+        max_retries=0,
     )
     assert isinstance(person, Person) and person.name and person.languages
