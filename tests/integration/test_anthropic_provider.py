@@ -376,3 +376,57 @@ def test_unsupported_request_is_refused_without_calling_upstream(mock, stats):
         complete(mock, body(n=2))
     assert caught.value.status == 400
     assert stats["chat_requests"] == 0
+
+
+# -- native pass-through (POST /v1/messages to an Anthropic target) --------------------------------
+
+
+async def _native(server: MockServer, request: dict[str, Any]) -> tuple[list[SSEEvent], BaseException | None]:
+    events: list[SSEEvent] = []
+    async with httpx.AsyncClient() as http:
+        provider = AnthropicProvider(provider_config(server), http, no_key())
+        try:
+            async for event in provider.stream_messages(request):
+                events.append(event)
+        except Exception as error:
+            return events, error
+    return events, None
+
+
+def test_stream_messages_sends_the_body_as_it_is_and_yields_anthropics_own_events(mock):
+    from quotagate_tools.mock.anthropic import THINKING_TOKENS, thinking_signature
+    from quotagate.providers.anthropic import native_request
+
+    client_body = {
+        "model": "alias-the-client-used",
+        "max_tokens": 4000,
+        "system": [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "top_k": 3,
+        "metadata": {"user_id": "u-1"},
+        "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+    }
+    request = native_request(client_body, MODEL, 2000)
+    events, error = asyncio.run(_native(mock, request))
+    assert error is None
+    sent = mock.stats.last_request["body"]
+    assert sent == {**client_body, "model": MODEL, "max_tokens": 2000, "stream": True}
+    kinds = [event.data["type"] for event in events]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "ping" not in kinds
+    assert events[-1].done and not any(event.done for event in events[:-1])
+    for event in events:  # the bytes are the event, framed as Anthropic frames it
+        name, data = event.raw.decode().rstrip("\n").split("\n")
+        assert name == f"event: {event.data['type']}" and json.loads(data[6:]) == event.data
+    deltas = [event.data["delta"] for event in events if event.data["type"] == "content_block_delta"]
+    thought = "".join(d["thinking"] for d in deltas if d["type"] == "thinking_delta")
+    assert len([d for d in deltas if d["type"] == "thinking_delta"]) == THINKING_TOKENS
+    assert [d["signature"] for d in deltas if d["type"] == "signature_delta"] == [thinking_signature(thought)]
+    assert events[0].data["message"]["usage"]["cache_creation_input_tokens"] > 0
+
+
+def test_stream_messages_errors_before_and_after_the_first_event(mock):
+    request = {"model": MODEL + "@status=529", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    events, error = asyncio.run(_native(mock, request))
+    assert events == [] and isinstance(error, UpstreamError) and error.status == 503
+    events, error = asyncio.run(_native(mock, {**request, "model": MODEL + "@drop_after=2"}))
+    assert events and isinstance(error, StreamInterrupted)

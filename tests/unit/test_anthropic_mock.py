@@ -247,3 +247,65 @@ def test_count_tokens(client):
         json={"model": "claude-mock", "system": SYSTEM, "messages": MESSAGES},
     )
     assert r.json() == {"input_tokens": tokens.chat_prompt_tokens(CONVERSATION)}
+
+
+# -- extended thinking and prompt caching, as Anthropic bills them -------------------------------
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_thinking_comes_first_with_a_signature_and_is_billed_as_output(client):
+    from quotagate_tools.mock.anthropic import THINKING_TOKENS, thinking_signature
+
+    body = post(client, max_tokens=2000, thinking=THINKING, mock_reply_tokens=4).json()
+    thinking, text = body["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"]
+    assert thinking["signature"] == thinking_signature(thinking["thinking"])
+    assert text == {"type": "text", "text": reply_text(CONVERSATION, 4)}
+    assert tokens.count_text(thinking["thinking"]) == THINKING_TOKENS
+    assert body["usage"]["output_tokens"] == THINKING_TOKENS + 4
+
+
+def test_streamed_thinking_has_thinking_and_signature_deltas(client):
+    from quotagate_tools.mock.anthropic import THINKING_TOKENS, thinking_signature
+
+    events = sse(post(client, max_tokens=2000, thinking=THINKING, stream=True, mock_reply_tokens=2).text)
+    assert events[1][1]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    deltas = [data["delta"] for name, data in events if name == "content_block_delta" and data["index"] == 0]
+    assert [d["type"] for d in deltas] == ["thinking_delta"] * THINKING_TOKENS + ["signature_delta"]
+    thought = "".join(d["thinking"] for d in deltas[:-1])
+    assert deltas[-1]["signature"] == thinking_signature(thought)
+    assert events[-2][1]["usage"]["output_tokens"] == THINKING_TOKENS + 2
+
+
+def test_a_thinking_block_sent_back_must_carry_its_signature(client):
+    first = post(client, max_tokens=2000, thinking=THINKING, mock_reply_tokens=2).json()
+    turns = [*MESSAGES, {"role": "assistant", "content": first["content"]}, {"role": "user", "content": "More."}]
+    assert post(client, max_tokens=2000, thinking=THINKING, messages=turns).status_code == 200
+    forged = [{**first["content"][0], "signature": "forged"}, first["content"][1]]
+    turns[1] = {"role": "assistant", "content": forged}
+    r = post(client, max_tokens=2000, thinking=THINKING, messages=turns)
+    assert r.status_code == 400 and "signature" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("thinking", [{"type": "enabled", "budget_tokens": 1000}, {"type": "enabled"}])
+def test_thinking_budget_is_checked(client, thinking):
+    assert post(client, max_tokens=2000, thinking=thinking).status_code == 400
+    assert post(client, max_tokens=1024, thinking=THINKING).status_code == 400  # budget >= max_tokens
+
+
+def test_prompt_cache_writes_then_reads_the_marked_prefix(client):
+    marked = {"type": "text", "text": "A long policy about lighthouses. " * 30, "cache_control": {"type": "ephemeral"}}
+    turns = [{"role": "user", "content": [marked, {"type": "text", "text": "Why?"}]}]
+    first = post(client, messages=turns, mock_reply_tokens=2).json()["usage"]
+    second = post(client, messages=turns, mock_reply_tokens=2).json()["usage"]
+    written = first["cache_creation_input_tokens"]
+    assert written > 100 and first["cache_read_input_tokens"] == 0
+    assert first["cache_creation"] == {"ephemeral_5m_input_tokens": written, "ephemeral_1h_input_tokens": 0}
+    assert second["cache_read_input_tokens"] == written and second["cache_creation_input_tokens"] == 0
+    assert first["input_tokens"] == second["input_tokens"] > 0  # the unmarked rest is billed as input
+    total = tokens.chat_prompt_tokens([{"role": "system", "content": SYSTEM}, *turns])
+    assert first["input_tokens"] + written == total
+    # Another prompt after the same marked prefix reads it too.
+    other = [{"role": "user", "content": [marked, {"type": "text", "text": "How?"}]}]
+    assert post(client, messages=other).json()["usage"]["cache_read_input_tokens"] == written

@@ -190,3 +190,71 @@ def test_prompt_cache_prices_and_the_reservation_worst_case():
         surcharge = AN.price.cost_usd(anthropic_prompt, 0) if cost is cached else 0
         assert surcharge > 0 or cost is plain
         assert plan.reserve_usd == pytest.approx(AN.price.cost_usd(anthropic_prompt, 7) + surcharge)
+
+
+# -- Anthropic Messages requests (sent as they are to Anthropic targets) --------------------------
+
+PNG = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+MESSAGES_BODY = {
+    "system": [{"type": "text", "text": "You are a meteorologist. " * 30, "cache_control": {"type": "ephemeral"}}],
+    "tools": [
+        {
+            "name": "get_weather",
+            "description": "Weather " * 40,
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Where was this taken?"},
+                PNG,
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Lyon. " * 50}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "The note says Lyon. " * 20, "signature": "c2ln" * 50},
+                {"type": "redacted_thinking", "data": "ZW5jcnlwdGVk" * 20},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Lyon"}},
+            ],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [PNG]}]},
+    ],
+}
+
+
+def messages_prompt(body, target=AN):
+    return estimate.measure_messages(body).prompt_tokens(CONFIG.providers[target.provider], target)
+
+
+def test_a_messages_request_is_bounded_above_what_anthropic_bills():
+    bound = messages_prompt(MESSAGES_BODY)
+    assert bound >= billing.anthropic_input_tokens(MESSAGES_BODY)
+    assert bound >= 2 * estimate.CLAUDE_IMAGE_TOKENS + estimate.TOOL_SYSTEM_PROMPT_TOKENS["anthropic"]
+    assert estimate.measure_messages(MESSAGES_BODY).has_cache_control
+    assert not estimate.measure_messages({"messages": [{"role": "user", "content": "Hi"}]}).has_cache_control
+    plain = {"messages": [{"role": "user", "content": "Tell me about lighthouses."}]}
+    assert messages_prompt(plain) >= billing.anthropic_input_tokens(plain)
+
+
+def test_a_pdf_document_cannot_be_bounded():
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}
+    with pytest.raises(GatewayError) as refused:
+        estimate.measure_messages({"messages": [{"role": "user", "content": [pdf]}]})
+    assert refused.value.status == 400 and refused.value.code == estimate.UNBOUNDED_CODE
+
+
+def test_the_upper_bound_of_two_costs_covers_both():
+    small = estimate.measure_messages({"messages": [{"role": "user", "content": "Hi"}]})
+    large = estimate.measure_messages(MESSAGES_BODY)
+    for a, b in ((small, large), (large, small)):
+        both = a.upper_bound(b)
+        for target in (OA, AN, BR):
+            provider = CONFIG.providers[target.provider]
+            assert both.prompt_tokens(provider, target) >= max(
+                a.prompt_tokens(provider, target), b.prompt_tokens(provider, target)
+            )
+        assert both.has_cache_control and both.has_tools

@@ -43,6 +43,20 @@ such as the gateway's ``json_object`` tool, gets the object the prompt describes
 one: :func:`quotagate_tools.mock.structured.described_object`). If ``max_tokens`` leaves no room for
 the tool call, the call is left out and the stop reason is ``max_tokens``.
 
+Extended thinking: with ``thinking`` ``enabled`` (``budget_tokens`` of at least 1,024 and below
+``max_tokens``, as Anthropic requires) or ``adaptive``, the reply opens with a ``thinking`` block of
+``THINKING_TOKENS`` vocabulary pieces (counted in ``output_tokens`` and within ``max_tokens``) and a
+``signature`` (:func:`thinking_signature`, a hash of the thinking text); streamed as
+``thinking_delta`` events then one ``signature_delta``. A ``thinking`` block sent back in an
+assistant turn must carry its signature (400 otherwise), so a client or gateway that alters one is
+caught.
+
+Prompt caching: the request up to its last ``cache_control`` breakpoint (tools, system, messages in
+that order; a top-level ``cache_control`` marks the whole prompt) is the cached prefix. Its tokens
+(the same formula over the prefix alone) are billed as ``cache_creation_input_tokens`` the first time
+and as ``cache_read_input_tokens`` while the entry lives (5 minutes, or 1 hour with ``ttl: "1h"``;
+per mock app, keyed by model, ttl and the prefix); ``input_tokens`` is the rest.
+
 Faults: the same specs and sources as the OpenAI endpoint (:mod:`quotagate_tools.mock.faults`: the model
 suffix ``@...``, the ``x-mock-fault`` header, the ``mock_fault`` body field, plus
 ``mock_reply_tokens`` / ``mock_token_delay``). ``status=N`` answers an Anthropic-shaped error
@@ -56,9 +70,12 @@ as for chat completions (``chat_requests`` counts POSTs to ``/v1/messages``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -83,6 +100,10 @@ ANTHROPIC_VERSIONS: tuple[str, ...] = ("2023-06-01", "2023-01-01")
 VERSION_HEADER = "anthropic-version"
 API_KEY_HEADER = "x-api-key"
 TOOL_JSON_CHUNK_CHARS = 12  # size of the input_json_delta pieces of a streamed tool call
+THINKING_TOKENS = 8  # the length of the mock's thinking, in tokens (one vocabulary piece each)
+MIN_THINKING_BUDGET = 1024
+CACHE_SECONDS = {"5m": 300.0, "1h": 3600.0}
+SIGNATURE_DOMAIN = b"quotagate-mock-thinking-v1"
 
 _ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -165,10 +186,15 @@ def _injected(fault: FaultSpec) -> _AnthropicReject:
 # ---------------------------------------------------------------------------------------------
 
 
+def thinking_signature(thinking: str) -> str:
+    """The signature the mock gives a thinking block (and checks when the block comes back)."""
+    return base64.b64encode(hashlib.sha256(SIGNATURE_DOMAIN + thinking.encode()).digest()).decode()
+
+
 @dataclass
 class _Block:
-    type: str  # "text" | "tool_use"
-    pieces: list[str] = field(default_factory=list)  # text pieces (one token each)
+    type: str  # "text" | "tool_use" | "thinking"
+    pieces: list[str] = field(default_factory=list)  # text or thinking pieces (one token each)
     tool_id: str = ""
     name: str = ""
     input: dict[str, Any] = field(default_factory=dict)
@@ -179,16 +205,31 @@ class _Block:
 
     @property
     def output_tokens(self) -> int:
-        return len(self.pieces) if self.type == "text" else tokens.count_text(self.input_json)
+        return tokens.count_text(self.input_json) if self.type == "tool_use" else len(self.pieces)
 
     def content(self) -> dict[str, Any]:
         if self.type == "text":
             return {"type": "text", "text": "".join(self.pieces)}
+        if self.type == "thinking":
+            thought = "".join(self.pieces)
+            return {"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}
         return {"type": "tool_use", "id": self.tool_id, "name": self.name, "input": self.input}
+
+    def start(self) -> dict[str, Any]:
+        """The block as ``content_block_start`` announces it (empty; deltas fill it)."""
+        if self.type == "text":
+            return {"type": "text", "text": ""}
+        if self.type == "thinking":
+            return {"type": "thinking", "thinking": "", "signature": ""}
+        return {"type": "tool_use", "id": self.tool_id, "name": self.name, "input": {}}
 
     def deltas(self) -> list[dict[str, Any]]:
         if self.type == "text":
             return [{"type": "text_delta", "text": piece} for piece in self.pieces]
+        if self.type == "thinking":
+            thought = "".join(self.pieces)
+            signature = {"type": "signature_delta", "signature": thinking_signature(thought)}
+            return [*({"type": "thinking_delta", "thinking": piece} for piece in self.pieces), signature]
         raw = self.input_json
         chunks = [raw[i : i + TOOL_JSON_CHUNK_CHARS] for i in range(0, len(raw), TOOL_JSON_CHUNK_CHARS)]
         # Anthropic starts a tool call's input with an empty partial_json.
@@ -205,13 +246,14 @@ class _MessagesPlan:
     input_tokens: int
     token_delay: float
     fault: FaultSpec
-    cache_creation_tokens: int = 0  # real_billing with cache_control: the prompt written to the cache
+    cache_creation_tokens: int = 0  # the cache_control prefix, written to the prompt cache
+    cache_read_tokens: int = 0  # the cache_control prefix, read from the prompt cache
     cache_ttl: str = "5m"
 
     # Read by the shared stream/ticket accounting (same names as the chat plan).
     @property
     def prompt_tokens(self) -> int:
-        return self.input_tokens + self.cache_creation_tokens
+        return self.input_tokens + self.cache_creation_tokens + self.cache_read_tokens
 
     @property
     def completion_tokens(self) -> int:
@@ -225,7 +267,7 @@ class _MessagesPlan:
         return {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation_tokens,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": self.cache_read_tokens,
             "cache_creation": {
                 "ephemeral_5m_input_tokens": self.cache_creation_tokens if self.cache_ttl != "1h" else 0,
                 "ephemeral_1h_input_tokens": self.cache_creation_tokens if self.cache_ttl == "1h" else 0,
@@ -343,6 +385,93 @@ def _validate_tools(body: dict[str, Any]) -> None:
                 raise _bad(f"tool_choice: tool {tool_choice.get('name')!r} not found in tools")
 
 
+def _validate_thinking(body: dict[str, Any]) -> int:
+    """The thinking tokens the reply starts with (0 without ``thinking``); Anthropic's checks: an
+    ``enabled`` budget of at least 1,024 tokens and below ``max_tokens``, and every thinking block
+    sent back carrying the signature it was given (the mock's signatures are a hash of the text)."""
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if block.get("type") == "thinking" and block.get("signature") != thinking_signature(
+                str(block.get("thinking"))
+            ):
+                raise _bad(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+            if block.get("type") == "redacted_thinking" and not isinstance(block.get("data"), str):
+                raise _bad(f"messages.{i}.content.{j}.data: Field required")
+    thinking = body.get("thinking")
+    if thinking is None or (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
+        return 0
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
+        raise _bad("thinking.type: Input should be 'enabled', 'adaptive' or 'disabled'")
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+            raise _bad(f"thinking.enabled.budget_tokens: Input should be at least {MIN_THINKING_BUDGET}")
+        if budget >= body["max_tokens"]:
+            raise _bad("max_tokens: must be greater than thinking.budget_tokens")
+    return THINKING_TOKENS
+
+
+def _last_marked(blocks: Any) -> int | None:
+    """The index of the last block of a list that carries ``cache_control``."""
+    if not isinstance(blocks, list):
+        return None
+    marked = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cache_control" in block]
+    return marked[-1] if marked else None
+
+
+def _cache_prefix(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of the request up to and including its last ``cache_control`` breakpoint (tools,
+    then system, then messages, as Anthropic orders a prompt); a top-level ``cache_control`` marks
+    the whole prompt. None without a breakpoint."""
+    if isinstance(body.get("cache_control"), dict):
+        return {k: body.get(k) for k in ("tools", "system", "messages")}
+    messages = body.get("messages") or []
+    for i in range(len(messages) - 1, -1, -1):
+        content = messages[i].get("content")
+        j = _last_marked(content)
+        if j is not None:
+            kept = [*messages[:i], {**messages[i], "content": content[: j + 1]}]
+            return {"tools": body.get("tools"), "system": body.get("system"), "messages": kept}
+    system: Any = body.get("system")
+    j = _last_marked(system)
+    if j is not None:
+        return {"tools": body.get("tools"), "system": system[: j + 1], "messages": []}
+    tools: Any = body.get("tools")
+    j = _last_marked(tools)
+    if j is not None:
+        return {"tools": tools[: j + 1], "messages": []}
+    return None
+
+
+@dataclass
+class _CacheUse:
+    written: int = 0
+    read: int = 0
+    ttl: str = "5m"
+
+
+def _prompt_cache(request: Request, body: dict[str, Any], total: int, count: Any) -> _CacheUse:
+    """Prompt caching as Anthropic bills it: the marked prefix is written the first time (and kept
+    for its ttl, per mock app, keyed by model, ttl and the prefix itself) and read afterwards."""
+    prefix = _cache_prefix(body)
+    if prefix is None:
+        return _CacheUse()
+    ttls = billing.cache_control_ttls(body)
+    ttl = "1h" if "1h" in ttls else "5m"
+    tokens_of_prefix = min(count(prefix), total)
+    state = request.app.state
+    store: dict[str, float] = getattr(state, "anthropic_prompt_cache", None) or {}
+    state.anthropic_prompt_cache = store
+    key = hashlib.sha256(_dumps([split_model(body["model"])[0], ttl, prefix])).hexdigest()
+    now = time.monotonic()
+    hit = store.get(key, 0.0) > now
+    store[key] = now + CACHE_SECONDS[ttl]
+    if hit:
+        return _CacheUse(read=tokens_of_prefix, ttl=ttl)
+    return _CacheUse(written=tokens_of_prefix, ttl=ttl)
+
+
 def _fault(request: Request, body: dict[str, Any], settings: MockSettings) -> FaultSpec:
     try:
         return request_fault(settings, split_model(body["model"])[1], request.headers.get(FAULT_HEADER), body)
@@ -414,6 +543,7 @@ def _cut_at_stop_sequence(pieces: list[str], stop_sequences: list[str]) -> tuple
 
 def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _MessagesPlan:
     _validate(body)
+    thinking_tokens = _validate_thinking(body)
     fault = _fault(request, body, settings)
     length, token_delay = reply_pace(body, settings, fault, lambda field, problem: _bad(f"{field}: {problem}"))
     limit: int = MAX_TOKENS if fault.cap_field == "none" else body["max_tokens"]
@@ -433,6 +563,12 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
     digest = vocab.messages_digest(convo)
     blocks: list[_Block] = []
     stop_reason, stop_sequence = "end_turn", None
+    thought = vocab.reply_pieces([*convo, {"role": "assistant", "content": "(thinking)"}], thinking_tokens)
+    if thought:  # thinking comes first and counts within max_tokens
+        blocks.append(_Block("thinking", thought[:limit]))
+        limit -= len(blocks[0].pieces)
+        if limit <= 0:
+            with_text, tool, stop_reason = False, None, "max_tokens"
     if with_text:
         pieces = vocab.reply_pieces(convo, length)
         cut = _cut_at_stop_sequence(pieces, body.get("stop_sequences") or [])
@@ -446,27 +582,31 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
             blocks.append(_Block("text", pieces))
     if tool is not None:
         block = _tool_block(tool, digest, convo)
-        if sum(b.output_tokens for b in blocks) + block.output_tokens <= limit:
+        if sum(b.output_tokens for b in blocks if b.type != "thinking") + block.output_tokens <= limit:
             blocks.append(block)
             stop_reason = "tool_use"
         else:
             stop_reason = "max_tokens"
 
-    input_tokens = billing.anthropic_input_tokens(body) if fault.real_billing else tokens.chat_prompt_tokens(convo)
-    ttls = billing.cache_control_ttls(body) if fault.real_billing else []
-    # The mock remembers nothing between requests: every marked prompt is a cache write.
-    cache_creation = input_tokens if ttls else 0
+    def count(request_body: dict[str, Any]) -> int:
+        if fault.real_billing:
+            return billing.anthropic_input_tokens(request_body)
+        return tokens.chat_prompt_tokens(conversation(request_body))
+
+    input_tokens = count(body)
+    cache = _prompt_cache(request, body, input_tokens, count)
     return _MessagesPlan(
         model=split_model(body["model"])[0],
         stream=bool(body.get("stream")),
         blocks=blocks,
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
-        input_tokens=input_tokens - cache_creation,
+        input_tokens=input_tokens - cache.written - cache.read,
         token_delay=token_delay,
         fault=fault,
-        cache_creation_tokens=cache_creation,
-        cache_ttl="1h" if "1h" in ttls else "5m",
+        cache_creation_tokens=cache.written,
+        cache_read_tokens=cache.read,
+        cache_ttl=cache.ttl,
     )
 
 
@@ -522,12 +662,7 @@ class _MessagesStream(PlanStream[_MessagesPlan]):
         sent = 0
         pinged = False
         for index, block in enumerate(plan.blocks):
-            start = block.content()
-            if block.type == "text":
-                start["text"] = ""
-            else:
-                start["input"] = {}
-            yield _sse({"type": "content_block_start", "index": index, "content_block": start})
+            yield _sse({"type": "content_block_start", "index": index, "content_block": block.start()})
             if not pinged:
                 pinged = True
                 yield _sse({"type": "ping"})

@@ -91,6 +91,17 @@ class RequestCost:
             text += TOOL_SYSTEM_PROMPT_TOKENS[provider.type]
         return text + sum(self.image_tokens(provider, target, image) for image in self.images) + self.audio_tokens
 
+    def upper_bound(self, other: RequestCost) -> RequestCost:
+        """A cost at least as high as both, for every target: an endpoint that sends one request
+        as it is to some targets and translated to others reserves the larger of the two."""
+        return RequestCost(
+            text_tokens=max(self.text_tokens, other.text_tokens),
+            images=max(self.images, other.images, key=len),
+            audio_tokens=max(self.audio_tokens, other.audio_tokens),
+            has_tools=self.has_tools or other.has_tools,
+            has_cache_control=self.has_cache_control or other.has_cache_control,
+        )
+
     @staticmethod
     def image_tokens(provider: Provider, target: Target, image: Image) -> int:
         if target.image_tokens is not None:
@@ -237,6 +248,83 @@ def measure(body: dict[str, Any]) -> RequestCost:
         audio_tokens=counter.audio_tokens,
         # Anthropic and Bedrock get response_format as a forced tool (with its system prompt).
         has_tools=definitions > 0 or structured,
+        has_cache_control=counter.cache_control,
+    )
+
+
+class _MessagesCounter(_Counter):
+    """The billable parts of an Anthropic Messages request, block by block."""
+
+    def block(self, block: dict[str, Any], where: str) -> None:
+        if "cache_control" in block:
+            self.cache_control = True
+        kind = block.get("type")
+        if kind == "text":
+            self.texts.append(str(block.get("text") or ""))
+        elif kind == "image":
+            self.images.append(Image("auto"))  # Claude bills an image by its (bounded) size
+        elif kind == "document":
+            self.document(block, where)
+        elif kind == "tool_result":
+            content = block.get("content")
+            self.texts.append(str(block.get("tool_use_id") or ""))
+            for i, part in enumerate(content if isinstance(content, list) else []):
+                self.block(part, f"{where}.content.{i}")
+            if isinstance(content, str):
+                self.texts.append(content)
+        elif kind == "thinking":
+            # Earlier thinking is billed as input while a tool-use turn is under way.
+            self.texts.append(str(block.get("thinking") or ""))
+        else:  # tool_use and redacted_thinking: their JSON is more tokens than the model reads
+            self.texts.append(_json({k: v for k, v in block.items() if k != "cache_control"}))
+
+    def document(self, block: dict[str, Any], where: str) -> None:
+        source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
+        if source.get("type") != "text":
+            # A PDF is billed per page, as text and as an image of every page: not boundable here.
+            raise _unbounded(f"'{where}' is a PDF document.", where)
+        self.texts.extend(str(block.get(name) or "") for name in ("title", "context"))
+        self.texts.append(str(source.get("data") or ""))
+
+    def content(self, content: Any, where: str) -> None:
+        if isinstance(content, str):
+            self.texts.append(content)
+            return
+        for i, block in enumerate(content if isinstance(content, list) else []):
+            self.block(block, f"{where}.{i}")
+
+
+def measure_messages(body: dict[str, Any]) -> RequestCost:
+    """The billable parts of a validated Anthropic Messages request, as an Anthropic target bills
+    them: system, messages (text, images, text documents, tool calls and results, earlier thinking),
+    tools (with the tool-use system prompt) and ``output_config.format``; ``cache_control`` anywhere
+    prices the prompt as a possible 1-hour cache write. Thinking is output: it is bounded by
+    ``max_tokens``, which is reserved whole. Raises GatewayError (400) for a PDF document."""
+    counter = _MessagesCounter()
+    counter.framing = tokens.REPLY_PRIMING_TOKENS
+    counter.cache_control = "cache_control" in body
+    if body.get("system") is not None:
+        counter.framing += tokens.TOKENS_PER_MESSAGE
+        counter.content(body["system"], "system")
+    for index, message in enumerate(body.get("messages") or []):
+        counter.framing += tokens.TOKENS_PER_MESSAGE
+        counter.texts.append(str(message.get("role", "")))
+        counter.content(message.get("content"), f"messages.{index}.content")
+    tools = body.get("tools") or []
+    if tools:
+        counter.texts.append(_json(tools))
+        counter.framing += TOOLS_FRAMING_TOKENS + TOKENS_PER_TOOL * len(tools)
+        counter.cache_control = counter.cache_control or any("cache_control" in tool for tool in tools)
+    if isinstance(body.get("tool_choice"), dict):
+        counter.texts.append(_json(body["tool_choice"]))
+    output_format = (body.get("output_config") or {}).get("format")
+    if output_format is not None:
+        counter.texts.append(_json(output_format))
+        counter.framing += SCHEMA_FRAMING_TOKENS
+    return RequestCost(
+        text_tokens=counter.framing + sum(tokens.upper_bound_text(text) for text in counter.texts),
+        images=tuple(counter.images),
+        has_tools=bool(tools) or output_format is not None,
         has_cache_control=counter.cache_control,
     )
 

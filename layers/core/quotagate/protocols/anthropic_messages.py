@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -187,6 +187,8 @@ class MessagesRequest:
     stream: bool
     stop_sequences: tuple[str, ...]
     chat_body: dict[str, Any]  # the OpenAI chat completion request this request becomes
+    body: dict[str, Any] = field(default_factory=dict)  # as the client sent it (for Anthropic targets)
+    max_tokens: int | None = None
 
 
 def _is_number(value: Any) -> bool:
@@ -267,7 +269,60 @@ def _tool_result_content(content: Any, where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:  # noqa: C901 -- to split (issue 12)
+def _check_text_block(block: dict[str, Any], where: str) -> None:
+    _text(block.get("text"), f"{where}.text")
+
+
+def _check_image_block(block: dict[str, Any], where: str) -> None:
+    _source(block, where, _IMAGE_TYPES)
+
+
+def _check_document_block(block: dict[str, Any], where: str) -> None:
+    source = _source(block, where, ("application/pdf",))
+    if source["type"] == "url":
+        raise _bad(f"{where}.source.type", "documents must be given inline (base64 PDF or text)")
+
+
+def _check_tool_use_block(block: dict[str, Any], where: str) -> None:
+    if not isinstance(block.get("id"), str) or not block["id"]:
+        raise _bad(f"{where}.id", "Field required")
+    if not isinstance(block.get("name"), str) or not _TOOL_NAME.match(block["name"]):
+        raise _bad(f"{where}.name", "must match ^[a-zA-Z0-9_-]{1,64}$")
+    if not isinstance(block.get("input"), dict):
+        raise _bad(f"{where}.input", "Input should be a valid dictionary")
+
+
+def _check_tool_result_block(block: dict[str, Any], where: str) -> None:
+    if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
+        raise _bad(f"{where}.tool_use_id", "Field required")
+    if "is_error" in block and not isinstance(block["is_error"], bool):
+        raise _bad(f"{where}.is_error", "Input should be a valid boolean")
+    _tool_result_content(block.get("content"), f"{where}.content")
+
+
+def _check_thinking_block(block: dict[str, Any], where: str) -> None:
+    if not isinstance(block.get("thinking"), str) or not isinstance(block.get("signature"), str):
+        raise _bad(where, "thinking blocks need thinking and signature strings")
+
+
+def _check_redacted_thinking_block(block: dict[str, Any], where: str) -> None:
+    if not isinstance(block.get("data"), str):
+        raise _bad(f"{where}.data", "Field required")
+
+
+# The checks of each content block type (beyond its fields and cache_control marker).
+_BLOCK_CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "text": _check_text_block,
+    "image": _check_image_block,
+    "document": _check_document_block,
+    "tool_use": _check_tool_use_block,
+    "tool_result": _check_tool_result_block,
+    "thinking": _check_thinking_block,
+    "redacted_thinking": _check_redacted_thinking_block,
+}
+
+
+def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise _bad(where, "each content block must be an object with a type")
     kind = block["type"]
@@ -278,32 +333,7 @@ def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:  # noq
     _check_fields(block, _BLOCK_FIELDS[kind], where)
     if kind not in ("thinking", "redacted_thinking"):
         _check_cache_control(block, where)
-    if kind == "text":
-        _text(block.get("text"), f"{where}.text")
-    elif kind == "image":
-        _source(block, where, _IMAGE_TYPES)
-    elif kind == "document":
-        source = _source(block, where, ("application/pdf",))
-        if source["type"] == "url":
-            raise _bad(f"{where}.source.type", "documents must be given inline (base64 PDF or text)")
-    elif kind == "tool_use":
-        if not isinstance(block.get("id"), str) or not block["id"]:
-            raise _bad(f"{where}.id", "Field required")
-        if not isinstance(block.get("name"), str) or not _TOOL_NAME.match(block["name"]):
-            raise _bad(f"{where}.name", "must match ^[a-zA-Z0-9_-]{1,64}$")
-        if not isinstance(block.get("input"), dict):
-            raise _bad(f"{where}.input", "Input should be a valid dictionary")
-    elif kind == "tool_result":
-        if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
-            raise _bad(f"{where}.tool_use_id", "Field required")
-        if "is_error" in block and not isinstance(block["is_error"], bool):
-            raise _bad(f"{where}.is_error", "Input should be a valid boolean")
-        _tool_result_content(block.get("content"), f"{where}.content")
-    elif kind == "thinking":
-        if not isinstance(block.get("thinking"), str) or not isinstance(block.get("signature"), str):
-            raise _bad(where, "thinking blocks need thinking and signature strings")
-    elif not isinstance(block.get("data"), str):
-        raise _bad(f"{where}.data", "Field required")
+    _BLOCK_CHECKS[kind](block, where)
     return block
 
 
@@ -635,7 +665,14 @@ def _parse(raw: bytes, max_bytes: int, allowed: frozenset[str], max_tokens_requi
     for name in PASSTHROUGH_FIELDS:  # the mock model server's test fields, as chat passes them
         if name in body:
             chat[name] = body[name]
-    return MessagesRequest(model=model, stream=bool(stream), stop_sequences=stop_sequences, chat_body=chat)
+    return MessagesRequest(
+        model=model,
+        stream=bool(stream),
+        stop_sequences=stop_sequences,
+        chat_body=chat,
+        body=body,
+        max_tokens=max_tokens,
+    )
 
 
 def parse_messages_request(raw: bytes, max_bytes: int) -> MessagesRequest:
@@ -842,9 +879,10 @@ class MessageEvents:
             )
         return events
 
-    def finish(self, usage: Usage | None) -> list[bytes]:
-        """The closing events: the open block's stop, message_delta (final usage), message_stop."""
-        reason, sequence = stop_reason(self._finish, self._matched, self.stop_sequences)
+    def finish(self, usage: Usage | None, cut: bool = False) -> list[bytes]:
+        """The closing events: the open block's stop, message_delta (final usage), message_stop;
+        ``cut``: the gateway ended the answer (``max_tokens``)."""
+        reason, sequence = stop_reason("length" if cut else self._finish, self._matched, self.stop_sequences)
         return [
             *self._close(),
             sse(

@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -627,6 +627,18 @@ def _response_tool_name(body: dict[str, Any]) -> str | None:
     return tool.name if tool is not None else None
 
 
+def native_event_bytes(event: dict[str, Any]) -> bytes:
+    """One Messages stream event as Anthropic frames it (``event:`` names the data's type)."""
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"event: " + str(event.get("type")).encode() + b"\ndata: " + data + b"\n\n"
+
+
+def native_request(body: dict[str, Any], model: str, max_tokens: int) -> dict[str, Any]:
+    """A client's Messages request as one target receives it: its own model name and the output cap
+    the gateway planned; everything else exactly as the client sent it."""
+    return {**body, "model": model, "max_tokens": max_tokens}
+
+
 def _is_message(data: dict[str, Any]) -> bool:
     return data.get("type") == "message" and isinstance(data.get("content"), list)
 
@@ -679,6 +691,38 @@ class AnthropicProvider(HTTPProvider):
         request_body = self._translate({**body, "stream": True})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translator = StreamTranslator(body.get("model"), include_usage, response_tool=_response_tool_name(body))
+        events = self._events(request_body)
+        try:
+            async for event in events:
+                for chunk in translator.feed(event):
+                    yield SSEEvent.from_chunk(chunk)
+                if translator.finished:
+                    yield DONE_EVENT
+                    return
+        finally:
+            await events.aclose()
+
+    async def stream_messages(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
+        """A Messages request sent as it is (the caller sets ``model`` and ``max_tokens``), its
+        answer as Anthropic's own events: ``raw`` is the event to forward, ``data`` its JSON.
+        ``message_stop`` is the last event and is marked ``done``; upstream ``ping``s are dropped
+        (the gateway sends its own keep-alives). Errors as :meth:`stream`."""
+        events = self._events({**body, "stream": True})
+        try:
+            async for event in events:
+                if event.get("type") == "ping":
+                    continue
+                done = event.get("type") == "message_stop"
+                yield SSEEvent(native_event_bytes(event), event, done)
+                if done:
+                    return
+        finally:
+            await events.aclose()
+
+    async def _events(self, request_body: dict[str, Any]) -> AsyncGenerator[dict[str, Any]]:
+        """The JSON of every event of a streamed Messages answer, up to ``message_stop``. An
+        ``error`` event or a broken stream is an :class:`UpstreamError` before the first event and
+        :class:`StreamInterrupted` after it, as is a stream that ends without ``message_stop``."""
         response = await self._send(request_body, "/messages", "text/event-stream")
         started = False  # has an event been yielded?
         try:
@@ -690,15 +734,15 @@ class AnthropicProvider(HTTPProvider):
                     for event in parse_sse_events(buffer):
                         if event.data is None:
                             continue  # comments, keep-alives
-                        try:
-                            chunks = translator.feed(event.data)
-                        except AnthropicStreamError as error:
-                            raise self._stream_error(error, started) from None
-                        for chunk in chunks:
-                            started = True
-                            yield SSEEvent.from_chunk(chunk)
-                        if translator.finished:
-                            yield DONE_EVENT
+                        if event.data.get("type") == "error":
+                            error = _obj(event.data.get("error"))
+                            stream_error = AnthropicStreamError(
+                                str(error.get("type") or "api_error"), str(error.get("message") or "stream error")
+                            )
+                            raise self._stream_error(stream_error, started) from None
+                        started = True
+                        yield event.data
+                        if event.data.get("type") == "message_stop":
                             return
             except httpx.TimeoutException:
                 if not started:
