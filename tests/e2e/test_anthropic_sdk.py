@@ -142,3 +142,56 @@ def test_the_same_wrong_key_is_still_the_openai_sdks_authentication_error(gatewa
     assert caught.value.code == "invalid_api_key"
     assert "API key" in caught.value.body["message"]
     assert caught.value.request_id
+
+
+def billed(message) -> int:
+    usage = message.usage
+    return (
+        usage.input_tokens
+        + (usage.cache_creation_input_tokens or 0)
+        + (usage.cache_read_input_tokens or 0)
+        + usage.output_tokens
+    )
+
+
+def test_thinking_and_prompt_caching_pass_through_to_an_anthropic_target(gateway):
+    """Native pass-through: the signed thinking blocks and the cache usage of the Anthropic target
+    reach the SDK (created and streamed), a thinking block goes back unchanged in the next turn (the
+    mock checks its signature), and the counters equal every token the target billed."""
+    import uuid
+
+    from quotagate_tools.mock.anthropic import thinking_signature
+
+    key = new_key(gateway)
+    client = anthropic.Anthropic(base_url=gateway["base"], api_key=key["api_key"], max_retries=0)
+    system = [
+        {
+            "type": "text",
+            "text": f"You forecast the weather. Case {uuid.uuid4().hex}. " * 20,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    question = {"role": "user", "content": "Will it rain in Paris?"}
+    created = client.messages.create(
+        model="mock-claude", max_tokens=2000, system=system, thinking=thinking, messages=[question]
+    )
+    thought = created.content[0]
+    assert thought.type == "thinking" and thought.signature == thinking_signature(thought.thinking)
+    assert created.usage.cache_creation_input_tokens > 0 and created.usage.cache_read_input_tokens == 0
+
+    turns = [
+        question,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in created.content]},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    with client.messages.stream(
+        model="mock-claude", max_tokens=2000, system=system, thinking=thinking, messages=turns
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "signature" in kinds  # the SDK's thinking and signature events
+    assert final.content[0].type == "thinking"
+    assert final.content[0].signature == thinking_signature(final.content[0].thinking)
+    assert final.usage.cache_read_input_tokens == created.usage.cache_creation_input_tokens
+    assert tokens_used(gateway, key) == billed(created) + billed(final)

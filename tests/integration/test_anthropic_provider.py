@@ -394,8 +394,8 @@ async def _native(server: MockServer, request: dict[str, Any]) -> tuple[list[SSE
 
 
 def test_stream_messages_sends_the_body_as_it_is_and_yields_anthropics_own_events(mock):
-    from quotagate_tools.mock.anthropic import THINKING_TOKENS, thinking_signature
     from quotagate.providers.anthropic import native_request
+    from quotagate_tools.mock.anthropic import THINKING_TOKENS, thinking_signature
 
     client_body = {
         "model": "alias-the-client-used",

@@ -255,7 +255,12 @@ class Gateway:
 
     # -- chat completions --------------------------------------------------------------------
     async def chat(
-        self, identity: Identity, raw_body: bytes, request_id: str, translate: Translate | None = None
+        self,
+        identity: Identity,
+        raw_body: bytes,
+        request_id: str,
+        translate: Translate | None = None,
+        cost: estimate.RequestCost | None = None,
     ) -> ChatResponse:
         """Validate, route, reserve and start the upstream call (failing over as needed). Raises
         GatewayError (nothing reserved, or the reservation already settled) for anything the
@@ -263,11 +268,13 @@ class Gateway:
 
         ``translate`` builds the request's translator (default :class:`ChatTranslator`): an
         endpoint whose clients speak another protocol sends the chat body here for validation and
-        the reservation, and chooses per target what is sent and how the stream is read."""
+        the reservation, and chooses per target what is sent and how the stream is read; ``cost``
+        is then what its request can cost on any target (an upper bound), if the chat body alone
+        does not bound it (a body sent as it is to some targets)."""
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes)
         route = await self.admission.route(identity, request.model, request_id, started)
-        plan, size = await self._chat_reservation(request, route)
+        plan, size = await self._chat_reservation(request, route, cost)
         translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
         admitted = await self.admission.reserve(route, size)
         response = ChatResponse(self, request, admitted, plan, translator)
@@ -285,13 +292,14 @@ class Gateway:
         return response
 
     async def _chat_reservation(
-        self, request: ChatRequest, route: Route
+        self, request: ChatRequest, route: Route, cost: estimate.RequestCost | None = None
     ) -> tuple[estimate.OutputPlan, ReservationSize]:
         """The output plan of a chat request and what it reserves: its prompt on the dearest
         target and room for its output (the 429 explains the output part in the client's terms)."""
         config = self._config()
         limits = route.limits
-        cost = await to_thread.run_sync(estimate.measure, request.body)
+        if cost is None:
+            cost = await to_thread.run_sync(estimate.measure, request.body)
         plan = estimate.plan_output(
             config,
             request,

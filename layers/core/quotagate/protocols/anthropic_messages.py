@@ -51,11 +51,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.anthropic import PASSTHROUGH_FIELDS
-from quotagate.providers.openai_compat import parse_sse_events
 
 if TYPE_CHECKING:
     from quotagate.config import GatewayConfig, Target
     from quotagate.identity import Identity
+    from quotagate.logic.chat_request import ChatRequest
+    from quotagate.logic.estimate import OutputPlan, RequestCost
     from quotagate.logic.gateway import ChatResponse, Gateway
     from quotagate.logic.metering import Usage
 
@@ -913,70 +914,62 @@ def error_event(error: Any) -> bytes:
 
 
 class MessagesReply:
-    """One admitted Messages request: its answer as a message or as events, settled exactly once."""
+    """One admitted Messages request: its answer as a message or as events, settled exactly once.
+    The pipeline's response already speaks Messages (:mod:`quotagate.protocols.messages_dialect`)."""
 
-    def __init__(self, chat: ChatResponse, request: MessagesRequest) -> None:
-        self.chat = chat
+    def __init__(self, response: ChatResponse, request: MessagesRequest) -> None:
+        self.response = response
         self.request = request
 
     @property
     def headers(self) -> dict[str, str]:
-        return {**self.chat.headers, REQUEST_ID_HEADER: self.chat.outcome.request_id}
+        return {**self.response.headers, REQUEST_ID_HEADER: self.response.outcome.request_id}
 
     async def message(self) -> dict[str, Any]:
-        """The non-streamed answer, after settlement (its ``usage`` is what was settled)."""
-        await self.chat.finish(200)
-        return to_message(
-            self.chat.json or {}, self.chat.outcome.usage, self.request.stop_sequences, self.chat.outcome.model
-        )
+        """The non-streamed answer (its ``usage`` is what is settled)."""
+        await self.response.finish(200)
+        return self.response.json or {}
 
     async def finish(self, client_status: int | None = None) -> None:
-        await self.chat.finish(client_status)
+        await self.response.finish(client_status)
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """The SSE bytes of a streamed answer. The request is settled before ``message_delta`` so
-        that the usage it reports is the usage settled."""
-        translator = MessageEvents(self.chat.outcome.model, self.request.stop_sequences)
-        yield translator.start()
-        buffer = bytearray()
-        ended = False
-        async for raw in self.chat.body():
-            buffer.extend(raw)
-            for event in parse_sse_events(buffer):
-                if event.done:
-                    ended = True
-                elif event.data is None:
-                    yield PING
-                elif "error" in event.data:
-                    yield error_event(event.data["error"])
-                    return
-                else:
-                    for out in translator.feed(event.data):
-                        yield out
-        if not ended:
-            yield error_event({"message": "The upstream provider ended the stream early."})
-            return
-        await self.chat.finish(200)
-        for out in translator.finish(self.chat.outcome.usage):
-            yield out
+    def body(self) -> AsyncIterator[bytes]:
+        """The SSE bytes of a streamed answer: Anthropic's events."""
+        return self.response.body()
+
+
+def request_cost(request: MessagesRequest) -> RequestCost:
+    """What the request can cost on any target: the Messages body as an Anthropic target bills it,
+    or its chat translation as the others do, whichever is more (an upper bound for both)."""
+    from quotagate.logic import estimate
+
+    return estimate.measure_messages(request.body).upper_bound(estimate.measure(request.chat_body))
 
 
 async def create_message(gateway: Gateway, identity: Identity, raw: bytes, request_id: str) -> MessagesReply:
-    """Validate a Messages request and run it through the gateway's chat pipeline (GatewayError
-    for anything the client must see as an error status, nothing reserved for bad input)."""
+    """Validate a Messages request and run it through the gateway's one pipeline with the Messages
+    translator (native to Anthropic targets, translated to the others). GatewayError for anything
+    the client must see as an error status; nothing is reserved for bad input."""
+    from anyio import to_thread
+
+    from quotagate.protocols.messages_dialect import MessagesTranslator
+
     request = parse_messages_request(raw, gateway.max_body_bytes)
+    cost = await to_thread.run_sync(request_cost, request)
+
+    def translate(chat: ChatRequest, plan: OutputPlan, config: GatewayConfig) -> MessagesTranslator:
+        return MessagesTranslator(request, chat, plan, config)
+
     chat_raw = json.dumps(request.chat_body, separators=(",", ":"), ensure_ascii=False).encode()
-    chat = await gateway.chat(identity, chat_raw, request_id)
-    return MessagesReply(chat, request)
+    response = await gateway.chat(identity, chat_raw, request_id, translate=translate, cost=cost)
+    return MessagesReply(response, request)
 
 
-def input_tokens_estimate(config: GatewayConfig, targets: Sequence[Target], chat_body: dict[str, Any]) -> int:
-    """What the gateway reserves for the prompt of this request (:mod:`quotagate.logic.estimate`:
-    text, tools, images, each target in its own tokens), for the most expensive of the model's
+def input_tokens_estimate(config: GatewayConfig, targets: Sequence[Target], request: MessagesRequest) -> int:
+    """What the gateway reserves for the prompt of this request (:func:`request_cost`: text, tools,
+    images, documents, each target in its own tokens), for the most expensive of the model's
     targets: an upper bound, not the provider's own count."""
-    from quotagate.logic import estimate
-
-    cost = estimate.measure(chat_body)
+    cost = request_cost(request)
     return max(cost.prompt_tokens(config.providers[target.provider], target) for target in targets)
 
 
@@ -989,5 +982,5 @@ async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> dict
     limits = await to_thread.run_sync(gateway.limits_for, identity)
     resolution = gateway.resolve(request.model, limits)
     config = gateway.config
-    count = await to_thread.run_sync(lambda: input_tokens_estimate(config, resolution.targets, request.chat_body))
+    count = await to_thread.run_sync(lambda: input_tokens_estimate(config, resolution.targets, request))
     return {"input_tokens": count}
