@@ -463,7 +463,7 @@ def _prompt_cache(request: Request, body: dict[str, Any], total: int, count: Any
     state = request.app.state
     store: dict[str, float] = getattr(state, "anthropic_prompt_cache", None) or {}
     state.anthropic_prompt_cache = store
-    key = hashlib.sha256(_dumps([split_model(body["model"])[0], ttl, prefix])).hexdigest()
+    key = hashlib.sha256(json_bytes([split_model(body["model"])[0], ttl, prefix])).hexdigest()
     now = time.monotonic()
     hit = store.get(key, 0.0) > now
     store[key] = now + CACHE_SECONDS[ttl]
