@@ -235,7 +235,7 @@ def lambda_stub(monkeypatch):
     monkeypatch.delenv(cli.FUNCTION_ENV, raising=False)
     session = StubbedSession()
     stubber = session.stub("lambda")
-    monkeypatch.setattr(cli, "_session", lambda args: (session, {}))
+    monkeypatch.setattr(cli, "aws_session", lambda args: (session, {}))
     return stubber
 
 
@@ -311,7 +311,7 @@ def test_endpoint_url_uses_dummy_credentials_and_default_region_if_none_configur
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
     args = parse("keys", "list", "--tenant", "a", "--endpoint-url", "http://127.0.0.1:9")
-    _session, client_args = cli._session(args)
+    _session, client_args = cli.aws_session(args)
     assert client_args["endpoint_url"] == "http://127.0.0.1:9"
     assert client_args["region_name"] == "us-east-1"
     assert client_args["aws_access_key_id"] and client_args["aws_secret_access_key"]
@@ -321,14 +321,14 @@ def test_endpoint_url_keeps_configured_credentials_and_region(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
     args = parse("keys", "list", "--tenant", "a", "--endpoint-url", "http://127.0.0.1:9", "--region", "eu-west-1")
-    session, client_args = cli._session(args)
+    session, client_args = cli.aws_session(args)
     assert client_args == {"endpoint_url": "http://127.0.0.1:9"}
     assert session.region_name == "eu-west-1"
 
 
 def test_without_endpoint_url_nothing_is_overridden(monkeypatch):
     args = parse("keys", "list", "--tenant", "a")
-    _session, client_args = cli._session(args)
+    _session, client_args = cli.aws_session(args)
     assert client_args == {}
 
 

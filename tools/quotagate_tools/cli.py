@@ -238,7 +238,7 @@ def build_event(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ invoking
 
 
-def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def aws_session(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """A boto3 session and the extra client arguments for the target."""
     import boto3
 
@@ -294,7 +294,7 @@ def invoke(args: argparse.Namespace, event: dict[str, Any]) -> dict[str, Any]:
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    session, client_args = _session(args)
+    session, client_args = aws_session(args)
     function_name = resolve_function_name(args, session, client_args)
     config = Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 4})
     try:
