@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from typing import Any
 
+from quotagate import settings
 from quotagate_tools import cli_providers, cli_usage
 from quotagate_tools.cli_errors import CliError
 
@@ -264,7 +264,7 @@ def _credentials_or_none(session: Any) -> Any:
 def resolve_function_name(args: argparse.Namespace, session: Any, client_args: dict[str, Any]) -> str:
     if args.function_name:
         return str(args.function_name)
-    from_env = os.environ.get(FUNCTION_ENV)
+    from_env = settings.env(FUNCTION_ENV)
     if from_env:
         return from_env
     if args.endpoint_url:

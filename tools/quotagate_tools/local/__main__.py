@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from quotagate import settings
+
 DEV_CONFIG = Path(__file__).with_name("dev_config.json")
 KEYS_FUNCTION_NAMES = ("quotagate-keys", "Quotagate-keys", "keys")
 
@@ -46,7 +48,7 @@ def provider_secrets_from_env() -> None:
     names = {p.api_key_secret for p in load_config(force=True).providers.values() if p.api_key_secret}
     for name in sorted(names):
         env_name = "QG_SECRET_" + "".join(c if c.isalnum() else "_" for c in name).upper()
-        value = os.environ.get(env_name)
+        value = settings.env(env_name)
         if not value:
             continue
         try:
@@ -95,7 +97,7 @@ def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quotagate_tools.local", description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument("--port", type=int, default=int(settings.env("PORT", "8080") or "8080"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
         "--token-delay", type=float, default=None, help="seconds per token streamed by the mock model server"
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from quotagate import key_derivation, settings, tables
+    from quotagate import key_derivation, tables
     from quotagate_tools.local import settlements
     from quotagate_tools.local.ttl import start_sweeper
 
