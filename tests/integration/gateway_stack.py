@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 
-from quotagate import config, key_derivation, tables
+from quotagate import aws, config, key_derivation, tables
 from tests.helpers import FakeClock
 
 TEST_CONFIG = {
@@ -118,6 +118,10 @@ def _reset_handler_singletons() -> None:
         reset = getattr(module, "reset", None)
         if callable(reset):
             reset()
+    # The cached Powertools providers hold a boto3 client bound to the stack's moto server: one made
+    # here would read from a dead endpoint after the stack stops.
+    aws.secrets_provider.cache_clear()
+    aws.ssm_provider.cache_clear()
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from functions.keys import handler
-from quotagate import apikeys, config, key_derivation, settings, tables
+from quotagate import apikeys, aws, config, key_derivation, settings, tables
 from quotagate_tools import cli
 from tests.helpers import FakeLambdaContext
 
@@ -98,6 +98,7 @@ def endpoint(moto_url, monkeypatch):
     server.shutdown()
     server.server_close()
     handler.reset()
+    aws.secrets_provider.cache_clear()  # its client is bound to this module's moto server
 
 
 def run(capsys: Any, *argv: str) -> tuple[int, Any, str]:

@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from functions.keys import handler
-from quotagate import apikeys, config, key_derivation, settings, tables
+from quotagate import apikeys, aws, config, key_derivation, settings, tables
 from quotagate.dal.keys_store import DynamoKeyStore
 from tests.helpers import FakeLambdaContext
 
@@ -40,6 +40,7 @@ def dynamodb(monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     config.reset_cache()
     handler.reset()
+    aws.secrets_provider.cache_clear()  # a provider cached by an earlier test may point at a stopped moto server
     with mock_aws():
         client = boto3.client("dynamodb")
         tables.create_all(client)
