@@ -248,6 +248,9 @@ BAD_EVENTS: list[tuple[Any, str]] = [
     (create_event(metadata={"blob": "x" * 5000}), "invalid_request"),
     (create_event(limits={"tokens_per_day": -1}), "invalid_request"),
     (create_event(limits={"bananas": 1}), "invalid_request"),
+    # Counts are whole numbers: a fractional request, token or concurrency limit is refused.
+    (create_event(limits={"requests_per_minute": 2.5}), "invalid_request"),
+    (create_event(limits={"max_concurrent_requests": 0.5}), "invalid_request"),
     (create_event(secret_hash="00"), "invalid_request"),
     (create_event(request_id=""), "invalid_request"),
     (create_event(request_id="x" * 129), "invalid_request"),

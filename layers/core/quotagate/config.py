@@ -19,16 +19,23 @@ or an alias with ordered targets and routing options::
      "on_tier_mismatch": "downgrade", "downgrade_to": "chat-mini", "sticky": true, "deadline": 60}
 
 See :mod:`quotagate.logic.router` for what each option does.
+
+Every field is typed and checked by the pydantic models of :mod:`quotagate.config_models`
+(:func:`parse_config`); unknown fields are refused. The proxy's hot path does not import pydantic
+(it would add about 100 ms to a cold start): :func:`load_config` builds the plain dataclasses below
+from a document that was validated before it got there — by the CDK synth, which writes the SSM
+parameter, or by local mode's start-up for a file. The keys function and the CLI validate with
+:func:`load_validated_config`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -51,24 +58,6 @@ _VAR_RE = re.compile(r"\$\{([A-Z0-9_]+)\}")
 
 class ConfigError(ValueError):
     pass
-
-
-def validate_limits(raw: Any, where: str) -> dict[str, float]:
-    """Check a limits mapping; returns it with numeric values. Raises ConfigError naming the field."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be an object")
-    limits: dict[str, float] = {}
-    for name, value in raw.items():
-        if name not in LIMIT_NAMES:
-            raise ConfigError(f"{where}: unknown limit '{name}' (known: {', '.join(LIMIT_NAMES)})")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{where}.{name} must be a non-negative number")
-        limits[name] = value
-    return limits
 
 
 # Anthropic prompt caching, as multiples of the input price.
@@ -104,20 +93,37 @@ class Price:
         return (input_units * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
-PROVIDER_TYPES = ("openai", "anthropic", "bedrock")
+class ProviderType(StrEnum):
+    OPENAI = "openai"  # OpenAI-compatible HTTP
+    ANTHROPIC = "anthropic"  # the Messages API
+    BEDROCK = "bedrock"  # Converse
+
+
+PROVIDER_TYPES: tuple[str, ...] = tuple(ProviderType)
+# How an "openai" provider sends its key: "authorization" (Bearer) or "api-key" (Azure OpenAI).
+AuthHeader = Literal["authorization", "api-key"]
 # The request field that carries the output cap to a provider. OpenAI's reasoning models take only
 # max_completion_tokens; many OpenAI-compatible servers (older vLLM, Ollama) honour only max_tokens.
 # The Anthropic and Bedrock adapters translate either into their own field.
 MaxOutputField = Literal["max_tokens", "max_completion_tokens"]
 MAX_OUTPUT_FIELDS: tuple[str, ...] = get_args(MaxOutputField)
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
-TIER_MISMATCH_POLICIES = ("refuse", "downgrade")
+
+
+class TierMismatchPolicy(StrEnum):
+    """What a plan that may not use some of a model's targets gets."""
+
+    REFUSE = "refuse"  # 403
+    DOWNGRADE = "downgrade"  # the model's downgrade_to
+
+
+TIER_MISMATCH_POLICIES: tuple[str, ...] = tuple(TierMismatchPolicy)
 
 
 @dataclass(frozen=True)
 class Provider:
     name: str
-    type: str  # "openai" (OpenAI-compatible HTTP) | "anthropic" (Messages API) | "bedrock" (Converse)
+    type: ProviderType
     base_url: str  # "" for bedrock: the AWS regional endpoint
     api_key_secret: str | None = None  # Secrets Manager name; None for keyless upstreams (and bedrock)
     connect_timeout: float = 5.0
@@ -126,8 +132,7 @@ class Provider:
     # Reservations count prompts with cl100k; a provider whose tokenizer yields more tokens for the
     # same text needs a larger estimate for the reservation to stay an upper bound.
     prompt_token_factor: float = 1.0
-    # How an "openai" provider sends its key: "authorization" (Bearer) or "api-key" (Azure OpenAI).
-    auth_header: str = "authorization"
+    auth_header: AuthHeader = "authorization"
     max_output_field: MaxOutputField = "max_tokens"  # see MaxOutputField; a target can override it
 
 
@@ -174,7 +179,7 @@ class Model:
 
     name: str
     targets: tuple[Target, ...]
-    on_tier_mismatch: str = "refuse"  # "refuse" (403) | "downgrade"
+    on_tier_mismatch: TierMismatchPolicy = TierMismatchPolicy.REFUSE
     downgrade_to: str | None = None  # another model name, for "downgrade"
     sticky: bool = False  # the first pick is a stable hash of consumer and alias
     deadline: float | None = None  # total seconds for the whole request (None: no total deadline)
@@ -247,7 +252,7 @@ class GatewayConfig:
 
 def _expand(value: Any) -> Any:
     if isinstance(value, str):
-        return _VAR_RE.sub(lambda m: os.environ.get(m.group(1), ""), value)
+        return _VAR_RE.sub(lambda m: settings.env(m.group(1)) or "", value)
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -255,260 +260,124 @@ def _expand(value: Any) -> Any:
     return value
 
 
-# -- parsing helpers: every error names the field ------------------------------------------------
-def _object(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be an object")
-    return raw
-
-
-def _known_keys(raw: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(known)})")
-
-
-def _number(
-    raw: dict[str, Any], name: str, where: str, *, positive: bool = False, default: float | None = None
-) -> float | None:
-    value = raw.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
-        kind = "a positive number" if positive else "a non-negative number"
-        raise ConfigError(f"{where}.{name} must be {kind}")
-    return float(value)
-
-
-def _positive_int(raw: dict[str, Any], name: str, where: str, default: int | None) -> Any:
-    value = raw.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}.{name} must be a positive integer")
-    return value
-
-
-def _string(raw: dict[str, Any], name: str, where: str, default: str | None = None) -> str | None:
-    value = raw.get(name, default)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}.{name} must be a non-empty string")
-    return value
-
-
+# -- building: the document is already validated (config_models) ---------------------------------
 # cl100k (what the gateway counts with) matches OpenAI models; Claude's and other Bedrock models'
 # tokenizers produce more tokens for the same English text, so their estimates get a margin.
 DEFAULT_PROMPT_TOKEN_FACTORS = {"openai": 1.0, "anthropic": 1.3, "bedrock": 1.3}
+DEFAULT_PLAN_MAX_TOKENS = 1024
 
 
-def _parse_provider(name: str, raw: Any) -> Provider:
-    where = f"providers.{name}"
-    p = _object(raw, where)  # other fields are left to the provider adapters
-    kind = p.get("type", "openai")
-    if kind not in PROVIDER_TYPES:
-        raise ConfigError(f"{where}.type must be one of {', '.join(PROVIDER_TYPES)}, not {kind!r}")
-    base_url = p.get("base_url") or ""
-    if not isinstance(base_url, str):
-        raise ConfigError(f"{where}.base_url must be a string")
-    if not base_url and kind != "bedrock":
-        raise ConfigError(f"{where}.base_url is required for a provider of type '{kind}'")
-    region = p.get("region") or None
-    if region is not None and not isinstance(region, str):
-        raise ConfigError(f"{where}.region must be a string")
-    factor = _number(p, "prompt_token_factor", where, positive=True, default=DEFAULT_PROMPT_TOKEN_FACTORS[kind]) or 1.0
-    if factor < 1.0:
-        raise ConfigError(f"{where}.prompt_token_factor must be at least 1")
-    auth_header = p.get("auth_header", "authorization")
-    if auth_header not in ("authorization", "api-key"):
-        raise ConfigError(f"{where}.auth_header must be 'authorization' or 'api-key'")
-    max_output_field = p.get("max_output_field", "max_tokens")
-    if max_output_field not in MAX_OUTPUT_FIELDS:
-        raise ConfigError(f"{where}.max_output_field must be one of {', '.join(MAX_OUTPUT_FIELDS)}")
+def _build_provider(name: str, raw: dict[str, Any]) -> Provider:
+    kind = ProviderType(raw.get("type", ProviderType.OPENAI))
+    factor = raw.get("prompt_token_factor")
     return Provider(
         name=name,
         type=kind,
-        base_url=base_url.rstrip("/"),
-        api_key_secret=_string(p, "api_key_secret", where),
-        connect_timeout=_number(p, "connect_timeout", where, positive=True, default=5.0) or 5.0,
-        read_timeout=_number(p, "read_timeout", where, positive=True, default=120.0) or 120.0,
-        region=region,
-        prompt_token_factor=factor,
-        auth_header=auth_header,
-        max_output_field=max_output_field,
+        base_url=(raw.get("base_url") or "").rstrip("/"),
+        api_key_secret=raw.get("api_key_secret"),
+        connect_timeout=float(raw.get("connect_timeout") or 5.0),
+        read_timeout=float(raw.get("read_timeout") or 120.0),
+        region=raw.get("region") or None,
+        prompt_token_factor=float(DEFAULT_PROMPT_TOKEN_FACTORS[kind] if factor is None else factor),
+        auth_header=raw.get("auth_header", "authorization"),
+        max_output_field=raw.get("max_output_field", "max_tokens"),
     )
 
 
-def _parse_price(raw: Any, where: str) -> Price:
-    if raw is None:
-        return Price()
-    p = _object(raw, where)
-    _known_keys(p, where, ("input_per_million", "output_per_million"))
-    return Price(
-        input_per_million=_number(p, "input_per_million", where, default=0.0) or 0.0,
-        output_per_million=_number(p, "output_per_million", where, default=0.0) or 0.0,
-    )
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
-_TARGET_FIELDS = (
-    "provider",
-    "upstream_model",
-    "price",
-    "weight",
-    "plans",
-    "timeouts",
-    "max_output_tokens",
-    "max_output_field",
-    "image_tokens",
-    "reasoning",
-)
-_TIMEOUT_FIELDS = ("connect", "first_byte", "idle")
-
-
-def _parse_target(
-    raw: Any, where: str, default_model: str, providers: dict[str, Provider], known: tuple[str, ...] = _TARGET_FIELDS
-) -> Target:
-    t = _object(raw, where)
-    _known_keys(t, where, known)
-    provider = t.get("provider")
-    if provider not in providers:
-        raise ConfigError(f"{where} names unknown provider {provider!r}")
-    plans = t.get("plans")
-    if plans is not None and (not isinstance(plans, list) or not all(isinstance(x, str) for x in plans)):
-        raise ConfigError(f"{where}.plans must be a list of plan names")
-    timeouts = _object(t.get("timeouts") or {}, f"{where}.timeouts")
-    _known_keys(timeouts, f"{where}.timeouts", _TIMEOUT_FIELDS)
-    reasoning = t.get("reasoning", False)
-    if not isinstance(reasoning, bool):
-        raise ConfigError(f"{where}.reasoning must be true or false")
-    max_output_field = t.get("max_output_field", "max_completion_tokens" if reasoning else None)
-    if max_output_field is not None and max_output_field not in MAX_OUTPUT_FIELDS:
-        raise ConfigError(f"{where}.max_output_field must be one of {', '.join(MAX_OUTPUT_FIELDS)}")
+def _build_target(raw: dict[str, Any], default_model: str) -> Target:
+    timeouts = raw.get("timeouts") or {}
+    price = raw.get("price") or {}
+    reasoning = bool(raw.get("reasoning"))
+    plans = raw.get("plans")
     return Target(
-        provider=provider,
-        upstream_model=_string(t, "upstream_model", where, default_model) or default_model,
-        price=_parse_price(t.get("price"), f"{where}.price"),
-        weight=_number(t, "weight", where),
+        provider=raw["provider"],
+        upstream_model=raw.get("upstream_model") or default_model,
+        price=Price(
+            input_per_million=float(price.get("input_per_million") or 0.0),
+            output_per_million=float(price.get("output_per_million") or 0.0),
+        ),
+        weight=_optional_float(raw.get("weight")),
         plans=None if plans is None else tuple(plans),
-        connect_timeout=_number(timeouts, "connect", f"{where}.timeouts", positive=True),
-        first_byte_timeout=_number(timeouts, "first_byte", f"{where}.timeouts", positive=True),
-        idle_timeout=_number(timeouts, "idle", f"{where}.timeouts", positive=True),
-        max_output_tokens=_positive_int(t, "max_output_tokens", where, DEFAULT_MAX_OUTPUT_TOKENS),
-        max_output_field=max_output_field,
-        image_tokens=_positive_int(t, "image_tokens", where, None),
+        connect_timeout=_optional_float(timeouts.get("connect")),
+        first_byte_timeout=_optional_float(timeouts.get("first_byte")),
+        idle_timeout=_optional_float(timeouts.get("idle")),
+        max_output_tokens=raw.get("max_output_tokens") or DEFAULT_MAX_OUTPUT_TOKENS,
+        max_output_field=raw.get("max_output_field") or ("max_completion_tokens" if reasoning else None),
+        image_tokens=raw.get("image_tokens"),
         reasoning=reasoning,
     )
 
 
-_ALIAS_FIELDS = ("targets", "on_tier_mismatch", "downgrade_to", "sticky", "deadline", "created")
-
-
-def _parse_model(name: str, raw: Any, providers: dict[str, Provider]) -> Model:
-    where = f"models.{name}"
-    m = _object(raw, where)
-    if "targets" in m:
-        _known_keys(m, where, _ALIAS_FIELDS)
-        raw_targets = m["targets"]
-        if not isinstance(raw_targets, list) or not raw_targets:
-            raise ConfigError(f"{where}.targets must be a non-empty list")
-        targets = tuple(_parse_target(t, f"{where}.targets[{i}]", name, providers) for i, t in enumerate(raw_targets))
+def _build_model(name: str, raw: dict[str, Any]) -> Model:
+    if raw.get("targets") is not None:
+        targets = tuple(_build_target(t, name) for t in raw["targets"])
     else:
-        # The simple form: one target, written inline.
-        _known_keys(m, where, (*_TARGET_FIELDS, *_ALIAS_FIELDS[1:]))
-        target_fields = {k: v for k, v in m.items() if k in _TARGET_FIELDS}
-        targets = (_parse_target(target_fields, where, name, providers),)
-    ids = [t.id for t in targets]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{where}.targets lists the same provider/upstream_model twice")
-    downgrade_to = _string(m, "downgrade_to", where)
-    policy = m.get("on_tier_mismatch", "downgrade" if downgrade_to else "refuse")
-    if policy not in TIER_MISMATCH_POLICIES:
-        raise ConfigError(f"{where}.on_tier_mismatch must be one of {', '.join(TIER_MISMATCH_POLICIES)}")
-    if downgrade_to is not None and policy != "downgrade":
-        raise ConfigError(f"{where}.downgrade_to needs on_tier_mismatch 'downgrade'")
-    sticky = m.get("sticky", False)
-    if not isinstance(sticky, bool):
-        raise ConfigError(f"{where}.sticky must be true or false")
-    created = m.get("created")
-    if created is not None and (isinstance(created, bool) or not isinstance(created, int) or created < 0):
-        raise ConfigError(f"{where}.created must be a Unix time in seconds")
+        targets = (_build_target(raw, name),)  # the simple form: one target, written inline
+    downgrade_to = raw.get("downgrade_to")
+    policy = raw.get("on_tier_mismatch") or (
+        TierMismatchPolicy.DOWNGRADE if downgrade_to else TierMismatchPolicy.REFUSE
+    )
     return Model(
         name=name,
         targets=targets,
-        on_tier_mismatch=policy,
+        on_tier_mismatch=TierMismatchPolicy(policy),
         downgrade_to=downgrade_to,
-        sticky=sticky,
-        deadline=_number(m, "deadline", where, positive=True),
-        created=created,
+        sticky=bool(raw.get("sticky")),
+        deadline=_optional_float(raw.get("deadline")),
+        created=raw.get("created"),
     )
 
 
-def _parse_breaker(raw: Any) -> BreakerPolicy:
-    if raw is None:
-        return BreakerPolicy()
-    where = "circuit_breaker"
-    b = _object(raw, where)
-    _known_keys(b, where, ("failure_threshold", "cooldown_seconds", "probe_lease_seconds", "cache_seconds"))
+def limits_of(raw: dict[str, Any] | None) -> dict[str, float]:
+    """The limits that are set (a null value is no limit)."""
+    return {name: value for name, value in (raw or {}).items() if value is not None}
+
+
+def _build_plan(name: str, raw: dict[str, Any]) -> Plan:
+    models = raw.get("models")
+    return Plan(
+        name=name,
+        limits=limits_of(raw.get("limits")),
+        models=None if models in (None, "*") else tuple(models),
+        default_max_tokens=raw.get("default_max_tokens", DEFAULT_PLAN_MAX_TOKENS),
+    )
+
+
+def _build_breaker(raw: dict[str, Any] | None) -> BreakerPolicy:
     defaults = BreakerPolicy()
-    threshold = b.get("failure_threshold", defaults.failure_threshold)
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-        raise ConfigError(f"{where}.failure_threshold must be an integer of at least 1")
+    raw = raw or {}
     return BreakerPolicy(
-        failure_threshold=threshold,
-        cooldown_seconds=_number(b, "cooldown_seconds", where, positive=True, default=defaults.cooldown_seconds)
-        or defaults.cooldown_seconds,
-        probe_lease_seconds=_number(
-            b, "probe_lease_seconds", where, positive=True, default=defaults.probe_lease_seconds
-        )
-        or defaults.probe_lease_seconds,
-        cache_seconds=_number(b, "cache_seconds", where, default=defaults.cache_seconds) or 0.0,
+        failure_threshold=raw.get("failure_threshold", defaults.failure_threshold),
+        cooldown_seconds=float(raw.get("cooldown_seconds", defaults.cooldown_seconds)),
+        probe_lease_seconds=float(raw.get("probe_lease_seconds", defaults.probe_lease_seconds)),
+        cache_seconds=float(raw.get("cache_seconds", defaults.cache_seconds)),
     )
 
 
-def parse_config(raw: dict[str, Any]) -> GatewayConfig:
-    raw = _expand(raw)
-    providers = {name: _parse_provider(name, p) for name, p in _object(raw.get("providers", {}), "providers").items()}
-    models = {name: _parse_model(name, m, providers) for name, m in _object(raw.get("models", {}), "models").items()}
-    plans = {}
-    for name, p in _object(raw.get("plans", {}), "plans").items():
-        plan_models = p.get("models")
-        if plan_models not in (None, "*") and (
-            not isinstance(plan_models, list) or not all(isinstance(x, str) for x in plan_models)
-        ):
-            raise ConfigError(f'plans.{name}.models must be "*" or a list of model names')
-        if "tenant_limits" in p:
-            # A key's plan cannot decide what its whole tenant may spend (keys on different plans
-            # would each bring their own tenant limit, and keys without one would not count).
-            raise ConfigError(
-                f"plans.{name}.tenant_limits is no longer supported: tenant limits live on "
-                "tenant records (keys API create_tenant/update_tenant); the config's "
-                "default_tenant_limits apply to tenants without a record"
-            )
-        plans[name] = Plan(
-            name=name,
-            limits=validate_limits(p.get("limits"), f"plans.{name}.limits"),
-            models=None if plan_models in (None, "*") else tuple(plan_models),
-            default_max_tokens=int(p.get("default_max_tokens", 1024)),
-        )
-    for model in models.values():
-        if model.downgrade_to is not None and (model.downgrade_to not in models or model.downgrade_to == model.name):
-            raise ConfigError(f"models.{model.name}.downgrade_to names unknown model {model.downgrade_to!r}")
-        for i, target in enumerate(model.targets):
-            unknown = sorted(set(target.plans or ()) - set(plans))
-            if unknown:
-                raise ConfigError(f"models.{model.name}: target {i} names unknown plan(s) {', '.join(unknown)}")
-    default_plan = raw.get("default_plan", next(iter(plans), ""))
-    if default_plan not in plans:
-        raise ConfigError(f"default_plan '{default_plan}' is not a plan")
+def build_config(raw: dict[str, Any]) -> GatewayConfig:
+    """The dataclasses of a validated document (``${VAR}`` already expanded). Checks nothing: what it
+    is given passed :func:`quotagate.config_models.validate_document` (at synth, or at start-up)."""
+    plans = {name: _build_plan(name, p) for name, p in (raw.get("plans") or {}).items()}
     return GatewayConfig(
         plans=plans,
-        models=models,
-        providers=providers,
-        default_plan=default_plan,
-        circuit_breaker=_parse_breaker(raw.get("circuit_breaker")),
-        default_tenant_limits=validate_limits(raw.get("default_tenant_limits"), "default_tenant_limits"),
+        models={name: _build_model(name, m) for name, m in (raw.get("models") or {}).items()},
+        providers={name: _build_provider(name, p) for name, p in (raw.get("providers") or {}).items()},
+        default_plan=raw.get("default_plan") or next(iter(plans), ""),
+        circuit_breaker=_build_breaker(raw.get("circuit_breaker")),
+        default_tenant_limits=limits_of(raw.get("default_tenant_limits")),
     )
+
+
+def parse_config(raw: Any) -> GatewayConfig:
+    """Validate a configuration document with the models (every field, every cross-reference) and
+    build it. Raises :class:`ConfigError` naming the path of each bad field."""
+    from quotagate.config_models import validate_document  # pydantic: never on the proxy's hot path
+
+    return validate_document(_expand(raw))
 
 
 def _load_raw() -> dict[str, Any]:
@@ -522,18 +391,31 @@ def _load_raw() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-_cached: tuple[float, GatewayConfig] | None = None
+_cached: dict[bool, tuple[float, GatewayConfig]] = {}
 
 
 def load_config(force: bool = False) -> GatewayConfig:
-    """The current configuration, re-read at most once a minute."""
-    global _cached
+    """The current configuration, re-read at most once a minute — the proxy's path: built from the
+    document without validating it again (the synth validated the SSM parameter it wrote; local mode
+    validates its file at start-up). No pydantic import, so no cold-start cost for it."""
+    return _load(validate=False, force=force)
+
+
+def load_validated_config(force: bool = False) -> GatewayConfig:
+    """The current configuration, validated with the models (raises ConfigError), re-read at most
+    once a minute: for the keys function, local mode's start-up and the CLI."""
+    return _load(validate=True, force=force)
+
+
+def _load(validate: bool, force: bool) -> GatewayConfig:
     now = time.monotonic()
-    if force or _cached is None or now - _cached[0] > _CACHE_SECONDS:
-        _cached = (now, parse_config(_load_raw()))
-    return _cached[1]
+    cached = _cached.get(validate)
+    if force or cached is None or now - cached[0] > _CACHE_SECONDS:
+        raw = _load_raw()
+        cached = (now, parse_config(raw) if validate else build_config(_expand(raw)))
+        _cached[validate] = cached
+    return cached[1]
 
 
 def reset_cache() -> None:
-    global _cached
-    _cached = None
+    _cached.clear()

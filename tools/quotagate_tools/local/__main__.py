@@ -36,16 +36,17 @@ def _isolate_from_aws(endpoint_url: str) -> None:
 
 
 def provider_secrets_from_env() -> None:
-    """Real providers are used locally when their keys are given: QG_SECRET_<NAME> becomes the
+    """Validates the configuration file (a bad one stops the start-up, naming the field). Real providers
+    are used locally when their keys are given: QG_SECRET_<NAME> becomes the
     Secrets Manager secret of that name in moto (e.g. QG_SECRET_QUOTAGATE_PROVIDERS_OPENAI).
     Several providers may share one secret: each secret is written once; one that already exists
     (a restart against the same moto) gets the new value."""
     import boto3
 
-    from quotagate.config import load_config
+    from quotagate.config import load_validated_config
 
     client = boto3.client("secretsmanager")
-    names = {p.api_key_secret for p in load_config(force=True).providers.values() if p.api_key_secret}
+    names = {p.api_key_secret for p in load_validated_config(force=True).providers.values() if p.api_key_secret}
     for name in sorted(names):
         env_name = "QG_SECRET_" + "".join(c if c.isalnum() else "_" for c in name).upper()
         value = settings.env(env_name)

@@ -31,9 +31,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec
 
+from pydantic import ValidationError
+
 from quotagate import apikeys, strict_json
 from quotagate.auth_types import KeyStatus
-from quotagate.config import ConfigError, GatewayConfig, load_config, validate_limits
+from quotagate.config import GatewayConfig, limits_of, load_validated_config
+from quotagate.config_models import Limits, describe
 from quotagate.dal.exceptions import (
     KeyAlreadyExists,
     KeyNotFound,
@@ -174,7 +177,7 @@ class KeysService:
     def __init__(
         self,
         store: KeyStore,
-        config_loader: Callable[[], GatewayConfig] = load_config,
+        config_loader: Callable[[], GatewayConfig] = load_validated_config,
         clock: Callable[[], float] = time.time,
         tenants: TenantStore | None = None,
         usage: UsageReader | None = None,
@@ -795,14 +798,10 @@ def _limits(value: Any, allow_null_values: bool = False) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise invalid("'limits' must be an object")
     try:
-        checked: dict[str, Any] = validate_limits(dict(value), "limits")
-    except ConfigError as error:
-        raise invalid(str(error)) from error
-    for limit_name, number in checked.items():
-        if number > MAX_LIMIT_VALUE or not math.isfinite(number):  # an int of any size compares exactly
-            raise invalid(f"limits.{limit_name} must be a finite number up to {MAX_LIMIT_VALUE:.0e}")
-        if not storable_number(number):
-            raise invalid(f"limits.{limit_name} must be 0 or at least {MIN_STORED_MAGNITUDE:.0e}")
+        Limits.model_validate(dict(value))
+    except ValidationError as error:
+        raise invalid(describe(error, "limits")) from None
+    checked: dict[str, Any] = limits_of(dict(value))
     if allow_null_values:
         for limit_name, number in value.items():
             if number is None:
