@@ -20,7 +20,6 @@ which is derived again for the reply (first answer and replays alike).
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any
 
@@ -29,6 +28,7 @@ from aws_lambda_powertools import Logger
 from quotagate import key_derivation
 from quotagate.key_derivation import KeySecretSource
 from quotagate.logic.exceptions import KeysError
+from quotagate.logic.keys_models import REQUEST_ID_RE
 from quotagate.logic.keys_service import (
     ACTIONS,
     KEY_ISSUING_ACTIONS,
@@ -45,7 +45,6 @@ logger = Logger(service="quotagate-keys")
 IDEMPOTENCY_EXPIRY_SECONDS = 600
 IDEMPOTENCY_KEY_PREFIX = "quotagate-keys"
 API_KEY_FIELD = "api_key"
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class _Runtime:
@@ -109,7 +108,7 @@ def reset() -> None:
 
 
 def _valid_request_id(value: Any) -> bool:
-    return isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value) is not None
+    return isinstance(value, str) and REQUEST_ID_RE.fullmatch(value) is not None
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -144,14 +143,10 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
 
     try:
         runtime = _get_runtime()
-        # Validation first, with no I/O on the stores: a bad request records nothing anywhere.
+        # Validation first (the request models, request_id included), with no I/O on the stores:
+        # a bad request records nothing anywhere.
         command = runtime.service.parse(event)
         request_id = event.get("request_id")
-        if request_id is not None and not _valid_request_id(request_id):
-            raise KeysError(
-                "invalid_request",
-                "'request_id' must be 1-128 characters: letters, digits and . _ : - (starting with a letter or digit)",
-            )
         if command.action in MUTATING_ACTIONS and request_id is not None:
             # The remaining time bounds an "in progress" record left by an invocation that died.
             has_clock = hasattr(context, "get_remaining_time_in_millis")

@@ -14,10 +14,9 @@ from quotagate.config import parse_config
 from quotagate.dal.exceptions import KeyVersionConflict
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.logic.exceptions import KeysError
+from quotagate.logic.keys_models import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS
 from quotagate.logic.keys_service import (
     ACTIONS,
-    DEFAULT_GRACE_SECONDS,
-    MAX_GRACE_SECONDS,
     MUTATING_ACTIONS,
     KeysService,
 )

@@ -11,6 +11,7 @@ Every error is a :class:`~quotagate.config.ConfigError` naming the dotted path o
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -47,10 +50,26 @@ def storable_number(number: float) -> bool:
     return number == 0 or MIN_STORED_MAGNITUDE <= abs(number) <= MAX_STORED_MAGNITUDE
 
 
-def _storable(number: float) -> float:
+def _dollars(number: float) -> float:
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    if not 0 <= number <= MAX_LIMIT_VALUE:
+        raise PydanticCustomError("range", "must be from 0 to {maximum}", {"maximum": MAX_LIMIT_VALUE})
     if not storable_number(number):
         raise PydanticCustomError("not_storable", "must be 0 or at least {minimum}", {"minimum": MIN_STORED_MAGNITUDE})
     return number
+
+
+def one_error(message: str) -> WrapValidator:
+    """Report a union's failure as one message instead of one per member."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("type", message) from None
+
+    return WrapValidator(validate)
 
 
 class StrictModel(BaseModel):
@@ -63,7 +82,8 @@ class StrictModel(BaseModel):
 ProviderTypeField = Annotated[ProviderType, Field(strict=False)]
 TierMismatchPolicyField = Annotated[TierMismatchPolicy, Field(strict=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_LIMIT_VALUE)]
-Dollars = Annotated[float, Field(ge=0, le=MAX_LIMIT_VALUE, allow_inf_nan=False), AfterValidator(_storable)]
+# int | float: a whole number of dollars stays an int (as given) in the records and the answers.
+Dollars = Annotated[int | float, one_error("must be a number"), AfterValidator(_dollars)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
@@ -255,17 +275,20 @@ def error_message(error: ErrorDetails) -> str:
         return "must be an object"
     if kind == "list_type":
         return "must be a list"
+    if kind == "too_long" and isinstance(error.get("input"), list):
+        return f"must have at most {(error.get('ctx') or {}).get('max_length')} items"
     message = error["msg"]
     if message.startswith("Input should be "):
         message = "must be " + message.removeprefix("Input should be ")
     return message
 
 
-def describe(error: ValidationError, root: str = "") -> str:
-    """Every error of ``error`` as ``path: message``, separated by ``; ``."""
+def describe(error: ValidationError, root: str = "", skip: int = 0) -> str:
+    """Every error of ``error`` as ``path: message``, separated by ``; ``. ``skip``: leading parts of
+    each location to leave out (a discriminated union's tag)."""
     parts = []
     for detail in error.errors(include_url=False)[:MAX_SHOWN_ERRORS]:
-        path = error_path(detail["loc"], root)
+        path = error_path(detail["loc"][skip:], root)
         message = error_message(detail)
         parts.append(f"{path}: {message}" if path else message)
     hidden = error.error_count() - MAX_SHOWN_ERRORS
