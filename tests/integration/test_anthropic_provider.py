@@ -183,6 +183,7 @@ def test_stream_with_usage(mock, stats):
     assert finish[-1] == "stop" and set(finish[:-1]) == {None}
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
+    assert stats.wait_for(lambda counts: counts["in_flight"] == 0)  # counted once the last event is out
     assert usage_chunk["usage"]["prompt_tokens"] == stats["prompt_tokens"] == tokens.chat_prompt_tokens(CONVERSATION)
     # message_start said output_tokens 1, message_delta 24 (cumulative): 24, never 25.
     assert usage_chunk["usage"]["completion_tokens"] == stats["completion_tokens"] == 24
@@ -274,6 +275,8 @@ def test_streamed_tool_call(mock, stats):
     arguments = json.loads("".join(call["function"]["arguments"] for call in calls))
     assert set(arguments) == {"city", "days"}
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    # The mock counts a stream once its last event is out: a moment after the client has read it.
+    assert stats.wait_for(lambda counts: counts["in_flight"] == 0)
     assert chunks[-1]["usage"]["completion_tokens"] == stats["completion_tokens"] > 0
     assert stats.last_request["body"]["tool_choice"] == {"type": "any"}
 
