@@ -19,7 +19,8 @@ from tests.integration.test_routing import clear_circuits
 pytestmark = pytest.mark.timeout(120)
 
 MESSAGES = [{"role": "user", "content": "Is the bridge open?"}]
-COOLDOWN = 1.5
+# Long enough that a loaded 2-core CI box finishes each phase inside one cool-down.
+COOLDOWN = 4.0
 BROKEN = "mock-gpt@status=503"
 
 
@@ -145,7 +146,7 @@ def test_every_circuit_open_fails_fast_without_reserving(stack, gateways, key):
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "upstream_unavailable" and set(error) == {"message", "type", "param", "code"}
-    assert 1 <= int(response.headers["retry-after"]) <= 2
+    assert 1 <= int(response.headers["retry-after"]) <= COOLDOWN + 1
     assert time.monotonic() - started < 1
     assert stack.mock.stats.snapshot()["chat_requests"] == before
     assert stack.quota_used(f"key#{key['key_id']}", "requests_per_minute") == used, "nothing reserved"
