@@ -1,8 +1,10 @@
 """The gateway configuration (plans, models, prices, providers) as an SSM parameter.
 
 The JSON comes from layers/core/quotagate/default_config.json, or from the file named by the
-context key ``quotagate:configFile``. It is validated with the same parser the functions use, so
-a broken configuration fails the synth instead of the first request.
+context key ``quotagate:configFile``. It is validated here with the pydantic models
+(``quotagate.config_models``: every field typed, unknown fields refused), so a broken configuration
+fails the synth instead of the first request — and the proxy, which builds its configuration from
+this parameter without importing pydantic (cold start), only ever reads a validated document.
 """
 
 from __future__ import annotations
