@@ -59,6 +59,7 @@ class ReservationSize:
     usd: float
     output_text: str | None = None  # how the output reservation is explained in a 429
     output_param: str = "max_tokens"
+    prompt_bound: int | None = None  # the prompt's own bound when prompt_tokens carries output slack
 
 
 class Admission:
@@ -122,6 +123,7 @@ class Admission:
                     request.usd,
                     output_text=request.output_text,
                     output_param=request.output_param,
+                    prompt_tokens_bound=request.prompt_bound,
                     usage_fields=usage_fields(identity, route.requested_model, route.resolution.model.name),
                 )
             )

@@ -347,6 +347,7 @@ class OutputPlan:
     # that the client's cap (or the initial slice) accounts for, checked against max_tokens_per_request.
     prompt_reserve: int
     output_reserve: int
+    prompt_bound: int  # the largest prompt bound over the targets (prompt_reserve may carry output slack)
     reserve_usd: float  # the worst case in dollars of the reservation, over the targets
     slice: int  # per choice: the initial output reservation without a client cap, and the top-up step
 
@@ -425,6 +426,7 @@ def plan_output(
         ceilings=ceilings,
         prompt_reserve=total - output_reserve,
         output_reserve=output_reserve,
+        prompt_bound=max(prompts.values()),
         reserve_usd=reserve_usd,
         slice=output_slice,
     )

@@ -318,7 +318,9 @@ class Gateway:
             output_text = f"the default of {per_choice} output tokens"
         if request.choices > 1:
             output_text = f"n={request.choices} x {output_text} = {plan.output_reserve} output tokens"
-        size = ReservationSize(plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text, output_param)
+        size = ReservationSize(
+            plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text, output_param, plan.prompt_bound
+        )
         return plan, size
 
     async def embeddings(

@@ -32,6 +32,9 @@ class ReservationRequest:
     # output tokens``) and the parameter that sets it, so a 400 names what was sent.
     output_text: str | None = None
     output_param: str = "max_tokens"
+    # The prompt's own upper bound, when ``prompt_tokens_estimate`` also carries output slack (a
+    # provider's token factor applied to the output cap): a 400 then tells prompt from output.
+    prompt_tokens_bound: int | None = None
     # Who asked for what (tenant, consumer, key_id, auth_type, plan, requested_model, model): with
     # it, the reservation item carries the usage record billing sees.
     usage_fields: Mapping[str, str] | None = None

@@ -114,12 +114,12 @@ class QuotaService:
                 }[unit]
                 charge = make_charge(scope, scope_id, name, value, amount, now)
                 if charge.amount > charge.limit:
-                    raise self._too_large(charge, int(prompt_tokens_estimate), int(max_output_tokens))
+                    raise self._too_large(charge, request)
                 charges.append(charge)
         return charges
 
     @staticmethod
-    def _too_large(charge: WindowCharge, prompt: int, max_output: int) -> GatewayError:
+    def _too_large(charge: WindowCharge, request: ReservationRequest) -> GatewayError:
         who = SCOPE_WORDS[charge.scope]
         limit_text = _amount_text(charge.unit, charge.limit)
         if charge.limit == 0:
@@ -131,6 +131,9 @@ class QuotaService:
                 code="insufficient_quota",
                 headers={"x-should-retry": "false"},
             )
+        prompt = int(request.prompt_tokens_estimate)
+        if request.prompt_tokens_bound is not None:
+            prompt = min(prompt, int(request.prompt_tokens_bound))
         if charge.unit == WindowUnit.TOKENS and prompt > charge.limit:
             return GatewayError(
                 400,
@@ -140,11 +143,15 @@ class QuotaService:
                 param="messages",
             )
         if charge.unit == WindowUnit.TOKENS:
+            output = charge.amount - prompt
+            # The output bound may be the client's cap times a provider's token factor: the advice
+            # is scaled back to the client's own unit, so that the advised cap fits.
+            advised = (charge.limit - prompt) * int(request.max_output_tokens) // max(1, output)
             return GatewayError(
                 400,
-                f"This request may use {prompt} prompt + {max_output} output = {charge.amount} tokens, "
+                f"This request may use {prompt} prompt + {output} output = {charge.amount} tokens, "
                 f"more than {who}'s {charge.limit_name} limit of {limit_text}. "
-                f"Lower max_tokens to at most {charge.limit - prompt}.",
+                f"Lower max_tokens to at most {advised}.",
                 code=TOO_LARGE_CODE,
                 param="max_tokens",
             )
