@@ -274,30 +274,12 @@ def _tool_names_in(messages: list[dict[str, Any]]) -> tuple[bool, list[str]]:
     return uses_tools, names
 
 
-def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:  # noqa: C901 -- to split (issue 12)
+def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """OpenAI ``tools``/``tool_choice`` -> Converse ``toolConfig`` (or None for no tools)."""
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise _bad_request("'tools' must be an array.")
-    specs: list[dict[str, Any]] = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function, dict):
-            raise _unsupported(f"'tools[{i}]': only function tools are supported.")
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise _bad_request(f"'tools[{i}].function.name' is required.")
-        parameters = function.get("parameters")
-        if parameters is None:
-            parameters = {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict):
-            raise _bad_request(f"'tools[{i}].function.parameters' must be a JSON schema object.")
-        spec: dict[str, Any] = {"name": name, "inputSchema": {"json": parameters}}
-        description = function.get("description")
-        if isinstance(description, str) and description.strip():
-            spec["description"] = description
-        specs.append({"toolSpec": spec})
-
+    specs = [_tool_spec(i, tool) for i, tool in enumerate(tools)]
     uses_tools, used_names = _tool_names_in(messages)
     choice = body.get("tool_choice")
     if choice == "none":
@@ -307,21 +289,49 @@ def convert_tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     if not specs:
         return _synthetic_tools(uses_tools, used_names, specs)
     config: dict[str, Any] = {"tools": specs}
-    if choice == "auto":
-        config["toolChoice"] = {"auto": {}}
-    elif choice == "required":
-        config["toolChoice"] = {"any": {}}
-    elif isinstance(choice, dict):
-        function = choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else None
-        if choice.get("type") != "function" or not isinstance(name, str) or not name:
-            raise _bad_request("'tool_choice' must name a function.")
-        if name not in {s["toolSpec"]["name"] for s in specs}:
-            raise _bad_request(f"'tool_choice' names '{name}', which is not in 'tools'.")
-        config["toolChoice"] = {"tool": {"name": name}}
-    elif choice is not None:
-        raise _bad_request("'tool_choice' must be 'none', 'auto', 'required' or a function.")
+    tool_choice = _tool_choice(choice, {s["toolSpec"]["name"] for s in specs})
+    if tool_choice is not None:
+        config["toolChoice"] = tool_choice
     return config
+
+
+def _tool_spec(index: int, tool: Any) -> dict[str, Any]:
+    """One OpenAI function tool as a Converse ``toolSpec``."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function, dict):
+        raise _unsupported(f"'tools[{index}]': only function tools are supported.")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad_request(f"'tools[{index}].function.name' is required.")
+    parameters = function.get("parameters")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise _bad_request(f"'tools[{index}].function.parameters' must be a JSON schema object.")
+    spec: dict[str, Any] = {"name": name, "inputSchema": {"json": parameters}}
+    description = function.get("description")
+    if isinstance(description, str) and description.strip():
+        spec["description"] = description
+    return {"toolSpec": spec}
+
+
+def _tool_choice(choice: Any, tool_names: set[str]) -> dict[str, Any] | None:
+    """OpenAI ``tool_choice`` (not "none") as a Converse ``toolChoice``, or None for the default."""
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"auto": {}}
+    if choice == "required":
+        return {"any": {}}
+    if not isinstance(choice, dict):
+        raise _bad_request("'tool_choice' must be 'none', 'auto', 'required' or a function.")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str) or not name:
+        raise _bad_request("'tool_choice' must name a function.")
+    if name not in tool_names:
+        raise _bad_request(f"'tool_choice' names '{name}', which is not in 'tools'.")
+    return {"tool": {"name": name}}
 
 
 def _synthetic_tools(uses_tools: bool, used_names: list[str], specs: list[dict[str, Any]]) -> dict[str, Any] | None:
