@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import App
 
 from cdk_app import nag, paths
 from cdk_app.stack import STACK_NAME, QuotagateStack
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def app_context(context: dict[str, Any] | None = None) -> dict[str, Any]:

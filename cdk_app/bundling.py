@@ -28,14 +28,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aws_cdk as cdk
 import jsii
 
 from cdk_app import paths
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 PYTHON_VERSION = "3.13"
 IMPLEMENTATION = "cp"

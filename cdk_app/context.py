@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from constructs import Node
+from typing import TYPE_CHECKING, Any
 
 from cdk_app import paths
 from quotagate import settings
@@ -22,6 +20,9 @@ from quotagate.identity_sources import (
     identity_source_expressions,
     parse_identity_sources,
 )
+
+if TYPE_CHECKING:
+    from constructs import Node
 
 CONFIG_FILE = "quotagate:configFile"
 IDENTITY_SOURCES = "quotagate:identitySources"

@@ -8,9 +8,13 @@ on the narrowest construct that produces it, and carries the reason it is accept
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Acknowledgment, App, Validations
 from cdk_nag import AwsSolutionsChecks
-from constructs import IConstruct
+
+if TYPE_CHECKING:
+    from constructs import IConstruct
 
 MIN_REASON_LENGTH = 30
 

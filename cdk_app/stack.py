@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import Aws, CfnOutput, CfnRule, CfnRuleAssertion, Fn, Stack, Token
-from constructs import Construct
 
 from cdk_app import regions
 from cdk_app.constructs.api import GatewayApi
@@ -21,6 +20,9 @@ from cdk_app.constructs.proxy_function import ProxyFunction
 from cdk_app.constructs.settlements import SettlementRecovery
 from cdk_app.constructs.usage_pipeline import UsagePipeline
 from cdk_app.context import DeploymentOptions
+
+if TYPE_CHECKING:
+    from constructs import Construct
 
 STACK_NAME = "Quotagate"
 

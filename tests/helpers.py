@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from quotagate_tools.local.apigateway import FakeLambdaContext
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
 
 # The one fake Lambda context of the tests: the local gateway's own (it invokes the real handlers).
 __all__ = ["DEFAULT_NOW", "FakeClock", "FakeLambdaContext", "eventually", "stop_stream_early"]

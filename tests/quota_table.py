@@ -8,9 +8,8 @@ table ``tables.QUOTA``) or an :class:`InMemoryQuotaLedger`, whose own inspection
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
@@ -18,6 +17,9 @@ from quotagate import tables
 from quotagate.quota import InMemoryQuotaLedger
 from quotagate.quota.ledger import RESERVATION_SK
 from quotagate.quota.windows import WINDOW_LIMITS, window_bounds, window_sk
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _plain(value: Any) -> Any:

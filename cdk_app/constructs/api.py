@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
@@ -18,9 +19,11 @@ from constructs import Construct
 
 from cdk_app import nag
 from cdk_app.constructs.function import retention
-from cdk_app.context import DeploymentOptions
 from quotagate import edge_errors
 from quotagate.identity_sources import parse_identity_sources
+
+if TYPE_CHECKING:
+    from cdk_app.context import DeploymentOptions
 
 STREAM_TIMEOUT = Duration.minutes(15)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration
 
-from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
-from cdk_app.context import DeploymentOptions
 from quotagate import tables
+
+if TYPE_CHECKING:
+    from cdk_app.constructs.data import DataTables
+    from cdk_app.context import DeploymentOptions
 
 
 class AuthorizerFunction(StackFunction):

@@ -10,7 +10,7 @@ this parameter without importing pydantic (cold start), only ever reads a valida
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aws_cdk import Annotations
 from aws_cdk import aws_iam as iam
@@ -19,6 +19,9 @@ from constructs import Construct
 
 from cdk_app.context import SECRETS_PREFIX
 from quotagate.config import parse_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ADVANCED_TIER_MAX_BYTES = 8192
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
@@ -10,7 +10,9 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from quotagate import tables
-from quotagate.tables import TableSpec
+
+if TYPE_CHECKING:
+    from quotagate.tables import TableSpec
 
 # Data-plane actions only (no streams, no control plane). Transactions are authorised per item by
 # these same actions, so TransactWriteItems needs nothing more.

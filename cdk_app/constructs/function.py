@@ -7,8 +7,6 @@ and send traces, and every other permission is granted explicitly by the constru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from aws_cdk import Duration
@@ -20,12 +18,15 @@ from constructs import Construct
 from cdk_app import nag, paths
 from cdk_app.context import ContextError, DeploymentOptions
 from quotagate import settings
-from quotagate.tables import TableSpec
 
 if TYPE_CHECKING:  # these modules import this one
+    from collections.abc import Mapping
+    from pathlib import Path
+
     from cdk_app.constructs.config import GatewayConfigParameter
     from cdk_app.constructs.data import DataTables
     from cdk_app.constructs.layers import SharedLayers
+    from quotagate.tables import TableSpec
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration
 from aws_cdk import aws_secretsmanager as secretsmanager
 
 from cdk_app import nag
-from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
-from cdk_app.context import DeploymentOptions
 from quotagate import settings, tables
+
+if TYPE_CHECKING:
+    from cdk_app.constructs.data import DataTables
+    from cdk_app.context import DeploymentOptions
 
 
 class KeysFunction(StackFunction):

@@ -5,8 +5,7 @@ Both are bundled without Docker (see cdk_app/bundling.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aws_cdk import AssetHashType
 from aws_cdk import aws_lambda as lambda_
@@ -14,6 +13,10 @@ from constructs import Construct
 
 from cdk_app import bundling, paths
 from cdk_app.constructs.function import ARCHITECTURE, RUNTIME
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 DEPS_DESCRIPTION = "Quotagate third-party runtime dependencies (layers/requirements.lock), arm64 cp313"
 CORE_DESCRIPTION = "Quotagate core library (the quotagate package)"

@@ -8,6 +8,8 @@ Tables and dead-letter queues are found in the whole stack when :meth:`Observabi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -21,7 +23,6 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from quotagate.config import GatewayConfig
 from quotagate.metric_names import (
     NAMESPACE,
     SERVICE,
@@ -30,6 +31,9 @@ from quotagate.metric_names import (
     Metric,
     RequestOutcome,
 )
+
+if TYPE_CHECKING:
+    from quotagate.config import GatewayConfig
 
 PERIOD = Duration.minutes(5)
 # An alarm when a function's concurrency reaches this share of its reserved concurrency (its cap).

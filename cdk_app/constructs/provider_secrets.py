@@ -9,6 +9,8 @@ proxy may use it to decrypt through Secrets Manager only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -17,8 +19,10 @@ from constructs import Construct
 
 from cdk_app import nag
 from cdk_app.context import SECRETS_PREFIX
-from quotagate.config import GatewayConfig
 from quotagate.provider_secrets import NONCE_FIELD, PLACEHOLDER_TEMPLATE
+
+if TYPE_CHECKING:
+    from quotagate.config import GatewayConfig
 
 
 class ProviderSecrets(Construct):

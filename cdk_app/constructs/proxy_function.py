@@ -7,15 +7,19 @@ app answers on the readiness path, then forwards each invocation as HTTP and str
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import ArnFormat, Duration, Fn, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 
 from cdk_app import nag
-from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import StackFunction
 from cdk_app.context import SECRETS_PREFIX, DeploymentOptions
 from quotagate import tables
+
+if TYPE_CHECKING:
+    from cdk_app.constructs.data import DataTables
 
 # Lambda Web Adapter v1.0.0, arm64, published by AWS in the aws partition (cdk_app/regions.py);
 # quotagate:webAdapterLayerArn names another copy.

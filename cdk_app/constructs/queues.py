@@ -4,10 +4,14 @@ the usage pipeline, so their queues cannot drift apart."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_sqs as sqs
-from constructs import Construct
+
+if TYPE_CHECKING:
+    from constructs import Construct
 
 DEAD_LETTER_RETENTION = Duration.days(14)
 WORK_RETENTION = Duration.days(4)

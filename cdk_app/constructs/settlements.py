@@ -14,6 +14,8 @@ table; the proxy may only send to the queue.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -24,12 +26,14 @@ from constructs import Construct
 
 from cdk_app import paths
 from cdk_app.constructs import queues
-from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import GatewayFunction
-from cdk_app.constructs.layers import SharedLayers
-from cdk_app.context import DeploymentOptions
 from quotagate import settings, tables
 from quotagate.quota.reaper import DEFAULT_MARGIN_SECONDS
+
+if TYPE_CHECKING:
+    from cdk_app.constructs.data import DataTables
+    from cdk_app.constructs.layers import SharedLayers
+    from cdk_app.context import DeploymentOptions
 
 MAX_RECEIVES = 10
 CONSUMER_TIMEOUT = Duration.seconds(60)  # a batch of 10, each settle bounded by 5 s

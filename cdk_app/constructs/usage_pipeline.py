@@ -5,6 +5,8 @@ definition local mode applies."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -15,15 +17,17 @@ from constructs import Construct
 
 from cdk_app import nag, paths
 from cdk_app.constructs import queues
-from cdk_app.constructs.data import DataTables
 from cdk_app.constructs.function import GatewayFunction
-from cdk_app.constructs.layers import SharedLayers
-from cdk_app.context import DeploymentOptions
 from quotagate import settings, tables
 from quotagate.usage import pipe
 from quotagate.usage.period_close import DEFAULT_GRACE_SECONDS
 from quotagate.usage.pipe import ROLLUP_RULE_PATTERN
 from quotagate.usage.rollup import DEFAULT_THRESHOLDS
+
+if TYPE_CHECKING:
+    from cdk_app.constructs.data import DataTables
+    from cdk_app.constructs.layers import SharedLayers
+    from cdk_app.context import DeploymentOptions
 
 ROLLUP_TIMEOUT = Duration.seconds(60)
 MAX_RECEIVES = 5

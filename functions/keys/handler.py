@@ -21,12 +21,11 @@ which is derived again for the reply (first answer and replays alike).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
 from quotagate import key_derivation
-from quotagate.key_derivation import KeySecretSource
 from quotagate.logic.exceptions import KeysError
 from quotagate.logic.keys_models import REQUEST_ID_RE
 from quotagate.logic.keys_service import (
@@ -36,6 +35,9 @@ from quotagate.logic.keys_service import (
     Command,
     KeysService,
 )
+
+if TYPE_CHECKING:
+    from quotagate.key_derivation import KeySecretSource
 
 logger = Logger(service="quotagate-keys")
 

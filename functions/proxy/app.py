@@ -7,7 +7,6 @@ import functools
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
 
 from quotagate import settings
 from quotagate.auth_types import AuthType
@@ -27,6 +25,10 @@ from quotagate.logic.gateway import ChatResponse, Gateway, Limits
 from quotagate.protocols.openai_responses import ResponsesStream, create_response
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from starlette.types import Message, Receive, Scope, Send
+
     from quotagate.protocols.anthropic_messages import MessagesReply
 
 # Headers that identify the caller are only ever read from the AWS-set request context.

@@ -5,15 +5,17 @@ the queue's maxReceiveCount they move to the dead-letter queue."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from quotagate import aws
 from quotagate.quota.ledger import DynamoQuotaLedger
 from quotagate.quota.settlements import PendingSettlement
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 logger = Logger(service="quotagate-settlements")
 processor = BatchProcessor(event_type=EventType.SQS)

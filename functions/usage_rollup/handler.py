@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from quotagate.usage.events import SettledRequest
 from quotagate.usage.exceptions import InvalidEvent
 from quotagate.usage.pipe import EVENT_SOURCE, REQUEST_SETTLED
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 logger = Logger(service="quotagate-usage_rollup")
 processor = BatchProcessor(event_type=EventType.SQS)

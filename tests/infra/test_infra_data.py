@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cdk_app import paths
 from quotagate import tables
-from quotagate.tables import TableSpec
+
+if TYPE_CHECKING:
+    from quotagate.tables import TableSpec
 
 pytestmark = pytest.mark.infra
 

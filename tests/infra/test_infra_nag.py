@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aws_cdk as cdk
 import pytest
 from aws_cdk import Validations
 from aws_cdk import aws_sqs as sqs
-from constructs import Construct
 
 from cdk_app import app as app_module
 from cdk_app import nag
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from constructs import Construct
 
 pytestmark = pytest.mark.infra
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -13,10 +12,14 @@ import pytest
 from quotagate import tokens
 from quotagate.config import Provider
 from quotagate.providers.anthropic import AnthropicProvider, to_messages_request
-from quotagate.providers.base import SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate_tools.mock import MockServer, MockSettings, reply_pieces, reply_text
 from quotagate_tools.mock.anthropic import input_tokens_of
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from quotagate.providers.base import SSEEvent
 
 pytestmark = pytest.mark.timeout(60)
 

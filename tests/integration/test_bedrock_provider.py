@@ -8,7 +8,7 @@ import base64
 import json
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
@@ -16,13 +16,15 @@ import pytest
 from botocore.config import Config
 
 from quotagate.config import Provider
-from quotagate.providers.base import SSEEvent
 from quotagate.providers.bedrock import BedrockProvider, to_converse_request
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate_tools.mock import MockServer, MockSettings
 from quotagate_tools.mock import bedrock as mb
 from quotagate_tools.mock.eventstream import EventStreamDecoder
 from tests.helpers import stop_stream_early
+
+if TYPE_CHECKING:
+    from quotagate.providers.base import SSEEvent
 
 pytestmark = pytest.mark.timeout(60)
 

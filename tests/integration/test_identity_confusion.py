@@ -11,7 +11,7 @@ decides — served and billed as the key it carries, or refused and billed to no
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
@@ -19,6 +19,9 @@ import pytest
 
 from quotagate_tools.local.apigateway import AuthorizerCache
 from tests.integration.gateway_stack import GatewayStack, gateway_stack
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
 ABSENT = None

@@ -6,7 +6,7 @@ cache (15 s), on a fake clock: the times the README states are the times these t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
@@ -15,6 +15,9 @@ import pytest
 from quotagate.dal.key_cache import DEFAULT_TTL_SECONDS as KEY_RECORD_CACHE_SECONDS
 from tests.helpers import FakeClock
 from tests.integration.gateway_stack import GatewayStack, gateway_stack
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 AUTHORIZER_CACHE_SECONDS = 300
 CHAT = {"model": "mock-gpt", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}

@@ -8,8 +8,7 @@ ledger's sleeps: calls are counted, wall time is never measured.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -22,6 +21,9 @@ from quotagate.quota import DynamoQuotaLedger, LedgerBusy, QuotaService, Reserva
 from quotagate.quota.settlements import InMemorySettlementQueue
 from tests.helpers import FakeClock
 from tests.quota_table import QuotaTable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T0 = 1_800_000_030.0
 KEY_LIMITS = {"tokens_per_day": 1000, "requests_per_minute": 10}

@@ -6,14 +6,17 @@ import datetime as dt
 import json
 import struct
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 from botocore import eventstream as boto_es
 from botocore.exceptions import EventStreamError
-from botocore.model import ServiceModel
 from botocore.parsers import EventStreamJSONParser
 
 from quotagate_tools.mock import eventstream as es
+
+if TYPE_CHECKING:
+    from botocore.model import ServiceModel
 
 # Published test vectors for the framing (AWS event-stream encoding, as also reproduced by
 # independent implementations): payload {"foo": "bar"} without headers, and with one string header.

@@ -8,8 +8,8 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import jwt
 import pytest
@@ -23,6 +23,9 @@ from quotagate.identity import Identity
 from quotagate.jwt_auth import JwtConfigurationError, JwtVerifier, from_env
 from quotagate.logic.auth import Authenticator
 from quotagate.logic.exceptions import AccessDenied, AuthUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "quotagate-api"

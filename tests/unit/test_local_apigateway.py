@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from quotagate.edge_errors import INVALID_CREDENTIAL
 from quotagate_tools.local.apigateway import LocalApiGateway
 from tests.helpers import FakeClock
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 class CountingAuthorizer:

@@ -9,15 +9,17 @@ its 5-minute secret cache. Nothing printed ever contains the key.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate.config import DEFAULT_CONFIG_FILE
 from quotagate.provider_secrets import ProviderKeyError, clean_key
 from quotagate_tools.cli_errors import CliError
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_parser(commands: Any) -> None:

@@ -6,8 +6,10 @@ quotagate usage --tenant T [--key K | --consumer C | --model M | --by model|key]
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 COLUMNS = (
     ("requests", "requests"),

@@ -26,11 +26,13 @@ SDK and everyone else the openai SDK. So every edge error is
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from quotagate.identity_sources import missing_credential_message
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Every edge error carries the request id in both SDKs' headers (API Gateway's $context.requestId),
 # like the proxy's answers: the openai SDK reads an error's request id from x-request-id, the

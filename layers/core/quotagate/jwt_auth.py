@@ -24,7 +24,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -34,6 +33,8 @@ from quotagate.identity import Identity, jwt_key_id
 from quotagate.logic.exceptions import AccessDenied, AuthUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from jwt import PyJWK
 
 ALLOWED_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")

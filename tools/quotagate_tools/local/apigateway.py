@@ -12,12 +12,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quotagate.edge_errors import (
     AUTHORIZER_FAILURE,
@@ -27,6 +25,11 @@ from quotagate.edge_errors import (
     EdgeError,
     missing_credential,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"

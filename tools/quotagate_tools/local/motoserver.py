@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _DEFAULT_HOST = "127.0.0.1"
 

@@ -16,12 +16,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate import tables
 from quotagate.usage.pipe import BUS_NAME, ROLLUP_RULE_PATTERN, event_entry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROLLUP_QUEUE = "quotagate-usage-rollup"
 ROLLUP_DLQ = "quotagate-usage-rollup-dlq"

@@ -77,11 +77,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -91,8 +89,14 @@ from quotagate_tools.mock.exchange import Exchange, PlanStream, Rejection, Strea
 from quotagate_tools.mock.faults import FAULT_HEADER, MAX_TOKENS, FaultSpec, split_model
 from quotagate_tools.mock.openai_errors import OpenAIError, read_json
 from quotagate_tools.mock.request_options import is_int, reply_pace, request_fault
-from quotagate_tools.mock.settings import MockSettings
-from quotagate_tools.mock.stats import Ticket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+
+    from quotagate_tools.mock.settings import MockSettings
+    from quotagate_tools.mock.stats import Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 

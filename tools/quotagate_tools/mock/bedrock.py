@@ -66,12 +66,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -82,8 +80,14 @@ from quotagate_tools.mock.eventstream import encode_event
 from quotagate_tools.mock.exchange import Exchange, PlanStream, Rejection, StreamCut, json_bytes
 from quotagate_tools.mock.faults import FAULT_HEADER, FaultSpec, FaultSpecError, parse_fault_spec, split_model
 from quotagate_tools.mock.request_options import is_int, is_number, reply_pace, request_fault
-from quotagate_tools.mock.settings import MockSettings
-from quotagate_tools.mock.stats import Ticket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+
+    from quotagate_tools.mock.settings import MockSettings
+    from quotagate_tools.mock.stats import Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 

@@ -12,9 +12,8 @@ import base64
 import hashlib
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -23,8 +22,12 @@ from quotagate_tools.mock.exchange import sleep_or_disconnect
 from quotagate_tools.mock.faults import FAULT_HEADER, split_model
 from quotagate_tools.mock.openai_errors import OpenAIError, check_auth, injected_error, read_json
 from quotagate_tools.mock.request_options import request_fault
-from quotagate_tools.mock.settings import MockSettings
-from quotagate_tools.mock.stats import MockStats
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from quotagate_tools.mock.settings import MockSettings
+    from quotagate_tools.mock.stats import MockStats
 
 DEFAULT_DIMENSIONS = 16
 MAX_DIMENSIONS = 4096

@@ -38,9 +38,11 @@ import json
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 CONTENT_TYPE = "application/vnd.amazon.eventstream"
 

@@ -11,16 +11,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from quotagate_tools.mock.faults import FaultSpec
-from quotagate_tools.mock.settings import MockSettings
-from quotagate_tools.mock.stats import MockStats, Outcome, Ticket
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+    from starlette.types import Receive, Scope, Send
+
+    from quotagate_tools.mock.faults import FaultSpec
+    from quotagate_tools.mock.settings import MockSettings
+    from quotagate_tools.mock.stats import MockStats, Outcome, Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 

@@ -11,11 +11,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -25,8 +23,14 @@ from quotagate_tools.mock.exchange import Exchange, PlanStream, StreamCut, json_
 from quotagate_tools.mock.faults import FAULT_HEADER, FaultSpec, split_model
 from quotagate_tools.mock.openai_errors import OpenAIError, check_auth, injected_error, read_json
 from quotagate_tools.mock.request_options import is_int, reply_pace, request_fault
-from quotagate_tools.mock.settings import MockSettings
-from quotagate_tools.mock.stats import Ticket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+
+    from quotagate_tools.mock.settings import MockSettings
+    from quotagate_tools.mock.stats import Ticket
 
 logger = logging.getLogger("quotagate_tools.mock")
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from quotagate_tools.mock.exchange import Rejection
 from quotagate_tools.mock.faults import FaultSpec, FaultSpecError, parse_fault_spec
-from quotagate_tools.mock.settings import MockSettings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from quotagate_tools.mock.settings import MockSettings
 
 
 class OpenAIError(Rejection):

@@ -19,12 +19,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -37,6 +35,11 @@ from quotagate_tools.mock.openai_chat import openai_routes
 from quotagate_tools.mock.openai_errors import OpenAIError
 from quotagate_tools.mock.settings import MockSettings
 from quotagate_tools.mock.stats import MockStats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.requests import Request
 
 
 async def get_stats(request: Request) -> Response:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # How a request's response ended (each one counts in one counter, see OUTCOME_COUNTERS).
 Outcome = Literal["completed", "cut", "disconnect", "error"]

@@ -26,10 +26,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from quotagate_tools.mock import vocab
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PIECE_CHARS: Final = 4
 MAX_DEPTH: Final = 8  # recursive schemas stop here (with null, or an empty object/array)

@@ -18,12 +18,14 @@ for unit tests. The policy (when to open, for how long) lives in :mod:`quotagate
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quotagate import tables
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class CircuitState(StrEnum):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from quotagate.dal.keys_store import KeyRecord, KeyStore
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quotagate.dal.keys_store import KeyRecord, KeyStore
 
 DEFAULT_TTL_SECONDS = 15.0
 _MAX_ENTRIES = 10_000

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quotagate.dal.exceptions import TenantAlreadyExists, TenantNotFound, TenantVersionConflict
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TENANT_ITEM_PREFIX = "tenant#"
 RECORD_TYPE = "tenant"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,8 @@ from quotagate.quota.reservation import Reservation, ReservationRequest
 from quotagate.usage.record import Settlement, UsageOutcome, source_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from quotagate.config import Target
     from quotagate.identity import Identity
     from quotagate.logic import router as routing

@@ -28,16 +28,17 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from quotagate import apikeys
 from quotagate.auth_types import AuthType, KeyStatus
-from quotagate.dal.keys_store import KeyRecord, KeyStore
 from quotagate.identity import Identity
 from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from quotagate.dal.keys_store import KeyRecord, KeyStore
     from quotagate.jwt_auth import JwtVerifier
 
 # Longest credential we look at at all (a JWT with a generous set of claims fits easily).

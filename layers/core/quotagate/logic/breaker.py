@@ -28,11 +28,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from quotagate.config import BreakerPolicy
 from quotagate.dal.circuit_store import CircuitRecord, CircuitState, CircuitStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 logger = logging.getLogger("quotagate.breaker")
 

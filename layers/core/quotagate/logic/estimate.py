@@ -25,11 +25,13 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from quotagate import tokens
-from quotagate.config import Provider, Target
 from quotagate.errors import GatewayError, invalid_request
+
+if TYPE_CHECKING:
+    from quotagate.config import Provider, Target
 
 OPENAI_IMAGE_TOKENS_LOW = 85
 OPENAI_IMAGE_TOKENS_HIGH = 85 + 170 * 8

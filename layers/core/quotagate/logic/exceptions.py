@@ -7,13 +7,15 @@ only the error shapes, so ``jwt_auth`` and ``logic.auth`` need not import each o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate.edge_errors import INVALID_CREDENTIAL, EdgeError, missing_credential
 from quotagate.errors import GatewayError, upstream_error
 from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class MissingCredential(Exception):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -44,6 +43,8 @@ from quotagate.providers.exceptions import StreamInterrupted
 from quotagate.usage.record import UsageOutcome, outcome_for_status
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from quotagate.config import Target
     from quotagate.logic.admission import Admitted
     from quotagate.logic.estimate import OutputPlan

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -36,6 +35,8 @@ from quotagate.errors import GatewayError
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from quotagate.config import Target, Timeouts
     from quotagate.logic.breaker import CircuitBreaker, Permit
     from quotagate.logic.gateway import Outcome

@@ -35,7 +35,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio import to_thread
 
@@ -43,10 +43,7 @@ from quotagate import settings
 from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Plan, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
-from quotagate.dal.keys_store import KeyRecord
-from quotagate.dal.tenants_store import TenantRecord
 from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
-from quotagate.identity import Identity
 from quotagate.logic import estimate
 from quotagate.logic import router as routing
 from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
@@ -59,8 +56,13 @@ from quotagate.logic.failover import DEFAULT_MAX_RETRY_WAIT
 from quotagate.logic.metering import Meter, Usage
 from quotagate.logic.output_budget import delta_tokens
 from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent
-from quotagate.quota.reservation import Reservation, ReservationRequest
-from quotagate.usage.record import Settlement
+
+if TYPE_CHECKING:
+    from quotagate.dal.keys_store import KeyRecord
+    from quotagate.dal.tenants_store import TenantRecord
+    from quotagate.identity import Identity
+    from quotagate.quota.reservation import Reservation, ReservationRequest
+    from quotagate.usage.record import Settlement
 
 KEEPALIVE = b": ping\n\n"
 TARGET_HEADER = "x-quotagate-target"

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -31,6 +30,9 @@ from quotagate.auth_types import KeyStatus
 from quotagate.config_models import Limits, StrictModel, storable_number
 from quotagate.usage.periods import Granularity
 from quotagate.usage.query import GroupBy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 DEFAULT_GRACE_SECONDS = 3600
 MAX_GRACE_SECONDS = 7 * 24 * 3600

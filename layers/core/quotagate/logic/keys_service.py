@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.parser import parse as parse_event
 from pydantic import ValidationError
@@ -47,7 +47,6 @@ from quotagate.dal.exceptions import (
 )
 from quotagate.dal.keys_store import KeyRecord, KeyStore
 from quotagate.dal.tenants_store import TenantRecord, TenantStore
-from quotagate.key_derivation import KeySecretSource
 from quotagate.logic.exceptions import KeysError
 from quotagate.logic.keys_models import (
     ACTIONS,
@@ -69,6 +68,9 @@ from quotagate.logic.keys_models import (
 )
 from quotagate.usage.periods import Granularity
 from quotagate.usage.query import DynamoUsageReader, GroupBy, UsageQuery, UsageReader, period_range, read_usage
+
+if TYPE_CHECKING:
+    from quotagate.key_derivation import KeySecretSource
 
 __all__ = ["ACTIONS", "KEY_ISSUING_ACTIONS", "MUTATING_ACTIONS", "Command", "KeysError", "KeysService"]
 

@@ -4,10 +4,12 @@ otherwise counted with tiktoken from what was actually sent and received."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from quotagate import tokens
-from quotagate.providers.base import SSEEvent
+
+if TYPE_CHECKING:
+    from quotagate.providers.base import SSEEvent
 
 # Where the numbers came from: the provider's own usage report, or tiktoken over the text.
 MeteredSource = Literal["provider", "counted"]

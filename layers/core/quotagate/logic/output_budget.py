@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate import tokens
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 MIN_TOP_UP = 16  # tokens: below this a refused top-up is not split further
 

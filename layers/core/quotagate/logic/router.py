@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from quotagate.config import GatewayConfig, Model, Plan, Target
 from quotagate.dal.circuit_store import CircuitState
 from quotagate.errors import GatewayError, not_found, permission_error
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from quotagate.config import GatewayConfig, Model, Plan, Target
 
 
 @dataclass(frozen=True)

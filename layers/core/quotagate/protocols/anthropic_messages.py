@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,6 +52,8 @@ from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.anthropic import PASSTHROUGH_FIELDS
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
     from quotagate.config import GatewayConfig, Target
     from quotagate.identity import Identity
     from quotagate.logic.chat_request import ChatRequest

@@ -19,7 +19,6 @@ the usage settled.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from quotagate.logic.gateway import ChatStreamDialect, ChatTranslator
@@ -27,14 +26,16 @@ from quotagate.logic.metering import Usage
 from quotagate.protocols.anthropic_messages import PING, MessageEvents, error_event, to_message
 from quotagate.protocols.messages_native import NativeMessage, output_tokens_of
 from quotagate.providers.anthropic import native_request
-from quotagate.providers.base import SSEEvent
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from quotagate.config import GatewayConfig, Target
     from quotagate.logic.chat_request import ChatRequest
     from quotagate.logic.estimate import OutputPlan
     from quotagate.logic.exchange import Forward
     from quotagate.protocols.anthropic_messages import MessagesRequest
+    from quotagate.providers.base import SSEEvent
 
 
 def messages_error_event(message: str, code: str, error_type: str) -> bytes:

@@ -34,16 +34,19 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from quotagate.errors import GatewayError, invalid_request
-from quotagate.identity import Identity
 from quotagate.logic.chat_request import parse_model_request
-from quotagate.logic.gateway import ChatResponse, Gateway
-from quotagate.providers.base import SSEEvent
 from quotagate.providers.openai_compat import parse_sse_events
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from quotagate.identity import Identity
+    from quotagate.logic.gateway import ChatResponse, Gateway
+    from quotagate.providers.base import SSEEvent
 
 MessageRole = Literal["user", "assistant", "system", "developer"]
 _MESSAGE_ROLES: frozenset[str] = frozenset(get_args(MessageRole))

@@ -51,8 +51,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -67,6 +66,9 @@ from quotagate.providers.exceptions import (
 )
 from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, arguments_json, parse_sse_events
 from quotagate.redaction import log_upstream_error, short_identifier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # only used if the gateway did not set max_tokens (it always does)

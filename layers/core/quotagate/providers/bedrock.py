@@ -50,21 +50,24 @@ import base64
 import binascii
 import contextlib
 import json
-import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from anyio import to_thread
 
-from quotagate.config import Provider
+from quotagate import settings
 from quotagate.logic.parameters import ResponseTool, provider_temperature, response_tool
 from quotagate.providers.base import DONE_EVENT, SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
 from quotagate.redaction import log_upstream_error, short_identifier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from quotagate.config import Provider
 
 SERVICE_NAME: Final = "bedrock-runtime"
 MAX_POOL_CONNECTIONS = 64
@@ -707,7 +710,7 @@ def interrupted(exc: BaseException, name: str) -> StreamInterrupted:
 def provider_region(provider: Provider) -> str | None:
     """``provider.region`` when the config has one, else the Lambda/SDK region variables."""
     region = getattr(provider, "region", None)
-    return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    return region or settings.env("AWS_REGION") or settings.env("AWS_DEFAULT_REGION") or None
 
 
 _clients: dict[tuple[str, str | None, float, float], Any] = {}

@@ -14,18 +14,22 @@ bound; the gateway enforces first byte and idle exactly).
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from anyio import to_thread
 
-from quotagate.config import GatewayConfig, Provider, Target
 from quotagate.errors import GatewayError
 from quotagate.provider_secrets import is_placeholder, unset_key_message
-from quotagate.providers.base import ChatProvider
 from quotagate.providers.openai_compat import OpenAICompatibleProvider
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import httpx
+
+    from quotagate.config import GatewayConfig, Provider, Target
+    from quotagate.providers.base import ChatProvider
 
 SECRET_CACHE_SECONDS = 300
 _MAX_CACHED_ADAPTERS = 64

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from quotagate.config import Provider
 from quotagate.providers.base import SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.redaction import log_upstream_error, short_identifier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from quotagate.config import Provider
 
 MAX_ERROR_BODY = 4096
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from quotagate.quota.windows import WindowCharge, WindowUsage
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class QuotaExceeded(Exception):

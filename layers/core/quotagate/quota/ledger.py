@@ -40,14 +40,16 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quotagate import settings, tables
 from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
 from quotagate.quota.windows import WindowCharge, WindowUsage
 from quotagate.usage.record import RECORD_ATTRIBUTE, to_attribute
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 
 class ReservationStatus(StrEnum):

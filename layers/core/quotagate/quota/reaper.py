@@ -15,9 +15,8 @@ lands at the same moment wins or loses cleanly, and the slot releases ride in th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate import settings, tables
 from quotagate.quota.ledger import (
@@ -27,6 +26,9 @@ from quotagate.quota.ledger import (
     ReservationStatus,
 )
 from quotagate.quota.windows import CONCURRENCY_LIMIT
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 DEFAULT_MARGIN_SECONDS = 600.0
 DEFAULT_MAX_ITEMS = 1_000  # per run; the schedule comes back for the rest

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from quotagate.errors import GatewayError
 from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded
-from quotagate.quota.ledger import QuotaLedger
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
@@ -41,6 +40,11 @@ from quotagate.quota.windows import (
     usd_to_micros_ceil,
 )
 from quotagate.usage import record as usage_record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from quotagate.quota.ledger import QuotaLedger
 
 TOO_LARGE_CODE = "request_too_large_for_limit"
 # A per-minute 429's retry-after is the reset plus 0..this many seconds, drawn per response.

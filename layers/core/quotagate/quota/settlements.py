@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from quotagate.quota.ledger import QuotaLedger
 from quotagate.quota.windows import WindowCharge, WindowScope
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from quotagate.quota.ledger import QuotaLedger
 
 MESSAGE_VERSION = 1
 SettlementKind = Literal["settle", "compensate"]

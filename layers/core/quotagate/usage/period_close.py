@@ -14,10 +14,8 @@ of the tenant aggregates, never by a scan.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate import tables
 from quotagate.usage.events import USAGE_PERIOD_CLOSED, EventPublisher
@@ -25,6 +23,10 @@ from quotagate.usage.periods import Granularity, period_end, period_label, perio
 from quotagate.usage.pipe import SCHEMA_VERSION
 from quotagate.usage.record import UsageOutcome
 from quotagate.usage.rollup import COUNTERS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from datetime import datetime
 
 DEFAULT_GRACE_SECONDS = 2 * 3600
 # Periods looked back at per run: a schedule that was down for less than this catches up.

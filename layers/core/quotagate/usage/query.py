@@ -8,15 +8,17 @@ tenant's usage per model or per key, which the tenant's aggregates list.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quotagate import tables
 from quotagate.usage.periods import Granularity, period_label, period_start
 from quotagate.usage.record import UsageOutcome
 from quotagate.usage.rollup import COUNTERS, aggregate_sk, key_pk, model_pk, tenant_pk
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 MAX_PERIODS = {Granularity.HOUR: 24 * 62, Granularity.DAY: 400, Granularity.MONTH: 120}
 DEFAULT_SPAN = {Granularity.HOUR: 48 * 3600, Granularity.DAY: 31 * 86_400, Granularity.MONTH: 366 * 86_400}

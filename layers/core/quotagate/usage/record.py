@@ -13,12 +13,14 @@ No prompt or completion text is ever part of it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from quotagate.auth_types import AuthType
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 RECORD_ATTRIBUTE = "usage_record"
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate import tables
 from quotagate.usage.events import BUDGET_THRESHOLD_CROSSED, EventPublisher, SettledRequest
@@ -32,6 +31,9 @@ from quotagate.usage.exceptions import RollupBusy
 from quotagate.usage.periods import Granularity, period_label
 from quotagate.usage.pipe import SCHEMA_VERSION
 from quotagate.usage.record import BUDGET_LIMITS, BudgetScope, budget_field
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 DEFAULT_THRESHOLDS = (0.5, 0.8, 1.0)
 # Markers outlive every redelivery: SQS keeps a message at most 14 days.
