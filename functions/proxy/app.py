@@ -22,7 +22,6 @@ from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
 from quotagate.logic.gateway import ChatResponse, Gateway, Limits
-from quotagate.protocols.openai_responses import ResponsesStream, create_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
 
     from quotagate.protocols.anthropic_messages import MessagesReply
+    from quotagate.protocols.openai_responses import ResponsesStream
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
@@ -319,6 +319,9 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def responses(request: Request) -> Response:
+    # Loaded on first use, like the Messages endpoint: a chat-only container never pays for it.
+    from quotagate.protocols.openai_responses import create_response
+
     gateway, identity, raw, request_id = await admitted_request(request)
     result = await create_response(gateway, identity, raw, request_id)
     if result.stream is not None:
