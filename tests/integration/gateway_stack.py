@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
     from tests.helpers import FakeClock
 
+
+def mock_providers(read_timeout: float = 5) -> dict[str, dict[str, object]]:
+    """One provider of each type (OpenAI-compatible, Anthropic, Bedrock), all served by the mock."""
+    timeouts = {"connect_timeout": 2, "read_timeout": read_timeout}
+    return {
+        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", **timeouts},
+        "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", **timeouts},
+        "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1", **timeouts},
+    }
+
+
 TEST_CONFIG = {
     "default_plan": "free",
     "providers": {

@@ -7,15 +7,11 @@ import re
 import httpx
 import pytest
 
-from tests.integration.gateway_stack import gateway_stack
+from tests.integration.gateway_stack import gateway_stack, mock_providers
 
 PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
-TIMEOUTS = {"connect_timeout": 2, "read_timeout": 5}
 CONFIG = {
-    "providers": {
-        "anthropic": {"type": "anthropic", "base_url": "${QG_MOCK_BASE_URL}/v1", **TIMEOUTS},
-        "bedrock": {"type": "bedrock", "base_url": "${QG_MOCK_BASE_URL}", "region": "us-east-1", **TIMEOUTS},
-    },
+    "providers": mock_providers(),
     "models": {
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
         "via-bedrock": {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0", "price": PRICE},

@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.integration.gateway_stack import gateway_stack
+from tests.integration.gateway_stack import gateway_stack, mock_providers
 
 PRICES = {"openai": (1.0, 2.0), "anthropic": (3.0, 15.0), "bedrock": (0.5, 1.5)}
 
@@ -23,22 +23,7 @@ def price(provider):
 
 
 CONFIG = {
-    "providers": {
-        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 30},
-        "anthropic": {
-            "type": "anthropic",
-            "base_url": "${QG_MOCK_BASE_URL}/v1",
-            "connect_timeout": 2,
-            "read_timeout": 30,
-        },
-        "bedrock": {
-            "type": "bedrock",
-            "base_url": "${QG_MOCK_BASE_URL}",
-            "region": "us-east-1",
-            "connect_timeout": 2,
-            "read_timeout": 30,
-        },
-    },
+    "providers": mock_providers(read_timeout=30),
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": price("openai")},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},

@@ -10,7 +10,7 @@ import math
 import httpx
 import pytest
 
-from tests.integration.gateway_stack import gateway_stack
+from tests.integration.gateway_stack import gateway_stack, mock_providers
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three rivers."}]
 PRICES = {"openai": (1.0, 2.0), "anthropic": (3.0, 15.0), "bedrock": (0.5, 1.5)}
@@ -21,22 +21,7 @@ def price(provider):
 
 
 CONFIG = {
-    "providers": {
-        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
-        "anthropic": {
-            "type": "anthropic",
-            "base_url": "${QG_MOCK_BASE_URL}/v1",
-            "connect_timeout": 2,
-            "read_timeout": 5,
-        },
-        "bedrock": {
-            "type": "bedrock",
-            "base_url": "${QG_MOCK_BASE_URL}",
-            "region": "us-east-1",
-            "connect_timeout": 2,
-            "read_timeout": 5,
-        },
-    },
+    "providers": mock_providers(),
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": price("openai")},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": price("anthropic")},

@@ -9,26 +9,11 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.gateway_stack import gateway_stack
+from tests.integration.gateway_stack import gateway_stack, mock_providers
 
 PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
 CONFIG = {
-    "providers": {
-        "openai": {"type": "openai", "base_url": "${QG_MOCK_BASE_URL}/v1", "connect_timeout": 2, "read_timeout": 5},
-        "anthropic": {
-            "type": "anthropic",
-            "base_url": "${QG_MOCK_BASE_URL}/v1",
-            "connect_timeout": 2,
-            "read_timeout": 5,
-        },
-        "bedrock": {
-            "type": "bedrock",
-            "base_url": "${QG_MOCK_BASE_URL}",
-            "region": "us-east-1",
-            "connect_timeout": 2,
-            "read_timeout": 5,
-        },
-    },
+    "providers": mock_providers(),
     "models": {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt", "price": PRICE},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock", "price": PRICE},
