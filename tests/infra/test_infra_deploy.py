@@ -169,6 +169,6 @@ def test_without_function_url_the_stack_deploys_to_more_regions(tmp_path, monkey
 
 
 def test_readme_lists_the_regions():
-    readme = (paths.ROOT / "README.md").read_text()
+    readme = (paths.ROOT / "docs" / "deploying.md").read_text()
     for region in regions.COMMERCIAL_REGIONS:
         assert f"`{region}`" in readme, region

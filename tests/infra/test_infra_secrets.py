@@ -71,7 +71,7 @@ def test_a_customer_managed_key_encrypts_them_and_the_proxy_may_decrypt(tmp_path
 
 
 def test_readme_tells_how_to_set_provider_keys():
-    readme = (paths.ROOT / "README.md").read_text()
+    readme = (paths.ROOT / "docs" / "deploying.md").read_text()
     assert "quotagate providers set-key" in readme and "quotagate:secretsKmsKeyArn" in readme
 
 
