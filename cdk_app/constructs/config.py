@@ -18,7 +18,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_app.context import SECRETS_PREFIX
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,14 +21,15 @@ from quotagate.auth_types import AuthType
 from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
-from quotagate.logic.gateway import ChatResponse, Gateway, Limits
+from quotagate.logic.gateway import ChatResponse, Gateway
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from starlette.types import Message, Receive, Scope, Send
 
-    from quotagate.protocols.anthropic_messages import MessagesReply
+    from quotagate.logic.request_types import Limits
+    from quotagate.protocols.messages_dialect import MessagesReply
     from quotagate.protocols.openai_responses import ResponsesStream
 
 # Headers that identify the caller are only ever read from the AWS-set request context.
@@ -336,10 +337,10 @@ async def embeddings(request: Request) -> Response:
 
 
 async def messages(request: Request) -> Response:
-    from quotagate.protocols import anthropic_messages
+    from quotagate.protocols import messages_dialect
 
     gateway, identity, raw, request_id = await admitted_request(request)
-    reply = await anthropic_messages.create_message(gateway, identity, raw, request_id)
+    reply = await messages_dialect.create_message(gateway, identity, raw, request_id)
     if reply.request.stream:
         return SettlingStreamingResponse(reply)
     try:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cdk_app import paths
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.provider_secrets import NONCE_FIELD, PLACEHOLDER_TEMPLATE
 
 pytestmark = pytest.mark.infra

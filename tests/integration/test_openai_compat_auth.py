@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.providers.openai_compat import OpenAICompatibleProvider
 from quotagate_tools.mock import MockServer, MockSettings
 

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from quotagate import aws
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.errors import GatewayError
 from quotagate.provider_secrets import PLACEHOLDER_TEMPLATE
 from quotagate.providers.factory import HttpProviderFactory, secret_from_secrets_manager

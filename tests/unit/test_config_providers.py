@@ -1,6 +1,7 @@
 import pytest
 
-from quotagate.config import ConfigError, parse_config
+from quotagate.config import ConfigError
+from quotagate.config_models import parse_config
 
 
 def config_with(provider: dict) -> dict:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from quotagate.config import DEFAULT_CONFIG_FILE, ConfigError, parse_config
+from quotagate.config import DEFAULT_CONFIG_FILE, ConfigError
+from quotagate.config_models import parse_config
 
 BASE: dict[str, Any] = {
     "default_plan": "free",

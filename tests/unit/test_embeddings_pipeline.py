@@ -9,18 +9,21 @@ import asyncio
 import json
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError
 from quotagate.logic.breaker import CircuitBreaker
-from quotagate.logic.gateway import Gateway, Outcome
+from quotagate.logic.gateway import Gateway
 from quotagate.logic.router import Router
 from quotagate.providers.exceptions import UpstreamError
 from tests.helpers import FakeClock
 from tests.unit.test_router_failover import IDENTITY, A, B, FakeQuota, config
+
+if TYPE_CHECKING:
+    from quotagate.logic.request_types import Outcome
 
 
 def embedding(model: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import wave
 import pytest
 
 from quotagate import tokens
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.errors import GatewayError
 from quotagate.logic import estimate
 from quotagate.logic.chat_request import parse_chat_request

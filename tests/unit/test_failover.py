@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError
 from quotagate.identity import Identity
 from quotagate.logic.breaker import CircuitBreaker
 from quotagate.logic.failover import AttemptFailed, Deadline, Failover, GatewayFault
-from quotagate.logic.gateway import Outcome
+from quotagate.logic.request_types import Outcome
 from quotagate.providers.exceptions import UpstreamError
 from tests.helpers import FakeClock
 

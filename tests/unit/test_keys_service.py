@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from quotagate import apikeys
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.dal.exceptions import KeyVersionConflict
 from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord
 from quotagate.logic.exceptions import KeysError

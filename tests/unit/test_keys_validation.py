@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.dal.keys_store import InMemoryKeyStore
 from quotagate.logic.keys_service import KeysError, KeysService
 

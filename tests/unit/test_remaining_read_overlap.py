@@ -8,7 +8,7 @@ import json
 import threading
 from typing import Any
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.identity import Identity
 from quotagate.logic.gateway import Gateway
 from quotagate.providers.base import DONE_EVENT, SSEEvent

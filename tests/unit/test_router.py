@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from quotagate.config import ConfigError, parse_config
+from quotagate.config import ConfigError
+from quotagate.config_models import parse_config
 from quotagate.errors import GatewayError
 from quotagate.logic import router as routing
 from quotagate.logic.router import Router, callable_models, resolve, sticky_point

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.errors import GatewayError
 from quotagate.providers.factory import HttpProviderFactory
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError
 from quotagate.identity import Identity

@@ -45,7 +45,8 @@ def add_parser(commands: Any) -> None:
 def secret_name(args: argparse.Namespace) -> str:
     if args.secret_name:
         return str(args.secret_name)
-    from quotagate.config import ConfigError, parse_config
+    from quotagate.config import ConfigError
+    from quotagate.config_models import parse_config
 
     try:
         config = parse_config(json.loads(Path(args.config_file).read_text()))

@@ -21,11 +21,12 @@ or an alias with ordered targets and routing options::
 See :mod:`quotagate.logic.router` for what each option does.
 
 Every field is typed and checked by the pydantic models of :mod:`quotagate.config_models`
-(:func:`parse_config`); unknown fields are refused. The proxy's hot path does not import pydantic
-(it would add about 100 ms to a cold start): :func:`load_config` builds the plain dataclasses below
-from a document that was validated before it got there — by the CDK synth, which writes the SSM
-parameter, or by local mode's start-up for a file. The keys function and the CLI validate with
-:func:`load_validated_config`.
+(:func:`quotagate.config_models.parse_config`); unknown fields are refused. The proxy's hot path
+does not import pydantic (it would add about 100 ms to a cold start): :func:`load_config` builds
+the plain dataclasses below from a document that was validated before it got there — by the CDK
+synth, which writes the SSM parameter, or by local mode's start-up for a file. The keys function
+and the CLI validate with :func:`quotagate.config_models.load_validated_config` (the models import
+this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from quotagate import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LIMIT_NAMES = (
     "requests_per_minute",
@@ -250,13 +254,14 @@ class GatewayConfig:
         )
 
 
-def _expand(value: Any) -> Any:
+def expand_variables(value: Any) -> Any:
+    """``${VAR}`` in every string of a document replaced by the environment variable VAR."""
     if isinstance(value, str):
         return _VAR_RE.sub(lambda m: settings.env(m.group(1)) or "", value)
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: expand_variables(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [expand_variables(v) for v in value]
     return value
 
 
@@ -372,14 +377,6 @@ def build_config(raw: dict[str, Any]) -> GatewayConfig:
     )
 
 
-def parse_config(raw: Any) -> GatewayConfig:
-    """Validate a configuration document with the models (every field, every cross-reference) and
-    build it. Raises :class:`ConfigError` naming the path of each bad field."""
-    from quotagate.config_models import validate_document  # pydantic: never on the proxy's hot path
-
-    return validate_document(_expand(raw))
-
-
 def _load_raw() -> dict[str, Any]:
     parameter = settings.env(settings.CONFIG_PARAMETER)
     if parameter:
@@ -391,29 +388,24 @@ def _load_raw() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-_cached: dict[bool, tuple[float, GatewayConfig]] = {}
+_cached: dict[str, tuple[float, GatewayConfig]] = {}
 
 
 def load_config(force: bool = False) -> GatewayConfig:
     """The current configuration, re-read at most once a minute — the proxy's path: built from the
     document without validating it again (the synth validated the SSM parameter it wrote; local mode
     validates its file at start-up). No pydantic import, so no cold-start cost for it."""
-    return _load(validate=False, force=force)
+    return load_cached("built", lambda raw: build_config(expand_variables(raw)), force)
 
 
-def load_validated_config(force: bool = False) -> GatewayConfig:
-    """The current configuration, validated with the models (raises ConfigError), re-read at most
-    once a minute: for the keys function, local mode's start-up and the CLI."""
-    return _load(validate=True, force=force)
-
-
-def _load(validate: bool, force: bool) -> GatewayConfig:
+def load_cached(kind: str, build: Callable[[dict[str, Any]], GatewayConfig], force: bool) -> GatewayConfig:
+    """The configuration ``build`` made of the current document, re-read at most once a minute;
+    ``kind`` names the way it was built (each way has its own cache)."""
     now = time.monotonic()
-    cached = _cached.get(validate)
+    cached = _cached.get(kind)
     if force or cached is None or now - cached[0] > _CACHE_SECONDS:
-        raw = _load_raw()
-        cached = (now, parse_config(raw) if validate else build_config(_expand(raw)))
-        _cached[validate] = cached
+        cached = (now, build(_load_raw()))
+        _cached[kind] = cached
     return cached[1]
 
 

@@ -1,6 +1,6 @@
 """The configuration document as pydantic models: every field typed, unknown fields refused.
 
-:func:`quotagate.config.parse_config` validates with these models where a configuration comes from a
+:func:`parse_config` validates with these models where a configuration comes from a
 person (the CDK synth, which writes the SSM parameter the functions read, the keys function, local
 mode's start-up, the CLI); the proxy's hot path builds its plain dataclasses from the already
 validated document without importing pydantic (see :func:`quotagate.config.load_config`).
@@ -37,6 +37,8 @@ from quotagate.config import (
     ProviderType,
     TierMismatchPolicy,
     build_config,
+    expand_variables,
+    load_cached,
 )
 
 # Limits are stored in DynamoDB (key and tenant records): numbers in its range only.
@@ -336,3 +338,15 @@ def reference_errors(config: GatewayConfig) -> list[str]:
         shown = config.default_plan[:64]
         problems.append(f"default_plan '{shown}' is not a plan")
     return problems
+
+
+def parse_config(raw: Any) -> GatewayConfig:
+    """Validate a configuration document with the models (every field, every cross-reference) and
+    build it. Raises :class:`ConfigError` naming the path of each bad field."""
+    return validate_document(expand_variables(raw))
+
+
+def load_validated_config(force: bool = False) -> GatewayConfig:
+    """The current configuration, validated with the models (raises ConfigError), re-read at most
+    once a minute: for the keys function, local mode's start-up and the CLI."""
+    return load_cached("validated", parse_config, force)

@@ -31,7 +31,7 @@ from quotagate.metric_names import (
 
 if TYPE_CHECKING:
     from quotagate.errors import GatewayError
-    from quotagate.logic.gateway import Outcome
+    from quotagate.logic.request_types import Outcome
 
 logger = Logger(service=SERVICE)
 # Kept for callers that add their own metrics; the request metrics below do not use it.

@@ -43,7 +43,7 @@ def provider_secrets_from_env() -> None:
     (a restart against the same moto) gets the new value."""
     import boto3
 
-    from quotagate.config import load_validated_config
+    from quotagate.config_models import load_validated_config
 
     client = boto3.client("secretsmanager")
     names = {p.api_key_secret for p in load_validated_config(force=True).providers.values() if p.api_key_secret}

@@ -23,6 +23,7 @@ from anyio import to_thread
 
 from quotagate.errors import invalid_request
 from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
+from quotagate.logic.request_types import Outcome, usage_fields
 from quotagate.quota.reservation import Reservation, ReservationRequest
 from quotagate.usage.record import Settlement, UsageOutcome, source_of
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from quotagate.config import Target
     from quotagate.identity import Identity
     from quotagate.logic import router as routing
-    from quotagate.logic.gateway import Gateway, Limits, Outcome
     from quotagate.logic.metering import Usage
+    from quotagate.logic.request_types import GatewayServices, Limits
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ReservationSize:
 class Admission:
     """Admits requests through one gateway's services (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayServices) -> None:
         self.gateway = gateway
 
     async def route(
@@ -107,8 +108,6 @@ class Admission:
         """Reserve the quota (GatewayError 429 when a window has no room) and start the
         remaining-quota read for the ``x-ratelimit-*`` headers, which overlaps the upstream call:
         the reservation is the only store round trip before the first byte."""
-        from quotagate.logic.gateway import Outcome, usage_fields
-
         gateway = self.gateway
         identity = route.identity
         reservation = await to_thread.run_sync(
@@ -147,7 +146,7 @@ class Admitted:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: GatewayServices,
         route: Route,
         reservation: Reservation,
         outcome: Outcome,

@@ -23,8 +23,9 @@ from quotagate.usage.record import outcome_for_status
 if TYPE_CHECKING:
     from quotagate.config import Target
     from quotagate.identity import Identity
+    from quotagate.logic.admission import Admission
     from quotagate.logic.failover import Served
-    from quotagate.logic.gateway import Gateway
+    from quotagate.logic.request_types import GatewayServices
 
 MAX_INPUTS = 2048
 
@@ -66,14 +67,14 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
 
 
 async def run_embeddings(
-    gateway: Gateway, identity: Identity, raw: bytes, request_id: str
+    gateway: GatewayServices, admission: Admission, identity: Identity, raw: bytes, request_id: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The response body and headers. Raises GatewayError for every error the client sees.
     Admission, failover, the deadline and settlement are the chat path's (:mod:`quotagate.logic.admission`,
     :mod:`quotagate.logic.failover`); what is embeddings' own is the call and its usage."""
     started = gateway.clock()
     request = parse_embeddings_request(raw, gateway.max_body_bytes)
-    route = await gateway.admission.route(
+    route = await admission.route(
         identity, request.model, request_id, started, usable=lambda t: can_embed(gateway, t), capability="embeddings"
     )
     counted = await to_thread.run_sync(
@@ -85,7 +86,7 @@ async def run_embeddings(
         output_tokens=0,
         usd=max(t.price.cost_usd(config.prompt_reservation(t, counted), 0) for t in route.targets),
     )
-    admitted = await gateway.admission.reserve(route, size)
+    admitted = await admission.reserve(route, size)
     failover = admitted.failover()
 
     async def attempt(target: Target) -> dict[str, Any]:
@@ -113,7 +114,7 @@ async def run_embeddings(
         await admitted.settle(served.target if served else None, usage, outcome_for_status(status), status)
 
 
-def can_embed(gateway: Gateway, target: Target) -> bool:
+def can_embed(gateway: GatewayServices, target: Target) -> bool:
     return isinstance(gateway.providers.for_target(target), EmbeddingsProvider)
 
 

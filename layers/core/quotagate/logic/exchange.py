@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from quotagate.config import Target
     from quotagate.logic.admission import Admitted
     from quotagate.logic.estimate import OutputPlan
-    from quotagate.logic.gateway import Gateway
+    from quotagate.logic.request_types import GatewayServices
 
 Forward = SSEEvent | bytes  # an upstream event to pass on (see StreamDialect.client_bytes), or the gateway's bytes
 
@@ -121,7 +121,7 @@ class Exchange:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: GatewayServices,
         admitted: Admitted,
         translator: UpstreamTranslator,
         plan: OutputPlan,

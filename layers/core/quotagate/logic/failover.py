@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from quotagate.config import Target, Timeouts
     from quotagate.logic.breaker import CircuitBreaker, Permit
-    from quotagate.logic.gateway import Outcome
+    from quotagate.logic.request_types import Outcome
 
 T = TypeVar("T")
 

@@ -34,14 +34,13 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
 from quotagate import settings
 from quotagate.auth_types import AuthType, KeyStatus
-from quotagate.config import GatewayConfig, Plan, Target
+from quotagate.config import GatewayConfig, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
 from quotagate.logic import estimate
@@ -55,13 +54,13 @@ from quotagate.logic.exchange import Exchange, UpstreamTranslator
 from quotagate.logic.failover import DEFAULT_MAX_RETRY_WAIT
 from quotagate.logic.metering import Meter, Usage
 from quotagate.logic.output_budget import delta_tokens
+from quotagate.logic.request_types import Limits
 from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent
 
 if TYPE_CHECKING:
-    from quotagate.dal.keys_store import KeyRecord
-    from quotagate.dal.tenants_store import TenantRecord
     from quotagate.identity import Identity
-    from quotagate.quota.reservation import Reservation, ReservationRequest
+    from quotagate.logic.request_types import KeyRecords, Outcome, ProviderFactory, Quota, TenantRecords
+    from quotagate.quota.reservation import Reservation
     from quotagate.usage.record import Settlement
 
 KEEPALIVE = b": ping\n\n"
@@ -70,97 +69,6 @@ TARGET_HEADER = "x-quotagate-target"
 # The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
 # little earlier, so settlement always runs inside the invocation.
 DEFAULT_MAX_REQUEST_SECONDS = settings.DEFAULT_MAX_REQUEST_SECONDS
-
-
-class ProviderFactory(Protocol):
-    def for_target(self, target: Target) -> ChatProvider: ...
-
-
-class KeyRecords(Protocol):
-    def get(self, key_id: str) -> KeyRecord | None: ...
-
-    def get_fresh(self, key_id: str) -> KeyRecord | None: ...
-
-
-class TenantRecords(Protocol):
-    def get(self, tenant: str) -> TenantRecord | None: ...
-
-
-class Quota(Protocol):
-    def reserve(self, request: ReservationRequest) -> Reservation: ...
-
-    def settle(
-        self,
-        reservation: Reservation,
-        prompt_tokens: int,
-        completion_tokens: int,
-        actual_usd: float,
-        settlement: Settlement | None = None,
-        cache_tokens: dict[str, int] | None = None,
-    ) -> bool: ...
-
-    def top_up(self, reservation: Reservation, extra_tokens: int, extra_usd: float) -> bool:
-        """Grow an open reservation in the same windows; False when a window has no room."""
-        ...
-
-    def read_remaining(self, reservation: Reservation) -> None:
-        """Fill in the ``used`` of the reservation's windows (for ``x-ratelimit-remaining-*``)."""
-        ...
-
-
-@dataclass
-class Outcome:
-    """What happened to one request, for logs and metrics."""
-
-    request_id: str
-    identity: Identity
-    model: str  # the alias that served (after any downgrade)
-    status: int = 200
-    usage: Usage | None = None
-    cost_usd: float = 0.0
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    requested_model: str | None = None
-    target: str | None = None  # <provider>/<upstream model> that served, if any
-    attempts: list[str] = field(default_factory=list)  # "<target>: <what happened>" per failed attempt
-    # For metrics (quotagate.observability), on the gateway's clock like ``started``.
-    upstream_called_at: float | None = None  # the first upstream call began (gateway overhead)
-    first_byte_at: float | None = None  # the serving target's first byte arrived
-    finished_at: float | None = None  # settled
-    reserved_tokens: int = 0
-    reserved_usd: float = 0.0
-    settlement_failed: bool = False
-    overrun_tokens: int = 0  # settled usage above everything reserved (top-ups included)
-    cut_by_budget: bool = False  # the gateway ended the answer with "length": the budget was spent
-    top_ups: int = 0
-
-    @property
-    def failovers(self) -> int:
-        """Targets that were tried and failed (skipped open circuits are not failovers)."""
-        return sum(1 for attempt in self.attempts if not attempt.endswith("(circuit open)"))
-
-
-def usage_fields(identity: Identity, requested_model: str, model: str) -> dict[str, str]:
-    """Who asked for what: the part of the usage record known before the upstream call."""
-    return {
-        "tenant": identity.tenant,
-        "consumer": identity.consumer,
-        "key_id": identity.key_id,
-        "auth_type": identity.auth_type,
-        "plan": identity.plan,
-        "requested_model": requested_model,
-        "model": model,
-    }
-
-
-@dataclass
-class Limits:
-    plan: Plan
-    key_limits: dict[str, float]
-    allowed_models: list[str] | None
-    # The tenant's record, or the config's default_tenant_limits when it has none: the same for
-    # every key and JWT of the tenant, whatever their plans.
-    tenant_limits: dict[str, float] = field(default_factory=dict)
 
 
 class Gateway:
@@ -330,7 +238,7 @@ class Gateway:
     ) -> tuple[dict[str, Any], dict[str, str]]:
         from quotagate.logic.embeddings import run_embeddings
 
-        return await run_embeddings(self, identity, raw_body, request_id)
+        return await run_embeddings(self, self.admission, identity, raw_body, request_id)
 
     def settle(
         self, reservation: Reservation, target: Target | None, usage: Usage, settlement: Settlement | None = None

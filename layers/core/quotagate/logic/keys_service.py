@@ -35,8 +35,7 @@ from pydantic import ValidationError
 
 from quotagate import apikeys, strict_json
 from quotagate.auth_types import KeyStatus
-from quotagate.config import GatewayConfig, load_validated_config
-from quotagate.config_models import Limits, describe
+from quotagate.config_models import Limits, describe, load_validated_config
 from quotagate.dal.exceptions import (
     KeyAlreadyExists,
     KeyNotFound,
@@ -70,6 +69,7 @@ from quotagate.usage.periods import Granularity
 from quotagate.usage.query import DynamoUsageReader, GroupBy, UsageQuery, UsageReader, period_range, read_usage
 
 if TYPE_CHECKING:
+    from quotagate.config import GatewayConfig
     from quotagate.key_derivation import KeySecretSource
 
 __all__ = ["ACTIONS", "KEY_ISSUING_ACTIONS", "MUTATING_ACTIONS", "Command", "KeysError", "KeysService"]

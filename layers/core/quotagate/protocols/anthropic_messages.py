@@ -52,13 +52,12 @@ from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.anthropic import PASSTHROUGH_FIELDS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import Callable, Sequence
 
     from quotagate.config import GatewayConfig, Target
     from quotagate.identity import Identity
-    from quotagate.logic.chat_request import ChatRequest
-    from quotagate.logic.estimate import OutputPlan, RequestCost
-    from quotagate.logic.gateway import ChatResponse, Gateway
+    from quotagate.logic.estimate import RequestCost
+    from quotagate.logic.gateway import Gateway
     from quotagate.logic.metering import Usage
 
 MESSAGES_PATH = "/v1/messages"
@@ -914,56 +913,12 @@ def error_event(error: Any) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-class MessagesReply:
-    """One admitted Messages request: its answer as a message or as events, settled exactly once.
-    The pipeline's response already speaks Messages (:mod:`quotagate.protocols.messages_dialect`)."""
-
-    def __init__(self, response: ChatResponse, request: MessagesRequest) -> None:
-        self.response = response
-        self.request = request
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {**self.response.headers, REQUEST_ID_HEADER: self.response.outcome.request_id}
-
-    async def message(self) -> dict[str, Any]:
-        """The non-streamed answer (its ``usage`` is what is settled)."""
-        await self.response.finish(200)
-        return self.response.json or {}
-
-    async def finish(self, client_status: int | None = None) -> None:
-        await self.response.finish(client_status)
-
-    def body(self) -> AsyncIterator[bytes]:
-        """The SSE bytes of a streamed answer: Anthropic's events."""
-        return self.response.body()
-
-
 def request_cost(request: MessagesRequest) -> RequestCost:
     """What the request can cost on any target: the Messages body as an Anthropic target bills it,
     or its chat translation as the others do, whichever is more (an upper bound for both)."""
     from quotagate.logic import estimate
 
     return estimate.measure_messages(request.body).upper_bound(estimate.measure(request.chat_body))
-
-
-async def create_message(gateway: Gateway, identity: Identity, raw: bytes, request_id: str) -> MessagesReply:
-    """Validate a Messages request and run it through the gateway's one pipeline with the Messages
-    translator (native to Anthropic targets, translated to the others). GatewayError for anything
-    the client must see as an error status; nothing is reserved for bad input."""
-    from anyio import to_thread
-
-    from quotagate.protocols.messages_dialect import MessagesTranslator
-
-    request = parse_messages_request(raw, gateway.max_body_bytes)
-    cost = await to_thread.run_sync(request_cost, request)
-
-    def translate(chat: ChatRequest, plan: OutputPlan, config: GatewayConfig) -> MessagesTranslator:
-        return MessagesTranslator(request, chat, plan, config)
-
-    chat_raw = json.dumps(request.chat_body, separators=(",", ":"), ensure_ascii=False).encode()
-    response = await gateway.chat(identity, chat_raw, request_id, translate=translate, cost=cost)
-    return MessagesReply(response, request)
 
 
 def input_tokens_estimate(config: GatewayConfig, targets: Sequence[Target], request: MessagesRequest) -> int:

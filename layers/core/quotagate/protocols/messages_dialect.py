@@ -19,11 +19,22 @@ the usage settled.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
+
+from anyio import to_thread
 
 from quotagate.logic.gateway import ChatStreamDialect, ChatTranslator
 from quotagate.logic.metering import Usage
-from quotagate.protocols.anthropic_messages import PING, MessageEvents, error_event, to_message
+from quotagate.protocols.anthropic_messages import (
+    PING,
+    REQUEST_ID_HEADER,
+    MessageEvents,
+    error_event,
+    parse_messages_request,
+    request_cost,
+    to_message,
+)
 from quotagate.protocols.messages_native import NativeMessage, output_tokens_of
 from quotagate.providers.anthropic import native_request
 
@@ -31,9 +42,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from quotagate.config import GatewayConfig, Target
+    from quotagate.identity import Identity
     from quotagate.logic.chat_request import ChatRequest
     from quotagate.logic.estimate import OutputPlan
     from quotagate.logic.exchange import Forward
+    from quotagate.logic.gateway import ChatResponse, Gateway
     from quotagate.protocols.anthropic_messages import MessagesRequest
     from quotagate.providers.base import SSEEvent
 
@@ -182,3 +195,43 @@ class MessagesTranslator:
         if self.is_native(target):
             return NativeDialect(self.model, self.plan.prompts[target.id])
         return TranslatedDialect(self.chat.dialect(target), self.model, self.request.stop_sequences)
+
+
+class MessagesReply:
+    """One admitted Messages request: its answer as a message or as events, settled exactly once.
+    The pipeline's response already speaks Messages (this module's dialects)."""
+
+    def __init__(self, response: ChatResponse, request: MessagesRequest) -> None:
+        self.response = response
+        self.request = request
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**self.response.headers, REQUEST_ID_HEADER: self.response.outcome.request_id}
+
+    async def message(self) -> dict[str, Any]:
+        """The non-streamed answer (its ``usage`` is what is settled)."""
+        await self.response.finish(200)
+        return self.response.json or {}
+
+    async def finish(self, client_status: int | None = None) -> None:
+        await self.response.finish(client_status)
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The SSE bytes of a streamed answer: Anthropic's events."""
+        return self.response.body()
+
+
+async def create_message(gateway: Gateway, identity: Identity, raw: bytes, request_id: str) -> MessagesReply:
+    """Validate a Messages request and run it through the gateway's one pipeline with the Messages
+    translator (native to Anthropic targets, translated to the others). GatewayError for anything
+    the client must see as an error status; nothing is reserved for bad input."""
+    request = parse_messages_request(raw, gateway.max_body_bytes)
+    cost = await to_thread.run_sync(request_cost, request)
+
+    def translate(chat: ChatRequest, plan: OutputPlan, config: GatewayConfig) -> MessagesTranslator:
+        return MessagesTranslator(request, chat, plan, config)
+
+    chat_raw = json.dumps(request.chat_body, separators=(",", ":"), ensure_ascii=False).encode()
+    response = await gateway.chat(identity, chat_raw, request_id, translate=translate, cost=cost)
+    return MessagesReply(response, request)
