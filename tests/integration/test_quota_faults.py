@@ -131,7 +131,7 @@ def test_a_throttled_table_refuses_within_two_seconds_and_a_few_calls(real_clien
     faulty, _, service, truth = setup(real_client, clock, lambda op, n, req: throttled(op))
     with pytest.raises(GatewayError) as refused:
         reserve(service)
-    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    assert refused.value.status == 503 and refused.value.code == "quota_store_busy"
     assert refused.value.headers["retry-after"]
     assert clock.now - T0 <= 2.0
     assert len(faulty.calls) <= 5

@@ -206,14 +206,14 @@ def test_one_short_window_keeps_no_partial_reservation(service, table):
     assert used(table, "tenant#acme", "usd_per_month") == 100_000
 
 
-def test_contended_ledger_is_a_retryable_429(clock):
+def test_contended_ledger_is_a_retryable_503_never_the_clients_limit(clock):
     class Busy(InMemoryQuotaLedger):
         def reserve(self, request_id, charges):
             raise LedgerBusy("contended")
 
     with pytest.raises(GatewayError) as err:
         reserve(QuotaService(Busy(), clock), key_limits={"requests_per_minute": 5})
-    assert err.value.status == 429 and err.value.code == "rate_limit_exceeded"
+    assert err.value.status == 503 and err.value.code == "quota_store_busy"
     assert err.value.headers["retry-after"] == "1"
 
 

@@ -37,9 +37,9 @@ class QuotaExceeded(Exception):
 
 class LedgerBusy(Exception):
     """The ledger stayed contended (transaction conflicts, throttling) through every retry: the
-    client may retry shortly."""
+    client may retry shortly (a 503: the store's limit, never the client's)."""
 
-    status = HTTPStatus.TOO_MANY_REQUESTS
+    status = HTTPStatus.SERVICE_UNAVAILABLE
     outcome_unknown = False
 
 

@@ -58,6 +58,9 @@ class ReservationStatus(StrEnum):
     RESERVED = "reserved"  # charged with the worst case, waiting for its settlement
     SETTLED = "settled"  # actual usage applied (or refunded to zero by a compensating settle)
     EXPIRED = "expired"  # closed by the reaper: never settled, the reserved charge is kept
+    # A tombstone: the compensation of a reservation whose outcome was unknown landed before the
+    # reservation did, so the late reservation's condition (``attribute_not_exists(pk)``) refuses it.
+    CANCELLED = "cancelled"
 
 
 RESERVATION_SK = "reservation"
@@ -113,8 +116,11 @@ class QuotaLedger(Protocol):
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
         record: Mapping[str, Any] | None = None,
+        compensating: bool = False,
     ) -> bool:
-        """Apply ``delta`` to each reserved window, once. False if already settled (or unknown)."""
+        """Apply ``delta`` to each reserved window, once. False if already settled (or unknown).
+        ``compensating``: the zero-usage settle of a reservation whose outcome is unknown; when no
+        reservation exists yet it leaves a ``cancelled`` tombstone, so one landing later is refused."""
         ...
 
     def top_up(self, request_id: str, increases: Sequence[tuple[WindowCharge, int]]) -> bool:
@@ -238,12 +244,16 @@ class InMemoryQuotaLedger:
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
         record: Mapping[str, Any] | None = None,
+        compensating: bool = False,
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
         usage_record = dict(record) if record is not None else None
         with self._lock:
             self.calls["settle"] += 1
             record = self._reservations.get(request_id)
+            if record is None and compensating:
+                self._reservations[request_id] = {"status": ReservationStatus.CANCELLED, "charges": []}
+                return False
             if record is None or record["status"] != ReservationStatus.RESERVED:
                 return False
             for charge, delta in adjustments:
@@ -549,6 +559,7 @@ class DynamoQuotaLedger:
         adjustments: Sequence[tuple[WindowCharge, int]],
         usage: Mapping[str, int] | None = None,
         record: Mapping[str, Any] | None = None,
+        compensating: bool = False,
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
         token = uuid.uuid4().hex
@@ -561,7 +572,7 @@ class DynamoQuotaLedger:
             update["ExpressionAttributeValues"][":rec"] = to_attribute(record)
         return bool(
             self._attempts(
-                lambda: self._settle_once(request, token),
+                lambda: self._settle_once(request, token, request_id if compensating else None),
                 self.settle_attempts,
                 self.settle_seconds,
                 f"reservation {request_id} not settled",
@@ -624,7 +635,9 @@ class DynamoQuotaLedger:
             return {"update": reservation_update}
         return {"transaction": [{"Update": reservation_update}, *window_updates]}
 
-    def _settle_once(self, request: dict[str, Any], token: str) -> bool:
+    def _settle_once(self, request: dict[str, Any], token: str, tombstone_for: str | None = None) -> bool:
+        """One attempt. ``tombstone_for``: a compensation's request id; if its reservation item does
+        not exist (yet), leave a tombstone instead, so that the reservation can never land after."""
         from botocore.exceptions import ClientError
 
         try:
@@ -637,6 +650,8 @@ class DynamoQuotaLedger:
             if code == "ConditionalCheckFailedException":
                 # Already settled: True only if an earlier attempt of this very call did it.
                 existing: Any = error.response.get("Item")
+                if existing is None and tombstone_for is not None:
+                    return self._tombstone(tombstone_for, token)
                 return _str_attr(existing, "settle_token") == token
             if code != "TransactionCanceledException":
                 raise
@@ -644,12 +659,42 @@ class DynamoQuotaLedger:
             if not reasons:
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
+                if reasons[0].get("Item") is None and tombstone_for is not None:
+                    return self._tombstone(tombstone_for, token)
                 return _str_attr(reasons[0].get("Item"), "settle_token") == token
             retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
             if retryable:
                 raise _Retry(False, str(retryable[0])) from None
             raise
         return True
+
+    def _tombstone(self, request_id: str, token: str) -> bool:
+        """Mark a reservation that does not exist as ``cancelled`` (False: nothing was charged).
+        If the reservation landed meanwhile, the attempt is repeated (it is settled normally)."""
+        from botocore.exceptions import ClientError
+
+        now = int(self._clock())
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": _s(f"req#{request_id}"),
+                    "sk": _s(RESERVATION_SK),
+                    "status": _s(ReservationStatus.CANCELLED),
+                    "settle_token": _s(token),
+                    "settled_at": _n(now),
+                    # Outlives any attempt of the reservation (a client token lasts 10 minutes).
+                    "expires_at": _n(now + SETTLED_RETENTION_SECONDS),
+                },
+                ConditionExpression="attribute_not_exists(pk) OR #tok = :tok",
+                ExpressionAttributeNames={"#tok": "settle_token"},
+                ExpressionAttributeValues={":tok": _s(token)},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code", "") == "ConditionalCheckFailedException":
+                raise _Retry(False, "the reservation landed before its tombstone") from None
+            raise
+        return False
 
     # ---- top up --------------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ No I/O except through the ledger. The flow per request:
 2. ``settle`` exactly once after the upstream call, whatever happened: each window receives
    ``actual - reserved`` (a refund when negative), in the window items recorded at reservation.
 
-Store failures: a reservation the ledger gave up on is refused with a retryable 429
-``rate_limit_exceeded`` (contention, throttling) or 503 ``quota_store_unavailable`` (timeouts, 5xx:
+Store failures: a reservation the ledger gave up on is refused with a retryable 503
+``quota_store_busy`` (contention, throttling: never the client's limit) or 503
+``quota_store_unavailable`` (timeouts, 5xx:
 the outcome is unknown, so a zero-usage compensating settle runs first). A settlement or
 compensation the ledger cannot write goes to the durable ``settlement_queue`` (when configured).
 """
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from quotagate.quota.ledger import QuotaLedger
 
 TOO_LARGE_CODE = "request_too_large_for_limit"
+STORE_BUSY_CODE = "quota_store_busy"
 # A per-minute 429's retry-after is the reset plus 0..this many seconds, drawn per response.
 RETRY_JITTER_SECONDS = 4
 SCOPE_WORDS = {WindowScope.KEY: "this API key", WindowScope.TENANT: "this tenant"}
@@ -224,11 +226,12 @@ class QuotaService:
                     code="quota_store_unavailable",
                     headers={"retry-after": "1"},
                 ) from None
+            # Contention or throttling in the store is not the client's limit: no window refused.
             raise GatewayError(
                 busy.status,
-                "Too many concurrent requests against this quota; please retry shortly.",
-                type="requests",
-                code="rate_limit_exceeded",
+                "The quota store is busy; nothing was charged. Please retry shortly.",
+                type="api_error",
+                code=STORE_BUSY_CODE,
                 headers={"retry-after": "1"},
             ) from None
         return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock, record=record)

@@ -70,8 +70,13 @@ class PendingSettlement:
     def apply(self, ledger: QuotaLedger) -> bool:
         """Settle through the ledger (exactly once: False if it was already settled or expired).
         Raises LedgerBusy while the store still fails (the message is then delivered again)."""
+        compensating = self.kind == "compensate"
         if self.record is not None:
-            return ledger.settle(self.request_id, list(self.adjustments), self.usage, record=self.record)
+            return ledger.settle(
+                self.request_id, list(self.adjustments), self.usage, record=self.record, compensating=compensating
+            )
+        if compensating:
+            return ledger.settle(self.request_id, list(self.adjustments), self.usage, compensating=True)
         return ledger.settle(self.request_id, list(self.adjustments), self.usage)
 
 
