@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from quotagate.protocols.messages_dialect import MessagesReply
     from quotagate.protocols.openai_responses import ResponsesStream
 
+# The client's Anthropic betas (allow-listed ones reach Anthropic targets; several header lines
+# arrive joined by commas).
+BETA_HEADER = "anthropic-beta"
 # Headers that identify the caller are only ever read from the AWS-set request context.
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
 # On every response: the openai SDK reads it into ``_request_id``; the logs carry the same id.
@@ -340,7 +343,9 @@ async def messages(request: Request) -> Response:
     from quotagate.protocols import messages_dialect
 
     gateway, identity, raw, request_id = await admitted_request(request)
-    reply = await messages_dialect.create_message(gateway, identity, raw, request_id)
+    reply = await messages_dialect.create_message(
+        gateway, identity, raw, request_id, ",".join(request.headers.getlist(BETA_HEADER))
+    )
     if reply.request.stream:
         return SettlingStreamingResponse(reply)
     try:
@@ -353,7 +358,8 @@ async def count_message_tokens(request: Request) -> Response:
     from quotagate.protocols import anthropic_messages
 
     gateway, identity, raw, _ = await admitted_request(request)
-    return JSONResponse(await anthropic_messages.count_tokens(gateway, identity, raw))
+    count, headers = await anthropic_messages.count_tokens(gateway, identity, raw)
+    return JSONResponse(count, headers=headers)
 
 
 async def unknown_route(request: Request) -> Response:

@@ -200,8 +200,12 @@ def test_count_tokens_costs_nothing(stack, key):
     [
         ({"model": "via-openai", "messages": [{"role": "user", "content": "hi"}]}, "max_tokens"),
         (
-            {"model": "via-openai", "max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]},
+            {"model": "via-openai", "max_tokens": 5, "messages": [{"role": "robot", "content": "hi"}]},
             "messages.0.role",
+        ),
+        (
+            {"model": "via-openai", "max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]},
+            "messages",
         ),
         (
             {"model": "via-openai", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
@@ -216,7 +220,10 @@ def test_count_tokens_costs_nothing(stack, key):
             },
             "temperature",
         ),
-        ({"model": "via-openai", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+        (
+            {"model": "via-openai", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "speed": "fast"},
+            "speed",
+        ),
         (
             {
                 "model": "via-openai",

@@ -134,7 +134,7 @@ def test_a_named_tool_choice_and_a_tool_choice_without_tools():
             {"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]},
             "messages.0.content.0.type",
         ),
-        ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages.0.name"),
+        ({"messages": [{"role": "user", "content": "x", "name": []}], "system": 5}, "system"),
         ({"messages": [{"role": "user", "content": ""}]}, "messages.0"),
         (
             {
@@ -142,9 +142,9 @@ def test_a_named_tool_choice_and_a_tool_choice_without_tools():
                     {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]}
                 ]
             },
-            "messages.0.content.0.cache_control",
+            "messages.0.content.0.cache_control.type",
         ),
-        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+        ({"messages": [{"role": "user", "content": "x"}], "speed": "fast"}, "speed"),
         ({"messages": [{"role": "user", "content": "x"}], "container": "c-1"}, "container"),
         (
             {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 2048}},
@@ -190,13 +190,31 @@ def test_invalid_requests_name_the_field(body, where):
     }
 
 
-def test_count_tokens_needs_no_max_tokens_and_refuses_sampling_fields():
+def test_count_tokens_needs_no_max_tokens_and_drops_sampling_fields():
     request = parse_count_tokens_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', LIMIT)
     assert "max_tokens" not in request.chat_body
-    with pytest.raises(GatewayError):
-        parse_count_tokens_request(
-            b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}', LIMIT
-        )
+    request = parse_count_tokens_request(
+        b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}', LIMIT
+    )
+    assert "max_tokens" not in request.body and request.dropped == ("max_tokens",)
+
+
+def test_unknown_fields_at_any_depth_are_dropped_and_named():
+    request = parse_messages_request(
+        json.dumps(
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "logprobs": True,
+                "messages": [{"role": "user", "content": "x", "name": "bob"}],
+                "tools": [{**TOOL, "eager_input_streaming": True, "future_flag": 1}],
+            }
+        ).encode(),
+        LIMIT,
+    )
+    assert request.dropped == ("logprobs", "messages.0.name", "tools.0.future_flag")
+    assert "logprobs" not in request.body and "name" not in request.body["messages"][0]
+    assert request.dropped_headers == {"x-quotagate-dropped-params": "logprobs, messages.0.name, tools.0.future_flag"}
 
 
 def test_a_completion_becomes_a_message_with_the_settled_usage():

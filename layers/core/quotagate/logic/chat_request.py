@@ -90,10 +90,8 @@ def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str
     return body, model
 
 
-def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
-    body, model = parse_model_request(raw, max_bytes)
-
-    messages = body.get("messages")
+def _check_messages(messages: Any) -> None:
+    """Each message's role and content shape (a wrong type is a 400 naming its path)."""
     if not isinstance(messages, list) or not messages:
         raise invalid_request("'messages' must be a non-empty array.", param="messages", code="invalid_value")
     for index, message in enumerate(messages):
@@ -112,11 +110,19 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
                 param=f"{where}.content",
                 code="invalid_value",
             )
-        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
-            raise invalid_request(
-                f"'{where}.content' parts must be objects.", param=f"{where}.content", code="invalid_value"
-            )
+        for part_index, part in enumerate(content if isinstance(content, list) else []):
+            here = f"{where}.content[{part_index}]"
+            if not isinstance(part, dict):
+                raise invalid_request(f"'{here}' must be an object.", param=here, code="invalid_value")
+            if not isinstance(part.get("type"), str):
+                raise invalid_request(f"'{here}.type' must be a string.", param=f"{here}.type", code="invalid_value")
 
+
+def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
+    body, model = parse_model_request(raw, max_bytes)
+
+    messages = body.get("messages")
+    _check_messages(messages)
     check_tool_turns(messages)
 
     stream = body.get("stream", False)

@@ -47,9 +47,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from quotagate import wire
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.anthropic import PASSTHROUGH_FIELDS
+from quotagate.wire import messages as wire_messages
+from quotagate.wire.betas import DROPPED_BETAS_HEADER
+from quotagate.wire.schema import TargetType, WireError, project
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
     from quotagate.logic.estimate import RequestCost
     from quotagate.logic.gateway import Gateway
     from quotagate.logic.metering import Usage
+    from quotagate.wire.schema import Obj
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -106,34 +111,6 @@ STOP_REASONS: dict[str, StopReason] = {
     "content_filter": "refusal",
 }
 
-_MESSAGE_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "system",
-        "stop_sequences",
-        "stream",
-        "temperature",
-        "top_p",
-        "top_k",
-        "metadata",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "service_tier",
-        "cache_control",
-        "output_config",
-        "speed",
-        "inference_geo",
-        "diagnostics",
-        "container",
-        *PASSTHROUGH_FIELDS,
-    }
-)
-_COUNT_TOKENS_FIELDS = frozenset(
-    {"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "output_config", "speed"}
-)
 _BLOCK_FIELDS: dict[str, frozenset[str]] = {
     "text": frozenset({"type", "text", "cache_control", "citations"}),
     "image": frozenset({"type", "source", "cache_control"}),
@@ -146,10 +123,10 @@ _BLOCK_FIELDS: dict[str, frozenset[str]] = {
 _BLOCKS_BY_ROLE: dict[str, frozenset[str]] = {
     "user": frozenset({"text", "image", "document", "tool_result"}),
     "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
+    "system": frozenset({"text"}),  # mid-conversation system turns (Claude Code)
 }
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_TOOL_FIELDS = frozenset({"name", "description", "input_schema", "cache_control", "type"})
 _TOOL_CHOICES = ("auto", "any", "tool", "none")
 _SERVICE_TIERS = ("auto", "standard_only")
 
@@ -188,8 +165,19 @@ class MessagesRequest:
     stream: bool
     stop_sequences: tuple[str, ...]
     chat_body: dict[str, Any]  # the OpenAI chat completion request this request becomes
-    body: dict[str, Any] = field(default_factory=dict)  # as the client sent it (for Anthropic targets)
+    body: dict[str, Any] = field(default_factory=dict)  # as validated (unknown fields removed)
     max_tokens: int | None = None
+    dropped: tuple[str, ...] = ()  # the paths of the fields removed (named in a response header)
+    betas: tuple[str, ...] = ()  # the client's allow-listed anthropic-beta values (sent to Anthropic)
+    dropped_betas: tuple[str, ...] = ()  # its other anthropic-beta values (never sent)
+
+    @property
+    def dropped_headers(self) -> dict[str, str]:
+        """The response headers that name what the gateway did not send."""
+        headers = wire.dropped_header(self.dropped)
+        if self.dropped_betas:
+            headers[DROPPED_BETAS_HEADER] = ", ".join(wire.header_safe(b) for b in self.dropped_betas)
+        return headers
 
 
 def _is_number(value: Any) -> bool:
@@ -198,12 +186,6 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_fields(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    for name in value:
-        if name not in allowed:
-            raise _bad(f"{where}.{name}" if where else name, "Extra inputs are not permitted")
 
 
 def _check_cache_control(block: dict[str, Any], where: str) -> None:
@@ -260,7 +242,6 @@ def _tool_result_content(content: Any, where: str) -> list[dict[str, Any]]:
         here = f"{where}.{i}"
         if not isinstance(block, dict) or block.get("type") not in ("text", "image"):
             raise _bad(f"{here}.type", "tool result content blocks must be text or image")
-        _check_fields(block, _BLOCK_FIELDS[block["type"]], here)
         _check_cache_control(block, here)
         if block["type"] == "text":
             _text(block.get("text"), f"{here}.text")
@@ -331,7 +312,6 @@ def _validate_block(block: Any, role: str, where: str) -> dict[str, Any]:
         raise _bad(f"{where}.type", f"content block type {kind!r} is not supported by this gateway")
     if kind not in _BLOCKS_BY_ROLE[role]:
         raise _bad(f"{where}.type", f"{kind} blocks are not allowed in {role} messages")
-    _check_fields(block, _BLOCK_FIELDS[kind], where)
     if kind not in ("thinking", "redacted_thinking"):
         _check_cache_control(block, where)
     _BLOCK_CHECKS[kind](block, where)
@@ -347,10 +327,9 @@ def _validate_messages(messages: Any) -> list[tuple[str, list[dict[str, Any]]]]:
         where = f"messages.{i}"
         if not isinstance(message, dict):
             raise _bad(where, "Input should be an object")
-        _check_fields(message, frozenset({"role", "content"}), where)
         role = message.get("role")
-        if role not in _BLOCKS_BY_ROLE:
-            raise _bad(f"{where}.role", "Input should be 'user' or 'assistant'")
+        if not isinstance(role, str) or role not in _BLOCKS_BY_ROLE:
+            raise _bad(f"{where}.role", "Input should be 'user', 'assistant' or 'system'")
         content = message.get("content")
         final_assistant = role == "assistant" and i == len(messages) - 1
         if isinstance(content, str):
@@ -364,6 +343,8 @@ def _validate_messages(messages: Any) -> list[tuple[str, list[dict[str, Any]]]]:
                 where, "all messages must have non-empty content except for the optional final assistant message"
             )
         turns.append((role, blocks))
+    if all(role == "system" for role, _ in turns):
+        raise _bad("messages", "at least one user or assistant message is required")
     return turns
 
 
@@ -379,7 +360,6 @@ def _system_text(system: Any) -> str:
         where = f"system.{i}"
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _bad(f"{where}.type", "system blocks must be text blocks")
-        _check_fields(block, _BLOCK_FIELDS["text"], where)
         _check_cache_control(block, where)
         texts.append(_text(block.get("text"), f"{where}.text"))
     return "\n\n".join(texts)
@@ -401,7 +381,6 @@ def _validate_tools(tools: Any) -> list[dict[str, Any]]:
                 f"server tool {tool.get('type')!r} is not supported by this gateway; "
                 "define client tools with name and input_schema",
             )
-        _check_fields(tool, _TOOL_FIELDS, where)
         _check_cache_control(tool, where)
         if not isinstance(tool.get("name"), str) or not _TOOL_NAME.match(tool["name"]):
             raise _bad(f"{where}.name", "must match ^[a-zA-Z0-9_-]{1,64}$")
@@ -421,8 +400,6 @@ def _validate_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> dict[str,
         return None
     if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
         raise _bad("tool_choice", "Input tag does not match any of 'auto', 'any', 'tool', 'none'")
-    allowed = {"type", "disable_parallel_tool_use"} | ({"name"} if choice["type"] == "tool" else set())
-    _check_fields(choice, frozenset(allowed), "tool_choice")
     if "disable_parallel_tool_use" in choice and not isinstance(choice["disable_parallel_tool_use"], bool):
         raise _bad("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
     if choice["type"] == "tool" and choice.get("name") not in {t["name"] for t in tools}:
@@ -444,7 +421,6 @@ def _validate_thinking(thinking: Any, max_tokens: int | None) -> None:
         return
     if not isinstance(thinking, dict) or thinking.get("type") not in _THINKING_FIELDS:
         raise _bad("thinking.type", f"Input should be one of {', '.join(map(repr, _THINKING_FIELDS))}")
-    _check_fields(thinking, _THINKING_FIELDS[thinking["type"]], "thinking")
     if thinking["type"] == "adaptive" and thinking.get("display") not in (None, "summarized", "omitted"):
         raise _bad("thinking.display", "Input should be 'summarized' or 'omitted'")
     if thinking["type"] != "enabled":
@@ -468,7 +444,6 @@ def _validate_sampling(body: dict[str, Any]) -> None:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise _bad("metadata", "Input should be an object")
-        _check_fields(metadata, frozenset({"user_id"}), "metadata")
         user_id = metadata.get("user_id")
         if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 256):
             raise _bad("metadata.user_id", "Input should be a string of at most 256 characters")
@@ -493,7 +468,6 @@ def _response_format(output_config: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(output_config, dict):
         raise _bad("output_config", "Input should be an object")
-    _check_fields(output_config, frozenset({"effort", "format"}), "output_config")
     if output_config.get("effort") not in (None, *_EFFORTS):
         raise _bad("output_config.effort", f"Input should be one of {', '.join(_EFFORTS)}")
     output_format = output_config.get("format")
@@ -505,7 +479,6 @@ def _response_format(output_config: Any) -> dict[str, Any] | None:
         or not isinstance(output_format.get("schema"), dict)
     ):
         raise _bad("output_config.format", 'must be {"type": "json_schema", "schema": {...}}')
-    _check_fields(output_format, frozenset({"type", "schema"}), "output_config.format")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": output_format["schema"]}}
 
 
@@ -576,6 +549,9 @@ def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _chat_messages(system: str, turns: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     for role, blocks in turns:
+        if role == "system":  # a mid-conversation system turn: a system message in place
+            out.append({"role": "system", "content": "\n\n".join(b["text"] for b in blocks)})
+            continue
         if role == "assistant":
             message = _assistant_message(blocks)
             if message is not None:
@@ -625,9 +601,12 @@ def _chat_tools(tools: list[dict[str, Any]], choice: dict[str, Any] | None) -> d
     return fields
 
 
-def _parse(raw: bytes, max_bytes: int, allowed: frozenset[str], max_tokens_required: bool) -> MessagesRequest:
+def _parse(raw: bytes, max_bytes: int, declaration: Obj, max_tokens_required: bool) -> MessagesRequest:
     body, model = parse_model_request(raw, max_bytes)
-    _check_fields(body, allowed, "")
+    try:
+        dropped = wire.check_body(declaration, body)
+    except WireError as error:
+        raise _bad(error.path, error.problem) from None
     max_tokens = body.get("max_tokens")
     if max_tokens_required and max_tokens is None:
         raise _bad("max_tokens", "Field required")
@@ -673,17 +652,61 @@ def _parse(raw: bytes, max_bytes: int, allowed: frozenset[str], max_tokens_requi
         chat_body=chat,
         body=body,
         max_tokens=max_tokens,
+        dropped=tuple(dropped),
     )
+
+
+def _as_blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content)
+
+
+def _fold_system_turns(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(messages without ``system`` turns, text blocks left for the top-level system prompt). Each
+    system turn's text joins the next user turn (after its tool results, which must come first), or
+    the previous one when none follows: the cached prefix before it stays the same."""
+    out: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for message in messages:
+        if message["role"] == "system":
+            pending += [{"type": "text", "text": b["text"]} for b in _as_blocks(message["content"])]
+            continue
+        if message["role"] == "user" and pending:
+            blocks = _as_blocks(message["content"])
+            results = [b for b in blocks if b.get("type") == "tool_result"]
+            message = {**message, "content": results + pending + [b for b in blocks if b.get("type") != "tool_result"]}
+            pending = []
+        out.append(message)
+    if pending:
+        last_user = next((i for i in range(len(out) - 1, -1, -1) if out[i]["role"] == "user"), None)
+        if last_user is not None:
+            out[last_user] = {**out[last_user], "content": _as_blocks(out[last_user]["content"]) + pending}
+            pending = []
+    return out, pending
+
+
+def anthropic_body(request: MessagesRequest) -> dict[str, Any]:
+    """The body an Anthropic target gets: the client's, without what the declaration drops for
+    Anthropic, and mid-conversation system turns folded into user turns (the Messages API takes a
+    ``system`` role only with a beta, and only on some models)."""
+    body: dict[str, Any] = project(wire_messages.MESSAGES, request.body, TargetType.ANTHROPIC)
+    if any(m.get("role") == "system" for m in body["messages"]):
+        body["messages"], leftover = _fold_system_turns(body["messages"])
+        if leftover:
+            system = body.get("system")
+            body["system"] = _as_blocks(system) + leftover if system else leftover
+    return body
 
 
 def parse_messages_request(raw: bytes, max_bytes: int) -> MessagesRequest:
     """A validated ``POST /v1/messages`` body; GatewayError 400/413 otherwise."""
-    return _parse(raw, max_bytes, _MESSAGE_FIELDS, max_tokens_required=True)
+    return _parse(raw, max_bytes, wire_messages.MESSAGES, max_tokens_required=True)
 
 
 def parse_count_tokens_request(raw: bytes, max_bytes: int) -> MessagesRequest:
     """A validated ``POST /v1/messages/count_tokens`` body (no ``max_tokens``, no sampling)."""
-    return _parse(raw, max_bytes, _COUNT_TOKENS_FIELDS, max_tokens_required=False)
+    return _parse(raw, max_bytes, wire_messages.COUNT_TOKENS, max_tokens_required=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -929,9 +952,10 @@ def input_tokens_estimate(config: GatewayConfig, targets: Sequence[Target], requ
     return max(cost.prompt_tokens(config.providers[target.provider], target) for target in targets)
 
 
-async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> dict[str, int]:
-    """``{"input_tokens": N}``: the gateway's estimate for the model's targets. Costs nothing (no
-    reservation, no upstream call); the key must be allowed to call the model."""
+async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> tuple[dict[str, int], dict[str, str]]:
+    """``{"input_tokens": N}``: the gateway's estimate for the model's targets, and the headers that
+    name the fields it dropped. Costs nothing (no reservation, no upstream call); the key must be
+    allowed to call the model."""
     from anyio import to_thread
 
     request = parse_count_tokens_request(raw, gateway.max_body_bytes)
@@ -939,4 +963,4 @@ async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> dict
     resolution = gateway.resolve(request.model, limits)
     config = gateway.config
     count = await to_thread.run_sync(lambda: input_tokens_estimate(config, resolution.targets, request))
-    return {"input_tokens": count}
+    return {"input_tokens": count}, request.dropped_headers

@@ -20,6 +20,7 @@ the usage settled.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
@@ -30,6 +31,7 @@ from quotagate.protocols.anthropic_messages import (
     PING,
     REQUEST_ID_HEADER,
     MessageEvents,
+    anthropic_body,
     error_event,
     parse_messages_request,
     request_cost,
@@ -37,6 +39,7 @@ from quotagate.protocols.anthropic_messages import (
 )
 from quotagate.protocols.messages_native import NativeMessage, output_tokens_of
 from quotagate.providers.anthropic import native_request
+from quotagate.wire.betas import split_betas
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -186,8 +189,8 @@ class MessagesTranslator:
 
     def open(self, target: Target, provider: Any) -> AsyncIterator[SSEEvent]:
         if self.is_native(target):
-            body = native_request(self.request.body, target.upstream_model, self.plan.caps[target.id])
-            events: AsyncIterator[SSEEvent] = provider.stream_messages(body)
+            body = native_request(anthropic_body(self.request), target.upstream_model, self.plan.caps[target.id])
+            events: AsyncIterator[SSEEvent] = provider.stream_messages(body, self.request.betas)
             return events
         return self.chat.open(target, provider)
 
@@ -207,7 +210,11 @@ class MessagesReply:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {**self.response.headers, REQUEST_ID_HEADER: self.response.outcome.request_id}
+        return {
+            **self.response.headers,
+            **self.request.dropped_headers,
+            REQUEST_ID_HEADER: self.response.outcome.request_id,
+        }
 
     async def message(self) -> dict[str, Any]:
         """The non-streamed answer (its ``usage`` is what is settled)."""
@@ -222,11 +229,15 @@ class MessagesReply:
         return self.response.body()
 
 
-async def create_message(gateway: Gateway, identity: Identity, raw: bytes, request_id: str) -> MessagesReply:
+async def create_message(
+    gateway: Gateway, identity: Identity, raw: bytes, request_id: str, beta_header: str | None = None
+) -> MessagesReply:
     """Validate a Messages request and run it through the gateway's one pipeline with the Messages
-    translator (native to Anthropic targets, translated to the others). GatewayError for anything
-    the client must see as an error status; nothing is reserved for bad input."""
-    request = parse_messages_request(raw, gateway.max_body_bytes)
+    translator (native to Anthropic targets, translated to the others). ``beta_header``: the
+    client's ``anthropic-beta`` (allow-listed values reach Anthropic targets). GatewayError for
+    anything the client must see as an error status; nothing is reserved for bad input."""
+    betas, dropped_betas = split_betas(beta_header)
+    request = replace(parse_messages_request(raw, gateway.max_body_bytes), betas=betas, dropped_betas=dropped_betas)
     cost = await to_thread.run_sync(request_cost, request)
 
     def translate(chat: ChatRequest, plan: OutputPlan, config: GatewayConfig) -> MessagesTranslator:

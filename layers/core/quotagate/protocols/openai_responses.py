@@ -184,7 +184,7 @@ def _joined_text(parts: list[dict[str, Any]]) -> str:
 
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in _MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in _MESSAGE_ROLES:
         raise _bad(f"'{where}.role' must be one of {sorted(_MESSAGE_ROLES)}.", f"{where}.role")
     content = item.get("content")
     if isinstance(content, str):

@@ -68,9 +68,10 @@ from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, argume
 from quotagate.redaction import log_upstream_error, short_identifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 ANTHROPIC_VERSION = "2023-06-01"
+BETA_HEADER = "anthropic-beta"
 DEFAULT_MAX_TOKENS = 4096  # only used if the gateway did not set max_tokens (it always does)
 PASSTHROUGH_FIELDS: tuple[str, ...] = ("mock_fault", "mock_reply_tokens", "mock_token_delay")
 OVERLOADED_STATUS = 529
@@ -704,12 +705,13 @@ class AnthropicProvider(HTTPProvider):
         finally:
             await events.aclose()
 
-    async def stream_messages(self, body: dict[str, Any]) -> AsyncIterator[SSEEvent]:
+    async def stream_messages(self, body: dict[str, Any], betas: Sequence[str] = ()) -> AsyncIterator[SSEEvent]:
         """A Messages request sent as it is (the caller sets ``model`` and ``max_tokens``), its
         answer as Anthropic's own events: ``raw`` is the event to forward, ``data`` its JSON.
         ``message_stop`` is the last event and is marked ``done``; upstream ``ping``s are dropped
-        (the gateway sends its own keep-alives). Errors as :meth:`stream`."""
-        events = self._events({**body, "stream": True})
+        (the gateway sends its own keep-alives). ``betas``: the ``anthropic-beta`` values to send
+        (allow-listed by the caller). Errors as :meth:`stream`."""
+        events = self._events({**body, "stream": True}, {BETA_HEADER: ",".join(betas)} if betas else None)
         try:
             async for event in events:
                 if event.get("type") == "ping":
@@ -721,11 +723,13 @@ class AnthropicProvider(HTTPProvider):
         finally:
             await events.aclose()
 
-    async def _events(self, request_body: dict[str, Any]) -> AsyncGenerator[dict[str, Any]]:
+    async def _events(
+        self, request_body: dict[str, Any], extra_headers: dict[str, str] | None = None
+    ) -> AsyncGenerator[dict[str, Any]]:
         """The JSON of every event of a streamed Messages answer, up to ``message_stop``. An
         ``error`` event or a broken stream is an :class:`UpstreamError` before the first event and
         :class:`StreamInterrupted` after it, as is a stream that ends without ``message_stop``."""
-        response = await self._send(request_body, "/messages", "text/event-stream")
+        response = await self._send(request_body, "/messages", "text/event-stream", extra_headers)
         started = False  # has an event been yielded?
         try:
             await self._raise_for_status(response)

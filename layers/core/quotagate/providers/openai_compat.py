@@ -158,13 +158,21 @@ class HTTPProvider:
     async def _raise_for_status(self, response: httpx.Response) -> None:
         await _raise_for_status(response, self._name)
 
-    async def _send(self, body: dict[str, Any], path: str, accept: str = "application/json") -> httpx.Response:
-        """The response, streamed: its body is not read yet (close it)."""
+    async def _send(
+        self,
+        body: dict[str, Any],
+        path: str,
+        accept: str = "application/json",
+        extra_headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """The response, streamed: its body is not read yet (close it). ``extra_headers`` never
+        replace the gateway's own (credentials, version)."""
+        headers = await self._headers(accept)
         request = self._http.build_request(
             "POST",
             f"{self._provider.base_url}{path}",
             json=body,
-            headers=await self._headers(accept),
+            headers={**(extra_headers or {}), **headers},
             timeout=timeouts(self._provider),
         )
         try:
