@@ -121,3 +121,67 @@ def test_a_wrong_type_at_depth_is_a_400_naming_its_path(stack, api_key, case):
         assert error["error"]["param"] == where, error
         assert where in error["error"]["message"], error
     assert upstream_calls(stack) == calls
+
+
+def post(stack, api_key, path, body, **headers):
+    return httpx.post(
+        f"{stack.base_url}{path}",
+        content=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def claude_code_like(model: str) -> dict:
+    """What Claude Code 2.1 sends every run (abridged): context_management, a mid-conversation
+    system turn, a tool with eager_input_streaming (the AI SDK), and a field no one declared."""
+    return {
+        "model": model,
+        "max_tokens": 16,
+        "system": [{"type": "text", "text": "You are a coding agent."}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "system", "content": "The user switched to plan mode."},
+            {"role": "user", "content": [{"type": "text", "text": "say hi", "cache_control": {"type": "ephemeral"}}]},
+        ],
+        "tools": [{**TOOL, "eager_input_streaming": True}],
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "brand_new_field": {"x": 1},
+    }
+
+
+BETAS = "claude-code-20250219,context-management-2025-06-27,interleaved-thinking-2025-05-14,some-future-beta-2027-01-01"
+
+
+@pytest.mark.parametrize("model", ["via-anthropic", "via-openai", "via-bedrock"])
+def test_claude_codes_request_works_on_every_target_and_names_what_was_dropped(stack, api_key, model):
+    response = post(stack, api_key, "/v1/messages", claude_code_like(model), **{"anthropic-beta": BETAS})
+    assert response.status_code == 200, response.text
+    assert response.json()["type"] == "message"
+    assert response.headers["x-quotagate-dropped-params"] == "brand_new_field"
+    assert response.headers["x-quotagate-dropped-betas"] == "some-future-beta-2027-01-01"
+    sent = stack.mock.stats.last_request
+    assert "brand_new_field" not in sent["body"]
+    if model == "via-anthropic":
+        assert sent["headers"]["anthropic-beta"] == (
+            "claude-code-20250219,context-management-2025-06-27,interleaved-thinking-2025-05-14"
+        )
+        assert sent["body"]["context_management"] == {"edits": [{"type": "clear_tool_uses_20250919"}]}
+        assert sent["body"]["tools"][0]["eager_input_streaming"] is True
+        # The system turn joined the next user turn; the turns before it are unchanged (cache prefix).
+        assert [m["role"] for m in sent["body"]["messages"]] == ["user", "assistant", "user"]
+        assert sent["body"]["messages"][2]["content"][0] == {"type": "text", "text": "The user switched to plan mode."}
+        assert sent["body"]["system"] == [{"type": "text", "text": "You are a coding agent."}]
+    else:
+        assert "anthropic-beta" not in sent["headers"]
+        assert "context_management" not in json.dumps(sent["body"])
+        assert "eager_input_streaming" not in json.dumps(sent["body"])
+        assert "The user switched to plan mode." in json.dumps(sent["body"])
+
+
+def test_a_price_changing_field_not_yet_priced_is_refused_naming_it(stack, api_key):
+    body = {"model": "via-anthropic", "max_tokens": 8, "messages": [HI], "speed": "fast"}
+    response = post(stack, api_key, "/v1/messages", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("speed: 'fast' is not supported by this gateway")
