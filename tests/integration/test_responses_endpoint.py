@@ -153,7 +153,7 @@ def test_a_stream_broken_after_the_first_byte_ends_with_response_failed(stack):
         ({"model": "via-openai", "input": "hi", "conversation": "conv_1"}, "conversation"),
         ({"model": "via-openai", "input": "hi", "background": True}, "background"),
         ({"model": "via-openai", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
-        ({"model": "via-openai", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"model": "via-openai", "input": "hi", "tools": [{"type": "file_search"}]}, "tools[0].type"),
         ({"model": "via-openai"}, "input"),
         ({"model": "via-openai", "input": "hi", "max_output_tokens": -1}, "max_output_tokens"),
     ],

@@ -185,3 +185,40 @@ def test_a_price_changing_field_not_yet_priced_is_refused_naming_it(stack, api_k
     response = post(stack, api_key, "/v1/messages", body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"].startswith("speed: 'fast' is not supported by this gateway")
+
+
+CODEX_DEFAULT = {
+    "instructions": "You are Codex.",
+    "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "say hi"}]}],
+    "tools": [
+        {"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {}}, "strict": False},
+        {
+            "type": "namespace",
+            "name": "mcp__files",
+            "description": "File tools.",
+            "tools": [{"type": "function", "name": "read", "parameters": {"type": "object", "properties": {}}}],
+        },
+        {"type": "web_search", "external_web_access": False},
+    ],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "reasoning": None,
+    "store": False,
+    "stream": True,
+    "include": ["reasoning.encrypted_content"],
+    "prompt_cache_key": "019a-session",
+    "text": {"verbosity": "medium"},
+    "client_metadata": {"x-codex-turn-metadata": "{}"},
+}
+
+
+@pytest.mark.parametrize("model", ["via-openai", "via-anthropic", "via-bedrock"])
+def test_codexs_default_request_streams_on_every_target(stack, api_key, model):
+    response = post(stack, api_key, "/v1/responses", {"model": model, **CODEX_DEFAULT})
+    assert response.status_code == 200, response.text
+    assert '"type":"response.completed"' in response.text.replace(" ", "")
+    assert response.headers["x-quotagate-dropped-params"] == (
+        "store, include, prompt_cache_key, client_metadata, tools[2]"
+    )
+    sent = json.dumps(stack.mock.stats.last_request["body"])
+    assert "mcp__files__read" in sent and "web_search" not in sent and "client_metadata" not in sent

@@ -11,6 +11,7 @@ from quotagate.errors import GatewayError
 from quotagate.logic.metering import Usage
 from quotagate.protocols.openai_responses import (
     ResponsesStreamTranslator,
+    flat_name,
     parse_responses_request,
     response_object,
 )
@@ -174,7 +175,7 @@ def test_background_and_item_references_are_refused_and_store_is_accepted():
         ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output"),
         ({"input": [{"type": "web_search_call"}]}, "input[0].type"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
         ({"input": "x", "tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name"),
         ({"input": "x", "tool_choice": {"type": "function", "name": "f"}}, "tool_choice.name"),
         ({"input": "x", "tool_choice": "sometimes"}, "tool_choice"),
@@ -184,9 +185,13 @@ def test_background_and_item_references_are_refused_and_store_is_accepted():
         ({"input": "x", "stream": "yes"}, "stream"),
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "p"}}}, "text.format.schema"),
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
-        ({"input": "x", "metadata": {"k": 1}}, "metadata"),
+        ({"input": "x", "metadata": {"k": 1}}, "metadata.k"),
         ({"input": "x", "max_tool_calls": 3}, "max_tool_calls"),
-        ({"input": "x", "frequency_penaltyy": 1}, "frequency_penaltyy"),
+        ({"input": "x", "service_tier": "priority"}, "service_tier"),
+        (
+            {"input": "x", "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "custom"}]}]},
+            "tools[0].tools[0].type",
+        ),
     ],
 )
 def test_invalid_requests_are_400s_naming_the_parameter(body, param):
@@ -319,3 +324,79 @@ def test_a_broken_stream_ends_with_error_and_response_failed():
     assert events[-2]["code"] == "upstream_stream_interrupted"
     assert events[-1]["response"]["status"] == "failed"
     assert events[-1]["response"]["error"] == {"code": "upstream_stream_interrupted", "message": "dropped"}
+
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "shell", "parameters": {"type": "object"}, "strict": False},
+    {
+        "type": "namespace",
+        "name": "mcp__files",
+        "description": "File tools.",
+        "tools": [
+            {"type": "function", "name": "read", "description": "Read a file.", "parameters": {"type": "object"}}
+        ],
+    },
+    {"type": "web_search", "external_web_access": False},
+]
+
+
+def codex_default(**extra):
+    """Codex 0.17x's default request (abridged): the fields it always sends."""
+    return parse(
+        input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "say hi"}]}],
+        instructions="You are Codex.",
+        tools=CODEX_TOOLS,
+        tool_choice="auto",
+        parallel_tool_calls=False,
+        store=False,
+        stream=True,
+        include=["reasoning.encrypted_content"],
+        prompt_cache_key="019a-session",
+        client_metadata={"x-codex-turn": "1"},
+        **extra,
+    )
+
+
+def test_codexs_default_request_is_translated_web_search_dropped_and_named():
+    request = codex_default(brand_new_flag=True)
+    names = [tool["function"]["name"] for tool in request.chat_body["tools"]]
+    assert names == ["shell", "mcp__files__read"]
+    assert request.chat_body["tools"][1]["function"]["description"] == "Read a file."
+    for absent in ("client_metadata", "include", "prompt_cache_key", "store", "brand_new_flag"):
+        assert absent not in request.chat_body
+    assert request.dropped == ("brand_new_flag", "store", "include", "prompt_cache_key", "client_metadata", "tools[2]")
+
+
+def test_a_namespace_tools_call_comes_back_named_as_the_client_declared_it():
+    request = codex_default()
+    completion = {
+        "choices": [
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "mcp__files__read", "arguments": "{}"}}
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    item = response_object(request, completion)["output"][0]
+    assert (item["type"], item["namespace"], item["name"]) == ("function_call", "mcp__files", "read")
+    # Sent back in the next turn, the call is named as the flattened tool again.
+    again = parse(
+        input=[
+            {"role": "user", "content": "say hi"},
+            {"type": "function_call", "call_id": "c1", "namespace": "mcp__files", "name": "read", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "hello"},
+        ],
+        tools=CODEX_TOOLS,
+    )
+    assert again.chat_body["messages"][1]["tool_calls"][0]["function"]["name"] == "mcp__files__read"
+
+
+def test_a_flattened_name_longer_than_chat_allows_is_cut_with_a_digest():
+    name = flat_name("mcp__" + "n" * 60, "read")
+    assert len(name) == 64 and name != flat_name("mcp__" + "n" * 61, "read")

@@ -30,6 +30,7 @@ Every error is raised as a :class:`GatewayError` (OpenAI-shaped) before anything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -37,9 +38,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from quotagate import wire
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic.chat_request import parse_model_request
 from quotagate.providers.openai_compat import parse_sse_events
+from quotagate.wire import responses as wire_responses
+from quotagate.wire.schema import WireError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,39 +56,10 @@ MessageRole = Literal["user", "assistant", "system", "developer"]
 _MESSAGE_ROLES: frozenset[str] = frozenset(get_args(MessageRole))
 _TOOL_CHOICE_MODES: frozenset[str] = frozenset({"auto", "none", "required"})
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# Accepted, and without effect on a stateless gateway that calls chat completion upstreams.
-_IGNORED: frozenset[str] = frozenset(
-    {"include", "prompt_cache_key", "service_tier", "truncation", "stream_options", "store"}
-)
+MAX_FUNCTION_NAME = 64
+NAMESPACE_SEPARATOR = "__"
 # Test fields of the built-in mock model server, passed through as the chat endpoint passes them.
 _MOCK_FIELDS: tuple[str, ...] = ("mock_fault", "mock_reply_tokens", "mock_token_delay")
-_KNOWN: frozenset[str] = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "max_output_tokens",
-        "temperature",
-        "top_p",
-        "text",
-        "stream",
-        "metadata",
-        "user",
-        "safety_identifier",
-        "reasoning",
-        "previous_response_id",
-        "conversation",
-        "prompt",
-        "background",
-        "max_tool_calls",
-        "top_logprobs",
-        *_IGNORED,
-        *_MOCK_FIELDS,
-    }
-)
 STATELESS_PARAMETERS: tuple[str, ...] = ("previous_response_id", "conversation", "prompt")
 
 
@@ -113,6 +88,16 @@ class ResponsesRequest:
     stream: bool
     chat_body: dict[str, Any]
     echo: dict[str, Any] = field(default_factory=dict)  # request fields repeated in the response object
+    dropped: tuple[str, ...] = ()  # the fields removed (named in x-quotagate-dropped-params)
+    # A flattened namespace tool's function name -> (namespace, name), to name its calls as sent.
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def call_names(self, flat_name: str) -> dict[str, str]:
+        """A function call item's ``name`` (and ``namespace``) for a chat tool call's name."""
+        if flat_name in self.namespaced:
+            namespace, name = self.namespaced[flat_name]
+            return {"name": name, "namespace": namespace}
+        return {"name": flat_name}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +187,8 @@ def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
+    if item.get("namespace"):  # a call of a namespace's tool: named as the flattened tool is
+        name = flat_name(item["namespace"], name)
     arguments = _text(item.get("arguments"), f"{where}.arguments")
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -262,37 +249,57 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        raise _bad("'tools' must be an array.", "tools")
+def _function_tool(tool: dict[str, Any], where: str, name: str) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    description = tool.get("description")
+    if description is not None:
+        function["description"] = _text(description, f"{where}.description")
+    parameters = tool.get("parameters")
+    function["parameters"] = parameters if parameters is not None else {"type": "object", "properties": {}}
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _check_function_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+        raise _bad(f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-'.", f"{where}.name")
+    return name
+
+
+def flat_name(namespace: str, name: str) -> str:
+    """The chat function name of a namespace's tool: ``namespace__name``, cut to 64 characters with
+    a digest of the whole when longer (chat function names are at most 64)."""
+    joined = f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+    if len(joined) <= MAX_FUNCTION_NAME and _FUNCTION_NAME.match(joined):
+        return joined
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", joined)
+    return f"{safe[: MAX_FUNCTION_NAME - 9]}_{digest}"
+
+
+def _tools(value: Any, namespaced: dict[str, tuple[str, str]], dropped: list[str]) -> list[dict[str, Any]]:
+    """Chat function tools (types already checked by the declaration): function tools as they are,
+    a namespace's function tools flattened (``namespace__name``), hosted web search dropped."""
     tools = []
+    names: set[str] = set()
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise _bad(f"'{where}' must be an object.", where)
-        if tool.get("type") != "function":
-            raise _bad(
-                f"Only function tools are supported ('{where}.type' is {tool.get('type')!r}).",
-                f"{where}.type",
-                "unsupported_parameter",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
-            raise _bad(f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-'.", f"{where}.name")
-        function: dict[str, Any] = {"name": name}
-        description = tool.get("description")
-        if description is not None:
-            function["description"] = _text(description, f"{where}.description")
-        parameters = tool.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise _bad(f"'{where}.parameters' must be a JSON schema object.", f"{where}.parameters")
-        function["parameters"] = parameters if parameters is not None else {"type": "object", "properties": {}}
-        strict = tool.get("strict")
-        if strict is not None:
-            if not isinstance(strict, bool):
-                raise _bad(f"'{where}.strict' must be a boolean.", f"{where}.strict")
-            function["strict"] = strict
-        tools.append({"type": "function", "function": function})
+        kind = tool.get("type")
+        if kind in wire_responses.HOSTED_TOOLS_DROPPED:
+            dropped.append(f"tools.{i}")  # named: the client asked for a search no target runs
+            continue
+        if kind == "namespace":
+            for j, member in enumerate(tool["tools"]):
+                flat = flat_name(tool["name"], member["name"])
+                namespaced[flat] = (tool["name"], member["name"])
+                tools.append(_function_tool(member, f"{where}.tools[{j}]", flat))
+        else:
+            tools.append(_function_tool(tool, where, _check_function_name(tool.get("name"), where)))
+        for added in tools[len(names) :]:
+            if added["function"]["name"] in names:
+                raise _bad(f"'{where}': tool names must be unique.", f"{where}.name")
+            names.add(added["function"]["name"])
     return tools
 
 
@@ -394,9 +401,11 @@ def _check_stateless(body: dict[str, Any]) -> None:
 def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
     """Validate a Responses request body and translate it into a chat completion request (pure)."""
     body, model = parse_model_request(raw, max_bytes)
-    unknown = sorted(set(body) - _KNOWN)
-    if unknown:
-        raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+    try:
+        dropped = wire.check_body(wire_responses.RESPONSES, body)
+    except WireError as error:
+        where = wire.openai_path(error.path)
+        raise _bad(f"{where}: {error.problem}", where, error.code) from None
     _check_stateless(body)
 
     stream = body.get("stream")
@@ -408,7 +417,7 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
         messages.insert(0, {"role": "system", "content": _text(instructions, "instructions")})
     chat: dict[str, Any] = {"model": model, "messages": messages}
     echo: dict[str, Any] = {"instructions": instructions}
-    _translate_tools(body, chat, echo)
+    namespaced = _translate_tools(body, chat, echo, dropped)
     _translate_sampling(body, chat, echo)
     response_format, echo["text"] = _response_format(body.get("text"))
     if response_format is not None:
@@ -421,13 +430,26 @@ def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
         # The gateway removes the usage chunk again unless the client asked for it: we do.
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return ResponsesRequest(model=model, stream=bool(stream), chat_body=chat, echo=echo)
+    return ResponsesRequest(
+        model=model,
+        stream=bool(stream),
+        chat_body=chat,
+        echo=echo,
+        dropped=tuple(wire.openai_path(path) for path in dropped),
+        namespaced=namespaced,
+    )
 
 
-def _translate_tools(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:
-    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` into ``chat``; what the response echoes."""
+def _translate_tools(
+    body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any], dropped: list[str]
+) -> dict[str, tuple[str, str]]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` into ``chat``; what the response
+    echoes; the flattened namespace tools' names (hosted tools dropped are added to ``dropped``)."""
+    namespaced: dict[str, tuple[str, str]] = {}
     if body.get("tools") is not None:
-        chat["tools"] = _tools(body["tools"])
+        chat["tools"] = _tools(body["tools"], namespaced, dropped)
+        if not chat["tools"]:
+            del chat["tools"]
     echo["tools"] = body.get("tools") or []
     tool_names = {t["function"]["name"] for t in chat.get("tools", [])}
     if body.get("tool_choice") is not None:
@@ -440,6 +462,7 @@ def _translate_tools(body: dict[str, Any], chat: dict[str, Any], echo: dict[str,
         if tool_names:
             chat["parallel_tool_calls"] = parallel
     echo["parallel_tool_calls"] = parallel if parallel is not None else True
+    return namespaced
 
 
 def _translate_sampling(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:
@@ -554,13 +577,14 @@ def message_item(item_id: str, text: str, status: str = "completed", refusal: st
 
 
 def function_call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+    item_id: str, call_id: str, names: dict[str, str], arguments: str, status: str = "completed"
 ) -> dict[str, Any]:
+    """``names``: ``name``, and ``namespace`` for a namespace's tool (:meth:`ResponsesRequest.call_names`)."""
     return {
         "type": "function_call",
         "id": item_id,
         "call_id": call_id,
-        "name": name,
+        **names,
         "arguments": arguments,
         "status": status,
     }
@@ -626,7 +650,7 @@ def response_object(
             function_call_item(
                 new_id("fc"),
                 str(call.get("id") or new_id("call")),
-                str(function.get("name") or ""),
+                request.call_names(str(function.get("name") or "")),
                 str(function.get("arguments") or ""),
             )
         )
@@ -763,7 +787,7 @@ class ResponsesStreamTranslator:
             item = function_call_item(
                 new_id("fc"),
                 str(delta.get("id") or new_id("call")),
-                str(function.get("name") or ""),
+                self.request.call_names(str(function.get("name") or "")),
                 "",
                 status="in_progress",
             )
@@ -774,7 +798,7 @@ class ResponsesStreamTranslator:
             )
         call = self._calls[position]
         if function.get("name") and not call.item["name"]:
-            call.item["name"] = function["name"]
+            call.item.update(self.request.call_names(str(function["name"])))
         piece = function.get("arguments")
         if isinstance(piece, str) and piece:
             self._arguments.setdefault(position, []).append(piece)
@@ -874,7 +898,7 @@ class ResponsesStream:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self._chat.headers
+        return {**self._chat.headers, **wire.dropped_header(self.request.dropped)}
 
     async def finish(self, client_status: int | None = None) -> None:
         await self._chat.finish(client_status)
@@ -926,12 +950,14 @@ async def create_response(gateway: Gateway, identity: Identity, raw: bytes, requ
         chat = await gateway.chat(identity, json.dumps(request.chat_body).encode(), request_id)
     except GatewayError as error:
         raise _responses_error(error) from None
+    headers = {**chat.headers, **wire.dropped_header(request.dropped)}
     if request.stream:
-        return ResponsesResult(None, ResponsesStream(request, chat), chat.headers)
+        stream = ResponsesStream(request, chat)
+        return ResponsesResult(None, stream, stream.headers)
     try:
         completion = chat.json or {}
         await chat.finish(200)
         body = response_object(request, completion, chat.outcome.usage)
     finally:
         await chat.finish(200)  # a no-op when already settled
-    return ResponsesResult(body, None, chat.headers)
+    return ResponsesResult(body, None, headers)

@@ -34,6 +34,14 @@ def check_body(declaration: Obj, body: dict[str, Any], refuse_unknown: bool = Fa
     return dropped
 
 
+def openai_path(path: str) -> str:
+    """A dotted path (``input.0.role``) as OpenAI names parameters (``input[0].role``)."""
+    out = ""
+    for part in path.split("."):
+        out += f"[{part}]" if part.isdigit() and out else (f".{part}" if out else part)
+    return out
+
+
 def dropped_header(dropped: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``x-quotagate-dropped-params`` naming what was removed (none: no header)."""
     if not dropped:

@@ -102,13 +102,17 @@ def refuse(why: str) -> Disposition:
 # ---------------------------------------------------------------------------------------------
 
 
+UNSUPPORTED: Final = "unsupported_parameter"
+
+
 class WireError(Exception):
     """A body that does not match its declaration: ``path`` (dotted, indices as numbers) and why."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, code: str = "invalid_value") -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+        self.code = code  # "unsupported_parameter" for a declared refusal
 
 
 @dataclass
@@ -144,7 +148,9 @@ class Str(Type):
         if self.values and value not in self.values:
             raise WireError(path, f"Input should be {_one_of(self.values)}")
         if value in self.refused_values:
-            raise WireError(path, f"{value!r} is not supported by this gateway: {self.refused_values[value]}")
+            raise WireError(
+                path, f"{value!r} is not supported by this gateway: {self.refused_values[value]}", UNSUPPORTED
+            )
         if len(value) < self.min_length:
             raise WireError(path, "String should not be empty" if self.min_length == 1 else "String is too short")
         if self.max_length is not None and len(value) > self.max_length:
@@ -299,12 +305,12 @@ class Obj(Type):
             if spec.targets is not None:
                 refusal = next((d for d in spec.targets.all() if d.action == Action.REFUSED), None)
                 if refusal is not None:
-                    raise WireError(here, f"not supported by this gateway: {refusal.note}")
-                if all(d.action == Action.DROPPED for d in spec.targets.all()):
-                    del value[key]
+                    raise WireError(here, f"not supported by this gateway: {refusal.note}", UNSUPPORTED)
+            spec.type.check(item, here, walk)  # a dropped field's value is checked too (refused values)
+            if spec.targets is not None and all(d.action == Action.DROPPED for d in spec.targets.all()):
+                del value[key]
+                if not path:  # a declared nested field (an item id, a status) is not worth naming
                     walk.dropped.append(here)
-                    continue
-            spec.type.check(item, here, walk)
 
     def describe(self) -> str:
         return f"object `{self.name}`"
@@ -346,7 +352,7 @@ class Tagged(Type):
         if not isinstance(kind, str):
             raise WireError(here, "Input should be a valid string" if kind is not None else "Field required")
         if kind in self.refused:
-            raise WireError(here, f"{kind!r} is not supported by this gateway: {self.refused[kind]}")
+            raise WireError(here, f"{kind!r} is not supported by this gateway: {self.refused[kind]}", UNSUPPORTED)
         variant = self.variants.get(kind)
         if variant is None:
             raise WireError(here, f"Input tag {kind!r} does not match any of {_one_of(tuple(self.variants))}")
