@@ -52,6 +52,8 @@ lock: install
 bench: install
 	$(PY) bench/coldstart.py
 	$(PY) bench/latency.py
+	$(PY) bench/hotkeys.py --before --quick
+	$(PY) bench/hotkeys.py
 
 clean:
 	rm -rf $(VENV) cdk.out .build .pytest_cache

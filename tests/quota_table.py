@@ -52,7 +52,25 @@ class QuotaTable:
         scope pk such as ``key#<key_id>`` or ``tenant#<tenant>``."""
         _, period = WINDOW_LIMITS[limit_name]
         start, _ = window_bounds(period, self.clock() if at is None else at)
-        return self.get_used(pk, window_sk(limit_name, start))
+        sk = window_sk(limit_name, start)
+        if isinstance(self.store, InMemoryQuotaLedger):
+            return self.store.get_used(pk, sk)
+        # A hot window is several shard items (quota.shards: <pk>#s<i>): its usage is their sum.
+        total, request = (
+            0,
+            {
+                "TableName": self.table_name,
+                "FilterExpression": "(pk = :pk OR begins_with(pk, :shard)) AND sk = :sk",
+                "ExpressionAttributeValues": {":pk": {"S": pk}, ":shard": {"S": f"{pk}#s"}, ":sk": {"S": sk}},
+                "ConsistentRead": True,
+            },
+        )
+        while True:
+            page = self.store.scan(**request)
+            total += sum(int(item["used"]["N"]) for item in page.get("Items", []) if "used" in item)
+            if "LastEvaluatedKey" not in page:
+                return total
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_reservation(self, request_id: str) -> dict[str, Any] | None:
         """The reservation item of a request, as plain Python values (None if there is none)."""

@@ -4,6 +4,7 @@ overlapping ones are cancelled with TransactionConflict, items take 1,000 write 
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ def window_totals(store: InMemoryDynamo) -> dict[tuple[str, str], int]:
     """Per window (pk, limit name): the sum of ``used`` over its item(s)."""
     totals: dict[tuple[str, str], int] = {}
     for item in store.items(TABLE):
-        pk, sk = item["pk"]["S"], item["sk"]["S"]
+        pk, sk = re.sub(r"#s\d+$", "", item["pk"]["S"]), item["sk"]["S"]
         if pk.startswith("req#") or "used" not in item:
             continue
         name = sk.split("#")[0]
@@ -132,6 +133,18 @@ def service_on(client, **ledger_options):
     return QuotaService(DynamoQuotaLedger(client, TABLE, snapshot_after_reserve=False, **ledger_options))
 
 
+@pytest.mark.parametrize("hold", [0.01, 0.02])
+def test_a_burst_of_25_on_one_key_is_answered_whole_and_exact(hold):
+    client = faithful(hold=hold)
+    statuses = burst(service_on(client), [request() for _ in range(25)])
+    assert statuses.count(200) == 25, statuses
+    totals = window_totals(client.store)
+    assert totals[("key#k1", "requests_per_minute")] == 25
+    assert totals[("key#k1", "tokens_per_minute")] == 25 * 50  # settled usage, not the reservation
+    assert totals[("tenant#acme", "tokens_per_day")] == 25 * 50
+    assert all(i["status"]["S"] == "settled" for i in reservation_items(client.store))
+
+
 def test_contention_is_never_reported_as_the_clients_limit():
     # Every transaction on the key's windows conflicts (another holder always has it): no window is
     # anywhere near its limit, so the answer is a retryable 503 with Retry-After, never a 429.
@@ -186,3 +199,35 @@ def test_a_reservation_whose_outcome_was_unknown_is_never_charged_after_its_comp
     totals = window_totals(client.store)
     assert all(v == 0 for v in totals.values()), totals
     assert [i["status"]["S"] for i in reservation_items(client.store)] in (["settled"], ["cancelled"])
+
+
+# ---- sharded hot windows: exact at the limit --------------------------------------------------------
+
+
+def test_a_sharded_window_admits_exactly_its_limit_under_a_burst():
+    # 128 requests per minute is split into 4 shards of 32: a burst of 160 gets exactly 128 through,
+    # and each of the other 32 is a 429 that names a window that is really full.
+    client = faithful(hold=0.002)
+    limits = {"requests_per_minute": 128}
+    service = service_on(client)
+    statuses = burst(service, [request(key_limits=limits, tenant_limits={}) for _ in range(160)])
+    assert statuses.count(200) == 128 and statuses.count(429) == 32, statuses
+    assert window_totals(client.store) == {("key#k1", "requests_per_minute"): 128}
+    assert len({i["pk"]["S"] for i in client.store.items(TABLE) if i["pk"]["S"].startswith("key#k1")}) == 4
+
+
+def test_a_request_larger_than_any_shards_room_is_taken_from_several_and_refused_only_when_the_window_is_spent():
+    client = faithful(hold=0.0)
+    service = service_on(client)
+    limits = {"tokens_per_minute": 4 * 131_072}  # 4 shards of 131,072
+    held = [service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=100_000)) for _ in range(3)]
+    big = service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=200_000))
+    assert window_totals(client.store) == {("key#k1", "tokens_per_minute"): 500_000}
+    with pytest.raises(GatewayError) as refused:
+        service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=30_000))
+    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    assert "used 500000 tokens" in refused.value.message
+    for reservation in [*held, big]:
+        service.settle(reservation, 0, 1_000, 0.0)
+    assert window_totals(client.store) == {("key#k1", "tokens_per_minute"): 4_000}
+    service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=30_000))

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from quotagate import settings, tables
 from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
+from quotagate.quota.placement import Placement
+from quotagate.quota.shards import shard_count, shard_pk
 from quotagate.quota.windows import WindowCharge, WindowUsage
 from quotagate.usage.record import RECORD_ATTRIBUTE, to_attribute
 
@@ -100,6 +102,10 @@ DEFAULT_RESERVE_SECONDS = 2.0
 DEFAULT_SETTLE_SECONDS = 5.0
 DEFAULT_RESERVE_ATTEMPTS = 5
 DEFAULT_SETTLE_ATTEMPTS = 8
+# Attempts re-placed on other shards of a hot window: at most this many times max_attempts in all,
+# a few milliseconds apart.
+REPLACED_ATTEMPTS_FACTOR = 4
+REPLACED_DELAY_SECONDS = 0.005
 
 
 class QuotaLedger(Protocol):
@@ -324,11 +330,13 @@ def _str_attr(item: Mapping[str, Any] | None, name: str) -> str | None:
 
 
 class _Retry(Exception):
-    """One attempt failed in a way worth another attempt (``unknown``: it may have been applied)."""
+    """One attempt failed in a way worth another attempt (``unknown``: it may have been applied;
+    ``replaced``: the next attempt goes to other shards, so it need not wait for this one's)."""
 
-    def __init__(self, unknown: bool, what: str) -> None:
+    def __init__(self, unknown: bool, what: str, replaced: bool = False) -> None:
         super().__init__(what)
         self.unknown = unknown
+        self.replaced = replaced
 
 
 def _classify_failure(error: Exception) -> _Retry | None:
@@ -392,11 +400,16 @@ class DynamoQuotaLedger:
         started = self._clock()
         unknown = False
         last = ""
-        for number in range(max_attempts):
+        number = 0  # attempts that count against max_attempts (and set the backoff)
+        # An attempt re-placed on other shards after a conflict does not wait for the conflicting
+        # transaction, nor count as a failure; it is bounded by the budget and this many in all.
+        for _ in range(REPLACED_ATTEMPTS_FACTOR * max_attempts):
+            replaced = False
             try:
                 return attempt()
             except _Retry as own:
                 unknown = unknown or own.unknown
+                replaced = own.replaced
                 last = str(own)
             except Exception as error:
                 failure = _classify_failure(error)
@@ -404,9 +417,11 @@ class DynamoQuotaLedger:
                     raise
                 unknown = unknown or failure.unknown
                 last = str(failure)
-            if number + 1 >= max_attempts:
-                break
-            delay = self._backoff_delay(number)
+            if not replaced:
+                number += 1
+                if number >= max_attempts:
+                    break
+            delay = random.uniform(0, REPLACED_DELAY_SECONDS) if replaced else self._backoff_delay(number - 1)
             if self._clock() + delay + self.attempt_seconds - started > budget:
                 break
             self._sleep(delay)
@@ -422,41 +437,83 @@ class DynamoQuotaLedger:
         impossible = _impossible(charges)
         if impossible:
             raise impossible
-        # Marks the reservation item as made by this call, and is the transaction's idempotency
-        # token: every attempt sends exactly the same request.
-        token = uuid.uuid4().hex
-        actions = self._reserve_actions(request_id, charges, token, int(self._clock()))
-        if record is not None:
-            # The usage record rides on the reservation's own write: no extra call.
-            actions[-1]["Put"]["Item"][RECORD_ATTRIBUTE] = to_attribute(record)
+        placement = Placement([(c, c.amount) for c in charges], self._read_shards, guarded=True)
+        self._raise_if_short(placement)
+        # Each attempt's token marks the reservation item as made by this call (a lost answer is
+        # recognised by it) and is that attempt's idempotency token; an attempt after a conflict
+        # may place a sharded window elsewhere, so it is a new request with a new token.
+        tokens: list[str] = []
+        now = int(self._clock())
+        record_attribute = to_attribute(record) if record is not None else None
+        sent: dict[str, Any] = {"version": None, "actions": []}
+
+        def attempt() -> list[WindowUsage]:
+            if sent["version"] != placement.version:  # else: the very same request, same token
+                tokens.append(uuid.uuid4().hex)
+                sent["actions"] = self._reserve_actions(request_id, charges, placement, tokens[-1], now)
+                sent["version"] = placement.version
+                if record_attribute is not None:
+                    # The usage record rides on the reservation's own write: no extra call.
+                    sent["actions"][-1]["Put"]["Item"][RECORD_ATTRIBUTE] = record_attribute
+            return self._reserve_once(request_id, charges, placement, sent["actions"], tokens)
+
         return self._attempts(
-            lambda: self._reserve_once(request_id, charges, actions, token),
-            self.reserve_attempts,
-            self.reserve_seconds,
-            f"reservation {request_id} not made",
+            attempt, self.reserve_attempts, self.reserve_seconds, f"reservation {request_id} not made"
         )
 
+    @staticmethod
+    def _raise_if_short(placement: Placement) -> None:
+        if not placement.short:
+            return
+        short = list(placement.short.values())
+        observed = [placement.short.get(i) or WindowUsage(c, None) for i, (c, _) in enumerate(placement.items)]
+        raise QuotaExceeded(short[0].charge, short[0].used, short, observed)
+
+    def _read_shards(self, charge: WindowCharge) -> list[int]:
+        """``used`` of every shard of a sharded window (strongly consistent; 0 when absent)."""
+        keys = [{"pk": _s(shard_pk(charge, i)), "sk": _s(charge.sk)} for i in range(shard_count(charge))]
+        found: dict[str | None, int] = {}
+        for start in range(0, len(keys), 100):  # BatchGetItem takes 100 keys
+            pending: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": keys[start : start + 100],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "pk, #u",
+                    "ExpressionAttributeNames": {"#u": "used"},
+                }
+            }
+            for _ in range(3):  # unprocessed keys are asked again, a bounded number of times
+                response = self._client.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    found[_str_attr(item, "pk")] = _int_attr(item, "used") or 0
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+            if pending:
+                raise _Retry(False, "shards not read")
+        return [found.get(shard_pk(charge, i), 0) for i in range(shard_count(charge))]
+
     def _reserve_actions(
-        self, request_id: str, charges: list[WindowCharge], token: str, now: int
+        self, request_id: str, charges: list[WindowCharge], placement: Placement, token: str, now: int
     ) -> list[dict[str, Any]]:
         actions: list[dict[str, Any]] = [
             {
                 "Update": {
                     "TableName": self.table_name,
-                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
+                    "Key": {"pk": _s(shard_pk(c, shard)), "sk": _s(c.sk)},
                     "UpdateExpression": "ADD #u :n SET #l = :limit, #e = :exp",
                     "ConditionExpression": "attribute_not_exists(#u) OR #u <= :max",
                     "ExpressionAttributeNames": {"#u": "used", "#l": "limit", "#e": "expires_at"},
                     "ExpressionAttributeValues": {
-                        ":n": _n(c.amount),
+                        ":n": _n(units),
                         ":limit": _n(c.limit),
                         ":exp": _n(c.expires_at),
-                        ":max": _n(c.max_used_before),
+                        ":max": _n(Placement.guard(c, shard, units)),
                     },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
-            for c in charges
+            for _, c, shard, units in placement.actions()
         ]
         actions.append(
             {
@@ -482,12 +539,18 @@ class DynamoQuotaLedger:
         return actions
 
     def _reserve_once(
-        self, request_id: str, charges: list[WindowCharge], actions: list[dict[str, Any]], token: str
+        self,
+        request_id: str,
+        charges: list[WindowCharge],
+        placement: Placement,
+        actions: list[dict[str, Any]],
+        tokens: list[str],
     ) -> list[WindowUsage]:
         from botocore.exceptions import ClientError
 
+        parts = placement.actions()
         try:
-            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=tokens[-1])
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code != "TransactionCanceledException":
@@ -498,28 +561,57 @@ class DynamoQuotaLedger:
             reservation_reason = reasons[-1]
             if reservation_reason.get("Code") == "ConditionalCheckFailed":
                 existing = reservation_reason.get("Item")
-                if _str_attr(existing, "token") == token:
+                if _str_attr(existing, "token") in tokens:
                     # An earlier attempt of this very call committed (its response was lost).
                     return self._usages_after(charges)
                 raise ReservationExists(request_id) from error
-            observed: list[WindowUsage] = []
-            short: list[WindowUsage] = []
-            for c, r in zip(charges, reasons[:-1], strict=True):
-                if r.get("Code") == "ConditionalCheckFailed":
-                    usage = WindowUsage(c, _int_attr(r.get("Item"), "used"))
-                    short.append(usage)
-                elif r.get("Code") in (None, "None"):
-                    usage = _passed(c)
-                else:
-                    usage = WindowUsage(c, None)
-                observed.append(usage)
-            if short:
-                raise QuotaExceeded(short[0].charge, short[0].used, short, observed) from error
-            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
-            if retryable:
-                raise _Retry(False, str(retryable[0])) from None
-            raise
+            self._after_cancellation(placement, parts, reasons[:-1], error)
         return self._usages_after(charges)
+
+    def _after_cancellation(
+        self,
+        placement: Placement,
+        parts: list[tuple[int, WindowCharge, int, int]],
+        reasons: list[dict[str, Any]],
+        error: Exception,
+    ) -> None:
+        """Raise what a cancelled reservation (or top-up) means: QuotaExceeded when a window is
+        really short, _Retry (re-placed when the trouble was a sharded window) on contention."""
+        short: dict[int, WindowUsage] = {}
+        passed: set[int] = set(range(len(placement.items)))
+        to_rebalance: set[int] = set()
+        to_repick: set[int] = set()
+        contended = ""
+        for (index, charge, _, _), reason in zip(parts, reasons, strict=True):
+            code = reason.get("Code")
+            if code not in (None, "None"):
+                passed.discard(index)
+            if code == "ConditionalCheckFailed":
+                if placement.sharded(index):
+                    to_rebalance.add(index)
+                else:
+                    short[index] = WindowUsage(charge, _int_attr(reason.get("Item"), "used"))
+            elif code in _RETRYABLE_REASONS:
+                contended = contended or str(code)
+                if placement.sharded(index):
+                    to_repick.add(index)
+        if short:
+            observed = [
+                short.get(i) or (_passed(c) if i in passed else WindowUsage(c, None))
+                for i, (c, _) in enumerate(placement.items)
+            ]
+            first = next(iter(short.values()))
+            raise QuotaExceeded(first.charge, first.used, list(short.values()), observed) from error
+        for index in to_rebalance:
+            placement.rebalance(index)
+        self._raise_if_short(placement)
+        for index in to_repick - to_rebalance:
+            placement.repick(index)
+        if to_rebalance or to_repick:
+            raise _Retry(False, contended or "shard short", replaced=True) from None
+        if contended:
+            raise _Retry(False, contended) from None
+        raise error
 
     def _usages_after(self, charges: list[WindowCharge]) -> list[WindowUsage]:
         if not self.snapshot_after_reserve or not charges:
@@ -530,13 +622,15 @@ class DynamoQuotaLedger:
         """Best effort: one strongly consistent BatchGetItem; a failure only loses header values."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not charges:
-            return []
+        # A sharded window's ``used`` is the sum over its shards: not read for a header.
+        single = [c for c in charges if shard_count(c) == 1]
+        if not single:
+            return [None] * len(charges)
         try:
             response = self._client.batch_get_item(
                 RequestItems={
                     self.table_name: {
-                        "Keys": [{"pk": _s(c.pk), "sk": _s(c.sk)} for c in charges],
+                        "Keys": [{"pk": _s(c.pk), "sk": _s(c.sk)} for c in single],
                         "ConsistentRead": True,
                         "ProjectionExpression": "pk, sk, #u",
                         "ExpressionAttributeNames": {"#u": "used"},
@@ -549,7 +643,7 @@ class DynamoQuotaLedger:
             (_str_attr(item, "pk"), _str_attr(item, "sk")): _int_attr(item, "used")
             for item in response.get("Responses", {}).get(self.table_name, [])
         }
-        return [found.get(c.item_key) for c in charges]
+        return [found.get(c.item_key) if shard_count(c) == 1 else None for c in charges]
 
     # ---- settle ----------------------------------------------------------------------------------
 
@@ -562,32 +656,42 @@ class DynamoQuotaLedger:
         compensating: bool = False,
     ) -> bool:
         adjustments = _check_adjustments(adjustments)
-        token = uuid.uuid4().hex
-        request = self._settle_request(request_id, adjustments, usage or {}, token, int(self._clock()))
-        if record is not None:
-            # The completed usage record, in the same write that flips the status (the outbox).
-            update = request["update"] if "update" in request else request["transaction"][0]["Update"]
-            update["UpdateExpression"] = update["UpdateExpression"].replace("SET ", "SET #rec = :rec, ", 1)
-            update["ExpressionAttributeNames"]["#rec"] = RECORD_ATTRIBUTE
-            update["ExpressionAttributeValues"][":rec"] = to_attribute(record)
+        # A refund (or an overrun) may land in any shard of a sharded window: the sum is what counts,
+        # and each shard stays within its share. A conflicting attempt goes to another shard.
+        placement = Placement([(c, d) for c, d in adjustments if d != 0], self._read_shards, guarded=False)
+        tokens: list[str] = []
+        now = int(self._clock())
+        record_attribute = to_attribute(record) if record is not None else None
+
+        sent: dict[str, Any] = {"version": None, "request": {}}
+
+        def attempt() -> bool:
+            if sent["version"] != placement.version:  # else: the very same request, same token
+                tokens.append(uuid.uuid4().hex)
+                request = self._settle_request(request_id, adjustments, placement, usage or {}, tokens[-1], now)
+                sent["request"], sent["version"] = request, placement.version
+                if record_attribute is not None:
+                    # The completed usage record, in the same write that flips the status (the outbox).
+                    update = request["update"] if "update" in request else request["transaction"][0]["Update"]
+                    update["UpdateExpression"] = update["UpdateExpression"].replace("SET ", "SET #rec = :rec, ", 1)
+                    update["ExpressionAttributeNames"]["#rec"] = RECORD_ATTRIBUTE
+                    update["ExpressionAttributeValues"][":rec"] = record_attribute
+            return self._settle_once(sent["request"], placement, tokens, request_id if compensating else None)
+
         return bool(
-            self._attempts(
-                lambda: self._settle_once(request, token, request_id if compensating else None),
-                self.settle_attempts,
-                self.settle_seconds,
-                f"reservation {request_id} not settled",
-            )
+            self._attempts(attempt, self.settle_attempts, self.settle_seconds, f"reservation {request_id} not settled")
         )
 
     def _settle_request(
         self,
         request_id: str,
         adjustments: list[tuple[WindowCharge, int]],
+        placement: Placement,
         usage: Mapping[str, int],
         token: str,
         now: int,
     ) -> dict[str, Any]:
-        """The one write of a settlement, identical on every attempt (idempotency token)."""
+        """The one write of an attempt of a settlement (its token is the idempotency token)."""
         reservation_update: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
@@ -621,52 +725,63 @@ class DynamoQuotaLedger:
             {
                 "Update": {
                     "TableName": self.table_name,
-                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
-                    # The reserved item, even if the clock has moved on to a later window.
+                    # The reserved window, even if the clock has moved on to a later window.
+                    "Key": {"pk": _s(shard_pk(c, shard)), "sk": _s(c.sk)},
                     "UpdateExpression": "ADD #u :d SET #e = if_not_exists(#e, :exp)",
                     "ExpressionAttributeNames": {"#u": "used", "#e": "expires_at"},
                     "ExpressionAttributeValues": {":d": _n(delta), ":exp": _n(c.expires_at)},
                 }
             }
-            for c, delta in adjustments
-            if delta != 0
+            for _, c, shard, delta in placement.actions()
         ]
         if not window_updates:
             return {"update": reservation_update}
         return {"transaction": [{"Update": reservation_update}, *window_updates]}
 
-    def _settle_once(self, request: dict[str, Any], token: str, tombstone_for: str | None = None) -> bool:
+    def _settle_once(
+        self, request: dict[str, Any], placement: Placement, tokens: list[str], tombstone_for: str | None = None
+    ) -> bool:
         """One attempt. ``tombstone_for``: a compensation's request id; if its reservation item does
         not exist (yet), leave a tombstone instead, so that the reservation can never land after."""
         from botocore.exceptions import ClientError
 
         try:
             if "transaction" in request:
-                self._client.transact_write_items(TransactItems=request["transaction"], ClientRequestToken=token)
+                self._client.transact_write_items(TransactItems=request["transaction"], ClientRequestToken=tokens[-1])
             else:
                 self._client.update_item(**request["update"])
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code == "ConditionalCheckFailedException":
-                # Already settled: True only if an earlier attempt of this very call did it.
                 existing: Any = error.response.get("Item")
-                if existing is None and tombstone_for is not None:
-                    return self._tombstone(tombstone_for, token)
-                return _str_attr(existing, "settle_token") == token
-            if code != "TransactionCanceledException":
+            elif code == "TransactionCanceledException" and error.response.get("CancellationReasons"):
+                reasons = error.response["CancellationReasons"]
+                if reasons[0].get("Code") != "ConditionalCheckFailed":
+                    self._settle_contended(placement, reasons, error)
+                existing = reasons[0].get("Item")
+            else:
                 raise
-            reasons = error.response.get("CancellationReasons") or []
-            if not reasons:
-                raise
-            if reasons[0].get("Code") == "ConditionalCheckFailed":
-                if reasons[0].get("Item") is None and tombstone_for is not None:
-                    return self._tombstone(tombstone_for, token)
-                return _str_attr(reasons[0].get("Item"), "settle_token") == token
-            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
-            if retryable:
-                raise _Retry(False, str(retryable[0])) from None
-            raise
+            if existing is None and tombstone_for is not None:
+                return self._tombstone(tombstone_for, tokens[-1])
+            # Already closed: True only if an earlier attempt of this very call settled it.
+            return _str_attr(existing, "settle_token") in tokens and _str_attr(existing, "status") != str(
+                ReservationStatus.CANCELLED
+            )
         return True
+
+    @staticmethod
+    def _settle_contended(placement: Placement, reasons: list[dict[str, Any]], error: Exception) -> None:
+        """``reasons``: the reservation item's, then one per window part."""
+        codes = [r.get("Code") for r in reasons]
+        retryable = [code for code in codes if code in _RETRYABLE_REASONS]
+        if not retryable:
+            raise error
+        moved = False
+        for (index, _, _, _), code in zip(placement.actions(), codes[1:], strict=True):
+            if code in _RETRYABLE_REASONS and placement.sharded(index):
+                placement.repick(index)
+                moved = True
+        raise _Retry(False, str(retryable[0]), replaced=moved) from None
 
     def _tombstone(self, request_id: str, token: str) -> bool:
         """Mark a reservation that does not exist as ``cancelled`` (False: nothing was charged).
@@ -702,7 +817,9 @@ class DynamoQuotaLedger:
         increases = check_top_up(increases)
         if not increases:
             return True
-        token = uuid.uuid4().hex
+        placement = Placement(increases, self._read_shards, guarded=True)
+        if placement.short:
+            return False
         totals = top_up_totals(increases)
         names = {"#st": "status"}
         values: dict[str, Any] = {":reserved": _s(ReservationStatus.RESERVED)}
@@ -711,56 +828,56 @@ class DynamoQuotaLedger:
             names[f"#t{i}"] = f"topped_up_{unit}"
             values[f":t{i}"] = _n(n)
             adds.append(f"#t{i} :t{i}")
-        actions: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": {"pk": _s(c.pk), "sk": _s(c.sk)},
-                    "UpdateExpression": "ADD #u :n",
-                    "ConditionExpression": "attribute_not_exists(#u) OR #u <= :max",
-                    "ExpressionAttributeNames": {"#u": "used"},
-                    "ExpressionAttributeValues": {":n": _n(n), ":max": _n(c.limit - n)},
-                }
+        reservation_update = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
+                "UpdateExpression": "ADD " + ", ".join(adds),
+                "ConditionExpression": "#st = :reserved",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
             }
-            for c, n in increases
-        ]
-        actions.append(
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": {"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
-                    "UpdateExpression": "ADD " + ", ".join(adds),
-                    "ConditionExpression": "#st = :reserved",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
+        }
+
+        def attempt() -> bool:
+            actions: list[dict[str, Any]] = [
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": {"pk": _s(shard_pk(c, shard)), "sk": _s(c.sk)},
+                        "UpdateExpression": "ADD #u :n",
+                        "ConditionExpression": "attribute_not_exists(#u) OR #u <= :max",
+                        "ExpressionAttributeNames": {"#u": "used"},
+                        "ExpressionAttributeValues": {":n": _n(n), ":max": _n(Placement.guard(c, shard, n))},
+                    }
                 }
-            }
-        )
+                for _, c, shard, n in placement.actions()
+            ]
+            return self._top_up_once(placement, [*actions, reservation_update])
+
         return bool(
             self._attempts(
-                lambda: self._top_up_once(actions, token),
-                self.reserve_attempts,
-                self.reserve_seconds,
-                f"top-up of reservation {request_id} not made",
+                attempt, self.reserve_attempts, self.reserve_seconds, f"top-up of reservation {request_id} not made"
             )
         )
 
-    def _top_up_once(self, actions: list[dict[str, Any]], token: str) -> bool:
+    def _top_up_once(self, placement: Placement, actions: list[dict[str, Any]]) -> bool:
         from botocore.exceptions import ClientError
 
+        parts = placement.actions()
         try:
-            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+            self._client.transact_write_items(TransactItems=actions, ClientRequestToken=uuid.uuid4().hex)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code != "TransactionCanceledException":
-                raise
             reasons = error.response.get("CancellationReasons") or []
-            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-                return False  # a window has no room, or the reservation is no longer open
-            retryable = [r.get("Code") for r in reasons if r.get("Code") in _RETRYABLE_REASONS]
-            if retryable:
-                raise _Retry(False, str(retryable[0])) from None
-            raise
+            if code != "TransactionCanceledException" or len(reasons) != len(actions):
+                raise
+            if reasons[-1].get("Code") == "ConditionalCheckFailed":
+                return False  # the reservation is no longer open
+            try:
+                self._after_cancellation(placement, parts, reasons[:-1], error)
+            except QuotaExceeded:
+                return False  # a window has no room
         return True
 
     # ---- reads -----------------------------------------------------------------------------------
