@@ -20,6 +20,7 @@ from cdk_app.constructs.proxy_function import ProxyFunction
 from cdk_app.constructs.settlements import SettlementRecovery
 from cdk_app.constructs.usage_pipeline import UsagePipeline
 from cdk_app.context import DeploymentOptions
+from quotagate import provider_secrets, settings
 
 if TYPE_CHECKING:
     from constructs import Construct
@@ -49,9 +50,9 @@ class QuotagateStack(Stack):
             "ProviderSecrets",
             config=config.config,
             kms_key_arn=options.secrets_kms_key_arn,
-            retain=options.retain_data,
         )
         self.provider_secrets.grant_read(self.proxy.function)
+        self.proxy.function.add_environment(settings.PROVIDER_SECRET_NAMES, self.provider_secrets.names_json())
         self.settlements = SettlementRecovery(self, "Settlements", data=data, layers=layers, options=options)
         self.settlements.connect_proxy(self.proxy.function)
         self.api = GatewayApi(
@@ -108,6 +109,13 @@ class QuotagateStack(Stack):
                 description="Streaming function URL of the proxy (AWS_IAM auth), for callers inside the account",
             )
         CfnOutput(self, "ConfigParameterName", value=self.config.parameter_name)
+        CfnOutput(
+            self,
+            provider_secrets.STACK_OUTPUT,
+            value=self.provider_secrets.names_json(),
+            description="Provider secrets: configured name -> the name this stack created "
+            "(quotagate providers set-key finds them here)",
+        )
         for spec_id, table in self.data.tables.items():
             CfnOutput(self, f"{spec_id}Name", value=table.table_name)
         CfnOutput(

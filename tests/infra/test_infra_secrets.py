@@ -29,7 +29,8 @@ def _configured_secrets() -> set[str]:
 
 def test_each_configured_provider_secret_is_created_as_a_placeholder(synthesized):
     secrets = _provider_secrets(synthesized)
-    assert {s["Properties"]["Name"] for s in secrets.values()} == _configured_secrets()
+    # Each under its configured name plus a suffix unique to the stack (test_infra_deploy_day.py).
+    assert {s["Properties"]["Name"]["Fn::Join"][1][0] for s in secrets.values()} == _configured_secrets()
     for secret in secrets.values():
         props = secret["Properties"]
         assert "SecretString" not in props, "a value in the template"
@@ -37,7 +38,23 @@ def test_each_configured_provider_secret_is_created_as_a_placeholder(synthesized
         assert props["GenerateSecretString"]["GenerateStringKey"] == NONCE_FIELD
         assert "set-key" in props["Description"]
         assert "KmsKeyId" not in props
-        assert secret["DeletionPolicy"] == "Retain"
+        # A provider's key, not customer data: no live key left behind by a deleted stack.
+        assert secret["DeletionPolicy"] == "Delete"
+
+
+def test_the_proxy_and_the_cli_find_the_secrets_the_stack_created(synthesized):
+    from quotagate import settings
+    from quotagate.provider_secrets import STACK_OUTPUT
+
+    _, proxy = synthesized.function("quotagate-proxy")
+    names = proxy["Environment"]["Variables"][settings.PROVIDER_SECRET_NAMES]
+    output = synthesized.json["Outputs"][STACK_OUTPUT]["Value"]
+    assert names == output
+    text = json.dumps(names)
+    for secret in _provider_secrets(synthesized).values():
+        assert json.dumps(secret["Properties"]["Name"]) in text  # the created names, resolved at deploy time
+    for configured in _configured_secrets():
+        assert configured in text
 
 
 def test_the_proxy_reads_them_and_nothing_else_does(synthesized):

@@ -117,3 +117,47 @@ def test_set_key_names_unknown_providers_and_missing_secrets(secretsmanager, mon
     assert cli.main(["providers", "set-key", "anthropic"]) == 1  # the stack was not deployed here
     err = capsys.readouterr().err
     assert "quotagate/providers/anthropic" in err and "does not exist" in err and "sk-x" not in err
+
+
+# ---- secrets the stack created under a name unique to it (a failed first deploy can be retried) ----
+
+CREATED = "quotagate/providers/oa-1a2b3c4d5e6f"
+
+
+def test_the_proxy_reads_the_secret_under_the_name_the_stack_created(secretsmanager, monkeypatch):
+    from quotagate import settings
+
+    secretsmanager.create_secret(Name=CREATED, SecretString="sk-created")
+    monkeypatch.setenv(settings.PROVIDER_SECRET_NAMES, json.dumps({"quotagate/providers/oa": CREATED}))
+    assert _api_key() == "sk-created"
+
+
+def test_set_key_writes_the_secret_the_stack_output_names(secretsmanager, monkeypatch, tmp_path, capsys):
+    from quotagate.provider_secrets import STACK_OUTPUT
+
+    secretsmanager.create_secret(Name=CREATED, SecretString=PLACEHOLDER_TEMPLATE)
+    template = {
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {STACK_OUTPUT: {"Value": json.dumps({"quotagate/providers/oa": CREATED})}},
+    }
+    boto3.client("cloudformation").create_stack(StackName="Quotagate", TemplateBody=json.dumps(template))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "oa": {
+                        "type": "openai",
+                        "base_url": "http://127.0.0.1:1/v1",
+                        "api_key_secret": "quotagate/providers/oa",
+                    }
+                },
+                "models": {"m": {"provider": "oa", "upstream_model": "gpt"}},
+                "plans": {"p": {}},
+            }
+        )
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-live-created"))
+    assert cli.main(["providers", "set-key", "oa", "--config-file", str(config_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["secret"] == CREATED
+    assert secretsmanager.get_secret_value(SecretId=CREATED)["SecretString"] == "sk-live-created"

@@ -3,7 +3,8 @@
 The key is read from standard input (never from an argument: those end up in shell history and
 process listings) and written to the secret the gateway configuration names for that provider
 (``api_key_secret``; ``--config-file`` is the configuration that was deployed, by default the
-packaged one). The stack created the secret with a placeholder; the proxy picks the key up within
+packaged one), under the name the stack created it with (its output ``ProviderSecretNames``).
+The stack created the secret with a placeholder; the proxy picks the key up within
 its 5-minute secret cache. Nothing printed ever contains the key.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quotagate.config import DEFAULT_CONFIG_FILE
-from quotagate.provider_secrets import ProviderKeyError, clean_key
+from quotagate.provider_secrets import STACK_OUTPUT, ProviderKeyError, clean_key
 from quotagate_tools.cli_errors import CliError
 
 if TYPE_CHECKING:
@@ -37,14 +38,20 @@ def add_parser(commands: Any) -> None:
         default=DEFAULT_CONFIG_FILE,
         help="the gateway configuration that was deployed (default: the packaged default_config.json)",
     )
-    set_key.add_argument("--secret-name", help="the secret to write (default: the provider's api_key_secret)")
+    set_key.add_argument(
+        "--secret-name",
+        help="the secret to write (default: the one the stack created for the provider's api_key_secret)",
+    )
+    set_key.add_argument(
+        "--stack-name",
+        default="Quotagate",
+        help="the stack whose output ProviderSecretNames maps configured names to created ones",
+    )
     set_key.add_argument("--endpoint-url", help="Secrets Manager endpoint (e.g. a local moto server)")
     set_key.add_argument("--region", help="AWS region")
 
 
-def secret_name(args: argparse.Namespace) -> str:
-    if args.secret_name:
-        return str(args.secret_name)
+def configured_secret_name(args: argparse.Namespace) -> str:
     from quotagate.config import ConfigError
     from quotagate.config_models import parse_config
 
@@ -63,23 +70,64 @@ def secret_name(args: argparse.Namespace) -> str:
     return provider.api_key_secret
 
 
+def created_secret_name(configured: str, args: argparse.Namespace, session: Any, client_args: dict[str, Any]) -> str:
+    """The name the stack created ``configured`` under (its output ProviderSecretNames). A local
+    endpoint (make dev), or an account without the stack, has the secret under its configured name
+    (created by local mode, or by hand)."""
+    if args.endpoint_url:
+        return configured
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3})
+    try:
+        cloudformation = session.client("cloudformation", config=config, **client_args)
+        stacks = cloudformation.describe_stacks(StackName=args.stack_name)["Stacks"]
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ValidationError" and "does not exist" in str(error):
+            return configured
+        raise CliError(
+            "stack_not_found",
+            f"cannot read stack '{args.stack_name}' ({code or 'error'}): deploy it first, pass --stack-name, "
+            "or name the secret with --secret-name",
+        ) from None
+    except BotoCoreError as error:
+        raise CliError("stack_not_found", f"cannot read stack '{args.stack_name}' ({type(error).__name__})") from None
+    for stack in stacks:
+        for output in stack.get("Outputs", []):
+            if output.get("OutputKey") == STACK_OUTPUT:
+                names = json.loads(output["OutputValue"])
+                if configured in names:
+                    return str(names[configured])
+    raise CliError(
+        "secret_not_found",
+        f"stack '{args.stack_name}' created no secret for '{configured}' (output {STACK_OUTPUT}): deploy the "
+        "configuration that names it, or name the secret with --secret-name",
+    )
+
+
+def secret_name(args: argparse.Namespace, session: Any, client_args: dict[str, Any]) -> str:
+    if args.secret_name:
+        return str(args.secret_name)
+    return created_secret_name(configured_secret_name(args), args, session, client_args)
+
+
 def set_key(args: argparse.Namespace, stdin: Any) -> dict[str, str]:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    name = secret_name(args)
+    session = boto3.session.Session(region_name=args.region) if args.region else boto3.session.Session()
+    endpoint: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    name = secret_name(args, session, endpoint)
     try:
         key = clean_key(stdin.read())
     except ProviderKeyError as error:
         raise CliError("bad_key", str(error)) from None
-    client_args: dict[str, Any] = {"config": Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3})}
-    if args.endpoint_url:
-        client_args["endpoint_url"] = args.endpoint_url
-    if args.region:
-        client_args["region_name"] = args.region
+    config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3})
     try:
-        client = boto3.client("secretsmanager", **client_args)
+        client = session.client("secretsmanager", config=config, **endpoint)
         client.put_secret_value(SecretId=name, SecretString=key)
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")

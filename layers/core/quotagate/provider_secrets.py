@@ -17,6 +17,8 @@ PLACEHOLDER_VALUE = "placeholder"
 PLACEHOLDER_TEMPLATE = json.dumps({PLACEHOLDER_FIELD: PLACEHOLDER_VALUE}, separators=(",", ":"))
 NONCE_FIELD = "nonce"
 MAX_KEY_BYTES = 8192
+# The stack output mapping each configured secret name to the name the stack created it under.
+STACK_OUTPUT = "ProviderSecretNames"
 
 
 class ProviderKeyError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 KEYS_TABLE = "QG_KEYS_TABLE"
@@ -29,6 +30,9 @@ JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
 IDENTITY_SOURCES = "QG_IDENTITY_SOURCES"
 # Secrets Manager secret the keys function derives idempotent keys from (quotagate.key_derivation).
 KEY_DERIVATION_SECRET = "QG_KEY_DERIVATION_SECRET"  # noqa: S105 (an environment variable name)
+# JSON object: a provider secret's name in the gateway configuration -> the name the stack created it
+# under (unique per stack, so a rolled-back first deploy can be retried). Unset (local mode): as named.
+PROVIDER_SECRET_NAMES = "QG_PROVIDER_SECRET_NAMES"  # noqa: S105 (an environment variable name)
 # Upper bound for a request body the proxy will read (bytes).
 MAX_BODY_BYTES = "QG_MAX_BODY_BYTES"
 # Multiplies the quota store's timeouts and retry budgets (default 1, as deployed). Local mode and the
@@ -79,3 +83,13 @@ def forward_mock_controls() -> bool:
 
 def table_name(variable: str, default: str) -> str:
     return env(variable, default) or default
+
+
+def provider_secret_name(configured: str) -> str:
+    """The Secrets Manager name of the provider secret the configuration calls ``configured``."""
+    try:
+        names = json.loads(env(PROVIDER_SECRET_NAMES) or "{}")
+    except ValueError:
+        names = {}
+    resolved = names.get(configured) if isinstance(names, dict) else None
+    return resolved if isinstance(resolved, str) and resolved else configured

@@ -37,9 +37,9 @@ _MAX_CACHED_ADAPTERS = 64
 
 def secret_from_secrets_manager(name: str) -> str:
     # Powertools Parameters caches the value; a secret is never logged or put in an error.
-    from quotagate import aws
+    from quotagate import aws, settings
 
-    return str(aws.secrets_provider().get(name, max_age=SECRET_CACHE_SECONDS))
+    return str(aws.secrets_provider().get(settings.provider_secret_name(name), max_age=SECRET_CACHE_SECONDS))
 
 
 class HttpProviderFactory:
