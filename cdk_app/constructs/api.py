@@ -128,7 +128,10 @@ class GatewayApi(Construct):
                 type=apigw.ResponseType.of(name),
                 status_code=None if response.status is None else str(response.status),
                 templates={"application/json": response.template()},
-                response_headers={header: "context.requestId" for header in edge_errors.REQUEST_ID_HEADERS},
+                response_headers={
+                    **{header: "context.requestId" for header in edge_errors.REQUEST_ID_HEADERS},
+                    **({"Retry-After": f"'{edge_errors.RETRY_AFTER_SECONDS}'"} if response.retry_after else {}),
+                },
             )
         self._acknowledge()
 

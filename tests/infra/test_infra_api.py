@@ -124,6 +124,8 @@ def test_stage_traces_logs_json_and_throttles(synthesized):
         ("THROTTLED", "429", "rate_limit_error", "rate_limit_exceeded"),
         ("REQUEST_TOO_LARGE", "413", "request_too_large", "request_too_large"),
         ("AUTHORIZER_FAILURE", "500", "api_error", "authorizer_error"),
+        # A throttled proxy (Lambda's 429 to API Gateway): not a bare 500 (tests/infra/test_infra_deploy_day.py).
+        ("INTEGRATION_FAILURE", "503", "overloaded_error", "service_unavailable"),
         ("DEFAULT_4XX", None, "invalid_request_error", None),
         ("DEFAULT_5XX", None, "api_error", None),
     ],

@@ -40,6 +40,7 @@ def transport(name: str) -> httpx2.MockTransport:
         ("MISSING_AUTHENTICATION_TOKEN", anthropic.NotFoundError, "not_found_error"),
         ("THROTTLED", anthropic.RateLimitError, "rate_limit_error"),
         ("REQUEST_TOO_LARGE", anthropic.ContentTooLargeError, "request_too_large"),
+        ("INTEGRATION_FAILURE", anthropic.ServiceUnavailableError, "overloaded_error"),
         ("DEFAULT_4XX", anthropic.BadRequestError, "invalid_request_error"),
     ],
 )
@@ -62,6 +63,7 @@ def test_the_anthropic_sdk_reads_every_edge_error(name, exception, error_type):
         ("ACCESS_DENIED", openai.AuthenticationError, "invalid_api_key"),
         ("MISSING_AUTHENTICATION_TOKEN", openai.NotFoundError, "unknown_url"),
         ("THROTTLED", openai.RateLimitError, "rate_limit_exceeded"),
+        ("INTEGRATION_FAILURE", openai.InternalServerError, "service_unavailable"),
         ("DEFAULT_4XX", openai.BadRequestError, None),
         ("DEFAULT_5XX", openai.InternalServerError, None),
     ],

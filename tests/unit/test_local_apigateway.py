@@ -115,3 +115,44 @@ def test_edge_401s_carry_a_request_id(edge, headers):
     assert first.status_code == second.status_code == 401
     assert first.headers["x-request-id"] and second.headers["x-request-id"]
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_a_throttled_proxy_is_the_stacks_503_with_retry_after():
+    """Beyond the proxy's concurrency, as API Gateway answers a throttled Lambda with the stack's
+    INTEGRATION_FAILURE response: 503, the edge body both SDKs read, Retry-After; nothing reaches the app."""
+    from quotagate.edge_errors import PROXY_AT_CAPACITY, RETRY_AFTER_SECONDS
+
+    release = asyncio.Event()
+    started = asyncio.Event()
+    calls = 0
+
+    async def slow_stream(request: Request) -> JSONResponse:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    proxy = Starlette(routes=[Route("/v1/models", slow_stream)])
+    gateway = LocalApiGateway(proxy, CountingAuthorizer(), lambda e, c: {}, ["Authorization"], 300, proxy_concurrency=1)
+
+    async def go() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            headers = {"Authorization": "Bearer good"}
+            first = asyncio.create_task(client.get("/v1/models", headers=headers))
+            await started.wait()
+            second = await client.get("/v1/models", headers=headers)
+            release.set()
+            done = await first  # its invocation ends with its response: the slot is free again
+            third = await client.get("/v1/models", headers=headers)
+            return done, second, third
+
+    first, second, third = asyncio.run(go())
+    assert first.status_code == 200 and third.status_code == 200
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    assert second.json() == PROXY_AT_CAPACITY.body()
+    assert second.json()["error"]["code"] == "service_unavailable"
+    assert second.headers["x-request-id"]
+    assert calls == 2

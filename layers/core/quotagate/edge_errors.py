@@ -49,6 +49,7 @@ EdgeErrorType = Literal[
     "request_too_large",
     "rate_limit_error",
     "api_error",
+    "overloaded_error",
 ]
 # API Gateway's gateway response types this stack defines.
 GatewayResponseType = Literal[
@@ -58,9 +59,13 @@ GatewayResponseType = Literal[
     "THROTTLED",
     "REQUEST_TOO_LARGE",
     "AUTHORIZER_FAILURE",
+    "INTEGRATION_FAILURE",
     "DEFAULT_4XX",
     "DEFAULT_5XX",
 ]
+# Seconds a client should wait before retrying an answer that says "try again" (the Retry-After header
+# both SDKs honour): stage throttling, a throttled proxy, API Gateway's other 5xx.
+RETRY_AFTER_SECONDS: Final = 2
 # API Gateway's own error message, which it substitutes already JSON-quoted.
 GATEWAY_MESSAGE_VARIABLE: Final = "$context.error.messageString"
 
@@ -75,6 +80,7 @@ class EdgeError:
     message: str
     type: EdgeErrorType
     code: str | None
+    retry_after: bool = False  # answered with Retry-After: RETRY_AFTER_SECONDS
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.code)
@@ -89,6 +95,7 @@ class GatewayResponse:
     message: str | None
     type: EdgeErrorType
     code: str | None
+    retry_after: bool = False
 
     def template(self) -> str:
         """The response template (plain variable substitution, no VTL)."""
@@ -98,7 +105,7 @@ class GatewayResponse:
 
     @classmethod
     def of(cls, error: EdgeError) -> GatewayResponse:
-        return cls(error.status, error.message, error.type, error.code)
+        return cls(error.status, error.message, error.type, error.code, error.retry_after)
 
 
 def missing_credential(identity_sources: Iterable[str]) -> EdgeError:
@@ -114,17 +121,36 @@ UNKNOWN_URL = EdgeError(404, "Unknown request URL or method.", "not_found_error"
 # The authorizer crashed or timed out (not the caller's fault; not cached).
 AUTHORIZER_FAILURE = EdgeError(500, "The authorizer failed. Retry shortly.", "api_error", "authorizer_error")
 
+# The stage's rate limit (quotagate:throttleRateLimit / throttleBurstLimit).
+GATEWAY_THROTTLED = EdgeError(
+    429,
+    "Too many requests to the gateway. Retry after a short wait.",
+    "rate_limit_error",
+    "rate_limit_exceeded",
+    retry_after=True,
+)
+# The proxy function could not be invoked: Lambda throttled it (its reserved concurrency, or the
+# account's concurrency, is in use by open streams) — API Gateway's INTEGRATION_FAILURE, which would
+# otherwise be a bare 500. Not the caller's fault, and over soon: 503 with Retry-After.
+PROXY_AT_CAPACITY = EdgeError(
+    503,
+    "The gateway is at capacity. Retry after a short wait.",
+    "overloaded_error",
+    "service_unavailable",
+    retry_after=True,
+)
+
 FIXED_RESPONSES: Final[dict[GatewayResponseType, GatewayResponse]] = {
     "MISSING_AUTHENTICATION_TOKEN": GatewayResponse.of(UNKNOWN_URL),
-    "THROTTLED": GatewayResponse(
-        429, "Too many requests to the gateway. Retry after a short wait.", "rate_limit_error", "rate_limit_exceeded"
-    ),
+    "THROTTLED": GatewayResponse.of(GATEWAY_THROTTLED),
+    "INTEGRATION_FAILURE": GatewayResponse.of(PROXY_AT_CAPACITY),
     "REQUEST_TOO_LARGE": GatewayResponse(
         413, "The request body is too large.", "request_too_large", "request_too_large"
     ),
     "AUTHORIZER_FAILURE": GatewayResponse.of(AUTHORIZER_FAILURE),
     "DEFAULT_4XX": GatewayResponse(None, None, "invalid_request_error", None),
-    "DEFAULT_5XX": GatewayResponse(None, None, "api_error", None),
+    # Any other 5xx API Gateway makes itself keeps its status and gains Retry-After.
+    "DEFAULT_5XX": GatewayResponse(None, None, "api_error", None, retry_after=True),
 }
 
 

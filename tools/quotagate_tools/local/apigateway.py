@@ -20,7 +20,9 @@ from anyio import to_thread
 from quotagate.edge_errors import (
     AUTHORIZER_FAILURE,
     INVALID_CREDENTIAL,
+    PROXY_AT_CAPACITY,
     REQUEST_ID_HEADERS,
+    RETRY_AFTER_SECONDS,
     UNKNOWN_URL,
     EdgeError,
     missing_credential,
@@ -142,6 +144,7 @@ class LocalApiGateway:
         cache_seconds: float = 300.0,
         keys_function_names: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
+        proxy_concurrency: int = 0,
     ) -> None:
         self._proxy = proxy_app
         self._authorizer = authorizer
@@ -150,6 +153,11 @@ class LocalApiGateway:
         self._missing_credential = missing_credential(identity_sources)
         self.cache = AuthorizerCache(cache_seconds, clock)
         self._keys_names = keys_function_names
+        # Lambda's concurrency for the proxy (0: unlimited): an invocation beyond it is throttled,
+        # which the stack answers as INTEGRATION_FAILURE (edge_errors.PROXY_AT_CAPACITY).
+        self._proxy_concurrency = proxy_concurrency
+        self._proxy_running = 0
+        self._proxy_lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,7 +169,8 @@ class LocalApiGateway:
         if match and scope["method"] == "POST":
             await self._invoke(match.group(1), receive, send)
         elif path == "/health":
-            await self._proxy(self._forward_scope(scope, {"requestId": str(uuid.uuid4())}), receive, send)
+            request_id = str(uuid.uuid4())
+            await self._invoke_proxy(self._forward_scope(scope, {"requestId": request_id}), receive, send, request_id)
         elif path.startswith("/v1/") or path == "/v1":
             await self._authorize_and_forward(scope, receive, send)
         else:
@@ -196,9 +205,24 @@ class LocalApiGateway:
         # Values in the authorizer context reach the integration as strings, plus principalId.
         authorizer = {k: str(v) if not isinstance(v, str) else v for k, v in result.context.items()}
         authorizer["principalId"] = result.principal_id or ""
-        await self._proxy(
-            self._forward_scope(scope, {"requestId": request_id, "authorizer": authorizer}), receive, send
+        await self._invoke_proxy(
+            self._forward_scope(scope, {"requestId": request_id, "authorizer": authorizer}), receive, send, request_id
         )
+
+    async def _invoke_proxy(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """One invocation of the proxy function, for as long as its response streams."""
+        with self._proxy_lock:
+            throttled = 0 < self._proxy_concurrency <= self._proxy_running
+            if not throttled:
+                self._proxy_running += 1
+        if throttled:
+            await _respond_error(send, PROXY_AT_CAPACITY, request_id)
+            return
+        try:
+            await self._proxy(scope, receive, send)
+        finally:
+            with self._proxy_lock:
+                self._proxy_running -= 1
 
     @staticmethod
     def _forward_scope(scope: Scope, context: dict[str, Any]) -> Scope:
@@ -238,8 +262,10 @@ class LocalApiGateway:
 
 async def _respond_error(send: Send, error: EdgeError, request_id: str) -> None:
     """As the stack's gateway responses answer: the shared body, the request id in both SDKs' headers."""
-    request_id_headers = [(name.encode(), request_id.encode()) for name in REQUEST_ID_HEADERS]
-    await _respond(send, error.status, json.dumps(error.body()).encode(), extra=request_id_headers)
+    extra = [(name.encode(), request_id.encode()) for name in REQUEST_ID_HEADERS]
+    if error.retry_after:
+        extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    await _respond(send, error.status, json.dumps(error.body()).encode(), extra=extra)
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
