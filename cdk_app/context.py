@@ -39,6 +39,8 @@ TERMINATION_PROTECTION = "quotagate:terminationProtection"
 AUTHORIZER_CONCURRENCY = "quotagate:authorizerReservedConcurrency"
 KEYS_CONCURRENCY = "quotagate:keysReservedConcurrency"
 PROXY_CONCURRENCY = "quotagate:proxyReservedConcurrency"
+REAPER_CONCURRENCY = "quotagate:reaperReservedConcurrency"
+ACCOUNT_CONCURRENCY = "quotagate:accountConcurrencyLimit"
 SECRETS_KMS_KEY_ARN = "quotagate:secretsKmsKeyArn"
 ALARM_EMAIL = "quotagate:alarmEmail"
 # JWT (customer IdP) settings: context key -> environment variable of the authorizer and the proxy.
@@ -60,6 +62,8 @@ OPERATIONS_KEYS = (
     AUTHORIZER_CONCURRENCY,
     KEYS_CONCURRENCY,
     PROXY_CONCURRENCY,
+    REAPER_CONCURRENCY,
+    ACCOUNT_CONCURRENCY,
     SECRETS_KMS_KEY_ARN,
     ALARM_EMAIL,
 )
@@ -71,11 +75,16 @@ DEFAULT_THROTTLE_RATE_LIMIT = 200
 DEFAULT_THROTTLE_BURST_LIMIT = 400
 DEFAULT_STAGE_NAME = "prod"
 SECRETS_PREFIX = "quotagate/providers/"
-# Reserved concurrency: the authorizer and keys functions always have their own; the proxy's is also
-# its cap (every open stream holds one execution for up to 15 minutes). 0 = no reservation.
-DEFAULT_AUTHORIZER_CONCURRENCY = 20
-DEFAULT_KEYS_CONCURRENCY = 5
-DEFAULT_PROXY_CONCURRENCY = 100
+# Reserved concurrency: none by default. Lambda keeps 100 of the account's concurrency unreserved, and
+# a new account's quota can be far below 100, so any reservation can fail a first deploy. An operator
+# who has checked the quota ("Concurrent executions", Service Quotas) sets it as ACCOUNT_CONCURRENCY
+# and may then reserve; synthesis refuses reservations that would leave less than 100 unreserved.
+DEFAULT_AUTHORIZER_CONCURRENCY = 0
+DEFAULT_KEYS_CONCURRENCY = 0
+DEFAULT_PROXY_CONCURRENCY = 0
+DEFAULT_REAPER_CONCURRENCY = 0
+# What Lambda always keeps unreserved in an account and region.
+MINIMUM_UNRESERVED_CONCURRENCY = 100
 
 
 class ContextError(ValueError):
@@ -130,6 +139,8 @@ class DeploymentOptions:
     authorizer_concurrency: int = DEFAULT_AUTHORIZER_CONCURRENCY
     keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
     proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
+    reaper_concurrency: int = DEFAULT_REAPER_CONCURRENCY
+    account_concurrency_limit: int | None = None
     secrets_kms_key_arn: str | None = None
     alarm_email: str | None = None
     # For the functions that authenticate: the same identity sources, as the only credential headers.
@@ -178,10 +189,25 @@ class DeploymentOptions:
             ),
             keys_concurrency=_as_int(context.get(KEYS_CONCURRENCY, DEFAULT_KEYS_CONCURRENCY), KEYS_CONCURRENCY, 0),
             proxy_concurrency=_as_int(context.get(PROXY_CONCURRENCY, DEFAULT_PROXY_CONCURRENCY), PROXY_CONCURRENCY, 0),
+            reaper_concurrency=_as_int(
+                context.get(REAPER_CONCURRENCY, DEFAULT_REAPER_CONCURRENCY), REAPER_CONCURRENCY, 0
+            ),
+            account_concurrency_limit=(
+                _as_int(context[ACCOUNT_CONCURRENCY], ACCOUNT_CONCURRENCY, 1)
+                if context.get(ACCOUNT_CONCURRENCY) not in (None, "")
+                else None
+            ),
             secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
             alarm_email=str(context[ALARM_EMAIL]) if context.get(ALARM_EMAIL) else None,
             identity_source_env=identity_source_environment(names),
         )
+
+    def __post_init__(self) -> None:
+        check_reservations(self)
+
+    @property
+    def reserved_concurrency_total(self) -> int:
+        return self.authorizer_concurrency + self.keys_concurrency + self.proxy_concurrency + self.reaper_concurrency
 
     @classmethod
     def from_node(cls, node: Node) -> DeploymentOptions:
@@ -197,3 +223,24 @@ class DeploymentOptions:
             *OPERATIONS_KEYS,
         ]
         return cls.from_context({k: v for k in keys if (v := node.try_get_context(k)) is not None})
+
+
+def check_reservations(options: DeploymentOptions) -> None:
+    """Reservations only against a concurrency quota the operator has checked, and never more than
+    it can give while keeping Lambda's 100 unreserved (else CloudFormation fails the deploy)."""
+    total = options.reserved_concurrency_total
+    if total == 0:
+        return
+    limit = options.account_concurrency_limit
+    if limit is None:
+        raise ContextError(
+            f"reserved concurrency ({total} in all) needs {ACCOUNT_CONCURRENCY}: the account's "
+            '"Concurrent executions" quota (Service Quotas, Lambda) in the target region, which must keep '
+            f"{MINIMUM_UNRESERVED_CONCURRENCY} unreserved"
+        )
+    if total + MINIMUM_UNRESERVED_CONCURRENCY > limit:
+        raise ContextError(
+            f"reserved concurrency {total} leaves less than {MINIMUM_UNRESERVED_CONCURRENCY} of the account's "
+            f"{limit} unreserved: lower the quotagate:*ReservedConcurrency settings or raise the quota "
+            f"to at least {total + MINIMUM_UNRESERVED_CONCURRENCY}"
+        )

@@ -12,6 +12,8 @@ from constructs import Construct
 from quotagate import tables
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from quotagate.tables import TableSpec
 
 # Data-plane actions only (no streams, no control plane). Transactions are authorised per item by
@@ -105,6 +107,11 @@ class DataTables(Construct):
     def table_name_env(self, *specs: TableSpec) -> dict[str, str]:
         """The environment variables carrying the physical names of ``specs``."""
         return {spec.env_var: self.tables[spec.logical_id].table_name for spec in specs}
+
+    def grant_items(self, grantee: iam.IGrantable, spec: TableSpec, actions: Iterable[str]) -> None:
+        """Grant exactly ``actions`` on the items of one table (not its indexes)."""
+        table = self.tables[spec.logical_id]
+        iam.Grant.add_to_principal(grantee=grantee, actions=list(actions), resource_arns=[table.table_arn])
 
     def grant(self, grantee: iam.IGrantable, spec: TableSpec, *, write: bool = False, scan: bool = False) -> None:
         """Grant data access on one table and its indexes, each named (no ``index/*`` wildcard)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
@@ -27,6 +27,7 @@ from quotagate.metric_names import (
     NAMESPACE,
     SERVICE,
     SERVICE_DIMENSION,
+    UNKNOWN_DIMENSION_VALUE,
     Dimension,
     Metric,
     RequestOutcome,
@@ -79,11 +80,32 @@ class Observability(Construct):
         super().__init__(scope, construct_id)
         self.alarms: list[cloudwatch.Alarm] = []
         self._watched: set[str] = set()
+        # Functions with an errors alarm; watch_stack gives every other function of the stack one.
+        self._functions_with_alarms = {function.node.path for function in functions.values()}
+        # A customer-managed key: CloudWatch cannot use the AWS-managed alias/aws/sns (its key policy
+        # cannot grant it), so with that key every alarm action fails with KMS AccessDenied.
+        self.topic_key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            description="Quotagate alarm topic: SNS encryption at rest, usable by CloudWatch alarms",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+            pending_window=Duration.days(7),
+        )
+        self.topic_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublishToTheEncryptedTopic",
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+            )
+        )
         self.topic = sns.Topic(
             self,
             "AlarmTopic",
             display_name="Quotagate alarms",
-            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
+            master_key=self.topic_key,
             enforce_ssl=True,
         )
         self.topic.add_to_resource_policy(
@@ -226,9 +248,10 @@ class Observability(Construct):
                         width=8,
                     )
                     for dimension, values in (
-                        (Dimension.MODEL, models),
+                        # Requests refused before a model (or a key's tier) is known carry "none".
+                        (Dimension.MODEL, [*models, UNKNOWN_DIMENSION_VALUE]),
                         (Dimension.TARGET, targets),
-                        (Dimension.TIER, tiers),
+                        (Dimension.TIER, [*tiers, UNKNOWN_DIMENSION_VALUE]),
                     )
                 ]
             )
@@ -254,8 +277,8 @@ class Observability(Construct):
         )
 
     def watch_stack(self, stack: Stack) -> None:
-        """Alarms on every DynamoDB table (throttling, system errors) and every dead-letter queue
-        (depth) in ``stack``. Call it last, after every construct is made."""
+        """Alarms on every function (errors), every DynamoDB table (throttling, system errors) and every
+        dead-letter queue (depth) in ``stack``. Call it last, after every construct is made."""
         # Alarms other constructs made notify the topic too; a dead-letter queue one of them already
         # watches gets no second alarm.
         watched_queues: set[str] = set()
@@ -272,6 +295,16 @@ class Observability(Construct):
             if isinstance(node, sqs.Queue) and node.dead_letter_queue is not None:
                 if str(node.dead_letter_queue.queue.queue_name) in watched_queues:
                     continue
+            if isinstance(node, lambda_.Function) and node.node.path not in self._functions_with_alarms:
+                self._functions_with_alarms.add(node.node.path)
+                # Its construct path without the stack and the generic "Function": SettlementsReaper.
+                name = "".join(p for p in node.node.path.split("/")[1:] if p != "Function")
+                self._alarm(
+                    f"{name}Errors",
+                    node.metric_errors(period=PERIOD, statistic="Sum"),
+                    1,
+                    f"The function {name} raised errors",
+                )
             if isinstance(node, dynamodb.Table):
                 name = node.node.id
                 throttles = cloudwatch.MathExpression(

@@ -34,6 +34,14 @@ WEB_ADAPTER_ENV = {
     "AWS_LWA_READINESS_CHECK_PATH": READINESS_PATH,
 }
 
+# Reserve, top up and settle are transactions of Puts and Updates (authorised per item as PutItem and
+# UpdateItem); the remaining-quota headers read windows in batches.
+PROXY_QUOTA_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
+# Circuit-breaker state, shared by containers: batched reads, conditional updates.
+PROXY_CIRCUIT_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:UpdateItem")
+# Key and tenant records by id (the function URL path authenticates in the proxy): read only.
+PROXY_KEYS_ACTIONS = ("dynamodb:GetItem",)
+
 
 class ProxyFunction(StackFunction):
     DIRECTORY = "proxy"
@@ -54,9 +62,11 @@ class ProxyFunction(StackFunction):
         return [lambda_.LayerVersion.from_layer_version_arn(self, "WebAdapter", arn)]
 
     def grant_tables(self, data: DataTables) -> None:
-        data.grant(self.function, tables.QUOTA, write=True)  # reserve and settle
-        data.grant(self.function, tables.CIRCUIT, write=True)  # circuit-breaker state, shared by containers
-        data.grant(self.function, tables.KEYS)  # read only: key lookup on the function URL path
+        # Exactly the calls the proxy's code makes (tests/infra/test_infra_deploy_day.py reads them from
+        # its import graph): no deletes, no batch writes, no index queries.
+        data.grant_items(self.function, tables.QUOTA, PROXY_QUOTA_ACTIONS)
+        data.grant_items(self.function, tables.CIRCUIT, PROXY_CIRCUIT_ACTIONS)
+        data.grant_items(self.function, tables.KEYS, PROXY_KEYS_ACTIONS)
 
     def add_extras(self) -> None:
         provider_secrets = Stack.of(self).format_arn(

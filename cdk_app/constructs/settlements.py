@@ -73,7 +73,11 @@ class SettlementRecovery(Construct):
         )
         self.consumer.function.add_event_source(
             sources.SqsEventSource(
-                self.queue, batch_size=10, report_batch_item_failures=True, max_batching_window=Duration.seconds(1)
+                self.queue,
+                batch_size=10,
+                report_batch_item_failures=True,
+                max_batching_window=Duration.seconds(1),
+                max_concurrency=queues.EVENT_SOURCE_MAX_CONCURRENCY,
             )
         )
         self.consumer.role.add_to_policy(
@@ -94,7 +98,9 @@ class SettlementRecovery(Construct):
             },
             timeout=REAPER_TIMEOUT,
             memory_size=256,
-            reserved_concurrency=1,  # one run at a time
+            # None by default (a run takes at most REAPER_TIMEOUT, well inside REAPER_RATE, and every
+            # expiry is conditional, so an overlapping run changes nothing).
+            reserved_concurrency=options.reaper_concurrency,
             layers=layers.all,
             log_retention_days=options.log_retention_days,
         )
@@ -107,12 +113,21 @@ class SettlementRecovery(Construct):
         self.reaper.role.add_to_policy(
             iam.PolicyStatement(actions=["dynamodb:UpdateItem"], resources=[quota.table_arn])
         )
+        self.reaper_failures, self.reaper_failures_alarm = queues.async_failure_queue(
+            self,
+            "ReaperFailures",
+            self.reaper.function,
+            "Reaper runs that failed after Lambda's retries: open reservations and concurrency slots are "
+            "not being expired",
+        )
         self.schedule = events.Rule(
             self,
             "ReaperSchedule",
             description="Expire abandoned quota reservations",
             schedule=events.Schedule.rate(REAPER_RATE),
-            targets=[targets.LambdaFunction(self.reaper.function, retry_attempts=2)],
+            targets=[
+                targets.LambdaFunction(self.reaper.function, retry_attempts=2, dead_letter_queue=self.reaper_failures)
+            ],
         )
 
         self.dead_letter_alarm = queues.dead_letter_alarm(

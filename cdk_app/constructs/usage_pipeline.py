@@ -93,6 +93,9 @@ class UsagePipeline(Construct):
                     # 24 h: after the retries, its batch's position goes to the dead-letter queue.
                     maximum_retry_attempts=10,
                     maximum_record_age_in_seconds=86_400,
+                    # A failing batch is split in halves and retried, down to the one bad record: only
+                    # that record's position goes to the dead-letter queue, its neighbours are delivered.
+                    on_partial_batch_item_failure="AUTOMATIC_BISECT",
                     dead_letter_config=pipes.CfnPipe.DeadLetterConfigProperty(arn=self.pipe_dlq.queue_arn),
                 ),
                 filter_criteria=pipes.CfnPipe.FilterCriteriaProperty(
@@ -153,6 +156,7 @@ class UsagePipeline(Construct):
                 batch_size=10,
                 max_batching_window=Duration.seconds(1),
                 report_batch_item_failures=True,
+                max_concurrency=queues.EVENT_SOURCE_MAX_CONCURRENCY,
             )
         )
         data.grant(self.rollup.function, tables.USAGE, write=True)
@@ -174,12 +178,23 @@ class UsagePipeline(Construct):
         )
         data.grant(self.period_close.function, tables.USAGE, write=True)
         self.bus.grant_put_events_to(self.period_close.function)
+        self.period_close_failures, self.period_close_failures_alarm = queues.async_failure_queue(
+            self,
+            "PeriodCloseFailures",
+            self.period_close.function,
+            "Period-close runs that failed after Lambda's retries: Usage Period Closed events are late "
+            "(the next hourly run retries the same periods)",
+        )
         self.schedule = events.Rule(
             self,
             "PeriodCloseSchedule",
             schedule=PERIOD_CLOSE_SCHEDULE,
             description="Close finished usage days and months (after the grace period)",
-            targets=[targets.LambdaFunction(self.period_close.function, retry_attempts=2)],
+            targets=[
+                targets.LambdaFunction(
+                    self.period_close.function, retry_attempts=2, dead_letter_queue=self.period_close_failures
+                )
+            ],
         )
 
         # ---- alarms ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ def test_defaults():
     assert options.authorizer_cache_seconds == 300
     assert options.config_file == paths.DEFAULT_CONFIG_FILE
     assert options.jwt_env == {}
+    assert options.reserved_concurrency_total == 0  # a fresh account can give none
 
 
 @pytest.mark.parametrize(

@@ -122,21 +122,45 @@ def _reserved(synthesized, service: str) -> int | None:
     return synthesized.function(service)[1].get("ReservedConcurrentExecutions")
 
 
-def test_authorizer_and_keys_have_reserved_concurrency_and_the_proxy_a_cap(synthesized):
-    assert _reserved(synthesized, "quotagate-authorizer") == 20
-    assert _reserved(synthesized, "quotagate-keys") == 5
-    assert _reserved(synthesized, "quotagate-proxy") == 100
-
-
-def test_concurrency_is_configurable(tmp_path):
+def test_every_reservation_is_switchable_and_checked_against_the_account_quota(tmp_path):
     from tests.infra.conftest import Synthesized
 
     _, template = _synth(
-        tmp_path, **{"quotagate:proxyReservedConcurrency": "0", "quotagate:authorizerReservedConcurrency": "50"}
+        tmp_path,
+        **{
+            "quotagate:accountConcurrencyLimit": "1000",
+            "quotagate:proxyReservedConcurrency": "100",
+            "quotagate:authorizerReservedConcurrency": "20",
+            "quotagate:keysReservedConcurrency": "5",
+            "quotagate:reaperReservedConcurrency": "1",
+        },
     )
     synthesized = Synthesized(None, None, None, template, tmp_path, 0)
-    assert _reserved(synthesized, "quotagate-proxy") is None
-    assert _reserved(synthesized, "quotagate-authorizer") == 50
+    assert _reserved(synthesized, "quotagate-proxy") == 100
+    assert _reserved(synthesized, "quotagate-authorizer") == 20
+    assert _reserved(synthesized, "quotagate-keys") == 5
+    assert _reserved(synthesized, "quotagate-reaper") == 1
+    # With a reservation, an alarm at 80 % of it (beyond it Lambda throttles).
+    near_cap = [a for k, a in synthesized.of_type("AWS::CloudWatch::Alarm").items() if "ProxyConcurrencyNearCap" in k]
+    assert [a["Properties"]["Threshold"] for a in near_cap] == [80]
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"quotagate:proxyReservedConcurrency": "10"}, "quotagate:accountConcurrencyLimit"),
+        (
+            {"quotagate:proxyReservedConcurrency": "10", "quotagate:accountConcurrencyLimit": "109"},
+            "at least 110",
+        ),
+        ({"quotagate:reaperReservedConcurrency": "1", "quotagate:accountConcurrencyLimit": "100"}, "at least 101"),
+    ],
+)
+def test_a_reservation_the_account_cannot_give_fails_synthesis(context, message):
+    from cdk_app.context import ContextError, DeploymentOptions
+
+    with pytest.raises(ContextError, match=message):
+        DeploymentOptions.from_context(context)
 
 
 def test_template_refuses_unsupported_regions_at_deploy_time(synthesized):

@@ -45,6 +45,9 @@ EXPECTED_ACKNOWLEDGMENTS = {
     ("Quotagate/Usage/PeriodClose", "AwsSolutions-L1"),
     ("Quotagate/Usage/PipeRole", "AwsSolutions-IAM5[Resource::*]"),
     ("Quotagate/Usage/PipeDeadLetterQueue", "AwsSolutions-SQS3"),
+    # The scheduled functions' failure queues (on-failure destinations, cdk-nag does not see them).
+    ("Quotagate/Usage/PeriodCloseFailures", "AwsSolutions-SQS3"),
+    ("Quotagate/Settlements/ReaperFailures", "AwsSolutions-SQS3"),
     ("Quotagate/Gateway/Api", "AwsSolutions-APIG2"),
     (
         "Quotagate/Gateway/Api",

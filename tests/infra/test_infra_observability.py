@@ -77,7 +77,10 @@ def test_proxy_metrics_on_the_dashboard_are_the_ones_the_code_emits(synthesized)
         ("Api5xx", "API 5xx"),
         ("SettlementFailures", "settlement failures"),
         ("BreakerOpens", "breaker open"),
-        ("ProxyConcurrencyNearCap", "concurrency near the cap"),
+        ("SettlementsReaperErrors", "reaper errors"),
+        ("SettlementsConsumerErrors", "settlement consumer errors"),
+        ("UsageRollupErrors", "rollup errors"),
+        ("UsagePeriodCloseErrors", "period close errors"),
         ("KeysTableThrottles", "DynamoDB throttling"),
         ("QuotaTableThrottles", "DynamoDB throttling"),
         ("QuotaTableSystemErrors", "DynamoDB system errors"),
@@ -87,13 +90,9 @@ def test_the_alarms_an_operator_needs_exist(synthesized, needle, why):
     assert any(k.startswith(f"Observability{needle}") for k in synthesized.of_type("AWS::CloudWatch::Alarm")), why
 
 
-def test_concurrency_alarm_is_at_80_percent_of_the_cap(synthesized):
-    alarm = next(
-        a
-        for k, a in synthesized.of_type("AWS::CloudWatch::Alarm").items()
-        if k.startswith("ObservabilityProxyConcurrencyNearCap")
-    )
-    assert alarm["Properties"]["Threshold"] == 80
+def test_no_concurrency_alarm_without_a_reservation(synthesized):
+    # By default nothing is reserved (tests/infra/test_infra_deploy.py has one with reservations).
+    assert not [k for k in synthesized.of_type("AWS::CloudWatch::Alarm") if "ConcurrencyNearCap" in k]
 
 
 def test_dead_letter_queues_get_a_depth_alarm(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from quotagate import settings
@@ -20,7 +22,7 @@ def _actions(statements):
 def test_the_settlement_queue_has_a_dead_letter_queue_and_is_encrypted(synthesized):
     # The settlement queues (the usage pipeline's are in test_infra_usage.py).
     queues = {k: q for k, q in synthesized.of_type("AWS::SQS::Queue").items() if k.startswith("Settlements")}
-    assert len(queues) == 2
+    assert len(queues) == 3  # the queue, its dead letters, and the reaper's failure queue
     main = [q for q in queues.values() if "RedrivePolicy" in q["Properties"]]
     assert len(main) == 1 and main[0]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 10
     assert all(q["Properties"].get("SqsManagedSseEnabled") for q in queues.values())
@@ -41,7 +43,14 @@ def test_least_privilege_for_the_consumer_and_the_reaper(synthesized):
     assert {a for a in consumer if a.startswith("dynamodb:")} == {"dynamodb:UpdateItem"}
     reaper = _actions(synthesized.statements_of("quotagate-reaper"))
     assert {a for a in reaper if a.startswith("dynamodb:")} == {"dynamodb:Query", "dynamodb:UpdateItem"}
-    assert not any(a.startswith("sqs:") for a in reaper)
+    # Only to its own failure queue (Lambda sends a failed run there with the function's role).
+    sends = [s for s in synthesized.statements_of("quotagate-reaper") if "sqs:SendMessage" in json.dumps(s["Action"])]
+    assert [json.dumps(s["Resource"]) for s in sends] == [json.dumps({"Fn::GetAtt": [_queue_id(synthesized), "Arn"]})]
+
+
+def _queue_id(synthesized) -> str:
+    (queue_id,) = [k for k in synthesized.of_type("AWS::SQS::Queue") if k.startswith("SettlementsReaperFailures")]
+    return queue_id
 
 
 def test_the_proxy_may_send_to_the_queue_and_knows_its_url(synthesized):

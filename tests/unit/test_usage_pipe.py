@@ -4,6 +4,7 @@ published schema of the event it makes."""
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -142,3 +143,29 @@ def test_schema_files_agree_with_the_record_definition():
     assert schema["additionalProperties"] is False
     for path in SCHEMA_FILES.values():
         jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+def test_every_placeholder_is_a_whole_quoted_string():
+    """Pipes substitute a JSON-path value placed alone inside quotes as a JSON string, escaping it
+    ("EventBridge replaces input transformers at runtime to ensure valid JSON output. Put quotes
+    around variables that refer to JSON path parameters"); a placeholder embedded in a longer string
+    or left unquoted would not be made safe that way."""
+    template = pipe.input_template()
+    placeholders = re.findall(r"<\$\.([^>]+)>", template)
+    assert placeholders
+    for path in placeholders:
+        assert f'": "<$.{path}>"' in template, path
+    assert template.count("<$.") == len(placeholders)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ['"', "\\", "end with a backslash \\", 'a "quoted" \\" name', "line\nbreak\ttab\r", "\x00\x1f", "\ud800", "}{,:"],
+)
+def test_any_string_value_survives_the_template(hostile):
+    """Tenant, consumer and JWT subjects come from clients and IdPs: any string stays that string."""
+    item = reservation_item("settled", tenant=hostile, consumer=hostile, subject=hostile)
+    entry = pipe.event_entry(stream_record("MODIFY", item))
+    detail = json.loads(entry["Detail"])
+    assert (detail["tenant"], detail["consumer"], detail["subject"]) == (hostile, hostile, hostile)
+    jsonschema.validate(detail, load_schema(REQUEST_SETTLED))

@@ -33,6 +33,10 @@ class Metric(StrEnum):
     OVERRUNS = "Overruns"  # requests whose actual usage exceeded their reservation
 
 
+# The model, target or tier dimension of a request refused before that value was known.
+UNKNOWN_DIMENSION_VALUE = "none"
+
+
 class Dimension(StrEnum):
     OUTCOME = "outcome"
     STATUS_CLASS = "status_class"

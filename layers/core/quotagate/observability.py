@@ -22,6 +22,7 @@ from quotagate.metric_names import (
     REQUEST_BREAKDOWNS,
     SERVICE,
     SERVICE_DIMENSION,
+    UNKNOWN_DIMENSION_VALUE,
     Dimension,
     Metric,
     outcome_of,
@@ -64,9 +65,9 @@ def _emit_requests(status: int, model: str | None, target: str | None, tier: str
     values = {
         Dimension.OUTCOME: outcome_of(status).value,
         Dimension.STATUS_CLASS: status_class(status),
-        Dimension.MODEL: model or "none",
-        Dimension.TARGET: target or "none",
-        Dimension.TIER: tier or "none",
+        Dimension.MODEL: model or UNKNOWN_DIMENSION_VALUE,
+        Dimension.TARGET: target or UNKNOWN_DIMENSION_VALUE,
+        Dimension.TIER: tier or UNKNOWN_DIMENSION_VALUE,
     }
     for dimension in REQUEST_BREAKDOWNS:
         emf.add_dimensions(**{dimension.value: values[dimension]})
