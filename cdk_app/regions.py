@@ -74,6 +74,11 @@ NO_PIPES = (
     "il-central-1",
     "mx-central-1",
 )
+# Regions where AWS's release pipeline for the Lambda Web Adapter (awslabs/aws-lambda-web-adapter,
+# .github/workflows/prod.json) began publishing the arm64 layer only in November 2025 (the other
+# supported regions have it since 2022/2023). Layer version numbers count per region, and nothing here
+# can look one up: the version this stack names (proxy_function.WEB_ADAPTER_LAYER_ARN) is unverified there.
+WEB_ADAPTER_ARM64_LATE = ("ap-south-2", "eu-central-2", "eu-south-2", "me-central-1")
 FUNCTION_URL_REGIONS = tuple(r for r in COMMERCIAL_REGIONS if r not in NO_FUNCTION_URL and r not in NO_PIPES)
 
 
@@ -102,4 +107,15 @@ def check_region(region: str, *, function_url: bool) -> None:
     raise RegionError(
         f"Quotagate cannot be deployed to {region!r}: it runs in the commercial AWS regions only "
         f"(the Lambda Web Adapter layer is published in the aws partition): {', '.join(COMMERCIAL_REGIONS)}"
+    )
+
+
+def web_adapter_warning(region: str, layer_arn: str | None) -> str | None:
+    """What to check before deploying to ``region`` with AWS's Web Adapter layer (None: nothing known)."""
+    if layer_arn or region not in WEB_ADAPTER_ARM64_LATE:
+        return None
+    return (
+        f"The Lambda Web Adapter arm64 layer has been published in {region} only since November 2025 and its "
+        "version numbers count per region: check that the version the stack names exists there (aws lambda "
+        "get-layer-version-by-arn), or name the one that does with -c quotagate:webAdapterLayerArn=..."
     )

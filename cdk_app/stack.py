@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from aws_cdk import Aws, CfnOutput, CfnRule, CfnRuleAssertion, Fn, Stack, Token
+from aws_cdk import Annotations, Aws, CfnOutput, CfnRule, CfnRuleAssertion, Fn, Stack, Token
 
 from cdk_app import regions
 from cdk_app.constructs.api import GatewayApi
@@ -133,6 +133,9 @@ class QuotagateStack(Stack):
         region = self.region if not Token.is_unresolved(self.region) else os.environ.get("CDK_DEFAULT_REGION")
         if region:
             regions.check_region(region, function_url=options.function_url)
+            warning = regions.web_adapter_warning(region, options.web_adapter_layer_arn)
+            if warning:
+                Annotations.of(self).add_warning_v2("quotagate:webAdapterLayerVersion", warning)
         supported = list(regions.supported_regions(options.function_url))
         CfnRule(
             self,

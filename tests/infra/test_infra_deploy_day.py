@@ -296,10 +296,45 @@ def proxy_dynamodb_calls() -> set[tuple[str, str, str]]:
     return {c for c in calls if (c[0], c[1]) not in KEYS_FUNCTION_ONLY}
 
 
+# Which table each module of the proxy's graph that calls DynamoDB works on (a new module must be named).
+MODULE_TABLES = {
+    "quotagate.quota.ledger": "QUOTA",
+    "quotagate.dal.circuit_store": "CIRCUIT",
+    "quotagate.dal.keys_store": "KEYS",
+    "quotagate.dal.tenants_store": "KEYS",
+}
+
+
 def test_proxy_role_grants_exactly_the_dynamodb_calls_its_code_makes(synthesized):
-    used = {action for _, _, action in proxy_dynamodb_calls()}
-    assert {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:GetItem"} <= used
-    granted = {
-        a for s in synthesized.statements_of("quotagate-proxy") for a in _list(s["Action"]) if a.startswith("dynamodb:")
-    }
-    assert granted == used
+    from quotagate import tables
+
+    used: dict[str, set[str]] = {}
+    for module, function, action in proxy_dynamodb_calls():
+        assert module in MODULE_TABLES, f"{module}.{function} calls DynamoDB: name its table in MODULE_TABLES"
+        used.setdefault(MODULE_TABLES[module], set()).add(action)
+    assert used["QUOTA"] >= {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:BatchGetItem"}
+    statements = synthesized.statements_of("quotagate-proxy")
+    granted_tables = set()
+    for table_id in synthesized.of_type("AWS::DynamoDB::Table"):
+        granted = {a for s in statements if table_id in json.dumps(s["Resource"]) for a in _list(s["Action"])}
+        if granted:
+            granted_tables.add(table_id)
+        for name, actions in used.items():
+            if table_id.startswith(f"Data{getattr(tables, name).logical_id}"):
+                assert granted == actions, name
+    assert len(granted_tables) == len(used)  # no grant on any other table
+
+
+# ---- 8. the Web Adapter layer version per region ----------------------------------------------------
+
+
+def test_regions_where_the_adapter_layer_version_is_unverified_get_a_warning():
+    from cdk_app import regions
+
+    for region in regions.WEB_ADAPTER_ARM64_LATE:
+        message = regions.web_adapter_warning(region, None)
+        assert message and "quotagate:webAdapterLayerArn" in message and region in message
+        assert regions.web_adapter_warning(region, "arn:aws:lambda:x:1:layer:Copy:3") is None
+    assert regions.web_adapter_warning("us-east-1", None) is None
+    supported = set(regions.COMMERCIAL_REGIONS) - set(regions.NO_PIPES)
+    assert set(regions.WEB_ADAPTER_ARM64_LATE) <= supported
