@@ -222,12 +222,13 @@ class Observability(Construct):
                 width=12,
             ),
             cloudwatch.GraphWidget(
-                title="Failovers, breaker opens, settlement failures, overruns, 5xx",
+                title="Failovers, breaker opens (shared, one tenant's), settlement failures, overruns, 5xx",
                 left=[
                     proxy_metric(m)
                     for m in (
                         Metric.FAILOVERS,
                         Metric.BREAKER_OPENS,
+                        Metric.TENANT_BREAKER_OPENS,
                         Metric.SETTLEMENT_FAILURES,
                         Metric.OVERRUNS,
                         Metric.SERVER_ERRORS,

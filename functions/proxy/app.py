@@ -68,7 +68,7 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
     from quotagate.jwt_auth import JwtVerifier
     from quotagate.logic.auth import Authenticator
     from quotagate.logic.breaker import CircuitBreaker
-    from quotagate.observability import logger, record_breaker_open, record_outcome
+    from quotagate.observability import logger, record_breaker_open, record_outcome, record_tenant_breaker_open
     from quotagate.providers.factory import HttpProviderFactory
     from quotagate.quota.ledger import DynamoQuotaLedger
     from quotagate.quota.service import QuotaService
@@ -93,7 +93,10 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
         providers=HttpProviderFactory(load_config, http),
         # Circuit state is shared by every container through DynamoDB (cached ~2 s per container).
         breaker=CircuitBreaker(
-            DynamoCircuitStore(dynamodb), lambda: load_config().circuit_breaker, on_open=record_breaker_open
+            DynamoCircuitStore(dynamodb),
+            lambda: load_config().circuit_breaker,
+            on_open=record_breaker_open,
+            on_caller_open=record_tenant_breaker_open,
         ),
         keepalive_seconds=settings.keepalive_seconds(),
         max_request_seconds=settings.max_request_seconds(),

@@ -65,6 +65,13 @@ def key(stack):
     return stack.create_key(tenant="breaker", plan="pro", limits={"requests_per_minute": 1000})
 
 
+@pytest.fixture(scope="module")
+def outage_keys(stack):
+    """Keys of three other tenants: a target that fails for all of them has an outage (the shared
+    circuit opens only when several tenants see failures, tests/integration/test_breaker_tenants.py)."""
+    return [stack.create_key(tenant=f"outage-{i}", plan="pro", limits={"requests_per_minute": 1000}) for i in range(3)]
+
+
 def ask(client, key, model, stream=False):
     return client.post(
         "/v1/chat/completions",
@@ -85,11 +92,11 @@ def circuit_item(target: str) -> dict:
     )
 
 
-def test_one_containers_discovery_protects_the_other(stack, gateways, key):
+def test_one_containers_discovery_protects_the_other(stack, gateways, key, outage_keys):
     first, second = gateways
     stack.mock.stats.reset()
-    for _ in range(3):
-        response = ask(first, key, "pair")
+    for outage_key in outage_keys:
+        response = ask(first, outage_key, "pair")
         assert response.status_code == 200 and response.headers["x-quotagate-target"] == "mock/mock-gpt"
     assert broken_calls(stack) == 3
     assert circuit_item(f"mock/{BROKEN}")["state"]["S"] == "open"
@@ -114,12 +121,12 @@ def test_one_containers_discovery_protects_the_other(stack, gateways, key):
     assert circuit_item(f"mock/{BROKEN}")["state"]["S"] == "open"
 
 
-def test_a_good_probe_closes_the_circuit_for_everyone(stack, gateways, key, flaky):
+def test_a_good_probe_closes_the_circuit_for_everyone(stack, gateways, key, outage_keys, flaky):
     first, second = gateways
     upstream, _ = flaky
     upstream.arm(3, status=500, retry_after=None)
-    for _ in range(3):
-        response = ask(first, key, "recovering")
+    for outage_key in outage_keys:
+        response = ask(first, outage_key, "recovering")
         assert response.status_code == 200 and response.headers["x-quotagate-target"] == "mock/mock-gpt"
     assert upstream.hits == 3
     assert ask(second, key, "recovering").headers["x-quotagate-target"] == "mock/mock-gpt"

@@ -46,6 +46,11 @@ def store(client):
         scenarios.test_failed_probe_reopens_for_another_cooldown,
         scenarios.test_a_probe_that_never_reports_frees_its_lease,
         scenarios.test_targets_are_independent,
+        scenarios.test_one_tenants_failures_open_a_circuit_for_it_alone,
+        scenarios.test_two_tenants_are_not_enough_three_are,
+        scenarios.test_a_healthy_success_between_hostile_failures_keeps_the_shared_count_down,
+        scenarios.test_a_failing_caller_may_not_probe_the_shared_circuit,
+        scenarios.test_a_callers_own_circuit_half_opens_for_its_own_probe,
     ],
     ids=lambda f: f.__name__.removeprefix("test_"),
 )

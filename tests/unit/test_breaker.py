@@ -1,17 +1,26 @@
 """Circuit breaker with a fake clock over the in-memory store (same contract as the DynamoDB store,
-which tests/integration/test_routing_circuit_store.py runs through the same scenarios)."""
+which tests/integration/test_routing_circuit_store.py runs through the same scenarios).
+
+``fail`` is an outage: each failure comes from another tenant. The tenant scenarios at the end are
+one caller failing on its own (its content, not the target)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
 from quotagate.config import BreakerPolicy
 from quotagate.dal.circuit_store import InMemoryCircuitStore
-from quotagate.logic.breaker import CircuitBreaker, CircuitState, Permit
+from quotagate.logic.breaker import CircuitBreaker, CircuitState, Permit, caller_of
 from tests.helpers import FakeClock
 
 TARGET = "openai/gpt-4o-mini"
-POLICY = BreakerPolicy(failure_threshold=3, cooldown_seconds=30, probe_lease_seconds=10, cache_seconds=2)
+POLICY = BreakerPolicy(
+    failure_threshold=3, tenant_threshold=3, cooldown_seconds=30, probe_lease_seconds=10, cache_seconds=2
+)
+TENANTS = (caller_of(f"tenant-{n}") for n in itertools.count())
+HOSTILE, HEALTHY = caller_of("hostile"), caller_of("healthy")
 
 
 class CountingStore(InMemoryCircuitStore):
@@ -51,9 +60,14 @@ def breaker(store, clock, policy=POLICY):
     return CircuitBreaker(store, policy, clock=clock)
 
 
-def fail(b: CircuitBreaker, times: int = 1) -> None:
+def fail(b: CircuitBreaker, times: int = 1, caller: str | None = None) -> None:
+    """``times`` failures, each from another tenant (an outage), or from ``caller`` until its own
+    circuit opens (then it no longer reaches the target)."""
     for _ in range(times):
-        permit = b.allow(TARGET)
+        permit = b.allow(TARGET, caller or next(TENANTS))
+        if caller is not None and permit is None:
+            assert b.views([TARGET], caller)[TARGET].state == CircuitState.OPEN
+            return
         assert permit is not None
         b.record_failure(permit)
 
@@ -149,9 +163,10 @@ def test_healthy_successes_cost_no_write(store, clock):
         b.record_success(b.allow(TARGET))
     assert store.writes == 0
     fail(b, 1)
+    writes = store.writes
     b.record_success(b.allow(TARGET))  # one write resets the count...
     b.record_success(b.allow(TARGET))  # ...and then none again
-    assert store.writes == 2
+    assert store.writes == writes + 1
 
 
 def test_store_errors_fail_open(store, clock):
@@ -168,7 +183,7 @@ def test_store_errors_fail_open(store, clock):
 
 
 def test_policy_may_come_from_the_live_configuration(store, clock):
-    policies = [BreakerPolicy(failure_threshold=1)]
+    policies = [BreakerPolicy(failure_threshold=1, tenant_threshold=1)]
     b = CircuitBreaker(store, lambda: policies[0], clock=clock)
     fail(b, 1)
     assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
@@ -182,3 +197,70 @@ def test_targets_are_independent(store, clock):
         "anthropic/claude": b.views(["anthropic/claude"])["anthropic/claude"],
     }
     assert b.views(["anthropic/claude"])["anthropic/claude"].state == CircuitState.CLOSED
+
+
+# -- one tenant's failures are its own -------------------------------------------------------------
+def test_one_tenants_failures_open_a_circuit_for_it_alone(store, clock):
+    b = breaker(store, clock)
+    fail(b, 10, caller=HOSTILE)
+    assert b.allow(TARGET, HOSTILE) is None
+    assert b.views([TARGET], HOSTILE)[TARGET].state == CircuitState.OPEN
+    assert b.allow(TARGET, HEALTHY) == Permit(TARGET, caller=HEALTHY)
+    assert b.views([TARGET], HEALTHY)[TARGET].state == CircuitState.CLOSED
+    assert b.views([TARGET])[TARGET].state == CircuitState.CLOSED
+
+
+def test_two_tenants_are_not_enough_three_are(store, clock):
+    b = breaker(store, clock)
+    fail(b, 5, caller=HOSTILE)
+    fail(b, 5, caller=caller_of("accomplice"))
+    assert b.allow(TARGET, HEALTHY) is not None
+    fail(b, 1, caller=caller_of("third"))
+    assert b.allow(TARGET, HEALTHY) is None
+    assert b.views([TARGET])[TARGET].state == CircuitState.OPEN
+
+
+def test_a_healthy_success_between_hostile_failures_keeps_the_shared_count_down(store, clock):
+    b = breaker(store, clock)
+    for n in range(20):
+        fail(b, 1, caller=caller_of(f"hostile-{n % 2}"))
+        b.record_success(b.allow(TARGET, HEALTHY))
+    assert b.views([TARGET], HEALTHY)[TARGET].state == CircuitState.CLOSED
+
+
+def test_a_failing_caller_may_not_probe_the_shared_circuit(store, clock):
+    b = breaker(store, clock)
+    fail(b, 1, caller=HOSTILE)
+    b.record_success(b.allow(TARGET, HEALTHY))  # the shared count is reset, the hostile one is not
+    fail(b, 3)  # an outage opens the shared circuit
+    clock.advance(31)
+    assert b.allow(TARGET, HOSTILE) is None
+    assert b.views([TARGET], HOSTILE)[TARGET].state == CircuitState.OPEN
+    probe = b.allow(TARGET, HEALTHY)
+    assert probe == Permit(TARGET, probe=True, caller=HEALTHY)
+    b.record_success(probe)
+    assert b.views([TARGET], HEALTHY)[TARGET].state == CircuitState.CLOSED
+
+
+def test_a_callers_own_circuit_half_opens_for_its_own_probe(store, clock):
+    b = breaker(store, clock)
+    fail(b, 3, caller=HOSTILE)
+    clock.advance(31)
+    probe = b.allow(TARGET, HOSTILE)
+    assert probe == Permit(TARGET, caller=HOSTILE, caller_probe=True)
+    assert b.allow(TARGET, HOSTILE) is None  # one probe at a time
+    b.record_failure(probe)
+    assert b.allow(TARGET, HOSTILE) is None  # open again for a cool-down
+    assert b.views([TARGET], HEALTHY)[TARGET].state == CircuitState.CLOSED
+    clock.advance(31)
+    second = b.allow(TARGET, HOSTILE)
+    b.record_success(second)
+    assert b.allow(TARGET, HOSTILE) == Permit(TARGET, caller=HOSTILE)
+
+
+def test_tenant_values_cannot_spell_another_callers_circuit(store, clock):
+    b = breaker(store, clock)
+    fail(b, 3, caller=caller_of("li"))
+    assert b.allow(TARGET, caller_of("li")) is None
+    for spelled in ("li#caller#", f"{TARGET}#caller#li", "li\udcff", "LI"):
+        assert b.allow(TARGET, caller_of(spelled)) is not None

@@ -81,9 +81,9 @@ class CountingBreaker(CircuitBreaker):
 
     blocking_reads = 0
 
-    def views(self, targets):
+    def views(self, targets, caller=None):
         self.blocking_reads += 1
-        return super().views(targets)
+        return super().views(targets, caller)
 
 
 def make(

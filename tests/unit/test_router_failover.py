@@ -15,7 +15,7 @@ from quotagate.config_models import parse_config
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError
 from quotagate.identity import Identity
-from quotagate.logic.breaker import CircuitBreaker
+from quotagate.logic.breaker import CircuitBreaker, caller_circuit, caller_of
 from quotagate.logic.gateway import Gateway
 from quotagate.logic.router import Router
 from quotagate.providers.base import DONE_EVENT, SSEEvent
@@ -259,8 +259,10 @@ def test_retries_stop_when_the_breaker_opens():
 def test_breaker_opens_and_the_target_is_skipped_before_anything_is_called():
     gateway, _, store = make({A: [UpstreamError(502, "x")] * 5, B: []})
     chat(gateway)
-    chat(gateway)  # the second consecutive failure opens A (threshold 2)
-    assert store.get_many([A])[A].state == "open"
+    chat(gateway)  # the second consecutive failure opens A (threshold 2) for this tenant
+    own = caller_circuit(A, caller_of(IDENTITY.tenant))
+    assert store.get_many([own])[own].state == "open"
+    assert store.get_many([A])[A].state == "closed", "one tenant's failures do not open A for everyone"
     response, _ = chat(gateway)
     assert response.target.id == B
     assert gateway.providers.providers[A].calls == 2

@@ -208,6 +208,9 @@ class BreakerPolicy:
     """Circuit breaker settings, shared by every target (top-level ``circuit_breaker``)."""
 
     failure_threshold: int = 5  # consecutive failures that open a circuit
+    # Distinct tenants whose failures it takes to open a target's circuit for everyone (fewer open
+    # it for the failing tenants alone): one tenant's content cannot take a model down.
+    tenant_threshold: int = 3
     cooldown_seconds: float = 30.0  # open -> half-open after this long
     probe_lease_seconds: float = 60.0  # a half-open probe that never reports back frees its lease after this
     cache_seconds: float = 2.0  # how long a container trusts its copy of a circuit's state
@@ -357,6 +360,7 @@ def _build_breaker(raw: dict[str, Any] | None) -> BreakerPolicy:
     raw = raw or {}
     return BreakerPolicy(
         failure_threshold=raw.get("failure_threshold", defaults.failure_threshold),
+        tenant_threshold=raw.get("tenant_threshold", defaults.tenant_threshold),
         cooldown_seconds=float(raw.get("cooldown_seconds", defaults.cooldown_seconds)),
         probe_lease_seconds=float(raw.get("probe_lease_seconds", defaults.probe_lease_seconds)),
         cache_seconds=float(raw.get("cache_seconds", defaults.cache_seconds)),

@@ -232,6 +232,7 @@ class PlanDocument(StrictModel):
 
 class BreakerDocument(StrictModel):
     failure_threshold: PositiveInt = 5
+    tenant_threshold: PositiveInt = 3
     cooldown_seconds: Seconds = 30.0
     probe_lease_seconds: Seconds = 60.0
     cache_seconds: NonNegative = 2.0

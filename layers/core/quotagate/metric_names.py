@@ -29,6 +29,7 @@ class Metric(StrEnum):
     GATEWAY_OVERHEAD = "GatewayOverhead"  # ms, request start -> first upstream call
     FAILOVERS = "Failovers"  # attempts that moved on to another target
     BREAKER_OPENS = "BreakerOpens"  # circuits opened (or re-opened after a failed probe)
+    TENANT_BREAKER_OPENS = "TenantBreakerOpens"  # one tenant's own circuit for a target opened
     SETTLEMENT_FAILURES = "SettlementFailures"  # settlements that failed (reservation stays charged)
     OVERRUNS = "Overruns"  # requests whose actual usage exceeded their reservation
 

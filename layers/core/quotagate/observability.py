@@ -160,12 +160,17 @@ def record_rejection(error: GatewayError, request_id: str, model: str | None = N
         logger.warning("could not emit metrics", extra={"error_type": type(failure).__name__})
 
 
-def record_breaker_open(target: str) -> None:
+def record_breaker_open(target: str, metric: Metric = Metric.BREAKER_OPENS) -> None:
     """A circuit opened (or re-opened after a failed probe)."""
     try:
         emf = _provider()
-        emf.add_metric(name=Metric.BREAKER_OPENS, unit=unit(Metric.BREAKER_OPENS), value=1)
+        emf.add_metric(name=metric, unit=unit(metric), value=1)
         emf.add_dimensions(**{Dimension.TARGET.value: target})
         emf.flush_metrics()
     except Exception as error:
         logger.warning("could not emit metrics", extra={"error_type": type(error).__name__})
+
+
+def record_tenant_breaker_open(target: str) -> None:
+    """One tenant's own circuit for ``target`` opened: that tenant alone skips it."""
+    record_breaker_open(target, Metric.TENANT_BREAKER_OPENS)

@@ -1,10 +1,12 @@
 """Circuit-breaker state of each upstream target, shared by every proxy container.
 
-One item per target (``<provider>/<upstream model>``) in the circuits table::
+One item per target (``<provider>/<upstream model>``) in the circuits table, and one per target
+and failing caller (``<target>#caller#<tenant digest>``, see :mod:`quotagate.logic.breaker`)::
 
     target        partition key
     state         "closed" | "open"
     failures      consecutive failures (reset by a success)
+    callers       the callers (tenant digests) those failures came from (a string set, reset with them)
     open_until    epoch seconds: open -> half-open from then on
     probe_until   epoch seconds: the half-open probe lease held by ``probe_owner`` until then
     probe_owner   the container that holds the lease
@@ -45,6 +47,7 @@ class CircuitRecord:
     open_until: float = 0.0
     probe_until: float = 0.0
     probe_owner: str | None = None
+    callers: frozenset[str] = frozenset()  # who the consecutive failures came from
 
     def view(self, now: float) -> CircuitState:
         """The state now: an open circuit whose cool-down is over is half-open."""
@@ -61,8 +64,17 @@ class CircuitStore(Protocol):
         """The records of ``targets`` (a target without an item is absent: closed)."""
         ...
 
-    def add_failure(self, target: str, now: float, threshold: int, cooldown: float) -> CircuitRecord:
-        """``failures += 1``; a closed circuit whose count reaches ``threshold`` opens until
+    def add_failure(
+        self,
+        target: str,
+        now: float,
+        threshold: int,
+        cooldown: float,
+        caller: str | None = None,
+        distinct_callers: int = 1,
+    ) -> CircuitRecord:
+        """``failures += 1`` (and ``caller`` joins ``callers``); a closed circuit whose count reaches
+        ``threshold`` while at least ``distinct_callers`` callers failed opens until
         ``now + cooldown`` (exactly one caller opens it). Returns the record after the change."""
         ...
 
@@ -93,12 +105,25 @@ class InMemoryCircuitStore:
         with self._lock:
             return {t: self._items[t] for t in targets if t in self._items}
 
-    def add_failure(self, target: str, now: float, threshold: int, cooldown: float) -> CircuitRecord:
+    def add_failure(
+        self,
+        target: str,
+        now: float,
+        threshold: int,
+        cooldown: float,
+        caller: str | None = None,
+        distinct_callers: int = 1,
+    ) -> CircuitRecord:
         with self._lock:
             self.writes += 1
             record = self._items.get(target, CircuitRecord(target))
-            record = replace(record, failures=record.failures + 1)
-            if record.state != CircuitState.OPEN and record.failures >= threshold:
+            callers = record.callers | {caller} if caller is not None else record.callers
+            record = replace(record, failures=record.failures + 1, callers=callers)
+            if (
+                record.state != CircuitState.OPEN
+                and record.failures >= threshold
+                and (distinct_callers <= 1 or len(callers) >= distinct_callers)
+            ):
                 record = replace(
                     record, state=CircuitState.OPEN, open_until=now + cooldown, probe_until=0.0, probe_owner=None
                 )
@@ -157,6 +182,7 @@ def _from_item(item: dict[str, Any]) -> CircuitRecord:
         open_until=number("open_until"),
         probe_until=number("probe_until"),
         probe_owner=item.get("probe_owner", {}).get("S"),
+        callers=frozenset(item.get("callers", {}).get("SS", ())),
     )
 
 
@@ -190,31 +216,50 @@ class DynamoCircuitStore:
             pending = unprocessed + pending[100:]
         return records
 
-    def add_failure(self, target: str, now: float, threshold: int, cooldown: float) -> CircuitRecord:
+    def add_failure(
+        self,
+        target: str,
+        now: float,
+        threshold: int,
+        cooldown: float,
+        caller: str | None = None,
+        distinct_callers: int = 1,
+    ) -> CircuitRecord:
+        values: dict[str, Any] = {":one": {"N": "1"}, ":expires": self._expires(now)}
+        if caller is not None:
+            values[":caller"] = {"SS": [caller]}
         response = self._client.update_item(
             TableName=self._table,
             Key=self._key(target),
-            UpdateExpression="ADD failures :one SET expires_at = :expires",
-            ExpressionAttributeValues={":one": {"N": "1"}, ":expires": self._expires(now)},
+            UpdateExpression="ADD failures :one"
+            + (", callers :caller" if caller is not None else "")
+            + " SET expires_at = :expires",
+            ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
         record = _from_item(response["Attributes"])
-        if record.state == CircuitState.OPEN or record.failures < threshold:
+        enough_callers = distinct_callers <= 1 or len(record.callers) >= distinct_callers
+        if record.state == CircuitState.OPEN or record.failures < threshold or not enough_callers:
             return record
+        condition = "failures >= :threshold AND (attribute_not_exists(#state) OR #state <> :open)"
+        values = {
+            ":open": {"S": CircuitState.OPEN},
+            ":until": _num(now + cooldown),
+            ":threshold": {"N": str(threshold)},
+            ":expires": self._expires(now),
+        }
+        if distinct_callers > 1:
+            condition += " AND size(callers) >= :distinct"
+            values[":distinct"] = {"N": str(distinct_callers)}
         try:
             response = self._client.update_item(
                 TableName=self._table,
                 Key=self._key(target),
                 UpdateExpression="SET #state = :open, open_until = :until, expires_at = :expires "
                 "REMOVE probe_until, probe_owner",
-                ConditionExpression="failures >= :threshold AND (attribute_not_exists(#state) OR #state <> :open)",
+                ConditionExpression=condition,
                 ExpressionAttributeNames=_NAMES,
-                ExpressionAttributeValues={
-                    ":open": {"S": CircuitState.OPEN},
-                    ":until": _num(now + cooldown),
-                    ":threshold": {"N": str(threshold)},
-                    ":expires": self._expires(now),
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -246,7 +291,7 @@ class DynamoCircuitStore:
             TableName=self._table,
             Key=self._key(target),
             UpdateExpression="SET #state = :closed, failures = :zero, expires_at = :expires "
-            "REMOVE open_until, probe_until, probe_owner",
+            "REMOVE open_until, probe_until, probe_owner, callers",
             ExpressionAttributeNames=_NAMES,
             ExpressionAttributeValues={
                 ":closed": {"S": CircuitState.CLOSED},

@@ -22,6 +22,7 @@ import anyio
 from anyio import to_thread
 
 from quotagate.errors import invalid_request
+from quotagate.logic.breaker import caller_of
 from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
 from quotagate.logic.request_types import Outcome, usage_fields
 from quotagate.quota.reservation import Reservation, ReservationRequest
@@ -90,9 +91,10 @@ class Admission:
                 f"The model '{requested_model}' does not support {capability}.", "model", "unsupported_for_model"
             )
         ids = [t.id for t in targets]
-        views = gateway.breaker.cached_views(ids)  # no I/O while this container's copy is fresh
+        caller = caller_of(identity.tenant)  # its own circuits count too (logic/breaker.py)
+        views = gateway.breaker.cached_views(ids, caller)  # no I/O while this container's copy is fresh
         if views is None:
-            views = await to_thread.run_sync(gateway.breaker.views, ids)
+            views = await to_thread.run_sync(gateway.breaker.views, ids, caller)
         ranked = gateway.router.order(
             resolution, f"{identity.tenant}/{identity.consumer}", {t: v.state for t, v in views.items()}
         )

@@ -32,6 +32,7 @@ import anyio
 from anyio import to_thread
 
 from quotagate.errors import GatewayError
+from quotagate.logic.breaker import caller_of
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -262,7 +263,10 @@ class Failover:
             if self.deadline.remaining() <= 0:
                 self._last = None
                 return None
-            permit = self.breaker.allow_cached(target.id) or await to_thread.run_sync(self.breaker.allow, target.id)
+            caller = caller_of(self.outcome.identity.tenant)
+            permit = self.breaker.allow_cached(target.id, caller) or await to_thread.run_sync(
+                self.breaker.allow, target.id, caller
+            )
             if permit is None:
                 self.outcome.attempts.append(f"{target.id}: skipped (circuit open)")
                 continue
