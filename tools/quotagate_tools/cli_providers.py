@@ -114,12 +114,13 @@ def secret_name(args: argparse.Namespace, session: Any, client_args: dict[str, A
 
 
 def set_key(args: argparse.Namespace, stdin: Any) -> dict[str, str]:
-    import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    session = boto3.session.Session(region_name=args.region) if args.region else boto3.session.Session()
-    endpoint: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    from quotagate_tools.cli import aws_session
+
+    # A local endpoint (make dev's moto) gets the CLI's local region and dummy credentials.
+    session, endpoint = aws_session(args)
     name = secret_name(args, session, endpoint)
     try:
         key = clean_key(stdin.read())
