@@ -253,6 +253,8 @@ class _MessagesPlan:
     cache_creation_tokens: int = 0  # the cache_control prefix, written to the prompt cache
     cache_read_tokens: int = 0  # the cache_control prefix, read from the prompt cache
     cache_ttl: str = "5m"
+    inference_geo: str | None = None  # as asked: billed at its multiplier
+    fast: bool = False  # ``speed: "fast"``: billed at the fast-mode multiplier
 
     # Read by the shared stream/ticket accounting (same names as the chat plan).
     @property
@@ -266,6 +268,18 @@ class _MessagesPlan:
     @property
     def delay_steps(self) -> int:
         return self.completion_tokens
+
+    def charges(self) -> billing.Charges:
+        return billing.Charges(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cache_write_tokens=self.cache_creation_tokens,
+            cache_write_1h=self.cache_ttl == "1h",
+            cache_read_tokens=self.cache_read_tokens,
+            service_tier="standard",
+            inference_geo=self.inference_geo,
+            fast=self.fast,
+        )
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -611,6 +625,8 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
         cache_creation_tokens=cache.written,
         cache_read_tokens=cache.read,
         cache_ttl=cache.ttl,
+        inference_geo=body["inference_geo"] if isinstance(body.get("inference_geo"), str) else None,
+        fast=body.get("speed") == "fast",
     )
 
 

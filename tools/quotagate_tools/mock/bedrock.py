@@ -286,6 +286,9 @@ class ConversePlan:
     def delay_steps(self) -> int:
         return len(self.text_pieces) + len(self.tool_fragments)
 
+    def charges(self) -> billing.Charges:
+        return billing.Charges(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
     def usage(self) -> dict[str, int]:
         return {
             "inputTokens": self.input_tokens,

@@ -13,6 +13,12 @@ know an image's size (it never downloads or decodes anything):
   header, of MP3 data from an 8 kbit/s floor (the lowest bitrate MP3 encoders produce).
 - Tool definitions: their JSON text plus a few framing tokens per tool (OpenAI); Anthropic adds a
   tool-use system prompt of a few hundred tokens (346 on current Claude models).
+
+And what an answer costs in dollars (:class:`Charges` at :data:`LIST_PRICES`), counted into the
+mock's ``billed_usd``: audio tokens at their own prices, hidden reasoning tokens
+(:data:`REASONING_TOKENS` per ``reasoning_effort``, inside the output cap), rejected prediction
+tokens (the whole prediction, billed as output beyond the cap), search fees per call, service tiers,
+inference geography and fast mode as multipliers of every token price.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import binascii
 import json
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from quotagate import tokens
@@ -195,4 +202,78 @@ def bedrock_input_tokens(body: dict[str, Any]) -> int:
     config = body.get("toolConfig")
     if isinstance(config, dict) and config.get("tools"):
         total += ANTHROPIC_TOOL_SYSTEM_PROMPT + tokens.count_text(_json(config["tools"]))
+    return total
+
+
+# -- dollars: what an answer costs at the mock's list prices ---------------------------------------
+# The mock's published price list, modelled on OpenAI's and Anthropic's documented pricing (per
+# million tokens, dollars per call, multipliers). A gateway that wants recorded = billed copies these
+# numbers into its price table, as an operator copies a provider's; the mock never asks the gateway.
+@dataclass(frozen=True)
+class ListPrices:
+    input_per_million: float = 2.5
+    output_per_million: float = 10.0
+    audio_input_per_million: float = 40.0  # gpt-4o audio: 16x the text input price
+    audio_output_per_million: float = 80.0  # 8x the text output price
+    web_search_per_call: float = 0.025  # OpenAI chat search: $25 per 1,000 calls
+    anthropic_web_search_per_call: float = 0.01  # Anthropic web search: $10 per 1,000 searches
+    service_tiers: tuple[tuple[str, float], ...] = (("default", 1.0), ("priority", 1.75), ("flex", 0.5))
+    inference_geos: tuple[tuple[str, float], ...] = (("global", 1.0), ("us", 1.1))
+    fast_mode: float = 6.0  # Anthropic fast mode
+    cache_write_5m: float = 1.25  # Anthropic prompt caching, times the input price
+    cache_write_1h: float = 2.0
+    cache_read: float = 0.1
+
+
+LIST_PRICES = ListPrices()
+# Hidden reasoning tokens a model spends per ``reasoning_effort`` (before its output cap stops it).
+REASONING_TOKENS = {"minimal": 64, "low": 512, "medium": 1536, "high": 4096, "xhigh": 8192}
+# Audio output tokens per token of its transcript (speech is about 6 audio tokens per word piece).
+AUDIO_TOKENS_PER_TEXT_TOKEN = 6
+
+
+@dataclass(frozen=True)
+class Charges:
+    """What one answer bills, before prices: tokens by kind, hosted tool calls and the modifiers."""
+
+    prompt_tokens: int = 0  # every input token (audio and cached included)
+    completion_tokens: int = 0  # every output token (audio, reasoning, rejected prediction included)
+    audio_prompt_tokens: int = 0
+    audio_completion_tokens: int = 0
+    cache_write_tokens: int = 0  # Anthropic: of prompt_tokens
+    cache_write_1h: bool = False
+    cache_read_tokens: int = 0
+    web_searches: int = 0
+    anthropic_web_searches: int = 0
+    service_tier: str = "default"
+    inference_geo: str | None = None
+    fast: bool = False
+
+    def usd(self, prices: ListPrices = LIST_PRICES) -> float:
+        cached = self.cache_write_tokens + self.cache_read_tokens
+        plain_input = self.prompt_tokens - self.audio_prompt_tokens - cached
+        write_factor = prices.cache_write_1h if self.cache_write_1h else prices.cache_write_5m
+        input_units = plain_input + write_factor * self.cache_write_tokens + prices.cache_read * self.cache_read_tokens
+        tokens_usd = (
+            input_units * prices.input_per_million
+            + self.audio_prompt_tokens * prices.audio_input_per_million
+            + (self.completion_tokens - self.audio_completion_tokens) * prices.output_per_million
+            + self.audio_completion_tokens * prices.audio_output_per_million
+        ) / 1e6
+        factor = dict(prices.service_tiers).get(self.service_tier, 1.0)
+        factor *= dict(prices.inference_geos).get(self.inference_geo or "global", 1.0)
+        factor *= prices.fast_mode if self.fast else 1.0
+        fees = self.web_searches * prices.web_search_per_call
+        fees += self.anthropic_web_searches * prices.anthropic_web_search_per_call
+        return tokens_usd * factor + fees
+
+
+def openai_audio_prompt_tokens(body: dict[str, Any]) -> int:
+    """The audio part of an OpenAI chat request's prompt tokens (``input_audio`` content parts)."""
+    total = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "input_audio":
+                total += audio_tokens(part)
     return total

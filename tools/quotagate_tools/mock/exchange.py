@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import Receive, Scope, Send
 
+    from quotagate_tools.mock.billing import Charges
     from quotagate_tools.mock.faults import FaultSpec
     from quotagate_tools.mock.settings import MockSettings
     from quotagate_tools.mock.stats import MockStats, Outcome, Ticket
@@ -107,6 +108,10 @@ class Reply(Protocol):
     @property
     def delay_steps(self) -> int:
         """How many token delays the whole reply takes."""
+        ...
+
+    def charges(self) -> Charges:
+        """What the whole reply bills (see :mod:`quotagate_tools.mock.billing`)."""
         ...
 
 
@@ -205,6 +210,9 @@ class Exchange(Generic[PlanT]):
             if fault.status is not None:
                 ticket.finish("error")
                 return self.injected(fault, headers)
+            # From here the model generates the whole reply: a provider bills it, read or not.
+            charges = plan.charges()
+            self.stats.bill(charges.usd(), charges.prompt_tokens + charges.completion_tokens)
 
             if plan.stream:
                 handed_off = True

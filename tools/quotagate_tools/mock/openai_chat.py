@@ -8,6 +8,8 @@ and ``GET /v1/models/{id}``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 import uuid
@@ -52,26 +54,48 @@ class ChatPlan:
     fault: FaultSpec
     tool_call: dict[str, str] | None = None  # {"id", "name"} of the function the reply calls
     tool_pieces: list[str] = field(default_factory=list)  # its arguments, in streamed pieces
+    # What the real providers bill beyond the visible answer (``real_billing``, see mock.billing).
+    service_tier: str = "default"  # the tier the answer is served (and billed) in
+    reasoning_tokens: int = 0  # hidden, inside the output cap
+    rejected_prediction_tokens: int = 0  # billed as output, beyond the cap
+    audio: bool = False  # the pieces are an audio answer's transcript
+    audio_prompt_tokens: int = 0  # of prompt_tokens
+    web_searches: int = 0
+
+    @property
+    def audio_tokens(self) -> int:
+        return billing.AUDIO_TOKENS_PER_TEXT_TOKEN * len(self.pieces) if self.audio else 0
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces) + len(self.tool_pieces)
+        visible = len(self.pieces) + len(self.tool_pieces)
+        return visible + self.audio_tokens + self.reasoning_tokens + self.rejected_prediction_tokens
 
     @property
     def delay_steps(self) -> int:
         return self.completion_tokens
+
+    def charges(self) -> billing.Charges:
+        return billing.Charges(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            audio_prompt_tokens=self.audio_prompt_tokens,
+            audio_completion_tokens=self.audio_tokens,
+            web_searches=self.web_searches,
+            service_tier=self.service_tier,
+        )
 
     def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": self.audio_prompt_tokens},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": self.audio_tokens,
                 "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
+                "rejected_prediction_tokens": self.rejected_prediction_tokens,
             },
         }
 
@@ -164,6 +188,51 @@ def _reply(body: dict[str, Any], messages: list[dict[str, Any]], length: int, li
     return reply
 
 
+@dataclass(frozen=True)
+class _Billed:
+    """What a request's fields make a provider bill beyond its visible answer (``real_billing``)."""
+
+    service_tier: str = "default"
+    reasoning_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+    audio: bool = False
+    audio_prompt_tokens: int = 0
+    web_searches: int = 0
+
+    def reply_limit(self, limit: int | None) -> int | None:
+        """The visible answer's share of the output cap: reasoning comes first, and every
+        transcript token of an audio answer brings its audio tokens."""
+        if limit is None:
+            return None
+        per_piece = 1 + (billing.AUDIO_TOKENS_PER_TEXT_TOKEN if self.audio else 0)
+        return max(0, limit - self.reasoning_tokens) // per_piece
+
+
+def _billed(body: dict[str, Any], fault: FaultSpec, limit: int | None) -> _Billed:
+    tier = body.get("service_tier")
+    served_tier = tier if tier in ("priority", "flex") else "default"
+    if not fault.real_billing:
+        return _Billed(served_tier)
+    effort = body.get("reasoning_effort")
+    reasoning = billing.REASONING_TOKENS.get(effort, 0) if isinstance(effort, str) else 0
+    if limit is not None:
+        reasoning = min(reasoning, limit)
+    prediction = body.get("prediction")
+    content = prediction.get("content") if isinstance(prediction, dict) else None
+    rejected = 0
+    if content is not None:  # the mock's answer never matches it: every predicted token is rejected
+        rejected = tokens.count_text(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
+    modalities = body.get("modalities")
+    return _Billed(
+        service_tier=served_tier,
+        reasoning_tokens=reasoning,
+        rejected_prediction_tokens=rejected,
+        audio=isinstance(modalities, list) and "audio" in modalities,
+        audio_prompt_tokens=billing.openai_audio_prompt_tokens(body),
+        web_searches=1 if body.get("web_search_options") is not None else 0,
+    )
+
+
 def plan_chat(request: Request, body: dict[str, Any], settings: MockSettings) -> ChatPlan:
     """Validate a chat completions request (400 :class:`OpenAIError`) and decide its reply."""
     base_model, model_fault = _model(body)
@@ -174,7 +243,8 @@ def plan_chat(request: Request, body: dict[str, Any], settings: MockSettings) ->
     length, token_delay = reply_pace(
         body, settings, fault, lambda field, problem: OpenAIError(400, f"'{field}' {problem}.", param=field)
     )
-    reply = _reply(body, messages, length, limit)
+    billed = _billed(body, fault, limit)
+    reply = _reply(body, messages, length, billed.reply_limit(limit))
     return ChatPlan(
         model=base_model,
         messages=messages,
@@ -187,7 +257,22 @@ def plan_chat(request: Request, body: dict[str, Any], settings: MockSettings) ->
         fault=fault,
         tool_call=reply.tool_call,
         tool_pieces=reply.tool_pieces,
+        service_tier=billed.service_tier,
+        reasoning_tokens=billed.reasoning_tokens,
+        rejected_prediction_tokens=billed.rejected_prediction_tokens,
+        audio=billed.audio,
+        audio_prompt_tokens=billed.audio_prompt_tokens,
+        web_searches=billed.web_searches,
     )
+
+
+AUDIO_ID = "audio_mock"
+
+
+def audio_part(pieces: list[str]) -> dict[str, Any]:
+    """An audio answer's (streamed) part: silence standing for the speech, and its transcript."""
+    speech = bytes(2 * billing.AUDIO_TOKENS_PER_TEXT_TOKEN * len(pieces))
+    return {"id": AUDIO_ID, "data": base64.b64encode(speech).decode(), "transcript": "".join(pieces)}
 
 
 def new_ids() -> tuple[str, int]:
@@ -209,7 +294,7 @@ def completion_body(plan: ChatPlan) -> dict[str, Any]:
                 "finish_reason": plan.finish_reason,
             }
         ],
-        "service_tier": "default",
+        "service_tier": plan.service_tier,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     if not plan.fault.omit_usage:
@@ -224,6 +309,9 @@ def reply_message(plan: ChatPlan) -> dict[str, Any]:
         "refusal": None,
         "annotations": [],
     }
+    if plan.audio:
+        message["content"] = None
+        message["audio"] = {**audio_part(plan.pieces), "expires_at": int(time.time()) + 3600}
     if plan.tool_call is not None:
         message["tool_calls"] = [
             {
@@ -247,7 +335,7 @@ class ChatStream(PlanStream[ChatPlan]):
             "object": "chat.completion.chunk",
             "created": created,
             "model": plan.model,
-            "service_tier": "default",
+            "service_tier": plan.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
@@ -264,7 +352,7 @@ class ChatStream(PlanStream[ChatPlan]):
             if drop_after is not None and i >= drop_after:
                 break
             await asyncio.sleep(plan.token_delay)
-            yield event({"content": piece})
+            yield event({"audio": audio_part([piece])} if plan.audio else {"content": piece})
         if plan.tool_call is not None and drop_after is None:
             yield event(
                 {

@@ -25,6 +25,10 @@ class MockStats:
     ``error_responses``     error statuses returned (validation, auth, injected ``status=``)
     ``in_flight``           requests being handled now (a gauge: ``reset`` keeps it)
     ``prompt_tokens`` / ``completion_tokens``  summed over completed responses
+
+    ``billed_usd`` (a float, apart from the counters) and ``billed_tokens`` are what every answer the
+    mock started costs at its list prices, and its tokens (:mod:`quotagate_tools.mock.billing`): like
+    a provider, it bills an answer it started generating whether or not the client read it to the end.
     """
 
     COUNTERS: tuple[str, ...] = (
@@ -42,6 +46,8 @@ class MockStats:
         self._cond = threading.Condition()
         self._counts = dict.fromkeys(self.COUNTERS, 0)
         self._recent: deque[dict[str, Any]] = deque(maxlen=max(recent_limit, 1))
+        self._billed_usd = 0.0
+        self._billed_tokens = 0
 
     # -- reading
     def snapshot(self) -> dict[str, int]:
@@ -77,6 +83,11 @@ class MockStats:
         return self["in_flight"]
 
     @property
+    def billed_usd(self) -> float:
+        with self._cond:
+            return self._billed_usd
+
+    @property
     def recent_requests(self) -> list[dict[str, Any]]:
         """Recent request records, oldest first: ``{"time", "model", "stream", "headers", "body"}``."""
         with self._cond:
@@ -107,6 +118,8 @@ class MockStats:
             in_flight = self._counts["in_flight"]
             self._counts = dict.fromkeys(self.COUNTERS, 0)
             self._counts["in_flight"] = in_flight
+            self._billed_usd = 0.0
+            self._billed_tokens = 0
             self._recent.clear()
             self._cond.notify_all()
 
@@ -115,6 +128,16 @@ class MockStats:
             for name, delta in deltas.items():
                 self._counts[name] += delta
             self._cond.notify_all()
+
+    @property
+    def billed_tokens(self) -> int:
+        with self._cond:
+            return self._billed_tokens
+
+    def bill(self, usd: float, tokens: int) -> None:
+        with self._cond:
+            self._billed_usd += usd
+            self._billed_tokens += tokens
 
     def record(self, entry: dict[str, Any]) -> None:
         with self._cond:
