@@ -70,10 +70,52 @@ CACHE_WRITE_1H_FACTOR = 2.0
 CACHE_READ_FACTOR = 0.1
 
 
+class HostedTool(StrEnum):
+    """A tool the provider runs and bills per call (``price.tool_calls_usd``)."""
+
+    WEB_SEARCH = "web_search"  # OpenAI chat ``web_search_options``; Anthropic's web search server tool
+    WEB_FETCH = "web_fetch"  # Anthropic's web fetch server tool
+
+
+# A request's service tier, inference geography or fast mode is none of these: the standard price.
+STANDARD_TIERS = frozenset({"auto", "default", "standard"})
+STANDARD_GEO = "global"
+
+
 @dataclass(frozen=True)
 class Price:
+    """A target's prices. Beyond the per-token prices, what changes the provider's bill (see
+    :mod:`quotagate.logic.pricing`): a request field the price does not carry is refused."""
+
     input_per_million: float = 0.0
     output_per_million: float = 0.0
+    # Audio tokens (OpenAI ``input_audio`` parts, ``modalities: ["audio"]``). Input: None bills it as
+    # text input; output: None refuses audio output.
+    audio_input_per_million: float | None = None
+    audio_output_per_million: float | None = None
+    # Multipliers of every token price: ``service_tier`` (OpenAI; Anthropic reports one in its
+    # usage), Anthropic ``inference_geo``, Anthropic ``speed: "fast"`` (None: refused).
+    service_tiers: tuple[tuple[str, float], ...] = ()
+    inference_geos: tuple[tuple[str, float], ...] = ()
+    fast_mode: float | None = None
+    # Dollars per call of a hosted tool the provider runs (``web_search``...).
+    tool_calls_usd: tuple[tuple[str, float], ...] = ()
+
+    def tier_factor(self, tier: str | None) -> float | None:
+        """The multiplier of a service tier; None for a tier the price does not carry."""
+        listed = dict(self.service_tiers)
+        if tier is None or tier in STANDARD_TIERS:
+            return listed.get(tier or "auto", 1.0)
+        return listed.get(tier)
+
+    def geo_factor(self, geo: str | None) -> float | None:
+        listed = dict(self.inference_geos)
+        if geo is None or geo == STANDARD_GEO:
+            return listed.get(STANDARD_GEO, 1.0)
+        return listed.get(geo)
+
+    def tool_call_usd(self, tool: str) -> float | None:
+        return dict(self.tool_calls_usd).get(tool)
 
     def cost_usd(
         self,
@@ -296,6 +338,23 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _factors(raw: Any) -> tuple[tuple[str, float], ...]:
+    return tuple((name, float(value)) for name, value in (raw or {}).items())
+
+
+def _build_price(raw: dict[str, Any]) -> Price:
+    return Price(
+        input_per_million=float(raw.get("input_per_million") or 0.0),
+        output_per_million=float(raw.get("output_per_million") or 0.0),
+        audio_input_per_million=_optional_float(raw.get("audio_input_per_million")),
+        audio_output_per_million=_optional_float(raw.get("audio_output_per_million")),
+        service_tiers=_factors(raw.get("service_tiers")),
+        inference_geos=_factors(raw.get("inference_geos")),
+        fast_mode=_optional_float(raw.get("fast_mode")),
+        tool_calls_usd=_factors(raw.get("tool_calls_usd")),
+    )
+
+
 def _build_target(raw: dict[str, Any], default_model: str) -> Target:
     timeouts = raw.get("timeouts") or {}
     price = raw.get("price") or {}
@@ -304,10 +363,7 @@ def _build_target(raw: dict[str, Any], default_model: str) -> Target:
     return Target(
         provider=raw["provider"],
         upstream_model=raw.get("upstream_model") or default_model,
-        price=Price(
-            input_per_million=float(price.get("input_per_million") or 0.0),
-            output_per_million=float(price.get("output_per_million") or 0.0),
-        ),
+        price=_build_price(price),
         weight=_optional_float(raw.get("weight")),
         plans=None if plans is None else tuple(plans),
         connect_timeout=_optional_float(timeouts.get("connect")),

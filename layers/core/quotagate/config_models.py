@@ -33,6 +33,7 @@ from quotagate.config import (
     AuthHeader,
     ConfigError,
     GatewayConfig,
+    HostedTool,
     MaxOutputField,
     ProviderType,
     TierMismatchPolicy,
@@ -83,6 +84,7 @@ class StrictModel(BaseModel):
 # A StrEnum field takes its values as JSON strings (strict mode would want enum instances).
 ProviderTypeField = Annotated[ProviderType, Field(strict=False)]
 TierMismatchPolicyField = Annotated[TierMismatchPolicy, Field(strict=False)]
+HostedToolField = Annotated[HostedTool, Field(strict=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_LIMIT_VALUE)]
 # int | float: a whole number of dollars stays an int (as given) in the records and the answers.
 Dollars = Annotated[int | float, one_error("must be a number"), AfterValidator(_dollars)]
@@ -146,9 +148,22 @@ class ProviderDocument(StrictModel):
         return self
 
 
+# A price multiplier (service tier, inference geography, fast mode): flex tiers cost less than 1x.
+Factor = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+OptionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
+
+
 class PriceDocument(StrictModel):
+    """Token prices, and what changes them (see :class:`quotagate.config.Price`)."""
+
     input_per_million: NonNegative = 0.0
     output_per_million: NonNegative = 0.0
+    audio_input_per_million: NonNegative | None = None
+    audio_output_per_million: NonNegative | None = None
+    service_tiers: dict[OptionName, Factor] | None = None
+    inference_geos: dict[OptionName, Factor] | None = None
+    fast_mode: Factor | None = None
+    tool_calls_usd: dict[HostedToolField, NonNegative] | None = None
 
 
 class TimeoutsDocument(StrictModel):
