@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from quotagate.identity import Identity
     from quotagate.logic import router as routing
     from quotagate.logic.metering import Usage
+    from quotagate.logic.pricing import PriceModifiers
     from quotagate.logic.request_types import GatewayServices, Limits
 
 
@@ -160,6 +161,7 @@ class Admitted:
         self.outcome = outcome
         self._remaining_read = remaining_read
         self.settled = False
+        self.price_modifiers: PriceModifiers | None = None  # what settlement prices beyond the tokens
 
     @property
     def deadline(self) -> Deadline:
@@ -215,7 +217,9 @@ class Admitted:
                 failovers=outcome.failovers,
             )
             try:
-                outcome.cost_usd = await to_thread.run_sync(gateway.settle, self.reservation, target, usage, settlement)
+                outcome.cost_usd = await to_thread.run_sync(
+                    gateway.settle, self.reservation, target, usage, settlement, self.price_modifiers
+                )
             except Exception:
                 outcome.error = "settlement failed; the reservation stays charged"
                 outcome.settlement_failed = True

@@ -24,11 +24,12 @@ import binascii
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from quotagate import tokens
 from quotagate.errors import GatewayError, invalid_request
+from quotagate.logic import pricing
 
 if TYPE_CHECKING:
     from quotagate.config import Provider, Target
@@ -85,6 +86,8 @@ class RequestCost:
     audio_tokens: int = 0
     has_tools: bool = False
     has_cache_control: bool = False
+    # What changes the provider's price beyond the tokens (service tier, audio output, search...).
+    modifiers: pricing.PriceModifiers = pricing.NO_MODIFIERS
 
     def prompt_tokens(self, provider: Provider, target: Target) -> int:
         """An upper bound of the prompt tokens ``target`` bills, in its own tokens."""
@@ -102,6 +105,7 @@ class RequestCost:
             audio_tokens=max(self.audio_tokens, other.audio_tokens),
             has_tools=self.has_tools or other.has_tools,
             has_cache_control=self.has_cache_control or other.has_cache_control,
+            modifiers=self.modifiers.merge(other.modifiers),
         )
 
     @staticmethod
@@ -251,6 +255,7 @@ def measure(body: dict[str, Any]) -> RequestCost:
         # Anthropic and Bedrock get response_format as a forced tool (with its system prompt).
         has_tools=definitions > 0 or structured,
         has_cache_control=counter.cache_control,
+        modifiers=pricing.chat_modifiers(body),
     )
 
 
@@ -328,6 +333,7 @@ def measure_messages(body: dict[str, Any]) -> RequestCost:
         images=tuple(counter.images),
         has_tools=bool(tools) or output_format is not None,
         has_cache_control=counter.cache_control,
+        modifiers=pricing.messages_modifiers(body),
     )
 
 
@@ -352,6 +358,16 @@ class OutputPlan:
     prompt_bound: int  # the largest prompt bound over the targets (prompt_reserve may carry output slack)
     reserve_usd: float  # the worst case in dollars of the reservation, over the targets
     slice: int  # per choice: the initial output reservation without a client cap, and the top-up step
+    # target id -> its prices with the request's modifiers (tier, audio...): top-ups are priced with it
+    target_prices: dict[str, pricing.TargetPricing] = field(default_factory=dict)
+    modifiers: pricing.PriceModifiers = pricing.NO_MODIFIERS  # settlement prices with them
+
+    def output_usd(self, target: Target, output_tokens: int) -> float:
+        """Dollars of ``output_tokens`` more output from ``target`` (a top-up)."""
+        priced = self.target_prices.get(target.id)
+        if priced is None:
+            return target.price.cost_usd(0, output_tokens)
+        return priced.output_usd(output_tokens)
 
 
 def cache_write_surcharge(provider: Provider, target: Target, cost: RequestCost, prompt_tokens: int) -> float:
@@ -409,17 +425,30 @@ def plan_output(
         caps[target.id] = cap
         prompts[target.id] = cost.prompt_tokens(config.providers[target.provider], target)
     output_slice = max(1, output_slice)
-    metered = client_cap is None and not any(t.reasoning for t in targets)
+    modifiers = cost.modifiers
+    priced = {
+        t.id: pricing.target_pricing(modifiers, t.price, config.providers[t.provider].type, t.id) for t in targets
+    }
+    # Output no stream shows (reasoning, rejected prediction tokens, audio) cannot be metered: the
+    # whole cap is reserved, and what the provider bills beyond the cap on top of it.
+    hidden = {
+        t.id: bool(modifiers.hidden_output) and modifiers.applies(config.providers[t.provider].type) for t in targets
+    }
+    metered = client_cap is None and not any(t.reasoning or hidden[t.id] for t in targets)
     ceilings = {
         t.id: math.ceil(caps[t.id] * config.providers[t.provider].prompt_token_factor - 1e-9) * choices for t in targets
     }
-    needs = {t.id: min(ceilings[t.id], output_slice * choices) if metered else ceilings[t.id] for t in targets}
+    beyond_cap = {t.id: modifiers.extra_output_tokens * choices if hidden[t.id] else 0 for t in targets}
+    needs = {
+        t.id: (min(ceilings[t.id], output_slice * choices) if metered else ceilings[t.id]) + beyond_cap[t.id]
+        for t in targets
+    }
     largest_cap = max(caps.values()) * choices
     output_reserve = min(largest_cap, output_slice * choices) if metered else largest_cap
     total = max(prompts[t.id] + needs[t.id] for t in targets)
     reserve_usd = max(
-        t.price.cost_usd(prompts[t.id], needs[t.id])
-        + cache_write_surcharge(config.providers[t.provider], t, cost, prompts[t.id])
+        priced[t.id].reserve_usd(t.price, prompts[t.id], cost.audio_tokens, needs[t.id])
+        + cache_write_surcharge(config.providers[t.provider], t, cost, prompts[t.id]) * priced[t.id].factor
         for t in targets
     )
     return OutputPlan(
@@ -431,4 +460,6 @@ def plan_output(
         prompt_bound=max(prompts.values()),
         reserve_usd=reserve_usd,
         slice=output_slice,
+        target_prices=priced,
+        modifiers=modifiers,
     )

@@ -335,7 +335,7 @@ class Exchange:
 
     async def _top_up(self, tokens: int) -> bool:
         assert self.target is not None
-        extra_usd = self.target.price.cost_usd(0, tokens)
+        extra_usd = self._plan.output_usd(self.target, tokens)  # at the request's tier and output prices
         grown = False
         with anyio.CancelScope(shield=True):  # a write in flight must land (or fail) before settlement
             grown = await to_thread.run_sync(self._gateway.quota.top_up, self.admitted.reservation, tokens, extra_usd)

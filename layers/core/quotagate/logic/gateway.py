@@ -43,7 +43,7 @@ from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
 from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
-from quotagate.logic import estimate
+from quotagate.logic import estimate, pricing
 from quotagate.logic import router as routing
 from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
 from quotagate.logic.assemble import CompletionAssembler
@@ -59,6 +59,7 @@ from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent
 
 if TYPE_CHECKING:
     from quotagate.identity import Identity
+    from quotagate.logic.pricing import PriceModifiers
     from quotagate.logic.request_types import KeyRecords, Outcome, ProviderFactory, Quota, TenantRecords
     from quotagate.quota.reservation import Reservation
     from quotagate.usage.record import Settlement
@@ -187,6 +188,7 @@ class Gateway:
         plan, size = await self._chat_reservation(request, route, cost)
         translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
         admitted = await self.admission.reserve(route, size)
+        admitted.price_modifiers = plan.modifiers  # settlement prices the tier, audio, fees it asked for
         response = ChatResponse(self, request, admitted, plan, translator)
         try:
             await response.start()
@@ -241,22 +243,21 @@ class Gateway:
         return await run_embeddings(self, self.admission, identity, raw_body, request_id)
 
     def settle(
-        self, reservation: Reservation, target: Target | None, usage: Usage, settlement: Settlement | None = None
+        self,
+        reservation: Reservation,
+        target: Target | None,
+        usage: Usage,
+        settlement: Settlement | None = None,
+        modifiers: PriceModifiers | None = None,
     ) -> float:
-        """Settle a reservation at ``target``'s price (blocking: the quota store); the cost."""
+        """Settle a reservation at ``target``'s price (blocking: the quota store); the cost. Anthropic
+        prompt-cache writes and reads, audio tokens, the tier the provider reports and the request's
+        price ``modifiers`` have their own prices (:func:`quotagate.logic.pricing.settled_usd`)."""
         if target is None:
             cost = 0.0
-        elif self._config().providers[target.provider].type == "anthropic":
-            # Prompt-cache writes and reads have their own prices (other providers: list price).
-            cost = target.price.cost_usd(
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.cache_read_tokens,
-                usage.cache_creation_tokens,
-                usage.cache_creation_1h_tokens,
-            )
         else:
-            cost = target.price.cost_usd(usage.prompt_tokens, usage.completion_tokens)
+            provider_type = self._config().providers[target.provider].type
+            cost = pricing.settled_usd(target.price, provider_type, usage, modifiers)
         extra: dict[str, Any] = {}
         if settlement is not None:
             extra["settlement"] = settlement

@@ -3,7 +3,7 @@ otherwise counted with tiktoken from what was actually sent and received."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from quotagate import tokens
@@ -23,6 +23,10 @@ class Usage:
     cache_read_tokens: int = 0  # of prompt_tokens: read from a prompt cache
     cache_creation_tokens: int = 0  # of prompt_tokens: written to a prompt cache
     cache_creation_1h_tokens: int = 0  # of cache_creation_tokens: into the 1-hour cache
+    audio_prompt_tokens: int = 0  # of prompt_tokens: audio (priced apart, see logic.pricing)
+    audio_completion_tokens: int = 0  # of completion_tokens: audio
+    service_tier: str | None = None  # the tier the provider says it served the request in
+    tool_calls: dict[str, int] = field(default_factory=dict)  # hosted tool -> calls the provider reported
 
     @property
     def total_tokens(self) -> int:
@@ -33,20 +37,28 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def _usage_numbers(usage: Any) -> tuple[int, int, int, int, int] | None:
-    """(prompt, completion, cache read, cache creation, 1-hour cache creation) of an OpenAI usage."""
+UsageNumbers = tuple[int, int, int, int, int, int, int]
+
+
+def _usage_numbers(usage: Any) -> UsageNumbers | None:
+    """(prompt, completion, cache read, cache creation, 1-hour cache creation, audio prompt, audio
+    completion) of an OpenAI usage."""
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
         details = usage.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
+        output_details = usage.get("completion_tokens_details")
+        output_details = output_details if isinstance(output_details, dict) else {}
         return (
             prompt,
             completion,
             _count(details.get("cached_tokens")),
             _count(details.get("cache_creation_tokens")),
             _count(details.get("cache_creation_1h_tokens")),
+            _count(details.get("audio_tokens")),
+            _count(output_details.get("audio_tokens")),
         )
     return None
 
@@ -57,7 +69,8 @@ class Meter:
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self._messages = messages
         self.prompt_estimate: int | None = None  # charged when the provider reports no usage
-        self._reported: tuple[int, int, int, int, int] | None = None
+        self._reported: UsageNumbers | None = None
+        self.service_tier: str | None = None  # as the provider reports it
         self._received: list[str] = []
         self.events_seen = 0
 
@@ -68,6 +81,8 @@ class Meter:
             return True
         self.events_seen += 1
         reported = _usage_numbers(data.get("usage"))
+        if isinstance(data.get("service_tier"), str):
+            self.service_tier = data["service_tier"]
         if reported:
             self._reported = reported
         for choice in data.get("choices") or []:
@@ -93,8 +108,10 @@ class Meter:
         """Provider-reported usage if any; else tiktoken counts. Nothing is charged for a request the
         upstream never started (it refused or was unreachable)."""
         if self._reported:
-            prompt, completion, read, created, created_1h = self._reported
-            return Usage(prompt, completion, "provider", read, created, created_1h)
+            prompt, completion, read, created, created_1h, audio_in, audio_out = self._reported
+            return Usage(
+                prompt, completion, "provider", read, created, created_1h, audio_in, audio_out, self.service_tier
+            )
         if not upstream_started:
             return Usage(0, 0, source="counted")
         estimate = self.prompt_estimate

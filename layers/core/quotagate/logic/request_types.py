@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from quotagate.identity import Identity
     from quotagate.logic.breaker import CircuitBreaker
     from quotagate.logic.metering import Usage
+    from quotagate.logic.pricing import PriceModifiers
     from quotagate.logic.router import Resolution, Router
     from quotagate.providers.base import ChatProvider
     from quotagate.quota.reservation import Reservation, ReservationRequest
@@ -147,7 +148,13 @@ class GatewayServices(Protocol):
         ...
 
     def settle(
-        self, reservation: Reservation, target: Target | None, usage: Usage, settlement: Settlement | None = None
+        self,
+        reservation: Reservation,
+        target: Target | None,
+        usage: Usage,
+        settlement: Settlement | None = None,
+        modifiers: PriceModifiers | None = None,
     ) -> float:
-        """Settle at ``target``'s price (blocking: the quota store); the cost."""
+        """Settle at ``target``'s price and the request's price ``modifiers`` (blocking: the quota
+        store); the cost."""
         ...
