@@ -18,6 +18,7 @@ from quotagate.wire.schema import (
     Action,
     Array,
     Bool,
+    Disposition,
     Field,
     Int,
     Json,
@@ -26,6 +27,7 @@ from quotagate.wire.schema import (
     OneOf,
     Str,
     Tagged,
+    Targets,
     drop,
     dropped,
     everywhere,
@@ -39,6 +41,18 @@ from quotagate.wire.schema import (
 NATIVE_ONLY: Final = per_target(
     drop("no equivalent on OpenAI-compatible targets"), fwd(), drop("no equivalent on Bedrock Converse")
 )
+
+
+def priced_natively(modifier: str) -> Targets:
+    """Sent to Anthropic targets at the price table's modifier (quotagate.logic.pricing); the chat
+    translation for the others leaves it out."""
+    return per_target(
+        drop("no equivalent on OpenAI-compatible targets"),
+        Disposition(Action.PRICED, modifier),
+        drop("no equivalent on Bedrock Converse"),
+    )
+
+
 UNPRICED_SERVER_SIDE = "it runs on the provider's servers at a cost the price table does not carry yet"
 
 CACHE_CONTROL: Final = Field(
@@ -287,20 +301,18 @@ MESSAGES_FIELDS: Final[dict[str, Field]] = {
         ),
     ),
     "service_tier": Field(
-        Str(
-            ("auto", "standard_only"),
-            refused_values={"auto": "it may be served at priority-tier prices the price table does not carry yet"},
+        Str(("auto", "standard_only")),
+        priced_natively(
+            "price.service_tiers: 'auto' reserves at its entry (1x if none); settled at the tier Anthropic reports"
         ),
-        NATIVE_ONLY,
     ),
     "speed": Field(
-        Str(
-            ("standard", "fast"),
-            refused_values={"fast": "fast mode is billed at a premium the price table does not carry yet"},
-        ),
-        NATIVE_ONLY,
+        Str(("standard", "fast")),
+        priced_natively("price.fast_mode multiplies every token price; 'fast' without it is a 400"),
     ),
-    "inference_geo": Field(Str(), refused("US-only inference is billed 1.1x; the price table does not carry it yet")),
+    "inference_geo": Field(
+        Str(), priced_natively("price.inference_geos multiplies every token price; a geography without it is a 400")
+    ),
     "container": Field(Json(), refused("containers are server-side state; this gateway keeps none")),
     "mcp_servers": Field(Json(), refused(f"remote MCP tools: {UNPRICED_SERVER_SIDE}")),
     "diagnostics": Field(Json(), dropped("provider-side diagnostics; nothing to bill")),

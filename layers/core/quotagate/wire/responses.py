@@ -248,7 +248,8 @@ REASONING = Obj(
             per_target(
                 Disposition(
                     Action.BOUNDED,
-                    "reasoning_effort: hidden reasoning tokens are output; reserved whole on targets marked reasoning",
+                    "reasoning_effort: hidden reasoning tokens are output; without max_output_tokens the whole "
+                    "cap is reserved",
                 ),
                 Disposition(Action.DROPPED, "the chat translation's Anthropic request carries no effort"),
                 Disposition(Action.DROPPED, "no equivalent"),
