@@ -144,7 +144,7 @@ def test_a_named_tool_choice_and_a_tool_choice_without_tools():
             },
             "messages.0.content.0.cache_control.type",
         ),
-        ({"messages": [{"role": "user", "content": "x"}], "speed": "fast"}, "speed"),
+        ({"messages": [{"role": "user", "content": "x"}], "speed": "ludicrous"}, "speed"),
         ({"messages": [{"role": "user", "content": "x"}], "container": "c-1"}, "container"),
         (
             {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 2048}},
