@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 ROLLUP_TIMEOUT = Duration.seconds(60)
 MAX_RECEIVES = 5
+# DynamoDB streams keep records 24 h. A record the pipe gives up on at this age still has the rest
+# of the day in the stream, so its dead-letter entry can be replayed (docs/usage-events.md).
+STREAM_RETENTION = Duration.hours(24)
+PIPE_MAX_RECORD_AGE = Duration.hours(6)
 PERIOD_CLOSE_SCHEDULE = events.Schedule.rate(Duration.hours(1))
 DLQ_REASON = (
     "This queue is itself the dead-letter queue of the usage pipe (cdk-nag does not see a pipe's "
@@ -90,9 +94,10 @@ class UsagePipeline(Construct):
                     batch_size=10,
                     maximum_batching_window_in_seconds=1,
                     # A record that cannot be delivered must not block its shard for the stream's
-                    # 24 h: after the retries, its batch's position goes to the dead-letter queue.
+                    # 24 h: after the retries (or PIPE_MAX_RECORD_AGE), its position goes to the
+                    # dead-letter queue while the record is still in the stream to be replayed.
                     maximum_retry_attempts=10,
-                    maximum_record_age_in_seconds=86_400,
+                    maximum_record_age_in_seconds=int(PIPE_MAX_RECORD_AGE.to_seconds()),
                     # A failing batch is split in halves and retried, down to the one bad record: only
                     # that record's position goes to the dead-letter queue, its neighbours are delivered.
                     on_partial_batch_item_failure="AUTOMATIC_BISECT",

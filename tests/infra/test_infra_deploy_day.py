@@ -132,6 +132,14 @@ def test_pipe_bisects_a_failing_batch(synthesized):
     assert stream["OnPartialBatchItemFailure"] == "AUTOMATIC_BISECT"
 
 
+def test_a_dead_lettered_record_is_still_in_the_stream_to_be_replayed(synthesized):
+    """The pipe gives up on a record well before the stream's 24 h retention drops it (at 24 h the
+    dead-letter entry would point at records already gone)."""
+    (pipe_resource,) = synthesized.of_type("AWS::Pipes::Pipe").values()
+    stream = pipe_resource["Properties"]["SourceParameters"]["DynamoDBStreamParameters"]
+    assert 0 < stream["MaximumRecordAgeInSeconds"] <= 86_400 - 12 * 3600
+
+
 def test_usage_docs_tell_how_to_replay_the_pipe_dead_letters():
     text = (paths.ROOT / "docs" / "usage-events.md").read_text()
     assert "UsagePipeDeadLetterQueue" in text and "AUTOMATIC_BISECT" in text and "To replay" in text
