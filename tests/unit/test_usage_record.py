@@ -79,8 +79,10 @@ def test_a_key_without_limits_still_leaves_a_usage_record():
 def test_jwt_callers_are_recorded_by_subject():
     ledger = InMemoryQuotaLedger()
     fields = {**FIELDS, "key_id": "jwt:acme:user-7", "auth_type": "jwt"}
-    QuotaService(ledger).reserve(
+    service = QuotaService(ledger)
+    reservation = service.reserve(
         ReservationRequest("r3", "jwt:acme:user-7", "acme", {}, {}, 1, 1, 0.0, usage_fields=fields)
     )
+    service.write_record(reservation)  # a key without limits: written while the upstream answers
     record = ledger.get_reservation("r3")[RECORD_ATTRIBUTE]
     assert (record["key_id"], record["subject"], record["auth_type"]) == ("", "user-7", "jwt")

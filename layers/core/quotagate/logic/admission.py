@@ -110,27 +110,28 @@ class Admission:
     async def reserve(self, route: Route, request: ReservationSize) -> Admitted:
         """Reserve the quota (GatewayError 429 when a window has no room) and start the
         remaining-quota read for the ``x-ratelimit-*`` headers, which overlaps the upstream call:
-        the reservation is the only store round trip before the first byte."""
+        the reservation is the only store round trip before the first byte, and a key without
+        limits makes none (its usage record is written while the upstream answers)."""
         gateway = self.gateway
         identity = route.identity
-        reservation = await to_thread.run_sync(
-            lambda: gateway.quota.reserve(
-                ReservationRequest(
-                    route.request_id,
-                    identity.key_id,
-                    identity.tenant,
-                    route.limits.key_limits,
-                    route.limits.tenant_limits,
-                    request.prompt_tokens,
-                    request.output_tokens,
-                    request.usd,
-                    output_text=request.output_text,
-                    output_param=request.output_param,
-                    prompt_tokens_bound=request.prompt_bound,
-                    usage_fields=usage_fields(identity, route.requested_model, route.resolution.model.name),
-                )
-            )
+        asked = ReservationRequest(
+            route.request_id,
+            identity.key_id,
+            identity.tenant,
+            route.limits.key_limits,
+            route.limits.tenant_limits,
+            request.prompt_tokens,
+            request.output_tokens,
+            request.usd,
+            output_text=request.output_text,
+            output_param=request.output_param,
+            prompt_tokens_bound=request.prompt_bound,
+            usage_fields=usage_fields(identity, route.requested_model, route.resolution.model.name),
         )
+        if route.limits.key_limits or route.limits.tenant_limits:
+            reservation = await to_thread.run_sync(gateway.quota.reserve, asked)
+        else:
+            reservation = gateway.quota.reserve(asked)  # no window: no store call, no thread
         outcome = Outcome(
             route.request_id,
             identity,
@@ -140,8 +141,19 @@ class Admission:
             reserved_tokens=request.prompt_tokens + request.output_tokens,
             reserved_usd=request.usd,
         )
-        remaining_read = asyncio.ensure_future(to_thread.run_sync(gateway.quota.read_remaining, reservation))
-        return Admitted(gateway, route, reservation, outcome, remaining_read)
+        # Nothing more before the upstream call: the remaining-quota read (for the headers) and a
+        # key without limits' usage record are written while the upstream answers.
+        remaining_read = (
+            asyncio.ensure_future(to_thread.run_sync(gateway.quota.read_remaining, reservation))
+            if reservation.charges
+            else None
+        )
+        record_write = (
+            None
+            if reservation.record_written
+            else asyncio.ensure_future(to_thread.run_sync(gateway.quota.write_record, reservation))
+        )
+        return Admitted(gateway, route, reservation, outcome, remaining_read, record_write)
 
 
 class Admitted:
@@ -154,12 +166,14 @@ class Admitted:
         reservation: Reservation,
         outcome: Outcome,
         remaining_read: asyncio.Future[None] | None,
+        record_write: asyncio.Future[None] | None = None,
     ) -> None:
         self.gateway = gateway
         self.route = route
         self.reservation = reservation
         self.outcome = outcome
         self._remaining_read = remaining_read
+        self._record_write = record_write
         self.settled = False
         self.price_modifiers: PriceModifiers | None = None  # what settlement prices beyond the tokens
 
@@ -216,6 +230,9 @@ class Admitted:
                 duration_ms=(now - outcome.started) * 1000,
                 failovers=outcome.failovers,
             )
+            if self._record_write is not None:
+                with contextlib.suppress(Exception):  # if it failed, settlement writes the record
+                    await self._record_write
             try:
                 outcome.cost_usd = await to_thread.run_sync(
                     gateway.settle, self.reservation, target, usage, settlement, self.price_modifiers

@@ -114,6 +114,10 @@ class Quota(Protocol):
         """Grow an open reservation in the same windows; False when a window has no room."""
         ...
 
+    def write_record(self, reservation: Reservation) -> None:
+        """Write the usage record a reservation without windows deferred (a no-op otherwise)."""
+        ...
+
     def read_remaining(self, reservation: Reservation) -> None:
         """Fill in the ``used`` of the reservation's windows (for ``x-ratelimit-remaining-*``)."""
         ...

@@ -84,6 +84,9 @@ class Reservation:
     settled: bool = False
     # The usage record written with the reservation (None: the caller asked for none).
     record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # False while the record of a reservation without windows waits for QuotaService.write_record
+    # (written while the upstream answers, not before it is called).
+    record_written: bool = True
     # Held by QuotaService while it settles or grows the reservation (settled exactly once).
     lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 

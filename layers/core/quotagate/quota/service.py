@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from quotagate.errors import GatewayError
-from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded
+from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded, ReservationExists
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
 from quotagate.quota.windows import (
@@ -176,7 +176,8 @@ class QuotaService:
 
         With ``request.usage_fields``, the reservation item also carries the usage record that becomes
         a ``Request Settled`` event — even for a key without limits, so that billing sees every
-        request (its only store writes are then that record's put and settlement).
+        request. Such a key's reservation writes nothing here: its record's put
+        (:meth:`write_record`) runs while the upstream answers, and its settlement after.
 
         Raises GatewayError: 400 (can never fit), 429 ``rate_limit_exceeded`` (a per-minute window
         is short, or the store stayed contended) or 429 ``insufficient_quota`` (a day/month budget
@@ -201,8 +202,10 @@ class QuotaService:
                 budgets=budgets,
                 **request.usage_fields,
             )
-        if not charges and record is None:  # no limits and no usage record: nothing to store
-            return Reservation(request_id, (), (), now, self._clock)
+        if not charges:
+            # No window to guard: nothing stands before the upstream call. The usage record (if
+            # any) is written by write_record while the upstream answers, or at settlement.
+            return Reservation(request_id, (), (), now, self._clock, record=record, record_written=record is None)
         try:
             usages = (
                 self._ledger.reserve(request_id, charges, record)
@@ -235,6 +238,18 @@ class QuotaService:
                 headers={"retry-after": "1"},
             ) from None
         return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock, record=record)
+
+    def write_record(self, reservation: Reservation) -> None:
+        """Write the usage record of a reservation without windows (an open reservation item, as
+        for any other request: the reaper closes it if the proxy dies before settling). The proxy
+        runs this concurrently with the upstream call; settle writes it if it has not landed."""
+        if reservation.record_written or reservation.record is None:
+            return
+        try:
+            self._ledger.reserve(reservation.request_id, (), reservation.record)
+        except ReservationExists:
+            pass  # an earlier attempt landed without our learning it
+        reservation.record_written = True
 
     def _apply_or_queue(self, pending: PendingSettlement) -> bool:
         """Settle now, or hand the settlement to the durable retry path. Raises only when neither
@@ -353,6 +368,7 @@ class QuotaService:
         with reservation.lock:
             if reservation.settled:
                 return False
+            self.write_record(reservation)  # a no-op unless the early write failed
             if not reservation.charges and record is None:
                 reservation.settled = True
                 return True
