@@ -20,6 +20,7 @@ CONFIG = {
         "via-openai": {"provider": "openai", "upstream_model": "mock-gpt"},
         "via-anthropic": {"provider": "anthropic", "upstream_model": "claude-mock"},
         "via-bedrock": {"provider": "bedrock", "upstream_model": "amazon.nova-mock-v1:0"},
+        "strict-openai": {"provider": "openai", "upstream_model": "mock-gpt", "unknown_fields": "refuse"},
     },
     "plans": {"pro": {"limits": {"tokens_per_day": 100000}, "models": "*", "default_max_tokens": 16}},
     "default_plan": "pro",
@@ -224,3 +225,55 @@ def test_codexs_default_request_streams_on_every_target(stack, api_key, model):
     )
     sent = json.dumps(stack.mock.stats.last_request["body"])
     assert "mcp__files__read" in sent and "web_search" not in sent and "client_metadata" not in sent
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_drops_undeclared_fields_names_them_and_never_forwards_them(stack, api_key, stream):
+    body = {
+        "model": "via-openai",
+        "messages": [{"role": "user", "content": "hi", "x_trace": 1}],
+        "max_tokens": 4,
+        "stream": stream,
+        "repetition_penalty": 1.1,
+        "store": True,
+    }
+    response = post(stack, api_key, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-quotagate-dropped-params"] == "repetition_penalty, messages[0].x_trace, store"
+    sent = stack.mock.stats.last_request["body"]
+    assert "repetition_penalty" not in sent and "store" not in sent and "x_trace" not in sent["messages"][0]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": [HI], "repetition_penalty": 1.1}, "repetition_penalty"),
+        ("/v1/responses", {"input": "hi", "client_metadata": {}, "future": 1}, "future"),
+        ("/v1/embeddings", {"input": "hi", "future": 1}, "future"),
+    ],
+)
+def test_a_model_configured_to_refuse_unknown_fields_refuses_them(stack, api_key, path, body, param):
+    calls = upstream_calls(stack)
+    response = post(stack, api_key, path, {"model": "strict-openai", **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert upstream_calls(stack) == calls
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"web_search_options": {}}, "web_search_options", "billed per call"),
+        ({"modalities": ["text", "audio"]}, "modalities[1]", "audio tokens"),
+        ({"service_tier": "priority"}, "service_tier", "priority"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction", "rejected prediction tokens"),
+        ({"reasoning_effort": "high"}, "reasoning_effort", "max_completion_tokens"),
+    ],
+)
+def test_chat_fields_that_change_the_price_unpriced_are_refused_naming_them(stack, api_key, fields, param, words):
+    calls = upstream_calls(stack)
+    response = post(stack, api_key, "/v1/chat/completions", {"model": "via-openai", "messages": [HI], **fields})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert upstream_calls(stack) == calls

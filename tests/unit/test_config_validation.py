@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from quotagate.config import DEFAULT_CONFIG_FILE, ConfigError
+from quotagate.config import DEFAULT_CONFIG_FILE, ConfigError, UnknownFieldsPolicy
 from quotagate.config_models import parse_config
 
 BASE: dict[str, Any] = {
@@ -124,6 +124,8 @@ BAD_VALUES = [
     ("models.chat.targets[0]", "openai"),
     ("models.chat.targets", {"provider": "openai"}),
     ("models.chat.on_tier_mismatch", 5),
+    ("models.chat.unknown_fields", "ignore"),
+    ("models.small.unknown_fields", 1),
     ("models.small", 5),
     # circuit breaker
     ("circuit_breaker.failure_threshold", 2.5),
@@ -155,6 +157,12 @@ def test_every_bad_field_is_reported_at_once():
         parse_config(raw)
     assert "plans.pro.default_max_tokens" in str(refused.value)
     assert "plans.free.default_max_tokens" in str(refused.value)
+
+
+def test_unknown_fields_is_drop_unless_a_model_says_refuse():
+    config = parse_config(with_value("models.chat.unknown_fields", "refuse"))
+    assert config.models["chat"].unknown_fields == UnknownFieldsPolicy.REFUSE
+    assert config.models["small"].unknown_fields == UnknownFieldsPolicy.DROP
 
 
 def test_good_values_keep_their_meaning():

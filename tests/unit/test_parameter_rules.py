@@ -50,9 +50,9 @@ def test_values_at_the_ends_of_the_ranges_are_accepted(fields):
 @pytest.mark.parametrize(
     ("response_format", "param"),
     [
-        ({"type": "xml"}, "response_format"),
+        ({"type": "xml"}, "response_format.type"),
         ("json", "response_format"),
-        ({"type": "json_schema"}, "response_format.json_schema.name"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
         ({"type": "json_schema", "json_schema": {"name": "a b"}}, "response_format.json_schema.name"),
         ({"type": "json_schema", "json_schema": {"name": "P", "schema": []}}, "response_format.json_schema.schema"),
     ],

@@ -166,6 +166,13 @@ class TierMismatchPolicy(StrEnum):
 TIER_MISMATCH_POLICIES: tuple[str, ...] = tuple(TierMismatchPolicy)
 
 
+class UnknownFieldsPolicy(StrEnum):
+    """What a request field the gateway does not declare (quotagate.wire) gets, per model."""
+
+    DROP = "drop"  # removed, named in x-quotagate-dropped-params, never forwarded
+    REFUSE = "refuse"  # a 400 naming the field
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
@@ -230,6 +237,7 @@ class Model:
     sticky: bool = False  # the first pick is a stable hash of consumer and alias
     deadline: float | None = None  # total seconds for the whole request (None: no total deadline)
     created: int | None = None  # Unix seconds shown by /v1/models (None: when this process started)
+    unknown_fields: UnknownFieldsPolicy = UnknownFieldsPolicy.DROP
 
     # The first target, for code and listings that think of a model as one upstream.
     @property
@@ -393,6 +401,7 @@ def _build_model(name: str, raw: dict[str, Any]) -> Model:
         sticky=bool(raw.get("sticky")),
         deadline=_optional_float(raw.get("deadline")),
         created=raw.get("created"),
+        unknown_fields=UnknownFieldsPolicy(raw.get("unknown_fields") or UnknownFieldsPolicy.DROP),
     )
 
 

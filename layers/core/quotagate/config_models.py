@@ -37,6 +37,7 @@ from quotagate.config import (
     MaxOutputField,
     ProviderType,
     TierMismatchPolicy,
+    UnknownFieldsPolicy,
     build_config,
     expand_variables,
     load_cached,
@@ -85,6 +86,7 @@ class StrictModel(BaseModel):
 ProviderTypeField = Annotated[ProviderType, Field(strict=False)]
 TierMismatchPolicyField = Annotated[TierMismatchPolicy, Field(strict=False)]
 HostedToolField = Annotated[HostedTool, Field(strict=False)]
+UnknownFieldsPolicyField = Annotated[UnknownFieldsPolicy, Field(strict=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_LIMIT_VALUE)]
 # int | float: a whole number of dollars stays an int (as given) in the records and the answers.
 Dollars = Annotated[int | float, one_error("must be a number"), AfterValidator(_dollars)]
@@ -197,6 +199,8 @@ class ModelDocument(StrictModel):
     sticky: bool = False
     deadline: Seconds | None = None
     created: Annotated[int, Field(ge=0)] | None = None  # Unix seconds
+    # Request fields the gateway does not declare: dropped and named (default), or a 400.
+    unknown_fields: UnknownFieldsPolicyField | None = None
     # The simple form's target.
     provider: str | None = None
     upstream_model: Text | None = None

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quotagate import settings, strict_json
+from quotagate import settings, strict_json, wire
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
 from quotagate.logic.tool_turns import check_tool_turns
+from quotagate.wire import chat as wire_chat
+from quotagate.wire.schema import WireError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quotagate.wire.schema import Obj
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Body fields the built-in mock model server reads (quotagate_tools.mock); dropped from clients' bodies.
@@ -26,6 +33,7 @@ class ChatRequest:
     max_completion_tokens: int | None  # as the client sent them
     max_tokens: int | None
     choices: int  # n
+    dropped: tuple[str, ...] = ()  # the fields removed (named in x-quotagate-dropped-params)
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -90,7 +98,7 @@ def parse_model_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], str
     return body, model
 
 
-def _check_messages(messages: Any) -> None:
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
     """Each message's role and content shape (a wrong type is a 400 naming its path)."""
     if not isinstance(messages, list) or not messages:
         raise invalid_request("'messages' must be a non-empty array.", param="messages", code="invalid_value")
@@ -116,13 +124,31 @@ def _check_messages(messages: Any) -> None:
                 raise invalid_request(f"'{here}' must be an object.", param=here, code="invalid_value")
             if not isinstance(part.get("type"), str):
                 raise invalid_request(f"'{here}.type' must be a string.", param=f"{here}.type", code="invalid_value")
+    return messages
 
 
-def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ChatRequest:
+def check_declared(
+    declaration: Obj, body: dict[str, Any], model: str, refuses_unknown: Callable[[str], bool] | None
+) -> tuple[str, ...]:
+    """Validate an OpenAI-protocol body against its declared fields (:mod:`quotagate.wire`): a
+    wrong type is a 400 naming its path (``messages[0].role``); the paths removed."""
+    try:
+        dropped = wire.check_body(declaration, body, refuses_unknown is not None and refuses_unknown(model))
+    except WireError as error:
+        where = wire.openai_path(error.path)
+        raise invalid_request(f"{where}: {error.problem}", param=where, code=error.code) from None
+    return tuple(wire.openai_path(path) for path in dropped)
+
+
+def parse_chat_request(
+    raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES, refuses_unknown: Callable[[str], bool] | None = None
+) -> ChatRequest:
+    """A validated chat completion request; ``refuses_unknown(model)``: whether that model refuses
+    undeclared fields (else they are dropped and named)."""
     body, model = parse_model_request(raw, max_bytes)
+    dropped = check_declared(wire_chat.CHAT, body, model, refuses_unknown)
 
-    messages = body.get("messages")
-    _check_messages(messages)
+    messages = _check_messages(body.get("messages"))
     check_tool_turns(messages)
 
     stream = body.get("stream", False)
@@ -142,6 +168,14 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
 
     max_completion = _positive_int(body, "max_completion_tokens")
     max_tokens = _positive_int(body, "max_tokens")
+    if body.get("reasoning_effort") is not None and max_completion is None and max_tokens is None:
+        # Hidden reasoning is billed as output: only a cap the client chose bounds it on every target.
+        raise invalid_request(
+            "reasoning_effort: send max_completion_tokens with it: hidden reasoning tokens are billed as "
+            "output, and the gateway reserves output only up to a cap.",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
     choices = _positive_int(body, "n", MAX_CHOICES) or 1
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)
@@ -162,4 +196,5 @@ def parse_chat_request(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> C
         max_completion_tokens=max_completion,
         max_tokens=max_tokens,
         choices=choices,
+        dropped=dropped,
     )

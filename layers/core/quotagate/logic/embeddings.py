@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
-from quotagate import tokens
+from quotagate import tokens, wire
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic.admission import ReservationSize
-from quotagate.logic.chat_request import parse_model_request
+from quotagate.logic.chat_request import check_declared, parse_model_request
 from quotagate.logic.failover import provider_for
 from quotagate.logic.metering import Usage
 from quotagate.providers.base import EmbeddingsProvider
 from quotagate.usage.record import outcome_for_status
+from quotagate.wire import embeddings as wire_embeddings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from quotagate.config import Target
     from quotagate.identity import Identity
     from quotagate.logic.admission import Admission
@@ -36,10 +39,14 @@ class EmbeddingsRequest:
     model: str
     texts: list[str]  # string inputs, for counting
     token_inputs: int  # inputs given as token ids count one token per id
+    dropped: tuple[str, ...] = ()  # the fields removed (named in x-quotagate-dropped-params)
 
 
-def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
+def parse_embeddings_request(
+    raw: bytes, max_bytes: int, refuses_unknown: Callable[[str], bool] | None = None
+) -> EmbeddingsRequest:
     body, model = parse_model_request(raw, max_bytes)
+    dropped = check_declared(wire_embeddings.EMBEDDINGS, body, model, refuses_unknown)
     value = body.get("input")
     items: list[Any] = value if isinstance(value, list) else [value]
     if value is None or (isinstance(value, list) and not value) or len(items) > MAX_INPUTS:
@@ -47,7 +54,7 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
             f"'input' must be a string or a non-empty array of at most {MAX_INPUTS} items.", "input", "invalid_value"
         )
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return EmbeddingsRequest(body, model, [], len(value))  # one array of token ids
+        return EmbeddingsRequest(body, model, [], len(value), dropped)  # one array of token ids
     texts, token_inputs = [], 0
     for item in items:
         if isinstance(item, str) and item:
@@ -63,7 +70,7 @@ def parse_embeddings_request(raw: bytes, max_bytes: int) -> EmbeddingsRequest:
             raise invalid_request(f"'{name}' must be a positive integer.", name, "invalid_value")
     if body.get("encoding_format") not in (None, "float", "base64"):
         raise invalid_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format", "invalid_value")
-    return EmbeddingsRequest(body, model, texts, token_inputs)
+    return EmbeddingsRequest(body, model, texts, token_inputs, dropped)
 
 
 async def run_embeddings(
@@ -73,7 +80,7 @@ async def run_embeddings(
     Admission, failover, the deadline and settlement are the chat path's (:mod:`quotagate.logic.admission`,
     :mod:`quotagate.logic.failover`); what is embeddings' own is the call and its usage."""
     started = gateway.clock()
-    request = parse_embeddings_request(raw, gateway.max_body_bytes)
+    request = parse_embeddings_request(raw, gateway.max_body_bytes, gateway.refuses_unknown_fields)
     route = await admission.route(
         identity, request.model, request_id, started, usable=lambda t: can_embed(gateway, t), capability="embeddings"
     )
@@ -103,7 +110,7 @@ async def run_embeddings(
         admitted.outcome.first_byte_at = gateway.clock()
         admitted.outcome.target = served.target.id
         await admitted.remaining_read_done()
-        return served.result, admitted.headers(served.target)
+        return served.result, {**admitted.headers(served.target), **wire.dropped_header(request.dropped)}
     except GatewayError as error:
         status = error.status
         await admitted.remaining_read_done()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
-from quotagate import settings
+from quotagate import settings, wire
 from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
@@ -114,6 +114,14 @@ class Gateway:
         """The configuration in force (for endpoints that estimate without reserving)."""
         return self._config()
 
+    def refuses_unknown_fields(self, model: str) -> bool:
+        """Whether the model (or alias) the client named is configured to refuse request fields
+        the gateway does not declare (its ``unknown_fields``), rather than drop them."""
+        from quotagate.config import UnknownFieldsPolicy
+
+        entry = self._config().models.get(model)
+        return entry is not None and entry.unknown_fields == UnknownFieldsPolicy.REFUSE
+
     # -- who may call what -------------------------------------------------------------------
     def limits_for(self, identity: Identity) -> Limits:
         config = self._config()
@@ -183,7 +191,7 @@ class Gateway:
         is then what its request can cost on any target (an upper bound), if the chat body alone
         does not bound it (a body sent as it is to some targets)."""
         started = self.clock()
-        request = parse_chat_request(raw_body, self.max_body_bytes)
+        request = parse_chat_request(raw_body, self.max_body_bytes, self.refuses_unknown_fields)
         route = await self.admission.route(identity, request.model, request_id, started)
         plan, size = await self._chat_reservation(request, route, cost)
         translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
@@ -404,6 +412,11 @@ class ChatResponse(Exchange):
     ) -> None:
         super().__init__(gateway, admitted, translator, plan, request.stream, request.choices)
         self.request = request
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The exchange's headers, and the fields the gateway dropped from the request."""
+        return {**super().headers, **wire.dropped_header(self.request.dropped)}
 
 
 # What builds one request's translator from its (validated) chat request, its output plan and the

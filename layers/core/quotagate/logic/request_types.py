@@ -151,6 +151,10 @@ class GatewayServices(Protocol):
         """The alias and the targets this plan may use for ``name``."""
         ...
 
+    def refuses_unknown_fields(self, model: str) -> bool:
+        """Whether ``model`` refuses undeclared request fields (else they are dropped and named)."""
+        ...
+
     def settle(
         self,
         reservation: Reservation,

@@ -601,10 +601,16 @@ def _chat_tools(tools: list[dict[str, Any]], choice: dict[str, Any] | None) -> d
     return fields
 
 
-def _parse(raw: bytes, max_bytes: int, declaration: Obj, max_tokens_required: bool) -> MessagesRequest:
+def _parse(
+    raw: bytes,
+    max_bytes: int,
+    declaration: Obj,
+    max_tokens_required: bool,
+    refuses_unknown: Callable[[str], bool] | None,
+) -> MessagesRequest:
     body, model = parse_model_request(raw, max_bytes)
     try:
-        dropped = wire.check_body(declaration, body)
+        dropped = wire.check_body(declaration, body, refuses_unknown is not None and refuses_unknown(model))
     except WireError as error:
         raise _bad(error.path, error.problem) from None
     max_tokens = body.get("max_tokens")
@@ -699,14 +705,18 @@ def anthropic_body(request: MessagesRequest) -> dict[str, Any]:
     return body
 
 
-def parse_messages_request(raw: bytes, max_bytes: int) -> MessagesRequest:
+def parse_messages_request(
+    raw: bytes, max_bytes: int, refuses_unknown: Callable[[str], bool] | None = None
+) -> MessagesRequest:
     """A validated ``POST /v1/messages`` body; GatewayError 400/413 otherwise."""
-    return _parse(raw, max_bytes, wire_messages.MESSAGES, max_tokens_required=True)
+    return _parse(raw, max_bytes, wire_messages.MESSAGES, True, refuses_unknown)
 
 
-def parse_count_tokens_request(raw: bytes, max_bytes: int) -> MessagesRequest:
+def parse_count_tokens_request(
+    raw: bytes, max_bytes: int, refuses_unknown: Callable[[str], bool] | None = None
+) -> MessagesRequest:
     """A validated ``POST /v1/messages/count_tokens`` body (no ``max_tokens``, no sampling)."""
-    return _parse(raw, max_bytes, wire_messages.COUNT_TOKENS, max_tokens_required=False)
+    return _parse(raw, max_bytes, wire_messages.COUNT_TOKENS, False, refuses_unknown)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -958,7 +968,7 @@ async def count_tokens(gateway: Gateway, identity: Identity, raw: bytes) -> tupl
     allowed to call the model."""
     from anyio import to_thread
 
-    request = parse_count_tokens_request(raw, gateway.max_body_bytes)
+    request = parse_count_tokens_request(raw, gateway.max_body_bytes, gateway.refuses_unknown_fields)
     limits = await to_thread.run_sync(gateway.limits_for, identity)
     resolution = gateway.resolve(request.model, limits)
     config = gateway.config

@@ -237,7 +237,11 @@ async def create_message(
     client's ``anthropic-beta`` (allow-listed values reach Anthropic targets). GatewayError for
     anything the client must see as an error status; nothing is reserved for bad input."""
     betas, dropped_betas = split_betas(beta_header)
-    request = replace(parse_messages_request(raw, gateway.max_body_bytes), betas=betas, dropped_betas=dropped_betas)
+    request = replace(
+        parse_messages_request(raw, gateway.max_body_bytes, gateway.refuses_unknown_fields),
+        betas=betas,
+        dropped_betas=dropped_betas,
+    )
     cost = await to_thread.run_sync(request_cost, request)
 
     def translate(chat: ChatRequest, plan: OutputPlan, config: GatewayConfig) -> MessagesTranslator:

@@ -46,7 +46,7 @@ from quotagate.wire import responses as wire_responses
 from quotagate.wire.schema import WireError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from quotagate.identity import Identity
     from quotagate.logic.gateway import ChatResponse, Gateway
@@ -398,11 +398,15 @@ def _check_stateless(body: dict[str, Any]) -> None:
             raise _bad(f"'{name}' is not supported by this gateway.", name, "unsupported_parameter")
 
 
-def parse_responses_request(raw: bytes, max_bytes: int) -> ResponsesRequest:
+def parse_responses_request(
+    raw: bytes, max_bytes: int, refuses_unknown: Callable[[str], bool] | None = None
+) -> ResponsesRequest:
     """Validate a Responses request body and translate it into a chat completion request (pure)."""
     body, model = parse_model_request(raw, max_bytes)
     try:
-        dropped = wire.check_body(wire_responses.RESPONSES, body)
+        dropped = wire.check_body(
+            wire_responses.RESPONSES, body, refuses_unknown is not None and refuses_unknown(model)
+        )
     except WireError as error:
         where = wire.openai_path(error.path)
         raise _bad(f"{where}: {error.problem}", where, error.code) from None
@@ -945,7 +949,7 @@ class ResponsesResult:
 async def create_response(gateway: Gateway, identity: Identity, raw: bytes, request_id: str) -> ResponsesResult:
     """Validate, translate, and run a Responses request through the chat pipeline. Raises
     GatewayError (OpenAI-shaped; nothing reserved, or the reservation already settled)."""
-    request = parse_responses_request(raw, gateway.max_body_bytes)
+    request = parse_responses_request(raw, gateway.max_body_bytes, gateway.refuses_unknown_fields)
     try:
         chat = await gateway.chat(identity, json.dumps(request.chat_body).encode(), request_id)
     except GatewayError as error:
