@@ -258,22 +258,3 @@ def test_a_model_configured_to_refuse_unknown_fields_refuses_them(stack, api_key
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert upstream_calls(stack) == calls
-
-
-@pytest.mark.parametrize(
-    ("fields", "param", "words"),
-    [
-        ({"web_search_options": {}}, "web_search_options", "billed per call"),
-        ({"modalities": ["text", "audio"]}, "modalities[1]", "audio tokens"),
-        ({"service_tier": "priority"}, "service_tier", "priority"),
-        ({"prediction": {"type": "content", "content": "x"}}, "prediction", "rejected prediction tokens"),
-        ({"reasoning_effort": "high"}, "reasoning_effort", "max_completion_tokens"),
-    ],
-)
-def test_chat_fields_that_change_the_price_unpriced_are_refused_naming_them(stack, api_key, fields, param, words):
-    calls = upstream_calls(stack)
-    response = post(stack, api_key, "/v1/chat/completions", {"model": "via-openai", "messages": [HI], **fields})
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["param"] == param and words in error["message"], error
-    assert upstream_calls(stack) == calls

@@ -168,14 +168,7 @@ def parse_chat_request(
 
     max_completion = _positive_int(body, "max_completion_tokens")
     max_tokens = _positive_int(body, "max_tokens")
-    if body.get("reasoning_effort") is not None and max_completion is None and max_tokens is None:
-        # Hidden reasoning is billed as output: only a cap the client chose bounds it on every target.
-        raise invalid_request(
-            "reasoning_effort: send max_completion_tokens with it: hidden reasoning tokens are billed as "
-            "output, and the gateway reserves output only up to a cap.",
-            param="reasoning_effort",
-            code="invalid_value",
-        )
+
     choices = _positive_int(body, "n", MAX_CHOICES) or 1
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)

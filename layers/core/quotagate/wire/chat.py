@@ -26,6 +26,7 @@ from quotagate.wire.schema import (
     OneOf,
     Str,
     Tagged,
+    Targets,
     drop,
     dropped,
     everywhere,
@@ -38,7 +39,13 @@ from quotagate.wire.schema import (
 NOT_TRANSLATED = "no equivalent in the target's API"
 # Sent to OpenAI-compatible targets only; the translations for the others leave it out.
 OPENAI_ONLY: Final = per_target(fwd(), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED))
-AUDIO_UNPRICED = "audio tokens are priced far above text, and the price table does not carry them yet"
+
+
+def priced_upstream(modifier: str) -> Targets:
+    """Sent to OpenAI-compatible targets at the price table's modifier (quotagate.logic.pricing);
+    the translations for the others leave it out (their plain token prices)."""
+    return per_target(Disposition(Action.PRICED, modifier), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED))
+
 
 # A prompt-cache breakpoint (Anthropic's, as OpenAI-compatible gateways such as litellm accept it):
 # the reservation prices a marked prompt as a 1-hour cache write.
@@ -110,7 +117,9 @@ MESSAGE = Obj(
         "tool_call_id": Field(Str()),
         "function_call": Field(FUNCTION_CALL, OPENAI_ONLY),
         "refusal": Field(Str()),
-        "audio": Field(Json(), refused(AUDIO_UNPRICED)),
+        "audio": Field(
+            Json(), refused("an earlier audio answer by id is server state: send its transcript as content")
+        ),
         # Reasoning text some compatible servers return (DeepSeek, vLLM): not sent back.
         "reasoning_content": Field(Str(), dropped("an earlier answer's reasoning; the model reasons afresh")),
         "cache_control": CACHE_CONTROL,
@@ -181,13 +190,7 @@ RESPONSE_FORMAT = Tagged(
         ),
     },
 )
-PAID_SERVICE_TIERS: Final = {
-    "priority": "priority processing is billed about 1.75x, and the price table does not carry it yet",
-    "flex": "flex processing is priced differently and the price table does not carry it yet",
-    "scale": "the scale tier is priced differently and the price table does not carry it yet",
-    "fast": "fast processing is billed at a premium the price table does not carry yet",
-}
-NEEDS_CAP = "sent with the client's output cap only: hidden tokens are output, bounded by the cap the gateway reserves"
+HIDDEN_OUTPUT = "hidden output no stream shows: the whole output cap is reserved up front"
 
 CHAT_FIELDS: Final[dict[str, Field]] = {
     "model": Field(Str(min_length=1), TRANSLATED, required=True, doc="a model or alias; the route's model is sent"),
@@ -236,25 +239,36 @@ CHAT_FIELDS: Final[dict[str, Field]] = {
     "verbosity": Field(Str(("low", "medium", "high")), OPENAI_ONLY),
     "reasoning_effort": Field(
         Str(("none", "minimal", "low", "medium", "high", "xhigh")),
-        per_target(Disposition(Action.BOUNDED, NEEDS_CAP), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED)),
+        per_target(Disposition(Action.BOUNDED, HIDDEN_OUTPUT), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED)),
     ),
     "prompt_cache_key": Field(Str(), OPENAI_ONLY),
     "prompt_cache_retention": Field(Str(("in_memory", "24h")), OPENAI_ONLY),
     "store": Field(Bool(), dropped("nothing is stored at the provider through the gateway")),
     "service_tier": Field(
-        Str(("auto", "default", "flex", "scale", "priority", "fast"), refused_values=PAID_SERVICE_TIERS),
-        per_target(fwd("auto and default: the standard price"), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED)),
+        Str(("auto", "default", "flex", "scale", "priority", "fast")),
+        priced_upstream(
+            "price.service_tiers: reserved at the tier asked for, settled at the tier served; unlisted is a 400"
+        ),
     ),
     "modalities": Field(
-        Array(Str(("text", "audio"), refused_values={"audio": AUDIO_UNPRICED})),
-        per_target(fwd("text only"), drop(NOT_TRANSLATED), drop(NOT_TRANSLATED)),
+        Array(Str(("text", "audio"))),
+        priced_upstream("audio: price.audio_output_per_million on the whole cap; without it a 400"),
     ),
-    "audio": Field(Json(), refused(AUDIO_UNPRICED)),
+    "audio": Field(
+        Obj("audio", {"voice": Field(Json()), "format": Field(Str())}),
+        priced_upstream("the audio output's voice and format: priced with modalities"),
+    ),
     "prediction": Field(
-        Json(), refused("rejected prediction tokens are billed as output, and the reservation does not bound them yet")
+        Json(),
+        per_target(
+            Disposition(Action.BOUNDED, f"{HIDDEN_OUTPUT}, and the prediction's length on top (rejected tokens)"),
+            drop(NOT_TRANSLATED),
+            drop(NOT_TRANSLATED),
+        ),
     ),
     "web_search_options": Field(
-        Json(), refused("each search is billed per call, and the price table does not carry search fees yet")
+        Json("object"),
+        priced_upstream("one search per request at price.tool_calls_usd.web_search; without it a 400"),
     ),
     "moderation": Field(Json(), dropped("provider-side moderation policy")),
     "prompt_cache_options": Field(Json(), dropped("the provider's default caching")),
