@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 
+import boto3
 import httpx
 import pytest
 
@@ -20,7 +21,10 @@ LEAKED_KEY = "sk-proj-Zx81abQ9vT3kLmN0pQrStUvWxYz1234abcd"
 ANTHROPIC_KEY = "sk-ant-api03-Qw3rTy8uIoP1aSdFgHjKlZxCvBnM0987abcd"
 GATEWAY_KEY = "qg_3f2a9c1d7e6b_5Yb8Kq2Lm9Np4Rs7Tv1Wx3Zc6Ad8Fg0Hj"
 OPAQUE_TOKEN = "dGhpcyBpcyBhIHNlY3JldCB0b2tlbiB0aGF0IGxlYWtz"
-SECRETS = (LEAKED_KEY, ANTHROPIC_KEY, GATEWAY_KEY, OPAQUE_TOKEN)
+# A self-hosted server's key: no digit, no sk- prefix, nothing a pattern could guess (issue 18).
+LETTERS_KEY = "vllm-secret-token-onlyletters-abcdefgh"
+LETTERS_KEY_SECRET = "quotagate/providers/vllm"
+SECRETS = (LEAKED_KEY, ANTHROPIC_KEY, GATEWAY_KEY, OPAQUE_TOKEN, LETTERS_KEY)
 
 # What the upstream answers, by the requested upstream model.
 FAULTS = {
@@ -48,6 +52,10 @@ FAULTS = {
         f"bad key {LEAKED_KEY} here",
         "Key sk-live-1234567890abcdef1234.",
     ),
+    # A code that looks like an identifier but is the provider's own (here: a mangled key).
+    "leak-odd-code": (400, "invalid_request_error", "skprojAbdEfGhIjKl", "Bad request."),
+    # Quotes the key the gateway sent, whatever its shape ({key} is filled in by the upstream).
+    "echo-key-401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided: {key}."),
 }
 
 
@@ -65,6 +73,9 @@ class LeakyUpstream:
                 break
         model = json.loads(raw).get("model", "")
         status, error_type, code, text = FAULTS[model]
+        headers = dict(scope["headers"])
+        sent_key = (headers.get(b"x-api-key") or headers.get(b"authorization", b"")).decode().removeprefix("Bearer ")
+        text = text.replace("{key}", sent_key)
         if scope["path"].endswith("/messages"):  # Anthropic's error shape
             body = {"type": "error", "error": {"type": error_type, "message": text}}
         else:
@@ -86,7 +97,7 @@ def stack(tmp_path_factory):
     leaky = MockServer(app=LeakyUpstream()).start()  # type: ignore[arg-type]
     models = {
         f"{kind}-{fault}": {"provider": f"leaky-{kind}", "upstream_model": fault}
-        for kind in ("openai", "anthropic")
+        for kind in ("openai", "anthropic", "vllm")
         for fault in FAULTS
     }
     overrides = {
@@ -94,12 +105,19 @@ def stack(tmp_path_factory):
             **TEST_CONFIG["providers"],
             "leaky-openai": {"type": "openai", "base_url": f"{leaky.base_url}/v1", "read_timeout": 5},
             "leaky-anthropic": {"type": "anthropic", "base_url": f"{leaky.base_url}/v1", "read_timeout": 5},
+            "leaky-vllm": {
+                "type": "openai",
+                "base_url": f"{leaky.base_url}/v1",
+                "read_timeout": 5,
+                "api_key_secret": LETTERS_KEY_SECRET,
+            },
         },
         "models": {**TEST_CONFIG["models"], **models},
         "circuit_breaker": {"failure_threshold": 1000, "cooldown_seconds": 1},
     }
     try:
         with gateway_stack(tmp_path_factory.mktemp("leaky"), overrides, token_delay=0.001) as running:
+            boto3.client("secretsmanager").create_secret(Name=LETTERS_KEY_SECRET, SecretString=LETTERS_KEY)
             yield running
     finally:
         leaky.stop()
@@ -144,6 +162,7 @@ def assert_no_secret(text: str) -> None:
         ("leak-400", 400, "context_length_exceeded"),
         ("leak-429", 429, "rate_limit_exceeded"),
         ("leak-weird-code", 400, None),
+        ("leak-odd-code", 400, None),
     ],
 )
 def test_the_client_gets_provider_and_status_never_the_upstream_text(
@@ -175,3 +194,24 @@ def test_embeddings_errors_are_redacted_too(stack, key, proxy_log):
     assert_no_secret(response.text)
     assert "Incorrect API key" not in response.text
     assert_no_secret(proxy_log.getvalue())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_key_of_any_shape_is_in_no_log_line(stack, key, proxy_log, stream):
+    """The upstream's 401 quotes the key the gateway sent; the key has no digit and no known prefix,
+    so only its value can give it away: neither the response nor any log line contains it."""
+    response = ask(stack, key, "vllm-echo-key-401", stream=stream)
+    assert response.status_code == 502, response.text
+    assert "HTTP 401 (invalid_api_key)" in response.json()["error"]["message"]
+    logged = proxy_log.getvalue()
+    assert "Incorrect API key provided: [redacted]" in logged, "the detail is logged, redacted"
+    assert LETTERS_KEY not in logged and LETTERS_KEY not in response.text
+    assert_no_secret(logged)
+
+
+def test_an_unknown_upstream_code_stays_in_the_log(stack, key, proxy_log):
+    response = ask(stack, key, "openai-leak-odd-code")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message == "Upstream provider 'leaky-openai' returned HTTP 400 (invalid_request_error)."
+    assert "skproj" not in response.text

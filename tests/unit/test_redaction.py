@@ -7,7 +7,7 @@ import io
 import pytest
 from botocore.exceptions import ClientError
 
-from quotagate.redaction import REDACTED, redact, short_identifier
+from quotagate.redaction import REDACTED, known_code, redact, remember_secret
 
 SECRETS = [
     "sk-proj-Zx81abQ9vT3kLmN0pQrStUvWxYz1234abcd",
@@ -42,6 +42,9 @@ def test_bearer_credentials_and_plain_text():
         ("invalid_request_error", "invalid_request_error"),
         ("ValidationException", "ValidationException"),
         ("rate_limit_exceeded", "rate_limit_exceeded"),
+        ("overloaded_error", "overloaded_error"),
+        ("skprojAbdEfGhIjKl", None),  # an identifier, but not a code the gateway knows
+        ("my_custom_code", None),
         ("bad key sk-abc here", None),
         ("sk-proj-abcd", None),
         ("x" * 65, None),
@@ -51,8 +54,38 @@ def test_bearer_credentials_and_plain_text():
         ("a\nb", None),
     ],
 )
-def test_short_identifier(value, expected):
-    assert short_identifier(value) == expected
+def test_only_known_codes_pass(value, expected):
+    assert known_code(value) == expected
+
+
+LETTERS_KEY = "vllm-secret-token-onlyletters-abcdefgh"
+
+
+def test_a_remembered_secret_is_redacted_whatever_its_shape():
+    text = f"Incorrect API key provided: {LETTERS_KEY}."
+    assert LETTERS_KEY in redact(text), "no pattern can guess it"
+    remember_secret(LETTERS_KEY)
+    assert redact(text) == f"Incorrect API key provided: {REDACTED}."
+    assert redact(f"{'x' * 480} {LETTERS_KEY}") == f"{'x' * 480} {REDACTED}"[:500], "a cut never leaves a prefix"
+    remember_secret("short")  # too short to be told from words
+    assert redact("a short text") == "a short text"
+
+
+def test_no_proxy_log_line_contains_a_remembered_secret(monkeypatch):
+    from quotagate.observability import logger
+
+    stream = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", stream)
+    secret = "quiet-words-only-provider-token"
+    remember_secret(secret)
+    logger.warning(f"message {secret}", extra={"detail": {"nested": [secret]}, "plain": secret})
+    try:
+        raise ValueError(f"boom {secret}")
+    except ValueError:
+        logger.exception("failed")
+    logged = stream.getvalue()
+    assert secret not in logged and logged.count(REDACTED) >= 4, logged
+    assert '"message":"message [redacted]"' in logged
 
 
 def test_bedrock_error_text_goes_to_the_log_redacted(monkeypatch):

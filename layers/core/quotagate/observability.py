@@ -29,12 +29,14 @@ from quotagate.metric_names import (
     status_class,
     unit,
 )
+from quotagate.redaction import redact_log_output
 
 if TYPE_CHECKING:
     from quotagate.errors import GatewayError
     from quotagate.logic.request_types import Outcome
 
 logger = Logger(service=SERVICE)
+redact_log_output(logger.registered_handler)  # no configured secret in any line, whatever its shape
 # Kept for callers that add their own metrics; the request metrics below do not use it.
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 

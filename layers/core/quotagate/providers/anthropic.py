@@ -65,7 +65,7 @@ from quotagate.providers.exceptions import (
     UpstreamTimeout,
 )
 from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, arguments_json, parse_sse_events
-from quotagate.redaction import log_upstream_error, short_identifier
+from quotagate.redaction import known_code, log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -678,7 +678,7 @@ class AnthropicProvider(HTTPProvider):
 
     def _stream_error(self, error: AnthropicStreamError, started: bool) -> Exception:
         log_upstream_error(self._name, f"stream {error.error_type}"[:80], error.message)
-        kind = short_identifier(error.error_type)
+        kind = known_code(error.error_type)
         message = f"Upstream provider '{self._name}' reported an error" + (f" ({kind})." if kind else ".")
         if started:
             return StreamInterrupted(message)

@@ -62,7 +62,7 @@ from quotagate.logic.parameters import ResponseTool, provider_temperature, respo
 from quotagate.providers.base import DONE_EVENT, SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
-from quotagate.redaction import log_upstream_error, short_identifier
+from quotagate.redaction import known_code, log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -621,7 +621,7 @@ def _client_error(exc: Any, name: str) -> UpstreamError:
     status = metadata.get("HTTPStatusCode")
     # The upstream's text may quote secrets: the client sees the error code, the log the text.
     log_upstream_error(name, status if isinstance(status, int) else None, error.get("Message"))
-    message = f"Upstream provider '{name}' returned {short_identifier(code) or 'an error'}"
+    message = f"Upstream provider '{name}' returned {known_code(code) or 'an error'}"
     if isinstance(status, int):
         message += f" (HTTP {status})"
     message += "."

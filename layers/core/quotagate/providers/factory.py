@@ -22,6 +22,7 @@ from anyio import to_thread
 from quotagate.errors import GatewayError
 from quotagate.provider_secrets import is_placeholder, unset_key_message
 from quotagate.providers.openai_compat import OpenAICompatibleProvider
+from quotagate.redaction import remember_secret
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -76,6 +77,7 @@ class HttpProviderFactory:
                 raise GatewayError(
                     503, unset_key_message(provider.name), "api_error", "provider_credentials_unavailable"
                 )
+            remember_secret(key)  # before any upstream answer can quote it: no log line will
             return key
 
         return api_key

@@ -9,7 +9,7 @@ import httpx
 
 from quotagate.providers.base import SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
-from quotagate.redaction import log_upstream_error, short_identifier
+from quotagate.redaction import known_code, log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,13 +41,13 @@ async def _raise_for_status(response: httpx.Response, provider_name: str) -> Non
         if len(raw) > MAX_ERROR_BODY:
             break
     # The upstream's text may quote the operator's key: only its error code (or type), when that
-    # is a short identifier, reaches the client; the text goes to the log, redacted.
+    # is one the gateway knows, reaches the client; the text goes to the log, redacted.
     detail: object = raw.decode("utf-8", "replace")
     identifier = None
     try:
         error = json.loads(raw)["error"]
         detail = error.get("message") or detail
-        identifier = short_identifier(error.get("code")) or short_identifier(error.get("type"))
+        identifier = known_code(error.get("code")) or known_code(error.get("type"))
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     log_upstream_error(provider_name, response.status_code, detail)
