@@ -38,6 +38,11 @@ REGION = "us-east-1"
 API_ID = "local"
 STAGE = "prod"
 _INVOKE_RE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024  # bytes: a synchronous invocation's request payload
+PAYLOAD_TOO_LARGE = f"Request must be smaller than {LAMBDA_PAYLOAD_LIMIT} bytes for the InvokeFunction operation"
+ORIGIN_REFUSED = (
+    "Requests from a web page (with an Origin header) are refused: Lambda's Invoke API takes SigV4-signed calls only."
+)
 
 
 @dataclass
@@ -167,7 +172,7 @@ class LocalApiGateway:
         path = scope["path"]
         match = _INVOKE_RE.match(path)
         if match and scope["method"] == "POST":
-            await self._invoke(match.group(1), receive, send)
+            await self._invoke(match.group(1), scope, receive, send)
         elif path == "/health":
             request_id = str(uuid.uuid4())
             await self._invoke_proxy(self._forward_scope(scope, {"requestId": request_id}), receive, send, request_id)
@@ -232,8 +237,14 @@ class LocalApiGateway:
         headers.append((b"x-amzn-request-context", json.dumps(context).encode()))
         return {**scope, "headers": headers}
 
-    async def _invoke(self, function_name: str, receive: Receive, send: Send) -> None:
+    async def _invoke(self, function_name: str, scope: Scope, receive: Receive, send: Send) -> None:
         name = function_name.split(":")[-1]
+        if any(header == b"origin" for header, _ in scope["headers"]):
+            # A web page's request (a text/plain POST needs no CORS preflight): Lambda's Invoke API
+            # takes SigV4-signed calls only, which a page cannot make. Refused before the body is read.
+            body = json.dumps({"Type": "User", "message": ORIGIN_REFUSED}).encode()
+            await _respond(send, 403, body, extra=[(b"x-amzn-errortype", b"AccessDeniedException")])
+            return
         if self._keys_names and name not in self._keys_names:
             body = json.dumps({"Type": "User", "message": f"Function not found: {name}"}).encode()
             await _respond(send, 404, body, extra=[(b"x-amzn-errortype", b"ResourceNotFoundException")])
@@ -242,6 +253,10 @@ class LocalApiGateway:
         while True:
             message = await receive()
             raw.extend(message.get("body", b""))
+            if len(raw) > LAMBDA_PAYLOAD_LIMIT:  # stop reading: Lambda refuses it whole
+                body = json.dumps({"Type": "User", "message": PAYLOAD_TOO_LARGE}).encode()
+                await _respond(send, 413, body, extra=[(b"x-amzn-errortype", b"RequestEntityTooLargeException")])
+                return
             if not message.get("more_body"):
                 break
         try:
