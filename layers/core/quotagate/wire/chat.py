@@ -154,7 +154,9 @@ TOOL_CHOICE = OneOf(
                     "function_choice",
                     {
                         "type": Field(Str()),
-                        "function": Field(Obj("name", {"name": Field(Str(), required=True)}), required=True),
+                        "function": Field(
+                            Obj("function_choice_name", {"name": Field(Str(), required=True)}), required=True
+                        ),
                     },
                 )
             },
@@ -168,10 +170,10 @@ TOOL_CHOICE = OneOf(
 RESPONSE_FORMAT = Tagged(
     "response_format",
     {
-        "text": Obj("text", {"type": Field(Str())}),
-        "json_object": Obj("json_object", {"type": Field(Str())}),
+        "text": Obj("response_format_text", {"type": Field(Str())}),
+        "json_object": Obj("response_format_json_object", {"type": Field(Str())}),
         "json_schema": Obj(
-            "json_schema",
+            "response_format_json_schema",
             {
                 "type": Field(Str()),
                 "json_schema": Field(

@@ -174,7 +174,7 @@ MESSAGE = Obj(
 SYSTEM = OneOf((Str(), Array(TEXT_BLOCK)))
 
 CUSTOM_TOOL = Obj(
-    "tool",
+    "custom_tool",
     {
         "type": Field(Str(("custom",))),
         "name": Field(Str(min_length=1, max_length=64), required=True),
@@ -215,22 +215,24 @@ TOOL = Tagged("tool", {"custom": CUSTOM_TOOL}, default="custom", refused=SERVER_
 TOOL_CHOICE = Tagged(
     "tool_choice",
     {
-        "auto": Obj("auto", {"type": Field(Str()), "disable_parallel_tool_use": Field(Bool())}),
-        "any": Obj("any", {"type": Field(Str()), "disable_parallel_tool_use": Field(Bool())}),
+        "auto": Obj("tool_choice_auto", {"type": Field(Str()), "disable_parallel_tool_use": Field(Bool())}),
+        "any": Obj("tool_choice_any", {"type": Field(Str()), "disable_parallel_tool_use": Field(Bool())}),
         "tool": Obj(
-            "tool",
+            "tool_choice_tool",
             {"type": Field(Str()), "name": Field(Str(), required=True), "disable_parallel_tool_use": Field(Bool())},
         ),
-        "none": Obj("none", {"type": Field(Str())}),
+        "none": Obj("tool_choice_none", {"type": Field(Str())}),
     },
 )
 THINKING = Tagged(
     "thinking",
     {
-        "enabled": Obj("enabled", {"type": Field(Str()), "budget_tokens": Field(Int(minimum=1024), required=True)}),
-        "disabled": Obj("disabled", {"type": Field(Str())}),
-        "adaptive": Obj("adaptive", {"type": Field(Str()), "display": Field(Str(("summarized", "omitted")))}),
-        "between_tools": Obj("between_tools", {"type": Field(Str())}),
+        "enabled": Obj(
+            "thinking_enabled", {"type": Field(Str()), "budget_tokens": Field(Int(minimum=1024), required=True)}
+        ),
+        "disabled": Obj("thinking_disabled", {"type": Field(Str())}),
+        "adaptive": Obj("thinking_adaptive", {"type": Field(Str()), "display": Field(Str(("summarized", "omitted")))}),
+        "between_tools": Obj("thinking_between_tools", {"type": Field(Str())}),
     },
 )
 EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")

@@ -85,7 +85,7 @@ CONTENT_PART = Tagged(
 )
 ROLES: Final = ("user", "assistant", "system", "developer")
 MESSAGE_ITEM = Obj(
-    "message",
+    "message_item",
     {
         "type": Field(Str()),
         "role": Field(Str(ROLES), required=True),
@@ -95,7 +95,7 @@ MESSAGE_ITEM = Obj(
     },
 )
 FUNCTION_CALL_ITEM = Obj(
-    "function_call",
+    "function_call_item",
     {
         "type": Field(Str()),
         "call_id": Field(Str(), required=True),
@@ -106,7 +106,7 @@ FUNCTION_CALL_ITEM = Obj(
     },
 )
 FUNCTION_OUTPUT_ITEM = Obj(
-    "function_call_output",
+    "function_call_output_item",
     {
         "type": Field(Str()),
         "call_id": Field(Str(), required=True),
@@ -115,7 +115,7 @@ FUNCTION_OUTPUT_ITEM = Obj(
     },
 )
 REASONING_ITEM = Obj(
-    "reasoning",
+    "reasoning_item",
     {
         "type": Field(Str()),
         "summary": Field(Array(Json())),
@@ -216,10 +216,10 @@ TOOL_CHOICE = OneOf(
 TEXT_FORMAT = Tagged(
     "text_format",
     {
-        "text": Obj("text", {"type": Field(Str())}),
-        "json_object": Obj("json_object", {"type": Field(Str())}),
+        "text": Obj("text_format_text", {"type": Field(Str())}),
+        "json_object": Obj("text_format_json_object", {"type": Field(Str())}),
         "json_schema": Obj(
-            "json_schema",
+            "text_format_json_schema",
             {
                 "type": Field(Str()),
                 "name": Field(Str(), required=True),
@@ -231,7 +231,7 @@ TEXT_FORMAT = Tagged(
     },
 )
 TEXT = Obj(
-    "text",
+    "text_config",
     {
         "format": Field(TEXT_FORMAT, per_target(tr("response_format"), tr("a forced tool"), tr("a forced tool"))),
         "verbosity": Field(
@@ -241,7 +241,7 @@ TEXT = Obj(
 )
 EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 REASONING = Obj(
-    "reasoning",
+    "reasoning_config",
     {
         "effort": Field(
             Str(EFFORTS),

@@ -157,7 +157,7 @@ class Str(Type):
             raise WireError(path, f"String should have at most {self.max_length} characters")
 
     def describe(self) -> str:
-        return " \\| ".join(f"`{v!r}`".replace("'", '"') for v in self.values) if self.values else "string"
+        return " | ".join(f"`{v!r}`".replace("'", '"') for v in self.values) if self.values else "string"
 
 
 def _one_of(values: tuple[str, ...]) -> str:
