@@ -15,6 +15,7 @@ naming it, the model is never called and nothing is billed.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
@@ -47,6 +48,12 @@ MODELS = {
     "gpt-plain": {"provider": "mock", "upstream_model": GPT, "price": TEXT_PRICE, "max_output_tokens": CAP},
     "claude-listed": {"provider": "mock-anthropic", "upstream_model": CLAUDE, "price": LISTED_PRICE},
     "claude-plain": {"provider": "mock-anthropic", "upstream_model": CLAUDE, "price": TEXT_PRICE},
+    # An organisation whose "auto" requests may be served at priority prices.
+    "claude-auto-priority": {
+        "provider": "mock-anthropic",
+        "upstream_model": CLAUDE,
+        "price": {**TEXT_PRICE, "service_tiers": {"auto": 1.75}},
+    },
 }
 PROVIDERS = {
     **TEST_CONFIG["providers"],
@@ -249,3 +256,30 @@ def test_an_audio_answer_reaches_a_streaming_client_and_its_audio_tokens_are_pri
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     expected = (usage["prompt_tokens"] * 2.5 + (usage["completion_tokens"] - audio) * 10.0 + audio * 80.0) / 1e6
     assert expected * 1e6 <= item["usage"]["usd_micros"] <= expected * 1e6 + 1
+
+
+def test_an_audio_answer_reaches_a_json_client_assembled(stack):
+    key = stack.create_key(tenant="audio-json", plan="tight")
+    body = {"model": "gpt-listed", "messages": user(), **AUDIO, "max_tokens": 35, "mock_reply_tokens": 100}
+    response = post(stack, key, CHAT, body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    audio = answer["choices"][0]["message"]["audio"]
+    pieces = answer["usage"]["completion_tokens"] - answer["usage"]["completion_tokens_details"]["audio_tokens"]
+    assert audio["id"] and audio["transcript"]
+    # The mock's speech is 12 bytes of silence per transcript token: every streamed piece arrived.
+    assert len(base64.b64decode(audio["data"])) == 12 * pieces
+
+
+def test_an_anthropic_request_reserves_at_the_tier_it_may_get_and_settles_at_the_tier_reported(stack):
+    key = stack.create_key(tenant="claude-tier", plan="dollar")
+    before = stack.mock.stats.billed_usd
+    body = {"model": "claude-auto-priority", "messages": user(), "service_tier": "auto", "max_tokens": 40}
+    response = post(stack, key, MESSAGES, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["service_tier"] == "standard"
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    billed = stack.mock.stats.billed_usd - before
+    reserved_micros = max(c["amount"] for c in item["charges"] if c["sk"].startswith("usd_per_day#"))
+    assert reserved_micros >= 1.75 * 40 * 10.0  # the whole cap at the priority factor
+    assert billed * 1e6 - 1 <= item["usage"]["usd_micros"] <= billed * 1e6 + 1

@@ -6,6 +6,8 @@ stop it when the budget is spent); a client that did not ask for a stream gets t
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 
@@ -16,6 +18,7 @@ class CompletionAssembler:
         self._finish: dict[int, str | None] = {}
         self._stop_reason: dict[int, str | int] = {}  # vLLM's choices[].stop_reason: the stop that matched
         self._logprobs: dict[int, list[Any]] = {}
+        self._audio: dict[int, bytearray] = {}  # an audio answer's streamed pieces, decoded
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: dict[str, Any]) -> None:
@@ -32,6 +35,7 @@ class CompletionAssembler:
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 self._merge(message, delta)
+                self._merge_audio(index, message, delta.get("audio"))
             if choice.get("finish_reason"):
                 self._finish[index] = choice["finish_reason"]
             if isinstance(choice.get("stop_reason"), str | int):
@@ -71,6 +75,23 @@ class CompletionAssembler:
                 if isinstance(function_call.get(key), str):
                     merged[key] += function_call[key]
 
+    def _merge_audio(self, index: int, message: dict[str, Any], audio: Any) -> None:
+        """``delta.audio`` pieces (``modalities: ["audio"]``): the id, the transcript, and the data,
+        whose base64 pieces are decoded and joined (each piece is padded on its own)."""
+        if not isinstance(audio, dict):
+            return
+        merged = message.setdefault("audio", {"id": None, "data": "", "transcript": ""})
+        for key in ("id", "expires_at"):
+            if audio.get(key) is not None:
+                merged[key] = audio[key]
+        if isinstance(audio.get("transcript"), str):
+            merged["transcript"] += audio["transcript"]
+        if isinstance(audio.get("data"), str):
+            try:
+                self._audio.setdefault(index, bytearray()).extend(base64.b64decode(audio["data"], validate=True))
+            except (binascii.Error, ValueError):
+                pass  # a piece that is not base64 is left out, as a player would skip it
+
     def unfinished_choices(self) -> list[int]:
         return [index for index in sorted(self._choices) if not self._finish.get(index)]
 
@@ -82,6 +103,8 @@ class CompletionAssembler:
             finish = self._finish.get(index) or ("length" if cut else None)
             for call in message.get("tool_calls", []):
                 call["function"].setdefault("arguments", "")
+            if "audio" in message:
+                message["audio"]["data"] = base64.b64encode(bytes(self._audio.get(index, b""))).decode()
             choices.append(
                 {
                     "index": index,
