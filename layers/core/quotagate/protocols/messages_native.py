@@ -68,7 +68,16 @@ def usage_numbers(usage: dict[str, Any]) -> Usage | None:
     read = _count(usage.get("cache_read_input_tokens")) or 0
     written = _count(usage.get("cache_creation_input_tokens")) or 0
     written_1h = _count(_obj(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")) or 0
-    return Usage(input_tokens + read + written, output_tokens, "provider", read, written, min(written_1h, written))
+    tier = usage.get("service_tier")
+    return Usage(
+        input_tokens + read + written,
+        output_tokens,
+        "provider",
+        read,
+        written,
+        min(written_1h, written),
+        service_tier=tier if isinstance(tier, str) else None,  # the tier settled (see logic.pricing)
+    )
 
 
 @dataclass
