@@ -188,28 +188,42 @@ CUSTOM_TOOL = Obj(
         "allowed_callers": Field(Array(Str()), dropped("only direct calls: code execution is not offered")),
     },
 )
-SERVER_TOOLS_REFUSED: Final = {
-    name: f"a server tool: {UNPRICED_SERVER_SIDE} (define a client tool with name and input_schema)"
-    for name in (
-        "web_search_20250305",
-        "web_search_20260209",
-        "web_fetch_20250910",
-        "web_fetch_20260209",
-        "code_execution_20250522",
-        "code_execution_20250825",
-        "code_execution_20260120",
-        "bash_20250124",
-        "text_editor_20250124",
-        "text_editor_20250429",
-        "text_editor_20250728",
-        "computer_20250124",
-        "computer_20251124",
-        "memory_20250818",
-        "tool_search_tool_regex_20251119",
-        "tool_search_tool_bm25_20251119",
-        "mcp_toolset",
-    )
-}
+SERVER_TOOLS_REFUSED: Final = (
+    {
+        name: f"a server tool: {UNPRICED_SERVER_SIDE} (define a client tool with name and input_schema)"
+        for name in (
+            "web_search_20250305",
+            "web_search_20260209",
+            "web_fetch_20250910",
+            "web_fetch_20260209",
+            "code_execution_20250522",
+            "code_execution_20250825",
+            "code_execution_20260120",
+            "bash_20250124",
+            "text_editor_20250124",
+            "text_editor_20250429",
+            "text_editor_20250728",
+            "computer_20250124",
+            "computer_20251124",
+            "memory_20250818",
+            "tool_search_tool_regex_20251119",
+            "tool_search_tool_bm25_20251119",
+            "mcp_toolset",
+        )
+    }
+    | {
+        # Their per-call fees fit the price table (tool_calls_usd) and max_uses bounds the calls, but
+        # what each call adds to the bill has no bound a request can state.
+        name: "a server tool whose results are billed as input tokens of a size no field bounds, so no "
+        "reservation covers it (define a client tool with name and input_schema and search yourself)"
+        for name in ("web_search_20250305", "web_search_20260209", "web_fetch_20250910", "web_fetch_20260209")
+    }
+    | {
+        name: "a server tool billed by container time, which no field bounds (define a client tool with name "
+        "and input_schema)"
+        for name in ("code_execution_20250522", "code_execution_20250825", "code_execution_20260120")
+    }
+)
 TOOL = Tagged("tool", {"custom": CUSTOM_TOOL}, default="custom", refused=SERVER_TOOLS_REFUSED)
 
 TOOL_CHOICE = Tagged(
