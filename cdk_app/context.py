@@ -135,7 +135,9 @@ class DeploymentOptions:
     function_url: bool = True
     web_adapter_layer_arn: str | None = None
     retain_data: bool = True
-    termination_protection: bool = True
+    # Off by default: the CDK CLI turns it on before executing a new stack's change set, and a stack
+    # that failed creation must then be unprotected by hand before the retry can delete it.
+    termination_protection: bool = False
     authorizer_concurrency: int = DEFAULT_AUTHORIZER_CONCURRENCY
     keys_concurrency: int = DEFAULT_KEYS_CONCURRENCY
     proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
@@ -183,7 +185,7 @@ class DeploymentOptions:
             function_url=_as_bool(context.get(FUNCTION_URL, True), FUNCTION_URL),
             web_adapter_layer_arn=str(context[WEB_ADAPTER_LAYER_ARN]) if context.get(WEB_ADAPTER_LAYER_ARN) else None,
             retain_data=_as_bool(context.get(RETAIN_DATA, True), RETAIN_DATA),
-            termination_protection=_as_bool(context.get(TERMINATION_PROTECTION, True), TERMINATION_PROTECTION),
+            termination_protection=_as_bool(context.get(TERMINATION_PROTECTION, False), TERMINATION_PROTECTION),
             authorizer_concurrency=_as_int(
                 context.get(AUTHORIZER_CONCURRENCY, DEFAULT_AUTHORIZER_CONCURRENCY), AUTHORIZER_CONCURRENCY, 0
             ),

@@ -346,3 +346,17 @@ def test_regions_where_the_adapter_layer_version_is_unverified_get_a_warning():
     assert regions.web_adapter_warning("us-east-1", None) is None
     supported = set(regions.COMMERCIAL_REGIONS) - set(regions.NO_PIPES)
     assert set(regions.WEB_ADAPTER_ARM64_LATE) <= supported
+
+
+NAME_PROPERTIES = ("Name", "TableName", "LogGroupName", "QueueName", "TopicName", "FunctionName", "RoleName")
+
+
+def test_nothing_that_survives_a_rollback_has_a_fixed_name(synthesized):
+    """A retained resource with a fixed physical name outlives a rolled-back first deploy, and the retry
+    then fails creating it again ("already exists"): retained resources have generated names."""
+    for logical_id, resource in synthesized.resources.items():
+        retained = "Retain" in (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy"))
+        if not retained:
+            continue
+        for prop in NAME_PROPERTIES:
+            assert prop not in resource.get("Properties", {}), (logical_id, prop)
