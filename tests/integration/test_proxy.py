@@ -93,7 +93,7 @@ def test_stream_usage_chunk_is_kept_when_the_client_asks(stack, key):
     [
         ({"model": "mock-gpt"}, 400, "invalid_value"),
         ({"model": "no-such-model", "messages": MESSAGES}, 404, "model_not_found"),
-        ({"model": "mock-secret", "messages": MESSAGES}, 403, "model_not_allowed"),
+        ({"model": "mock-secret", "messages": MESSAGES}, 404, "model_not_found"),  # beyond the plan: as if absent
         ({"model": "mock-gpt", "messages": MESSAGES, "max_tokens": -1}, 400, "invalid_value"),
     ],
 )
@@ -154,7 +154,7 @@ def test_models_lists_what_this_key_may_call(stack, request):
     assert response.status_code == 200
     assert [m["id"] for m in response.json()["data"]] == ["mock-gpt"]
     denied = post(stack, limited["api_key"], {"model": "mock-omit", "messages": MESSAGES})
-    assert denied.status_code == 403
+    assert denied.status_code == 404 and denied.json()["error"]["code"] == "model_not_found"
 
 
 def test_keepalive_comments_flow_while_the_upstream_is_silent(stack, key):

@@ -191,15 +191,17 @@ def test_plan_that_includes_the_alias_gets_every_target():
     assert ids(resolution.targets) == ["openai/gpt-4o", "anthropic/claude-sonnet"]
 
 
-def test_refuse_is_a_clear_403():
+def test_refuse_is_the_answer_to_a_name_that_does_not_exist():
     with pytest.raises(GatewayError) as refused:
         resolve(CONFIG, "chat-pro", plan("free"))
-    assert refused.value.status == 403 and refused.value.code == "model_not_allowed"
-    assert "plan 'free' does not include the model 'chat-pro'" in refused.value.message
+    with pytest.raises(GatewayError) as missing:
+        resolve(CONFIG, "chat-nothing", plan("free"))
+    assert refused.value.status == 404 and refused.value.code == "model_not_found"
+    assert refused.value.message.replace("chat-pro", "<m>") == missing.value.message.replace("chat-nothing", "<m>")
     # Refuse also when only some of the alias's targets are beyond the plan.
     with pytest.raises(GatewayError) as partial:
         resolve(CONFIG, "chat-mixed-refuse", plan("free"))
-    assert partial.value.code == "model_not_allowed"
+    assert partial.value.code == "model_not_found"
 
 
 def test_downgrade_to_the_targets_the_plan_allows():
@@ -232,13 +234,13 @@ def test_downgrade_target_must_itself_be_allowed():
     )
     with pytest.raises(GatewayError) as refused:  # a loop of downgrades ends in a refusal
         resolve(config, "a", config.plans["none"])
-    assert refused.value.code == "model_not_allowed"
+    assert refused.value.code == "model_not_found"
 
 
 def test_key_allowed_models_restrict_further():
     with pytest.raises(GatewayError) as refused:
         resolve(CONFIG, "chat-default", plan("pro"), allowed_models=["gpt-4o-mini"])
-    assert refused.value.code == "model_not_allowed" and "API key" in refused.value.message
+    assert refused.value.code == "model_not_found" and refused.value.status == 404
     assert resolve(CONFIG, "gpt-4o-mini", plan("pro"), allowed_models=["gpt-4o-mini"]).model.name == "gpt-4o-mini"
 
 

@@ -42,7 +42,7 @@ from quotagate import settings, wire
 from quotagate.auth_types import AuthType, KeyStatus
 from quotagate.config import GatewayConfig, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
-from quotagate.errors import GatewayError, authentication_error, not_found, permission_error
+from quotagate.errors import GatewayError, authentication_error, permission_error
 from quotagate.logic import estimate, pricing
 from quotagate.logic import router as routing
 from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
@@ -161,13 +161,7 @@ class Gateway:
         """One model object (GET /v1/models/{id}); 404 for a name this key may not call, so the
         answer never reveals which models exist beyond the key's reach."""
         config = self._config()
-        try:
-            resolution = routing.resolve(config, name, limits.plan, limits.allowed_models)
-        except GatewayError:
-            raise not_found(
-                f"The model '{name}' does not exist or you do not have access to it.", "model_not_found", "model"
-            ) from None
-        return _model_card(config, resolution)
+        return _model_card(config, routing.resolve(config, name, limits.plan, limits.allowed_models))
 
     def resolve(self, name: str, limits: Limits) -> routing.Resolution:
         return routing.resolve(self._config(), name, limits.plan, limits.allowed_models)

@@ -6,10 +6,11 @@ has no ``plans`` or its ``plans`` names the plan. A request gets the whole alias
 includes it and allows every target. Otherwise it is a tier mismatch, handled per alias by
 ``on_tier_mismatch``:
 
-- ``"refuse"`` (the default): 403 ``model_not_allowed``, saying the plan does not include it;
+- ``"refuse"`` (the default): 404 ``model_not_found``, exactly the answer to a name that does not
+  exist, so no caller learns which models the gateway serves beyond its plan;
 - ``"downgrade"``: the targets of the alias that the plan allows (when the plan includes the
   alias and allows some of its targets), else the alias named by ``downgrade_to`` (resolved by
-  the same rules, so downgrades can chain; a loop is refused), else 403.
+  the same rules, so downgrades can chain; a loop is refused), else that 404.
 
 **Order.** The first target is a weighted choice among the allowed targets (``weight``; A/B
 splits such as 90/10). When no target has a weight, the first allowed target is the primary;
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from quotagate.dal.circuit_store import CircuitState
-from quotagate.errors import GatewayError, not_found, permission_error
+from quotagate.errors import GatewayError, not_found
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -49,20 +50,17 @@ def _included(name: str, plan: Plan, allowed_models: Sequence[str] | None) -> bo
     return plan.includes(name) and (allowed_models is None or name in allowed_models)
 
 
-def _refusal(name: str, plan: Plan, allowed_models: Sequence[str] | None) -> GatewayError:
-    if allowed_models is not None and name not in allowed_models and plan.includes(name):
-        return permission_error(f"This API key is not allowed to use the model '{name}'.", "model_not_allowed")
-    return permission_error(f"Your plan '{plan.name}' does not include the model '{name}'.", "model_not_allowed")
+def model_not_found(name: str) -> GatewayError:
+    """The answer to a name this key may not call, whether or not it exists: the same bytes."""
+    return not_found(f"The model '{name}' does not exist or you do not have access to it.", "model_not_found", "model")
 
 
 def resolve(config: GatewayConfig, name: str, plan: Plan, allowed_models: Sequence[str] | None = None) -> Resolution:
-    """The alias and targets that serve ``name`` for this plan and key. Raises 404 (unknown
-    name) or 403 ``model_not_allowed`` (tier mismatch that is refused or cannot be downgraded)."""
+    """The alias and targets that serve ``name`` for this plan and key. Raises 404 ``model_not_found``
+    for an unknown name and for a tier mismatch that is refused or cannot be downgraded alike."""
     model = config.models.get(name)
     if model is None:
-        raise not_found(
-            f"The model '{name}' does not exist or you do not have access to it.", "model_not_found", "model"
-        )
+        raise model_not_found(name)
     seen: set[str] = set()
     current = model
     while True:
@@ -78,7 +76,7 @@ def resolve(config: GatewayConfig, name: str, plan: Plan, allowed_models: Sequen
             if nxt is not None and nxt not in seen and nxt in config.models:
                 current = config.models[nxt]
                 continue
-        raise _refusal(name, plan, allowed_models)
+        raise model_not_found(name)
 
 
 def callable_models(config: GatewayConfig, plan: Plan, allowed_models: Sequence[str] | None = None) -> list[Resolution]:
