@@ -16,6 +16,7 @@ from quotagate import settings
 from quotagate.identity_sources import (
     DEFAULT_IDENTITY_SOURCES,
     IdentitySourceError,
+    authorizer_cache_environment,
     identity_source_environment,
     identity_source_expressions,
     parse_identity_sources,
@@ -145,9 +146,13 @@ class DeploymentOptions:
     account_concurrency_limit: int | None = None
     secrets_kms_key_arn: str | None = None
     alarm_email: str | None = None
-    # For the functions that authenticate: the same identity sources, as the only credential headers.
+    # For the functions that authenticate: the credential headers, and how long the authorizer keeps
+    # an answer per credential (API Gateway caches nothing: quotagate.identity_sources).
     identity_source_env: dict[str, str] = field(
-        default_factory=lambda: identity_source_environment(DEFAULT_IDENTITY_SOURCES)
+        default_factory=lambda: {
+            **identity_source_environment(DEFAULT_IDENTITY_SOURCES),
+            **authorizer_cache_environment(DEFAULT_AUTHORIZER_CACHE_SECONDS),
+        }
     )
 
     @classmethod
@@ -201,7 +206,7 @@ class DeploymentOptions:
             ),
             secrets_kms_key_arn=str(context[SECRETS_KMS_KEY_ARN]) if context.get(SECRETS_KMS_KEY_ARN) else None,
             alarm_email=str(context[ALARM_EMAIL]) if context.get(ALARM_EMAIL) else None,
-            identity_source_env=identity_source_environment(names),
+            identity_source_env={**identity_source_environment(names), **authorizer_cache_environment(cache)},
         )
 
     def __post_init__(self) -> None:

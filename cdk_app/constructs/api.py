@@ -20,7 +20,7 @@ from constructs import Construct
 from cdk_app import nag
 from cdk_app.constructs.function import retention
 from quotagate import edge_errors
-from quotagate.identity_sources import parse_identity_sources
+from quotagate.identity_sources import EDGE_AUTHORIZER, identity_source_expressions, parse_identity_sources
 
 if TYPE_CHECKING:
     from cdk_app.context import DeploymentOptions
@@ -99,13 +99,19 @@ class GatewayApi(Construct):
             removal_policy=RemovalPolicy.DESTROY,
         )
         self.api.deployment_stage.node.add_dependency(self.execution_logs)
+        # API Gateway caches nothing and requires no header: the authorizer reads every credential
+        # header itself and caches by credential (quotagate.identity_sources explains why).
         self.authorizer = apigw.RequestAuthorizer(
             self,
             "Authorizer",
             handler=authorizer,
-            identity_sources=list(options.identity_sources),
-            results_cache_ttl=Duration.seconds(options.authorizer_cache_seconds),
+            identity_sources=identity_source_expressions(EDGE_AUTHORIZER.identity_sources),
+            results_cache_ttl=Duration.seconds(EDGE_AUTHORIZER.result_cache_seconds),
         )
+        if not EDGE_AUTHORIZER.identity_sources:  # optional without a cache; CDK writes "" otherwise
+            cfn_authorizer = self.authorizer.node.default_child
+            assert isinstance(cfn_authorizer, apigw.CfnAuthorizer)
+            cfn_authorizer.add_property_deletion_override("IdentitySource")
         integration = apigw.LambdaIntegration(
             proxy,
             response_transfer_mode=apigw.ResponseTransferMode.STREAM,
@@ -131,6 +137,8 @@ class GatewayApi(Construct):
                 response_headers={
                     **{header: "context.requestId" for header in edge_errors.REQUEST_ID_HEADERS},
                     **({"Retry-After": f"'{edge_errors.RETRY_AFTER_SECONDS}'"} if response.retry_after else {}),
+                    # Static values are quoted in API Gateway's mapping expressions.
+                    **{header: f"'{value}'" for header, value in edge_errors.no_retry_headers(response.status).items()},
                 },
             )
         self._acknowledge()

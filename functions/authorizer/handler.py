@@ -1,8 +1,10 @@
 """Lambda REQUEST authorizer for the REST API.
 
-Thin: read the credential from the identity-source headers only (API Gateway caches the answer
-keyed by their values: see :mod:`quotagate.identity_sources`), authenticate it with the shared core
-(:mod:`quotagate.logic.auth`), and shape API Gateway's answer:
+Thin: read the one credential of the request from the credential headers (``Authorization: Bearer``
+and ``x-api-key`` by default; two different credentials, a repeated header or a malformed value are
+refused), authenticate it with the shared core (:mod:`quotagate.logic.auth`) through the
+authorizer's own cache keyed by that credential (:mod:`quotagate.logic.auth_cache`; API Gateway
+caches nothing: see :mod:`quotagate.identity_sources`), and shape API Gateway's answer:
 
 * no well-formed credential in the identity sources
                              -> ``raise Exception("Unauthorized")`` (API Gateway answers 401)
@@ -11,9 +13,8 @@ keyed by their values: see :mod:`quotagate.identity_sources`), authenticate it w
 * valid                      -> Allow policy with the identity as context (strings only)
 * key store / JWKS failure   -> the error propagates (API Gateway answers 500 and caches nothing)
 
-API Gateway caches the policy per identity source and reuses it for every method the authorizer
-protects, so both Allow and Deny cover the whole API (``<api id>/<stage>/*/*``), never only the
-method ARN of the first request.
+Both Allow and Deny cover the whole API (``<api id>/<stage>/*/*``), never only the method ARN of the
+first request (so a result cache turned on in API Gateway could not serve a wrong method either).
 
 Credentials are never logged: only the key id (not secret) and the reason for a denial.
 """
@@ -27,36 +28,45 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from quotagate import settings
 from quotagate.identity_sources import configured_identity_sources
-from quotagate.logic.auth import Authenticator
+from quotagate.logic.auth import Authenticator, credential_from_headers
+from quotagate.logic.auth_cache import AuthAnswerCache
 from quotagate.logic.exceptions import AccessDenied, AuthUnavailable, MissingCredential
 
 logger = Logger(service="quotagate-authorizer")
 
 _authenticator: Authenticator | None = None
+_answers: AuthAnswerCache | None = None
 _clock: Callable[[], float] = time.time
 _lock = threading.Lock()
 
 
-def _get_authenticator() -> Authenticator:
+def _get_authenticator() -> tuple[Authenticator, AuthAnswerCache]:
     """Created on first use (not at import), so tests can start moto and set env vars first."""
-    global _authenticator
-    if _authenticator is None:
+    global _authenticator, _answers
+    if _authenticator is None or _answers is None:
         with _lock:
-            if _authenticator is None:
+            if _authenticator is None or _answers is None:
                 from quotagate.dal.keys_store import DynamoKeyStore
                 from quotagate.jwt_auth import JwtVerifier
 
                 _authenticator = Authenticator(DynamoKeyStore(), JwtVerifier.from_env(), clock=_clock)
-    return _authenticator
+                ttl = settings.env(settings.AUTHORIZER_CACHE_SECONDS)
+                _answers = AuthAnswerCache(
+                    float(ttl) if ttl else settings.DEFAULT_AUTHORIZER_CACHE_SECONDS, clock=_clock
+                )
+    return _authenticator, _answers
 
 
 def reset(clock: Callable[[], float] = time.time) -> None:
-    """Drop the cached store/verifier (tests, or local mode after a configuration change); ``clock``
-    (wall seconds, for key expiry and rotation grace) lets tests move time."""
-    global _authenticator, _clock
+    """Drop the cached store/verifier and every cached answer (tests, or local mode after a
+    configuration change); ``clock`` (wall seconds, for key expiry, rotation grace and the answer
+    cache) lets tests move time."""
+    global _authenticator, _answers, _clock
     with _lock:
         _authenticator = None
+        _answers = None
         _clock = clock
 
 
@@ -112,8 +122,13 @@ def _policy(principal_id: str, effect: str, resource: str) -> dict[str, Any]:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(request_id=getattr(context, "aws_request_id", None))
     resource = api_wide_resource(str(event.get("methodArn", "")))
+    authenticator, answers = _get_authenticator()
+    sources = configured_identity_sources()
     try:
-        identity = _get_authenticator().authenticate_headers(request_headers(event), configured_identity_sources())
+        credential = credential_from_headers(request_headers(event), sources)
+        if credential is None:
+            raise MissingCredential(sources)
+        identity = answers.authenticate(credential, authenticator.authenticate)
     except MissingCredential:
         logger.info("no credential presented")
         raise Exception("Unauthorized") from None  # the exact message API Gateway maps to 401

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
+from quotagate import settings
+
 pytestmark = pytest.mark.infra
 
 
@@ -49,16 +51,32 @@ def test_rest_api_is_regional(template):
     template.has_resource_properties("AWS::ApiGateway::RestApi", {"EndpointConfiguration": {"Types": ["REGIONAL"]}})
 
 
-def test_authorizer_is_request_type_with_identity_source_and_cache(template):
-    template.resource_count_is("AWS::ApiGateway::Authorizer", 1)
-    template.has_resource_properties(
-        "AWS::ApiGateway::Authorizer",
-        {
-            "Type": "REQUEST",
-            "IdentitySource": "method.request.header.Authorization",
-            "AuthorizerResultTtlInSeconds": 300,
-        },
+def test_api_gateway_caches_no_authorizer_answer_and_requires_no_header(synthesized):
+    """Either credential header is accepted, so neither can be a required identity source, and API
+    Gateway's cache (keyed by identity sources only) is off: the authorizer caches per credential."""
+    authorizers = synthesized.of_type("AWS::ApiGateway::Authorizer")
+    assert len(authorizers) == 1
+    properties = next(iter(authorizers.values()))["Properties"]
+    assert properties["Type"] == "REQUEST"
+    assert properties["AuthorizerResultTtlInSeconds"] == 0
+    assert "IdentitySource" not in properties
+    authorizer_fn = next(
+        f["Properties"]["Environment"]["Variables"]
+        for f in synthesized.of_type("AWS::Lambda::Function").values()
+        if f["Properties"]["Environment"]["Variables"].get("POWERTOOLS_SERVICE_NAME") == "quotagate-authorizer"
     )
+    assert authorizer_fn[settings.IDENTITY_SOURCES] == "Authorization,x-api-key"
+    assert authorizer_fn[settings.AUTHORIZER_CACHE_SECONDS] == "300"
+
+
+def test_refusals_tell_the_sdks_not_to_retry(synthesized):
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"].get("ResponseParameters", {})
+        for r in synthesized.of_type("AWS::ApiGateway::GatewayResponse").values()
+    }
+    for refusal in ("UNAUTHORIZED", "ACCESS_DENIED"):
+        assert responses[refusal]["gatewayresponse.header.x-should-retry"] == "'false'", refusal
+    assert "gatewayresponse.header.x-should-retry" not in responses["THROTTLED"]
 
 
 def test_routes_stream_from_the_proxy_with_15_minute_timeout(synthesized):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.infra
 
 def test_defaults():
     options = DeploymentOptions.from_context({})
-    assert options.identity_sources == ("method.request.header.Authorization",)
+    assert options.identity_sources == ("method.request.header.Authorization", "method.request.header.x-api-key")
     assert options.authorizer_cache_seconds == 300
     assert options.config_file == paths.DEFAULT_CONFIG_FILE
     assert options.jwt_env == {}
@@ -38,7 +38,10 @@ def test_identity_sources_are_headers():
     """The credential is read only from the identity sources, so each must be a header."""
     options = DeploymentOptions.from_context({"quotagate:identitySources": ["method.request.header.x-api-key"]})
     assert options.identity_sources == ("method.request.header.x-api-key",)
-    assert options.identity_source_env == {settings.IDENTITY_SOURCES: "x-api-key"}
+    assert options.identity_source_env == {
+        settings.IDENTITY_SOURCES: "x-api-key",
+        settings.AUTHORIZER_CACHE_SECONDS: "300",
+    }
     for bad in (
         ["method.request.querystring.k"],
         ["context.identity.sourceIp"],
@@ -94,7 +97,7 @@ def test_context_reaches_the_template(tmp_path):
         outdir=str(tmp_path / "out"),
         context={
             "quotagate:configFile": str(config_file),
-            "quotagate:identitySources": "Authorization,x-api-key",
+            "quotagate:identitySources": "x-api-key,Authorization",
             "quotagate:authorizerCacheSeconds": "60",
             "quotagate:jwtIssuer": "https://idp.example.com/",
             "quotagate:jwtAudience": "quotagate",
@@ -103,13 +106,7 @@ def test_context_reaches_the_template(tmp_path):
         },
     )
     template = Template.from_stack(QuotagateStack(app, "Quotagate"))
-    template.has_resource_properties(
-        "AWS::ApiGateway::Authorizer",
-        {
-            "IdentitySource": "method.request.header.Authorization,method.request.header.x-api-key",
-            "AuthorizerResultTtlInSeconds": 60,
-        },
-    )
+    template.has_resource_properties("AWS::ApiGateway::Authorizer", {"AuthorizerResultTtlInSeconds": 0})
     expected_jwt = {
         settings.JWT_ISSUER: "https://idp.example.com/",
         settings.JWT_AUDIENCE: "quotagate",
@@ -121,8 +118,9 @@ def test_context_reaches_the_template(tmp_path):
     by_service = {v["POWERTOOLS_SERVICE_NAME"]: v for v in variables}
     for service in ("quotagate-authorizer", "quotagate-proxy"):
         assert expected_jwt.items() <= by_service[service].items(), service
-        # The same identity sources the authorizer is configured with: the only credential headers.
-        assert by_service[service][settings.IDENTITY_SOURCES] == "Authorization,x-api-key", service
+        # The credential headers, the only headers a key is read from; the authorizer's own cache TTL.
+        assert by_service[service][settings.IDENTITY_SOURCES] == "x-api-key,Authorization", service
+        assert by_service[service][settings.AUTHORIZER_CACHE_SECONDS] == "60", service
     assert not set(expected_jwt) & set(by_service["quotagate-keys"])
     assert settings.IDENTITY_SOURCES not in by_service["quotagate-keys"]
     parameter = next(iter(template.find_resources("AWS::SSM::Parameter").values()))

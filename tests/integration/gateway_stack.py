@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from quotagate import aws, config, key_derivation, tables
+from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,7 +77,16 @@ class GatewayStack:
     moto_url: str
     mock: Any  # quotagate_tools.mock.MockServer
     gateway: Any  # quotagate_tools.local.apigateway.LocalApiGateway (its ``cache`` is API Gateway's)
+    clock: Any = None
     _usage: Any = None
+
+    def cold_caches(self) -> None:
+        """Forget every cached authorization: API Gateway's (emulated) and the authorizer's own."""
+        import functions.authorizer.handler as authorizer
+        from quotagate_tools.local.apigateway import AuthorizerCache
+
+        self.gateway.cache = AuthorizerCache(self.gateway.cache.ttl)
+        authorizer.reset(clock=self.clock or time.time)
 
     def usage_pipeline(self) -> Any:
         """The local usage pipeline (stream → pipe emulation → bus → queue → real rollup handler),
@@ -146,16 +156,22 @@ def gateway_stack(
     keepalive_seconds: float = 15.0,
     authorizer_cache_seconds: float = 0.0,
     max_request_seconds: float | None = None,
-    identity_sources: tuple[str, ...] = ("Authorization",),
+    identity_sources: tuple[str, ...] = DEFAULT_IDENTITY_SOURCES,
     clock: FakeClock | None = None,
 ) -> Iterator[GatewayStack]:
-    """``clock`` (wall seconds) drives the emulated authorizer cache, the authorizer's and the
-    proxy's key checks and the proxy's key-record cache, so lifetimes can be tested without sleeping."""
+    """``identity_sources`` are the credential headers and ``authorizer_cache_seconds`` how long the
+    authorizer keeps an answer per credential, as the stack deploys them (API Gateway itself caches
+    nothing: EDGE_AUTHORIZER). ``clock`` (wall seconds) drives the authorizer's cache and key checks
+    and the proxy's key-record cache, so lifetimes can be tested without sleeping."""
     import functions.authorizer.handler as authorizer_module
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app, default_services
-    from quotagate.identity_sources import identity_source_environment
+    from quotagate.identity_sources import (
+        EDGE_AUTHORIZER,
+        authorizer_cache_environment,
+        identity_source_environment,
+    )
     from quotagate_tools.local.apigateway import LocalApiGateway
     from quotagate_tools.local.motoserver import start_moto_server
     from quotagate_tools.mock import MockServer, MockSettings, run_in_thread
@@ -188,19 +204,20 @@ def gateway_stack(
         # What the stack does with the context value: the authorizer (and the function-URL path of
         # the proxy) learn the identity sources API Gateway is configured with from this variable.
         os.environ.update(identity_source_environment(identity_sources))
-        if clock is not None:
-            authorizer_module.reset(clock=clock)
+        os.environ.update(authorizer_cache_environment(authorizer_cache_seconds))
+        authorizer_module.reset(clock=clock or time.time)
         app = LocalApiGateway(
             create_app(lambda: default_services(clock=clock)),
             authorizer,
             keys_handler,
-            list(identity_sources),
-            authorizer_cache_seconds,
+            list(EDGE_AUTHORIZER.identity_sources),
+            EDGE_AUTHORIZER.result_cache_seconds,
             ("quotagate-keys",),
             clock=clock or time.monotonic,
+            credential_headers=list(identity_sources),
         )
         base_url, stop_gateway = run_in_thread(app=app)
-        yield GatewayStack(base_url, moto_url, mock, app)
+        yield GatewayStack(base_url, moto_url, mock, app, clock)
     finally:
         if stop_gateway:
             stop_gateway()

@@ -193,6 +193,9 @@ def test_null_headers_raise_unauthorized(aws):
         ("x-api-key", {"Authorization": "Bearer {key}"}),
         ("x-api-key", {"x-api-key": "Bearer {key}", "Authorization": "Bearer {key}"}),
         ("x-api-key", {"x-api-key": "", "Authorization": "Bearer {key}"}),
+        # Two credential headers holding different credentials: neither is chosen.
+        ("x-api-key,Authorization", {"x-api-key": "{key}", "Authorization": "Bearer garbage"}),
+        ("Authorization,x-api-key", {"x-api-key": "garbage", "Authorization": "Bearer {key}"}),
     ],
 )
 def test_only_identity_sources_carry_the_credential(aws, monkeypatch, sources, headers):
@@ -208,7 +211,7 @@ def test_only_identity_sources_carry_the_credential(aws, monkeypatch, sources, h
     [
         ("Authorization", {"Authorization": "Bearer {key}", "x-api-key": "garbage"}),
         ("x-api-key", {"x-api-key": "{key}", "Authorization": "Basic Zm9vOmJhcg=="}),
-        ("x-api-key,Authorization", {"x-api-key": "{key}", "Authorization": "Bearer garbage"}),
+        ("x-api-key,Authorization", {"x-api-key": "{key}", "Authorization": "Bearer {key}"}),
     ],
 )
 def test_the_identity_source_decides(aws, monkeypatch, sources, headers):

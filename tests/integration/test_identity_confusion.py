@@ -1,7 +1,7 @@
 """Identity confusion through the authorizer cache (issue 7 §1).
 
-API Gateway caches the authorizer's answer keyed by the identity-source values alone. These tests
-run the real authorizer and proxy behind the API Gateway emulator WITH its cache on, and replay the
+A cached answer must only ever serve the credential it was made for. These tests run the real
+authorizer and proxy behind the API Gateway emulator WITH the authorizer's cache on, and replay the
 attack for every combination of the two credential headers under both identity-source settings:
 first a "victim" request, then an "attacker" request with the same identity-source values and a
 different other header. Every response must be exactly what the identity-source value alone
@@ -17,7 +17,6 @@ import httpx
 import openai
 import pytest
 
-from quotagate_tools.local.apigateway import AuthorizerCache
 from tests.integration.gateway_stack import GatewayStack, gateway_stack
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ def test_cached_answer_never_serves_a_key_the_request_did_not_present(edge, case
     own_value, pairs = scenarios(source)[case]
     expected = served_as(source, fill(own_value, keys), keys)
     for victim_other, attacker_other in pairs:
-        stack.gateway.cache = AuthorizerCache(300)  # each scenario starts with an empty cache
+        stack.cold_caches()  # each scenario starts with empty caches
         for who, other in (("victim", victim_other), ("attacker", attacker_other)):
             headers = {source: fill(own_value, keys), other_header: fill(other, keys)}
             label = f"{who}: {source}={own_value!r}, {other_header}={other!r}"

@@ -218,13 +218,15 @@ def test_client_disconnect_cancels_the_upstream_call(stack, key):
 SIGV4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261130/us-east-1/lambda/aws4_request, Signature=ff"
 
 
-def test_function_url_path_validates_the_key_itself(stack, key):
-    """No authorizer ran: the proxy applies the authorizer's rules (identity sources only)."""
+def test_function_url_path_validates_the_key_itself(stack, key, monkeypatch):
+    """No authorizer ran: the proxy applies the authorizer's rules (credential headers only)."""
     from starlette.testclient import TestClient
 
     from functions.proxy.app import create_app
+    from quotagate import settings
 
-    with TestClient(create_app()) as client:  # identity sources: Authorization (the default)
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, "Authorization")
+    with TestClient(create_app()) as client:
         body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 2}
         assert client.post("/v1/chat/completions", json=body).status_code == 401
         assert (
@@ -245,8 +247,8 @@ def test_function_url_path_validates_the_key_itself(stack, key):
 
 
 def test_function_url_path_with_sigv4_and_x_api_key(stack, key, monkeypatch):
-    """IAM-signed callers put their SigV4 signature in Authorization: they need x-api-key as an
-    identity source (the signature itself is never taken for, nor skipped to find, another header)."""
+    """IAM-signed callers put their SigV4 signature in Authorization: they send the key in x-api-key
+    (a credential header by default); the signature itself is never taken for a key."""
     from starlette.testclient import TestClient
 
     from functions.proxy.app import create_app
@@ -254,9 +256,10 @@ def test_function_url_path_with_sigv4_and_x_api_key(stack, key, monkeypatch):
 
     body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 2}
     headers = {"authorization": SIGV4, "x-api-key": key["api_key"]}
+    monkeypatch.setenv(settings.IDENTITY_SOURCES, "Authorization")
     with TestClient(create_app()) as client:
         assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 401
-    monkeypatch.setenv(settings.IDENTITY_SOURCES, "x-api-key")
+    monkeypatch.delenv(settings.IDENTITY_SOURCES)
     with TestClient(create_app()) as client:
         ok = client.post("/v1/chat/completions", json=body, headers=headers)
         assert ok.status_code == 200, ok.text

@@ -103,9 +103,11 @@ SIGV4 = "AWS4-HMAC-SHA256 Credential=AKIA/..., SignedHeaders=host, Signature=ff"
         ({"Authorization": "Bearer ", "x-api-key": "abc"}, AUTH, None),
         ({"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "abc"}, AUTH, None),
         ({"x-api-key": "", "Authorization": "Bearer abc"}, API_KEY, None),
-        # The first identity source present decides; a malformed one never falls through.
-        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("Authorization", "x-api-key"), "tok"),
-        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("x-api-key", "Authorization"), "other"),
+        # Every credential header present must hold the same credential; a malformed one never falls through.
+        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("Authorization", "x-api-key"), None),
+        ({"Authorization": "Bearer tok", "x-api-key": "other"}, ("x-api-key", "Authorization"), None),
+        ({"Authorization": "Bearer tok", "x-api-key": "tok"}, ("x-api-key", "Authorization"), "tok"),
+        ({"x-api-key": "k", "Authorization": "Basic dXNlcjpwYXNz"}, ("x-api-key", "Authorization"), None),
         ({"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "k"}, ("Authorization", "x-api-key"), None),
         ({"x-api-key": "k"}, ("Authorization", "x-api-key"), "k"),
         # Not one well-formed token: another scheme, no token, several tokens, combined repeats.
@@ -437,3 +439,22 @@ def test_overlong_jwt_is_denied_before_verification(store, clock):
     auth = Authenticator(store, verifier, clock=clock)
     assert denied_reason(auth, "a" * 5000 + "." + "b" * 5000 + ".c") == "credential_too_long"
     assert verifier.tokens == []
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")], None),
+        ([(b"authorization", b"Basic dXNlcjpwYXNz"), (b"authorization", b"Bearer b")], None),
+        ([(b"x-api-key", b"a"), (b"x-api-key", b"b")], None),
+        ([(b"authorization", b"Bearer a"), (b"x-api-key", b"b")], None),
+        ([(b"authorization", b"Bearer a"), (b"authorization", b"Bearer a")], "a"),
+        ([(b"authorization", b"Bearer a"), (b"x-api-key", b"a")], "a"),
+    ],
+)
+def test_repeated_header_lines_are_never_one_of_the_candidates(lines, expected):
+    """The proxy's function-URL path reads Starlette's Headers, which yields a repeated header once
+    per line: two different credentials must not become the last one."""
+    from starlette.datastructures import Headers
+
+    assert credential_from_headers(Headers(raw=lines), ("Authorization", "x-api-key")) == expected

@@ -19,7 +19,7 @@ from quotagate.identity_sources import (
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (None, ("Authorization",)),
+        (None, ("Authorization", "x-api-key")),
         ("x-api-key", ("x-api-key",)),
         ("Authorization, x-api-key", ("Authorization", "x-api-key")),
         ('["x-api-key", "Authorization"]', ("x-api-key", "Authorization")),

@@ -156,3 +156,75 @@ def test_a_throttled_proxy_is_the_stacks_503_with_retry_after():
     assert second.json()["error"]["code"] == "service_unavailable"
     assert second.headers["x-request-id"]
     assert calls == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-api-key": "anything"}, {"Authorization": "Basic eHl6"}, {"Authorization": "Bearer bad"}],
+    ids=["missing identity source", "unauthorized", "denied"],
+)
+def test_edge_401s_tell_the_sdks_not_to_retry(edge, headers):
+    gateway, _, _ = edge
+    response = run(gateway, headers)
+    assert response.status_code == 401
+    assert response.headers["x-should-retry"] == "false"
+
+
+def run_lines(gateway: LocalApiGateway, lines: list[tuple[str, str]]) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
+            return await client.get("/v1/models", headers=lines)
+
+    return asyncio.run(go())
+
+
+def test_a_repeated_identity_source_is_never_served_the_cached_answer_of_one_value(edge):
+    """Issue 18 item 4: 'Bearer C' cached, then 'Bearer A' + 'Bearer C' on two lines got C's cached
+    Allow without the authorizer (which sees both values) being asked."""
+    gateway, authorizer, _ = edge
+    assert run(gateway, {"Authorization": "Bearer good"}).status_code == 200
+    calls = authorizer.calls
+    for lines in (
+        [("Authorization", "Bearer other"), ("Authorization", "Bearer good")],
+        [("Authorization", "Bearer good"), ("Authorization", "Bearer other")],
+    ):
+        run_lines(gateway, lines)
+    assert authorizer.calls == calls + 2
+
+
+def test_the_authorizer_event_has_the_last_value_in_headers_and_all_in_multi_value_headers():
+    from quotagate_tools.local.apigateway import build_authorizer_event
+
+    scope = {
+        "method": "GET",
+        "path": "/v1/models",
+        "headers": [(b"authorization", b"Bearer A"), (b"authorization", b"Bearer C")],
+        "query_string": b"",
+    }
+    event = build_authorizer_event(scope, "r")
+    assert event["headers"]["authorization"] == "Bearer C"
+    assert event["multiValueHeaders"]["authorization"] == ["Bearer A", "Bearer C"]
+
+
+def test_the_stack_setting_calls_the_authorizer_every_time_and_names_both_headers():
+    from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES, EDGE_AUTHORIZER
+
+    authorizer = CountingAuthorizer()
+    proxy = Starlette(routes=[Route("/v1/models", echo_authorizer_context)])
+    gateway = LocalApiGateway(
+        proxy,
+        authorizer,
+        lambda e, c: {},
+        list(EDGE_AUTHORIZER.identity_sources),
+        EDGE_AUTHORIZER.result_cache_seconds,
+        credential_headers=list(DEFAULT_IDENTITY_SOURCES),
+    )
+    run(gateway, {"Authorization": "Bearer good"})
+    run(gateway, {"Authorization": "Bearer good"})
+    missing = run(gateway, {})
+    assert authorizer.calls == 3  # no identity source: API Gateway calls the authorizer, which refuses
+    assert missing.status_code == 401
+    assert "'Authorization: Bearer <key>' or in the 'x-api-key' header" in missing.json()["error"]["message"]
+    with pytest.raises(ValueError, match="identity sources"):
+        LocalApiGateway(proxy, authorizer, lambda e, c: {}, [], 300)

@@ -40,6 +40,16 @@ if TYPE_CHECKING:
 REQUEST_ID_HEADER = "x-request-id"
 ANTHROPIC_REQUEST_ID_HEADER = "request-id"
 REQUEST_ID_HEADERS: Final = (REQUEST_ID_HEADER, ANTHROPIC_REQUEST_ID_HEADER)
+# A refused credential or permission does not change by retrying: the openai and anthropic SDKs (and
+# Claude Code, which otherwise retries a 401 ten times over three minutes) stop at once on it.
+SHOULD_RETRY_HEADER = "x-should-retry"
+NO_RETRY_STATUSES: Final = frozenset({401, 403})
+
+
+def no_retry_headers(status: int | None) -> dict[str, str]:
+    """``x-should-retry: false`` for the statuses no retry can change (401, 403), else nothing."""
+    return {SHOULD_RETRY_HEADER: "false"} if status in NO_RETRY_STATUSES else {}
+
 
 # Anthropic's error types that the edge uses (the openai SDK reads ``code`` to tell causes apart).
 EdgeErrorType = Literal[

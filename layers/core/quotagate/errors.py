@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from quotagate.edge_errors import no_retry_headers
+
 
 @dataclass
 class GatewayError(Exception):
@@ -19,6 +21,9 @@ class GatewayError(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+        # A refused credential or permission does not change by retrying: tell the SDKs so.
+        for name, value in no_retry_headers(self.status).items():
+            self.headers.setdefault(name, value)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

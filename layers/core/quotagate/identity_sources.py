@@ -1,13 +1,22 @@
-"""Where a credential may be read from: the authorizer's identity sources, defined once.
+"""Where a credential may be read from (the credential headers) and who caches the answer, defined once.
 
-API Gateway caches a REQUEST authorizer's answer keyed by the identity-source values alone and reuses
-it for any later request with the same values, whatever else that request carries. So the credential
-is read only from the identity sources, in their configured order: a credential read from any other
-header could be served, from the cache, to someone who never presented it.
+Clients send a key as ``Authorization: Bearer <key>`` (openai SDK, Codex, ``ANTHROPIC_AUTH_TOKEN``) or
+as ``x-api-key: <key>`` (Claude Code with ``ANTHROPIC_API_KEY``, the AI SDK's ``apiKey``, litellm), so
+both are accepted by default. API Gateway cannot cache an authorizer that reads either header: its
+cache is keyed by the identity-source values alone, and when any identity source is missing it
+answers 401 without calling the authorizer — so two alternative headers cannot both be identity
+sources, and a header that is not one must never decide who is served from its cache. How a repeated
+identity-source header enters that key is not documented either.
 
-One definition, used by the CDK stack (``quotagate:identitySources`` → the authorizer's identity
-sources *and* ``QG_IDENTITY_SOURCES`` of the authorizer and proxy functions), by the local API Gateway
-emulator and by the handlers. Identity sources are request headers (``Authorization``,
+So API Gateway caches nothing (:data:`EDGE_AUTHORIZER`: no identity source, TTL 0) and calls the
+authorizer on every request; the authorizer reads every credential header itself, refuses any request
+whose headers hold two different credentials (or one that is malformed, or a header repeated), and
+keeps its own cache keyed by the credential it read (:mod:`quotagate.logic.auth_cache`). Nothing but
+the credential can select a cached answer.
+
+One definition, used by the CDK stack (``quotagate:identitySources`` → ``QG_IDENTITY_SOURCES`` of the
+authorizer and proxy functions; :data:`EDGE_AUTHORIZER` → the API Gateway authorizer), by the local
+API Gateway emulator and by the handlers. Credential headers are request headers (``Authorization``,
 ``x-api-key``, or ``method.request.header.<name>``): query strings, stage variables and context
 values cannot carry a credential and are refused.
 """
@@ -17,10 +26,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from quotagate import settings
 
-DEFAULT_IDENTITY_SOURCES: tuple[str, ...] = ("Authorization",)
+DEFAULT_IDENTITY_SOURCES: tuple[str, ...] = ("Authorization", "x-api-key")
 HEADER_EXPRESSION_PREFIX = "method.request.header."
 # RFC 9110 field-name token characters.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -69,14 +79,34 @@ def parse_identity_sources(value: str | Iterable[str] | None) -> tuple[str, ...]
     return tuple(names)
 
 
+@dataclass(frozen=True)
+class EdgeAuthorizer:
+    """How API Gateway's REQUEST authorizer is configured (the stack) and emulated (local mode)."""
+
+    # Headers API Gateway requires before it calls the authorizer, and keys its cache by.
+    identity_sources: tuple[str, ...]
+    # API Gateway's result cache TTL (0: it calls the authorizer on every request).
+    result_cache_seconds: int
+
+
+# API Gateway caches nothing and requires nothing: the authorizer reads the credential headers and
+# caches by credential (see the module docstring for why).
+EDGE_AUTHORIZER = EdgeAuthorizer(identity_sources=(), result_cache_seconds=0)
+
+
 def identity_source_expressions(names: Iterable[str]) -> list[str]:
     """API Gateway's identity-source expressions for header names."""
     return [f"{HEADER_EXPRESSION_PREFIX}{name}" for name in names]
 
 
 def identity_source_environment(names: Iterable[str]) -> dict[str, str]:
-    """The environment variable that tells the authorizer and the proxy the identity sources."""
+    """The environment variable that tells the authorizer and the proxy the credential headers."""
     return {settings.IDENTITY_SOURCES: ",".join(names)}
+
+
+def authorizer_cache_environment(seconds: float) -> dict[str, str]:
+    """The environment variable that sets how long the authorizer keeps an answer per credential."""
+    return {settings.AUTHORIZER_CACHE_SECONDS: str(seconds)}
 
 
 def configured_identity_sources() -> tuple[str, ...]:
@@ -92,4 +122,6 @@ def missing_credential_message(names: Iterable[str]) -> str:
     ]
     if not places:
         return "Missing API key: this gateway has no identity source configured."
-    return f"Missing or malformed API key. Send it {' or '.join(places)}."
+    if len(places) == 1:
+        return f"Missing or malformed API key. Send it {places[0]}."
+    return f"Missing or malformed API key. Send one key, once, {' or '.join(places)}."

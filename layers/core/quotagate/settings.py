@@ -28,6 +28,10 @@ JWT_PLAN_CLAIM = "QG_JWT_PLAN_CLAIM"
 # The authorizer's identity sources (comma-separated header names), set by the stack from the same
 # context value that configures the authorizer: the only headers a credential is read from.
 IDENTITY_SOURCES = "QG_IDENTITY_SOURCES"
+# Seconds the authorizer keeps its answer for a credential (API Gateway itself caches nothing: see
+# quotagate.identity_sources); a revoked key is refused at the latest this long after revocation.
+AUTHORIZER_CACHE_SECONDS = "QG_AUTHORIZER_CACHE_SECONDS"
+DEFAULT_AUTHORIZER_CACHE_SECONDS = 300.0
 # Secrets Manager secret the keys function derives idempotent keys from (quotagate.key_derivation).
 KEY_DERIVATION_SECRET = "QG_KEY_DERIVATION_SECRET"  # noqa: S105 (an environment variable name)
 # JSON object: a provider secret's name in the gateway configuration -> the name the stack created it

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from quotagate import settings
+from quotagate.identity_sources import DEFAULT_IDENTITY_SOURCES
 
 DEV_CONFIG = Path(__file__).with_name("dev_config.json")
 KEYS_FUNCTION_NAMES = ("quotagate-keys", "Quotagate-keys", "keys")
@@ -86,13 +87,25 @@ def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
     from functions.proxy.app import create_app
-    from quotagate.identity_sources import identity_source_environment
+    from quotagate.identity_sources import (
+        EDGE_AUTHORIZER,
+        authorizer_cache_environment,
+        identity_source_environment,
+    )
     from quotagate_tools.local.apigateway import LocalApiGateway
 
-    # As the stack does: the authorizer and the proxy learn the emulated authorizer's identity sources.
+    # As the stack does: the authorizer and the proxy learn the credential headers, the authorizer how
+    # long it keeps an answer per credential; API Gateway (emulated) is set up as EDGE_AUTHORIZER says.
     os.environ.update(identity_source_environment(identity_sources))
+    os.environ.update(authorizer_cache_environment(cache_seconds))
     return LocalApiGateway(
-        create_app(), authorizer, keys_handler, list(identity_sources), cache_seconds, KEYS_FUNCTION_NAMES
+        create_app(),
+        authorizer,
+        keys_handler,
+        list(EDGE_AUTHORIZER.identity_sources),
+        EDGE_AUTHORIZER.result_cache_seconds,
+        KEYS_FUNCTION_NAMES,
+        credential_headers=list(identity_sources),
     )
 
 
@@ -103,12 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--token-delay", type=float, default=None, help="seconds per token streamed by the mock model server"
     )
-    parser.add_argument("--authorizer-cache-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--authorizer-cache-seconds",
+        type=float,
+        default=settings.DEFAULT_AUTHORIZER_CACHE_SECONDS,
+        help="how long the authorizer keeps its answer for a credential",
+    )
     parser.add_argument(
         "--identity-sources",
-        default="Authorization",
-        help="comma-separated headers API Gateway requires before calling the authorizer "
-        "(the only headers a key is read from; 'x-api-key' for the anthropic SDK)",
+        default=",".join(DEFAULT_IDENTITY_SOURCES),
+        help="comma-separated credential headers, the only headers a key is read from "
+        "(default: 'Authorization: Bearer <key>' or 'x-api-key: <key>')",
     )
     parser.add_argument("--demo-plan", default="free")
     args = parser.parse_args(argv)

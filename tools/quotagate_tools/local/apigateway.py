@@ -26,6 +26,7 @@ from quotagate.edge_errors import (
     UNKNOWN_URL,
     EdgeError,
     missing_credential,
+    no_retry_headers,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ class AuthResult:
 
 class AuthorizerCache:
     """API Gateway caches the authorizer's policy keyed by the identity-source values alone (nothing
-    else of the request) for the TTL; a TTL of 0 caches nothing."""
+    else of the request) for the TTL; a TTL of 0 caches nothing (the stack's setting:
+    quotagate.identity_sources.EDGE_AUTHORIZER)."""
 
     def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl_seconds
@@ -96,7 +98,9 @@ def _headers(scope: Scope) -> list[tuple[str, str]]:
 
 
 def build_authorizer_event(scope: Scope, request_id: str) -> dict[str, Any]:
-    """A REQUEST authorizer event shaped like the one API Gateway sends."""
+    """A REQUEST authorizer event shaped like the one API Gateway sends. A header sent on several
+    lines is, as API Gateway documents for REST events, its last value in ``headers`` and every value,
+    in order, in ``multiValueHeaders``."""
     method, path = scope["method"], scope["path"]
     headers: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
@@ -150,12 +154,20 @@ class LocalApiGateway:
         keys_function_names: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
         proxy_concurrency: int = 0,
+        credential_headers: list[str] | None = None,
     ) -> None:
+        """``identity_sources`` and ``cache_seconds`` are API Gateway's authorizer settings;
+        ``credential_headers`` (default: the identity sources) are the headers the stack's UNAUTHORIZED
+        response tells a client to use."""
+        if cache_seconds > 0 and not identity_sources:
+            raise ValueError("API Gateway requires identity sources when the authorizer result is cached")
         self._proxy = proxy_app
         self._authorizer = authorizer
         self._keys_handler = keys_handler
         self._identity_sources = [s.lower() for s in identity_sources]
-        self._missing_credential = missing_credential(identity_sources)
+        self._missing_credential = missing_credential(
+            identity_sources if credential_headers is None else credential_headers
+        )
         self.cache = AuthorizerCache(cache_seconds, clock)
         self._keys_names = keys_function_names
         # Lambda's concurrency for the proxy (0: unlimited): an invocation beyond it is throttled,
@@ -183,8 +195,12 @@ class LocalApiGateway:
 
     async def _authorize_and_forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
-        headers = {name.lower(): value for name, value in _headers(scope)}
-        identity = tuple(headers.get(source, "") for source in self._identity_sources)
+        # A repeated identity-source header keys the cache by all its values (how API Gateway keys
+        # it is not documented; the stack does not use this cache: EDGE_AUTHORIZER).
+        headers: dict[str, list[str]] = {}
+        for name, value in _headers(scope):
+            headers.setdefault(name.lower(), []).append(value)
+        identity = tuple(", ".join(headers.get(source, [])) for source in self._identity_sources)
         if self._identity_sources and not all(identity):
             # API Gateway answers 401 without calling the authorizer when an identity source is missing.
             await _respond_error(send, self._missing_credential, request_id)
@@ -276,10 +292,12 @@ class LocalApiGateway:
 
 
 async def _respond_error(send: Send, error: EdgeError, request_id: str) -> None:
-    """As the stack's gateway responses answer: the shared body, the request id in both SDKs' headers."""
+    """As the stack's gateway responses answer: the shared body, the request id in both SDKs' headers,
+    ``x-should-retry: false`` on a 401 or 403."""
     extra = [(name.encode(), request_id.encode()) for name in REQUEST_ID_HEADERS]
     if error.retry_after:
         extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    extra += [(name.encode(), value.encode()) for name, value in no_retry_headers(error.status).items()]
     await _respond(send, error.status, json.dumps(error.body()).encode(), extra=extra)
 
 

@@ -60,13 +60,13 @@ def credential_from_headers(
     *,
     aws_signed: bool = False,
 ) -> str | None:
-    """The credential presented in the identity sources, or None (header names are case-insensitive).
+    """The one credential presented in the credential headers, or None (names are case-insensitive).
 
-    Only the identity sources are read, in their configured order: API Gateway caches the answer
-    keyed by their values alone, so a credential taken from any other header could later be served
-    to a request that never presented it. The first identity source that is present decides: if it
-    does not hold a well-formed credential (``Authorization: Basic ...``, an empty ``Bearer``, two
-    values combined), the answer is None — never a credential from a later header.
+    Only the configured headers are read. Every one of them that is present must hold the same
+    well-formed credential: ``Authorization: Basic ...``, an empty ``Bearer``, a header repeated with
+    different values (API Gateway and the proxy see repeated headers combined with ``", "``), or two
+    headers naming different keys give None — never one of the candidates, so no cache keyed by any
+    single value can serve a request that also presented something else.
 
     ``aws_signed`` (the function-URL path, where Lambda has verified the caller's SigV4 signature):
     an ``Authorization`` value signed by AWS belongs to IAM, not to us, and counts as absent.
@@ -74,23 +74,26 @@ def credential_from_headers(
     if not headers:
         return None
     lowered: dict[str, str] = {}
-    for name, value in headers.items():
+    for name, value in headers.items():  # Starlette's Headers yields a repeated header once per line
         if isinstance(name, str) and isinstance(value, str):
-            lowered[name.lower()] = value
+            name = name.lower()
+            lowered[name] = value if lowered.get(name, value) == value else f"{lowered[name]}, {value}"
+    found: set[str | None] = set()
     for source in identity_sources:
         source = source.lower()
         value = lowered.get(source, "").strip()
-        if not value:
+        if not value:  # empty carries nothing (a repeated header with an empty value is not empty)
             continue
         if source == "authorization":
             if aws_signed and value.startswith(_SIGV4_SCHEME):
                 continue
             scheme, _, token = value.partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            return _single_token(token)
-        return _single_token(value)
-    return None
+            found.add(_single_token(token) if scheme.lower() == "bearer" else None)
+        else:
+            found.add(_single_token(value))
+    if len(found) != 1:
+        return None
+    return found.pop()
 
 
 def _single_token(value: str) -> str | None:
