@@ -60,8 +60,8 @@ def provider_secrets_from_env() -> None:
 
 
 def _start_usage_pipeline() -> None:
-    """Stream → pipe emulation → moto's bus → rollup queue → the real rollup handler, every half
-    second; the period close runs every minute (its grace period still applies)."""
+    """Stream → pipe emulation → moto's bus → rollup queue → the real rollup handler, every two
+    seconds; the period close runs every minute (its grace period still applies)."""
     import threading
 
     from functions.usage_period_close.handler import lambda_handler as period_close
@@ -71,7 +71,9 @@ def _start_usage_pipeline() -> None:
 
     pipeline = LocalUsagePipeline.from_boto(rollup)
     pipeline.setup()
-    stop = pipeline.start(interval_seconds=0.5)
+    # In batches every 2 s: between them the pipeline's calls never queue in front of the proxy's
+    # on the one-request-at-a-time moto.
+    stop = pipeline.start(interval_seconds=2.0)
 
     def close_periods() -> None:
         while not stop.wait(60):
@@ -139,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if not identity_sources:
         parser.error("--identity-sources needs a header: the key is read only from identity sources")
 
-    from quotagate_tools.local.motoserver import start_moto_server
+    from quotagate_tools.local.motoserver import start_moto_process
 
-    moto_url, _stop_moto = start_moto_server()
+    # moto in a process of its own: its work never holds the interpreter lock the proxy needs.
+    moto_url, _stop_moto = start_moto_process()
     _isolate_from_aws(moto_url)
 
     from quotagate_tools.mock.server import run_in_thread

@@ -151,3 +151,51 @@ def reset_moto_server(endpoint_url: str) -> None:
     request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - scheme checked above
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own loopback server
         response.read()
+
+
+def start_moto_process(port: int = 0, host: str = _DEFAULT_HOST) -> tuple[str, Callable[[], None]]:
+    """The same one-request-at-a-time moto server, in a process of its own (local mode): its work
+    never competes with the proxy's for the interpreter lock, and it ends with its parent (it
+    exits when its stdin closes). Returns ``(endpoint_url, stop)``."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quotagate_tools.local.motoserver", "--port", str(port), "--host", host],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("http"):
+        process.kill()
+        raise RuntimeError(f"the moto server process did not start: {line!r}")
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    return line, stop
+
+
+def main() -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m quotagate_tools.local.motoserver", description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default=_DEFAULT_HOST)
+    args = parser.parse_args()
+    url, stop = start_moto_server(args.port, args.host)
+    print(url, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or exits)
+    stop()
+
+
+if __name__ == "__main__":
+    main()
