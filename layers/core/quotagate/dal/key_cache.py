@@ -33,6 +33,13 @@ class CachedKeyRecords:
             return entry[1]
         return self.get_fresh(key_id, now)
 
+    def peek(self, key_id: str) -> KeyRecord | None:
+        """The cached record while it is fresh, else None; never reads the store."""
+        entry = self._entries.get(key_id)
+        if entry and self._clock() - entry[0] < self._ttl:
+            return entry[1]
+        return None
+
     def get_fresh(self, key_id: str, now: float | None = None) -> KeyRecord | None:
         """Read the record from the store (and cache it): for when the cached copy may predate a
         change the caller has evidence of, such as a rotation the authorizer has already seen."""

@@ -162,6 +162,11 @@ class CachedTenantRecords:
         self._entries: dict[str, tuple[float, TenantRecord | None]] = {}
         self._lock = threading.Lock()
 
+    def is_cached(self, tenant: str) -> bool:
+        """Whether :meth:`get` answers from the cache (no store read)."""
+        entry = self._entries.get(tenant)
+        return entry is not None and self._clock() - entry[0] < self._ttl
+
     def get(self, tenant: str) -> TenantRecord | None:
         now = self._clock()
         entry = self._entries.get(tenant)

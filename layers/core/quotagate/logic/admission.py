@@ -84,7 +84,10 @@ class Admission:
         """Limits, resolution and order. ``usable`` keeps the targets the endpoint can call (an
         alias with none is a 400 naming ``capability``). Every circuit open: 503, nothing reserved."""
         gateway = self.gateway
-        limits = await to_thread.run_sync(gateway.limits_for, identity)
+        if gateway.limits_at_hand(identity):
+            limits = gateway.limits_for(identity)  # cached records: no store read, no worker thread
+        else:
+            limits = await to_thread.run_sync(gateway.limits_for, identity)
         resolution = gateway.resolve(requested_model, limits)
         targets = [t for t in resolution.targets if usable is None or usable(t)]
         if not targets:

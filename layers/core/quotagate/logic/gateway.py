@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from quotagate.usage.record import Settlement
 
 KEEPALIVE = b": ping\n\n"
+# A body up to this size is counted on the event loop (well under a millisecond of tiktoken); a
+# larger one in a worker thread, so that one big prompt never stalls the other requests.
+INLINE_ESTIMATE_BYTES = 8 * 1024
 TARGET_HEADER = "x-quotagate-target"
 
 # The proxy Lambda's timeout is 15 minutes (API Gateway streams last at most that long): stop a
@@ -149,6 +152,16 @@ class Gateway:
         tenant_limits = dict(tenant.limits) if tenant is not None else dict(config.default_tenant_limits)
         return Limits(plan, {**plan.limits, **(key_limits or {})}, allowed, tenant_limits)
 
+    def limits_at_hand(self, identity: Identity) -> bool:
+        """Whether :meth:`limits_for` needs no store read: the key's record (with the secret the
+        authorizer checked still accepted) and the tenant's record are cached. The request path then
+        skips a worker thread."""
+        if identity.auth_type == AuthType.API_KEY:
+            record = self._key_records.peek(identity.key_id)
+            if record is None or not secret_still_accepted(record, identity.secret_fingerprint, self.wall_clock()):
+                return False
+        return not (self._tenant_records and identity.tenant and not self._tenant_records.is_cached(identity.tenant))
+
     def model_listing(self, limits: Limits) -> list[dict[str, Any]]:
         """The model objects of every name this plan and key may call (GET /v1/models)."""
         config = self._config()
@@ -187,7 +200,7 @@ class Gateway:
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes, self.refuses_unknown_fields)
         route = await self.admission.route(identity, request.model, request_id, started)
-        plan, size = await self._chat_reservation(request, route, cost)
+        plan, size = await self._chat_reservation(request, route, cost, len(raw_body))
         translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
         admitted = await self.admission.reserve(route, size)
         admitted.price_modifiers = plan.modifiers  # settlement prices the tier, audio, fees it asked for
@@ -206,14 +219,16 @@ class Gateway:
         return response
 
     async def _chat_reservation(
-        self, request: ChatRequest, route: Route, cost: estimate.RequestCost | None = None
+        self, request: ChatRequest, route: Route, cost: estimate.RequestCost | None = None, body_bytes: int = 0
     ) -> tuple[estimate.OutputPlan, ReservationSize]:
         """The output plan of a chat request and what it reserves: its prompt on the dearest
         target and room for its output (the 429 explains the output part in the client's terms)."""
         config = self._config()
         limits = route.limits
-        if cost is None:
-            cost = await to_thread.run_sync(estimate.measure, request.body)
+        if cost is None and body_bytes <= INLINE_ESTIMATE_BYTES:
+            cost = estimate.measure(request.body)  # quicker than the hop to a worker thread
+        elif cost is None:
+            cost = await to_thread.run_sync(estimate.measure, request.body)  # never hold the event loop long
         plan = estimate.plan_output(
             config,
             request,

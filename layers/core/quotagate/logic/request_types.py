@@ -90,11 +90,19 @@ class ProviderFactory(Protocol):
 class KeyRecords(Protocol):
     def get(self, key_id: str) -> KeyRecord | None: ...
 
+    def peek(self, key_id: str) -> KeyRecord | None:
+        """The record if it is at hand without a store read, else None."""
+        ...
+
     def get_fresh(self, key_id: str) -> KeyRecord | None: ...
 
 
 class TenantRecords(Protocol):
     def get(self, tenant: str) -> TenantRecord | None: ...
+
+    def is_cached(self, tenant: str) -> bool:
+        """Whether ``get`` answers without a store read."""
+        ...
 
 
 class Quota(Protocol):
@@ -145,6 +153,10 @@ class GatewayServices(Protocol):
 
     def limits_for(self, identity: Identity) -> Limits:
         """What the caller may spend and call (raises GatewayError 401/403)."""
+        ...
+
+    def limits_at_hand(self, identity: Identity) -> bool:
+        """Whether ``limits_for`` needs no store read (the records it reads are cached)."""
         ...
 
     def resolve(self, name: str, limits: Limits) -> Resolution:

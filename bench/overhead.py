@@ -1,0 +1,321 @@
+"""The gateway's own time per request, and its store calls per request (before the first byte and after).
+
+In one process, with nothing but the gateway to measure: the real proxy ASGI app (request id, body
+read, identity from the authorizer's context, limits, routing, the circuit breaker, the reservation,
+the exchange, metering, settlement, the outcome's metrics) over in-memory stores, called directly
+as an ASGI server would call it, with an upstream that answers at once (a content chunk, the usage
+chunk, ``[DONE]``). What it prints is therefore the gateway's own CPU time: no network, no store
+latency, no model.
+
+1. Overhead: median and p99 per request for a key without limits and a key with 3 key windows + 1
+   tenant window, non-streaming (the whole answer) and streaming (to the first content byte, and
+   the whole stream).
+2. Store calls per request, by store and operation, and how many began before the upstream was
+   called: with DynamoDB these are the round trips that stand before the first byte.
+3. A profile (cProfile) of the non-streaming path for the key with limits: where the time goes.
+
+Usage: python bench/overhead.py [--requests 300] [--profile-lines 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "core")]
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from functions.proxy.app import Services, create_app  # noqa: E402
+from quotagate import apikeys  # noqa: E402
+from quotagate.config_models import parse_config  # noqa: E402
+from quotagate.dal.circuit_store import InMemoryCircuitStore  # noqa: E402
+from quotagate.dal.key_cache import CachedKeyRecords  # noqa: E402
+from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord  # noqa: E402
+from quotagate.dal.tenants_store import CachedTenantRecords, InMemoryTenantStore, TenantRecord  # noqa: E402
+from quotagate.logic.breaker import CircuitBreaker  # noqa: E402
+from quotagate.logic.gateway import Gateway  # noqa: E402
+from quotagate.providers.base import DONE_EVENT, SSEEvent  # noqa: E402
+from quotagate.quota import InMemoryQuotaLedger, QuotaService  # noqa: E402
+
+CONFIG = parse_config(
+    {
+        "providers": {"up": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {
+            "m": {
+                "provider": "up",
+                "upstream_model": "m",
+                "price": {"input_per_million": 0.15, "output_per_million": 0.6},
+            }
+        },
+        "plans": {
+            "limited": {
+                "models": "*",
+                "default_max_tokens": 64,
+                "limits": {"requests_per_minute": 10**6, "tokens_per_minute": 10**9, "usd_per_day": 10**6},
+            },
+            "unlimited": {"models": "*", "default_max_tokens": 64},
+        },
+    }
+)
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Benchmark me, briefly."}], "max_tokens": 16}
+CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+
+class Calls:
+    """Every store call, and whether the upstream had been called (for the request in flight)."""
+
+    def __init__(self) -> None:
+        self.upstream_called = False
+        self.counts: collections.Counter[tuple[str, bool]] = collections.Counter()
+        self.requests = 0
+
+    def wrap(self, name: str, store: Any, methods: tuple[str, ...]) -> Any:
+        calls = self
+
+        class Counted:
+            def __getattr__(self, attribute: str) -> Any:
+                value = getattr(store, attribute)
+                if attribute not in methods:
+                    return value
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    calls.counts[(f"{name}.{attribute}", not calls.upstream_called)] += 1
+                    return value(*args, **kwargs)
+
+                return counted
+
+        return Counted()
+
+
+class Upstream:
+    """Answers at once: one content chunk, the usage chunk, [DONE]."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def for_target(self, target: Any) -> Upstream:
+        return self
+
+    async def stream(self, body: dict[str, Any]) -> Any:
+        self.calls.upstream_called = True
+        yield SSEEvent.from_chunk(
+            {**CHUNK, "choices": [{"index": 0, "delta": {"content": "Fine."}, "finish_reason": "stop"}]}
+        )
+        yield SSEEvent.from_chunk(
+            {**CHUNK, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}}
+        )
+        yield DONE_EVENT
+
+
+def build(calls: Calls) -> tuple[Any, dict[str, dict[str, str]]]:
+    """The proxy app over counted in-memory stores, and the authorizer context of each key."""
+    keys, tenants = InMemoryKeyStore(), InMemoryTenantStore()
+    contexts: dict[str, dict[str, str]] = {}
+    for name, plan, tenant, tenant_limits in (
+        ("without limits", "unlimited", "open", {}),
+        ("3 key windows + tenant window", "limited", "acme", {"usd_per_month": 10**6}),
+    ):
+        key = apikeys.new_key()
+        secret_hash = apikeys.hash_key(key.plaintext)
+        keys.put_new(KeyRecord(key.key_id, tenant, "bench", plan, secret_hash, created_at=int(time.time())))
+        tenants.put_new(TenantRecord(tenant, tenant_limits))
+        contexts[name] = {
+            "tenant": tenant,
+            "consumer": "bench",
+            "key_id": key.key_id,
+            "plan": plan,
+            "auth_type": "api_key",
+            "secret_fingerprint": apikeys.secret_fingerprint(secret_hash),
+        }
+    ledger = calls.wrap("quota", InMemoryQuotaLedger(), ("reserve", "settle", "top_up", "read_used"))
+    circuits = calls.wrap(
+        "circuits", InMemoryCircuitStore(), ("get", "get_many", "record_failure", "record_success", "try_probe")
+    )
+    gateway = Gateway(
+        config=lambda: CONFIG,
+        key_records=CachedKeyRecords(calls.wrap("keys", keys, ("get",))),
+        tenant_records=CachedTenantRecords(calls.wrap("tenants", tenants, ("get",))),
+        quota=QuotaService(ledger),
+        providers=Upstream(calls),
+        breaker=CircuitBreaker(circuits, lambda: CONFIG.circuit_breaker),
+    )
+
+    def refuse(headers: dict[str, str]) -> Any:
+        raise AssertionError("every request carries the authorizer's context")
+
+    return create_app(lambda: Services(gateway, refuse)), contexts
+
+
+class AsgiClient:
+    """Calls an ASGI app the way uvicorn does, in this event loop (no sockets)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.cpu = 0.0
+
+    async def start(self) -> None:
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await messages.put({"type": "lifespan.startup"})
+        started = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        self._lifespan = asyncio.ensure_future(
+            self.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}, messages.get, send)
+        )
+        await started.wait()
+
+    async def post(self, body: bytes, context: dict[str, Any]) -> tuple[int, float | None, float]:
+        """(status, seconds to the first content byte or None, seconds to the end); ``cpu`` is then
+        the process's CPU seconds (every thread) the request took."""
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-amzn-request-context", json.dumps({"authorizer": context}).encode()),
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": dict(self.state),
+        }
+        done = asyncio.Event()
+        sent_body = False
+        status = 0
+        first: float | None = None
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        started, cpu_started = time.perf_counter(), time.process_time()
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, first
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                if first is None and b"content" in message.get("body", b""):
+                    first = time.perf_counter() - started
+                if not message.get("more_body", False):
+                    done.set()
+
+        await self.app(scope, receive, send)
+        self.cpu = time.process_time() - cpu_started
+        return status, first, time.perf_counter() - started
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(requests: int, profile_lines: int) -> None:
+    calls = Calls()
+    app, contexts = build(calls)
+    client = AsgiClient(app)
+    await client.start()
+    bodies = {stream: json.dumps({**BODY, "stream": stream}).encode() for stream in (False, True)}
+    for _ in range(30):  # warm: imports on first use, caches, code paths
+        for context in contexts.values():
+            for body in bodies.values():
+                await client.post(body, context)
+    print(
+        f"Gateway's own time per request (in-process proxy app, in-memory stores, an upstream that answers "
+        f"at once; {requests} requests per row, interleaved):"
+    )
+    print("  (wall time waits for a CPU on a loaded machine; the CPU time the process spent per request does not)")
+    print(f"  {'key':32s} {'path':32s} {'median':>9s} {'p99':>9s} {'CPU/request':>12s}")
+    results: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for _ in range(requests):
+        for name, context in contexts.items():
+            status, _, total = await client.post(bodies[False], context)
+            assert status == 200, status
+            results[(name, "non-streaming, whole answer")].append(total * 1000)
+            cpu[(name, "non-streaming, whole answer")].append(client.cpu * 1000)
+            status, first, total = await client.post(bodies[True], context)
+            assert status == 200 and first is not None, status
+            results[(name, "streaming, first content byte")].append(first * 1000)
+            results[(name, "streaming, whole stream")].append(total * 1000)
+            cpu[(name, "streaming, whole stream")].append(client.cpu * 1000)
+    for (name, path), values in results.items():
+        spent = f"{statistics.median(cpu[(name, path)]):8.2f} ms" if (name, path) in cpu else ""
+        print(
+            f"  {name:32s} {path:32s} {statistics.median(values):6.2f} ms {percentile(values, 99):6.2f} ms {spent:>12s}"
+        )
+
+    print("\nStore calls per request (in-memory stores counted; each is a DynamoDB round trip when deployed):")
+    print(f"  {'key':32s} {'path':15s} {'store call':28s} {'before upstream':>16s} {'after':>7s}")
+    for name, context in contexts.items():
+        for stream in (False, True):
+            calls.counts.clear()
+            for _ in range(50):
+                calls.upstream_called = False
+                await client.post(bodies[stream], context)
+            path = "streaming" if stream else "non-streaming"
+            operations = sorted({operation for operation, _ in calls.counts})
+            before_total = sum(n for (_, before), n in calls.counts.items() if before) / 50
+            after_total = sum(n for (_, before), n in calls.counts.items() if not before) / 50
+            for operation in operations:
+                before, after = calls.counts[(operation, True)] / 50, calls.counts[(operation, False)] / 50
+                print(f"  {name:32s} {path:15s} {operation:28s} {before:16.2f} {after:7.2f}")
+            print(f"  {name:32s} {path:15s} {'total':28s} {before_total:16.2f} {after_total:7.2f}")
+
+    profiler = cProfile.Profile()
+    context = contexts["3 key windows + tenant window"]
+    profiler.enable()
+    for _ in range(requests):
+        await client.post(bodies[False], context)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(profile_lines)
+    print(
+        f"\nProfile: {requests} non-streaming requests, key with limits, sorted by own time "
+        f"(profiling roughly doubles the times):"
+    )
+    text = out.getvalue()
+    print(text[text.find("   ncalls") :].rstrip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--profile-lines", type=int, default=25)
+    args = parser.parse_args()
+    asyncio.run(measure(args.requests, args.profile_lines))
+
+
+if __name__ == "__main__":
+    main()
