@@ -152,14 +152,3 @@ def known_code(value: Any) -> str | None:
     if isinstance(value, str) and value in KNOWN_UPSTREAM_CODES:
         return value
     return None
-
-
-def log_upstream_error(provider: str, status: int | str | None, detail: Any) -> None:
-    """The upstream's own words, for the operator: in the log, redacted; never in a response."""
-    fields = {"provider": provider, "upstream_status": status, "detail": redact(detail) if detail else None}
-    try:
-        from quotagate.observability import logger
-    except ImportError:  # pragma: no cover - Powertools is a runtime dependency
-        logging.getLogger("quotagate.providers").warning("upstream error %s", fields)
-        return
-    logger.warning("upstream error response", extra=fields)

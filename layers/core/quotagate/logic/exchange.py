@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio import to_thread
 
-from quotagate import redaction
+from quotagate import upstream_log
 from quotagate.errors import GatewayError
 from quotagate.logic.breaker import Permit
 from quotagate.logic.failover import (
@@ -252,7 +252,7 @@ class Exchange:
         if dialect.is_upstream_error(event):
             # The upstream's own error event: its text is for the operator's log, never for the
             # client (like an upstream error body before the first byte).
-            redaction.log_upstream_error(self.target.provider, "stream", (event.data or {}).get("error"))
+            upstream_log.log_upstream_error(self.target.provider, "stream", (event.data or {}).get("error"))
             message = f"Upstream provider '{self.target.provider}' reported an error while streaming the answer."
             return [await self._stream_failed("upstream error event mid-stream", message, "upstream_error")], True
         needed = dialect.output_tokens(event)

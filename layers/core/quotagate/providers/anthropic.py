@@ -65,7 +65,8 @@ from quotagate.providers.exceptions import (
     UpstreamTimeout,
 )
 from quotagate.providers.openai_compat import ChunkBuilder, HTTPProvider, arguments_json, parse_sse_events
-from quotagate.redaction import known_code, log_upstream_error
+from quotagate.redaction import known_code
+from quotagate.upstream_log import log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Sequence

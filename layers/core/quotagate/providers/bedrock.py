@@ -62,7 +62,8 @@ from quotagate.logic.parameters import ResponseTool, provider_temperature, respo
 from quotagate.providers.base import DONE_EVENT, SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
 from quotagate.providers.openai_compat import ChunkBuilder, arguments_json
-from quotagate.redaction import known_code, log_upstream_error
+from quotagate.redaction import known_code
+from quotagate.upstream_log import log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

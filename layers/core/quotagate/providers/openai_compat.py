@@ -9,7 +9,8 @@ import httpx
 
 from quotagate.providers.base import SSEEvent
 from quotagate.providers.exceptions import StreamInterrupted, UpstreamError, UpstreamTimeout
-from quotagate.redaction import known_code, log_upstream_error
+from quotagate.redaction import known_code
+from quotagate.upstream_log import log_upstream_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
