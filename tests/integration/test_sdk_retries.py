@@ -1,4 +1,4 @@
-"""A refused key (401) or a refused model (403) is final: the answer says ``x-should-retry: false`` and
+"""A refused key (401) or a refused permission (403) is final: the answer says ``x-should-retry: false`` and
 the openai and anthropic SDKs, given retries, send the request once (counted on the wire)."""
 
 from __future__ import annotations
@@ -33,9 +33,17 @@ class Wire:
 
 
 def refused_calls(stack: GatewayStack) -> list[tuple[str, str, str]]:
-    """(label, key, model): a wrong key, and a valid key asking for a model outside its plan."""
-    key = stack.create_key("t-retry", "c", plan="free", allowed_models=["mock-omit"])["api_key"]
-    return [("wrong key", "qg_wrong", "mock-gpt"), ("model not allowed", key, "mock-gpt")]
+    """(label, key, model): a malformed key (refused without I/O) and a well-formed key nobody issued."""
+    from quotagate import apikeys
+
+    return [("malformed key", "qg_wrong", "mock-gpt"), ("unknown key", apikeys.new_key().plaintext, "mock-gpt")]
+
+
+def test_a_403_says_not_to_retry():
+    """The proxy's 403 (a key whose plan is not configured) is built by errors.permission_error."""
+    from quotagate.errors import permission_error
+
+    assert permission_error("Plan 'x' is not configured.", "unknown_plan").headers == {"x-should-retry": "false"}
 
 
 def test_the_openai_sdk_sends_a_refused_request_once(stack):
