@@ -50,8 +50,12 @@ lock: install
 	$(PY) -m cdk_app.lock
 
 bench: install
+	uptime
 	$(PY) bench/coldstart.py
+	$(PY) bench/overhead.py
 	$(PY) bench/latency.py
+	$(PY) bench/latency.py --stream
+	$(PY) bench/cost.py
 	$(PY) bench/hotkeys.py --before --quick
 	$(PY) bench/hotkeys.py
 
