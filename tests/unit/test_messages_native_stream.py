@@ -88,9 +88,10 @@ def test_the_assembled_message_keeps_thinking_signatures_tool_ids_and_the_target
 
 
 def test_usage_counts_cache_reads_and_writes_as_prompt_tokens():
-    assert fed(EVENTS).usage == Usage(12 + 100 + 40, 57, "provider", 40, 100, 30)
+    # The tier Anthropic reports is the tier settled (quotagate.logic.pricing).
+    assert fed(EVENTS).usage == Usage(12 + 100 + 40, 57, "provider", 40, 100, 30, service_tier="standard")
     assert fed(EVENTS[:-2]).usage is None  # no final output count yet
-    assert fed(EVENTS[:3]).reported_input == Usage(152, 0, "provider", 40, 100, 30)
+    assert fed(EVENTS[:3]).reported_input == Usage(152, 0, "provider", 40, 100, 30, service_tier="standard")
     assert usage_numbers({"input_tokens": 3}) is None
 
 
