@@ -48,6 +48,12 @@ MODELS = {
     "gpt-plain": {"provider": "mock", "upstream_model": GPT, "price": TEXT_PRICE, "max_output_tokens": CAP},
     "claude-listed": {"provider": "mock-anthropic", "upstream_model": CLAUDE, "price": LISTED_PRICE},
     "claude-plain": {"provider": "mock-anthropic", "upstream_model": CLAUDE, "price": TEXT_PRICE},
+    "gpt-listed-no-usage": {
+        "provider": "mock",
+        "upstream_model": GPT + "&omit_usage=1",
+        "price": LISTED_PRICE,
+        "max_output_tokens": CAP,
+    },
     # An organisation whose "auto" requests may be served at priority prices.
     "claude-auto-priority": {
         "provider": "mock-anthropic",
@@ -283,3 +289,26 @@ def test_an_anthropic_request_reserves_at_the_tier_it_may_get_and_settles_at_the
     reserved_micros = max(c["amount"] for c in item["charges"] if c["sk"].startswith("usd_per_day#"))
     assert reserved_micros >= 1.75 * 40 * 10.0  # the whole cap at the priority factor
     assert billed * 1e6 - 1 <= item["usage"]["usd_micros"] <= billed * 1e6 + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**AUDIO, "max_tokens": 40},
+        {"reasoning_effort": "high", "max_tokens": 200},
+        {"prediction": PREDICTION, "max_tokens": 100},
+    ],
+    ids=["audio", "reasoning", "prediction"],
+)
+def test_hidden_output_a_provider_does_not_report_is_settled_at_its_bound(stack, body):
+    """Without a usage report, the gateway can count only the text it saw: hidden output is settled
+    at what was reserved for it, never below what the provider billed."""
+    key = stack.create_key(tenant=f"no-usage-{sorted(body)[0]}", plan="dollar")
+    before = stack.mock.stats.billed_usd
+    response = post(
+        stack, key, CHAT, {"model": "gpt-listed-no-usage", "messages": user(), **body, "mock_reply_tokens": 500}
+    )
+    assert response.status_code == 200, response.text
+    item = stack.wait_settled(response.headers["x-quotagate-request-id"])
+    billed = stack.mock.stats.billed_usd - before
+    assert item["usage"]["usd_micros"] >= billed * 1e6 - 1, f"recorded {item['usage']['usd_micros']} for ${billed:.6f}"

@@ -361,6 +361,9 @@ class OutputPlan:
     # target id -> its prices with the request's modifiers (tier, audio...): top-ups are priced with it
     target_prices: dict[str, pricing.TargetPricing] = field(default_factory=dict)
     modifiers: pricing.PriceModifiers = pricing.NO_MODIFIERS  # settlement prices with them
+    # target id -> the output settled when a target with hidden output (reasoning, rejected
+    # prediction tokens, audio) reports no usage: all that was reserved for it
+    unreported_output: dict[str, int] = field(default_factory=dict)
 
     def output_usd(self, target: Target, output_tokens: int) -> float:
         """Dollars of ``output_tokens`` more output from ``target`` (a top-up)."""
@@ -462,4 +465,5 @@ def plan_output(
         slice=output_slice,
         target_prices=priced,
         modifiers=modifiers,
+        unreported_output={t.id: needs[t.id] for t in targets if hidden[t.id]},
     )

@@ -34,6 +34,7 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
@@ -333,7 +334,10 @@ class ChatTranslator:
         return provider.stream(_upstream_body(self.request, target, self.plan, self.config))
 
     def dialect(self, target: Target) -> ChatStreamDialect:
-        return ChatStreamDialect(self.request, self.plan.prompts[target.id], target.upstream_model)
+        dialect = ChatStreamDialect(self.request, self.plan.prompts[target.id], target.upstream_model)
+        dialect.unreported_output = self.plan.unreported_output.get(target.id, 0)
+        dialect.audio_output = self.plan.modifiers.audio_output
+        return dialect
 
 
 class ChatStreamDialect:
@@ -349,6 +353,10 @@ class ChatStreamDialect:
         self._meter.prompt_estimate = prompt_estimate
         self._answer = CompletionAssembler()
         self._head: dict[str, Any] = {}  # the first data event: the id/created/model of a cut's chunks
+        # Output no stream shows (see estimate.OutputPlan.unreported_output): settled at this bound
+        # when the provider reports no usage; audio_output: that output is audio.
+        self.unreported_output = 0
+        self.audio_output = False
 
     def commits(self, event: SSEEvent) -> bool:
         if event.data is not None and not self._head:
@@ -376,7 +384,12 @@ class ChatStreamDialect:
         return _error_event(message, code, error_type)
 
     def usage(self) -> Usage:
-        return self._meter.usage(True)
+        usage = self._meter.usage(True)
+        if usage.source == "counted" and self.unreported_output > usage.completion_tokens:
+            # Only the text the gateway saw was counted; the provider billed what it hid too.
+            audio = self.unreported_output if self.audio_output else 0
+            usage = replace(usage, completion_tokens=self.unreported_output, audio_completion_tokens=audio)
+        return usage
 
     def answer(self, cut: bool) -> dict[str, Any]:
         return self._answer.result(cut=cut, fallback_model=self._upstream_model)
