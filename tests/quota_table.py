@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from quotagate import tables
 from quotagate.quota import InMemoryQuotaLedger
 from quotagate.quota.ledger import RESERVATION_SK
-from quotagate.quota.windows import WINDOW_LIMITS, window_bounds, window_sk
+from quotagate.quota.windows import CONCURRENCY_LIMIT, WINDOW_LIMITS, window_bounds, window_sk
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +55,8 @@ class QuotaTable:
         sk = window_sk(limit_name, start)
         if isinstance(self.store, InMemoryQuotaLedger):
             return self.store.get_used(pk, sk)
+        if limit_name == CONCURRENCY_LIMIT:
+            return self.slots_held(pk)
         # A hot window is several shard items (quota.shards: <pk>#s<i>): its usage is their sum.
         total, request = (
             0,
@@ -71,6 +73,17 @@ class QuotaTable:
             if "LastEvaluatedKey" not in page:
                 return total
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def slots_held(self, pk: str) -> int:
+        """Concurrency slots whose lease is live now (quota.slots), for a scope pk."""
+        items = self.store.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :slot)",
+            ExpressionAttributeValues={":pk": {"S": pk}, ":slot": {"S": f"{CONCURRENCY_LIMIT}#"}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        now = self.clock()
+        return sum(1 for item in items if "holder" in item and int(item["lease_until"]["N"]) >= now)
 
     def get_reservation(self, request_id: str) -> dict[str, Any] | None:
         """The reservation item of a request, as plain Python values (None if there is none)."""

@@ -97,7 +97,7 @@ def test_only_open_reservations_are_in_the_reaper_index(client):
     assert sorted(item["pk"]["S"] for item in items) == ["req#r1", "req#r3"]
 
 
-def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client):
+def test_an_abandoned_requests_concurrency_slot_frees_with_its_lease_and_the_reaper_keeps_its_charge(client):
     from quotagate.errors import GatewayError
 
     clock = FakeClock(T0)
@@ -106,17 +106,20 @@ def test_the_reaper_releases_the_concurrency_slot_of_an_abandoned_request(client
     table = QuotaTable(client, clock)
     limits = {"max_concurrent_requests": 1, "tokens_per_month": 100_000}
     service.reserve(ReservationRequest("crashed", "k1", "acme", limits, {}, 40, 60, 0.0))  # its environment dies
-    clock.now = T0 + 60
+    clock.now = T0 + 30
     with pytest.raises(GatewayError) as refused:
         service.reserve(ReservationRequest("blocked", "k1", "acme", limits, {}, 40, 60, 0.0))
     assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    assert refused.value.headers["retry-after"] == "30"  # the dead holder's lease ends at T0 + 60
+
+    clock.now = T0 + 61  # the lease ran out: the slot is back, long before any reaper run
+    assert table.usage_of("key#k1", "max_concurrent_requests") == 0
+    admitted = service.reserve(ReservationRequest("next", "k1", "acme", limits, {}, 40, 60, 0.0))
+    assert table.usage_of("key#k1", "max_concurrent_requests") == 1
 
     clock.now = T0 + MAX_REQUEST + MARGIN + 1
     reaper = ReservationReaper(client, max_request_seconds=MAX_REQUEST, margin_seconds=MARGIN, clock=clock)
-    assert reaper.reap().expired == 1
-    assert table.usage_of("key#k1", "max_concurrent_requests") == 0  # the slot is back
-    assert table.usage_of("key#k1", "tokens_per_month", at=T0) == 100  # the charge is kept
-    admitted = service.reserve(ReservationRequest("next", "k1", "acme", limits, {}, 40, 60, 0.0))
-    assert table.usage_of("key#k1", "max_concurrent_requests") == 1
+    assert reaper.reap().expired == 1  # "crashed"
+    assert table.usage_of("key#k1", "tokens_per_month", at=T0) == 200  # its charge is kept
     service.settle(admitted, 10, 10, 0.0)
-    assert table.usage_of("key#k1", "max_concurrent_requests") == 0
+    assert table.usage_of("key#k1", "tokens_per_month", at=T0) == 120

@@ -231,3 +231,47 @@ def test_a_request_larger_than_any_shards_room_is_taken_from_several_and_refused
         service.settle(reservation, 0, 1_000, 0.0)
     assert window_totals(client.store) == {("key#k1", "tokens_per_minute"): 4_000}
     service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=30_000))
+
+
+# ---- concurrency slots are leases (issue 17) ---------------------------------------------------------
+
+
+def test_a_dead_holders_concurrency_slot_is_free_again_after_its_lease():
+    from tests.helpers import FakeClock
+
+    clock = FakeClock()
+    client = faithful(hold=0.0)
+    ledger = DynamoQuotaLedger(client, TABLE, snapshot_after_reserve=False, clock=clock, sleep=clock.sleep)
+    service = QuotaService(ledger, clock=clock)
+    limits = {"max_concurrent_requests": 2, "tokens_per_day": 10**6}
+
+    def reserve(name):
+        return service.reserve(ReservationRequest(name, "k1", "acme", limits, {}, 40, 60, 0.0))
+
+    crashed = reserve("crashed")  # its environment dies: it never settles, never renews
+    alive = reserve("alive")
+    with pytest.raises(GatewayError) as refused:
+        reserve("refused-1")
+    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    assert refused.value.headers["retry-after"] == "1"  # both holders renewed just now
+
+    clock.advance(35)
+    assert ledger.renew_leases("alive", alive.charges)  # the live holder renews; the dead one cannot
+    with pytest.raises(GatewayError) as refused:
+        reserve("refused-2")
+    # When a slot really frees: the dead holder's lease ends 60 s after it was taken.
+    assert refused.value.headers["retry-after"] == "25"
+
+    clock.advance(26)  # 61 s after the crash: no reaper has run
+    admitted = reserve("admitted")
+
+    def slot(reservation):
+        return next(c.slot for c in reservation.charges if c.limit_name == "max_concurrent_requests")
+
+    assert slot(admitted) == slot(crashed) is not None
+    # A late settlement of the dead request changes its own windows but not the new holder's slot.
+    service.settle(crashed, 40, 10, 0.0)
+    with pytest.raises(GatewayError):
+        reserve("still-full")
+    service.settle(admitted, 40, 10, 0.0)
+    reserve("after-a-settle")

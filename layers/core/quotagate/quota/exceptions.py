@@ -27,9 +27,12 @@ class QuotaExceeded(Exception):
         used: int | None,
         shortfalls: Sequence[WindowUsage] = (),
         observed: Sequence[WindowUsage] = (),
+        frees_at: float | None = None,
     ):
         self.charge = charge
         self.used = used
+        # For a concurrency limit: when a slot really frees (a dead holder's lease ends), if known.
+        self.frees_at = frees_at
         self.shortfalls: tuple[WindowUsage, ...] = tuple(shortfalls) or (WindowUsage(charge, used),)
         self.observed: tuple[WindowUsage, ...] = tuple(observed) or self.shortfalls
         super().__init__(f"{charge.pk} {charge.sk}: used {used}, limit {charge.limit}, requested {charge.amount}")

@@ -40,6 +40,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,7 +48,15 @@ from quotagate import settings, tables
 from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
 from quotagate.quota.placement import Placement
 from quotagate.quota.shards import shard_count, shard_pk
-from quotagate.quota.windows import WindowCharge, WindowUsage
+from quotagate.quota.slots import (
+    SlotChoice,
+    lease_action,
+    release_action,
+    renew_request,
+    slot_sk,
+    slots_taken,
+)
+from quotagate.quota.windows import WindowCharge, WindowUnit, WindowUsage
 from quotagate.usage.record import RECORD_ATTRIBUTE, to_attribute
 
 if TYPE_CHECKING:
@@ -137,6 +146,10 @@ class QuotaLedger(Protocol):
 
     def read_used(self, charges: Sequence[WindowCharge]) -> list[int | None]:
         """``used`` of each charge's window item now (None: unknown), best effort, for headers."""
+        ...
+
+    def renew_leases(self, request_id: str, charges: Sequence[WindowCharge]) -> bool:
+        """Extend the concurrency slot leases the request holds (quota.slots); False if lost."""
         ...
 
 
@@ -289,6 +302,9 @@ class InMemoryQuotaLedger:
                 totals[unit] = totals.get(unit, 0) + n
             return True
 
+    def renew_leases(self, request_id: str, charges: Sequence[WindowCharge]) -> bool:
+        return True  # its concurrency counter has no leases
+
     # Inspection of the fake (tests read what a DynamoDB table would hold; see tests/quota_table.py).
     def get_used(self, pk: str, sk: str) -> int:
         with self._lock:
@@ -437,25 +453,29 @@ class DynamoQuotaLedger:
         impossible = _impossible(charges)
         if impossible:
             raise impossible
-        placement = Placement([(c, c.amount) for c in charges], self._read_shards, guarded=True)
+        placement = Placement(
+            [(c, c.amount) for c in charges if c.unit != WindowUnit.CONCURRENT], self._read_shards, guarded=True
+        )
         self._raise_if_short(placement)
+        slots = SlotChoice([c for c in charges if c.unit == WindowUnit.CONCURRENT])
         # Each attempt's token marks the reservation item as made by this call (a lost answer is
         # recognised by it) and is that attempt's idempotency token; an attempt after a conflict
         # may place a sharded window elsewhere, so it is a new request with a new token.
         tokens: list[str] = []
-        now = int(self._clock())
         record_attribute = to_attribute(record) if record is not None else None
         sent: dict[str, Any] = {"version": None, "actions": []}
 
         def attempt() -> list[WindowUsage]:
-            if sent["version"] != placement.version:  # else: the very same request, same token
+            version = (placement.version, slots.version)
+            if sent["version"] != version:  # else: the very same request, same token
                 tokens.append(uuid.uuid4().hex)
-                sent["actions"] = self._reserve_actions(request_id, charges, placement, tokens[-1], now)
-                sent["version"] = placement.version
+                now = int(self._clock())
+                sent["actions"] = self._reserve_actions(request_id, charges, placement, slots, tokens[-1], now)
+                sent["version"] = version
                 if record_attribute is not None:
                     # The usage record rides on the reservation's own write: no extra call.
                     sent["actions"][-1]["Put"]["Item"][RECORD_ATTRIBUTE] = record_attribute
-            return self._reserve_once(request_id, charges, placement, sent["actions"], tokens)
+            return self._reserve_once(request_id, charges, placement, slots, sent["actions"], tokens)
 
         return self._attempts(
             attempt, self.reserve_attempts, self.reserve_seconds, f"reservation {request_id} not made"
@@ -494,7 +514,13 @@ class DynamoQuotaLedger:
         return [found.get(shard_pk(charge, i), 0) for i in range(shard_count(charge))]
 
     def _reserve_actions(
-        self, request_id: str, charges: list[WindowCharge], placement: Placement, token: str, now: int
+        self,
+        request_id: str,
+        charges: list[WindowCharge],
+        placement: Placement,
+        slots: SlotChoice,
+        token: str,
+        now: int,
     ) -> list[dict[str, Any]]:
         actions: list[dict[str, Any]] = [
             {
@@ -515,6 +541,12 @@ class DynamoQuotaLedger:
             }
             for _, c, shard, units in placement.actions()
         ]
+        actions += [
+            lease_action(self.table_name, c, slot, request_id, now)
+            for c, slot in zip(slots.charges, slots.slots, strict=True)
+        ]
+        leased = {c.item_key: slot for c, slot in zip(slots.charges, slots.slots, strict=True)}
+        recorded = [replace(c, slot=leased[c.item_key]) if c.item_key in leased else c for c in charges]
         actions.append(
             {
                 "Put": {
@@ -524,7 +556,7 @@ class DynamoQuotaLedger:
                         "sk": _s(RESERVATION_SK),
                         "status": _s(ReservationStatus.RESERVED),
                         "token": _s(token),
-                        "charges": {"L": [_charge_to_attr(c) for c in charges]},
+                        "charges": {"L": [_charge_to_attr(c) for c in recorded]},
                         "created_at": _n(now),
                         "expires_at": _n(now + RESERVATION_RETENTION_SECONDS),
                         # The sparse index of open reservations (removed by settle and by the reaper).
@@ -543,12 +575,15 @@ class DynamoQuotaLedger:
         request_id: str,
         charges: list[WindowCharge],
         placement: Placement,
+        slots: SlotChoice,
         actions: list[dict[str, Any]],
         tokens: list[str],
     ) -> list[WindowUsage]:
         from botocore.exceptions import ClientError
 
         parts = placement.actions()
+        leased = {c.item_key: slot for c, slot in zip(slots.charges, slots.slots, strict=True)}
+        charges = [replace(c, slot=leased[c.item_key]) if c.item_key in leased else c for c in charges]
         try:
             self._client.transact_write_items(TransactItems=actions, ClientRequestToken=tokens[-1])
         except ClientError as error:
@@ -565,8 +600,58 @@ class DynamoQuotaLedger:
                     # An earlier attempt of this very call committed (its response was lost).
                     return self._usages_after(charges)
                 raise ReservationExists(request_id) from error
-            self._after_cancellation(placement, parts, reasons[:-1], error)
+            slots_moved = self._after_slot_cancellation(slots, reasons[len(parts) : -1], error)
+            self._after_cancellation(placement, parts, reasons[: len(parts)], error)
+            if slots_moved:
+                raise _Retry(False, "concurrency slot taken", replaced=True) from None
+            raise
         return self._usages_after(charges)
+
+    def _after_slot_cancellation(self, slots: SlotChoice, reasons: list[dict[str, Any]], error: Exception) -> bool:
+        """Move each refused slot lease elsewhere (True if any moved); raises QuotaExceeded when
+        every slot of a concurrency limit is held by a live lease."""
+        moved = False
+        for index, reason in enumerate(reasons):
+            code = reason.get("Code")
+            if code == "ConditionalCheckFailed" and slots.exhausted(index):
+                charge = slots.charges[index]
+                leases = self._read_leases(charge)
+                now = self._clock()
+                taken = slots_taken(leases, now)
+                if taken is not None:
+                    usage = WindowUsage(charge, taken.held)
+                    raise QuotaExceeded(charge, taken.held, [usage], [usage], frees_at=taken.frees_at) from error
+                free = [slot for slot, until in enumerate(leases) if until is None or until < now]
+                slots.place(index, random.choice(free))
+                moved = True
+            elif code == "ConditionalCheckFailed" or code in _RETRYABLE_REASONS:
+                slots.repick(index)
+                moved = True
+        return moved
+
+    def _read_leases(self, charge: WindowCharge) -> list[int | None]:
+        """``lease_until`` of every slot of a concurrency limit (None: free), strongly consistent."""
+        keys = [{"pk": _s(charge.pk), "sk": _s(slot_sk(slot))} for slot in range(charge.limit)]
+        found: dict[str | None, int | None] = {}
+        for start in range(0, len(keys), 100):  # BatchGetItem takes 100 keys
+            pending: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": keys[start : start + 100],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "sk, #until",
+                    "ExpressionAttributeNames": {"#until": "lease_until"},
+                }
+            }
+            for _ in range(3):  # unprocessed keys are asked again, a bounded number of times
+                response = self._client.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    found[_str_attr(item, "sk")] = _int_attr(item, "lease_until")
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+            if pending:
+                raise _Retry(False, "concurrency slots not read")
+        return [found.get(slot_sk(slot)) for slot in range(charge.limit)]
 
     def _after_cancellation(
         self,
@@ -611,7 +696,6 @@ class DynamoQuotaLedger:
             raise _Retry(False, contended or "shard short", replaced=True) from None
         if contended:
             raise _Retry(False, contended) from None
-        raise error
 
     def _usages_after(self, charges: list[WindowCharge]) -> list[WindowUsage]:
         if not self.snapshot_after_reserve or not charges:
@@ -658,7 +742,12 @@ class DynamoQuotaLedger:
         adjustments = _check_adjustments(adjustments)
         # A refund (or an overrun) may land in any shard of a sharded window: the sum is what counts,
         # and each shard stays within its share. A conflicting attempt goes to another shard.
-        placement = Placement([(c, d) for c, d in adjustments if d != 0], self._read_shards, guarded=False)
+        leased = [c for c, _ in adjustments if c.unit == WindowUnit.CONCURRENT and c.slot is not None]
+        placement = Placement(
+            [(c, d) for c, d in adjustments if d != 0 and c not in leased], self._read_shards, guarded=False
+        )
+        # A slot whose lease was lost (it expired and another request took it) is not released.
+        releases = Releases(leased)
         tokens: list[str] = []
         now = int(self._clock())
         record_attribute = to_attribute(record) if record is not None else None
@@ -666,17 +755,20 @@ class DynamoQuotaLedger:
         sent: dict[str, Any] = {"version": None, "request": {}}
 
         def attempt() -> bool:
-            if sent["version"] != placement.version:  # else: the very same request, same token
+            version = (placement.version, len(releases.charges))
+            if sent["version"] != version:  # else: the very same request, same token
                 tokens.append(uuid.uuid4().hex)
-                request = self._settle_request(request_id, adjustments, placement, usage or {}, tokens[-1], now)
-                sent["request"], sent["version"] = request, placement.version
+                request = self._settle_request(
+                    request_id, adjustments, placement, releases, usage or {}, tokens[-1], now
+                )
+                sent["request"], sent["version"] = request, version
                 if record_attribute is not None:
                     # The completed usage record, in the same write that flips the status (the outbox).
                     update = request["update"] if "update" in request else request["transaction"][0]["Update"]
                     update["UpdateExpression"] = update["UpdateExpression"].replace("SET ", "SET #rec = :rec, ", 1)
                     update["ExpressionAttributeNames"]["#rec"] = RECORD_ATTRIBUTE
                     update["ExpressionAttributeValues"][":rec"] = record_attribute
-            return self._settle_once(sent["request"], placement, tokens, request_id if compensating else None)
+            return self._settle_once(sent["request"], placement, releases, tokens, request_id if compensating else None)
 
         return bool(
             self._attempts(attempt, self.settle_attempts, self.settle_seconds, f"reservation {request_id} not settled")
@@ -687,6 +779,7 @@ class DynamoQuotaLedger:
         request_id: str,
         adjustments: list[tuple[WindowCharge, int]],
         placement: Placement,
+        releases: Releases,
         usage: Mapping[str, int],
         token: str,
         now: int,
@@ -734,12 +827,20 @@ class DynamoQuotaLedger:
             }
             for _, c, shard, delta in placement.actions()
         ]
+        window_updates += [
+            release_action(self.table_name, c, c.slot, request_id) for c in releases.charges if c.slot is not None
+        ]
         if not window_updates:
             return {"update": reservation_update}
         return {"transaction": [{"Update": reservation_update}, *window_updates]}
 
     def _settle_once(
-        self, request: dict[str, Any], placement: Placement, tokens: list[str], tombstone_for: str | None = None
+        self,
+        request: dict[str, Any],
+        placement: Placement,
+        releases: Releases,
+        tokens: list[str],
+        tombstone_for: str | None = None,
     ) -> bool:
         """One attempt. ``tombstone_for``: a compensation's request id; if its reservation item does
         not exist (yet), leave a tombstone instead, so that the reservation can never land after."""
@@ -757,7 +858,9 @@ class DynamoQuotaLedger:
             elif code == "TransactionCanceledException" and error.response.get("CancellationReasons"):
                 reasons = error.response["CancellationReasons"]
                 if reasons[0].get("Code") != "ConditionalCheckFailed":
-                    self._settle_contended(placement, reasons, error)
+                    windows = len(placement.actions())
+                    releases.drop_lost(reasons[1 + windows :])
+                    self._settle_contended(placement, reasons[: 1 + windows], error, releases.dropped)
                 existing = reasons[0].get("Item")
             else:
                 raise
@@ -770,10 +873,14 @@ class DynamoQuotaLedger:
         return True
 
     @staticmethod
-    def _settle_contended(placement: Placement, reasons: list[dict[str, Any]], error: Exception) -> None:
+    def _settle_contended(
+        placement: Placement, reasons: list[dict[str, Any]], error: Exception, released_lost: bool = False
+    ) -> None:
         """``reasons``: the reservation item's, then one per window part."""
         codes = [r.get("Code") for r in reasons]
         retryable = [code for code in codes if code in _RETRYABLE_REASONS]
+        if not retryable and released_lost:
+            raise _Retry(False, "concurrency lease already lost", replaced=True) from None
         if not retryable:
             raise error
         moved = False
@@ -810,6 +917,24 @@ class DynamoQuotaLedger:
                 raise _Retry(False, "the reservation landed before its tombstone") from None
             raise
         return False
+
+    # ---- concurrency leases --------------------------------------------------------------------
+
+    def renew_leases(self, request_id: str, charges: Sequence[WindowCharge]) -> bool:
+        """Extend the request's slot leases (one ``UpdateItem`` each, guarded by ``holder``). False
+        when one is lost or the store did not answer (best effort: the next renewal tries again)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        renewed = True
+        now = int(self._clock())
+        for charge in charges:
+            if charge.unit != WindowUnit.CONCURRENT or charge.slot is None:
+                continue
+            try:
+                self._client.update_item(**renew_request(self.table_name, charge, charge.slot, request_id, now))
+            except (ClientError, BotoCoreError):
+                renewed = False
+        return renewed
 
     # ---- top up --------------------------------------------------------------------------------
 
@@ -878,6 +1003,7 @@ class DynamoQuotaLedger:
                 self._after_cancellation(placement, parts, reasons[:-1], error)
             except QuotaExceeded:
                 return False  # a window has no room
+            raise
         return True
 
     # ---- reads -----------------------------------------------------------------------------------
@@ -885,6 +1011,20 @@ class DynamoQuotaLedger:
     @staticmethod
     def _backoff_delay(attempt: int) -> float:
         return random.uniform(0, min(0.25, 0.02 * 2**attempt))
+
+
+class Releases:
+    """The slot leases a settlement gives back; one found lost (``holder`` is another request) is
+    dropped from the next attempt."""
+
+    def __init__(self, charges: list[WindowCharge]) -> None:
+        self.charges = list(charges)
+        self.dropped = False
+
+    def drop_lost(self, reasons: list[dict[str, Any]]) -> None:
+        lost = {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
+        self.dropped = bool(lost)
+        self.charges = [c for i, c in enumerate(self.charges) if i not in lost]
 
 
 def _charge_to_attr(charge: WindowCharge) -> dict[str, Any]:
@@ -895,6 +1035,7 @@ def _charge_to_attr(charge: WindowCharge) -> dict[str, Any]:
             "amount": _n(charge.amount),
             "limit": _n(charge.limit),
             "window_end": _n(charge.window_end),
+            **({"slot": _n(charge.slot)} if charge.slot is not None else {}),
         }
     }
 

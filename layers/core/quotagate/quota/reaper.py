@@ -4,7 +4,7 @@ A reservation still ``reserved`` after the longest possible request (``QG_MAX_RE
 plus a margin belongs to an environment that died (a crash, a timeout that killed the function
 before it settled, a settlement lost before it reached the retry queue). The reaper marks it
 ``expired`` and KEEPS its charge: what the provider billed for it is unknown, and the reserved worst
-case is the safe side. It also releases the request's concurrency slots, if it held any.
+case is the safe side. (Concurrency slots are leases that free themselves: quota.slots.)
 
 It reads only the sparse ``reserved`` index (``tables.RESERVED_INDEX``): items leave that index
 when they are settled or expired, so the reaper's reads are proportional to what is open, never a
@@ -134,13 +134,13 @@ class ReservationReaper:
 
 
 def concurrency_releases(table_name: str, item: dict[str, Any]) -> list[dict[str, Any]]:
-    """Give back the concurrency slots a reservation item holds (its ``max_concurrent_requests``
-    charges); its other charges are kept."""
+    """Give back the concurrency counter of a reservation made before slots were leases (its
+    ``max_concurrent_requests`` charges without a ``slot``); its other charges are kept."""
     releases = []
     for charge in item.get("charges", {}).get("L", []):
         fields = charge["M"]
-        if fields["sk"]["S"] != CONCURRENCY_LIMIT:
-            continue
+        if fields["sk"]["S"] != CONCURRENCY_LIMIT or "slot" in fields:
+            continue  # a leased slot (quota.slots) frees itself when its lease runs out
         releases.append(
             {
                 "Update": {

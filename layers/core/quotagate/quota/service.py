@@ -18,6 +18,7 @@ compensation the ledger cannot write goes to the durable ``settlement_queue`` (w
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import replace
@@ -27,6 +28,7 @@ from quotagate.errors import GatewayError
 from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded, ReservationExists
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
 from quotagate.quota.settlements import PendingSettlement, SettlementQueue, compensation
+from quotagate.quota.slots import LeaseRenewer
 from quotagate.quota.windows import (
     CONCURRENCY_LIMIT,
     PER_REQUEST_LIMIT,
@@ -76,6 +78,7 @@ class QuotaService:
         self._rng = random.Random()  # retry-after jitter (tests may seed it)
         self.settlement_queue = settlement_queue
         self._warn = on_warning or (lambda message, **fields: None)
+        self._renewer = LeaseRenewer(ledger.renew_leases)
 
     # ---- planning (pure) -------------------------------------------------------------------------
 
@@ -237,7 +240,11 @@ class QuotaService:
                 code=STORE_BUSY_CODE,
                 headers={"retry-after": "1"},
             ) from None
-        return Reservation(request_id, tuple(charges), tuple(usages), now, self._clock, record=record)
+        # The ledger's charges: a concurrency charge carries the slot it leased (quota.slots).
+        reserved = tuple(u.charge for u in usages) if len(usages) == len(charges) else tuple(charges)
+        if any(c.slot is not None for c in reserved):
+            self._renewer.hold(request_id, reserved)
+        return Reservation(request_id, reserved, tuple(usages), now, self._clock, record=record)
 
     def write_record(self, reservation: Reservation) -> None:
         """Write the usage record of a reservation without windows (an open reservation item, as
@@ -277,13 +284,15 @@ class QuotaService:
         )
         charge = binding.charge
         if charge.unit == WindowUnit.CONCURRENT:
+            # When a slot really frees: a holder that stopped renewing loses it when its lease ends.
+            frees_in = max(1, math.ceil(exceeded.frees_at - now)) if exceeded.frees_at is not None else 1
             return GatewayError(
                 exceeded.status,
                 f"Too many concurrent requests for {SCOPE_WORDS[charge.scope]}: {binding.used} in flight, "
                 f"the limit ({CONCURRENCY_LIMIT}) is {charge.limit}. Retry when one has finished.",
                 type="requests",
                 code="rate_limit_exceeded",
-                headers={"retry-after": "1"},
+                headers={"retry-after": str(frees_in)},
             )
         retry_after = retry_after_seconds(charge.window_end, now)
         who = SCOPE_WORDS[charge.scope]
@@ -365,6 +374,7 @@ class QuotaService:
                 duration_ms=settlement.duration_ms,
                 failovers=settlement.failovers,
             )
+        self._renewer.release(reservation.request_id)
         with reservation.lock:
             if reservation.settled:
                 return False

@@ -138,6 +138,8 @@ class WindowCharge:
     window_end: int
     limit: int  # in units (requests, tokens, micro-dollars)
     amount: int  # in units, >= 0
+    # The concurrency slot leased for the request (quota.slots), set by the ledger that leased it.
+    slot: int | None = None
 
     @property
     def pk(self) -> str:
