@@ -43,6 +43,11 @@ such as the gateway's ``json_object`` tool, gets the object the prompt describes
 one: :func:`quotagate_tools.mock.structured.described_object`). If ``max_tokens`` leaves no room for
 the tool call, the call is left out and the stop reason is ``max_tokens``.
 
+Structured output: with ``output_config.format`` (or the beta's top-level ``output_format``)
+``{"type": "json_schema", "schema": ...}``, the text block is JSON the schema accepts
+(:func:`quotagate_tools.mock.structured.value_for_schema`), cut at ``max_tokens`` like any text; a
+format of another type or without a schema object is a 400.
+
 Extended thinking: with ``thinking`` ``enabled`` (``budget_tokens`` of at least 1,024 and below
 ``max_tokens``, as Anthropic requires) or ``adaptive``, the reply opens with a ``thinking`` block of
 ``THINKING_TOKENS`` vocabulary pieces (counted in ``output_tokens`` and within ``max_tokens``) and a
@@ -497,6 +502,23 @@ def _fault(request: Request, body: dict[str, Any], settings: MockSettings) -> Fa
         raise _AnthropicReject.from_reject(rejection) from None
 
 
+def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of ``output_config.format`` (or the beta's top-level ``output_format``), as the
+    real API takes it: ``{"type": "json_schema", "schema": {...}}``; None without one."""
+    output_config = body.get("output_config")
+    spec = output_config.get("format") if isinstance(output_config, dict) else None
+    where = "output_config.format"
+    if spec is None and body.get("output_format") is not None:
+        spec, where = body["output_format"], "output_format"
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") != "json_schema":
+        raise _bad(f"{where}.type: Input should be 'json_schema'")
+    if not isinstance(spec.get("schema"), dict):
+        raise _bad(f"{where}.schema: Input should be a valid dictionary")
+    return spec["schema"]
+
+
 def _last_user_has_tool_result(messages: list[dict[str, Any]]) -> bool:
     for message in reversed(messages):
         if message.get("role") != "user":
@@ -588,7 +610,11 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
         if limit <= 0:
             with_text, tool, stop_reason = False, None, "max_tokens"
     if with_text:
-        pieces = vocab.reply_pieces(convo, length)
+        schema = _output_schema(body)
+        if schema is None:
+            pieces = vocab.reply_pieces(convo, length)
+        else:  # structured output: the text is JSON the schema accepts, whatever the reply length
+            pieces = structured.json_pieces(json.dumps(structured.value_for_schema(schema, digest[0])))
         cut = _cut_at_stop_sequence(pieces, body.get("stop_sequences") or [])
         if cut is not None and len(cut[0]) <= limit:
             pieces, stop_sequence = cut
