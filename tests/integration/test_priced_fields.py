@@ -118,6 +118,11 @@ FIELDS: dict[str, tuple[str, dict, str]] = {
         {"messages": user(), "service_tier": "priority", "max_tokens": 40},
         "service_tier",
     ),
+    "responses service_tier priority": (
+        "/v1/responses",
+        {"input": "Tell me about lighthouses.", "service_tier": "priority", "max_output_tokens": 40},
+        "service_tier",
+    ),
     "messages inference_geo us": (
         MESSAGES,
         {"messages": user(), "inference_geo": "us", "max_tokens": 40},

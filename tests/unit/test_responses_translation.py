@@ -187,7 +187,7 @@ def test_background_and_item_references_are_refused_and_store_is_accepted():
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"input": "x", "metadata": {"k": 1}}, "metadata.k"),
         ({"input": "x", "max_tool_calls": 3}, "max_tool_calls"),
-        ({"input": "x", "service_tier": "priority"}, "service_tier"),
+        ({"input": "x", "service_tier": "platinum"}, "service_tier"),
         (
             {"input": "x", "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "custom"}]}]},
             "tools[0].tools[0].type",

@@ -22,7 +22,8 @@ Request -> chat:
   ``"store": false``); anything that needs server-side state — ``previous_response_id``,
   ``conversation``, ``prompt`` (stored prompts), ``background: true``, ``item_reference`` items,
   files by ``file_id`` — is a 400 naming the parameter (code ``unsupported_parameter``).
-  ``include``, ``prompt_cache_key``, ``service_tier``, ``truncation`` and ``stream_options`` are
+  ``service_tier`` -> ``service_tier`` (priced: the price table's tier multipliers);
+  ``include``, ``prompt_cache_key``, ``truncation`` and ``stream_options`` are
   accepted and have no effect. Any other unknown parameter is a 400 ``unknown_parameter``.
 
 Every error is raised as a :class:`GatewayError` (OpenAI-shaped) before anything is reserved.
@@ -492,6 +493,8 @@ def _translate_sampling(body: dict[str, Any], chat: dict[str, Any], echo: dict[s
                 raise _bad("'reasoning.effort' must be none, minimal, low, medium, high or xhigh.", "reasoning.effort")
             chat["reasoning_effort"] = effort
     echo["reasoning"] = {"effort": (reasoning or {}).get("effort"), "summary": None}
+    if isinstance(body.get("service_tier"), str):
+        chat["service_tier"] = body["service_tier"]  # priced by the chat request (quotagate.logic.pricing)
 
 
 def _translate_caller_fields(body: dict[str, Any], chat: dict[str, Any], echo: dict[str, Any]) -> None:

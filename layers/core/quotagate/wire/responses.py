@@ -259,12 +259,7 @@ REASONING = Obj(
         "generate_summary": Field(Str(), dropped("no reasoning summaries on chat")),
     },
 )
-PAID_SERVICE_TIERS: Final = {
-    "priority": "priority processing is billed at a premium the price table does not carry yet",
-    "flex": "flex processing is priced differently and the price table does not carry it yet",
-    "scale": "the scale tier is priced differently and the price table does not carry it yet",
-    "fast": "fast processing is billed at a premium the price table does not carry yet",
-}
+SERVICE_TIERS: Final = ("auto", "default", "flex", "scale", "priority", "fast")
 
 RESPONSES_FIELDS: Final[dict[str, Field]] = {
     "model": Field(Str(min_length=1), TRANSLATED, required=True, doc="a model or alias; the route's model is sent"),
@@ -304,7 +299,18 @@ RESPONSES_FIELDS: Final[dict[str, Field]] = {
     "truncation": Field(Str(("auto", "disabled")), dropped("the gateway never truncates: too long is a 400")),
     "context_management": Field(Array(Json()), dropped("server-side compaction needs stored state")),
     "moderation": Field(Json(), dropped("provider-side moderation policy")),
-    "service_tier": Field(Str(refused_values=PAID_SERVICE_TIERS), dropped("the standard tier is used")),
+    "service_tier": Field(
+        Str(SERVICE_TIERS),
+        per_target(
+            Disposition(
+                Action.PRICED,
+                "chat service_tier: price.service_tiers, reserved at the tier asked for, settled at the tier "
+                "served; unlisted is a 400",
+            ),
+            Disposition(Action.DROPPED, "the chat translation's Anthropic request carries no tier"),
+            Disposition(Action.DROPPED, "no equivalent"),
+        ),
+    ),
     "background": Field(Bool(), TRANSLATED, doc="true is a 400: background responses are stored"),
     "previous_response_id": Field(Str(), refused(STATELESS)),
     "conversation": Field(Json(), refused(STATELESS)),
