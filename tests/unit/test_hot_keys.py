@@ -275,3 +275,22 @@ def test_a_dead_holders_concurrency_slot_is_free_again_after_its_lease():
         reserve("still-full")
     service.settle(admitted, 40, 10, 0.0)
     reserve("after-a-settle")
+
+
+# ---- before the first byte (issue 21 goal 1, keys with limits) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key_limits",
+    [{"requests_per_minute": 60, "tokens_per_day": 100_000}, GENEROUS_KEY],
+    ids=["one-item-windows", "sharded-windows"],
+)
+def test_a_key_with_limits_makes_one_store_round_trip_before_the_upstream_call(key_limits):
+    # The proxy's ledger (no snapshot read): the reservation is the only call before the upstream
+    # is called; the settlement is the only one after.
+    client = faithful(hold=0.0)
+    service = service_on(client)
+    reservation = service.reserve(request(key_limits=key_limits))
+    assert client.calls == {"TransactWriteItems": 1}
+    service.settle(reservation, 30, 20, 0.0)
+    assert client.calls == {"TransactWriteItems": 2}
