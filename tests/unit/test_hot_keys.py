@@ -294,3 +294,22 @@ def test_a_key_with_limits_makes_one_store_round_trip_before_the_upstream_call(k
     assert client.calls == {"TransactWriteItems": 1}
     service.settle(reservation, 30, 20, 0.0)
     assert client.calls == {"TransactWriteItems": 2}
+
+
+def test_a_live_request_renews_its_slot_lease_until_it_settles():
+    import time
+
+    from quotagate.quota.slots import LeaseRenewer
+
+    renewed: list[str] = []
+    renewer = LeaseRenewer(lambda request_id, charges: renewed.append(request_id) or True, interval=0.02)
+    renewer.hold("streaming", ())
+    deadline = time.monotonic() + 5
+    while renewed.count("streaming") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert renewed.count("streaming") >= 2
+    renewer.release("streaming")
+    time.sleep(0.05)
+    count = renewed.count("streaming")
+    time.sleep(0.1)
+    assert renewed.count("streaming") == count  # settled: no more renewals
