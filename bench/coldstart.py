@@ -1,11 +1,14 @@
 """Cold start and memory of the local gateway, and of the proxy app alone.
 
 1. ``python -m quotagate_tools.local`` (what ``make dev`` runs) as a process: time from process start to
-   the first answered chat completion, and its peak resident memory (VmHWM) after N requests.
+   the first answered chat completion, and the resident memory of its process tree (the gateway and
+   its moto server) after N requests.
 2. The proxy app alone under uvicorn, as the Lambda Web Adapter starts it: time from process start
-   to a ready ``/health`` (the adapter's readiness check), and its peak memory.
+   to a ready ``/health`` (the adapter's readiness check: import and init) and to its first answered
+   request, in wall time and in the process's CPU time (which a loaded machine does not inflate),
+   and its peak memory.
 
-Usage: python bench/coldstart.py [--runs 3] [--requests 20]
+Usage: python bench/coldstart.py [--runs 3] [--requests 100]
 """
 
 from __future__ import annotations
@@ -32,11 +35,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def peak_rss_mib(pid: int) -> float:
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (make dev's moto server is a child process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of the whole process tree (``VmHWM``: the sum of each process's peak)."""
+    return sum(peak_rss_mib(p, field) for p in process_tree(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (load-independent, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def chat(base: str, key: str, header: str = "authorization") -> int:
@@ -54,7 +85,7 @@ def chat(base: str, key: str, header: str = "authorization") -> int:
         return response.status
 
 
-def local_gateway(requests: int) -> tuple[float, float]:
+def local_gateway(requests: int) -> tuple[float, float, float]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -87,7 +118,7 @@ def local_gateway(requests: int) -> tuple[float, float]:
         first_answer = time.perf_counter() - started
         for _ in range(requests):
             chat(base, key)
-        return first_answer, peak_rss_mib(process.pid)
+        return first_answer, tree_rss_mib(process.pid, "VmHWM"), tree_rss_mib(process.pid, "VmRSS")
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -129,7 +160,7 @@ def aws_and_model_for_proxy() -> tuple[dict[str, str], str]:
     return env, created["result"]["api_key"]
 
 
-def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, float]:
+def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, float, float, float]:
     """The proxy app under uvicorn as the Lambda Web Adapter starts it, called the function-URL way
     (no authorizer: it validates the key itself): time to /health ready (the adapter's readiness
     check, i.e. the end of Lambda's init) and to the first answered chat completion."""
@@ -151,11 +182,12 @@ def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, floa
                         break
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.002)
-        ready = time.perf_counter() - started
+        ready, ready_cpu = time.perf_counter() - started, cpu_seconds(process.pid)
         base = f"http://127.0.0.1:{port}"
         if chat(base, key) != 200:  # the default identity source, Authorization
             raise RuntimeError("the proxy did not answer")
-        return ready, time.perf_counter() - started, peak_rss_mib(process.pid)
+        answered = time.perf_counter() - started
+        return ready, answered, peak_rss_mib(process.pid), ready_cpu, cpu_seconds(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -164,7 +196,7 @@ def proxy_alone(proxy_env: dict[str, str], key: str) -> tuple[float, float, floa
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
     gateway = [local_gateway(args.requests) for _ in range(args.runs)]
     proxy_env, key = aws_and_model_for_proxy()
@@ -174,12 +206,17 @@ def main() -> None:
         f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {args.runs} runs "
         f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})"
     )
-    print(f"local gateway peak RSS after {args.requests + 1} requests: max {max(g[1] for g in gateway):.1f} MiB")
+    print(
+        f"local gateway process tree (the gateway and its moto server) after {args.requests + 1} requests: "
+        f"resident {max(g[2] for g in gateway):.1f} MiB, sum of peaks {max(g[1] for g in gateway):.1f} MiB"
+    )
     print(
         f"proxy app alone (as the Lambda Web Adapter starts it): process start -> /health ready "
-        f"(end of init): median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms; -> first answered "
+        f"(import and init): median {statistics.median(p[0] for p in proxy) * 1000:.0f} ms wall, "
+        f"{statistics.median(p[3] for p in proxy) * 1000:.0f} ms CPU; -> first answered "
         f"chat completion (key check, quota reserve/settle in moto, mock model): "
-        f"median {statistics.median(p[1] for p in proxy) * 1000:.0f} ms; peak RSS {max(p[2] for p in proxy):.1f} MiB"
+        f"median {statistics.median(p[1] for p in proxy) * 1000:.0f} ms wall, "
+        f"{statistics.median(p[4] for p in proxy) * 1000:.0f} ms CPU; peak RSS {max(p[2] for p in proxy):.1f} MiB"
     )
 
 

@@ -2,14 +2,18 @@
 
 1. Latency: ``python -m quotagate_tools.local`` runs as its own process (mock token delay 0). The same
    request is sent N times straight to its mock model server, N times through the gateway with a
-   key on plan ``pro`` (API Gateway emulator + real authorizer with its cache + proxy + quota
-   reserve/settle in moto + the mock) and N times with a key on a plan without limits (the same
-   minus the quota store), interleaved, keep-alive everywhere. Prints median and p99 of each path
-   and of what the gateway adds.
+   key on plan ``pro`` (API Gateway emulator + real authorizer + proxy + quota reserve/settle of 3
+   key windows and the tenant window in moto + the mock), N times with a key without limits (plan
+   ``unlimited`` in a tenant whose record has no limits: no window, its usage record written while
+   the mock answers) and, when LiteLLM's proxy is installed (``litellm`` on PATH, or
+   ``$LITELLM_BIN``, e.g. /tmp/litellm-venv/bin/litellm), N times through LiteLLM with a master key
+   in front of the same mock; interleaved, keep-alive everywhere. Prints median and p99 of each
+   path and of what each adds over the direct call: the whole answer, or with ``--stream`` the time
+   to the first content byte.
 2. Calls: the gateway is run in-process once more, with a botocore hook counting every AWS API
    call per service and operation while M requests go through.
 
-Usage: python bench/latency.py [--requests 300] [--stream]
+Usage: python bench/latency.py [--requests 200] [--stream]
 """
 
 from __future__ import annotations
@@ -39,13 +43,58 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def timed(client: httpx.Client, url: str, body: dict, headers: dict) -> float:
+    """Milliseconds to the whole answer, or for a streamed request to the first content byte."""
     started = time.perf_counter()
-    response = client.post(url, json=body, headers=headers)
-    response.read()
-    elapsed = time.perf_counter() - started
-    if response.status_code != 200:
-        raise RuntimeError(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+    with client.stream("POST", url, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            response.read()
+            raise RuntimeError(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+        first = None
+        for chunk in response.iter_bytes():
+            if first is None and body.get("stream") and b'"content"' in chunk:
+                first = time.perf_counter() - started
+    elapsed = first if first is not None else time.perf_counter() - started
     return elapsed * 1000
+
+
+def litellm_binary() -> str | None:
+    import shutil
+
+    default = Path(tempfile.gettempdir()) / "litellm-venv" / "bin" / "litellm"
+    candidate = os.environ.get("LITELLM_BIN") or shutil.which("litellm") or str(default)
+    return candidate if Path(candidate).exists() else None
+
+
+def start_litellm(binary: str, mock: str, port: int) -> tuple[subprocess.Popen, str, str]:
+    """LiteLLM's proxy with a master key (no database) in front of the same mock model server."""
+    master = "sk-bench-master-key"
+    config = {
+        "model_list": [
+            {
+                "model_name": "mock-gpt",
+                "litellm_params": {"model": "openai/mock-gpt", "api_base": f"{mock}/v1", "api_key": "unused"},
+            }
+        ],
+        "general_settings": {"master_key": master},
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+    process = subprocess.Popen(
+        [binary, "--config", handle.name, "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "LITELLM_LOG": "ERROR"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
+                return process, base, master
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.terminate()
+    raise RuntimeError("LiteLLM's proxy did not start")
 
 
 def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
@@ -82,21 +131,28 @@ def start_gateway(port: int) -> tuple[subprocess.Popen, str, str, str]:
     return process, f"http://127.0.0.1:{port}", mock, key
 
 
-def measure_latency(requests: int, stream: bool) -> None:
-    requests = min(requests, 500)  # plan pro allows 600 requests a minute
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process, gateway, mock, metered_key = start_gateway(port)
+        return sock.getsockname()[1]
+
+
+def measure_latency(requests: int, stream: bool) -> None:
+    requests = min(requests, 500)  # plan pro allows 600 requests a minute
+    process, gateway, mock, metered_key = start_gateway(free_port())
     body = {**BODY, "stream": stream}
+    litellm = None
+    binary = litellm_binary()
     try:
         with httpx.Client(timeout=30) as client:
-            # A second key on a plan without limits: the same path minus the quota store.
+            # A key without limits: a tenant whose record has none, a plan with none.
+            keys_api = f"{gateway}/2015-03-31/functions/quotagate-keys/invocations"
+            client.post(keys_api, json={"action": "create_tenant", "tenant": "open", "limits": {}})
             invoke = client.post(
-                f"{gateway}/2015-03-31/functions/quotagate-keys/invocations",
-                json={"action": "create_key", "tenant": "bench", "consumer": "free-of-limits", "plan": "unlimited"},
+                keys_api,
+                json={"action": "create_key", "tenant": "open", "consumer": "free-of-limits", "plan": "unlimited"},
             )
             unmetered_key = invoke.json()["result"]["api_key"]
             paths = {
@@ -104,6 +160,9 @@ def measure_latency(requests: int, stream: bool) -> None:
                 "gateway, plan 'pro'": (f"{gateway}/v1/chat/completions", {"authorization": f"Bearer {metered_key}"}),
                 "gateway, no limits": (f"{gateway}/v1/chat/completions", {"authorization": f"Bearer {unmetered_key}"}),
             }
+            if binary:
+                litellm, litellm_base, master = start_litellm(binary, mock, free_port())
+                paths["LiteLLM proxy"] = (f"{litellm_base}/v1/chat/completions", {"authorization": f"Bearer {master}"})
             for _ in range(20):  # warm every path (connections, caches, imports)
                 for url, headers in paths.values():
                     timed(client, url, body, headers)
@@ -111,23 +170,61 @@ def measure_latency(requests: int, stream: bool) -> None:
             for _ in range(requests):  # interleaved, so drift affects every path alike
                 for name, (url, headers) in paths.items():
                     samples[name].append(timed(client, url, body, headers))
+            # CPU per request of the serving process tree: what a loaded machine does not inflate.
+            trees = {name: process.pid for name in paths if name.startswith("gateway")}
+            if litellm is not None:
+                trees["LiteLLM proxy"] = litellm.pid
+            cpu = {}
+            for name, pid in trees.items():
+                url, headers = paths[name]
+                before = tree_cpu_seconds(pid)
+                for _ in range(50):
+                    timed(client, url, body, headers)
+                cpu[name] = (tree_cpu_seconds(pid) - before) / 50 * 1000
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if litellm is not None:
+            litellm.terminate()
+            litellm.wait(timeout=10)
     direct = samples["direct to mock model"]
-    kind = "streaming" if stream else "non-streaming"
+    kind = "streaming (time to first content)" if stream else "non-streaming (whole answer)"
     print(
         f"{requests} {kind} requests per path, mock token delay 0, max_tokens {BODY['max_tokens']}; plan 'pro' "
-        f"reserves and settles 3 key windows + 1 tenant window per request (moto as DynamoDB):"
+        f"reserves and settles 3 key windows + 1 tenant window per request (moto as DynamoDB)"
+        + ("" if binary else "; LiteLLM not installed (skipped)")
+        + ":"
     )
     for name, values in samples.items():
-        print(f"  {name:22s}: median {statistics.median(values):6.2f} ms   p99 {percentile(values, 99):6.2f} ms")
+        spent = f"   CPU {cpu[name]:6.2f} ms/request (process tree)" if name in cpu else ""
+        print(f"  {name:22s}: median {statistics.median(values):7.2f} ms   p99 {percentile(values, 99):7.2f} ms{spent}")
         if name != "direct to mock model":
             added = [t - d for t, d in zip(values, direct, strict=True)]
             print(
-                f"  {'  added by gateway':22s}: median {statistics.median(added):6.2f} ms   "
-                f"p99 {percentile(added, 99):6.2f} ms"
+                f"  {'  added over direct':22s}: median {statistics.median(added):7.2f} ms   "
+                f"p99 {percentile(added, 99):7.2f} ms"
             )
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (make dev's moto server is one)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def count_aws_calls(requests: int) -> None:
@@ -207,11 +304,12 @@ def count_aws_calls(requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--stream", action="store_true")
     args = parser.parse_args()
     measure_latency(args.requests, args.stream)
-    count_aws_calls(min(args.requests, 50))
+    if not args.stream:
+        count_aws_calls(min(args.requests, 50))
 
 
 if __name__ == "__main__":
