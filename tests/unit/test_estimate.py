@@ -86,12 +86,49 @@ def test_anthropic_tools_include_the_tool_system_prompt():
 
 @pytest.mark.parametrize(
     ("detail", "target", "expected"),
-    [("low", OA, 85), ("high", OA, 1445), (None, OA, 1445), ("low", AN, 1600), ("high", BR, 3000)],
+    [("low", OA, 85), ("high", OA, 1445), (None, OA, 1445), ("low", AN, 4787), ("high", BR, 3000)],
 )
 def test_images_cost_their_worst_case_per_provider_and_detail(detail, target, expected):
     image = {"url": "https://example.com/a.png", **({"detail": detail} if detail else {})}
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": image}]}]}
     assert prompt(body, target) - prompt({"messages": [{"role": "user", "content": []}]}, target) == expected
+
+
+CLAUDE_IMAGES = [
+    # (provider type, upstream model, worst case per image): Anthropic's published tiers; models
+    # from Opus 4.7, Sonnet 5 and Haiku 5.5 on take images up to 4,784 tokens (+3 for the block).
+    ("anthropic", "claude-opus-4-7", 4787),
+    ("anthropic", "claude-sonnet-5-5", 4787),
+    ("anthropic", "claude-haiku-5-5", 4787),
+    ("anthropic", "claude-opus-4-8-20261101", 4787),
+    ("bedrock", "us.anthropic.claude-sonnet-5-0-v1:0", 4787),
+    ("openai", "claude-opus-4-7", 4787),  # a Claude model behind an OpenAI-compatible proxy
+    ("anthropic", "a-model-we-do-not-know", 4787),  # unknown: the larger bound
+    ("anthropic", "claude-sonnet-4-5", 1600),
+    ("anthropic", "claude-haiku-4-5-20251001", 1600),
+    ("anthropic", "claude-opus-4-1", 1600),
+    ("anthropic", "claude-3-5-sonnet-20241022", 1600),
+    ("bedrock", "anthropic.claude-3-7-sonnet-20250219-v1:0", 1600),
+    ("bedrock", "amazon.nova-pro-v1:0", 1600),
+    ("openai", "gpt-4o", 1445),
+]
+
+
+@pytest.mark.parametrize(("provider_type", "model", "expected"), CLAUDE_IMAGES)
+def test_image_bounds_follow_the_models_published_table(provider_type, model, expected):
+    config = parse_config(
+        {
+            "providers": {"p": {"type": provider_type, "base_url": "http://127.0.0.1:1/v1"}},
+            "models": {"m": {"provider": "p", "upstream_model": model}},
+            "plans": {"p": {"limits": {}}},
+        }
+    )
+    (target,) = config.models["m"].targets
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    cost = estimate.measure({"messages": [{"role": "user", "content": [image]}]})
+    empty = estimate.measure({"messages": [{"role": "user", "content": []}]})
+    provider = config.providers["p"]
+    assert cost.prompt_tokens(provider, target) - empty.prompt_tokens(provider, target) == expected
 
 
 def test_audio_is_bounded_by_its_duration_and_unreadable_audio_is_refused():

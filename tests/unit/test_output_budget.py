@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from quotagate import tokens
 from quotagate.logic.assemble import CompletionAssembler
-from quotagate.logic.output_budget import OutputBudget, delta_tokens
+from quotagate.logic.metering import Meter, RunningCount, chunk_text
+from quotagate.logic.output_budget import OutputBudget
 
 
 def chunk(text, index=0):
@@ -21,11 +23,37 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def test_delta_tokens_counts_every_choice_and_tool_arguments():
-    assert delta_tokens(chunk("")) == 0
-    assert delta_tokens(chunk(" hello")) == 1
+def test_chunk_text_reads_every_choice_and_tool_arguments():
+    assert chunk_text(chunk("")) == ""
+    assert chunk_text(chunk(" hello")) == " hello"
     calls = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1}'}}]}}]}
-    assert delta_tokens(calls) >= 3
+    assert chunk_text(calls) == '{"a": 1}'
+
+
+def test_the_meter_admits_what_the_settlement_counts():
+    """Each ``"w "`` delta alone is 2 tokens, but 1 inside the answer: the budget's count, the cut
+    and the settled count are one count of the whole text (issue 17)."""
+    from quotagate.providers.base import SSEEvent
+
+    meter = Meter([{"role": "user", "content": "hi"}])
+    admitted = 0
+    for _ in range(1500):
+        event = SSEEvent.from_chunk(chunk("w "))
+        admitted += meter.output_tokens(event.data)
+        meter.observe_chunk(event, client_wants_usage=False)
+    settled = meter.usage().completion_tokens
+    assert admitted == settled == tokens.count_text("w " * 1500)
+
+
+def test_a_running_count_is_the_count_of_the_whole_text():
+    pieces = ["Hé", "llo", " wor", "ld", "! ", "😀", "😀 ", "a" * 300, " b", "\n\n", " c" * 200, "ünï", "cödé"]
+    running, text = RunningCount(), ""
+    for piece in pieces * 3:
+        grow = running.peek(piece)
+        running.add(piece)
+        text += piece
+        assert grow >= 0
+        assert running.total == tokens.count_text(text)
 
 
 def test_top_ups_keep_the_answer_going_while_the_store_has_room():

@@ -23,13 +23,14 @@ from anyio import to_thread
 
 from quotagate.errors import invalid_request
 from quotagate.logic.breaker import caller_of
+from quotagate.logic.estimate import Room
 from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
 from quotagate.logic.request_types import Outcome, usage_fields
 from quotagate.quota.reservation import Reservation, ReservationRequest
 from quotagate.usage.record import Settlement, UsageOutcome, source_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from quotagate.config import Target
     from quotagate.identity import Identity
@@ -117,19 +118,8 @@ class Admission:
         limits makes none (its usage record is written while the upstream answers)."""
         gateway = self.gateway
         identity = route.identity
-        asked = ReservationRequest(
-            route.request_id,
-            identity.key_id,
-            identity.tenant,
-            route.limits.key_limits,
-            route.limits.tenant_limits,
-            request.prompt_tokens,
-            request.output_tokens,
-            request.usd,
-            output_text=request.output_text,
-            output_param=request.output_param,
-            prompt_tokens_bound=request.prompt_bound,
-            usage_fields=usage_fields(identity, route.requested_model, route.resolution.model.name),
+        asked = _reservation_request(
+            route, request, usage_fields(identity, route.requested_model, route.resolution.model.name)
         )
         if route.limits.key_limits or route.limits.tenant_limits:
             reservation = await to_thread.run_sync(gateway.quota.reserve, asked)
@@ -157,6 +147,30 @@ class Admission:
             else asyncio.ensure_future(to_thread.run_sync(gateway.quota.write_record, reservation))
         )
         return Admitted(gateway, route, reservation, outcome, remaining_read, record_write)
+
+    async def room(self, route: Route, request: ReservationSize) -> Room:
+        """What the route's tightest token and dollar windows have left now (one read)."""
+        tokens, usd = await to_thread.run_sync(self.gateway.quota.room, _reservation_request(route, request))
+        return Room(tokens, usd)
+
+
+def _reservation_request(
+    route: Route, request: ReservationSize, record_fields: Mapping[str, str] | None = None
+) -> ReservationRequest:
+    return ReservationRequest(
+        route.request_id,
+        route.identity.key_id,
+        route.identity.tenant,
+        route.limits.key_limits,
+        route.limits.tenant_limits,
+        request.prompt_tokens,
+        request.output_tokens,
+        request.usd,
+        output_text=request.output_text,
+        output_param=request.output_param,
+        prompt_tokens_bound=request.prompt_bound,
+        usage_fields=record_fields,
+    )
 
 
 class Admitted:

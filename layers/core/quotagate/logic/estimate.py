@@ -8,9 +8,11 @@ at their worst case for the provider that may serve them, in that provider's own
 
 - OpenAI images: ``detail: "low"`` 85 tokens, ``high``/``auto``/none 1,445 (gpt-4o: 85 + 170 per
   512-px tile; an image is scaled to fit 2048 px, then to 768 px on its short side: 8 tiles).
-- Anthropic / Bedrock images: 1,600 (the service resizes images above ~1.15 megapixels; tokens are
-  about width x height / 750).
-- A target's ``image_tokens`` overrides both (models that bill images differently, such as
+- Claude images (any provider type, by the model's name): 1,600 on standard models (the service
+  resizes images above ~1.15 megapixels; tokens are about width x height / 750), 4,787 on
+  high-resolution ones (Opus 4.7, Sonnet 5, Haiku 5.5 and later; unknown Claude names too).
+  Other Bedrock models: 1,600.
+- A target's ``image_tokens`` overrides all of these (models that bill images differently, such as
   gpt-4o-mini, need it).
 - Audio (``input_audio``): WAV duration from its header, MP3 duration from an 8 kbit/s floor, at
   ``AUDIO_TOKENS_PER_SECOND``. Audio that cannot be decoded, other formats and ``file`` parts
@@ -23,6 +25,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,12 +39,34 @@ if TYPE_CHECKING:
 
 OPENAI_IMAGE_TOKENS_LOW = 85
 OPENAI_IMAGE_TOKENS_HIGH = 85 + 170 * 8
+# Anthropic's published image tiers (tokens of one image block, the block's own 3 included):
+# standard models resize an image to about 1.15 megapixels (~1,600 tokens); high-resolution models
+# (Opus 4.7, Sonnet 5, Haiku 5.5 and later) take up to 2,576 px and 4,784 tokens of 28-px patches.
 CLAUDE_IMAGE_TOKENS = 1_600
-DEFAULT_IMAGE_TOKENS = {
-    "openai": OPENAI_IMAGE_TOKENS_HIGH,
-    "anthropic": CLAUDE_IMAGE_TOKENS,
-    "bedrock": CLAUDE_IMAGE_TOKENS,
-}
+CLAUDE_HIGH_RESOLUTION_IMAGE_TOKENS = 4_784 + 3
+# The first version of each Claude family in the high-resolution tier.
+CLAUDE_HIGH_RESOLUTION_FROM = {"opus": (4, 7), "sonnet": (5, 0), "haiku": (5, 5)}
+# claude-<family>-<major>[-<minor>] (current names) or claude-<major>[-<minor>]-<family> (Claude 3).
+CLAUDE_NAME = re.compile(
+    r"claude-(?:(?P<family>opus|sonnet|haiku)-(?P<major>\d+)(?:[-.](?P<minor>\d)(?!\d))?"
+    r"|(?P<major3>\d+)(?:[-.](?P<minor3>\d)(?!\d))?-(?P<family3>opus|sonnet|haiku))"
+)
+DEFAULT_IMAGE_TOKENS = {"openai": OPENAI_IMAGE_TOKENS_HIGH, "bedrock": CLAUDE_IMAGE_TOKENS}
+
+
+def claude_image_tokens(upstream_model: str) -> int | None:
+    """The worst case of one image on a Claude model, from Anthropic's tiers (None: not a name
+    this table knows; an unknown Claude version gets the high-resolution bound)."""
+    match = CLAUDE_NAME.search(upstream_model.lower())
+    if match is None:
+        return CLAUDE_HIGH_RESOLUTION_IMAGE_TOKENS if "claude" in upstream_model.lower() else None
+    family = match["family"] or match["family3"]
+    version = (int(match["major"] or match["major3"]), int(match["minor"] or match["minor3"] or 0))
+    return (
+        CLAUDE_HIGH_RESOLUTION_IMAGE_TOKENS if version >= CLAUDE_HIGH_RESOLUTION_FROM[family] else CLAUDE_IMAGE_TOKENS
+    )
+
+
 # gpt-4o audio input bills about 10 tokens per second; a bound with room to spare.
 AUDIO_TOKENS_PER_SECOND = 25
 MP3_MIN_BYTES_PER_SECOND = 1_000  # 8 kbit/s, the lowest MP3 bitrate
@@ -110,8 +135,15 @@ class RequestCost:
 
     @staticmethod
     def image_tokens(provider: Provider, target: Target, image: Image) -> int:
+        """The most one image can cost on ``target``: its ``image_tokens`` if set, else the
+        model's published table (Claude's tiers by name, whatever the wire; OpenAI's tiles)."""
         if target.image_tokens is not None:
             return target.image_tokens
+        claude = claude_image_tokens(target.upstream_model)
+        if claude is not None:
+            return claude
+        if provider.type == "anthropic":
+            return CLAUDE_HIGH_RESOLUTION_IMAGE_TOKENS  # an Anthropic model this table does not know
         if provider.type == "openai" and image.detail == "low":
             return OPENAI_IMAGE_TOKENS_LOW
         return DEFAULT_IMAGE_TOKENS[provider.type]
@@ -351,26 +383,37 @@ class OutputPlan:
     # tokens times the provider's safety factor, so that an answer within its cap is never cut.
     ceilings: dict[str, int]
     # prompt_reserve + output_reserve is what is reserved: for every target, its prompt bound plus
-    # its output (the whole ceiling, or the initial slice when metered). output_reserve is the part
-    # that the client's cap (or the initial slice) accounts for, checked against max_tokens_per_request.
+    # its whole ceiling, so the provider cannot generate past the reservation whatever its speed.
+    # output_reserve is the part the cap accounts for, checked against max_tokens_per_request.
     prompt_reserve: int
     output_reserve: int
     prompt_bound: int  # the largest prompt bound over the targets (prompt_reserve may carry output slack)
     reserve_usd: float  # the worst case in dollars of the reservation, over the targets
-    slice: int  # per choice: the initial output reservation without a client cap, and the top-up step
-    # target id -> its prices with the request's modifiers (tier, audio...): top-ups are priced with it
+    slice: int  # per choice: the smallest cap the gateway chooses for a request without one
+    # target id -> its prices with the request's modifiers (tier, audio...)
     target_prices: dict[str, pricing.TargetPricing] = field(default_factory=dict)
     modifiers: pricing.PriceModifiers = pricing.NO_MODIFIERS  # settlement prices with them
     # target id -> the output settled when a target with hidden output (reasoning, rejected
     # prediction tokens, audio) reports no usage: all that was reserved for it
     unreported_output: dict[str, int] = field(default_factory=dict)
+    # The client sent no cap: the gateway chose it, and may choose a smaller one (down to
+    # ``slice``) when the budget has less room than the target's max_output_tokens.
+    gateway_capped: bool = False
 
     def output_usd(self, target: Target, output_tokens: int) -> float:
-        """Dollars of ``output_tokens`` more output from ``target`` (a top-up)."""
+        """Dollars of ``output_tokens`` of output from ``target`` at the request's prices."""
         priced = self.target_prices.get(target.id)
         if priced is None:
             return target.price.cost_usd(0, output_tokens)
         return priced.output_usd(output_tokens)
+
+
+@dataclass(frozen=True)
+class Room:
+    """What the tightest token and dollar windows have left (None: no such window)."""
+
+    tokens: int | None
+    usd: float | None
 
 
 def cache_write_surcharge(provider: Provider, target: Target, cost: RequestCost, prompt_tokens: int) -> float:
@@ -395,15 +438,21 @@ def plan_output(
     key_limits: dict[str, float],
     tenant_limits: dict[str, float],
     output_slice: int,
-) -> OutputPlan:
+    room: Room | None = None,
+    smallest: bool = False,
+) -> OutputPlan | None:
     """The one output cap per target and the reservation that bounds the request's bill.
 
     The client's cap (the smaller of ``max_tokens`` and ``max_completion_tokens``) is used as sent;
-    above ``max_tokens_per_request`` it is a 400 naming the field; all of it is reserved. Without
-    one, the target's ``max_output_tokens`` is sent (bounded by the per-request limit) and only
-    ``output_slice`` tokens per choice are reserved up front: the gateway meters the answer and tops
-    the reservation up as it grows (a reasoning target, whose hidden output no stream shows, has
-    its whole cap reserved)."""
+    above ``max_tokens_per_request`` it is a 400 naming the field. Without one, the target's
+    ``max_output_tokens`` is sent (bounded by the per-request limit). Either way the whole cap is
+    reserved: a provider keeps generating until it sees the connection close, so the cap it was
+    sent is the only hard bound of its bill.
+
+    ``room``: fit a cap the gateway chose into what the windows have left (each target's cap
+    lowered so that its prompt and output fit); None when the request has a client cap or cannot
+    get at least ``output_slice`` tokens per choice. ``smallest``: the smallest cap the gateway
+    chooses (``output_slice`` per choice), whose refusal is the answer when nothing larger fits."""
     per_request = per_request_limit(key_limits, tenant_limits)
     client_cap = request.max_output_tokens
     if client_cap is not None and per_request is not None and client_cap > per_request:
@@ -416,38 +465,45 @@ def plan_output(
             param=param,
         )
     choices = request.choices
-    caps: dict[str, int] = {}
-    prompts: dict[str, int] = {}
-    for target in targets:
-        if client_cap is not None:
-            cap = client_cap
-        else:
-            cap = target.max_output_tokens
-            if per_request is not None:
-                cap = max(1, min(cap, per_request // choices))
-        caps[target.id] = cap
-        prompts[target.id] = cost.prompt_tokens(config.providers[target.provider], target)
     output_slice = max(1, output_slice)
     modifiers = cost.modifiers
     priced = {
         t.id: pricing.target_pricing(modifiers, t.price, config.providers[t.provider].type, t.id) for t in targets
     }
-    # Output no stream shows (reasoning, rejected prediction tokens, audio) cannot be metered: the
-    # whole cap is reserved, and what the provider bills beyond the cap on top of it.
+    # Output no stream shows (rejected prediction tokens...) can pass the cap: what the provider
+    # bills beyond the cap is reserved on top of it.
     hidden = {
         t.id: bool(modifiers.hidden_output) and modifiers.applies(config.providers[t.provider].type) for t in targets
     }
-    metered = client_cap is None and not any(t.reasoning or hidden[t.id] for t in targets)
+    beyond_cap = {t.id: modifiers.extra_output_tokens * choices if hidden[t.id] else 0 for t in targets}
+    caps: dict[str, int] = {}
+    prompts: dict[str, int] = {}
+    for target in targets:
+        provider = config.providers[target.provider]
+        prompts[target.id] = cost.prompt_tokens(provider, target)
+        if client_cap is not None:
+            caps[target.id] = client_cap
+            continue
+        cap = target.max_output_tokens
+        if per_request is not None:
+            cap = max(1, min(cap, per_request // choices))
+        if smallest:
+            cap = min(cap, output_slice)
+        elif room is not None:
+            fitted = _fitted_cap(
+                target, provider, cost, priced[target.id], prompts[target.id], beyond_cap[target.id], choices, room
+            )
+            if fitted < min(cap, output_slice):
+                return None
+            cap = min(cap, fitted)
+        caps[target.id] = cap
+    if client_cap is not None and room is not None:
+        return None
     ceilings = {
         t.id: math.ceil(caps[t.id] * config.providers[t.provider].prompt_token_factor - 1e-9) * choices for t in targets
     }
-    beyond_cap = {t.id: modifiers.extra_output_tokens * choices if hidden[t.id] else 0 for t in targets}
-    needs = {
-        t.id: (min(ceilings[t.id], output_slice * choices) if metered else ceilings[t.id]) + beyond_cap[t.id]
-        for t in targets
-    }
-    largest_cap = max(caps.values()) * choices
-    output_reserve = min(largest_cap, output_slice * choices) if metered else largest_cap
+    needs = {t.id: ceilings[t.id] + beyond_cap[t.id] for t in targets}
+    output_reserve = max(caps.values()) * choices
     total = max(prompts[t.id] + needs[t.id] for t in targets)
     reserve_usd = max(
         priced[t.id].reserve_usd(t.price, prompts[t.id], cost.audio_tokens, needs[t.id])
@@ -466,4 +522,41 @@ def plan_output(
         target_prices=priced,
         modifiers=modifiers,
         unreported_output={t.id: needs[t.id] for t in targets if hidden[t.id]},
+        gateway_capped=client_cap is None,
     )
+
+
+# Dollars are reserved in whole micro-dollars, rounded up: a fitted cap leaves this much spare.
+USD_ROUNDING_MARGIN = 2e-6
+
+
+def _fitted_cap(
+    target: Target,
+    provider: Provider,
+    cost: RequestCost,
+    priced: pricing.TargetPricing,
+    prompt: int,
+    beyond_cap: int,
+    choices: int,
+    room: Room,
+) -> int:
+    """The largest cap per choice whose reservation (the prompt, output billed beyond the cap and
+    the cap's ceiling, in tokens and in dollars at the request's prices) fits ``room``."""
+    factor = provider.prompt_token_factor
+    output_room: float = math.inf  # counted output tokens the room can pay for, all choices
+    if room.tokens is not None:
+        output_room = room.tokens - prompt - beyond_cap
+    if room.usd is not None:
+        per_token = priced.output_usd(1_000_000) / 1_000_000
+        fixed_usd = priced.reserve_usd(target.price, prompt, cost.audio_tokens, beyond_cap)
+        fixed_usd += cache_write_surcharge(provider, target, cost, prompt) * priced.factor
+        spare = room.usd - fixed_usd - USD_ROUNDING_MARGIN
+        if per_token > 0:
+            output_room = min(output_room, math.floor(spare / per_token))
+        elif spare < 0:
+            output_room = -1
+    if output_room == math.inf:
+        return 2**31
+    # ceil(cap * factor) * choices must fit: cap <= floor(room / choices) / factor does.
+    fitted = math.floor(math.floor(output_room / choices) / factor + 1e-9)
+    return max(-1, fitted)

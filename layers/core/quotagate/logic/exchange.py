@@ -175,10 +175,11 @@ class Exchange:
         self.target = target
         self.outcome.target = target.id
         factor = self._gateway.config.providers[target.provider].prompt_token_factor
-        # Everything reserved beyond this target's prompt is room for its output.
+        # Everything reserved beyond this target's prompt is room for its output: at least its whole
+        # ceiling (the cap it was sent), so only a provider that ignores its cap is ever cut.
         plan = self._plan
         room = plan.prompt_reserve + plan.output_reserve - plan.prompts[target.id]
-        self._budget = OutputBudget(room, plan.ceilings[target.id], plan.slice * self._choices, factor, self._top_up)
+        self._budget = OutputBudget(room, plan.ceilings[target.id], plan.slice * self._choices, factor, None)
 
     async def _attempt(self, target: Target) -> tuple[AsyncIterator[SSEEvent], SSEEvent, StreamDialect]:
         """Call one target up to its first data event. Raises what ``Failover.within_first_byte`` raises."""
@@ -332,17 +333,6 @@ class Exchange:
         if self._permit is not None:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(self._gateway.breaker.record_failure, self._permit)
-
-    async def _top_up(self, tokens: int) -> bool:
-        assert self.target is not None
-        extra_usd = self._plan.output_usd(self.target, tokens)  # at the request's tier and output prices
-        grown = False
-        with anyio.CancelScope(shield=True):  # a write in flight must land (or fail) before settlement
-            grown = await to_thread.run_sync(self._gateway.quota.top_up, self.admitted.reservation, tokens, extra_usd)
-        if grown:
-            self.outcome.reserved_tokens += tokens
-            self.outcome.reserved_usd += extra_usd
-        return bool(grown)
 
     # -- settlement -------------------------------------------------------------------------------
     def usage(self) -> Usage:

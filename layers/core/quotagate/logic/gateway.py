@@ -54,9 +54,9 @@ from quotagate.logic.chat_request import ChatRequest, parse_chat_request
 from quotagate.logic.exchange import Exchange, UpstreamTranslator
 from quotagate.logic.failover import DEFAULT_MAX_RETRY_WAIT
 from quotagate.logic.metering import Meter, Usage
-from quotagate.logic.output_budget import delta_tokens
 from quotagate.logic.request_types import Limits
 from quotagate.providers.base import DONE_EVENT, ChatProvider, SSEEvent
+from quotagate.quota.windows import WindowUnit
 
 if TYPE_CHECKING:
     from quotagate.identity import Identity
@@ -201,9 +201,21 @@ class Gateway:
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes, self.refuses_unknown_fields)
         route = await self.admission.route(identity, request.model, request_id, started)
-        plan, size = await self._chat_reservation(request, route, cost, len(raw_body))
+        if cost is None and len(raw_body) <= INLINE_ESTIMATE_BYTES:
+            cost = estimate.measure(request.body)  # quicker than the hop to a worker thread
+        elif cost is None:
+            cost = await to_thread.run_sync(estimate.measure, request.body)  # never hold the event loop long
+        plan, size = self._chat_reservation(request, route, cost)
         translator = (translate or ChatTranslator)(request, plan, self._config())  # before anything is reserved
-        admitted = await self.admission.reserve(route, size)
+        try:
+            admitted = await self.admission.reserve(route, size)
+        except GatewayError as refused:
+            if not (plan.gateway_capped and _budget_refusal(refused)):
+                raise
+            # The budget is close: the cap the gateway chose becomes what the budget has room for.
+            plan, size = await self._fitted_reservation(request, route, cost, size, refused)
+            translator = (translate or ChatTranslator)(request, plan, self._config())
+            admitted = await self.admission.reserve(route, size)
         admitted.price_modifiers = plan.modifiers  # settlement prices the tier, audio, fees it asked for
         response = ChatResponse(self, request, admitted, plan, translator)
         try:
@@ -219,26 +231,32 @@ class Gateway:
         await admitted.remaining_read_done()
         return response
 
-    async def _chat_reservation(
-        self, request: ChatRequest, route: Route, cost: estimate.RequestCost | None = None, body_bytes: int = 0
+    def _chat_reservation(
+        self,
+        request: ChatRequest,
+        route: Route,
+        cost: estimate.RequestCost,
+        room: estimate.Room | None = None,
+        smallest: bool = False,
     ) -> tuple[estimate.OutputPlan, ReservationSize]:
         """The output plan of a chat request and what it reserves: its prompt on the dearest
-        target and room for its output (the 429 explains the output part in the client's terms)."""
-        config = self._config()
+        target and its whole output cap (the 429 explains the output part in the client's terms).
+        ``room``: the gateway's cap fitted into what the windows have left; ``smallest``: the
+        smallest cap the gateway chooses (when even that does not fit, its refusal is the answer)."""
         limits = route.limits
-        if cost is None and body_bytes <= INLINE_ESTIMATE_BYTES:
-            cost = estimate.measure(request.body)  # quicker than the hop to a worker thread
-        elif cost is None:
-            cost = await to_thread.run_sync(estimate.measure, request.body)  # never hold the event loop long
         plan = estimate.plan_output(
-            config,
+            self._config(),
             request,
             route.resolution.targets,
             cost,
             limits.key_limits,
             limits.tenant_limits,
             limits.plan.default_max_tokens,
+            room,
+            smallest,
         )
+        if plan is None:  # no room for the smallest cap
+            return self._chat_reservation(request, route, cost, smallest=True)
         per_choice = plan.output_reserve // request.choices
         if request.max_output_tokens is not None:
             output_param = request.cap_param
@@ -252,6 +270,21 @@ class Gateway:
             plan.prompt_reserve, plan.output_reserve, plan.reserve_usd, output_text, output_param, plan.prompt_bound
         )
         return plan, size
+
+    async def _fitted_reservation(
+        self,
+        request: ChatRequest,
+        route: Route,
+        cost: estimate.RequestCost,
+        size: ReservationSize,
+        refused: GatewayError,
+    ) -> tuple[estimate.OutputPlan, ReservationSize]:
+        """The plan whose caps fit what the windows have left now (one read, only on this path)."""
+        try:
+            room = await self.admission.room(route, size)
+        except GatewayError:
+            raise refused from None
+        return self._chat_reservation(request, route, cost, room)
 
     async def embeddings(
         self, identity: Identity, raw_body: bytes, request_id: str
@@ -288,6 +321,14 @@ class Gateway:
             extra["cache_tokens"] = cache
         self.quota.settle(reservation, usage.prompt_tokens, usage.completion_tokens, cost, **extra)
         return cost
+
+
+def _budget_refusal(error: GatewayError) -> bool:
+    """A refusal because a token or dollar window lacks room for the output cap (not a request
+    rate, a concurrency limit or the prompt itself)."""
+    if error.status == 429:
+        return error.type in (WindowUnit.TOKENS, WindowUnit.USD)
+    return error.status == 400 and error.code == estimate.TOO_LARGE_CODE and error.param == "max_tokens"
 
 
 # Shown as ``created`` for models whose configuration does not set one.
@@ -370,7 +411,8 @@ class ChatStreamDialect:
         return event.data is not None and "error" in event.data
 
     def output_tokens(self, event: SSEEvent) -> int:
-        return delta_tokens(event.data) if event.data is not None else 0
+        # The meter's one running count of the answer: what the budget admits is what is settled.
+        return self._meter.output_tokens(event.data) if event.data is not None else 0
 
     def accept(self, event: SSEEvent) -> list[SSEEvent | bytes]:
         if event.data is not None:

@@ -13,6 +13,82 @@ if TYPE_CHECKING:
 
 # Where the numbers came from: the provider's own usage report, or tiktoken over the text.
 MeteredSource = Literal["provider", "counted"]
+# A running count re-encodes at most about this many trailing characters per piece.
+RUNNING_TAIL_CHARS = 256
+# Tokens left in the re-encoded tail when the rest is set aside: a piece can only change how the
+# last few tokens of the text merge.
+RUNNING_TAIL_TOKENS = 8
+OUTPUT_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+
+
+def delta_texts(delta: dict[str, Any]) -> list[str]:
+    """The output text one streamed chat delta carries (content, refusal, reasoning, tool and
+    function calls' names and arguments): what the provider bills as output."""
+    texts = [delta[k] for k in OUTPUT_TEXT_FIELDS if isinstance(delta.get(k), str)]
+    for call in delta.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts.extend(function[k] for k in ("name", "arguments") if isinstance(function.get(k), str))
+    function_call = delta.get("function_call")
+    if isinstance(function_call, dict):
+        texts.extend(function_call[k] for k in ("name", "arguments") if isinstance(function_call.get(k), str))
+    return texts
+
+
+def chunk_text(data: dict[str, Any]) -> str:
+    """The output text of one streamed chat chunk, every choice."""
+    parts: list[str] = []
+    for choice in data.get("choices") or []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            parts.extend(delta_texts(delta))
+    return "".join(parts)
+
+
+class RunningCount:
+    """cl100k tokens of a text that arrives in pieces, counted as ONE text: the same number
+    ``tokens.count_text`` gives for the whole (a sum of per-piece counts is not: ``"w "`` is 2
+    tokens alone and 1 inside ``"w w w "``). Only a short tail is re-encoded per piece."""
+
+    def __init__(self) -> None:
+        self._settled = 0  # tokens of the text before the tail (they no longer change)
+        self._tail = ""
+        self._tail_tokens = 0
+        self._peeked: tuple[str, int, str, int] | None = None  # (piece, settled, tail, tail tokens)
+
+    @property
+    def total(self) -> int:
+        return self._settled + self._tail_tokens
+
+    def _with(self, piece: str) -> tuple[int, str, int]:
+        settled, tail = self._settled, self._tail + piece
+        ids = tokens.encoding().encode(tail, disallowed_special=())
+        if len(tail) > RUNNING_TAIL_CHARS and len(ids) > RUNNING_TAIL_TOKENS:
+            head_ids = ids[:-RUNNING_TAIL_TOKENS]
+            try:
+                head = tokens.encoding().decode_bytes(head_ids).decode()
+            except UnicodeDecodeError:  # the split falls inside a character: keep it all
+                head = ""
+            if head and tail.startswith(head):
+                return settled + len(head_ids), tail[len(head) :], len(ids) - len(head_ids)
+        return settled, tail, len(ids)
+
+    def peek(self, piece: str) -> int:
+        """How many tokens ``piece`` would add to the count (0 for an empty piece)."""
+        if not piece:
+            return 0
+        settled, tail, tail_tokens = self._with(piece)
+        self._peeked = (piece, settled, tail, tail_tokens)
+        return max(0, settled + tail_tokens - self.total)
+
+    def add(self, piece: str) -> None:
+        if not piece:
+            return
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None and peeked[0] == piece:
+            _, self._settled, self._tail, self._tail_tokens = peeked
+        else:
+            self._settled, self._tail, self._tail_tokens = self._with(piece)
 
 
 @dataclass(frozen=True)
@@ -71,8 +147,12 @@ class Meter:
         self.prompt_estimate: int | None = None  # charged when the provider reports no usage
         self._reported: UsageNumbers | None = None
         self.service_tier: str | None = None  # as the provider reports it
-        self._received: list[str] = []
+        self.output = RunningCount()  # the one count of the answer: budget, cut and settlement
         self.events_seen = 0
+
+    def output_tokens(self, data: dict[str, Any]) -> int:
+        """Tokens this chunk adds to the answer's count (before it is observed)."""
+        return self.output.peek(chunk_text(data))
 
     def observe_chunk(self, event: SSEEvent, client_wants_usage: bool) -> bool:
         """Record a streamed event; returns whether it should be forwarded to the client."""
@@ -85,24 +165,10 @@ class Meter:
             self.service_tier = data["service_tier"]
         if reported:
             self._reported = reported
-        for choice in data.get("choices") or []:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict):
-                self._collect(delta)
+        self.output.add(chunk_text(data))
         # The usage-only chunk we asked for on the client's behalf is not theirs to see.
         is_usage_chunk = reported is not None and not data.get("choices")
         return client_wants_usage or not is_usage_chunk
-
-    def _collect(self, part: dict[str, Any]) -> None:
-        content = part.get("content")
-        if isinstance(content, str):
-            self._received.append(content)
-        for call in part.get("tool_calls") or []:
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
-                for key in ("name", "arguments"):
-                    if isinstance(function.get(key), str):
-                        self._received.append(function[key])
 
     def usage(self, upstream_started: bool = True) -> Usage:
         """Provider-reported usage if any; else tiktoken counts. Nothing is charged for a request the
@@ -116,4 +182,4 @@ class Meter:
             return Usage(0, 0, source="counted")
         estimate = self.prompt_estimate
         counted_prompt = estimate if estimate is not None else tokens.chat_prompt_tokens(self._messages)
-        return Usage(counted_prompt, tokens.count_text("".join(self._received)), source="counted")
+        return Usage(counted_prompt, self.output.total, source="counted")

@@ -14,35 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import TYPE_CHECKING, Any
-
-from quotagate import tokens
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 MIN_TOP_UP = 16  # tokens: below this a refused top-up is not split further
-
-
-def delta_tokens(data: dict[str, Any]) -> int:
-    """cl100k tokens of one streamed chunk (every choice; at least one per non-empty delta)."""
-    total = 0
-    for choice in data.get("choices") or []:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        texts = [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
-        for call in delta.get("tool_calls") or []:
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
-                texts.extend(function[k] for k in ("name", "arguments") if isinstance(function.get(k), str))
-        function_call = delta.get("function_call")
-        if isinstance(function_call, dict):
-            texts.extend(function_call[k] for k in ("name", "arguments") if isinstance(function_call.get(k), str))
-        text = "".join(texts)
-        if text:
-            total += max(1, tokens.upper_bound_text(text))
-    return total
 
 
 class OutputBudget:

@@ -130,6 +130,10 @@ class Quota(Protocol):
         """Fill in the ``used`` of the reservation's windows (for ``x-ratelimit-remaining-*``)."""
         ...
 
+    def room(self, request: ReservationRequest) -> tuple[int | None, float | None]:
+        """What the request's tightest token and dollar windows have left now (None: no such window)."""
+        ...
+
 
 class GatewayServices(Protocol):
     """What admission, the exchange and the endpoints use of the gateway that runs them."""

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from quotagate import settings
 from quotagate.errors import GatewayError
 from quotagate.quota.exceptions import LedgerBusy, QuotaExceeded, ReservationExists
 from quotagate.quota.reservation import Reservation, ReservationRequest, ratelimit_headers
@@ -53,6 +55,8 @@ TOO_LARGE_CODE = "request_too_large_for_limit"
 STORE_BUSY_CODE = "quota_store_busy"
 # A per-minute 429's retry-after is the reset plus 0..this many seconds, drawn per response.
 RETRY_JITTER_SECONDS = 4
+# How long a refused reservation's compensating settlement may hold the 503 back: one attempt.
+COMPENSATION_WAIT_SECONDS = 0.75
 SCOPE_WORDS = {WindowScope.KEY: "this API key", WindowScope.TENANT: "this tenant"}
 
 
@@ -79,6 +83,8 @@ class QuotaService:
         self.settlement_queue = settlement_queue
         self._warn = on_warning or (lambda message, **fields: None)
         self._renewer = LeaseRenewer(ledger.renew_leases)
+        # One store attempt (connect + read timeout), like the ledger's, at QG_QUOTA_TIME_SCALE.
+        self.compensation_wait_seconds = COMPENSATION_WAIT_SECONDS * settings.quota_time_scale()
 
     # ---- planning (pure) -------------------------------------------------------------------------
 
@@ -219,12 +225,13 @@ class QuotaService:
             raise self._rejected(exceeded, charges, now) from None
         except LedgerBusy as busy:
             if busy.outcome_unknown:
-                # The reservation may have committed: release it before the client hears anything.
-                try:
-                    self._apply_or_queue(compensation(request_id, charges, usage_record.refunded(record)))
-                except Exception as failed:
-                    # Neither applied nor queued: the reaper closes the reservation if it committed.
-                    self._warn("compensating settlement failed", request_id=request_id, error=str(failed))
+                # The reservation may have committed: release it before the client hears anything,
+                # waiting at most one store attempt; a stalled store's compensation goes on behind the
+                # 503 (applied, else queued, else closed by the reaper).
+                compensating = self._compensate_in_background(
+                    compensation(request_id, charges, usage_record.refunded(record))
+                )
+                compensating.join(self.compensation_wait_seconds)
                 raise GatewayError(
                     busy.status,
                     "The quota store did not answer in time; nothing was charged. Please retry shortly.",
@@ -257,6 +264,18 @@ class QuotaService:
         except ReservationExists:
             pass  # an earlier attempt landed without our learning it
         reservation.record_written = True
+
+    def _compensate_in_background(self, pending: PendingSettlement) -> threading.Thread:
+        def run() -> None:
+            try:
+                self._apply_or_queue(pending)
+            except Exception as failed:
+                # Neither applied nor queued: the reaper closes the reservation if it committed.
+                self._warn("compensating settlement failed", request_id=pending.request_id, error=str(failed))
+
+        thread = threading.Thread(target=run, name=f"compensate-{pending.request_id}", daemon=True)
+        thread.start()
+        return thread
 
     def _apply_or_queue(self, pending: PendingSettlement) -> bool:
         """Settle now, or hand the settlement to the durable retry path. Raises only when neither
@@ -423,6 +442,20 @@ class QuotaService:
         return grown
 
     # ---- reads -----------------------------------------------------------------------------------
+
+    def room(self, request: ReservationRequest) -> tuple[int | None, float | None]:
+        """What ``request``'s tightest token window and tightest dollar window have left now (tokens,
+        dollars; None: no such window): one strongly consistent read, so that a request whose
+        output cap the gateway chooses can be given a cap that fits. Advice only: a window item not
+        written yet (or not read) counts as unused, and the reservation's own guard still decides."""
+        charges = self.plan_windows(replace(request, prompt_tokens_estimate=0, max_output_tokens=0, reserve_usd=0.0))
+        left: dict[WindowUnit, int] = {}
+        for charge, used in zip(charges, self._ledger.read_used(charges), strict=True):
+            if charge.unit in (WindowUnit.TOKENS, WindowUnit.USD):
+                remaining = max(0, charge.limit - (used or 0))
+                left[charge.unit] = min(left.get(charge.unit, remaining), remaining)
+        tokens, micros = left.get(WindowUnit.TOKENS), left.get(WindowUnit.USD)
+        return tokens, None if micros is None else micros / 1_000_000
 
     def read_remaining(self, reservation: Reservation) -> None:
         """Fill in ``used`` of the reservation's windows for its ``x-ratelimit-remaining-*`` headers
