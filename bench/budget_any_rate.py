@@ -11,6 +11,7 @@ Usage: python bench/budget_any_rate.py [--rates 50,500,2000,5000] [--streams 20]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "core"), str(ROOT / "tools")]
+# No AWS: moto on loopback, with the test suite's dummy credentials and region.
+for name, value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "ERROR",
+}.items():
+    os.environ.setdefault(name, value)
 
 import httpx  # noqa: E402
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from botocore.exceptions import ReadTimeoutError
 
-from quotagate.config import parse_config
+from quotagate.config_models import parse_config
 from quotagate.errors import GatewayError
 from quotagate.identity import Identity
 from quotagate.logic.gateway import Gateway

@@ -213,9 +213,8 @@ class Gateway:
             if not (plan.gateway_capped and _budget_refusal(refused)):
                 raise
             # The budget is close: the cap the gateway chose becomes what the budget has room for.
-            plan, size = await self._fitted_reservation(request, route, cost, size, refused)
+            plan, size, admitted = await self._reserve_what_fits(request, route, cost, size, refused)
             translator = (translate or ChatTranslator)(request, plan, self._config())
-            admitted = await self.admission.reserve(route, size)
         admitted.price_modifiers = plan.modifiers  # settlement prices the tier, audio, fees it asked for
         response = ChatResponse(self, request, admitted, plan, translator)
         try:
@@ -271,20 +270,29 @@ class Gateway:
         )
         return plan, size
 
-    async def _fitted_reservation(
+    async def _reserve_what_fits(
         self,
         request: ChatRequest,
         route: Route,
         cost: estimate.RequestCost,
         size: ReservationSize,
         refused: GatewayError,
-    ) -> tuple[estimate.OutputPlan, ReservationSize]:
-        """The plan whose caps fit what the windows have left now (one read, only on this path)."""
+    ) -> tuple[estimate.OutputPlan, ReservationSize, Admitted]:
+        """Reserve with caps that fit what the windows have left now (one read, only on this
+        path), else with the smallest cap the gateway chooses, whose refusal is then the answer (a
+        window the read cannot see whole, such as a sharded one, counts as untouched)."""
         try:
             room = await self.admission.room(route, size)
         except GatewayError:
             raise refused from None
-        return self._chat_reservation(request, route, cost, room)
+        plan, size = self._chat_reservation(request, route, cost, room)
+        try:
+            return plan, size, await self.admission.reserve(route, size)
+        except GatewayError as still_refused:
+            smallest, smallest_size = self._chat_reservation(request, route, cost, smallest=True)
+            if smallest.caps == plan.caps or not _budget_refusal(still_refused):
+                raise
+        return smallest, smallest_size, await self.admission.reserve(route, smallest_size)
 
     async def embeddings(
         self, identity: Identity, raw_body: bytes, request_id: str
