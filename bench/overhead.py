@@ -307,6 +307,11 @@ async def measure(requests: int, profile_lines: int) -> None:
     )
     text = out.getvalue()
     print(text[text.find("   ncalls") :].rstrip())
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(r"quotagate|functions", profile_lines)
+    print("\nThe same, the gateway's own functions by cumulative time (waits for worker threads included):")
+    text = out.getvalue()
+    print(text[text.find("   ncalls") :].rstrip())
 
 
 def main() -> None:
