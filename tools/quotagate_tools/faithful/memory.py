@@ -9,7 +9,6 @@ store. Conflicts, throttling and latency are not modelled here: :mod:`.conflicts
 
 from __future__ import annotations
 
-import copy
 import re
 import threading
 from decimal import Decimal
@@ -171,6 +170,16 @@ def parse_update(text: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     return tuple(actions)
 
 
+def copy_value(value: Any) -> Any:
+    """A copy of an attribute value (``{"S": ...}``, ``{"M": {...}}``, ``{"L": [...]}``...): what
+    copy.deepcopy does for these shapes, several times faster (the store is on the benchmark's path)."""
+    if isinstance(value, dict):
+        return {k: copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_value(v) for v in value]
+    return value
+
+
 def _number(value: Mapping[str, Any]) -> Decimal:
     return Decimal(value["N"])
 
@@ -238,11 +247,12 @@ class _Evaluation:
         raise ValueError(f"unknown condition {node!r}")
 
     def updated(self, expression: str, key: Mapping[str, Any]) -> Item:
-        item = copy.deepcopy(self.item) if self.item else dict(key)
+        # A new dict; stored values are never changed in place, so they can be shared.
+        item = dict(self.item) if self.item else copy_value(dict(key))
         for kind, args in parse_update(expression):
             name = self.name(args[0])
             if kind == "SET":
-                item[name] = copy.deepcopy(self.resolve(args[1]))
+                item[name] = copy_value(self.resolve(args[1]))
             elif kind == "ADD":
                 amount = self.resolve(args[1])
                 current = item.get(name)
@@ -294,9 +304,9 @@ class InMemoryDynamo:
         condition = request.get("ConditionExpression")
         if condition and not evaluation.holds(parse_condition(condition)):
             returned = old if request.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" else None
-            raise _ConditionFailed(copy.deepcopy(returned))
+            raise _ConditionFailed(copy_value(returned))
         if kind == "Put":
-            return table, key, copy.deepcopy(dict(request["Item"]))
+            return table, key, copy_value(dict(request["Item"]))
         if kind == "Delete":
             return table, key, None
         if kind == "ConditionCheck":
@@ -326,7 +336,7 @@ class InMemoryDynamo:
                 raise client_error(operation, "ValidationException", str(invalid)) from None
             self._commit(table, key, new)
             if kind == "Update" and request.get("ReturnValues") == "ALL_NEW":
-                return {"Attributes": copy.deepcopy(new)}
+                return {"Attributes": copy_value(new)}
             return {}
 
     def update_item(self, **request: Any) -> dict[str, Any]:
@@ -367,17 +377,17 @@ class InMemoryDynamo:
     def get_item(self, TableName: str, Key: Mapping[str, Any], **_: Any) -> dict[str, Any]:
         with self._lock:
             item = self._table(TableName).get(self._key(Key))
-            return {"Item": copy.deepcopy(item)} if item is not None else {}
+            return {"Item": copy_value(item)} if item is not None else {}
 
     def batch_get_item(self, RequestItems: Mapping[str, Any]) -> dict[str, Any]:
         with self._lock:
             responses: dict[str, list[Item]] = {}
             for table, spec in RequestItems.items():
                 found = [self._table(table).get(self._key(key)) for key in spec["Keys"]]
-                responses[table] = [copy.deepcopy(item) for item in found if item is not None]
+                responses[table] = [copy_value(item) for item in found if item is not None]
             return {"Responses": responses, "UnprocessedKeys": {}}
 
     def items(self, table: str) -> list[Item]:
         """Every item of a table (tests and benchmarks check totals with it)."""
         with self._lock:
-            return [copy.deepcopy(item) for item in self._table(table).values()]
+            return [copy_value(item) for item in self._table(table).values()]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
+from functools import cached_property
 
 
 class WindowScope(StrEnum):
@@ -141,15 +142,16 @@ class WindowCharge:
     # The concurrency slot leased for the request (quota.slots), set by the ledger that leased it.
     slot: int | None = None
 
-    @property
+    # Computed once per charge (the ledger asks for them many times per request).
+    @cached_property
     def pk(self) -> str:
         return scope_pk(self.scope, self.scope_id)
 
-    @property
+    @cached_property
     def sk(self) -> str:
         return window_sk(self.limit_name, self.window_start)
 
-    @property
+    @cached_property
     def item_key(self) -> tuple[str, str]:
         return self.pk, self.sk
 
