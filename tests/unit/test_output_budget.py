@@ -1,8 +1,6 @@
-"""Output metering: counts deltas, tops up ahead of need, cuts only when a top-up is refused."""
+"""Output metering: one running count of the answer, and a cut only where the reservation ends."""
 
 from __future__ import annotations
-
-import asyncio
 
 from quotagate import tokens
 from quotagate.logic.assemble import CompletionAssembler
@@ -17,10 +15,6 @@ def chunk(text, index=0):
         "model": "m",
         "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
     }
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
 
 
 def test_chunk_text_reads_every_choice_and_tool_arguments():
@@ -56,54 +50,13 @@ def test_a_running_count_is_the_count_of_the_whole_text():
         assert running.total == tokens.count_text(text)
 
 
-def test_top_ups_keep_the_answer_going_while_the_store_has_room():
-    granted = []
-
-    async def top_up(n):
-        granted.append(n)
-        return sum(granted) <= 300
-
-    async def scenario():
-        budget = OutputBudget(reserved=50, ceiling=10_000, step=50, factor=1.0, top_up=top_up)
-        admitted = 0
-        while await budget.admit(1):
-            admitted += 1
-        await budget.close()
-        return budget, admitted
-
-    budget, admitted = run(scenario())
-    assert admitted == budget.counted <= budget.reserved
-    # The store granted up to 300 more tokens; refused requests were split down to the minimum.
-    assert 50 + 300 - 16 <= admitted <= 350
-    assert budget.top_ups >= 2
-
-
-def test_the_safety_factor_applies_to_the_total_and_the_ceiling_stops_a_deaf_provider():
-    async def never(n):
-        raise AssertionError("no top-up expected")
-
-    async def scenario():
-        budget = OutputBudget(reserved=13, ceiling=13, step=16, factor=1.3, top_up=never)
-        admitted = 0
-        while await budget.admit(1):
-            admitted += 1
-        return admitted
-
-    assert run(scenario()) == 10  # ceil(10 * 1.3) = 13; one-token deltas are not each rounded up to 2
-
-
-def test_a_failing_store_ends_the_answer_instead_of_running_past_the_reservation():
-    async def broken(n):
-        raise RuntimeError("store down")
-
-    async def scenario():
-        budget = OutputBudget(reserved=20, ceiling=1000, step=16, factor=1.0, top_up=broken)
-        admitted = 0
-        while await budget.admit(1):
-            admitted += 1
-        return admitted
-
-    assert run(scenario()) == 20
+def test_the_safety_factor_applies_to_the_total_and_the_reservation_stops_a_deaf_provider():
+    budget = OutputBudget(reserved=13, factor=1.3)
+    admitted = 0
+    while budget.admit(1):
+        admitted += 1
+    assert admitted == 10  # ceil(10 * 1.3) = 13; one-token deltas are not each rounded up to 2
+    assert budget.counted == 13
 
 
 def test_the_assembled_answer_merges_choices_tool_calls_and_marks_a_cut():

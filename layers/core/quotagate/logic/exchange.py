@@ -1,7 +1,7 @@
 """One admitted, streamed exchange with an upstream — the part of the request path after admission
-that every streaming endpoint shares: failover up to the first data event, the output budget and
-its top-ups, keep-alives, the idle timeout and the deadline on the stream, the circuit's verdict on
-a stream that breaks, and settlement.
+that every streaming endpoint shares: failover up to the first data event, the output budget (a
+guard against a provider that ignores its cap), keep-alives, the idle timeout and the deadline on
+the stream, the circuit's verdict on a stream that breaks, and settlement.
 
 What differs per endpoint, and per target within one endpoint, is behind two small interfaces (the
 way envoy ai-gateway's ``internal/translator`` puts one translator per endpoint type behind one
@@ -126,7 +126,6 @@ class Exchange:
         translator: UpstreamTranslator,
         plan: OutputPlan,
         streamed: bool,
-        choices: int = 1,
     ) -> None:
         self._gateway = gateway
         self.admitted = admitted
@@ -135,7 +134,6 @@ class Exchange:
         self.outcome = admitted.outcome
         self._plan = plan
         self._streamed = streamed
-        self._choices = choices
         self.target: Target | None = None  # the target that served
         self.dialect: StreamDialect | None = None
         self._failover: Failover | None = None
@@ -179,7 +177,7 @@ class Exchange:
         # ceiling (the cap it was sent), so only a provider that ignores its cap is ever cut.
         plan = self._plan
         room = plan.prompt_reserve + plan.output_reserve - plan.prompts[target.id]
-        self._budget = OutputBudget(room, plan.ceilings[target.id], plan.slice * self._choices, factor, None)
+        self._budget = OutputBudget(room, factor)
 
     async def _attempt(self, target: Target) -> tuple[AsyncIterator[SSEEvent], SSEEvent, StreamDialect]:
         """Call one target up to its first data event. Raises what ``Failover.within_first_byte`` raises."""
@@ -257,7 +255,7 @@ class Exchange:
             message = f"Upstream provider '{self.target.provider}' reported an error while streaming the answer."
             return [await self._stream_failed("upstream error event mid-stream", message, "upstream_error")], True
         needed = dialect.output_tokens(event)
-        if needed and not await self._budget.admit(needed):
+        if needed and not self._budget.admit(needed):
             # The budget is spent (or the cap reached): stop the upstream, end cleanly.
             self.outcome.cut_by_budget = True
             return dialect.cut(), True
@@ -351,9 +349,6 @@ class Exchange:
             if self._events is not None:
                 with contextlib.suppress(BaseException):
                     await self._events.aclose()  # type: ignore[attr-defined]
-            if self._budget is not None:
-                await self._budget.close()
-                self.outcome.top_ups = self._budget.top_ups
             usage = self.usage()
             self._note_overrun(usage)
             status = client_status if client_status is not None else self.outcome.status

@@ -482,7 +482,7 @@ class ChatResponse(Exchange):
         plan: estimate.OutputPlan,
         translator: UpstreamTranslator,
     ) -> None:
-        super().__init__(gateway, admitted, translator, plan, request.stream, request.choices)
+        super().__init__(gateway, admitted, translator, plan, request.stream)
         self.request = request
 
     @property
