@@ -360,7 +360,10 @@ class InMemoryDynamo:
                     reasons.append({"Code": "None"})
                 except _ConditionFailed as condition:
                     failed = True
-                    reason = {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}
+                    reason: dict[str, Any] = {
+                        "Code": "ConditionalCheckFailed",
+                        "Message": "The conditional request failed",
+                    }
                     if condition.old is not None:
                         reason["Item"] = condition.old
                     reasons.append(reason)

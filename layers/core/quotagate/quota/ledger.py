@@ -607,7 +607,9 @@ class DynamoQuotaLedger:
             raise
         return self._usages_after(charges)
 
-    def _after_slot_cancellation(self, slots: SlotChoice, reasons: list[dict[str, Any]], error: Exception) -> bool:
+    def _after_slot_cancellation(
+        self, slots: SlotChoice, reasons: Sequence[Mapping[str, Any]], error: Exception
+    ) -> bool:
         """Move each refused slot lease elsewhere (True if any moved); raises QuotaExceeded when
         every slot of a concurrency limit is held by a live lease."""
         moved = False
@@ -657,7 +659,7 @@ class DynamoQuotaLedger:
         self,
         placement: Placement,
         parts: list[tuple[int, WindowCharge, int, int]],
-        reasons: list[dict[str, Any]],
+        reasons: Sequence[Mapping[str, Any]],
         error: Exception,
     ) -> None:
         """Raise what a cancelled reservation (or top-up) means: QuotaExceeded when a window is
@@ -874,7 +876,7 @@ class DynamoQuotaLedger:
 
     @staticmethod
     def _settle_contended(
-        placement: Placement, reasons: list[dict[str, Any]], error: Exception, released_lost: bool = False
+        placement: Placement, reasons: Sequence[Mapping[str, Any]], error: Exception, released_lost: bool = False
     ) -> None:
         """``reasons``: the reservation item's, then one per window part."""
         codes = [r.get("Code") for r in reasons]
@@ -1021,7 +1023,7 @@ class Releases:
         self.charges = list(charges)
         self.dropped = False
 
-    def drop_lost(self, reasons: list[dict[str, Any]]) -> None:
+    def drop_lost(self, reasons: Sequence[Mapping[str, Any]]) -> None:
         lost = {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
         self.dropped = bool(lost)
         self.charges = [c for i, c in enumerate(self.charges) if i not in lost]
