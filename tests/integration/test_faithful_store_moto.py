@@ -70,3 +70,38 @@ def test_moto_behind_the_faithful_front_cancels_overlapping_transactions(moto_cl
     with pytest.raises(ClientError) as condition:
         client.transact_write_items(TransactItems=[add("m-a", 1, most_before=4)])
     assert condition.value.response["CancellationReasons"][0]["Code"] == "ConditionalCheckFailed"
+
+
+def test_a_burst_on_one_key_through_the_front_over_moto_is_answered_whole_and_exact(moto_client):
+    # Issue 20's first row (a burst of 10 at a 20 ms conflict window lost 10 % through such a front),
+    # with the project's own service and ledger over moto's DynamoDB.
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quotagate.errors import GatewayError
+    from quotagate.quota import DynamoQuotaLedger, QuotaService, ReservationRequest
+    from tests.quota_table import QuotaTable
+
+    client = ConflictFaithfulClient(moto_client, ConflictRules(hold_seconds=0.02))
+    service = QuotaService(DynamoQuotaLedger(client, snapshot_after_reserve=False))
+    key_limits = {"requests_per_minute": 1_000_000, "tokens_per_minute": 10**9}
+    tenant_limits = {"tokens_per_day": 10**10}
+    start = threading.Barrier(10)
+
+    def one(_):
+        request = ReservationRequest(uuid.uuid4().hex, "burst", "burst-co", key_limits, tenant_limits, 30, 70, 0.0)
+        start.wait()
+        try:
+            reservation = service.reserve(request)
+        except GatewayError as refused:
+            return refused.status
+        service.settle(reservation, 30, 20, 0.0)
+        return 200
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(one, range(10)))
+    assert statuses == [200] * 10
+    table = QuotaTable(moto_client)
+    assert table.usage_of("key#burst", "requests_per_minute") == 10
+    assert table.usage_of("key#burst", "tokens_per_minute") == 500
+    assert table.usage_of("tenant#burst-co", "tokens_per_day") == 500
