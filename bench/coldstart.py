@@ -80,7 +80,7 @@ def chat(base: str, key: str, header: str = "authorization") -> int:
         method="POST",
         headers={header: f"Bearer {key}" if header == "authorization" else key, "content-type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
         return response.status
 

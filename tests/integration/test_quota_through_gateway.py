@@ -254,3 +254,19 @@ def test_the_400_for_n_times_max_tokens_names_what_the_client_sent(stack):
     assert error["code"] == "request_too_large_for_limit" and error["param"] == "max_tokens"
     assert "n=4" in error["message"] and "max_tokens 100" in error["message"]
     assert "400 output tokens" in error["message"] and "256" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_key_without_any_limit_still_leaves_one_settled_usage_record(stack, stream):
+    # No key window, no tenant window: no store call before the upstream; the record is put while
+    # the mock answers and settled after, so the usage pipeline (which reads settled items) sees it.
+    stack.invoke_keys({"action": "create_tenant", "tenant": f"open-{stream}", "limits": {}})
+    key = stack.create_key(tenant=f"open-{stream}", consumer="free", plan="no-limits")
+    body = {"model": "mock-gpt", "messages": MESSAGES, "max_tokens": 5, "stream": stream}
+    response = post(stack, key["api_key"], body)
+    assert response.status_code == 200
+    assert not any(name.startswith("x-ratelimit-") for name in response.headers)
+    item = wait_settled(stack, response)
+    record = item["usage_record"]
+    assert (record["tenant"], record["key_id"], record["outcome"]) == (f"open-{stream}", key["key_id"], "ok")
+    assert record["completion_tokens"] > 0 and record["prompt_tokens"] > 0
