@@ -27,7 +27,8 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(synthesized):
     key_ref = topic["Properties"]["KmsMasterKeyId"]
     # Not alias/aws/sns: the AWS-managed key's policy cannot grant CloudWatch, so every alarm action
     # would fail with KMSAccessDenied.
-    assert isinstance(key_ref, dict), key_ref
+    assert "alias/aws/sns" not in json.dumps(key_ref), key_ref
+    assert set(key_ref) & {"Fn::GetAtt", "Ref"}, key_ref
     key_id = key_ref.get("Fn::GetAtt", [key_ref.get("Ref")])[0]
     key = synthesized.resources[key_id]
     assert key["Type"] == "AWS::KMS::Key"
