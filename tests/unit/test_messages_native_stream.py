@@ -119,3 +119,21 @@ def test_a_cut_closes_open_blocks_and_reports_max_tokens_with_the_settled_usage(
     message = fed(EVENTS[:14]).message(settled, cut=True)
     assert message["stop_reason"] == "max_tokens"
     assert message["content"][-1] == {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {}}
+
+
+def test_an_anthropic_targets_answer_is_admitted_and_settled_as_one_count():
+    """Deltas of ``"w "`` are 2 tokens each alone and 1 inside the answer: the budget admits, and a
+    stream without a final usage settles, the count of the whole text (issue 17, one count)."""
+    from quotagate.protocols.messages_dialect import NativeDialect
+    from quotagate.providers.base import SSEEvent
+
+    dialect = NativeDialect("claude-test", prompt_estimate=10)
+    start = {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 10, "output_tokens": 1}}}
+    dialect.accept(SSEEvent(b"", start))
+    admitted = 0
+    for _ in range(1500):
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "w "}}
+        event = SSEEvent(b"", delta)
+        admitted += dialect.output_tokens(event)
+        dialect.accept(event)
+    assert admitted == dialect.usage().completion_tokens == tokens.count_text("w " * 1500)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from anyio import to_thread
 
 from quotagate.logic.gateway import ChatStreamDialect, ChatTranslator
-from quotagate.logic.metering import Usage
+from quotagate.logic.metering import RunningCount, Usage
 from quotagate.protocols.anthropic_messages import (
     PING,
     REQUEST_ID_HEADER,
@@ -37,7 +37,7 @@ from quotagate.protocols.anthropic_messages import (
     request_cost,
     to_message,
 )
-from quotagate.protocols.messages_native import NativeMessage, output_tokens_of
+from quotagate.protocols.messages_native import NativeMessage, output_text_of
 from quotagate.providers.anthropic import native_request
 from quotagate.wire.betas import split_betas
 
@@ -67,7 +67,8 @@ class NativeDialect:
     def __init__(self, model: str, prompt_estimate: int) -> None:
         self.message = NativeMessage(model)
         self.prompt_estimate = prompt_estimate
-        self.counted_output = 0  # cl100k tokens of the output forwarded
+        # One running count of the output forwarded: what the budget admits is what is settled.
+        self.output = RunningCount()
 
     def commits(self, event: SSEEvent) -> bool:
         return event.data is not None or event.done
@@ -79,12 +80,12 @@ class NativeDialect:
         return False  # the provider turns an error event into StreamInterrupted
 
     def output_tokens(self, event: SSEEvent) -> int:
-        return output_tokens_of(event.data) if event.data is not None else 0
+        return self.output.peek(output_text_of(event.data)) if event.data is not None else 0
 
     def accept(self, event: SSEEvent) -> list[Forward]:
         if event.data is not None:
             self.message.feed(event.data)
-            self.counted_output += output_tokens_of(event.data)
+            self.output.add(output_text_of(event.data))
         return [event]
 
     def client_bytes(self, event: SSEEvent) -> bytes:
@@ -101,10 +102,10 @@ class NativeDialect:
             return reported
         started = self.message.reported_input
         if started is None:
-            return Usage(self.prompt_estimate, self.counted_output, "counted")
+            return Usage(self.prompt_estimate, self.output.total, "counted")
         return Usage(
             started.prompt_tokens,
-            self.counted_output,
+            self.output.total,
             "counted",
             started.cache_read_tokens,
             started.cache_creation_tokens,

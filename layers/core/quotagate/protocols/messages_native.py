@@ -47,16 +47,21 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def output_tokens_of(event: dict[str, Any]) -> int:
-    """cl100k tokens (an upper bound, at least one for a non-empty delta) of the output one event
-    carries; 0 for events that carry none."""
+def output_text_of(event: dict[str, Any]) -> str:
+    """The visible output one event carries (text, thinking, tool input); "" for events with none."""
     if event.get("type") != "content_block_delta":
-        return 0
+        return ""
     delta = _obj(event.get("delta"))
     text = delta.get(OUTPUT_DELTA_FIELDS.get(str(delta.get("type")), ""))
-    if not isinstance(text, str) or not text:
-        return 0
-    return max(1, tokens.upper_bound_text(text))
+    return text if isinstance(text, str) else ""
+
+
+def output_tokens_of(event: dict[str, Any]) -> int:
+    """cl100k tokens (an upper bound, at least one for a non-empty delta) of the output one event
+    carries alone; 0 for events that carry none. A stream is counted as one text instead
+    (:class:`quotagate.logic.metering.RunningCount`)."""
+    text = output_text_of(event)
+    return max(1, tokens.upper_bound_text(text)) if text else 0
 
 
 def usage_numbers(usage: dict[str, Any]) -> Usage | None:
