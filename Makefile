@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii prints a banner on Node 20 (end of life for it since 2026-10-30); it still works.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install dev test unit integration infra e2e lint synth lock bench clean
+.PHONY: install dev test unit integration infra e2e lint synth lock bench agents clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ synth: install
 # Re-resolve layers/requirements.txt into layers/requirements.lock (versions and wheel hashes).
 lock: install
 	$(PY) -m cdk_app.lock
+
+# Claude Code and Codex CLI (pinned, from npm, cached in ~/.cache/quotagate-agents) through a local
+# gateway: a table of what worked (see docs/calling.md, Coding agents).
+agents: install
+	$(PY) -m quotagate_tools.agents
 
 bench: install
 	uptime

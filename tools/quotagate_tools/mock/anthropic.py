@@ -34,9 +34,10 @@ when one of ``stop_sequences`` occurs in the reply text (the text stops before i
 ``stop_sequence`` names it); ``tool_use`` when a tool is called.
 
 Tools: with ``tools`` and ``tool_choice`` ``{"type": "any"}`` / ``{"type": "tool", "name": N}``
-the reply is one ``tool_use`` block (of tool N, or of the first tool); with ``{"type": "auto"}``
-(the default when tools are given) the reply is the text reply followed by a ``tool_use`` of the
-first tool -- unless the last user turn carries a ``tool_result``, in which case it is text only,
+the reply is one ``tool_use`` block (of tool N, or of the first tool the last user turn names, else
+the first tool: :func:`quotagate_tools.mock.structured.tool_asked_for`); with ``{"type": "auto"}``
+(the default when tools are given) the reply is the text reply followed by a ``tool_use`` of that
+tool -- unless the last user turn carries a ``tool_result``, in which case it is text only,
 like a model that got its answer; ``{"type": "none"}`` is text only. The tool input is made
 deterministically from the tool's ``input_schema`` properties (an input schema without properties,
 such as the gateway's ``json_object`` tool, gets the object the prompt describes, if it describes
@@ -594,11 +595,12 @@ def _plan(request: Request, body: dict[str, Any], settings: MockSettings) -> _Me
     choice: dict[str, Any] = body.get("tool_choice") or {"type": "auto"}
     tool: dict[str, Any] | None = None
     with_text = True
+    asked = tools[structured.tool_asked_for([t["name"] for t in tools], messages)] if tools else None
     if tools and choice["type"] in ("any", "tool"):
-        tool = next((t for t in tools if t["name"] == choice.get("name")), tools[0])
+        tool = next((t for t in tools if choice["type"] == "tool" and t["name"] == choice.get("name")), asked)
         with_text = False
     elif tools and choice["type"] == "auto" and not _last_user_has_tool_result(messages):
-        tool = tools[0]
+        tool = asked
 
     digest = vocab.messages_digest(convo)
     blocks: list[_Block] = []

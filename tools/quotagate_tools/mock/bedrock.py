@@ -449,7 +449,8 @@ def plan_converse(
     if tools and not answering_tool:
         choice = (body.get("toolConfig") or {}).get("toolChoice") or {}
         wanted = choice.get("tool", {}).get("name") if isinstance(choice.get("tool"), dict) else None
-        spec = next((t for t in tools if t.get("name") == wanted), tools[0])
+        asked = tools[structured.tool_asked_for([str(t.get("name")) for t in tools], prompt_view(body))]
+        spec = next((t for t in tools if t.get("name") == wanted), asked)
         preface = pieces[: min(TOOL_PREFACE_TOKENS, len(pieces))]
         words = [p.strip() for p in pieces[len(preface) :] or pieces]
         schema = (spec.get("inputSchema") or {}).get("json")

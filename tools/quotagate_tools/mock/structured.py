@@ -1,7 +1,8 @@
 """Tool calls and structured output of the mock's OpenAI-compatible dialect.
 
 - **Tools.** With ``tools``, the reply calls one function instead of answering in text: the one
-  ``tool_choice`` names, else (``required``, ``auto`` or no choice) the first tool — except with
+  ``tool_choice`` names, else (``required``, ``auto`` or no choice) the first tool the last user
+  turn names (:func:`tool_asked_for`), or the first tool — except with
   ``auto`` / no choice right after a ``tool`` message, when the mock answers in text like a model
   that got its answer. ``tool_choice: "none"`` answers in text. The arguments are made from the
   function's ``parameters`` schema (:func:`value_for_schema`).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 from quotagate_tools.mock import vocab
@@ -129,6 +131,17 @@ def _after_tool_result(messages: list[dict[str, Any]]) -> bool:
     return bool(messages) and messages[-1].get("role") == "tool"
 
 
+def tool_asked_for(names: list[str], messages: list[Any]) -> int:
+    """Which tool a model would call unprompted: the first one whose name the last user turn mentions
+    (as a word, any case: "read the file" asks for ``Read``), else the first one. How a client of the
+    mock asks for a particular tool call (a coding agent's tools list often starts with one it cannot
+    run from a prompt, such as a sub-agent or a deferred-tool placeholder)."""
+    user_turns = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    text = " ".join(_texts(user_turns[-1].get("content"))) if user_turns else ""
+    words = {word.lower() for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)}
+    return next((index for index, name in enumerate(names) if name.lower() in words), 0)
+
+
 def chosen_function(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The function (``{"name", "parameters"}``) the reply calls, or None for a text reply."""
     functions = [
@@ -142,9 +155,10 @@ def chosen_function(body: dict[str, Any], messages: list[dict[str, Any]]) -> dic
     if isinstance(choice, dict):
         wanted = (choice.get("function") or {}).get("name")
         return next((f for f in functions if f["name"] == wanted), functions[0])
+    asked = functions[tool_asked_for([f["name"] for f in functions], messages)]
     if choice == "required":
-        return functions[0]
-    return None if _after_tool_result(messages) else functions[0]
+        return asked
+    return None if _after_tool_result(messages) else asked
 
 
 def _texts(content: Any, depth: int = 0) -> Iterator[str]:
