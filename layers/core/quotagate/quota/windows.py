@@ -17,6 +17,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
 from functools import cached_property
 
+from quotagate.table_keys import key_part
+
 
 class WindowScope(StrEnum):
     """Whose limits a window counts against."""
@@ -116,7 +118,7 @@ def iso_utc(epoch: int) -> str:
 def scope_pk(scope: WindowScope, scope_id: str) -> str:
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'key' or 'tenant', got {scope!r}")
-    return f"{scope}#{scope_id}"
+    return f"{scope}#{key_part(scope_id)}"
 
 
 SCOPES = frozenset(WindowScope)

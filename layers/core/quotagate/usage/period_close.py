@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quotagate import tables
+from quotagate.table_keys import key_part
 from quotagate.usage.events import USAGE_PERIOD_CLOSED, EventPublisher
 from quotagate.usage.periods import Granularity, period_end, period_label, period_start, previous
 from quotagate.usage.pipe import SCHEMA_VERSION
@@ -36,7 +37,7 @@ CLOSE_MARKER_RETENTION_SECONDS = 400 * 86_400
 
 
 def closed_pk(tenant: str) -> str:
-    return f"closed#{tenant}"
+    return f"closed#{key_part(tenant)}"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quotagate import tables
+from quotagate.table_keys import key_part
 from quotagate.usage.events import BUDGET_THRESHOLD_CROSSED, EventPublisher, SettledRequest
 from quotagate.usage.exceptions import RollupBusy
 from quotagate.usage.periods import Granularity, period_label
@@ -61,15 +62,15 @@ COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "u
 
 
 def tenant_pk(tenant: str) -> str:
-    return f"tenant#{tenant}"
+    return f"tenant#{key_part(tenant)}"
 
 
 def key_pk(tenant: str, key: str) -> str:
-    return f"tenant#{tenant}#key#{key}"
+    return f"tenant#{key_part(tenant)}#key#{key_part(key)}"
 
 
 def model_pk(tenant: str, model: str) -> str:
-    return f"tenant#{tenant}#model#{model}"
+    return f"tenant#{key_part(tenant)}#model#{key_part(model)}"
 
 
 def aggregate_sk(granularity: Granularity, label: str) -> str:
