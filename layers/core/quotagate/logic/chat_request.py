@@ -9,8 +9,6 @@ from quotagate import settings, strict_json, wire
 from quotagate.errors import GatewayError, invalid_request
 from quotagate.logic import parameters
 from quotagate.logic.tool_turns import check_tool_turns
-from quotagate.wire import chat as wire_chat
-from quotagate.wire.schema import WireError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,6 +130,8 @@ def check_declared(
 ) -> tuple[str, ...]:
     """Validate an OpenAI-protocol body against its declared fields (:mod:`quotagate.wire`): a
     wrong type is a 400 naming its path (``messages[0].role``); the paths removed."""
+    from quotagate.wire.schema import WireError  # loaded with the declarations, on the first request
+
     try:
         dropped = wire.check_body(declaration, body, refuses_unknown is not None and refuses_unknown(model))
     except WireError as error:
@@ -145,6 +145,8 @@ def parse_chat_request(
 ) -> ChatRequest:
     """A validated chat completion request; ``refuses_unknown(model)``: whether that model refuses
     undeclared fields (else they are dropped and named)."""
+    from quotagate.wire import chat as wire_chat  # on the first request, not at the proxy's start
+
     body, model = parse_model_request(raw, max_bytes)
     dropped = check_declared(wire_chat.CHAT, body, model, refuses_unknown)
 

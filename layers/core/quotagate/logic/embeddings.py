@@ -19,7 +19,6 @@ from quotagate.logic.failover import provider_for
 from quotagate.logic.metering import Usage
 from quotagate.providers.base import EmbeddingsProvider
 from quotagate.usage.record import outcome_for_status
-from quotagate.wire import embeddings as wire_embeddings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +44,8 @@ class EmbeddingsRequest:
 def parse_embeddings_request(
     raw: bytes, max_bytes: int, refuses_unknown: Callable[[str], bool] | None = None
 ) -> EmbeddingsRequest:
+    from quotagate.wire import embeddings as wire_embeddings  # on the first request
+
     body, model = parse_model_request(raw, max_bytes)
     dropped = check_declared(wire_embeddings.EMBEDDINGS, body, model, refuses_unknown)
     value = body.get("input")

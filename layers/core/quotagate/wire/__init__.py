@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from quotagate.wire.schema import WireError, unknown_top_level, validate
-
 if TYPE_CHECKING:
     from quotagate.wire.schema import Obj
 
@@ -23,7 +21,10 @@ MAX_NAMED: Final = 20  # header size stays bounded, however many fields a client
 
 def check_body(declaration: Obj, body: dict[str, Any], refuse_unknown: bool = False) -> list[str]:
     """Validate ``body`` in place against ``declaration`` (see :func:`quotagate.wire.schema.validate`);
-    the paths removed. ``refuse_unknown``: an unknown top-level field is an error instead."""
+    the paths removed. ``refuse_unknown``: an unknown top-level field is an error instead.
+    The declarations load on the first request, not at the proxy's start (its cold start)."""
+    from quotagate.wire.schema import WireError, unknown_top_level, validate
+
     controls = {name: body.pop(name) for name in [n for n in body if n.startswith(MOCK_CONTROL_PREFIX)]}
     if refuse_unknown:
         unknown = unknown_top_level(declaration, body)

@@ -9,7 +9,6 @@ dropped on every target type. No pydantic: the proxy's cold start stays small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -34,22 +33,27 @@ class TargetType(StrEnum):
 UnknownKeys = Literal["drop", "keep"]
 
 
-@dataclass(frozen=True)
 class Disposition:
-    action: Action
+    __slots__ = ("action", "note")
+
+    def __init__(self, action: Action, note: str = "") -> None:
+        self.action = action
+        self.note = note
+
     # Why (dropped, refused), how (translated), or the price modifier / reservation bound that
     # makes the field safe to send (priced, bounded): the hook the price table fills.
-    note: str = ""
 
     def __str__(self) -> str:
         return f"{self.action.value}: {self.note}" if self.note else self.action.value
 
 
-@dataclass(frozen=True)
 class Targets:
-    openai: Disposition
-    anthropic: Disposition
-    bedrock: Disposition
+    __slots__ = ("anthropic", "bedrock", "openai")
+
+    def __init__(self, openai: Disposition, anthropic: Disposition, bedrock: Disposition) -> None:
+        self.openai = openai
+        self.anthropic = anthropic
+        self.bedrock = bedrock
 
     def of(self, target: TargetType) -> Disposition:
         return {TargetType.OPENAI: self.openai, TargetType.ANTHROPIC: self.anthropic, TargetType.BEDROCK: self.bedrock}[
@@ -115,11 +119,13 @@ class WireError(Exception):
         self.code = code  # "unsupported_parameter" for a declared refusal
 
 
-@dataclass
 class Walk:
     """What a validation found besides errors: the paths of the keys it removed."""
 
-    dropped: list[str] = field(default_factory=list)
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
 
 
 def _join(path: str, key: str | int) -> str:
@@ -127,6 +133,10 @@ def _join(path: str, key: str | int) -> str:
 
 
 class Type:
+    """A JSON type of the declaration (plain classes, not dataclasses: they load on a request's path)."""
+
+    __slots__ = ()
+
     def check(self, value: Any, path: str, walk: Walk) -> None:
         raise NotImplementedError
 
@@ -134,13 +144,21 @@ class Type:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class Str(Type):
-    values: tuple[str, ...] = ()  # allowed values (a Literal); empty: any string
-    min_length: int = 0
-    max_length: int | None = None
-    # Values declared but refused, with why (a value that changes the price, not yet priced).
-    refused_values: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("max_length", "min_length", "refused_values", "values")
+
+    def __init__(
+        self,
+        values: tuple[str, ...] = (),
+        min_length: int = 0,
+        max_length: int | None = None,
+        refused_values: dict[str, str] | None = None,
+    ) -> None:
+        self.values = values  # allowed values (a Literal); empty: any string
+        self.min_length = min_length
+        self.max_length = max_length
+        # Values declared but refused, with why (a value that changes the price, not yet priced).
+        self.refused_values = refused_values or {}
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, str):
@@ -165,10 +183,12 @@ def _one_of(values: tuple[str, ...]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-@dataclass(frozen=True)
 class Int(Type):
-    minimum: int | None = None
-    maximum: int | None = None
+    __slots__ = ("maximum", "minimum")
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -179,10 +199,12 @@ class Int(Type):
         return "integer" + _range_text(self.minimum, self.maximum)
 
 
-@dataclass(frozen=True)
 class Num(Type):
-    minimum: float | None = None
-    maximum: float | None = None
+    __slots__ = ("maximum", "minimum")
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -208,7 +230,6 @@ def _range_text(low: float | None, high: float | None) -> str:
     return ""
 
 
-@dataclass(frozen=True)
 class Bool(Type):
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, bool):
@@ -218,11 +239,13 @@ class Bool(Type):
         return "boolean"
 
 
-@dataclass(frozen=True)
 class Json(Type):
     """Any JSON value (a JSON schema, tool input, metadata): checked by the strict parser only."""
 
-    kind: Literal["any", "object"] = "any"
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: Literal["any", "object"] = "any") -> None:
+        self.kind = kind
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if self.kind == "object" and not isinstance(value, dict):
@@ -232,11 +255,13 @@ class Json(Type):
         return "object (free-form)" if self.kind == "object" else "any JSON"
 
 
-@dataclass(frozen=True)
 class Array(Type):
-    items: Type
-    min_items: int = 0
-    max_items: int | None = None
+    __slots__ = ("items", "max_items", "min_items")
+
+    def __init__(self, items: Type, min_items: int = 0, max_items: int | None = None) -> None:
+        self.items = items
+        self.min_items = min_items
+        self.max_items = max_items
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, list):
@@ -252,13 +277,15 @@ class Array(Type):
         return f"array of {self.items.describe()}"
 
 
-@dataclass(frozen=True)
 class Map(Type):
     """An object of free keys (``metadata``) whose values share one type."""
 
-    values: Type
-    max_entries: int | None = None
-    max_key_length: int | None = None
+    __slots__ = ("max_entries", "max_key_length", "values")
+
+    def __init__(self, values: Type, max_entries: int | None = None, max_key_length: int | None = None) -> None:
+        self.values = values
+        self.max_entries = max_entries
+        self.max_key_length = max_key_length
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, dict):
@@ -274,19 +301,23 @@ class Map(Type):
         return f"map of {self.values.describe()}"
 
 
-@dataclass(frozen=True)
 class Field:
-    type: Type
-    targets: Targets | None = None  # None: as its parent (nested fields)
-    required: bool = False
-    doc: str = ""
+    __slots__ = ("doc", "required", "targets", "type")
+
+    def __init__(self, type: Type, targets: Targets | None = None, required: bool = False, doc: str = "") -> None:
+        self.type = type
+        self.targets = targets  # None: as its parent (nested fields)
+        self.required = required
+        self.doc = doc
 
 
-@dataclass(frozen=True)
 class Obj(Type):
-    name: str
-    fields: dict[str, Field]
-    unknown: UnknownKeys = "drop"
+    __slots__ = ("fields", "name", "unknown")
+
+    def __init__(self, name: str, fields: dict[str, Field], unknown: UnknownKeys = "drop") -> None:
+        self.name = name
+        self.fields = fields
+        self.unknown = unknown
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, dict):
@@ -316,11 +347,13 @@ class Obj(Type):
         return f"object `{self.name}`"
 
 
-@dataclass(frozen=True)
 class OneOf(Type):
     """One of several types told apart by their JSON kind (a string or an array of parts)."""
 
-    options: tuple[Type, ...]
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[Type, ...]) -> None:
+        self.options = options
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         for option in self.options:
@@ -333,16 +366,25 @@ class OneOf(Type):
         return " or ".join(option.describe() for option in self.options)
 
 
-@dataclass(frozen=True)
 class Tagged(Type):
     """Objects told apart by a tag field (``type``); ``default`` when the tag is missing."""
 
-    name: str
-    variants: dict[str, Obj]
-    tag: str = "type"
-    default: str | None = None
-    # Tags declared but refused (with why): e.g. server tools no target can run unpriced.
-    refused: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("default", "name", "refused", "tag", "variants")
+
+    def __init__(
+        self,
+        name: str,
+        variants: dict[str, Obj],
+        tag: str = "type",
+        default: str | None = None,
+        refused: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.variants = variants
+        self.tag = tag
+        self.default = default
+        # Tags declared but refused (with why): e.g. server tools no target can run unpriced.
+        self.refused = refused or {}
 
     def check(self, value: Any, path: str, walk: Walk) -> None:
         if not isinstance(value, dict):
