@@ -54,6 +54,13 @@ MODELS = {
         "price": LISTED_PRICE,
         "max_output_tokens": CAP,
     },
+    # Messages' own fields reach the Anthropic target only: the OpenAI one is priced without them.
+    "claude-then-gpt": {
+        "targets": [
+            {"provider": "mock-anthropic", "upstream_model": CLAUDE, "price": LISTED_PRICE},
+            {"provider": "mock", "upstream_model": GPT, "price": TEXT_PRICE, "max_output_tokens": CAP},
+        ]
+    },
     # An organisation whose "auto" requests may be served at priority prices.
     "claude-auto-priority": {
         "provider": "mock-anthropic",
@@ -317,3 +324,11 @@ def test_hidden_output_a_provider_does_not_report_is_settled_at_its_bound(stack,
     item = stack.wait_settled(response.headers["x-quotagate-request-id"])
     billed = stack.mock.stats.billed_usd - before
     assert item["usage"]["usd_micros"] >= billed * 1e6 - 1, f"recorded {item['usage']['usd_micros']} for ${billed:.6f}"
+
+
+def test_a_field_one_target_type_never_receives_is_not_priced_on_it(stack):
+    key = stack.create_key(tenant="geo-alias", plan="dollar")
+    body = {"model": "claude-then-gpt", "messages": user(), "inference_geo": "us", "speed": "fast", "max_tokens": 20}
+    response = post(stack, key, MESSAGES, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-quotagate-target"] == f"mock-anthropic/{CLAUDE}"

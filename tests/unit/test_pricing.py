@@ -128,3 +128,14 @@ def test_messages_fields_apply_to_anthropic_targets_only():
     usage = Usage(100, 10, "provider")
     assert pricing.settled_usd(listed(), "openai", usage, modifiers) == pytest.approx(350 / 1e6)
     assert pricing.settled_usd(listed(), "anthropic", usage, modifiers) == pytest.approx(350 * 1.1 * 6 / 1e6)
+
+
+def test_each_body_is_priced_on_the_target_types_that_receive_it():
+    native = pricing.messages_modifiers({"inference_geo": "us"})
+    translated = pricing.chat_modifiers({"messages": []})
+    merged = native.merge(translated)
+    assert merged.for_type("anthropic").inference_geo == "us"
+    assert merged.for_type("openai").inference_geo is None
+    assert merged.for_type("bedrock") == pricing.NO_MODIFIERS
+    # An OpenAI target whose price has no geography is not refused for a field it never receives.
+    assert pricing.target_pricing(merged, plain(), "openai", "oa/m").factor == 1.0

@@ -471,11 +471,10 @@ def plan_output(
         t.id: pricing.target_pricing(modifiers, t.price, config.providers[t.provider].type, t.id) for t in targets
     }
     # Output no stream shows (rejected prediction tokens...) can pass the cap: what the provider
-    # bills beyond the cap is reserved on top of it.
-    hidden = {
-        t.id: bool(modifiers.hidden_output) and modifiers.applies(config.providers[t.provider].type) for t in targets
-    }
-    beyond_cap = {t.id: modifiers.extra_output_tokens * choices if hidden[t.id] else 0 for t in targets}
+    # bills beyond the cap is reserved on top of it. Each target type gets its own body's fields.
+    sent = {t.id: modifiers.for_type(config.providers[t.provider].type) for t in targets}
+    hidden = {t.id: bool(sent[t.id].hidden_output) for t in targets}
+    beyond_cap = {t.id: sent[t.id].extra_output_tokens * choices for t in targets}
     caps: dict[str, int] = {}
     prompts: dict[str, int] = {}
     for target in targets:

@@ -385,7 +385,7 @@ class ChatTranslator:
     def dialect(self, target: Target) -> ChatStreamDialect:
         dialect = ChatStreamDialect(self.request, self.plan.prompts[target.id], target.upstream_model)
         dialect.unreported_output = self.plan.unreported_output.get(target.id, 0)
-        dialect.audio_output = self.plan.modifiers.audio_output
+        dialect.audio_output = self.plan.modifiers.for_type(self.config.providers[target.provider].type).audio_output
         return dialect
 
 

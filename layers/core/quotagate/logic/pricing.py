@@ -57,28 +57,27 @@ class PriceModifiers:
     hidden_output: tuple[str, ...] = ()
     extra_output_tokens: int = 0  # output billed beyond the cap (rejected prediction tokens), cl100k
     params: dict[str, str] = field(default_factory=dict, compare=False)  # modifier -> the field that asked
+    # The modifiers of the body other target types receive (an endpoint that sends one body natively
+    # and a translation to the others): see for_type.
+    others: tuple[PriceModifiers, ...] = ()
 
     def applies(self, provider_type: str) -> bool:
         return provider_type in self.provider_types
 
+    def for_type(self, provider_type: str) -> PriceModifiers:
+        """The modifiers of what targets of ``provider_type`` receive (none: the plain prices)."""
+        for modifiers in (self, *self.others):
+            if modifiers.applies(provider_type):
+                return modifiers
+        return NO_MODIFIERS
+
     def merge(self, other: PriceModifiers) -> PriceModifiers:
-        """Both requests' modifiers (an endpoint that sends one body natively and another translated)."""
-        if not other.provider_types:
+        """Both bodies' modifiers, each kept for the target types that receive its body."""
+        if not other.provider_types and not other.others:
             return self
-        if not self.provider_types:
+        if not self.provider_types and not self.others:
             return other
-        return replace(
-            self,
-            provider_types=self.provider_types | other.provider_types,
-            service_tier=self.service_tier or other.service_tier,
-            inference_geo=self.inference_geo or other.inference_geo,
-            fast=self.fast or other.fast,
-            audio_output=self.audio_output or other.audio_output,
-            tool_calls=self.tool_calls + other.tool_calls,
-            hidden_output=self.hidden_output + other.hidden_output,
-            extra_output_tokens=max(self.extra_output_tokens, other.extra_output_tokens),
-            params={**other.params, **self.params},
-        )
+        return replace(self, others=(*self.others, other, *other.others))
 
 
 NO_MODIFIERS = PriceModifiers()
@@ -222,6 +221,7 @@ def target_pricing(modifiers: PriceModifiers, price: Price, provider_type: str, 
     audio_input = price.audio_input_per_million
     if audio_input is None:
         audio_input = price.input_per_million
+    modifiers = modifiers.for_type(provider_type)
     if not modifiers.applies(provider_type):
         return TargetPricing(1.0, price.output_per_million, audio_input, 0.0)
     return TargetPricing(
@@ -236,7 +236,7 @@ def settled_usd(price: Price, provider_type: str, usage: Usage, modifiers: Price
     """Dollars of a served request: its tokens by kind (audio, prompt-cache reads and writes on
     Anthropic) times the factor of the tier the provider reports (else the one asked for), the
     geography and speed asked for, plus the hosted tools' fees."""
-    modifiers = modifiers if modifiers is not None and modifiers.applies(provider_type) else NO_MODIFIERS
+    modifiers = modifiers.for_type(provider_type) if modifiers is not None else NO_MODIFIERS
     audio_in = min(usage.audio_prompt_tokens, usage.prompt_tokens)
     audio_out = min(usage.audio_completion_tokens, usage.completion_tokens)
     cache = (
