@@ -11,7 +11,8 @@ window is spent. Each ``used_i`` stays at most ``share_i`` (guarded adds; refund
 ``sum(used_i) <= sum(share_i) = limit``: exact, whichever shard a refund lands in.
 
 ``N`` grows with the limit (a shard holds at least ``MIN_SHARE`` units, so a typical request fits one
-shard), in powers of two, up to ``MAX_SHARDS``. Shard 0's item is the unsharded window's item, so a
+shard), in powers of two, up to ``MAX_SHARDS``. A limit changed across a power of two changes ``N``
+in the middle of a window, which that window's sum does not survive exactly (docs/quotas.md bounds it). Shard 0's item is the unsharded window's item, so a
 window with ``N = 1`` is stored exactly as before.
 """
 
