@@ -286,6 +286,18 @@ def codex_run(
     return run_agent(recorder, gateway, "codex", label, "mock-gpt", argv, env, work)
 
 
+def wrong_key_runs(bins: dict[str, Path], recorder: Recorder, gateway: Gateway, url: str, work: Path) -> list[Run]:
+    """A key the gateway never issued: one request each, then the error (401 with x-should-retry: false)."""
+    wrong = "qg_wrong"
+    home = Path(tempfile.mkdtemp(prefix="claude-home-", dir=work))
+    env = agent_env(home)
+    env.update({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": wrong, "ANTHROPIC_SMALL_FAST_MODEL": "mock-claude"})
+    argv = [str(bins["claude"]), "-p", "say hi", "--model", "mock-claude", "--output-format", "text", "--tools", ""]
+    runs = [run_agent(recorder, gateway, "claude", "wrong key", "mock-claude", argv, env, work)]
+    runs.append(codex_run(bins, recorder, gateway, url, work, wrong, "wrong key"))
+    return runs
+
+
 def budget_runs(bins: dict[str, Path], recorder: Recorder, gateway: Gateway, url: str, work: Path) -> list[Run]:
     runs = []
     key = gateway.key("agents-budget-claude", {"tokens_per_day": CLAUDE_BUDGET_TOKENS_PER_DAY})
@@ -313,7 +325,7 @@ def record(runs: list[Run], directory: Path) -> None:
                 log.write(f"{run.agent} {run.model} {run.label}: {exchange.method} {exchange.path} {exchange.status}\n")
                 log.write(f"    {answer!r}\n")
     for run in runs:
-        if run.label.startswith("budget"):
+        if run.label.startswith(("budget", "wrong key")):
             continue
         requests = run.model_requests
         chosen = requests[:1] + [e for e in requests[1:] if '"tool_result"' in json.dumps(e.body)][:1]
@@ -332,8 +344,9 @@ def record(runs: list[Run], directory: Path) -> None:
 
 
 def summary(run: Run) -> str:
-    if run.label.startswith("budget"):
-        lines = [line for line in run.output.splitlines() if re.search(r"budget|quota|limit|429|exceed", line, re.I)]
+    if run.label.startswith(("budget", "wrong key")):
+        pattern = r"budget|quota|limit|429|exceed|401|key|auth"
+        lines = [line for line in run.output.splitlines() if re.search(pattern, line, re.I)]
         return (lines[-1] if lines else run.output.splitlines()[-1] if run.output else "")[:90]
     return (run.output.splitlines()[-1] if run.output else "")[:60]
 
@@ -368,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quotagate_tools.agents", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="the local gateway's port (default: a free one)")
     parser.add_argument("--record", type=Path, default=None, help="write the agents' requests as fixtures here")
-    parser.add_argument("--only", choices=["claude", "codex", "budget"], action="append")
+    parser.add_argument("--only", choices=["claude", "codex", "budget", "wrong-key"], action="append")
     args = parser.parse_args(argv)
     if not shutil.which("npm"):
         print("npm is needed to install the agents", file=sys.stderr)
@@ -381,13 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     (work / "notes.txt").write_text("Quotagate notes: budgets are reserved before a model is called.\n")
     runs: list[Run] = []
     try:
-        only = set(args.only or ["claude", "codex", "budget"])
+        only = set(args.only or ["claude", "codex", "budget", "wrong-key"])
         if "claude" in only:
             runs += claude_runs(bins, recorder, gateway, url, work)
         if "codex" in only:
             runs.append(codex_run(bins, recorder, gateway, url, work, gateway.key("agents-codex"), "exec, defaults"))
         if "budget" in only:
             runs += budget_runs(bins, recorder, gateway, url, work)
+        if "wrong-key" in only:
+            runs += wrong_key_runs(bins, recorder, gateway, url, work)
     finally:
         server.shutdown()
         gateway.process.terminate()
