@@ -278,11 +278,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def admitted_request(request: Request) -> tuple[Gateway, Identity, bytes, str]:
-    """What every model endpoint starts with: the caller, the gateway, the body (bounded), the id."""
+async def admitted_request(request: Request, max_body_bytes: int | None = None) -> tuple[Gateway, Identity, bytes, str]:
+    """What every model endpoint starts with: the caller, the gateway, the body (bounded: by the
+    endpoint's own ``max_body_bytes`` when smaller), the id."""
     identity = await identify(request)
     gateway = gateway_of(request)
-    raw = await read_body(request, gateway.max_body_bytes)
+    raw = await read_body(request, min(gateway.max_body_bytes, max_body_bytes or gateway.max_body_bytes))
     return gateway, identity, raw, request_id_of(request)
 
 
@@ -360,7 +361,7 @@ async def messages(request: Request) -> Response:
 async def count_message_tokens(request: Request) -> Response:
     from quotagate.protocols import anthropic_messages
 
-    gateway, identity, raw, _ = await admitted_request(request)
+    gateway, identity, raw, _ = await admitted_request(request, anthropic_messages.COUNT_TOKENS_MAX_BODY_BYTES)
     count, headers = await anthropic_messages.count_tokens(gateway, identity, raw)
     return JSONResponse(count, headers=headers)
 
