@@ -205,7 +205,7 @@ def test_a_reservation_whose_outcome_was_unknown_is_never_charged_after_its_comp
 
 
 def test_a_sharded_window_admits_exactly_its_limit_under_a_burst():
-    # 128 requests per minute is split into 4 shards of 32: a burst of 160 gets exactly 128 through,
+    # 128 requests per minute is split into 2 shards of 64: a burst of 160 gets exactly 128 through,
     # and each of the other 32 is a 429 that names a window that is really full.
     client = faithful(hold=0.002)
     limits = {"requests_per_minute": 128}
@@ -213,17 +213,17 @@ def test_a_sharded_window_admits_exactly_its_limit_under_a_burst():
     statuses = burst(service, [request(key_limits=limits, tenant_limits={}) for _ in range(160)])
     assert statuses.count(200) == 128 and statuses.count(429) == 32, statuses
     assert window_totals(client.store) == {("key#k1", "requests_per_minute"): 128}
-    assert len({i["pk"]["S"] for i in client.store.items(TABLE) if i["pk"]["S"].startswith("key#k1")}) == 4
+    assert len({i["pk"]["S"] for i in client.store.items(TABLE) if i["pk"]["S"].startswith("key#k1")}) == 2
 
 
 def test_a_request_larger_than_any_shards_room_is_taken_from_several_and_refused_only_when_the_window_is_spent():
     client = faithful(hold=0.0)
     service = service_on(client)
-    limits = {"tokens_per_minute": 4 * 131_072}  # 4 shards of 131,072
+    limits = {"tokens_per_minute": 2 * 262_144}  # 2 shards of 262,144
     held = [service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=100_000)) for _ in range(3)]
     big = service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=200_000))
     assert window_totals(client.store) == {("key#k1", "tokens_per_minute"): 500_000}
-    with pytest.raises(GatewayError) as refused:
+    with pytest.raises(GatewayError) as refused:  # 24,288 left in all
         service.reserve(request(key_limits=limits, tenant_limits={}, prompt=0, output=30_000))
     assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
     assert "used 500000 tokens" in refused.value.message
@@ -313,3 +313,33 @@ def test_a_live_request_renews_its_slot_lease_until_it_settles():
     count = renewed.count("streaming")
     time.sleep(0.1)
     assert renewed.count("streaming") == count  # settled: no more renewals
+
+
+@pytest.mark.parametrize(
+    ("blocks", "step_blocks"),
+    [((3, 5), 0.25), ((5, 3), 0.25), ((250, 300), 1)],
+    ids=["raised", "lowered", "raised-past-256-shards"],
+)
+def test_a_limit_changed_in_the_middle_of_a_window_never_lets_it_pass_the_larger_limit(blocks, step_blocks):
+    # Requests of a quarter block (or a block) fill a window of 3 (or 250) blocks; then its limit changes.
+    # Raised: exactly the new limit passes in all. Lowered: nothing more passes (the old usage counts).
+    block = 262_144
+    step = int(block * step_blocks)
+    before, after = (b * block for b in blocks)
+    client = faithful(hold=0.0)
+    service = service_on(client)
+
+    def fill(limit):
+        admitted = 0
+        while True:
+            try:
+                service.reserve(request(key_limits={"tokens_per_day": limit}, tenant_limits={}, prompt=0, output=step))
+            except GatewayError as refused:
+                assert refused.status == 429
+                return admitted
+            admitted += 1
+
+    assert fill(before) * step == before
+    more = fill(after)
+    assert window_totals(client.store)[("key#k1", "tokens_per_day")] == max(before, after)
+    assert more * step == max(0, after - before)

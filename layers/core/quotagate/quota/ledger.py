@@ -899,20 +899,25 @@ class DynamoQuotaLedger:
 
         now = int(self._clock())
         try:
-            self._client.put_item(
+            # An UpdateItem that creates the item: the settlements consumer may only UpdateItem.
+            self._client.update_item(
                 TableName=self.table_name,
-                Item={
-                    "pk": _s(f"req#{request_id}"),
-                    "sk": _s(RESERVATION_SK),
-                    "status": _s(ReservationStatus.CANCELLED),
-                    "settle_token": _s(token),
-                    "settled_at": _n(now),
-                    # Outlives any attempt of the reservation (a client token lasts 10 minutes).
-                    "expires_at": _n(now + SETTLED_RETENTION_SECONDS),
-                },
+                Key={"pk": _s(f"req#{request_id}"), "sk": _s(RESERVATION_SK)},
+                UpdateExpression="SET #st = :cancelled, #tok = :tok, #at = :now, #exp = :expires",
                 ConditionExpression="attribute_not_exists(pk) OR #tok = :tok",
-                ExpressionAttributeNames={"#tok": "settle_token"},
-                ExpressionAttributeValues={":tok": _s(token)},
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#tok": "settle_token",
+                    "#at": "settled_at",
+                    "#exp": "expires_at",
+                },
+                ExpressionAttributeValues={
+                    ":cancelled": _s(ReservationStatus.CANCELLED),
+                    ":tok": _s(token),
+                    ":now": _n(now),
+                    # Outlives any attempt of the reservation (a client token lasts 10 minutes).
+                    ":expires": _n(now + SETTLED_RETENTION_SECONDS),
+                },
             )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code", "") == "ConditionalCheckFailedException":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from quotagate.quota.shards import shard_count, shard_share, split
+from quotagate.quota.shards import random_shard, shard_count, shard_share, split
 from quotagate.quota.windows import WindowUsage
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Placement:
         if count == 1:
             self.parts[index] = [(0, amount)]
             return
-        shard = self._rng.randrange(count)
+        shard = random_shard(charge, self._rng)
         if not self._guarded or amount <= shard_share(charge, shard):
             self.parts[index] = [(shard, amount)]
             return
