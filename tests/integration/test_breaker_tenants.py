@@ -200,7 +200,4 @@ def test_no_body_of_one_tenant_makes_another_see_a_503(stack, proxy, fuzz_keys, 
         )
         assert response.status_code != 500, response.text
     served = chat(proxy, healthy, healthy_chat())
-    # Not 200 only when the mock, crashing on the hostile body, dropped the keep-alive connection
-    # the healthy request then reused (a 502 upstream_unreachable): never the circuit's 503.
-    assert served.status_code != 503, (raw[:300], served.text)
-    assert served.status_code == 200 or served.json()["error"]["code"] == "upstream_unreachable", served.text
+    assert served.status_code == 200, (raw[:300], served.text)

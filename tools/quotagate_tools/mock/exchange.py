@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from starlette.responses import Response, StreamingResponse
 
+from quotagate_tools.mock.faults import FaultSpec
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
     from quotagate_tools.mock.billing import Charges
-    from quotagate_tools.mock.faults import FaultSpec
     from quotagate_tools.mock.settings import MockSettings
     from quotagate_tools.mock.stats import MockStats, Outcome, Ticket
 
@@ -201,6 +202,12 @@ class Exchange(Generic[PlanT]):
             except self.rejection as rejection:
                 ticket.finish("error")
                 return rejection.response()
+            except RecursionError:
+                # Content the mock cannot expand (a recursive schema): a clean 500, as a provider that
+                # chokes on a request answers. Raised, it made uvicorn drop the keep-alive connection
+                # after the response, and the next request on it (another tenant's) failed to read.
+                ticket.finish("error")
+                return self.injected(FaultSpec(status=500), self.headers())
 
             fault = plan.fault
             headers = self.headers()
