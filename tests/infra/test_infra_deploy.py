@@ -52,11 +52,14 @@ def _deployment_id(tmp_path: Path, **context: object) -> str:
     return next(iter(deployments))
 
 
-def test_an_authorizer_change_makes_a_new_deployment(tmp_path):
+def test_credential_settings_redeploy_what_they_change(tmp_path):
+    """API Gateway's authorizer is always uncached, without identity source (EDGE_AUTHORIZER): the
+    answer cache lives in the authorizer function, so its TTL leaves the API deployment as it is; the
+    credential headers also change the 401 gateway response (it names them), so a new deployment."""
     base = _deployment_id(tmp_path)
     assert _deployment_id(tmp_path) == base  # stable when nothing changes
-    assert _deployment_id(tmp_path, **{"quotagate:identitySources": "Authorization,x-api-key"}) != base
-    assert _deployment_id(tmp_path, **{"quotagate:authorizerCacheSeconds": "60"}) != base
+    assert _deployment_id(tmp_path, **{"quotagate:authorizerCacheSeconds": "60"}) == base
+    assert _deployment_id(tmp_path, **{"quotagate:identitySources": "x-api-key"}) != base
 
 
 def _synth(tmp_path: Path, name: str = "out", **context: object):
