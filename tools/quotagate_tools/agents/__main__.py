@@ -203,7 +203,8 @@ def run_agent(
     try:
         done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=RUN_SECONDS)
         code: int | None = done.returncode
-        output = (done.stdout + "\n" + done.stderr).strip()
+        # The answer first (its first line is what the table shows), then anything the agent warned about.
+        output = (done.stdout.strip() + "\n" + done.stderr.strip()).strip()
     except subprocess.TimeoutExpired as timeout:
         code = None
         output = f"timed out after {RUN_SECONDS} s: {timeout.stdout!r}"
@@ -348,7 +349,7 @@ def summary(run: Run) -> str:
         pattern = r"budget|quota|limit|429|exceed|401|key|auth"
         lines = [line for line in run.output.splitlines() if re.search(pattern, line, re.I)]
         return (lines[-1] if lines else run.output.splitlines()[-1] if run.output else "")[:90]
-    return (run.output.splitlines()[-1] if run.output else "")[:60]
+    return (run.output.splitlines()[0] if run.output else "")[:60]
 
 
 def print_table(runs: list[Run]) -> None:
