@@ -161,9 +161,24 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
                 message = {**message, "headers": [*headers, header]}
+                log_dropped(headers, request_id, scope.get("path", ""))
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+# The response headers that name what the gateway removed from a request (quotagate.wire).
+DROPPED_HEADERS = (b"x-quotagate-dropped-params", b"x-quotagate-dropped-betas")
+
+
+def log_dropped(headers: list[tuple[bytes, bytes]], request_id: str, path: str) -> None:
+    """Log the request fields and betas the gateway dropped (the client is told in the headers):
+    an operator sees which clients send what, and which declarations a new client needs."""
+    dropped = {name.decode(): value.decode() for name, value in headers if name.lower() in DROPPED_HEADERS}
+    if dropped:
+        from quotagate.observability import logger
+
+        logger.info("request fields dropped", extra={"request_id": request_id, "path": path, **dropped})
 
 
 def _aws_request_id(scope: Scope) -> str | None:

@@ -258,3 +258,22 @@ def test_a_model_configured_to_refuse_unknown_fields_refuses_them(stack, api_key
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert upstream_calls(stack) == calls
+
+
+@pytest.fixture
+def info_logs(caplog):
+    from quotagate.observability import logger
+
+    level = logger.log_level
+    logger.setLevel("INFO")  # the tests run at WARNING
+    yield caplog
+    logger.setLevel(level)
+
+
+def test_what_was_dropped_is_logged_with_the_request_id(stack, api_key, info_logs):
+    body = {"model": "via-openai", "messages": [HI], "max_tokens": 4, "brand_new_field": 1}
+    response = post(stack, api_key, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    lines = [record.__dict__ for record in info_logs.records if record.getMessage() == "request fields dropped"]
+    assert [line["x-quotagate-dropped-params"] for line in lines] == ["brand_new_field"]
+    assert lines[0]["request_id"] == response.headers["x-request-id"]
