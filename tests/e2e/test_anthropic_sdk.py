@@ -4,7 +4,7 @@ OpenAI-compatible and Bedrock targets of the mock model server, with the quota c
 equal to the usage the SDK reported.
 
 anthropic 2.x sends its API key as ``Authorization: Bearer <key>`` (older releases sent
-``x-api-key``), so the default identity source serves it."""
+``x-api-key``); the gateway accepts both credential headers."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_streamed_tool_use_round_trip(gateway, model):
 
 
 def test_the_sdk_sends_its_key_as_a_bearer_token():
-    """Why the default identity source (Authorization) serves this SDK version."""
+    """This SDK version sends its key as a Bearer token (x-api-key is accepted too)."""
     client = anthropic.Anthropic(api_key="qg_example", base_url="http://127.0.0.1:9")
     assert client.auth_headers == {"Authorization": "Bearer qg_example"}
 
