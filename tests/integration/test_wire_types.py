@@ -277,3 +277,18 @@ def test_what_was_dropped_is_logged_with_the_request_id(stack, api_key, info_log
     lines = [record.__dict__ for record in info_logs.records if record.getMessage() == "request fields dropped"]
     assert [line["x-quotagate-dropped-params"] for line in lines] == ["brand_new_field"]
     assert lines[0]["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_several_choices_where_no_target_returns_them_are_refused_before_anything_is_reserved(stack, api_key, stream):
+    """Found by the declared-field fuzz (QG_FUZZ_ROUNDS=3): n: 7 on a Bedrock model was a 400 from
+    the translation after the reservation, which wrote to the quota table."""
+    from quotagate import tables
+    from tests.integration.test_fuzz_hostile_json import scan
+
+    before, calls = scan(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
+    body = {"model": "via-bedrock", "messages": [HI], "max_tokens": 4, "n": 7, "stream": stream}
+    response = post(stack, api_key, "/v1/chat/completions", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "n"
+    assert scan(tables.QUOTA, tables.CIRCUIT) == before and upstream_calls(stack) == calls

@@ -41,9 +41,9 @@ from anyio import to_thread
 
 from quotagate import settings, wire
 from quotagate.auth_types import AuthType, KeyStatus
-from quotagate.config import GatewayConfig, Target
+from quotagate.config import GatewayConfig, ProviderType, Target
 from quotagate.dal.circuit_store import InMemoryCircuitStore
-from quotagate.errors import GatewayError, authentication_error, permission_error
+from quotagate.errors import GatewayError, authentication_error, invalid_request, permission_error
 from quotagate.logic import estimate, pricing
 from quotagate.logic import router as routing
 from quotagate.logic.admission import Admission, Admitted, ReservationSize, Route
@@ -201,6 +201,7 @@ class Gateway:
         started = self.clock()
         request = parse_chat_request(raw_body, self.max_body_bytes, self.refuses_unknown_fields)
         route = await self.admission.route(identity, request.model, request_id, started)
+        self._check_choices(request, route)
         if cost is None and len(raw_body) <= INLINE_ESTIMATE_BYTES:
             cost = estimate.measure(request.body)  # quicker than the hop to a worker thread
         elif cost is None:
@@ -229,6 +230,17 @@ class Gateway:
             raise
         await admitted.remaining_read_done()
         return response
+
+    def _check_choices(self, request: ChatRequest, route: Route) -> None:
+        """``n`` above 1 where no target of the route returns several choices (Anthropic, Bedrock):
+        a 400 naming ``n`` before anything is reserved (the translation would refuse it after)."""
+        providers = self._config().providers
+        if request.choices > 1 and all(providers[t.provider].type != ProviderType.OPENAI for t in route.targets):
+            raise invalid_request(
+                "'n' greater than 1 is not supported by this model: its targets return one choice.",
+                param="n",
+                code="unsupported_for_provider",
+            )
 
     def _chat_reservation(
         self,
