@@ -23,14 +23,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "agents").glob("*.json"))
 DEV_CONFIG = json.loads((ROOT / "tools" / "quotagate_tools" / "local" / "dev_config.json").read_text())
-# Fixtures that fail on main only because of how fields are handled (the declared field account).
-# Claude Code's first request with --output-format stream-json sends thinking.display "updates" (beta
-# thinking-display-updates-2026-08-18): 400 "thinking.display: Input should be 'summarized' or 'omitted'".
-NEEDS_FIELD_ACCOUNT = {
-    "claude-mock-bedrock-stream-json-read-x-api-key-0.json",
-    "claude-mock-claude-stream-json-read-x-api-key-0.json",
-    "claude-mock-gpt-stream-json-read-x-api-key-0.json",
-}
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +67,7 @@ def check_answer(path: str, body: dict[str, Any], response: httpx.Response) -> N
 def fixture_params() -> list[Any]:
     params = []
     for path in FIXTURES:
-        marks = []
-        if path.name in NEEDS_FIELD_ACCOUNT:
-            marks.append(pytest.mark.xfail(strict=True, reason="needs the declared field account"))
-        params.append(pytest.param(path, id=path.stem, marks=marks))
+        params.append(pytest.param(path, id=path.stem))
     return params
 
 

@@ -424,8 +424,6 @@ def _validate_thinking(thinking: Any, max_tokens: int | None) -> None:
         return
     if not isinstance(thinking, dict) or thinking.get("type") not in _THINKING_FIELDS:
         raise _bad("thinking.type", f"Input should be one of {', '.join(map(repr, _THINKING_FIELDS))}")
-    if thinking["type"] == "adaptive" and thinking.get("display") not in (None, "summarized", "omitted"):
-        raise _bad("thinking.display", "Input should be 'summarized' or 'omitted'")
     if thinking["type"] != "enabled":
         return
     budget = thinking.get("budget_tokens")

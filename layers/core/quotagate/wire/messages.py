@@ -245,7 +245,7 @@ THINKING = Tagged(
             "thinking_enabled", {"type": Field(Str()), "budget_tokens": Field(Int(minimum=1024), required=True)}
         ),
         "disabled": Obj("thinking_disabled", {"type": Field(Str())}),
-        "adaptive": Obj("thinking_adaptive", {"type": Field(Str()), "display": Field(Str(("summarized", "omitted")))}),
+        "adaptive": Obj("thinking_adaptive", {"type": Field(Str()), "display": Field(Str())}),
         "between_tools": Obj("thinking_between_tools", {"type": Field(Str())}),
     },
 )
