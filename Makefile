@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 dev: install
-	$(PY) -m quotagate_tools.local --port $(PORT)
+	$(PY) -m quotagate_tools.local --port $(PORT) --demo-plan pro
 
 test: install
 	$(PY) -m pytest
