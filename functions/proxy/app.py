@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -20,6 +21,7 @@ from quotagate import settings
 from quotagate.auth_types import AuthType
 from quotagate.errors import GatewayError, invalid_request, not_found
 from quotagate.identity import Identity
+from quotagate.logic import refusals
 from quotagate.logic.chat_request import DEFAULT_MAX_BODY_BYTES, body_too_large
 from quotagate.logic.gateway import ChatResponse, Gateway
 
@@ -263,6 +265,14 @@ def gateway_of(request: Request) -> Gateway:
 
 
 async def identify(request: Request) -> Identity:
+    """The caller; once known, a refusal of its request counts in its request windows (on_gateway_error)."""
+    refusals.start_request()
+    identity = await authenticated_caller(request)
+    request.state.identity = identity
+    return identity
+
+
+async def authenticated_caller(request: Request) -> Identity:
     context = request_context(request)
     identity = Identity.from_context(context.get("authorizer"))
     if identity is not None and (identity.auth_type != AuthType.API_KEY or identity.secret_fingerprint):
@@ -279,6 +289,15 @@ async def identify(request: Request) -> Identity:
         return await to_thread.run_sync(services_of(request).authenticate, headers)
     except (MissingCredential, AccessDenied, AuthUnavailable) as error:
         raise error.gateway_error() from None
+
+
+def count_request(request: Request, identity: Identity) -> None:
+    """Count the caller's request in its request windows (a background task: after the answer)."""
+    try:
+        gateway = gateway_of(request)
+    except Exception:  # services that never built: nothing to count in
+        return
+    refusals.count_request(gateway, identity)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -378,7 +397,8 @@ async def count_message_tokens(request: Request) -> Response:
 
     gateway, identity, raw, _ = await admitted_request(request, anthropic_messages.COUNT_TOKENS_MAX_BODY_BYTES)
     count, headers = await anthropic_messages.count_tokens(gateway, identity, raw)
-    return JSONResponse(count, headers=headers)
+    # No reservation, but a request all the same: it counts in the caller's request windows.
+    return JSONResponse(count, headers=headers, background=BackgroundTask(count_request, request, identity))
 
 
 async def unknown_route(request: Request) -> Response:
@@ -395,7 +415,12 @@ async def on_gateway_error(request: Request, exc: Exception) -> Response:
     from quotagate.observability import record_rejection
 
     record_rejection(exc, request_id_of(request))  # skipped if the request already has an outcome
-    return error_response(exc, protocol_path=request.url.path)
+    response = error_response(exc, protocol_path=request.url.path)
+    identity: Identity | None = getattr(request.state, "identity", None)
+    if identity is not None and refusals.counts_refusal(exc.status):
+        # After the answer is sent (the client does not wait for it), best effort.
+        response.background = BackgroundTask(count_request, request, identity)
+    return response
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

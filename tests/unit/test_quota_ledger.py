@@ -223,3 +223,38 @@ def test_charging_one_item_twice_is_a_programming_error():
     c = charges()
     with pytest.raises(ValueError):
         ledger(FakeClient()).reserve("req-1", [c[0], c[0]])
+
+
+def throttled():
+    return ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+
+def test_a_refused_request_is_one_unconditional_add_per_request_window():
+    client = FakeClient()
+    windows = [
+        make_charge("key", "k1", "requests_per_minute", 10, 1, NOW),
+        make_charge("tenant", "acme", "requests_per_minute", 1000, 1, NOW),
+    ]
+    ledger(client).count_requests(windows)
+    assert client.transactions == []
+    assert [u["Key"]["pk"]["S"].split("#s")[0] for u in client.updates] == ["key#k1", "tenant#acme"]
+    for update in client.updates:
+        assert update["UpdateExpression"].startswith("ADD #u :n")
+        assert update["ExpressionAttributeValues"][":n"] == {"N": "1"}
+        assert "ConditionExpression" not in update
+
+
+def test_counting_never_touches_token_or_dollar_windows():
+    with pytest.raises(ValueError):
+        ledger(FakeClient()).count_requests(charges())
+
+
+def test_a_count_is_retried_only_when_it_surely_did_not_land():
+    window = [make_charge("key", "k1", "requests_per_minute", 10, 1, NOW)]
+    client = FakeClient(throttled())
+    ledger(client).count_requests(window)
+    assert len(client.updates) == 2
+    unknown = FakeClient(ClientError({"Error": {"Code": "InternalServerError", "Message": "?"}}, "UpdateItem"))
+    with pytest.raises(LedgerBusy):
+        ledger(unknown).count_requests(window)
+    assert len(unknown.updates) == 1  # an ADD is not idempotent: no second one that might double it

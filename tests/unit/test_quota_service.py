@@ -441,3 +441,26 @@ def test_per_minute_retry_after_is_spread_and_never_before_the_reset(service, cl
             reserve(service, f"refused-{i}", key_limits=limits)
         seen.add(int(err.value.headers["retry-after"]))
     assert min(seen) >= 30 and max(seen) <= 34 and len(seen) > 1
+
+
+# ---- refused requests -----------------------------------------------------------------------------
+
+
+def test_a_refused_request_counts_in_request_windows_only_and_the_next_one_is_refused(service, table):
+    key_limits = {"requests_per_minute": 2, "tokens_per_minute": 1000, "usd_per_day": 1.0}
+    tenant_limits = {"requests_per_minute": 100, "usd_per_month": 10.0}
+    assert service.count_refused("k1", "acme", key_limits, tenant_limits) == 2
+    assert used(table, "key#k1", "requests_per_minute") == 1
+    assert used(table, "tenant#acme", "requests_per_minute") == 1
+    assert used(table, "key#k1", "tokens_per_minute") == 0
+    assert used(table, "key#k1", "usd_per_day") == 0
+    assert used(table, "tenant#acme", "usd_per_month") == 0
+    service.count_refused("k1", "acme", key_limits, tenant_limits)
+    with pytest.raises(GatewayError) as refused:
+        reserve(service, key_limits=key_limits, tenant_limits=tenant_limits)
+    assert refused.value.status == 429
+
+
+def test_a_key_without_request_windows_counts_nothing(service, ledger):
+    assert service.count_refused("k1", "acme", {"tokens_per_day": 10}, {"usd_per_month": 1.0}) == 0
+    assert "count_requests" not in ledger.calls

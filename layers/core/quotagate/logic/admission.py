@@ -22,6 +22,7 @@ import anyio
 from anyio import to_thread
 
 from quotagate.errors import invalid_request
+from quotagate.logic import refusals
 from quotagate.logic.breaker import caller_of
 from quotagate.logic.estimate import Room
 from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
@@ -125,6 +126,7 @@ class Admission:
             reservation = await to_thread.run_sync(gateway.quota.reserve, asked)
         else:
             reservation = gateway.quota.reserve(asked)  # no window: no store call, no thread
+        refusals.mark_reserved()  # the reservation counted this request in its request windows
         outcome = Outcome(
             route.request_id,
             identity,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from quotagate.config import GatewayConfig, Plan, Target
     from quotagate.dal.keys_store import KeyRecord
@@ -132,6 +132,12 @@ class Quota(Protocol):
 
     def room(self, request: ReservationRequest) -> tuple[int | None, float | None]:
         """What the request's tightest token and dollar windows have left now (None: no such window)."""
+        ...
+
+    def count_refused(
+        self, key_id: str, tenant: str, key_limits: Mapping[str, float], tenant_limits: Mapping[str, float]
+    ) -> int:
+        """Count one refused request in the key's and tenant's request-count windows only."""
         ...
 
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from quotagate import settings, tables
 from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
 from quotagate.quota.placement import Placement
-from quotagate.quota.shards import shard_count, shard_pk
+from quotagate.quota.shards import random_shard, shard_count, shard_pk
 from quotagate.quota.slots import (
     SlotChoice,
     lease_action,
@@ -80,6 +80,9 @@ RESERVATION_RETENTION_SECONDS = 2 * 86_400
 # A settled reservation only has to outlive retries of its settlement; keep it an hour, not two days.
 SETTLED_RETENTION_SECONDS = 3_600
 MAX_TRANSACTION_ACTIONS = 100
+# Attempts to count a refused request (a second one only when the first surely did not land).
+COUNT_ATTEMPTS = 2
+_COUNT_RNG = random.Random()  # spreads refused-request counts over shards; not a secret
 # Open reservations are spread over this many partitions of the sparse ``reserved`` index.
 RESERVED_SHARDS = 8
 
@@ -152,6 +155,11 @@ class QuotaLedger(Protocol):
         """Extend the concurrency slot leases the request holds (quota.slots); False if lost."""
         ...
 
+    def count_requests(self, charges: Sequence[WindowCharge]) -> None:
+        """Add each charge's amount to its request-count window, unconditionally (a request the
+        gateway refused still counts: a later reservation's guard sees it). No reservation item."""
+        ...
+
 
 def check_charges(charges: Sequence[WindowCharge]) -> list[WindowCharge]:
     """Validate a reservation's charges (transaction limits, no item twice, sane amounts)."""
@@ -192,6 +200,14 @@ def _check_adjustments(adjustments: Sequence[tuple[WindowCharge, int]]) -> list[
         if charge.amount + delta < 0:
             raise ValueError(f"settlement would make actual usage negative in {charge.pk} {charge.sk}")
     return adjustments
+
+
+def check_counted(charges: Sequence[WindowCharge]) -> list[WindowCharge]:
+    """Only request counts are added without a reservation (never tokens, dollars or slots)."""
+    charges = list(charges)
+    if any(c.unit != WindowUnit.REQUESTS or c.amount < 0 for c in charges):
+        raise ValueError("only request-count windows are counted without a reservation")
+    return charges
 
 
 def check_top_up(increases: Sequence[tuple[WindowCharge, int]]) -> list[tuple[WindowCharge, int]]:
@@ -304,6 +320,13 @@ class InMemoryQuotaLedger:
 
     def renew_leases(self, request_id: str, charges: Sequence[WindowCharge]) -> bool:
         return True  # its concurrency counter has no leases
+
+    def count_requests(self, charges: Sequence[WindowCharge]) -> None:
+        charges = check_counted(charges)
+        with self._lock:
+            self.calls["count_requests"] = self.calls.get("count_requests", 0) + 1
+            for charge in charges:
+                self._used[charge.item_key] = self._used.get(charge.item_key, 0) + charge.amount
 
     # Inspection of the fake (tests read what a DynamoDB table would hold; see tests/quota_table.py).
     def get_used(self, pk: str, sk: str) -> int:
@@ -942,6 +965,35 @@ class DynamoQuotaLedger:
             except (ClientError, BotoCoreError):
                 renewed = False
         return renewed
+
+    # ---- refused requests --------------------------------------------------------------------------
+
+    def count_requests(self, charges: Sequence[WindowCharge]) -> None:
+        """One unconditional ``UpdateItem`` ADD per window, on one shard drawn like a reservation's
+        (a later reservation's guard, or its read of every shard, sees it). Retried only when the
+        first attempt surely did not land (an ADD is not idempotent). Raises LedgerBusy on failure."""
+        for charge in check_counted(charges):
+            shard = random_shard(charge, _COUNT_RNG)
+            update = {
+                "TableName": self.table_name,
+                "Key": {"pk": _s(shard_pk(charge, shard)), "sk": _s(charge.sk)},
+                "UpdateExpression": "ADD #u :n SET #l = :limit, #e = :exp",
+                "ExpressionAttributeNames": {"#u": "used", "#l": "limit", "#e": "expires_at"},
+                "ExpressionAttributeValues": {
+                    ":n": _n(charge.amount),
+                    ":limit": _n(charge.limit),
+                    ":exp": _n(charge.expires_at),
+                },
+            }
+            for attempt in range(COUNT_ATTEMPTS):
+                try:
+                    self._client.update_item(**update)
+                    break
+                except Exception as error:
+                    failure = _classify_failure(error)
+                    if failure is None or failure.unknown or attempt + 1 == COUNT_ATTEMPTS:
+                        raise LedgerBusy(f"refused request not counted: {type(error).__name__}") from None
+                    self._sleep(self._backoff_delay(attempt))
 
     # ---- top up --------------------------------------------------------------------------------
 

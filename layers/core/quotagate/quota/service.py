@@ -441,6 +441,30 @@ class QuotaService:
                 )
         return grown
 
+    # ---- refused requests ------------------------------------------------------------------------
+
+    def count_refused(
+        self, key_id: str, tenant: str, key_limits: Mapping[str, float], tenant_limits: Mapping[str, float]
+    ) -> int:
+        """Count one refused request in the key's and the tenant's request-count windows (never
+        tokens or dollars; no reservation item): a caller's refused requests use its request rate
+        like any other, so bad input cannot buy gateway work for free. Returns how many windows it
+        counted in. Raises LedgerBusy when the store failed (the caller treats it as best effort)."""
+        now = self._clock()
+        charges = [
+            make_charge(scope, scope_id, name, value, 1, now)
+            for scope, scope_id, limits in (
+                (WindowScope.KEY, key_id, key_limits),
+                (WindowScope.TENANT, tenant, tenant_limits),
+            )
+            if scope_id
+            for name, value in limits.items()
+            if value is not None and name in WINDOW_LIMITS and WINDOW_LIMITS[name][0] == WindowUnit.REQUESTS
+        ]
+        if charges:
+            self._ledger.count_requests(charges)
+        return len(charges)
+
     # ---- reads -----------------------------------------------------------------------------------
 
     def room(self, request: ReservationRequest) -> tuple[int | None, float | None]:
