@@ -9,7 +9,9 @@ Properties, for every example:
   Anthropic-shaped, ``{"type": "error", "error": {"type", "message"}}``), or keys-API-shaped
   (``{"ok": false, "error": {"code", "message"}}``);
 - a refused request made zero upstream calls (the mock's counters) and left nothing charged or
-  written: the quota and circuit tables (and, for the keys API, every table) are unchanged.
+  written: the quota table moved only in the caller's request-count windows (a refusal counts as a
+  request, issue 18 item 6: no tokens, no dollars, no reservation item), the circuit table is
+  unchanged (and, for the keys API, every table).
 
 Fixed seed (``derandomize=True``: the examples are the same on every run), bounded example counts
 (see ``*_EXAMPLES``), no deadline, no example database.
@@ -29,6 +31,7 @@ from hypothesis import strategies as st
 from quotagate import tables
 from quotagate.logic.keys_service import ACTIONS
 from tests.integration.gateway_stack import gateway_stack
+from tests.integration.refusal_counts import scan_but_request_counts
 from tests.integration.test_routing import clear_circuits
 
 pytestmark = [
@@ -245,7 +248,7 @@ def upstream_calls(stack) -> int:
 
 
 def check_refusal_is_free(stack, http, api_key, path: str, raw: bytes, anthropic_shaped: bool = False) -> None:
-    before, calls = scan(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
+    before, calls = scan_but_request_counts(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
     response = http.post(
         path, content=raw, headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"}
     )
@@ -259,7 +262,7 @@ def check_refusal_is_free(stack, http, api_key, path: str, raw: bytes, anthropic
         assert set(body["error"]) == {"message", "type", "param", "code"}, response.text
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert upstream_calls(stack) == calls, raw[:300]
-    assert scan(tables.QUOTA, tables.CIRCUIT) == before, raw[:300]
+    assert scan_but_request_counts(tables.QUOTA, tables.CIRCUIT) == before, raw[:300]
 
 
 @fuzz(CHAT_EXAMPLES)

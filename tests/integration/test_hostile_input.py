@@ -12,6 +12,7 @@ import pytest
 
 from quotagate import tables
 from tests.integration.gateway_stack import gateway_stack
+from tests.integration.refusal_counts import wait_requests_counted
 from tests.integration.test_routing import clear_circuits
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,9 +81,12 @@ def assert_openai_400(response: httpx.Response) -> None:
 
 
 def assert_nothing_charged(stack, key: dict) -> None:
-    for limit in ("requests_per_minute", "tokens_per_minute"):
-        assert stack.quota_used(f"key#{key['key_id']}", limit) == 0, limit
-        assert stack.quota_used(f"tenant#{key['tenant']}", limit) == 0, limit
+    """Counted as one request of the key (issue 18, item 6: its tenant has no request window), and
+    nothing more: no tokens."""
+    assert wait_requests_counted(stack, f"key#{key['key_id']}", 1) == 1
+    assert stack.quota_used(f"tenant#{key['tenant']}", "requests_per_minute") == 0
+    for scope_pk in (f"key#{key['key_id']}", f"tenant#{key['tenant']}"):
+        assert stack.quota_used(scope_pk, "tokens_per_minute") == 0, scope_pk
 
 
 @pytest.mark.parametrize("raw", HOSTILE_CHAT_BODIES.values(), ids=HOSTILE_CHAT_BODIES.keys())

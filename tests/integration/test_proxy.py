@@ -10,6 +10,7 @@ import pytest
 
 from quotagate import tokens
 from tests.integration.gateway_stack import gateway_stack
+from tests.integration.refusal_counts import wait_requests_counted
 
 MESSAGES = [{"role": "user", "content": "Write a haiku about quotas."}]
 
@@ -104,7 +105,9 @@ def test_bad_requests_never_reach_the_model_and_cost_nothing(stack, key, body, s
     error = response.json()["error"]
     assert error["code"] == code and set(error) == {"message", "type", "param", "code"}
     assert stack.mock.stats.snapshot()["chat_requests"] == before
-    assert stack.quota_used(f"key#{key['key_id']}", "requests_per_minute") == 0
+    # Counted as one request (issue 18, item 6), and nothing more: no tokens.
+    assert wait_requests_counted(stack, f"key#{key['key_id']}", 1) == 1
+    assert stack.quota_used(f"key#{key['key_id']}", "tokens_per_minute") == 0
 
 
 def test_invalid_json_and_oversize_bodies(stack, key):

@@ -15,6 +15,7 @@ import pytest
 
 from quotagate import tokens
 from tests.integration.gateway_stack import TEST_CONFIG, gateway_stack
+from tests.integration.refusal_counts import wait_requests_counted
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -367,7 +368,9 @@ def test_tier_refuse_and_downgrade(stack):
     assert refused.status_code == 404  # as for a name that does not exist: no oracle
     error = refused.json()["error"]
     assert error["code"] == "model_not_found" and "plan" not in error["message"]
-    assert stack.quota_used(f"key#{free['key_id']}", "requests_per_minute") == 0
+    # Counted as one request (issue 18, item 6), and nothing more: no tokens.
+    assert wait_requests_counted(stack, f"key#{free['key_id']}", 1) == 1
+    assert stack.quota_used(f"key#{free['key_id']}", "tokens_per_minute") == 0
     assert post(stack, pro["api_key"], {"model": "pro-only", "messages": MESSAGES, "max_tokens": 1}).status_code == 200
 
     downgraded = post(stack, free["api_key"], {"model": "pro-or-ab", "messages": MESSAGES, "max_tokens": 1})

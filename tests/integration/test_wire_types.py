@@ -284,7 +284,7 @@ def test_several_choices_where_no_target_returns_them_are_refused_before_anythin
     """Found by the declared-field fuzz (QG_FUZZ_ROUNDS=3): n: 7 on a Bedrock model was a 400 from
     the translation after the reservation, which wrote to the quota table."""
     from quotagate import tables
-    from tests.integration.test_fuzz_hostile_json import scan
+    from tests.integration.refusal_counts import scan_but_request_counts as scan
 
     before, calls = scan(tables.QUOTA, tables.CIRCUIT), upstream_calls(stack)
     body = {"model": "via-bedrock", "messages": [HI], "max_tokens": 4, "n": 7, "stream": stream}
