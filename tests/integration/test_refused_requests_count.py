@@ -17,7 +17,7 @@ import pytest
 
 from quotagate import tables
 from quotagate.protocols.anthropic_messages import COUNT_TOKENS_MAX_BODY_BYTES
-from tests.integration.gateway_stack import gateway_stack
+from tests.integration.gateway_stack import TEST_CONFIG, gateway_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,6 +31,10 @@ CONFIG = {
         }
     },
     "default_tenant_limits": {"requests_per_minute": 1000, "usd_per_month": 10},
+    "models": {
+        **TEST_CONFIG["models"],
+        "mock-400": {"provider": "mock", "upstream_model": "mock-gpt@status=400", "price": {"input_per_million": 1.0}},
+    },
 }
 GOOD = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}'
 COUNT_BODY = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}'
@@ -123,4 +127,14 @@ def test_a_good_request_still_counts_once(stack):
     response = post(stack, key["api_key"], "chat/completions", GOOD)
     assert response.status_code == 200, response.text[:300]
     time.sleep(0.5)  # a wrongly scheduled count would land by now
+    assert used(stack, key, "requests_per_minute") == 1
+
+
+def test_a_request_refused_after_its_reservation_counts_once(stack):
+    """A 400 the target answered (after the reservation counted the request) is not counted again."""
+    away_from_a_minute_boundary()
+    key = stack.create_key(tenant="upstream-400", plan="counted")
+    response = post(stack, key["api_key"], "chat/completions", GOOD.replace(b"mock-gpt", b"mock-400"))
+    assert response.status_code == 400, response.text[:300]
+    time.sleep(0.5)  # a second count would land by now
     assert used(stack, key, "requests_per_minute") == 1
