@@ -72,10 +72,12 @@ def test_the_openai_sdk_raises_authentication_error(stack):
     assert info.value.code == "invalid_api_key"
 
 
-def test_a_key_not_allowed_the_model_is_still_403(stack):
+def test_a_key_not_allowed_the_model_is_answered_as_if_the_model_did_not_exist(stack):
+    # issue 18 item 7: a model outside the key's models is the 404 an unknown name gets (no existence oracle)
     key = keys_action(stack, "create_key", tenant="t403", consumer="c", plan="free", allowed_models=["mock-omit"])
     response = call(stack, key["api_key"])
-    assert response.status_code == 403, response.text
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "model_not_found"
 
 
 def test_the_function_url_path_answers_401_too(stack):
