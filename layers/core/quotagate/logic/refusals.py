@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from quotagate.identity import Identity
-    from quotagate.logic.gateway import Gateway
+    from quotagate.logic.request_types import GatewayServices
 
 # Refusals that are not the identified caller's doing, or that a window already counted: the edge's
 # 401/403 (no trustworthy caller) and the quota's own 429.
@@ -39,7 +39,7 @@ def counts_refusal(status: int) -> bool:
     return 400 <= status < 500 and status not in NOT_COUNTED and not _reserved.get()
 
 
-def count_request(gateway: Gateway, identity: Identity) -> None:
+def count_request(gateway: GatewayServices, identity: Identity) -> None:
     """Count one request of ``identity`` in its request-count windows, best effort (blocking: the
     proxy runs it in a worker thread after the response)."""
     from quotagate.observability import logger
