@@ -75,9 +75,13 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
     from quotagate.quota.ledger import DynamoQuotaLedger
     from quotagate.quota.service import QuotaService
     from quotagate.quota.settlements import SqsSettlementQueue
+    from quotagate.upstream_tls import upstream_tls_context
 
     store = DynamoKeyStore()
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    # The CA bundle is loaded on the first https connection, not here (cold start).
+    http = httpx.AsyncClient(
+        verify=upstream_tls_context(), limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    )
     dynamodb = aws.client("dynamodb")
     queue_url = settings.env(settings.SETTLEMENT_QUEUE_URL)
     settlement_queue = SqsSettlementQueue(aws.client("sqs", aws.queue_config()), queue_url) if queue_url else None
