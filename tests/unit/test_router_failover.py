@@ -119,6 +119,8 @@ class FakeFactory:
 
 
 class FakeQuota:
+    blocking = False  # waits on nothing: called on the event loop
+
     def __init__(self) -> None:
         self.reserved_usd: list[float] = []
         self.settled: list[tuple[int, int, float]] = []

@@ -27,6 +27,7 @@ from quotagate.logic.breaker import caller_of
 from quotagate.logic.estimate import Room
 from quotagate.logic.failover import Deadline, Failover, log_warning, unavailable
 from quotagate.logic.request_types import Outcome, usage_fields
+from quotagate.logic.store_calls import quota_call
 from quotagate.quota.reservation import Reservation, ReservationRequest
 from quotagate.usage.record import Settlement, UsageOutcome, source_of
 
@@ -122,10 +123,11 @@ class Admission:
         asked = _reservation_request(
             route, request, usage_fields(identity, route.requested_model, route.resolution.model.name)
         )
+        quota = gateway.quota
         if route.limits.key_limits or route.limits.tenant_limits:
-            reservation = await to_thread.run_sync(gateway.quota.reserve, asked)
+            reservation = await quota_call(quota, quota.reserve, asked)
         else:
-            reservation = gateway.quota.reserve(asked)  # no window: no store call, no thread
+            reservation = quota.reserve(asked)  # no window: no store call, no thread
         refusals.mark_reserved()  # the reservation counted this request in its request windows
         outcome = Outcome(
             route.request_id,
@@ -136,23 +138,25 @@ class Admission:
             reserved_tokens=request.prompt_tokens + request.output_tokens,
             reserved_usd=request.usd,
         )
-        # Nothing more before the upstream call: the remaining-quota read (for the headers) and a
-        # key without limits' usage record are written while the upstream answers.
+        # Nothing more before the upstream call: the remaining-quota read (for the headers; none
+        # when the reservation learned every window's use) and a key without limits' usage record
+        # are written while the upstream answers.
         remaining_read = (
-            asyncio.ensure_future(to_thread.run_sync(gateway.quota.read_remaining, reservation))
-            if reservation.charges
+            asyncio.ensure_future(quota_call(quota, quota.read_remaining, reservation))
+            if reservation.remaining_unknown
             else None
         )
         record_write = (
             None
             if reservation.record_written
-            else asyncio.ensure_future(to_thread.run_sync(gateway.quota.write_record, reservation))
+            else asyncio.ensure_future(quota_call(quota, quota.write_record, reservation))
         )
         return Admitted(gateway, route, reservation, outcome, remaining_read, record_write)
 
     async def room(self, route: Route, request: ReservationSize) -> Room:
         """What the route's tightest token and dollar windows have left now (one read)."""
-        tokens, usd = await to_thread.run_sync(self.gateway.quota.room, _reservation_request(route, request))
+        quota = self.gateway.quota
+        tokens, usd = await quota_call(quota, quota.room, _reservation_request(route, request))
         return Room(tokens, usd)
 
 
@@ -253,8 +257,8 @@ class Admitted:
                 with contextlib.suppress(Exception):  # if it failed, settlement writes the record
                     await self._record_write
             try:
-                outcome.cost_usd = await to_thread.run_sync(
-                    gateway.settle, self.reservation, target, usage, settlement, self.price_modifiers
+                outcome.cost_usd = await quota_call(
+                    gateway.quota, gateway.settle, self.reservation, target, usage, settlement, self.price_modifiers
                 )
             except Exception:
                 outcome.error = "settlement failed; the reservation stays charged"

@@ -106,6 +106,11 @@ class TenantRecords(Protocol):
 
 
 class Quota(Protocol):
+    @property
+    def blocking(self) -> bool:
+        """Whether its calls may wait on I/O (:mod:`quotagate.logic.store_calls`)."""
+        ...
+
     def reserve(self, request: ReservationRequest) -> Reservation: ...
 
     def settle(

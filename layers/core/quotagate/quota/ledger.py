@@ -42,7 +42,7 @@ import time
 import uuid
 from dataclasses import replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from quotagate import settings, tables
 from quotagate.quota.exceptions import LedgerBusy, LedgerUnavailable, QuotaExceeded, ReservationExists
@@ -121,6 +121,12 @@ REPLACED_DELAY_SECONDS = 0.005
 
 
 class QuotaLedger(Protocol):
+    @property
+    def blocking(self) -> bool:
+        """Whether its calls wait on I/O: the proxy then makes them in a worker thread, never on
+        the event loop (a thread hand-off costs more than a call that waits on nothing)."""
+        ...
+
     def reserve(
         self, request_id: str, charges: Sequence[WindowCharge], record: Mapping[str, Any] | None = None
     ) -> list[WindowUsage]:
@@ -236,6 +242,14 @@ def top_up_totals(increases: Sequence[tuple[WindowCharge, int]]) -> dict[str, in
 
 class InMemoryQuotaLedger:
     """Thread-safe fake with the DynamoDB ledger's semantics. ``calls`` counts ledger calls."""
+
+    # Its calls wait on nothing: made on the event loop. A subclass is taken to wait (the test
+    # doubles that stand for DynamoDB do) unless it says otherwise.
+    blocking: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.blocking = cls.__dict__.get("blocking", True)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -405,6 +419,8 @@ class DynamoQuotaLedger:
     ``TransactWriteItems`` (or 1 ``UpdateItem`` when every delta is 0). Retries (contention,
     throttling, timeouts, 5xx) are idempotent, jittered and bounded in attempts and in time.
     """
+
+    blocking: ClassVar[bool] = True  # boto3 waits for DynamoDB
 
     def __init__(
         self,

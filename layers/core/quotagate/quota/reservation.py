@@ -90,6 +90,12 @@ class Reservation:
     # Held by QuotaService while it settles or grows the reservation (settled exactly once).
     lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
+    @property
+    def remaining_unknown(self) -> bool:
+        """Whether a window's ``used`` is still unknown (a ledger that learns nothing when it
+        reserves): only then is there something for ``QuotaService.read_remaining`` to read."""
+        return bool(self.charges) and any(u.used is None for u in self.usages)
+
     def headers(self, now: float | None = None) -> dict[str, str]:
         """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (only for limits that exist).
 

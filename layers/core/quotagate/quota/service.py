@@ -86,6 +86,12 @@ class QuotaService:
         # One store attempt (connect + read timeout), like the ledger's, at QG_QUOTA_TIME_SCALE.
         self.compensation_wait_seconds = COMPENSATION_WAIT_SECONDS * settings.quota_time_scale()
 
+    @property
+    def blocking(self) -> bool:
+        """Whether its calls may wait on I/O (its ledger's, or the settlement queue's when a
+        settlement cannot be written): the proxy then makes them in a worker thread."""
+        return self._ledger.blocking or self.settlement_queue is not None
+
     # ---- planning (pure) -------------------------------------------------------------------------
 
     def plan_windows(self, request: ReservationRequest, now: float | None = None) -> list[WindowCharge]:
@@ -485,7 +491,7 @@ class QuotaService:
         """Fill in ``used`` of the reservation's windows for its ``x-ratelimit-remaining-*`` headers
         (one strongly consistent read, best effort). The proxy runs it concurrently with the
         upstream call, so the reservation is the only store round trip before the first byte."""
-        if not reservation.charges or all(u.used is not None for u in reservation.usages):
+        if not reservation.remaining_unknown:
             return
         charges = reservation.charges  # one snapshot: a top-up may replace the tuple meanwhile
         used = self._ledger.read_used(charges)
