@@ -5,11 +5,14 @@ read, identity from the authorizer's context, limits, routing, the circuit break
 the exchange, metering, settlement, the outcome's metrics) over in-memory stores, called directly
 as an ASGI server would call it, with an upstream that answers at once (a content chunk, the usage
 chunk, ``[DONE]``). What it prints is therefore the gateway's own CPU time: no network, no store
-latency, no model.
+latency, no model. The outcome's log line and EMF metrics are made as in the deployed proxy (INFO
+level, metrics on) and written to /dev/null (a Lambda writes them to its log pipe).
 
 1. Overhead: median and p99 per request for a key without limits and a key with 3 key windows + 1
    tenant window, non-streaming (the whole answer) and streaming (to the first content byte, and
-   the whole stream).
+   the whole stream). The in-memory ledger waits on nothing, so the gateway calls it on the event
+   loop; the last rows put the same stores behind worker threads, as the DynamoDB ones are, to show
+   what the thread hand-offs add.
 2. Store calls per request, by store and operation, and how many began before the upstream was
    called: with DynamoDB these are the round trips that stand before the first byte.
 3. A profile (cProfile) of the non-streaming path for the key with limits: where the time goes.
@@ -35,8 +38,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "core")]
-os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false")
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
+# The gateway's log lines and EMF metrics go to stdout: that becomes /dev/null, the tables go to REPORT.
+REPORT = sys.stdout
+sys.stdout = open(os.devnull, "w")  # for the whole run
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from functions.proxy.app import Services, create_app  # noqa: E402
@@ -48,6 +54,7 @@ from quotagate.dal.keys_store import InMemoryKeyStore, KeyRecord  # noqa: E402
 from quotagate.dal.tenants_store import CachedTenantRecords, InMemoryTenantStore, TenantRecord  # noqa: E402
 from quotagate.logic.breaker import CircuitBreaker  # noqa: E402
 from quotagate.logic.gateway import Gateway  # noqa: E402
+from quotagate.observability import record_outcome  # noqa: E402
 from quotagate.providers.base import DONE_EVENT, SSEEvent  # noqa: E402
 from quotagate.quota import InMemoryQuotaLedger, QuotaService  # noqa: E402
 
@@ -76,17 +83,22 @@ CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m
 
 
 class Calls:
-    """Every store call, and whether the upstream had been called (for the request in flight)."""
+    """Every store call, and whether the upstream had been called (for the request in flight).
+    ``blocking``: the stores say their calls may wait on I/O, as the DynamoDB ones do."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocking: bool = False) -> None:
         self.upstream_called = False
         self.counts: collections.Counter[tuple[str, bool]] = collections.Counter()
         self.requests = 0
+        self.blocking = blocking
 
     def wrap(self, name: str, store: Any, methods: tuple[str, ...]) -> Any:
         calls = self
 
         class Counted:
+            if calls.blocking:
+                blocking = True
+
             def __getattr__(self, attribute: str) -> Any:
                 value = getattr(store, attribute)
                 if attribute not in methods:
@@ -152,12 +164,17 @@ def build(calls: Calls) -> tuple[Any, dict[str, dict[str, str]]]:
         quota=QuotaService(ledger),
         providers=Upstream(calls),
         breaker=CircuitBreaker(circuits, lambda: CONFIG.circuit_breaker),
+        on_finished=record_outcome,
     )
 
     def refuse(headers: dict[str, str]) -> Any:
         raise AssertionError("every request carries the authorizer's context")
 
     return create_app(lambda: Services(gateway, refuse)), contexts
+
+
+# The key names of the rows whose stores sit behind worker threads.
+THREADED = ", stores in threads"
 
 
 class AsgiClient:
@@ -235,9 +252,49 @@ class AsgiClient:
         return status, first, time.perf_counter() - started
 
 
+def report(*values: Any) -> None:
+    print(*values, file=REPORT)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def overhead_rows(
+    client: AsgiClient, contexts: dict[str, dict[str, str]], bodies: dict[bool, bytes], label: str = ""
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """One request per key and path: wall ms and CPU ms, keyed by (key, path) (the first content
+    byte's row has a wall time only)."""
+    wall: dict[tuple[str, str], float] = {}
+    cpu: dict[tuple[str, str], float] = {}
+    for name, context in contexts.items():
+        key = f"{name}{label}"
+        status, _, total = await client.post(bodies[False], context)
+        assert status == 200, status
+        wall[(key, "non-streaming, whole answer")] = total * 1000
+        cpu[(key, "non-streaming, whole answer")] = client.cpu * 1000
+        status, first, total = await client.post(bodies[True], context)
+        assert status == 200 and first is not None, status
+        wall[(key, "streaming, first content byte")] = first * 1000
+        wall[(key, "streaming, whole stream")] = total * 1000
+        cpu[(key, "streaming, whole stream")] = client.cpu * 1000
+    return wall, cpu
+
+
+def report_rows(results: dict[tuple[str, str], list[float]], cpu: dict[tuple[str, str], list[float]]) -> None:
+    """Median and p99 per row (the threaded rows under their own heading)."""
+    threaded_header = False
+    for (name, path), values in results.items():
+        if name.endswith(THREADED) and not threaded_header:
+            threaded_header = True
+            report(
+                "  The same stores behind worker threads (as the DynamoDB ones, which block): what the hand-offs add"
+            )
+        spent = f"{statistics.median(cpu[(name, path)]):8.2f} ms" if (name, path) in cpu else ""
+        report(
+            f"  {name:48s} {path:32s} {statistics.median(values):6.2f} ms {percentile(values, 99):6.2f} ms {spent:>12s}"
+        )
 
 
 async def measure(requests: int, profile_lines: int) -> None:
@@ -245,38 +302,37 @@ async def measure(requests: int, profile_lines: int) -> None:
     app, contexts = build(calls)
     client = AsgiClient(app)
     await client.start()
+    # The same stores behind worker threads, as the DynamoDB ones are (their calls may block).
+    threaded_app, threaded_contexts = build(Calls(blocking=True))
+    threaded = AsgiClient(threaded_app)
+    await threaded.start()
     bodies = {stream: json.dumps({**BODY, "stream": stream}).encode() for stream in (False, True)}
     for _ in range(30):  # warm: imports on first use, caches, code paths
-        for context in contexts.values():
-            for body in bodies.values():
-                await client.post(body, context)
-    print(
+        for warmed, warm_contexts in ((client, contexts), (threaded, threaded_contexts)):
+            for context in warm_contexts.values():
+                for body in bodies.values():
+                    await warmed.post(body, context)
+    report(
         f"Gateway's own time per request (in-process proxy app, in-memory stores, an upstream that answers "
         f"at once; {requests} requests per row, interleaved):"
     )
-    print("  (wall time waits for a CPU on a loaded machine; the CPU time the process spent per request does not)")
-    print(f"  {'key':32s} {'path':32s} {'median':>9s} {'p99':>9s} {'CPU/request':>12s}")
+    report("  (wall time waits for a CPU on a loaded machine; the CPU time the process spent per request does not)")
+    report(f"  {'key':48s} {'path':32s} {'median':>9s} {'p99':>9s} {'CPU/request':>12s}")
     results: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for _ in range(requests):
-        for name, context in contexts.items():
-            status, _, total = await client.post(bodies[False], context)
-            assert status == 200, status
-            results[(name, "non-streaming, whole answer")].append(total * 1000)
-            cpu[(name, "non-streaming, whole answer")].append(client.cpu * 1000)
-            status, first, total = await client.post(bodies[True], context)
-            assert status == 200 and first is not None, status
-            results[(name, "streaming, first content byte")].append(first * 1000)
-            results[(name, "streaming, whole stream")].append(total * 1000)
-            cpu[(name, "streaming, whole stream")].append(client.cpu * 1000)
-    for (name, path), values in results.items():
-        spent = f"{statistics.median(cpu[(name, path)]):8.2f} ms" if (name, path) in cpu else ""
-        print(
-            f"  {name:32s} {path:32s} {statistics.median(values):6.2f} ms {percentile(values, 99):6.2f} ms {spent:>12s}"
-        )
+        for rows in (
+            await overhead_rows(client, contexts, bodies),
+            await overhead_rows(threaded, threaded_contexts, bodies, THREADED),
+        ):
+            for row, value in rows[0].items():
+                results[row].append(value)
+            for row, value in rows[1].items():
+                cpu[row].append(value)
+    report_rows(results, cpu)
 
-    print("\nStore calls per request (in-memory stores counted; each is a DynamoDB round trip when deployed):")
-    print(f"  {'key':32s} {'path':15s} {'store call':28s} {'before upstream':>16s} {'after':>7s}")
+    report("\nStore calls per request (in-memory stores counted; each is a DynamoDB round trip when deployed):")
+    report(f"  {'key':32s} {'path':15s} {'store call':28s} {'before upstream':>16s} {'after':>7s}")
     for name, context in contexts.items():
         for stream in (False, True):
             calls.counts.clear()
@@ -289,8 +345,8 @@ async def measure(requests: int, profile_lines: int) -> None:
             after_total = sum(n for (_, before), n in calls.counts.items() if not before) / 50
             for operation in operations:
                 before, after = calls.counts[(operation, True)] / 50, calls.counts[(operation, False)] / 50
-                print(f"  {name:32s} {path:15s} {operation:28s} {before:16.2f} {after:7.2f}")
-            print(f"  {name:32s} {path:15s} {'total':28s} {before_total:16.2f} {after_total:7.2f}")
+                report(f"  {name:32s} {path:15s} {operation:28s} {before:16.2f} {after:7.2f}")
+            report(f"  {name:32s} {path:15s} {'total':28s} {before_total:16.2f} {after_total:7.2f}")
 
     profiler = cProfile.Profile()
     context = contexts["3 key windows + tenant window"]
@@ -301,17 +357,17 @@ async def measure(requests: int, profile_lines: int) -> None:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(profile_lines)
-    print(
+    report(
         f"\nProfile: {requests} non-streaming requests, key with limits, sorted by own time "
         f"(profiling roughly doubles the times):"
     )
     text = out.getvalue()
-    print(text[text.find("   ncalls") :].rstrip())
+    report(text[text.find("   ncalls") :].rstrip())
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(r"quotagate|functions", profile_lines)
-    print("\nThe same, the gateway's own functions by cumulative time (waits for worker threads included):")
+    report("\nThe same, the gateway's own functions by cumulative time (waits for worker threads included):")
     text = out.getvalue()
-    print(text[text.find("   ncalls") :].rstrip())
+    report(text[text.find("   ncalls") :].rstrip())
 
 
 def main() -> None:

@@ -140,16 +140,17 @@ class Admission:
         )
         # Nothing more before the upstream call: the remaining-quota read (for the headers; none
         # when the reservation learned every window's use) and a key without limits' usage record
-        # are written while the upstream answers.
+        # are written while the upstream answers (a store that waits on nothing has nothing to
+        # overlap: settlement writes the record).
         remaining_read = (
             asyncio.ensure_future(quota_call(quota, quota.read_remaining, reservation))
             if reservation.remaining_unknown
             else None
         )
         record_write = (
-            None
-            if reservation.record_written
-            else asyncio.ensure_future(quota_call(quota, quota.write_record, reservation))
+            asyncio.ensure_future(to_thread.run_sync(quota.write_record, reservation))
+            if quota.blocking and not reservation.record_written
+            else None
         )
         return Admitted(gateway, route, reservation, outcome, remaining_read, record_write)
 
