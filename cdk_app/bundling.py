@@ -11,9 +11,17 @@ because it always succeeds, never starts the (dummy) Docker image.
   layer's asset hash is the hash of that built directory's content (:func:`deps_content_hash`), so
   a rebuild that produced other bytes uploads a new layer version. The AWS SDK that
   aws-xray-sdk drags in (botocore) is removed again: the Lambda runtime provides it.
-* core layer: a copy of ``layers/core/quotagate`` without byte-code caches. The directory holds only
-  what the functions run; the developer tools (local gateway, mock server, CLI) live in
-  ``tools/quotagate_tools``, outside the layer.
+* core layer: a copy of ``layers/core/quotagate`` without the build host's byte-code caches. The
+  directory holds only what the functions run; the developer tools (local gateway, mock server, CLI)
+  live in ``tools/quotagate_tools``, outside the layer.
+
+Both layers carry byte-code for the runtime's CPython 3.13 when the build machine has one
+(:func:`bytecode_python`). Lambda mounts layers read-only, so a layer without byte-code is compiled
+from source at every cold start: compiling the modules one proxy cold start imports took 0.66 s of
+CPU for the 265 third-party ones and 0.24 s for the gateway's 66 on the benchmark machine. The
+byte-code is ``unchecked-hash`` (never compared with the source's timestamps, which zipping does not
+keep) and names the files as the runtime sees them (``/opt/python/...``); without a CPython 3.13 the
+layers are built without it and a warning says so.
 
 Each layer's asset hash is computed here (custom hash) from exactly what goes into it, so an
 unchanged layer keeps its hash and CDK skips re-bundling when the asset is already staged.
@@ -22,12 +30,14 @@ unchanged layer keeps its hash and CDK skips re-bundling when the asset is alrea
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +58,12 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 CORE_PACKAGE = "quotagate"
 # Bump when the recipe below changes in a way the hashed inputs do not capture.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
+# Where Lambda mounts a layer's python/ directory (the paths the byte-code names).
+LAYER_PYTHON_PATH = "/opt/python"
+# A CPython of PYTHON_VERSION to compile the layers' byte-code with, when python3.13 on PATH is not one.
+BYTECODE_PYTHON_VARIABLE = "QG_BYTECODE_PYTHON"
+BYTECODE_TIMEOUT_SECONDS = 600
 _COMPLETE_MARKER = ".complete"
 _CONTENT_HASH = ".content-sha256"
 # Never used: local bundling always succeeds, but CDK's BundlingOptions requires an image.
@@ -90,10 +105,64 @@ def pip_command(target: Path, requirements: Path) -> list[str]:
     ]
 
 
+def _python_version(executable: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.cache
+def bytecode_python() -> str | None:
+    """A CPython of the runtime's version to compile byte-code with: ``$QG_BYTECODE_PYTHON``, else
+    ``python3.13`` on PATH, else a pyenv install; None when the build machine has none."""
+    candidates = [os.environ.get(BYTECODE_PYTHON_VARIABLE), shutil.which(f"python{PYTHON_VERSION}")]
+    pyenv_versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in pyenv_versions.glob(f"{PYTHON_VERSION}*/bin/python{PYTHON_VERSION}"))
+    for candidate in candidates:
+        if candidate and _python_version(candidate) == PYTHON_VERSION:
+            return candidate
+    warnings.warn(
+        f"No CPython {PYTHON_VERSION} found (set {BYTECODE_PYTHON_VARIABLE}): the layers are built without "
+        "byte-code, and every cold start compiles their modules from source.",
+        stacklevel=2,
+    )
+    return None
+
+
+def bytecode_recipe() -> str:
+    """What the byte-code step adds to a layer (part of its hash): the interpreter version or none."""
+    return f"bytecode-cp{PYTHON_VERSION}-unchecked-hash" if bytecode_python() else "no-bytecode"
+
+
+def compile_bytecode(site_dir: Path) -> None:
+    """Byte-code for every module under ``site_dir`` (a layer's python/ directory), for the runtime's
+    interpreter, naming the files by their path in Lambda. Reproducible (fixed hash seed), so an
+    unchanged layer keeps its content hash."""
+    python = bytecode_python()
+    if python is None:
+        return
+    command = [python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash"]
+    command += ["-s", str(site_dir), "-p", LAYER_PYTHON_PATH, str(site_dir)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": ""}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=BYTECODE_TIMEOUT_SECONDS, env=env, check=False
+    )
+    if done.returncode != 0:  # a file the runtime could not import either; the rest is compiled
+        warnings.warn(f"compileall could not compile every file:\n{done.stdout[-2000:]}", stacklevel=2)
+
+
 def deps_hash(requirements: Path = paths.DEPS_LOCK_FILE) -> str:
     """The build cache key: the lock and the recipe."""
     digest = hashlib.sha256()
-    for part in (RECIPE_VERSION, requirements.read_text(), *pip_arguments(), *RUNTIME_PROVIDED):
+    for part in (RECIPE_VERSION, requirements.read_text(), *pip_arguments(), *RUNTIME_PROVIDED, bytecode_recipe()):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
@@ -170,6 +239,7 @@ def build_deps(
         shutil.rmtree(site_dir / "bin", ignore_errors=True)  # console scripts with a build-host shebang
         for pycache in list(site_dir.rglob("__pycache__")):
             shutil.rmtree(pycache, ignore_errors=True)
+        compile_bytecode(site_dir)
         (work / _COMPLETE_MARKER).write_text(requirements.read_text())
         try:
             os.rename(work, final)
@@ -222,7 +292,7 @@ def core_files(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> Iterator[
 
 
 def core_hash(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> str:
-    digest = hashlib.sha256(RECIPE_VERSION.encode())
+    digest = hashlib.sha256(f"{RECIPE_VERSION}\0{bytecode_recipe()}".encode())
     for relative in core_files(source):
         digest.update(relative.as_posix().encode() + b"\0")
         digest.update((source / relative).read_bytes() + b"\0")
@@ -231,6 +301,7 @@ def core_hash(source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> str:
 
 def build_core(output_dir: Path, source: Path = paths.CORE_SOURCE_DIR / CORE_PACKAGE) -> None:
     shutil.copytree(source, output_dir / "python" / CORE_PACKAGE, ignore=_byte_code, dirs_exist_ok=True)
+    compile_bytecode(output_dir / "python")
 
 
 def build_deps_into(output_dir: Path) -> None:

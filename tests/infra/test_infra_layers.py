@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,39 @@ def test_deps_layer_leaves_the_sdk_to_the_runtime(deps_dir):
     for name in ("boto3", "botocore", "s3transfer"):
         assert not (deps_dir / name).exists()
         assert not list(deps_dir.glob(f"{name}-*.dist-info"))
-    assert not list(deps_dir.rglob("__pycache__"))
     assert not (deps_dir / "bin").exists()
+
+
+@pytest.mark.skipif(bundling.bytecode_python() is None, reason="no CPython 3.13 to build byte-code with")
+def test_layers_carry_only_the_runtime_s_byte_code(deps_dir, core_dir):
+    for site_dir in (deps_dir, core_dir):
+        stray = [str(p) for p in site_dir.rglob("*.pyc") if not p.name.endswith(".cpython-313.pyc")]
+        assert stray == []
+        modules = list(site_dir.rglob("*.py"))
+        compiled = [m for m in modules if (m.parent / "__pycache__" / f"{m.stem}.cpython-313.pyc").is_file()]
+        assert len(compiled) == len(modules), sorted(set(map(str, modules)) - set(map(str, compiled)))[:20]
+
+
+def test_core_byte_code_is_unchecked_hash_naming_the_lambda_path(tmp_path):
+    """Checked with the 3.13 interpreter that builds it (marshal's format is the interpreter's own)."""
+    python = bundling.bytecode_python()
+    if python is None:
+        pytest.skip("no CPython 3.13 to build byte-code with")
+    first, second = tmp_path / "first", tmp_path / "second"
+    bundling.build_core(first)
+    bundling.build_core(second)
+    assert bundling.tree_hash(first / "python") == bundling.tree_hash(second / "python")  # reproducible
+    check = (
+        "import marshal, pathlib, sys\n"
+        "site = pathlib.Path(sys.argv[1])\n"
+        "for module in site.rglob('*.py'):\n"
+        "    data = (module.parent / '__pycache__' / (module.stem + '.cpython-313.pyc')).read_bytes()\n"
+        "    assert int.from_bytes(data[4:8], 'little') == 1, module\n"
+        "    assert marshal.loads(data[16:]).co_filename == '/opt/python/' + str(module.relative_to(site)), module\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([python, "-c", check, str(first / "python")], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_core_layer_is_the_quotagate_package_without_dev_tools(core_dir):
@@ -81,8 +113,6 @@ def test_core_layer_is_the_quotagate_package_without_dev_tools(core_dir):
     assert not (package / "local").exists()
     assert not (package / "mock").exists()
     assert not list(package.glob("cli*.py"))
-    assert not list(core_dir.rglob("__pycache__"))
-    assert not list(core_dir.rglob("*.pyc"))
     assert sorted(p.name for p in core_dir.iterdir()) == ["quotagate"]
 
 
@@ -104,7 +134,8 @@ def test_core_layer_imports_nothing_outside_itself(core_dir, deps_dir):
     quotagate_tools, functions/, cdk_app/) would be an ImportError in Lambda."""
     import sys
 
-    shipped = {p.name for p in deps_dir.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    # Packages, namespace packages included (tiktoken_ext holds the offline encoding, no __init__.py).
+    shipped = {p.name for p in deps_dir.iterdir() if p.is_dir() and any(p.glob("*.py"))}
     shipped |= {p.name.split(".")[0] for p in deps_dir.glob("*.py")}
     shipped |= {p.name.split(".")[0] for p in deps_dir.glob("*.so")}
     allowed = set(sys.stdlib_module_names) | shipped | set(bundling.RUNTIME_PROVIDED) | {"quotagate", "__future__"}
@@ -117,7 +148,11 @@ def test_core_layer_imports_nothing_outside_itself(core_dir, deps_dir):
 
 
 def test_core_layer_holds_exactly_the_hashed_files(core_dir):
-    staged = sorted(p.relative_to(core_dir / "quotagate") for p in (core_dir / "quotagate").rglob("*") if p.is_file())
+    staged = sorted(
+        p.relative_to(core_dir / "quotagate")
+        for p in (core_dir / "quotagate").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
     assert staged == list(bundling.core_files())
 
 
@@ -201,7 +236,11 @@ def test_core_hash_follows_content_and_ignores_byte_code(tmp_path):
     assert bundling.core_hash(source) != changed
     out = tmp_path / "out"
     bundling.build_core(out, source)
-    assert sorted(p.relative_to(out / "python" / "quotagate").as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "__init__.py",
-        "sub/module.py",
-    ]
+    built = sorted(p.relative_to(out / "python" / "quotagate").as_posix() for p in out.rglob("*") if p.is_file())
+    assert [p for p in built if "__pycache__" not in p] == ["__init__.py", "sub/module.py"]
+    # The build host's byte-code never ships; the runtime's (when a CPython 3.13 is here) does.
+    assert [p for p in built if "__pycache__" in p] == (
+        ["__pycache__/__init__.cpython-313.pyc", "sub/__pycache__/module.cpython-313.pyc"]
+        if bundling.bytecode_python()
+        else []
+    )
