@@ -302,13 +302,17 @@ class Map(Type):
 
 
 class Field:
-    __slots__ = ("doc", "required", "targets", "type")
+    __slots__ = ("doc", "dropped_everywhere", "refusal", "required", "targets", "type")
 
     def __init__(self, type: Type, targets: Targets | None = None, required: bool = False, doc: str = "") -> None:
         self.type = type
         self.targets = targets  # None: as its parent (nested fields)
         self.required = required
         self.doc = doc
+        # What validation asks of the dispositions on every request, worked out once.
+        dispositions = targets.all() if targets is not None else ()
+        self.refusal = next((d for d in dispositions if d.action == Action.REFUSED), None)
+        self.dropped_everywhere = bool(dispositions) and all(d.action == Action.DROPPED for d in dispositions)
 
 
 class Obj(Type):
@@ -327,18 +331,16 @@ class Obj(Type):
                 walk.dropped.append(_join(path, key))
                 del value[key]
         for key, spec in self.fields.items():
-            here = _join(path, key)
             item = value.get(key)
             if item is None:
                 if spec.required:
-                    raise WireError(here, "Field required")
+                    raise WireError(_join(path, key), "Field required")
                 continue
-            if spec.targets is not None:
-                refusal = next((d for d in spec.targets.all() if d.action == Action.REFUSED), None)
-                if refusal is not None:
-                    raise WireError(here, f"not supported by this gateway: {refusal.note}", UNSUPPORTED)
+            here = _join(path, key)
+            if spec.refusal is not None:
+                raise WireError(here, f"not supported by this gateway: {spec.refusal.note}", UNSUPPORTED)
             spec.type.check(item, here, walk)  # a dropped field's value is checked too (refused values)
-            if spec.targets is not None and all(d.action == Action.DROPPED for d in spec.targets.all()):
+            if spec.dropped_everywhere:
                 del value[key]
                 if not path:  # a declared nested field (an item id, a status) is not worth naming
                     walk.dropped.append(here)
