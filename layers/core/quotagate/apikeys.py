@@ -11,6 +11,7 @@ Only ``sha256(full key)`` is stored; comparison is constant time (``hmac.compare
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -98,6 +99,7 @@ _FINGERPRINT_KEY = b"quotagate/authorizer-context/secret-fingerprint/v1"
 FINGERPRINT_LENGTH = 16
 
 
+@functools.lru_cache(maxsize=4096)  # the proxy checks the cached record's fingerprint on every request
 def secret_fingerprint(secret_hash: str) -> str:
     """Names which secret of a key the authorizer checked, for its (cached) context: a truncated HMAC
     of the stored hash, so the proxy can refuse a secret that has been rotated out without the

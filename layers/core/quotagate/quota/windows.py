@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from quotagate.table_keys import key_part
 
@@ -84,6 +84,7 @@ def usd_to_micros_floor(usd: float) -> int:
     return int((Decimal(repr(float(usd))) * MICROS_PER_USD).to_integral_value(ROUND_FLOOR))
 
 
+@lru_cache(maxsize=1024)  # a few configured limits, converted on every request
 def limit_units(limit_name: str, value: float) -> int:
     """A configured limit in ledger units (rounded down)."""
     unit, _ = WINDOW_LIMITS[limit_name]
@@ -111,6 +112,7 @@ def window_bounds(period: WindowPeriod, now: float) -> tuple[int, int]:
     raise ValueError(f"unknown period {period!r}")
 
 
+@lru_cache(maxsize=1024)  # the window starts of every request's charges, the same for a whole window
 def iso_utc(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
