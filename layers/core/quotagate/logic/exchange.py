@@ -267,12 +267,14 @@ class Exchange:
         gateway = self._gateway
         if self._pending is None:
             self._pending = asyncio.ensure_future(events.__anext__())
-        idle = self._idle_timeout()
-        wait = min(gateway.keepalive_seconds, self._last_event_at + idle - gateway.clock(), self._remaining())
-        done, _ = await asyncio.wait({self._pending}, timeout=max(wait, 0.0))
-        if not done:
-            items, stop = await self._silence(idle)
-            return None, items, stop
+            await asyncio.sleep(0)  # one step: an event the upstream has at hand needs no timer
+        if not self._pending.done():
+            idle = self._idle_timeout()
+            wait = min(gateway.keepalive_seconds, self._last_event_at + idle - gateway.clock(), self._remaining())
+            done, _ = await asyncio.wait({self._pending}, timeout=max(wait, 0.0))
+            if not done:
+                items, stop = await self._silence(idle)
+                return None, items, stop
         task, self._pending = self._pending, None
         try:
             event = task.result()

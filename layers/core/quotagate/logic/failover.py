@@ -153,7 +153,8 @@ async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
     task and is cancelled (edge-triggered) so its clean-up can still await."""
     task: asyncio.Future[T] = asyncio.ensure_future(awaitable)
     try:
-        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.0))
+        await asyncio.sleep(0)  # one step: an awaitable that completes at once needs no timer
+        done = {task} if task.done() else (await asyncio.wait({task}, timeout=max(timeout, 0.0)))[0]
     except BaseException:
         task.cancel()
         with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
