@@ -119,6 +119,12 @@ class QuotaService:
                     code=TOO_LARGE_CODE,
                     param=output_param,
                 )
+        amounts = {
+            WindowUnit.REQUESTS: 1,
+            WindowUnit.TOKENS: tokens,
+            WindowUnit.USD: usd_micros,
+            WindowUnit.CONCURRENT: 1,
+        }
         charges: list[WindowCharge] = []
         for scope, scope_id, limits in scopes:
             for name, (unit, _) in WINDOW_LIMITS.items():
@@ -127,13 +133,7 @@ class QuotaService:
                     continue
                 if not scope_id:
                     raise ValueError(f"{scope} limits given without a {scope} id")
-                amount = {
-                    WindowUnit.REQUESTS: 1,
-                    WindowUnit.TOKENS: tokens,
-                    WindowUnit.USD: usd_micros,
-                    WindowUnit.CONCURRENT: 1,
-                }[unit]
-                charge = make_charge(scope, scope_id, name, value, amount, now)
+                charge = make_charge(scope, scope_id, name, value, amounts[unit], now)
                 if charge.amount > charge.limit:
                     raise self._too_large(charge, request)
                 charges.append(charge)

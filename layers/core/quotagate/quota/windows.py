@@ -15,9 +15,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
-from functools import cached_property, lru_cache
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from quotagate.table_keys import key_part
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+
+class computed_once(Generic[T]):  # named like functools.cached_property, which it stands for
+    """``functools.cached_property`` without the lock Python 3.11 takes on every first access
+    (several charges per request, each asked for its keys): the value is a pure function of the
+    instance, so two threads that compute it at once store the same value."""
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> computed_once[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> T | computed_once[T]:
+        if instance is None:
+            return self
+        value = self._compute(instance)
+        instance.__dict__[self._name] = value  # found before this descriptor from now on
+        return value
 
 
 class WindowScope(StrEnum):
@@ -105,11 +134,16 @@ def window_bounds(period: WindowPeriod, now: float) -> tuple[int, int]:
     if period == WindowPeriod.EVER:
         return 0, FOREVER
     if period == WindowPeriod.MONTH:
-        moment = datetime.fromtimestamp(t, UTC)
-        first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
-        following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
-        return int(first.timestamp()), int(following.timestamp())
+        return _month_bounds(t - t % 86_400)
     raise ValueError(f"unknown period {period!r}")
+
+
+@lru_cache(maxsize=64)  # one UTC day: the same month for every request of that day
+def _month_bounds(day_start: int) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(day_start, UTC)
+    first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+    return int(first.timestamp()), int(following.timestamp())
 
 
 @lru_cache(maxsize=1024)  # the window starts of every request's charges, the same for a whole window
@@ -147,15 +181,15 @@ class WindowCharge:
     slot: int | None = None
 
     # Computed once per charge (the ledger asks for them many times per request).
-    @cached_property
+    @computed_once
     def pk(self) -> str:
         return scope_pk(self.scope, self.scope_id)
 
-    @cached_property
+    @computed_once
     def sk(self) -> str:
         return window_sk(self.limit_name, self.window_start)
 
-    @cached_property
+    @computed_once
     def item_key(self) -> tuple[str, str]:
         return self.pk, self.sk
 
