@@ -34,6 +34,7 @@ open (a target is treated as closed): the breaker must never be the reason traff
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -53,6 +54,7 @@ logger = logging.getLogger("quotagate.breaker")
 CALLER_SEPARATOR = "#caller#"
 
 
+@functools.lru_cache(maxsize=4096)  # asked twice per request (admission and failover)
 def caller_of(tenant: str) -> str:
     """The caller's name in circuit items: a digest, so no tenant value can spell another item's key."""
     return hashlib.sha256(tenant.encode("utf-8", "surrogatepass")).hexdigest()[:32]
