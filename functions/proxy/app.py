@@ -82,13 +82,16 @@ def default_services(clock: Callable[[], float] | None = None) -> Services:
     http = httpx.AsyncClient(
         verify=upstream_tls_context(), limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
     )
+    # A low-level client: the resource's own serializes plain Python values (the circuit store's
+    # are already DynamoDB-typed).
     dynamodb = aws.client("dynamodb")
     queue_url = settings.env(settings.SETTLEMENT_QUEUE_URL)
     settlement_queue = SqsSettlementQueue(aws.client("sqs", aws.queue_config()), queue_url) if queue_url else None
     gateway = Gateway(
         config=load_config,
         key_records=CachedKeyRecords(store, clock=clock or time.monotonic),
-        tenant_records=CachedTenantRecords(DynamoTenantStore()),
+        # Tenant records live in the keys table: one boto3 resource for both (each costs ~10 ms cold).
+        tenant_records=CachedTenantRecords(DynamoTenantStore(store.table)),
         # One botocore attempt per call: the ledger's idempotent retries carry the time budget.
         # No read inside reserve: the gateway reads remaining quota concurrently with the upstream.
         quota=QuotaService(
