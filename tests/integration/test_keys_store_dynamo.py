@@ -10,6 +10,7 @@ from moto import mock_aws
 
 from quotagate import settings, tables
 from quotagate.dal.exceptions import KeyNotFound, KeyVersionConflict
+from quotagate.dal.item_table import ItemTable
 from quotagate.dal.keys_store import DynamoKeyStore, KeyRecord
 
 RECORD = KeyRecord(
@@ -24,13 +25,17 @@ RECORD = KeyRecord(
 )
 
 
-@pytest.fixture
-def store(monkeypatch):
+@pytest.fixture(params=["boto3 Table", "ItemTable"])
+def store(monkeypatch, request):
+    """The store on a boto3 resource's Table and on the low-level client's ItemTable (its default)."""
     monkeypatch.delenv(settings.KEYS_TABLE, raising=False)
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables.create_all(client)
-        yield DynamoKeyStore(boto3.resource("dynamodb", region_name="us-east-1").Table(tables.KEYS.name()))
+        if request.param == "ItemTable":
+            yield DynamoKeyStore(ItemTable(client, tables.KEYS.name()))
+        else:
+            yield DynamoKeyStore(boto3.resource("dynamodb", region_name="us-east-1").Table(tables.KEYS.name()))
 
 
 def test_replace_if_version_writes_when_unchanged(store):

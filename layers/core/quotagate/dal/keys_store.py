@@ -89,15 +89,18 @@ def _from_item(item: dict[str, Any]) -> KeyRecord:
 
 class DynamoKeyStore:
     def __init__(self, table: Any | None = None) -> None:
+        """``table``: the keys table, a boto3 ``Table`` or an :class:`ItemTable` (the default: no boto3
+        resource to build on a cold start)."""
         if table is None:
             from quotagate import aws
+            from quotagate.dal.item_table import ItemTable
 
-            table = aws.resource("dynamodb").Table(tables.KEYS.name())
+            table = ItemTable(aws.client("dynamodb"), tables.KEYS.name())
         self._table = table
 
     @property
     def table(self) -> Any:
-        """The boto3 Table (tenant records share it: ``dal.tenants_store``)."""
+        """The keys table (tenant records share it: ``dal.tenants_store``)."""
         return self._table
 
     def get(self, key_id: str) -> KeyRecord | None:
@@ -133,12 +136,12 @@ class DynamoKeyStore:
             raise
 
     def list_by_tenant(self, tenant: str) -> list[KeyRecord]:
-        from boto3.dynamodb.conditions import Key
-
         records: list[KeyRecord] = []
         kwargs: dict[str, Any] = {
             "IndexName": "by_tenant",
-            "KeyConditionExpression": Key("tenant").eq(tenant),
+            "KeyConditionExpression": "#tenant = :tenant",
+            "ExpressionAttributeNames": {"#tenant": "tenant"},
+            "ExpressionAttributeValues": {":tenant": tenant},
         }
         while True:
             page = self._table.query(**kwargs)

@@ -84,8 +84,9 @@ class DynamoTenantStore:
     def __init__(self, table: Any | None = None) -> None:
         if table is None:
             from quotagate import aws, tables
+            from quotagate.dal.item_table import ItemTable
 
-            table = aws.resource("dynamodb").Table(tables.KEYS.name())
+            table = ItemTable(aws.client("dynamodb"), tables.KEYS.name())
         self._table = table
 
     def get(self, tenant: str) -> TenantRecord | None:
