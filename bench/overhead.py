@@ -114,7 +114,8 @@ class Calls:
 
 
 class Upstream:
-    """Answers at once: one content chunk, the usage chunk, [DONE]."""
+    """Answers at once: one content chunk, the usage chunk, [DONE]; like OpenAI asked for usage
+    (the gateway always asks), the content chunk carries ``"usage": null``."""
 
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
@@ -125,7 +126,7 @@ class Upstream:
     async def stream(self, body: dict[str, Any]) -> Any:
         self.calls.upstream_called = True
         yield SSEEvent.from_chunk(
-            {**CHUNK, "choices": [{"index": 0, "delta": {"content": "Fine."}, "finish_reason": "stop"}]}
+            {**CHUNK, "choices": [{"index": 0, "delta": {"content": "Fine."}, "finish_reason": "stop"}], "usage": None}
         )
         yield SSEEvent.from_chunk(
             {**CHUNK, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}}

@@ -508,11 +508,25 @@ class ChatResponse(Exchange):
 Translate = Callable[[ChatRequest, estimate.OutputPlan, GatewayConfig], UpstreamTranslator]
 
 
+# How a compact OpenAI chunk ends when it carries the ``"usage":null`` the gateway asked for.
+NULL_USAGE_END = b',"usage":null}\n\n'
+
+
 def _for_client(event: SSEEvent, client_wants_usage: bool) -> bytes:
     """The event's bytes for the client: the ``"usage": null`` that every chunk carries because
     the gateway asked the upstream for usage is removed when the client did not ask for it."""
     if client_wants_usage or event.data is None or "usage" not in event.data:
         return event.raw
+    raw = event.raw
+    if (
+        event.data["usage"] is None
+        and raw.endswith(NULL_USAGE_END)
+        and raw.startswith(b"data: {")
+        and raw.count(b"\n") == 2  # one data line
+        and raw.count(b'"usage"') == 1
+    ):
+        # The chunk's own key (it closes the object): cut from the bytes, not a second json.dumps.
+        return raw[: -len(NULL_USAGE_END)] + b"}\n\n"
     return SSEEvent.from_chunk({k: v for k, v in event.data.items() if k != "usage"}).raw
 
 
