@@ -2,13 +2,14 @@ import boto3
 import pytest
 
 from quotagate import tables
-from quotagate_tools.local.motoserver import start_moto_server
+from quotagate_tools.local.motoserver import reset_moto_server, start_moto_server
 from quotagate_tools.local.ttl import sweep_expired
 
 
 @pytest.fixture
 def dynamodb(monkeypatch):
     url, stop = start_moto_server()
+    reset_moto_server(url)  # moto's state is per process: another test's tables may be there
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     client = boto3.client("dynamodb")
     tables.create_all(client)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quotagate_tools.local import fast_moto
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,7 +46,7 @@ def start_moto_server(
             if log_requests:
                 super().log_request(code, size)
 
-    _cheap_transaction_snapshots()
+    fast_moto.install()
     app = DomainDispatcherApplication(create_backend_app)
     server = make_server(host, port, app, threaded=False, processes=1, request_handler=Handler)
     bound_port = server.socket.getsockname()[1]
@@ -69,78 +71,6 @@ def start_moto_server(
 
     url_host = f"[{host}]" if ":" in host else host
     return f"http://{url_host}:{bound_port}", stop
-
-
-_patched = False
-
-
-def _cheap_transaction_snapshots() -> None:
-    """moto's TransactWriteItems deep-copies a whole table for rollback once per *action* on it, so
-    a 5-action quota reservation copied the quota table 5 times and local latency grew with the
-    table (tens of ms after a few hundred requests). A transaction can only change the items it
-    names, so the rollback snapshot here is taken once per table: its item maps are copied
-    shallowly and only the named items deeply. Restoring it restores exactly what moto's copy
-    would. Safe because this server handles one request at a time."""
-    global _patched
-    if _patched:
-        return
-    import copy as real_copy
-    import types
-    from collections import defaultdict
-
-    from moto.dynamodb import models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-
-    touched: dict[str, list[dict[str, Any]]] | None = None  # table name -> keys named by the transaction
-    snapshots: dict[int, Any] = {}
-
-    def snapshot(table: Any) -> Any:
-        copy = real_copy.copy(table)
-        items: Any = defaultdict(dict)
-        for hash_value, entry in table.items.items():
-            items[hash_value] = dict(entry) if table.has_range_key else entry
-        for key in (touched or {}).get(table.name, []):
-            hash_value = DynamoType(key[table.hash_key_attr])
-            if table.has_range_key:
-                range_value = DynamoType(key[table.range_key_attr])
-                if range_value in items.get(hash_value, {}):
-                    items[hash_value][range_value] = real_copy.deepcopy(items[hash_value][range_value])
-            elif hash_value in items:
-                items[hash_value] = real_copy.deepcopy(items[hash_value])
-        copy.items = items
-        return copy
-
-    def deepcopy(value: Any, memo: Any = None) -> Any:
-        if touched is None or not isinstance(value, models.Table):
-            return real_copy.deepcopy(value, memo)
-        if id(value) not in snapshots:
-            snapshots[id(value)] = snapshot(value)
-        return snapshots[id(value)]
-
-    original = models.DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: Any) -> Any:
-        nonlocal touched
-        touched = {}
-        for action in transact_items:
-            _, op = next(iter(action.items()))
-            table = self.tables.get(op.get("TableName"))
-            if table is None:
-                continue
-            key = op.get("Key") or {
-                name: op.get("Item", {}).get(name) for name in (table.hash_key_attr, table.range_key_attr) if name
-            }
-            if all(isinstance(v, dict) for v in key.values()):
-                touched.setdefault(table.name, []).append(key)
-        try:
-            return original(self, transact_items)
-        finally:
-            touched = None
-            snapshots.clear()
-
-    models.copy = types.SimpleNamespace(deepcopy=deepcopy, copy=real_copy.copy)  # type: ignore[assignment]
-    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    _patched = True
 
 
 def reset_moto_server(endpoint_url: str) -> None:
