@@ -381,3 +381,40 @@ def test_transactions_roll_back_as_moto_does() -> None:
     assert outcomes["fast"] == outcomes["moto"]
     errors = outcomes["moto"][0]
     assert 30 < sum(error is not None for error in errors) < 220  # both kinds of outcome, many times
+
+
+def test_a_stream_keeps_its_recent_records_and_numbers_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    url, stop = start_moto_server()
+    try:
+        options = {"region_name": "us-east-1", "endpoint_url": url, "aws_access_key_id": "k"}
+        client = boto3.client("dynamodb", aws_secret_access_key="s", **options)
+        streams = boto3.client("dynamodbstreams", aws_secret_access_key="s", **options)
+        client.create_table(
+            TableName="trimmed",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        arn = client.describe_table(TableName="trimmed")["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        for number in range(3):
+            client.put_item(TableName="trimmed", Item={"pk": {"S": f"old{number}"}})
+        page = streams.get_records(ShardIterator=iterator["ShardIterator"])
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["old0", "old1", "old2"]
+        last_old = int(page["Records"][-1]["dynamodb"]["SequenceNumber"])
+
+        monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", -1)  # everything so far is past it
+        client.put_item(TableName="trimmed", Item={"pk": {"S": "new"}})
+        page = streams.get_records(ShardIterator=page["NextShardIterator"])
+        # What was read is gone; what was not is still delivered; numbers never go back.
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["new"]
+        monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", 120)
+        horizon = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        client.put_item(TableName="trimmed", Item={"pk": {"S": "newer"}})
+        records = streams.get_records(ShardIterator=horizon["ShardIterator"])["Records"]
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["new", "newer"]
+        assert int(records[0]["dynamodb"]["SequenceNumber"]) > last_old
+    finally:
+        stop()

@@ -59,32 +59,6 @@ def provider_secrets_from_env() -> None:
             client.put_secret_value(SecretId=name, SecretString=value)
 
 
-def _start_usage_pipeline() -> None:
-    """Stream → pipe emulation → moto's bus → rollup queue → the real rollup handler, every two
-    seconds; the period close runs every minute (its grace period still applies)."""
-    import threading
-
-    from functions.usage_period_close.handler import lambda_handler as period_close
-    from functions.usage_rollup.handler import lambda_handler as rollup
-    from quotagate_tools.local.apigateway import FakeLambdaContext
-    from quotagate_tools.local.usage_pipeline import LocalUsagePipeline
-
-    pipeline = LocalUsagePipeline.from_boto(rollup)
-    pipeline.setup()
-    # In batches every 2 s: between them the pipeline's calls never queue in front of the proxy's
-    # on the one-request-at-a-time moto.
-    stop = pipeline.start(interval_seconds=2.0)
-
-    def close_periods() -> None:
-        while not stop.wait(60):
-            try:
-                period_close({}, FakeLambdaContext("quotagate-usage-period-close"))
-            except Exception:  # noqa: S112 - retried on the next tick, like a schedule
-                continue
-
-    threading.Thread(target=close_periods, name="usage-period-close", daemon=True).start()
-
-
 def build_app(identity_sources: tuple[str, ...], cache_seconds: float):
     from functions.authorizer.handler import lambda_handler as authorizer
     from functions.keys.handler import lambda_handler as keys_handler
@@ -144,8 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     from quotagate_tools.local.motoserver import start_moto_process
 
     # moto in a process of its own: its work never holds the interpreter lock the proxy needs.
-    moto_url, _stop_moto = start_moto_process()
+    moto_url, _stop_moto, moto_stdin = start_moto_process()
     _isolate_from_aws(moto_url)
+    os.environ.setdefault("QG_CONFIG_FILE", str(DEV_CONFIG))
+    # The proxy's EMF metric lines (the same as CloudWatch receives) are printed for every request;
+    # POWERTOOLS_METRICS_DISABLED=true silences them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    from quotagate_tools.local import background
+
+    # Before this process starts a thread (the usage pipeline, settlements, reaper, TTL sweep).
+    forked_background = background.fork(close_in_child=(moto_stdin,))
 
     from quotagate_tools.mock.server import run_in_thread
     from quotagate_tools.mock.settings import MockSettings
@@ -153,27 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     mock_settings = MockSettings() if args.token_delay is None else MockSettings(token_delay=args.token_delay)
     mock_url, _stop_mock = run_in_thread(mock_settings)
     os.environ["QG_MOCK_BASE_URL"] = mock_url.rstrip("/")
-    os.environ.setdefault("QG_CONFIG_FILE", str(DEV_CONFIG))
-    # The proxy's EMF metric lines (the same as CloudWatch receives) are printed for every request;
-    # POWERTOOLS_METRICS_DISABLED=true silences them.
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
     import boto3
 
     from quotagate import key_derivation, tables
     from quotagate_tools.local import settlements
-    from quotagate_tools.local.ttl import start_sweeper
 
     tables.create_all(boto3.client("dynamodb"))
     key_derivation.create_local_secret(boto3.client("secretsmanager"))
-    start_sweeper(boto3.client("dynamodb"))
-    # The settlement retry queue and the reaper (the consumer Lambda and the schedule in AWS).
+    # The settlement retry queue (its consumer Lambda and the reaper's schedule in AWS).
     queue_url = settlements.create_queue(boto3.client("sqs"))
     os.environ[settings.SETTLEMENT_QUEUE_URL] = queue_url
-    settlements.start_worker(boto3.client("dynamodb"), boto3.client("sqs"), queue_url)
     provider_secrets_from_env()
-    _start_usage_pipeline()
+    # The usage pipeline, the settlement consumer, the reaper and the TTL sweep: in a process of
+    # their own, so their work never holds this process's interpreter lock (issue 21).
+    forked_background.start(queue_url)
 
     from functions.keys.handler import lambda_handler as keys_handler
     from quotagate_tools.local.apigateway import FakeLambdaContext

@@ -19,7 +19,11 @@ compares both on the same inputs.
 where moto deep-copied the whole table once per action (a reservation copied the quota table five
 times, and local latency grew with the table).
 
-``GetRecords`` answers the same records as JSON at once: moto's generic response serializer took
+``GetRecords`` trims what a stream keeps to what was not read yet or is younger than
+``STREAM_RETENTION_SECONDS`` (DynamoDB keeps 24 hours; moto kept every record, with both images,
+for ever: ~150 KB of memory per request), and
+the shard iterators to the last ``MAX_SHARD_ITERATORS`` (DynamoDB's expire after 15 minutes), and
+answers the same records as JSON at once: moto's generic response serializer took
 ~40 ms for a page of a few stream records. ``PutEvents`` reuses each JSONPath it parses (moto built
 a new parser, tables and all, for every path of every event: ~10 ms an event), and SQS reads a
 queue's retention period without computing all its attributes for every message it receives.
@@ -44,6 +48,9 @@ _ADDABLE_TYPES = frozenset({"N", "SS", "NS", "BS"})
 # a key's size of it (DynamoDB keys are at most 2,048 + 1,024 bytes) are left to moto.
 _MOTO_ITEM_LIMIT = 405_000
 _KEY_MARGIN = 4_096
+# Local mode's stream consumer (the pipe's emulation) reads every two seconds.
+STREAM_RETENTION_SECONDS = 20
+MAX_SHARD_ITERATORS = 1_000
 
 Operation = Literal["SET", "ADD", "REMOVE"]
 
@@ -407,13 +414,26 @@ class _ReusedTrees:
 
 
 def _install_stream_reads() -> None:
+    from moto.dynamodb.models.table import StreamShard
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
     def get_records(self: Any) -> str:
+        _trim_streams(self.backend)
         limit = self._get_param("Limit")
+        iterator = self.backend.shard_iterators.get(self._get_param("ShardIterator"))
         result = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
+        if iterator is not None and result["Records"]:
+            shard = iterator.stream_shard
+            last = int(result["Records"][-1]["dynamodb"]["SequenceNumber"])
+            shard.quotagate_read_up_to = max(getattr(shard, "quotagate_read_up_to", 0), last)
         return json.dumps(result, default=_json_value)
 
+    def get(self: Any, start: int, quantity: int) -> list[dict[str, Any]]:
+        # An iterator from before a trim reads on from the oldest record kept.
+        first = max(0, start - self.starting_sequence_number)
+        return [record.to_json() for record in self.items[first : first + quantity]]
+
+    StreamShard.get = get  # type: ignore[method-assign]
     get_records.moto_get_records = DynamoDBStreamsHandler.get_records  # type: ignore[attr-defined]
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[assignment]
 
@@ -531,3 +551,30 @@ def _restore(table: Any, hash_value: Any, range_value: Any, item: Any) -> None:
         table.items.get(hash_value, {}).pop(range_value, None)
     else:
         table.items[hash_value][range_value] = item
+
+
+def _trim_streams(streams_backend: Any) -> None:
+    """Drop stream records that were read and are older than the retention (renumbering nothing:
+    the shard's starting sequence number moves with them), and the oldest shard iterators past
+    the cap."""
+    from moto.core.utils import utcnow
+
+    cutoff = utcnow() - datetime.timedelta(seconds=STREAM_RETENTION_SECONDS)
+    for table in streams_backend.dynamodb.tables.values():
+        shard = table.stream_shard
+        if shard is None or not shard.items:
+            continue
+        read_up_to = getattr(shard, "quotagate_read_up_to", 0)
+        old = 0
+        for record in shard.items:
+            created = record.record["dynamodb"]["ApproximateCreationDateTime"]
+            sequence_number = int(record.record["dynamodb"]["SequenceNumber"])
+            if created.replace(tzinfo=None) >= cutoff.replace(tzinfo=None) or sequence_number > read_up_to:
+                break
+            old += 1
+        if old:
+            del shard.items[:old]
+            shard.starting_sequence_number += old
+    iterators = streams_backend.shard_iterators
+    for arn in list(iterators)[: max(0, len(iterators) - MAX_SHARD_ITERATORS)]:
+        del iterators[arn]

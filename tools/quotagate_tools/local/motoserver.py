@@ -83,10 +83,11 @@ def reset_moto_server(endpoint_url: str) -> None:
         response.read()
 
 
-def start_moto_process(port: int = 0, host: str = _DEFAULT_HOST) -> tuple[str, Callable[[], None]]:
+def start_moto_process(port: int = 0, host: str = _DEFAULT_HOST) -> tuple[str, Callable[[], None], int]:
     """The same one-request-at-a-time moto server, in a process of its own (local mode): its work
     never competes with the proxy's for the interpreter lock, and it ends with its parent (it
-    exits when its stdin closes). Returns ``(endpoint_url, stop)``."""
+    exits when its stdin closes). Returns ``(endpoint_url, stop, stdin descriptor)``: a forked
+    child must close that descriptor, or moto outlives the parent."""
     import subprocess
     import sys
 
@@ -110,7 +111,8 @@ def start_moto_process(port: int = 0, host: str = _DEFAULT_HOST) -> tuple[str, C
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    return line, stop
+    assert process.stdin is not None
+    return line, stop, process.stdin.fileno()
 
 
 def main() -> None:
