@@ -1,8 +1,9 @@
 """Cold start and memory of the local gateway, and of the proxy app alone.
 
 1. ``python -m quotagate_tools.local`` (what ``make dev`` runs) as a process: time from process start to
-   the first answered chat completion, and the resident memory of its process tree (the gateway and
-   its moto server) after N requests.
+   the first answered chat completion, and the resident memory of its process tree (the gateway, its
+   moto server and its background process) after N requests: with shared pages counted once (PSS)
+   and summed per process (RSS).
 2. The proxy app alone, started by ``functions/proxy/run.sh`` as the Lambda Web Adapter starts it:
    time from process start to a ready ``/health`` (the adapter's readiness check: the end of init)
    and to its first answered request, in wall time and in the process's CPU time (which a loaded
@@ -71,6 +72,20 @@ def tree_rss_mib(pid: int, field: str = "VmRSS") -> float:
     return sum(peak_rss_mib(p, field) for p in process_tree(pid))
 
 
+def tree_pss_mib(pid: int) -> float:
+    """Proportional resident memory of the tree: a page shared by n processes counts 1/n in each
+    (make dev's background process is forked from the gateway and shares its modules' pages), so
+    the sum counts every resident page once, where the sum of RSS counts shared pages per process."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (load-independent, unlike wall time)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -92,7 +107,7 @@ def chat(base: str, key: str, header: str = "authorization") -> int:
         return response.status
 
 
-def local_gateway(requests: int) -> tuple[float, float, float]:
+def local_gateway(requests: int) -> tuple[float, float, float, float]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -136,7 +151,12 @@ def local_gateway(requests: int) -> tuple[float, float, float]:
         first_answer = time.perf_counter() - started
         for _ in range(requests):
             chat(base, key)
-        return first_answer, tree_rss_mib(process.pid, "VmHWM"), tree_rss_mib(process.pid, "VmRSS")
+        return (
+            first_answer,
+            tree_rss_mib(process.pid, "VmHWM"),
+            tree_rss_mib(process.pid, "VmRSS"),
+            tree_pss_mib(process.pid),
+        )
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -267,15 +287,17 @@ def main() -> None:
     print_proxy_alone(proxy, interpreter, args.runs)
 
 
-def print_local_gateway(gateway: list[tuple[float, float, float]], runs: int, requests: int) -> None:
+def print_local_gateway(gateway: list[tuple[float, float, float, float]], runs: int, requests: int) -> None:
     print(
         f"local gateway (make dev): process start -> first answered chat completion: "
         f"median {statistics.median(g[0] for g in gateway) * 1000:.0f} ms over {runs} runs "
         f"(min {min(g[0] for g in gateway) * 1000:.0f}, max {max(g[0] for g in gateway) * 1000:.0f})"
     )
     print(
-        f"local gateway process tree (the gateway and its moto server) after {requests + 1} requests: "
-        f"resident {max(g[2] for g in gateway):.1f} MiB, sum of peaks {max(g[1] for g in gateway):.1f} MiB"
+        f"local gateway process tree (the gateway, its moto server and its background process) after "
+        f"{requests + 1} requests: resident {max(g[3] for g in gateway):.1f} MiB counting shared pages once "
+        f"(PSS); {max(g[2] for g in gateway):.1f} MiB summing each process's RSS; sum of peaks "
+        f"{max(g[1] for g in gateway):.1f} MiB"
     )
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -75,20 +76,28 @@ def fork(close_in_child: tuple[int, ...] = ()) -> ForkedBackground:
     nothing new: what it runs is imported here first, and frozen, so the pages stay shared. It ends
     when this process does (its end of the pipe closes). ``close_in_child``: file descriptors the
     child must not hold (e.g. the moto server's stdin, which keeps moto alive while open)."""
+    import boto3
+
+    # Imported for the child to share (it imports nothing new after the fork).
+    import functions.usage_period_close.handler
+    import functions.usage_rollup.handler  # noqa: F401
     import quotagate_tools.local.apigateway
     import quotagate_tools.local.settlements
     import quotagate_tools.local.ttl
-    import quotagate_tools.local.usage_pipeline  # noqa: F401 - imported for the child to share
-
-    import boto3
+    import quotagate_tools.local.usage_pipeline  # noqa: F401
 
     for service in ("dynamodb", "dynamodbstreams", "events", "sqs"):
         boto3.client(service)  # botocore keeps each service's model: loaded once, for both processes
     gc.collect()
     gc.freeze()  # the collector never writes to what was created so far: the pages stay shared
-    ours, theirs = multiprocessing.get_context("fork").Pipe()
-    process = multiprocessing.get_context("fork").Process(
-        target=_serve, args=(theirs, ours, close_in_child), name="quotagate-local-background", daemon=True
+    # Elsewhere than Linux a fork after botocore's start (macOS' proxy lookup initialises
+    # CoreFoundation) is unsafe: a fresh interpreter costs more memory but is safe.
+    forking = sys.platform.startswith("linux")
+    context: Any = multiprocessing.get_context("fork" if forking else "spawn")
+    ours, theirs = context.Pipe()
+    inherited = close_in_child if forking else ()  # a spawned child inherits no descriptor
+    process = context.Process(
+        target=_serve, args=(theirs, ours, inherited), name="quotagate-local-background", daemon=True
     )
     process.start()
     theirs.close()

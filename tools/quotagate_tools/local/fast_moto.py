@@ -53,6 +53,7 @@ STREAM_RETENTION_SECONDS = 20
 MAX_SHARD_ITERATORS = 1_000
 
 Operation = Literal["SET", "ADD", "REMOVE"]
+_CLAUSE_KEYWORDS: dict[str, Operation] = {"SET": "SET", "ADD": "ADD", "REMOVE": "REMOVE"}
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ def _clauses(tokens: list[str]) -> list[tuple[Operation, list[str]]] | None:
     repeats or the expression does not start with one."""
     clauses: list[tuple[Operation, list[str]]] = []
     for token in tokens:
-        keyword = token.upper()
-        if keyword == "SET" or keyword == "ADD" or keyword == "REMOVE":
+        keyword = _CLAUSE_KEYWORDS.get(token.upper())
+        if keyword is not None:
             if any(clause == keyword for clause, _ in clauses):
                 return None
             clauses.append((keyword, []))
@@ -247,7 +248,7 @@ def install() -> None:
     update_item.applied = 0  # type: ignore[attr-defined]  # updates the fast path made (tests)
     update_item.moto_update_item = original  # type: ignore[attr-defined]
     DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]
-    responses.UpdateExpressionParser = _ReusedTrees(responses.UpdateExpressionParser)  # type: ignore[misc]
+    responses.UpdateExpressionParser = _ReusedTrees(responses.UpdateExpressionParser)
 
 
 @dataclass(frozen=True)
@@ -527,7 +528,9 @@ def _journal(tables: dict[str, Any], transact_items: list[dict[str, Any]], dynam
     journal: list[tuple[Any, ...]] = []
     for action in transact_items:
         operation = next(iter(action.values()), None)
-        table = tables.get(operation.get("TableName")) if isinstance(operation, dict) else None
+        if not isinstance(operation, dict):
+            continue
+        table = tables.get(str(operation.get("TableName")))
         if table is None:
             continue
         key = operation.get("Key") or operation.get("Item") or {}
