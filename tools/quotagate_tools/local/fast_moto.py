@@ -273,8 +273,6 @@ def _update_fast(table: Any, update: _Update, moto: _Moto) -> Any:
     hash_value = moto.dynamo_type(update.key[table.hash_key_attr])
     range_value = moto.dynamo_type(update.key[table.range_key_attr]) if table.range_key_attr is not None else None
     item = table.get_item(hash_value, range_value)
-    if not _types_fit(changes, item):
-        return None
 
     condition = moto.condition_parser(update.condition, update.names, update.values).parse()
     if not condition.expr(item):
@@ -285,7 +283,7 @@ def _update_fast(table: Any, update: _Update, moto: _Moto) -> Any:
     try:
         updated = _new_values(changes, item, moto.dynamo_type)
     except (ValueError, TypeError, ArithmeticError):
-        return None  # e.g. a number DynamoDB would refuse: moto says how
+        return None  # e.g. an invalid number, or ADD across types: DynamoDB refuses, moto says how
     if not _fits(updated, item, moto.dynamo_type, moto.bytesize):
         return None
     original_item = copy.deepcopy(item) if table.stream_shard is not None else None
@@ -341,19 +339,6 @@ def _resolve(
     return changes
 
 
-def _types_fit(changes: list[_Change], item: Any) -> bool:
-    """ADD needs a number on a number and a set on a set of the same type (else DynamoDB refuses)."""
-    if item is None:
-        return True
-    for change in changes:
-        if change.operation != "ADD" or change.name not in item.attrs:
-            continue
-        assert change.value is not None
-        if item.attrs[change.name].type != next(iter(change.value)):
-            return False
-    return True
-
-
 def _new_values(changes: list[_Change], item: Any, dynamo_type: Any) -> list[tuple[str, Any]]:
     """What each attribute becomes (None: removed), read from the item as it was before this update,
     as DynamoDB does; through moto's own arithmetic and set union, so the bytes match moto's."""
@@ -374,6 +359,8 @@ def _new_values(changes: list[_Change], item: Any, dynamo_type: Any) -> list[tup
                 updated.append((change.name, attributes.get(change.name, dynamo_type({"N": "0"})) + value))
             else:
                 current = attributes.get(change.name)
+                if current is not None and current.type != value.type:
+                    raise TypeError("ADD of a set to another type")  # DynamoDB refuses: moto says how
                 union = list(current.value) if current is not None else []
                 union += [element for element in value.value if element not in union]
                 updated.append((change.name, dynamo_type({value.type: union})))
