@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -22,6 +23,9 @@ from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
 from quotagate_tools.local import fast_moto
 from quotagate_tools.local.motoserver import start_moto_server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 fast_moto.install()
 FAST_UPDATE = DynamoDBBackend.update_item
@@ -230,85 +234,97 @@ def test_other_grammar_is_left_to_moto(expression: str) -> None:
     assert fast_moto.compile_update(expression) is None
 
 
-def test_a_key_update_through_the_server_gets_dynamodbs_refusals() -> None:
-    url, stop = start_moto_server()
-    try:
-        client = boto3.client(
-            "dynamodb", region_name="us-east-1", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s"
+@dataclass
+class Served:
+    """DynamoDB and DynamoDB Streams clients of a local moto server (one request at a time)."""
+
+    client: Any
+    streams: Any
+
+    def create_table(self, name: str, *, streamed: bool = False) -> tuple[str, str]:
+        """A table keyed by ``pk``; with ``streamed``, its stream's ARN and shard id."""
+        self.client.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            **(
+                {"StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}}
+                if streamed
+                else {}
+            ),
         )
-        client.create_table(
+        if not streamed:
+            return "", ""
+        arn = self.client.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        return arn, shard
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    url, stop = start_moto_server()
+    options = {"region_name": "us-east-1", "endpoint_url": url, "aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    try:
+        yield Served(boto3.client("dynamodb", **options), boto3.client("dynamodbstreams", **options))
+    finally:
+        stop()
+
+
+def test_a_key_update_through_the_server_gets_dynamodbs_refusals(served: Served) -> None:
+    client = served.client
+    served.create_table("refusals")
+    key = {"pk": {"S": "a"}}
+    with pytest.raises(client.exceptions.ClientError, match="unused in expressions"):
+        client.update_item(
             TableName="refusals",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
+            Key=key,
+            UpdateExpression="ADD #u :n",
+            ExpressionAttributeNames={"#u": "used", "#x": "unused"},
+            ExpressionAttributeValues={":n": {"N": "1"}},
         )
-        key = {"pk": {"S": "a"}}
-        with pytest.raises(client.exceptions.ClientError, match="unused in expressions"):
-            client.update_item(
-                TableName="refusals",
-                Key=key,
-                UpdateExpression="ADD #u :n",
-                ExpressionAttributeNames={"#u": "used", "#x": "unused"},
-                ExpressionAttributeValues={":n": {"N": "1"}},
-            )
-        with pytest.raises(client.exceptions.ClientError, match="part of the key"):
-            client.update_item(
-                TableName="refusals",
-                Key=key,
-                UpdateExpression="SET #k = :v",
-                ExpressionAttributeNames={"#k": "pk"},
-                ExpressionAttributeValues={":v": {"S": "b"}},
-            )
-        for _ in range(3):
-            client.update_item(
-                TableName="refusals",
-                Key=key,
-                UpdateExpression="ADD #u :n, #s :s",
-                ExpressionAttributeNames={"#u": "used", "#s": "set"},
-                ExpressionAttributeValues={":n": {"N": "1.5"}, ":s": {"SS": ["x"]}},
-            )
-        item = client.get_item(TableName="refusals", Key=key)["Item"]
-        assert item == {"pk": {"S": "a"}, "used": {"N": "4.5"}, "set": {"SS": ["x"]}}
-    finally:
-        stop()
+    with pytest.raises(client.exceptions.ClientError, match="part of the key"):
+        client.update_item(
+            TableName="refusals",
+            Key=key,
+            UpdateExpression="SET #k = :v",
+            ExpressionAttributeNames={"#k": "pk"},
+            ExpressionAttributeValues={":v": {"S": "b"}},
+        )
+    for _ in range(3):
+        client.update_item(
+            TableName="refusals",
+            Key=key,
+            UpdateExpression="ADD #u :n, #s :s",
+            ExpressionAttributeNames={"#u": "used", "#s": "set"},
+            ExpressionAttributeValues={":n": {"N": "1.5"}, ":s": {"SS": ["x"]}},
+        )
+    item = client.get_item(TableName="refusals", Key=key)["Item"]
+    assert item == {"pk": {"S": "a"}, "used": {"N": "4.5"}, "set": {"SS": ["x"]}}
 
 
-def test_stream_records_read_as_moto_serializes_them() -> None:
-    url, stop = start_moto_server()
+def test_stream_records_read_as_moto_serializes_them(served: Served) -> None:
+    client, streams = served.client, served.streams
+    arn, shard = served.create_table("streamed", streamed=True)
+    for number in range(5):
+        item = {"pk": {"S": str(number)}, "b": {"B": b"\x00\xff"}, "m": {"M": {"n": {"N": "1.5"}}}}
+        client.put_item(TableName="streamed", Item=item)
+        time.sleep(0.002)
+    client.delete_item(TableName="streamed", Key={"pk": {"S": "0"}})
+
+    def read() -> list[dict[str, Any]]:
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        return list(streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"])
+
+    fast = read()
+    fast_get_records = DynamoDBStreamsHandler.get_records
+    DynamoDBStreamsHandler.get_records = fast_get_records.moto_get_records  # type: ignore[attr-defined]
     try:
-        options = {"region_name": "us-east-1", "endpoint_url": url, "aws_access_key_id": "k"}
-        client = boto3.client("dynamodb", aws_secret_access_key="s", **options)
-        streams = boto3.client("dynamodbstreams", aws_secret_access_key="s", **options)
-        client.create_table(
-            TableName="streamed",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )
-        for number in range(5):
-            item = {"pk": {"S": str(number)}, "b": {"B": b"\x00\xff"}, "m": {"M": {"n": {"N": "1.5"}}}}
-            client.put_item(TableName="streamed", Item=item)
-            time.sleep(0.002)
-        client.delete_item(TableName="streamed", Key={"pk": {"S": "0"}})
-        arn = client.describe_table(TableName="streamed")["Table"]["LatestStreamArn"]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-
-        def read() -> list[dict[str, Any]]:
-            iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
-            return list(streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"])
-
-        fast = read()
-        fast_get_records = DynamoDBStreamsHandler.get_records
-        DynamoDBStreamsHandler.get_records = fast_get_records.moto_get_records  # type: ignore[attr-defined]
-        try:
-            slow = read()
-        finally:
-            DynamoDBStreamsHandler.get_records = fast_get_records  # type: ignore[method-assign]
-        assert len(fast) == 6
-        assert fast == slow
+        slow = read()
     finally:
-        stop()
+        DynamoDBStreamsHandler.get_records = fast_get_records  # type: ignore[method-assign]
+    assert len(fast) == 6
+    assert fast == slow
 
 
 def random_transaction(rng: random.Random) -> list[dict[str, Any]]:
@@ -383,38 +399,24 @@ def test_transactions_roll_back_as_moto_does() -> None:
     assert 30 < sum(error is not None for error in errors) < 220  # both kinds of outcome, many times
 
 
-def test_a_stream_keeps_its_recent_records_and_numbers_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    url, stop = start_moto_server()
-    try:
-        options = {"region_name": "us-east-1", "endpoint_url": url, "aws_access_key_id": "k"}
-        client = boto3.client("dynamodb", aws_secret_access_key="s", **options)
-        streams = boto3.client("dynamodbstreams", aws_secret_access_key="s", **options)
-        client.create_table(
-            TableName="trimmed",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )
-        arn = client.describe_table(TableName="trimmed")["Table"]["LatestStreamArn"]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
-        for number in range(3):
-            client.put_item(TableName="trimmed", Item={"pk": {"S": f"old{number}"}})
-        page = streams.get_records(ShardIterator=iterator["ShardIterator"])
-        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["old0", "old1", "old2"]
-        last_old = int(page["Records"][-1]["dynamodb"]["SequenceNumber"])
+def test_a_stream_keeps_its_recent_records_and_numbers_on(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, streams = served.client, served.streams
+    arn, shard = served.create_table("trimmed", streamed=True)
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    for number in range(3):
+        client.put_item(TableName="trimmed", Item={"pk": {"S": f"old{number}"}})
+    page = streams.get_records(ShardIterator=iterator["ShardIterator"])
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["old0", "old1", "old2"]
+    last_old = int(page["Records"][-1]["dynamodb"]["SequenceNumber"])
 
-        monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", -1)  # everything so far is past it
-        client.put_item(TableName="trimmed", Item={"pk": {"S": "new"}})
-        page = streams.get_records(ShardIterator=page["NextShardIterator"])
-        # What was read is gone; what was not is still delivered; numbers never go back.
-        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["new"]
-        monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", 120)
-        horizon = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
-        client.put_item(TableName="trimmed", Item={"pk": {"S": "newer"}})
-        records = streams.get_records(ShardIterator=horizon["ShardIterator"])["Records"]
-        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["new", "newer"]
-        assert int(records[0]["dynamodb"]["SequenceNumber"]) > last_old
-    finally:
-        stop()
+    monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", -1)  # everything so far is past it
+    client.put_item(TableName="trimmed", Item={"pk": {"S": "new"}})
+    page = streams.get_records(ShardIterator=page["NextShardIterator"])
+    # What was read is gone; what was not is still delivered; numbers never go back.
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["new"]
+    monkeypatch.setattr(fast_moto, "STREAM_RETENTION_SECONDS", 120)
+    horizon = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    client.put_item(TableName="trimmed", Item={"pk": {"S": "newer"}})
+    records = streams.get_records(ShardIterator=horizon["ShardIterator"])["Records"]
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["new", "newer"]
+    assert int(records[0]["dynamodb"]["SequenceNumber"]) > last_old
